@@ -1,0 +1,9 @@
+"""cmp_utils: the small, tested library behind the cmp-repro notebooks.
+
+Reproduction of "Deep Cross-Modal Projection Learning for Image-Text Matching"
+(Ying Zhang and Huchuan Lu, ECCV 2018): the CMPM and CMPC losses, the paper's
+data, models, training recipe and evaluation protocols. Notebooks orchestrate,
+explain and plot; every piece of logic worth testing lives here.
+"""
+
+__version__ = "0.1.0"

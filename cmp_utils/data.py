@@ -1,0 +1,593 @@
+"""Datasets: readers of the five layouts, the prepared dataset, pairs, collate, identity sampler.
+
+Data flows once, from files to tensors::
+
+    files on disk (real, or synthetic written in the same layout)
+      -> read_dataset(name, root, split)       one DataFrame row per caption
+      -> prepare_dataset(name, profile)        vocabulary (train only) + image cache per split
+      -> PairDataset + collate_pairs           images (B, 3, H, W), token ids (B, T), lengths, labels
+      -> IdentityBatchSampler                  several captions of one identity per batch
+
+Labels follow the released code: the person id for CUHK-PEDES, the image id for Flickr30K
+and MSCOCO (two captions of one image are both positives), the class for CUB and Flowers.
+
+Layouts (under ``root``, the dataset's folder):
+
+===========  ===================================================================================
+cuhk_pedes   ``reid_raw.json`` (list of ``{split, captions, file_path, processed_tokens, id}``),
+             images at ``imgs/<file_path>``
+flickr30k    ``dataset_flickr30k.json`` (``{"images": [{filename, imgid, split, sentences}]}``),
+             images at ``flickr30k-images/<filename>``
+mscoco       ``dataset_coco.json`` (as Flickr30K plus ``filepath``), images at
+             ``<filepath>/<filename>``; splits train, restval, val, test
+cub          ``cvpr2016_cub/text_c10/<class>/<stem>.txt`` (10 captions, one a line),
+             ``cvpr2016_cub/trainvalclasses.txt``, ``testclasses.txt``,
+             images at ``CUB_200_2011/images/<class>/<stem>.jpg``
+flowers      ``cvpr2016_flowers/text_c10/class_XXXXX/<stem>.txt``, the same class files,
+             images at ``jpg/<stem>.jpg``
+===========  ===================================================================================
+
+Class-level splits (cub, flowers): ``train`` = the trainval classes, ``test`` = the test
+classes (zero-shot). With ``val_class_fraction > 0`` a validation split of whole classes is
+carved from trainval deterministically (every k-th class of the sorted trainval list, k =
+round(1 / fraction)), and ``train`` becomes the remaining classes; ``trainval`` always names
+all trainval classes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import config
+from .images import ImageCache, normalise
+from .text import Vocabulary, tokenize
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("image_path", "caption", "tokens", "label", "image_id", "split")
+
+LAYOUTS = {
+    "cuhk_pedes": "<root>/reid_raw.json (a JSON list of {split, captions, file_path, processed_tokens, id}) "
+                  "and images at <root>/imgs/<file_path>",
+    "flickr30k": "<root>/dataset_flickr30k.json (Karpathy split: {\"images\": [{filename, imgid, split, sentences: "
+                 "[{raw, tokens}]}]}) and images at <root>/flickr30k-images/<filename>",
+    "mscoco": "<root>/dataset_coco.json (Karpathy split: {\"images\": [{filepath, filename, imgid, split, "
+              "sentences}]}) and images at <root>/<filepath>/<filename>",
+    "cub": "<root>/cvpr2016_cub/text_c10/<class>/<stem>.txt (10 captions a file), <root>/cvpr2016_cub/"
+           "trainvalclasses.txt and testclasses.txt, images at <root>/CUB_200_2011/images/<class>/<stem>.jpg",
+    "flowers": "<root>/cvpr2016_flowers/text_c10/class_XXXXX/<stem>.txt (10 captions a file), <root>/"
+               "cvpr2016_flowers/trainvalclasses.txt and testclasses.txt, images at <root>/jpg/<stem>.jpg",
+}
+ANNOTATION_FILES = {"cuhk_pedes": "reid_raw.json", "flickr30k": "dataset_flickr30k.json", "mscoco": "dataset_coco.json",
+                    "cub": "cvpr2016_cub", "flowers": "cvpr2016_flowers"}
+SPLITS = {"cuhk_pedes": ("train", "val", "test"), "flickr30k": ("train", "val", "test"),
+          "mscoco": ("train", "restval", "val", "test"), "cub": ("train", "val", "test", "trainval"),
+          "flowers": ("train", "val", "test", "trainval")}
+# The splits a prepared dataset uses for model selection and for the final numbers.
+# MSCOCO: the released scripts train on `train` and validate on `restval` (reference file).
+VALIDATION_SPLIT = {"cuhk_pedes": "val", "flickr30k": "val", "mscoco": "restval", "cub": "val", "flowers": "val"}
+TEST_SPLIT = {name: "test" for name in config.DATASETS}
+CLASS_LEVEL = ("cub", "flowers")
+IMAGE_FOLDER = {"cub": "CUB_200_2011/images", "flowers": "jpg"}
+TEXT_FOLDER = {"cub": "cvpr2016_cub", "flowers": "cvpr2016_flowers"}
+# Default image size of the cache: the paper resizes real images to 224 x 224 (no crop).
+REAL_IMAGE_SIZE = (224, 224)
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """A dataset folder or annotation file is missing; the message names the path and the layout."""
+
+
+class MissingImagesError(FileNotFoundError):
+    """Annotations name image files that are not on disk."""
+
+
+def _check_name(name: str) -> str:
+    if name not in config.DATASETS:
+        raise ValueError(f"parameter name={name!r} is not a known dataset; use one of {', '.join(config.DATASETS)}")
+    return name
+
+
+def _check_split(name: str, split: str) -> str:
+    if split not in SPLITS[name]:
+        raise ValueError(f"parameter split={split!r} is not a split of {name}; use one of {', '.join(SPLITS[name])}")
+    return split
+
+
+def _layout_error(name: str, root: Path, missing: Path) -> DatasetLayoutError:
+    return DatasetLayoutError(f"{name}: {missing} does not exist. Expected layout: {LAYOUTS[name]} (root = {root}). "
+                              f"Put the dataset there, point data_dir / $CMP_DATA_DIR at its parent, "
+                              f"or use the synthetic data (source='synthetic').")
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"annotation file {path} is not valid JSON: {error}") from error
+
+
+# ---------------------------------------------------------------------- readers
+def _rows_cuhk(root: Path, split: str) -> list[dict]:
+    annotation = root / "reid_raw.json"
+    if not annotation.is_file():
+        raise _layout_error("cuhk_pedes", root, annotation)
+    records = _load_json(annotation)
+    if not isinstance(records, list):
+        raise ValueError(f"annotation file {annotation} must hold a JSON list of image records, got {type(records).__name__}")
+    rows = []
+    for image_id, record in enumerate(records):
+        try:
+            if record["split"] != split:
+                continue
+            captions, file_path, person_id = record["captions"], record["file_path"], int(record["id"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"annotation file {annotation}: record {image_id} lacks split/captions/file_path/id "
+                             f"({error!r})") from error
+        for caption in captions:
+            rows.append({"image_path": str(root / "imgs" / file_path), "caption": caption, "label": person_id,
+                         "image_id": image_id})
+    return rows
+
+
+def _rows_karpathy(name: str, root: Path, split: str) -> list[dict]:
+    annotation = root / ANNOTATION_FILES[name]
+    if not annotation.is_file():
+        raise _layout_error(name, root, annotation)
+    payload = _load_json(annotation)
+    if not isinstance(payload, dict) or "images" not in payload:
+        raise ValueError(f"annotation file {annotation} must hold a JSON object with an 'images' list (Karpathy split)")
+    rows = []
+    for position, record in enumerate(payload["images"]):
+        try:
+            if record["split"] != split:
+                continue
+            image_id = int(record.get("imgid", position))
+            folder = root / record["filepath"] if name == "mscoco" else root / "flickr30k-images"
+            image_path = str(folder / record["filename"])
+            sentences = record["sentences"]
+        except (KeyError, TypeError, ValueError) as error:
+            need = "filepath, filename" if name == "mscoco" else "filename"
+            raise ValueError(f"annotation file {annotation}: image record {position} lacks split/{need}/sentences "
+                             f"({error!r})") from error
+        for sentence in sentences:
+            caption = sentence.get("raw", " ".join(sentence.get("tokens", []))) if isinstance(sentence, dict) else str(sentence)
+            rows.append({"image_path": image_path, "caption": caption, "label": image_id, "image_id": image_id})
+    return rows
+
+
+def read_class_list(path: Path) -> list[str]:
+    """Class folder names, one a line (blank lines ignored)."""
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def class_splits(name: str, root: Path, val_class_fraction: float = 0.0) -> dict[str, list[str]]:
+    """Class folder names per split of a class-level dataset (see the module docstring)."""
+    text_root = root / TEXT_FOLDER[name]
+    if not root.is_dir():
+        raise _layout_error(name, root, root)
+    lists = {}
+    for key, file_name in (("trainval", "trainvalclasses.txt"), ("test", "testclasses.txt")):
+        path = text_root / file_name
+        if not path.is_file():
+            raise _layout_error(name, root, path)
+        lists[key] = read_class_list(path)
+    overlap = set(lists["trainval"]) & set(lists["test"])
+    if overlap:
+        raise ValueError(f"{text_root}: trainvalclasses.txt and testclasses.txt share classes {sorted(overlap)[:5]}")
+    trainval = sorted(lists["trainval"])
+    if not 0.0 <= val_class_fraction < 1.0:
+        raise ValueError(f"parameter val_class_fraction={val_class_fraction} must be in [0, 1)")
+    if val_class_fraction > 0:
+        step = max(2, int(round(1.0 / val_class_fraction)))
+        val = trainval[step // 2::step]
+        train = [c for c in trainval if c not in set(val)]
+    else:
+        val, train = [], trainval
+    return {"train": train, "val": val, "test": sorted(lists["test"]), "trainval": trainval}
+
+
+def _rows_class_level(name: str, root: Path, split: str, val_class_fraction: float) -> list[dict]:
+    splits = class_splits(name, root, val_class_fraction)
+    if split == "val" and not splits["val"]:
+        raise ValueError(f"{name} has no 'val' split unless val_class_fraction > 0 (classes carved from trainval); "
+                         f"use split='train' / 'test', or pass val_class_fraction=0.2")
+    text_root = root / TEXT_FOLDER[name] / "text_c10"
+    if not text_root.is_dir():
+        raise _layout_error(name, root, text_root)
+    rows = []
+    for class_name in splits[split]:
+        class_folder = text_root / class_name
+        if not class_folder.is_dir():
+            raise _layout_error(name, root, class_folder)
+        label = class_label(class_name)
+        for text_file in sorted(class_folder.glob("*.txt")):
+            stem = text_file.stem
+            if name == "cub":
+                image_path = root / IMAGE_FOLDER[name] / class_name / f"{stem}.jpg"
+            else:
+                image_path = root / IMAGE_FOLDER[name] / f"{stem}.jpg"
+            image_id = int("".join(ch for ch in stem if ch.isdigit()) or 0) if name == "flowers" else None
+            for line in text_file.read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.strip():
+                    rows.append({"image_path": str(image_path), "caption": line.strip(), "label": label,
+                                 "image_id": image_id})
+    if name == "cub" or any(row["image_id"] is None for row in rows):
+        # CUB stems carry no global number: number the images in sorted path order.
+        ids = {path: index for index, path in enumerate(sorted({row["image_path"] for row in rows}))}
+        for row in rows:
+            row["image_id"] = ids[row["image_path"]]
+    return rows
+
+
+def class_label(class_name: str) -> int:
+    """``001.Black_footed_Albatross`` -> 1, ``class_00017`` -> 17 (the class number in the folder name)."""
+    head = class_name.split(".")[0] if "." in class_name else class_name.rsplit("_", 1)[-1]
+    digits = "".join(ch for ch in head if ch.isdigit())
+    if not digits:
+        raise ValueError(f"class folder name {class_name!r} carries no class number (expected like "
+                         f"'001.Black_footed_Albatross' or 'class_00001')")
+    return int(digits)
+
+
+def read_dataset(name: str, root: str | os.PathLike, split: str, *, missing_images: str = "error",
+                 val_class_fraction: float = 0.0) -> pd.DataFrame:
+    """Read one split of dataset ``name`` stored under ``root``: one row per caption.
+
+    Columns: ``image_path`` (str, an existing file), ``caption`` (raw text), ``tokens``
+    (``text.tokenize(caption)``), ``label`` (person id / image id / class number),
+    ``image_id`` (int), ``split``.
+
+    * empty captions are dropped, counted, and reported with a warning;
+    * ``missing_images="error"`` (default) raises :class:`MissingImagesError` with the count
+      and examples; ``"drop"`` drops their rows with a warning;
+    * a missing root or annotation file raises :class:`DatasetLayoutError` naming the path
+      and the expected layout; malformed JSON raises ``ValueError`` naming the file.
+    """
+    _check_name(name)
+    _check_split(name, split)
+    if missing_images not in ("error", "drop"):
+        raise ValueError(f"parameter missing_images={missing_images!r} must be 'error' or 'drop'")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise _layout_error(name, root, root)
+    if name == "cuhk_pedes":
+        rows = _rows_cuhk(root, split)
+    elif name in ("flickr30k", "mscoco"):
+        rows = _rows_karpathy(name, root, split)
+    else:
+        rows = _rows_class_level(name, root, split, val_class_fraction)
+    frame = pd.DataFrame(rows, columns=["image_path", "caption", "label", "image_id"])
+    frame["caption"] = frame["caption"].fillna("").astype(str)
+    frame["tokens"] = [tokenize(caption) for caption in frame["caption"]]
+    empty = frame["tokens"].map(len) == 0
+    if empty.any():
+        message = (f"{name}/{split}: dropped {int(empty.sum())} empty caption(s) (e.g. for "
+                   f"{frame.loc[empty, 'image_path'].iloc[0]})")
+        logger.warning(message)
+        warnings.warn(message, stacklevel=2)
+        frame = frame.loc[~empty]
+    unique_paths = pd.unique(frame["image_path"])
+    missing = [path for path in unique_paths if not os.path.isfile(path)]
+    if missing:
+        message = (f"{name}/{split}: {len(missing)} of {len(unique_paths)} image files named in the annotations "
+                   f"are missing under {root}, e.g. {', '.join(missing[:3])}")
+        if missing_images == "error":
+            raise MissingImagesError(message + ". Restore them, or pass missing_images='drop' to drop their captions.")
+        logger.warning(message + "; their captions are dropped")
+        warnings.warn(message + "; their captions are dropped", stacklevel=2)
+        frame = frame.loc[~frame["image_path"].isin(set(missing))]
+    frame = frame.reset_index(drop=True)
+    frame["label"] = frame["label"].astype(np.int64)
+    frame["image_id"] = frame["image_id"].astype(np.int64)
+    frame["split"] = split
+    return frame[list(COLUMNS)]
+
+
+def add_indices(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``class_index`` (labels mapped to 0..K-1 in sorted label order) and ``image_index``
+    (row in the split's image cache: unique image paths in order of first appearance)."""
+    frame = frame.copy()
+    labels = np.sort(frame["label"].unique())
+    frame["class_index"] = np.searchsorted(labels, frame["label"].to_numpy()).astype(np.int64)
+    paths = pd.unique(frame["image_path"])
+    lookup = {path: index for index, path in enumerate(paths)}
+    frame["image_index"] = frame["image_path"].map(lookup).astype(np.int64)
+    return frame
+
+
+def image_paths_of(frame: pd.DataFrame) -> list[str]:
+    """Unique image paths of ``frame`` in the order ``image_index`` counts them."""
+    return [str(p) for p in pd.unique(frame["image_path"])]
+
+
+# ---------------------------------------------------------------------- locking
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock on ``path`` (a lock file), so parallel processes prepare data once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------- prepared dataset
+@dataclass
+class PreparedDataset:
+    """A dataset ready for training: frames per split, the vocabulary, the image caches.
+
+    ``frames[split]`` has the :data:`COLUMNS` plus ``class_index`` (0..K-1 within the split,
+    sorted label order) and ``image_index`` (row in ``image_cache(split).images``).
+    """
+
+    name: str
+    root: Path
+    synthetic: bool
+    frames: dict[str, pd.DataFrame]
+    vocabulary: Vocabulary
+    image_size: tuple[int, int]
+    prepared_dir: Path
+    validation_split: str | None
+    test_split: str
+    _caches: dict[str, ImageCache] = field(default_factory=dict, repr=False)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self.frames)
+
+    @property
+    def eval_split(self) -> str | None:
+        """Alias of :attr:`validation_split`."""
+        return self.validation_split
+
+    @property
+    def num_classes(self) -> int:
+        """K of the train split (the CMPC classifier's width)."""
+        return int(self.frames["train"]["class_index"].max()) + 1
+
+    def cache_path(self, split: str) -> Path:
+        height, width = self.image_size
+        return self.prepared_dir / f"images_{split}_{height}x{width}.npy"
+
+    def image_cache(self, split: str) -> ImageCache:
+        """The split's image cache (opened once, memory-mapped)."""
+        if split not in self.frames:
+            raise KeyError(f"{self.name} has no prepared split {split!r}; prepared: {', '.join(self.frames)}")
+        if split not in self._caches:
+            self._caches[split] = ImageCache.open(self.cache_path(split))
+        return self._caches[split]
+
+    def pair_dataset(self, split: str, train: bool, backbone: str) -> "PairDataset":
+        """Shortcut: ``PairDataset(frames[split], vocabulary, image_cache(split), train, backbone)``."""
+        return PairDataset(self.frames[split], self.vocabulary, self.image_cache(split), train=train, backbone=backbone)
+
+
+def default_image_size(name: str, synthetic: bool) -> tuple[int, int]:
+    """(H, W) of the cache: the synthetic renderer's native size, or 224 x 224 for real data."""
+    if synthetic:
+        from .synthetic import IMAGE_SIZES
+
+        return IMAGE_SIZES[name]
+    return REAL_IMAGE_SIZE
+
+
+def synthetic_root(name: str, profile: str, seed: int = 0, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the synthetic dataset lives: ``<cache>/synthetic/<profile>/<name>`` (seed 0) or
+    ``<cache>/synthetic/<profile>/seed<k>/<name>``."""
+    base = config.cache_dir(cache_dir) / "synthetic" / profile
+    return (base / name) if seed == 0 else (base / f"seed{seed}" / name)
+
+
+def ensure_synthetic(name: str, profile: str, seed: int = 0, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Generate the synthetic ``name`` for ``profile`` unless a complete copy is already there."""
+    from . import synthetic
+
+    root = synthetic_root(name, profile, seed, cache_dir)
+    with _file_lock(root.parent / f".{root.name}.lock"):
+        if not synthetic.is_complete(root, name, profile, seed):
+            synthetic.generate(name, root, profile, seed=seed)
+    return root
+
+
+def _frames_fingerprint(frame: pd.DataFrame) -> str:
+    digest = hashlib.sha256()
+    for path, caption in zip(frame["image_path"], frame["caption"]):
+        digest.update(f"{path}\t{caption}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def prepare_dataset(name: str, profile: str, data_dir: str | os.PathLike | None = None,
+                    cache_dir: str | os.PathLike | None = None, seed: int = 0,
+                    image_size: tuple[int, int] | None = None, source: str = "auto", *,
+                    missing_images: str = "error", val_class_fraction: float | None = None,
+                    min_count: int = 3, progress: bool = False) -> PreparedDataset:
+    """Find or generate dataset ``name``, read its splits, build or reload the vocabulary and the image caches.
+
+    ``source``: ``"auto"`` = the real data under ``config.data_dir(data_dir)/<name>`` for
+    profile ``paper`` (a clear error if it is missing), synthetic data for smoke / quick;
+    ``"real"`` or ``"synthetic"`` force one. Synthetic data is written (once, deterministic
+    from ``seed``) under ``config.cache_dir(cache_dir)/synthetic/<profile>/<name>``.
+    Vocabulary and caches go to ``<cache>/prepared/<real|synthetic/<profile>/seed<k>>/<name>/``;
+    the vocabulary is built from the train split only and reloaded afterwards (rebuilt only
+    when the training captions change). ``val_class_fraction`` (cub / flowers): None = 0.2
+    (a validation split of whole trainval classes); 0 = train on all trainval classes with
+    no validation split.
+    """
+    _check_name(name)
+    config.check_profile(profile)
+    if source not in ("auto", "real", "synthetic"):
+        raise ValueError(f"parameter source={source!r} must be 'auto', 'real' or 'synthetic'")
+    use_synthetic = (profile != "paper") if source == "auto" else (source == "synthetic")
+    if use_synthetic:
+        root = ensure_synthetic(name, profile, seed, cache_dir)
+        prepared_dir = config.cache_dir(cache_dir) / "prepared" / "synthetic" / profile / f"seed{seed}" / name
+    else:
+        root = config.data_dir(data_dir) / name
+        if not root.is_dir():
+            raise _layout_error(name, root, root)
+        prepared_dir = config.cache_dir(cache_dir) / "prepared" / "real" / name
+    if name in CLASS_LEVEL:
+        fraction = 0.2 if val_class_fraction is None else float(val_class_fraction)
+        split_names = ["train", "val", "test"] if fraction > 0 else ["train", "test"]
+        validation_split = "val" if fraction > 0 else None
+    else:
+        fraction = 0.0
+        split_names = list(SPLITS[name])
+        validation_split = VALIDATION_SPLIT[name]
+    frames = {split: add_indices(read_dataset(name, root, split, missing_images=missing_images,
+                                              val_class_fraction=fraction))
+              for split in split_names}
+    for split, frame in frames.items():
+        if frame.empty:
+            raise ValueError(f"{name}/{split} under {root} has no captions; check the annotation files")
+    size = tuple(image_size) if image_size is not None else default_image_size(name, use_synthetic)
+    with _file_lock(prepared_dir / ".prepare.lock"):
+        vocabulary_path = prepared_dir / "vocabulary.json"
+        train_key = _frames_fingerprint(frames["train"])
+        vocabulary = None
+        if vocabulary_path.is_file():
+            loaded = Vocabulary.load(vocabulary_path)
+            if loaded.meta.get("train_fingerprint") == train_key and loaded.min_count == min_count:
+                vocabulary = loaded
+        if vocabulary is None:
+            vocabulary = Vocabulary.build(frames["train"]["tokens"], min_count=min_count,
+                                          meta={"dataset": name, "built_from": "train", "root": str(root),
+                                                "train_fingerprint": train_key})
+            vocabulary.save(vocabulary_path)
+            vocabulary = Vocabulary.load(vocabulary_path)
+        prepared = PreparedDataset(name=name, root=root, synthetic=use_synthetic, frames=frames, vocabulary=vocabulary,
+                                   image_size=size, prepared_dir=prepared_dir, validation_split=validation_split,
+                                   test_split=TEST_SPLIT[name])
+        for split, frame in frames.items():
+            prepared._caches[split] = ImageCache.build(image_paths_of(frame), size, prepared.cache_path(split),
+                                                       progress=progress)
+    return prepared
+
+
+# ---------------------------------------------------------------------- pairs and batches
+class PairDataset(torch.utils.data.Dataset):
+    """One item per caption: its image (normalised), its token ids, its class index.
+
+    Item: ``image`` float32 ``(3, H, W)``; ``token_ids`` long ``(T,)`` = ``[<start>, w_1 .. w_n]``
+    (the model input of the released code: ``<end>`` dropped); ``label`` = ``class_index``;
+    ``image_index`` = row in the image cache. Pixels come from the memory-mapped cache (no
+    decoding per step); training flips left-right with probability 0.5.
+    """
+
+    def __init__(self, frame: pd.DataFrame, vocabulary: Vocabulary, image_cache: ImageCache, train: bool,
+                 backbone: str):
+        for column in ("tokens", "class_index", "image_index"):
+            if column not in frame.columns:
+                raise ValueError(f"PairDataset needs a frame with column {column!r} (use prepare_dataset or add_indices)")
+        if len(frame) and int(frame["image_index"].max()) >= len(image_cache):
+            raise ValueError(f"frame image_index goes up to {int(frame['image_index'].max())} but the cache "
+                             f"{image_cache.cache_path} holds {len(image_cache)} images: they are of different splits")
+        normalise(np.zeros((1, 1, 1, 3), dtype=np.uint8), backbone)  # validates the backbone name early
+        self.vocabulary = vocabulary
+        self.image_cache = image_cache
+        self.train = bool(train)
+        self.backbone = backbone
+        self.token_ids = [torch.tensor(vocabulary.encode(tokens, for_model_input=True), dtype=torch.long)
+                          for tokens in frame["tokens"]]
+        self.labels = frame["class_index"].to_numpy(dtype=np.int64)
+        self.image_indices = frame["image_index"].to_numpy(dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_index = int(self.image_indices[index])
+        pixels = torch.from_numpy(np.array(self.image_cache.images[image_index]))  # (H, W, 3) uint8, a copy
+        image = normalise(pixels, self.backbone)[0]  # (3, H, W) float32
+        if self.train and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return {"image": image, "token_ids": self.token_ids[index], "label": int(self.labels[index]),
+                "image_index": image_index}
+
+
+def collate_pairs(items: Sequence[dict[str, Any]], pad_id: int = Vocabulary.pad_id) -> dict[str, torch.Tensor]:
+    """Stack items: ``images (B, 3, H, W)``, ``token_ids (B, T)`` padded with ``pad_id`` (0),
+    ``lengths (B,)``, ``labels (B,)``, ``image_indices (B,)`` (all long but images)."""
+    if not items:
+        raise ValueError("collate_pairs got an empty batch")
+    lengths = torch.tensor([len(item["token_ids"]) for item in items], dtype=torch.long)  # (B,)
+    token_ids = torch.full((len(items), int(lengths.max())), pad_id, dtype=torch.long)  # (B, T)
+    for row, item in enumerate(items):
+        token_ids[row, : len(item["token_ids"])] = item["token_ids"]
+    return {"images": torch.stack([item["image"] for item in items]),  # (B, 3, H, W)
+            "token_ids": token_ids, "lengths": lengths,
+            "labels": torch.tensor([item["label"] for item in items], dtype=torch.long),
+            "image_indices": torch.tensor([item["image_index"] for item in items], dtype=torch.long)}
+
+
+class IdentityBatchSampler(torch.utils.data.Sampler):
+    """Batches of caption indices holding ``instances_per_label`` captions of each identity.
+
+    Each epoch visits every index once: the indices of each label are shuffled and cut into
+    groups of ``instances_per_label`` (a label's last group may be smaller), the groups are
+    shuffled and packed into batches of ``batch_size``. CMPM needs positives in a batch
+    beyond the diagonal; this makes them frequent. Deterministic for ``(seed, epoch)``; call
+    :meth:`set_epoch` each epoch. With ``num_replicas > 1`` each rank gets every
+    ``num_replicas``-th batch (same count on every rank).
+    """
+
+    def __init__(self, labels: Sequence[int], batch_size: int, instances_per_label: int = 2, seed: int = 0,
+                 drop_last: bool = True, num_replicas: int = 1, rank: int = 0):
+        if batch_size < 1 or instances_per_label < 1:
+            raise ValueError(f"batch_size={batch_size} and instances_per_label={instances_per_label} must be >= 1")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.batch_size = int(batch_size)
+        self.instances_per_label = int(instances_per_label)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.epoch = 0
+        order = np.argsort(self.labels, kind="stable")
+        boundaries = np.flatnonzero(np.diff(self.labels[order])) + 1
+        self._groups_by_label = np.split(order, boundaries) if len(order) else []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _all_batches(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        groups = []
+        for members in self._groups_by_label:
+            shuffled = rng.permutation(members)
+            groups.extend(shuffled[start:start + self.instances_per_label]
+                          for start in range(0, len(shuffled), self.instances_per_label))
+        flat = np.concatenate([groups[i] for i in rng.permutation(len(groups))]) if groups else np.array([], np.int64)
+        batches = [flat[start:start + self.batch_size].tolist() for start in range(0, len(flat), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        if self.num_replicas > 1:
+            usable = len(batches) - len(batches) % self.num_replicas
+            batches = batches[:usable]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._all_batches()[self.rank::self.num_replicas])
+
+    def __len__(self) -> int:
+        total = len(self.labels) // self.batch_size if self.drop_last else -(-len(self.labels) // self.batch_size)
+        return total // self.num_replicas

