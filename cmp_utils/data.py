@@ -36,13 +36,12 @@ all trainval classes.
 
 from __future__ import annotations
 
-import fcntl
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +83,39 @@ TEST_SPLIT = {name: "test" for name in config.DATASETS}
 CLASS_LEVEL = ("cub", "flowers")
 IMAGE_FOLDER = {"cub": "CUB_200_2011/images", "flowers": "jpg"}
 TEXT_FOLDER = {"cub": "cvpr2016_cub", "flowers": "cvpr2016_flowers"}
+# Published split sizes (reference: original-implementation.md, "Dataset sizes and formats").
+# None = not stated there. Class-level datasets publish trainval / test class splits.
+PUBLISHED_SIZES_SOURCE = "reference file: original-implementation.md (dataset sizes and formats)"
+PUBLISHED_SIZES = [
+    # dataset, split, images, captions, identities or classes
+    ("cuhk_pedes", "train", 34054, 68126, 11003), ("cuhk_pedes", "val", 3078, 6158, 1000),
+    ("cuhk_pedes", "test", 3074, 6156, 1000),
+    ("flickr30k", "train", 29000, 29000 * 5, 29000), ("flickr30k", "val", 1014, 1014 * 5, 1014),
+    ("flickr30k", "test", 1000, 1000 * 5, 1000),
+    ("mscoco", "train", 82783, None, 82783), ("mscoco", "restval", 30504, None, 30504),
+    ("mscoco", "val", 5000, None, 5000), ("mscoco", "test", 5000, None, 5000),
+    ("cub", "trainval", None, None, 150), ("cub", "test", None, None, 50), ("cub", "all", 11788, 117880, 200),
+    ("flowers", "trainval", None, None, 82), ("flowers", "test", None, None, 20), ("flowers", "all", 8189, 81890, 102),
+]
+
+
+def published_sizes() -> pd.DataFrame:
+    """:data:`PUBLISHED_SIZES` as a table with a ``source`` column."""
+    frame = pd.DataFrame(PUBLISHED_SIZES, columns=["dataset", "split", "images", "captions", "ids_or_classes"])
+    frame["source"] = PUBLISHED_SIZES_SOURCE
+    return frame.astype({"images": "Int64", "captions": "Int64", "ids_or_classes": "Int64"})
+
+
+def split_statistics(frame: pd.DataFrame) -> dict[str, float]:
+    """Images, captions, identities / classes, captions per image and caption length of one split's frame."""
+    per_image = frame.groupby("image_path").size()
+    lengths = frame["tokens"].map(len)
+    return {"images": int(per_image.size), "captions": int(len(frame)), "ids_or_classes": int(frame["label"].nunique()),
+            "captions_per_image_mean": float(per_image.mean()), "captions_per_image_min": int(per_image.min()),
+            "captions_per_image_max": int(per_image.max()), "caption_length_mean": float(lengths.mean()),
+            "caption_length_max": int(lengths.max())}
+
+
 # Default image size of the cache: the paper resizes real images to 224 x 224 (no crop).
 REAL_IMAGE_SIZE = (224, 224)
 

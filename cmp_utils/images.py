@@ -37,7 +37,11 @@ RESNET_MEAN_RGB = (123.68, 116.78, 103.94)
 # ---------------------------------------------------------------------- transforms
 def to_channels_first(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``(B, H, W, 3)`` or ``(B, 3, H, W)`` (or one image without B) -> ``(B, 3, H, W)`` tensor, same dtype."""
-    tensor = torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images
+    if isinstance(images, np.ndarray):
+        # a read-only memmap slice is copied (torch tensors must be writable); uint8 copies are cheap
+        tensor = torch.from_numpy(images if images.flags.writeable else np.array(images))
+    else:
+        tensor = images
     if tensor.dim() == 3:
         tensor = tensor.unsqueeze(0)
     if tensor.dim() != 4:
@@ -135,6 +139,14 @@ class ImageCache:
             return self._index[str(path)]
         except KeyError:
             raise KeyError(f"image {path} is not in the cache {self.cache_path}") from None
+
+    def __getstate__(self) -> dict:
+        """Pickle the location, not the pixels: a DataLoader worker (spawn) reopens the memmap."""
+        return {"cache_path": str(self.cache_path)}
+
+    def __setstate__(self, state: dict) -> None:
+        reopened = ImageCache.open(state["cache_path"])
+        self.__dict__.update(reopened.__dict__)
 
     def __repr__(self) -> str:
         return f"ImageCache({len(self)} images of {self.size[0]}x{self.size[1]} at {self.cache_path})"

@@ -399,12 +399,15 @@ class CMCELoss(nn.Module):
         present, inverse = torch.unique(labels, return_inverse=True)  # (u,), (n,)
         counts = torch.zeros(len(present), device=labels.device, dtype=unit_images.dtype)
         counts.index_add_(0, inverse, torch.ones_like(labels, dtype=unit_images.dtype))
-        for buffer, features in ((self.image_buffer, unit_images), (self.text_buffer, unit_texts)):
+        for name, features in (("image_buffer", unit_images), ("text_buffer", unit_texts)):
+            buffer = getattr(self, name)  # (C, d)
             means = torch.zeros(len(present), features.shape[1], device=features.device, dtype=features.dtype)
             means.index_add_(0, inverse, features)
             means /= counts.unsqueeze(1)  # (u, d): batch mean per identity
             updated = self.momentum * buffer[present].to(features.dtype) + (1.0 - self.momentum) * means
-            buffer[present] = F.normalize(updated, dim=1, eps=NORM_EPS).to(buffer.dtype)
+            rows = F.normalize(updated, dim=1, eps=NORM_EPS).to(buffer.dtype)
+            # out of place: the old buffer may still be needed by this step's backward pass
+            setattr(self, name, buffer.index_copy(0, present, rows))
 
     def extra_repr(self) -> str:
         return (f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, "

@@ -1,0 +1,441 @@
+"""The experiment notebooks' engine: train a method, score it with its dataset's protocol, tabulate.
+
+One *run* = one method (a set of losses) trained on one dataset with one seed by
+:func:`cmp_utils.train.fit`, then scored on the test split with the protocol of the dataset:
+
+* ``cuhk_pedes``: text-to-image R@1/5/10, mAP, mINP (gallery: every test image once);
+* ``flickr30k``: both directions, R@1/5/10;
+* ``mscoco``: both directions, the 1K protocol (five folds, averaged) and 5K;
+* ``cub`` / ``flowers``: the zero-shot class-level protocol (top-1 accuracy, AP@50).
+
+Runs are memoised on disk (``<cache>/experiment_runs/<key>/protocol.json``): the key hashes the
+full training settings and the source of ``cmp_utils``, so notebooks that share a run (the
+ablation and the CUHK-PEDES table both train CMPM) train it once, and any change of code or
+settings trains again. Results are tidy rows
+``dataset, table, method, backbone, direction, metric, value, paper_value, seed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import atomic, config, paper
+
+#: Method label (as in the paper's tables) -> the losses of :mod:`cmp_utils.losses` it trains with.
+METHODS: dict[str, tuple[str, ...]] = {
+    "CMPM": ("cmpm",),
+    "CMPM+CMPC": ("cmpm", "cmpc"),
+    "CMPC": ("cmpc",),
+    "softmax": ("softmax",),
+    "norm-softmax": ("norm_softmax",),
+    "ranking": ("ranking",),
+    "ranking (hardest)": ("ranking_hard",),
+    "CMCE": ("cmce",),
+    "CMPM (L2 target)": ("cmpm_l2",),
+}
+
+#: Name of each experiment's results folder and the notebook that makes it.
+EXPERIMENT_NOTEBOOKS = {
+    "cuhk_pedes": "05_cuhk_pedes",
+    "flickr30k": "06_flickr30k",
+    "mscoco": "07_mscoco",
+    "cub_flowers": "08_cub_flowers",
+    "batch_size": "09_batch_size",
+    "ablation": "10_ablation",
+    "feature_distribution": "11_feature_distribution",
+}
+
+RESULT_COLUMNS = ["dataset", "table", "method", "backbone", "direction", "metric", "value", "paper_value", "seed"]
+
+
+def method_losses(method: str) -> tuple[str, ...]:
+    """The loss names behind a method label; a clear error for an unknown label."""
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not known; use one of {list(METHODS)}")
+    return METHODS[method]
+
+
+def _code_fingerprint() -> str:
+    """Hash of every ``cmp_utils`` source file: a change of code invalidates memoised runs."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def run_key(settings: dict[str, Any]) -> str:
+    """Key of a run: its settings (minus where it is written and how it reports) and the code."""
+    relevant = {k: v for k, v in settings.items() if k not in ("output_dir", "progress", "resume", "device")}
+    text = json.dumps(relevant, sort_keys=True, default=str) + _code_fingerprint()
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+# ---------------------------------------------------------------------------------------------
+# Protocols
+# ---------------------------------------------------------------------------------------------
+
+
+def protocol_metrics(
+    dataset: str,
+    image_embeddings: torch.Tensor,
+    image_labels: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    text_labels: torch.Tensor,
+) -> list[dict[str, Any]]:
+    """Score test-split embeddings with the protocol of ``dataset``.
+
+    Returns rows ``{table, direction, metric, value}``. ``image_embeddings`` (N_I, d) holds each
+    test image once, ``text_embeddings`` (N_T, d) each caption; labels are identities
+    (CUHK-PEDES), images (Flickr30K, MSCOCO) or classes (CUB, Flowers).
+    """
+    from . import metrics
+
+    rows: list[dict[str, Any]] = []
+
+    def add(table: str, direction: str, values: dict[str, Any], names: Iterable[str]) -> None:
+        for name in names:
+            rows.append({"table": table, "direction": direction, "metric": name, "value": float(values[name])})
+
+    recall_names = ("R@1", "R@5", "R@10")
+    if dataset == "cuhk_pedes":
+        t2i = metrics.retrieval_metrics(text_embeddings, image_embeddings, text_labels, image_labels)
+        add("cuhk_pedes", "t2i", t2i, (*recall_names, "mAP", "mINP"))
+    elif dataset == "flickr30k":
+        both = metrics.bidirectional_retrieval(image_embeddings, text_embeddings, image_labels, text_labels)
+        for direction in ("i2t", "t2i"):
+            add("flickr30k", direction, both[direction], recall_names)
+    elif dataset == "mscoco":
+        protocols = metrics.coco_1k_5k(image_embeddings, text_embeddings, image_labels, text_labels)
+        for size in ("1k", "5k"):
+            for direction in ("i2t", "t2i"):
+                add(f"mscoco_{size}", direction, protocols[size][direction], recall_names)
+    elif dataset in ("cub", "flowers"):
+        zero_shot = metrics.zero_shot_class_metrics(image_embeddings, image_labels, text_embeddings, text_labels)
+        add("cub_flowers", "i2t", zero_shot, ("top1_accuracy",))
+        add("cub_flowers", "t2i", zero_shot, ("ap@50",))
+    else:
+        raise ValueError(f"dataset {dataset!r} has no protocol; use one of {config.DATASETS}")
+    return rows
+
+
+def load_trained(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild a finished run from its folder: ``(model with best weights, prepared data,
+    cached image features by split, TrainConfig)``. The model is in eval mode on ``device``."""
+    import yaml
+
+    from . import data, models, train
+
+    run_dir = Path(run_dir)
+    params_path = run_dir / "params.yaml"
+    if not params_path.is_file():
+        raise FileNotFoundError(f"{params_path} is missing: {run_dir} is not a finished run folder")
+    settings = yaml.safe_load(params_path.read_text())
+    settings = {k: v for k, v in settings.items() if k in {f.name for f in __import__("dataclasses").fields(train.TrainConfig)}}
+    cfg = train.as_config(settings)
+    resolved = config.resolve_device(device)
+    prepared = data.prepare_dataset(cfg.dataset, cfg.profile, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir,
+                                    seed=cfg.data_seed, image_size=cfg.image_size)
+    features: dict[str, torch.Tensor] = {}
+    if cfg.feature_mode == "cached":
+        for split in {prepared.validation_split, prepared.test_split} - {None}:
+            features[split] = train.cached_image_features(prepared, split, cfg, resolved)
+    feature_dim = next(iter(features.values())).shape[-1] if features else None
+    model = models.build_model(len(prepared.vocabulary), cfg.backbone, cfg.embedding_dim, cfg.word_dim,
+                               cfg.hidden_size, cfg.dropout, prepared.vocabulary.pad_id, cfg.padded_steps,
+                               cfg.pool_grid, cfg.weights_path, cfg.pretrained, cached_feature_dim=feature_dim)
+    best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=resolved, weights_only=True)
+    model.load_state_dict(best["model"])
+    return model.to(resolved).eval(), prepared, features, cfg
+
+
+def test_embeddings(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
+    """Embeddings of the test split by the best (EMA) weights of the run in ``run_dir``.
+
+    Returns ``(image_embeddings, image_labels, text_embeddings, text_labels)`` (see
+    :func:`cmp_utils.evaluate.encode`).
+    """
+    from . import evaluate
+
+    model, prepared, features, cfg = load_trained(run_dir, device=device)
+    split = prepared.test_split
+    return evaluate.encode(model, prepared, split, config.resolve_device(device), cfg.eval_batch_size,
+                           features.get(split))
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------
+
+
+def run_method(
+    dataset: str,
+    profile: str,
+    method: str,
+    seed: int = 0,
+    device: str = "auto",
+    data_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    refresh: bool = False,
+) -> dict[str, Any]:
+    """Train ``method`` on ``dataset`` (or reuse the memoised run) and score the test split.
+
+    Returns ``{"key", "run_dir", "settings", "rows", "best_epoch", "seconds", "samples_per_second"}``
+    where ``rows`` are the protocol's rows (see :func:`protocol_metrics`). ``overrides`` are
+    training settings (e.g. ``{"batch_size": 64}``) on top of the profile's.
+    """
+    from . import train
+
+    cfg = train.make_config(
+        profile, dataset, losses=method_losses(method), seed=seed, device=device,
+        data_dir=data_dir or None, progress=False, **(overrides or {}),
+    )
+    settings = cfg.to_dict()
+    key = run_key(settings)
+    run_dir = config.cache_dir() / "experiment_runs" / key
+    protocol_path = run_dir / "protocol.json"
+    if protocol_path.is_file() and not refresh:
+        return json.loads(protocol_path.read_text())
+    cfg.output_dir = str(run_dir)
+    cfg.resume = False
+    result = train.fit(cfg)
+    embeddings = test_embeddings(run_dir, device)
+    record = {
+        "key": key,
+        "run_dir": str(run_dir),
+        "settings": settings,
+        "rows": protocol_metrics(dataset, *embeddings),
+        "best_epoch": result.best_epoch,
+        "seconds": result.seconds,
+        "samples_per_second": result.samples_per_second,
+    }
+    atomic.write_text(protocol_path, json.dumps(record, indent=2, default=str) + "\n")
+    return record
+
+
+def run_grid(
+    dataset: str,
+    profile: str,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    device: str = "auto",
+    data_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    extra_columns: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Every method with every seed: tidy rows (see :data:`RESULT_COLUMNS`) plus ``seconds``.
+
+    ``extra_columns`` are constant columns added to every row (e.g. ``{"batch_size": 32}``).
+    """
+    from tqdm.auto import tqdm
+
+    for method in methods:
+        method_losses(method)  # fail before training anything
+    rows = []
+    jobs = [(method, seed) for method in methods for seed in seeds]
+    for method, seed in tqdm(jobs, desc=f"{dataset} runs", disable=not progress):
+        record = run_method(dataset, profile, method, seed, device, data_dir, overrides)
+        for row in record["rows"]:
+            rows.append({"dataset": dataset, "method": method, "backbone": record["settings"]["backbone"],
+                         "seed": seed, "seconds": record["seconds"], **(extra_columns or {}), **row})
+    frame = pd.DataFrame(rows)
+    return attach_paper_values(frame)
+
+
+def attach_paper_values(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``paper_value`` (NaN unless the paper's number is confirmed) to tidy rows, by table."""
+    if frame.empty:
+        return frame.assign(paper_value=pd.Series(dtype=float))
+    parts = [paper.with_paper_values(group, table=table) for table, group in frame.groupby("table", sort=False)]
+    out = pd.concat(parts).sort_index()
+    ordered = [c for c in RESULT_COLUMNS if c in out.columns]
+    return out[ordered + [c for c in out.columns if c not in ordered]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables and claims
+# ---------------------------------------------------------------------------------------------
+
+
+def summarise(frame: pd.DataFrame, by: Sequence[str] = ("dataset", "table", "method", "direction", "metric")) -> pd.DataFrame:
+    """Mean, standard deviation (ddof=1; 0 for one seed) and count over seeds, beside the paper."""
+    keys = [k for k in by if k in frame.columns]
+    grouped = frame.groupby(keys, sort=False)
+    summary = grouped["value"].agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                                   n_seeds="count").reset_index()
+    if "paper_value" in frame.columns:
+        summary["paper_value"] = grouped["paper_value"].first().to_numpy()
+        summary["difference"] = summary["mean"] - summary["paper_value"]
+    return summary
+
+
+def compare_methods(frame: pd.DataFrame, better: str, worse: str, metric: str, direction: str,
+                    table: str | None = None) -> dict[str, Any]:
+    """Test the claim "``better`` beats ``worse``" on paired seeds.
+
+    Verdict: ``held`` when ``better`` wins on every seed, ``did not hold`` when it loses on every
+    seed, ``inconclusive`` otherwise (the seeds disagree: within seed noise).
+    """
+    chosen = frame[(frame["metric"] == metric) & (frame["direction"] == direction)]
+    if table is not None:
+        chosen = chosen[chosen["table"] == table]
+    pivot = chosen.pivot_table(index="seed", columns="method", values="value")
+    if better not in pivot or worse not in pivot:
+        raise ValueError(f"compare_methods needs rows for both {better!r} and {worse!r}; have {list(pivot.columns)}")
+    differences = (pivot[better] - pivot[worse]).dropna()
+    if (differences > 0).all():
+        verdict = "held"
+    elif (differences < 0).all():
+        verdict = "did not hold"
+    else:
+        verdict = "inconclusive"
+    return {
+        "claim": f"{better} > {worse} ({direction} {metric})",
+        "mean_difference": float(differences.mean()),
+        "std_difference": float(differences.std(ddof=1)) if len(differences) > 1 else 0.0,
+        "n_seeds": int(len(differences)),
+        "verdict": verdict,
+    }
+
+
+def describe_claim(result: dict[str, Any]) -> str:
+    """One sentence for a :func:`compare_methods` result."""
+    return (f"{result['claim']}: {result['verdict']} on this data "
+            f"(mean difference {result['mean_difference']:+.2f} ± {result['std_difference']:.2f} over "
+            f"{result['n_seeds']} seed{'s' if result['n_seeds'] != 1 else ''})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------
+
+
+def save_experiment(out_dir: str | Path, frame: pd.DataFrame, params: dict[str, Any],
+                    figures: dict[str, Any] | None = None, claims: Sequence[dict[str, Any]] = ()) -> list[Path]:
+    """Write ``metrics.csv`` (tidy), ``summary.csv``, ``claims.csv``, ``params.yaml`` and each figure
+    as PNG and SVG into ``out_dir``, atomically. Returns the paths written."""
+    from . import plots
+
+    out_dir = Path(out_dir)
+    written = [atomic.write_csv(out_dir / "metrics.csv", frame)]
+    by = [c for c in ("dataset", "table", "method", "direction", "metric", "batch_size") if c in frame.columns]
+    written.append(atomic.write_csv(out_dir / "summary.csv", summarise(frame, by)))
+    if claims:
+        written.append(atomic.write_csv(out_dir / "claims.csv", pd.DataFrame(list(claims))))
+    written.append(atomic.write_yaml(out_dir / "params.yaml", params))
+    for name, figure in (figures or {}).items():
+        written.extend(plots.save_figure(figure, out_dir / name))
+    return written
+
+
+def plot_methods(frame: pd.DataFrame, metric: str, direction: str, table: str | None = None, ax=None,
+                 title: str | None = None):
+    """Bar chart: mean ± std over seeds per method, the paper's value as a marker where confirmed."""
+    import matplotlib.pyplot as plt
+
+    chosen = frame[(frame["metric"] == metric) & (frame["direction"] == direction)]
+    if table is not None:
+        chosen = chosen[chosen["table"] == table]
+    summary = summarise(chosen)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.2 + 1.1 * len(summary), 3.6))
+    positions = np.arange(len(summary))
+    ax.bar(positions, summary["mean"], yerr=summary["std"], capsize=4, color="#4c72b0", label="ours (mean ± std)")
+    if "paper_value" in summary and summary["paper_value"].notna().any():
+        ax.scatter(positions, summary["paper_value"], marker="D", color="#c44e52", zorder=3, label="paper")
+    ax.set_xticks(positions, summary["method"], rotation=20, ha="right")
+    ax.set_ylabel(f"{direction} {metric} (%)")
+    ax.set_title(title or f"{table or ''} {direction} {metric}".strip())
+    ax.legend(fontsize=8)
+    return ax.figure
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature distribution
+# ---------------------------------------------------------------------------------------------
+
+
+def cosine_statistics(image_embeddings: torch.Tensor, image_labels: torch.Tensor, text_embeddings: torch.Tensor,
+                      text_labels: torch.Tensor) -> dict[str, float]:
+    """Mean cross-modal cosine similarity of matching (intra) and non-matching (inter) pairs.
+
+    ``image_embeddings`` (N_I, d), ``text_embeddings`` (N_T, d); every image-text pair counts once.
+    Returns ``intra_cosine``, ``inter_cosine`` and ``cosine_gap`` = intra − inter.
+    """
+    images = torch.nn.functional.normalize(image_embeddings.double(), dim=1)  # (N_I, d)
+    texts = torch.nn.functional.normalize(text_embeddings.double(), dim=1)  # (N_T, d)
+    cosine = images @ texts.T  # (N_I, N_T)
+    same = image_labels[:, None] == text_labels[None, :]  # (N_I, N_T)
+    intra = float(cosine[same].mean())
+    inter = float(cosine[~same].mean())
+    return {"intra_cosine": intra, "inter_cosine": inter, "cosine_gap": intra - inter}
+
+
+def pick_identities(labels: torch.Tensor, count: int, seed: int = 0) -> list[int]:
+    """``count`` distinct labels drawn reproducibly (among those with at least two images)."""
+    values, counts = torch.unique(labels, return_counts=True)
+    candidates = values[counts >= 2] if (counts >= 2).sum() >= count else values
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(candidates), generator=generator)[:count]
+    return sorted(int(v) for v in candidates[order])
+
+
+def _pca_2d(points: torch.Tensor) -> torch.Tensor:
+    """Project (n, d) points on their first two principal components: (n, 2)."""
+    centred = points - points.mean(dim=0, keepdim=True)
+    _, _, right = torch.linalg.svd(centred, full_matrices=False)
+    return centred @ right[:2].T
+
+
+def plot_projection(image_embeddings, image_labels, text_embeddings, text_labels, identities: Sequence[int],
+                    ax=None, title: str = ""):
+    """2-D PCA of the normalised embeddings of ``identities``: images as circles, texts as crosses."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4))
+    chosen = torch.tensor(list(identities))
+    image_mask = torch.isin(image_labels, chosen)
+    text_mask = torch.isin(text_labels, chosen)
+    points = torch.nn.functional.normalize(
+        torch.cat([image_embeddings[image_mask], text_embeddings[text_mask]]).float(), dim=1)
+    projected = _pca_2d(points).numpy()
+    labels = torch.cat([image_labels[image_mask], text_labels[text_mask]]).numpy()
+    is_image = np.r_[np.ones(int(image_mask.sum()), bool), np.zeros(int(text_mask.sum()), bool)]
+    colours = plt.get_cmap("tab10")
+    for index, identity in enumerate(identities):
+        for modality, marker in ((True, "o"), (False, "x")):
+            mask = (labels == identity) & (is_image == modality)
+            ax.scatter(projected[mask, 0], projected[mask, 1], marker=marker, s=28, color=colours(index % 10),
+                       label=f"id {identity}" if modality else None)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax.figure
+
+
+def plot_cosine_histograms(image_embeddings, image_labels, text_embeddings, text_labels, ax=None, title: str = ""):
+    """Histograms of cross-modal cosine similarity for matching and non-matching pairs."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 3))
+    images = torch.nn.functional.normalize(image_embeddings.float(), dim=1)
+    texts = torch.nn.functional.normalize(text_embeddings.float(), dim=1)
+    cosine = images @ texts.T  # (N_I, N_T)
+    same = image_labels[:, None] == text_labels[None, :]
+    bins = np.linspace(-1, 1, 61)
+    ax.hist(cosine[~same].numpy(), bins=bins, density=True, alpha=0.6, label="different identity")
+    ax.hist(cosine[same].numpy(), bins=bins, density=True, alpha=0.6, label="same identity")
+    ax.set_xlabel("cosine similarity (image, text)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return ax.figure

@@ -1,0 +1,56 @@
+"""Tokenizer and vocabulary rules of the released code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cmp_utils.text import SPECIAL_TOKENS, Vocabulary, tokenize
+
+
+def test_tokenize_lowercases_strips_punctuation_and_splits():
+    assert tokenize("A woman, wearing a RED t-shirt.") == ["a", "woman", "wearing", "a", "red", "t", "shirt"]
+    assert tokenize("  He's  carrying\ta bag!!  ") == ["he", "s", "carrying", "a", "bag"]
+    assert tokenize("“Quoted” — dash") == ["quoted", "dash"]
+    assert tokenize("...") == []
+    with pytest.raises(TypeError, match="caption string"):
+        tokenize(["a", "list"])
+
+
+def test_build_keeps_min_count_and_orders_by_frequency_then_alphabet():
+    token_lists = [["red", "shirt", "a"], ["a", "blue", "shirt"], ["a", "red", "shirt"], ["blue", "a", "bag"],
+                   ["bag", "bag", "blue"], ["rare", "rare"]]
+    vocabulary = Vocabulary.build(token_lists, min_count=3)
+    # counts: a 4, bag 3, blue 3, shirt 3, red 2, rare 2
+    assert vocabulary.words == ["a", "bag", "blue", "shirt"]
+    assert vocabulary.itos[:4] == list(SPECIAL_TOKENS) and vocabulary.pad_id == 0
+    assert len(vocabulary) == 4 + 4
+    assert vocabulary.id_of("a") == 4 and vocabulary.id_of("red") == vocabulary.unknown_id
+    assert Vocabulary.build(token_lists, min_count=2).words == ["a", "bag", "blue", "shirt", "rare", "red"]
+
+
+def test_encode_adds_start_end_and_model_input_drops_the_last():
+    vocabulary = Vocabulary.build([["a", "red", "coat"]] * 3)
+    full = vocabulary.encode(["a", "red", "hat"])
+    assert full == [vocabulary.start_id, vocabulary.id_of("a"), vocabulary.id_of("red"), vocabulary.unknown_id,
+                    vocabulary.end_id]
+    assert vocabulary.encode(["a", "red", "hat"], for_model_input=True) == full[:-1]
+    assert 0 not in full  # padding id is never a token
+    assert vocabulary.decode(full) == ["a", "red", "<unk>"]
+    with pytest.raises(TypeError, match="token list"):
+        vocabulary.encode("a red coat")
+
+
+def test_save_load_round_trip(tmp_path):
+    vocabulary = Vocabulary.build([["x", "y", "y"]] * 3, meta={"built_from": "train"})
+    path = vocabulary.save(tmp_path / "sub" / "vocabulary.json")
+    assert json.loads(path.read_text())["words"] == ["y", "x"]
+    loaded = Vocabulary.load(path)
+    assert loaded == vocabulary and loaded.meta == {"built_from": "train"} and len(loaded) == 6
+    assert not list((tmp_path / "sub").glob("*.tmp"))
+    with pytest.raises(FileNotFoundError, match="Vocabulary.build"):
+        Vocabulary.load(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="bad.json"):
+        Vocabulary.load(tmp_path / "bad.json")
