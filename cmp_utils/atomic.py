@@ -23,6 +23,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary_path = Path(temporary)
     try:
         yield temporary_path
+        # mkstemp makes owner-only files; give the result the old file's mode, or the umask's default.
+        if destination.exists():
+            mode = destination.stat().st_mode & 0o777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(temporary_path, mode)
         os.replace(temporary_path, destination)
     finally:
         if temporary_path.exists():

@@ -115,10 +115,12 @@ def device_name(device: torch.device) -> str:
 class Rows:
     """Collects benchmark rows stamped with the device, machine, torch version and date."""
 
-    def __init__(self, device: torch.device | str = "cpu"):
+    def __init__(self, device: torch.device | str = "cpu", path: str | os.PathLike | None = None):
         self.device = device_name(torch.device(device))
+        self.path = None if path is None else Path(path)  # rewritten after every row when given
         self.machine = machine_description()
         self.date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         self.rows: list[dict[str, Any]] = []
 
     def add(self, benchmark: str, case: str, value: float, unit: str, ratio: float | None = None,
@@ -126,8 +128,10 @@ class Rows:
         row = {"benchmark": benchmark, "case": case, "value": float(value), "unit": unit,
                "ratio": float("nan") if ratio is None else float(ratio), "ratio_to": ratio_to,
                "device": self.device, "machine": self.machine, "torch": str(torch.__version__),
-               "date": self.date, "notes": notes}
+               "date": self.date, "notes": f"{notes}; load average {self.load:.1f} at start".lstrip("; ")}
         self.rows.append(row)
+        if self.path is not None:  # a run cut short still leaves what it measured
+            atomic.write_csv(self.path, self.frame(), index=False)
         return row
 
     def frame(self) -> pd.DataFrame:
@@ -604,24 +608,32 @@ class _PaperStep:
         self.optimizer.step()
 
 
-def _paper_batch(batch: int, image_size: int, device: torch.device, caption_length: int = 24,
+def _paper_batch(batch: int, image_size: int, device: torch.device, vocabulary: int = PAPER_VOCABULARY,
+                 num_classes: int = CUHK_TRAIN_IDS, caption_length: int = 24,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    """Random inputs of the paper model: normalised images, token ids (lengths up to
+    ``caption_length``, an assumed CUHK-PEDES-like length), lengths and class indices."""
     images = torch.randn(batch, 3, image_size, image_size, generator=generator).to(device)  # (B, 3, H, W)
     lengths = torch.randint(caption_length // 2, caption_length + 1, (batch,), generator=generator)  # (B,)
-    token_ids = torch.randint(1, PAPER_VOCABULARY, (batch, int(lengths.max())), generator=generator)  # (B, T)
-    labels = torch.randint(0, CUHK_TRAIN_IDS, (batch,), generator=generator)  # (B,)
+    token_ids = torch.randint(1, vocabulary, (batch, int(lengths.max())), generator=generator)  # (B, T)
+    labels = torch.randint(0, num_classes, (batch,), generator=generator)  # (B,)
     return images, token_ids.to(device), lengths.to(device), labels.to(device)
 
 
 def bench_gpu(rows: Rows, device: torch.device | str | None = None, batch_sizes: Sequence[int] = (16, 64, 256),
               modes: Sequence[str] = GPU_MODES, compile_batch_sizes: Sequence[int] = (64,), image_size: int = 224,
               steps: int = 20, warmup: int = 5, epoch_images: int = CUHK_TRAIN_IMAGES, epoch_batch: int = 16,
-              epoch_mode: str = "bf16+channels_last") -> None:
+              epoch_mode: str = "bf16+channels_last", vocabulary: int = PAPER_VOCABULARY,
+              num_classes: int = CUHK_TRAIN_IDS, dim: int = PAPER_DIM, budget_s: float = 240.0) -> None:
     """Paper-model training throughput per batch size and mode (ratio to fp32), and one epoch of
     ``epoch_images`` images from an in-memory uint8 cache (batch ``epoch_batch``, ``epoch_mode``).
 
+    Order: the eager modes at every batch size, the epoch, then the ``compile`` modes (only at
+    ``compile_batch_sizes``; the CNN is compiled, the packed LSTM stays eager), each started only
+    while less than ``budget_s`` seconds have passed (a skipped one gets a row saying so).
     ``device=None``: CUDA if available, else one row "no CUDA device". An explicit CPU device
-    runs the same code (used by the tests at tiny sizes).
+    runs the same code (used by the tests at tiny sizes); ``vocabulary``, ``num_classes`` and
+    ``dim`` default to the paper's 12000, 11003 and 512.
     """
     if device is None:
         if not torch.cuda.is_available():
@@ -635,58 +647,77 @@ def bench_gpu(rows: Rows, device: torch.device | str | None = None, batch_sizes:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here
         torch.backends.cudnn.allow_tf32 = False
+    started = time.perf_counter()
     generator = torch.Generator().manual_seed(0)
-    notes_base = f"MobileNet v1 {image_size}x{image_size} + Bi-LSTM {PAPER_DIM}, CMPM+CMPC ({CUHK_TRAIN_IDS} ids), Adam"
-    for batch in batch_sizes:
-        inputs = _paper_batch(batch, image_size, device, generator=generator)
-        fp32_rate = None
-        for mode in modes:
-            if "compile" in mode and batch not in compile_batch_sizes:
-                continue
-            torch.manual_seed(0)
-            start = time.perf_counter()
-            try:
-                runner = _PaperStep(device, mode, image_size)
-                runner.step(*inputs)  # first call: compiles / autotunes
-                _synchronise(device)
-                first_s = time.perf_counter() - start
-                seconds = median(time_interleaved({mode: lambda: runner.step(*inputs)}, steps, warmup, device)[mode])
-            except Exception as error:  # noqa: BLE001 -- one failing mode must not lose the others
-                rows.add(f"gpu/batch_{batch}", f"train step, {mode}", float("nan"), "images/s", None, "",
-                         f"failed: {type(error).__name__}: {str(error)[:200]}")
-                continue
-            rate = batch / seconds
-            if mode == "fp32":
-                fp32_rate = rate
-            rows.add(f"gpu/batch_{batch}", f"train step, {mode}", rate, "images/s",
-                     None if fp32_rate is None else rate / fp32_rate, "fp32 at the same batch",
-                     f"{notes_base}; median of {steps} steps; first step {first_s:.1f} s (compile / autotune)")
-            del runner
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+    notes_base = (f"MobileNet v1 {image_size}x{image_size} + Bi-LSTM {dim} (vocabulary {vocabulary}), "
+                  f"CMPM+CMPC ({num_classes} ids), Adam")
+    inputs = {batch: _paper_batch(batch, image_size, device, vocabulary, num_classes, generator=generator)
+              for batch in batch_sizes}
+    fp32_rate: dict[int, float] = {}
 
-    # ---- one CUHK-PEDES-sized epoch from an in-memory uint8 cache
+    def measure(batch: int, mode: str) -> None:
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        try:
+            runner = _PaperStep(device, mode, image_size, vocabulary, num_classes, dim)
+            runner.step(*inputs[batch])  # first call: compiles / autotunes
+            _synchronise(device)
+            first_s = time.perf_counter() - start
+            seconds = median(time_interleaved({mode: lambda: runner.step(*inputs[batch])}, steps, warmup, device)[mode])
+        except Exception as error:  # noqa: BLE001 -- one failing mode must not lose the others
+            rows.add(f"gpu/batch_{batch}", f"train step, {mode}", float("nan"), "images/s", None, "",
+                     f"failed: {type(error).__name__}: {str(error)[:200]}")
+            return
+        rate = batch / seconds
+        if mode == "fp32":
+            fp32_rate[batch] = rate
+        rows.add(f"gpu/batch_{batch}", f"train step, {mode}", rate, "images/s",
+                 rate / fp32_rate[batch] if batch in fp32_rate else None, "fp32 at the same batch",
+                 f"{notes_base}; median of {steps} steps; first step {first_s:.1f} s (compile / autotune)")
+        del runner
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    eager = [mode for mode in modes if "compile" not in mode]
+    for batch in batch_sizes:
+        for mode in sorted(eager, key=lambda m: m != "fp32"):  # fp32 first: the reference
+            measure(batch, mode)
+    if epoch_images > 0:
+        _gpu_epoch(rows, device, image_size, epoch_images, epoch_batch, epoch_mode, vocabulary, num_classes, dim,
+                   steps, generator)
+    for batch in [b for b in batch_sizes if b in compile_batch_sizes]:
+        for mode in [m for m in modes if "compile" in m]:
+            if time.perf_counter() - started > budget_s:
+                rows.add(f"gpu/batch_{batch}", f"train step, {mode}", float("nan"), "images/s", None, "",
+                         f"skipped: the group's time budget of {budget_s:.0f} s was spent")
+                continue
+            measure(batch, mode)
+
+
+def _gpu_epoch(rows: Rows, device: torch.device, image_size: int, epoch_images: int, epoch_batch: int,
+               epoch_mode: str, vocabulary: int, num_classes: int, dim: int, steps: int,
+               generator: torch.Generator) -> None:
+    """One epoch over ``epoch_images`` uint8 images held in (pinned) memory, as a cache would hand
+    them: gather a batch, copy it to the device, normalise there, train; against the model-only estimate."""
     from .images import normalise
 
-    pool = torch.zeros(epoch_images, image_size, image_size, 3, dtype=torch.uint8)  # (N, H, W, 3), the cache
-    if device.type == "cuda":
-        pool = pool.pin_memory()
-    runner = _PaperStep(device, epoch_mode, image_size)
-    _, token_ids, lengths, labels = _paper_batch(epoch_batch, image_size, device, generator=generator)
+    pinned = device.type == "cuda"
+    pool = torch.zeros(epoch_images, image_size, image_size, 3, dtype=torch.uint8, pin_memory=pinned)  # (N, H, W, 3)
+    runner = _PaperStep(device, epoch_mode, image_size, vocabulary, num_classes, dim)
+    _, token_ids, lengths, labels = _paper_batch(epoch_batch, image_size, device, vocabulary, num_classes,
+                                                 generator=generator)
     order = torch.randperm(epoch_images, generator=generator)
     n_steps = epoch_images // epoch_batch
 
     def one_batch(step: int) -> torch.Tensor:
         rows_of_batch = order[step * epoch_batch:(step + 1) * epoch_batch]
         pixels = pool.index_select(0, rows_of_batch)  # (b, H, W, 3) uint8
-        if device.type == "cuda":
+        if pinned:
             pixels = pixels.pin_memory()
         return normalise(pixels.to(device, non_blocking=True), "mobilenet")  # (b, 3, H, W) on the device
 
     images = one_batch(0)
-    for _ in range(3):
-        runner.step(images, token_ids, lengths, labels)  # warm-up
-    model_only = median(time_interleaved({"m": lambda: runner.step(images, token_ids, lengths, labels)}, steps, 2,
+    model_only = median(time_interleaved({"m": lambda: runner.step(images, token_ids, lengths, labels)}, steps, 3,
                                          device)["m"])
     _synchronise(device)
     start = time.perf_counter()
@@ -696,10 +727,11 @@ def bench_gpu(rows: Rows, device: torch.device | str | None = None, batch_sizes:
     epoch_s = time.perf_counter() - start
     estimate = n_steps * model_only
     notes = (f"{n_steps} steps of batch {epoch_batch} ({n_steps * epoch_batch} of {epoch_images} images), "
-             f"{epoch_mode}, uint8 cache in {'pinned ' if device.type == 'cuda' else ''}memory, normalised on the device")
-    rows.add("gpu/epoch", "CUHK-PEDES-sized epoch (34,054 images)" if epoch_images == CUHK_TRAIN_IMAGES
-             else f"epoch of {epoch_images} images", epoch_s, "s", estimate / epoch_s,
-             "model-only estimate (steps x model-only step)", notes)
+             f"{epoch_mode}, uint8 cache in {'pinned ' if pinned else ''}memory, normalised on the device, "
+             "one caption per image")
+    case = ("CUHK-PEDES-sized epoch (34,054 images)" if epoch_images == CUHK_TRAIN_IMAGES
+            else f"epoch of {epoch_images} images")
+    rows.add("gpu/epoch", case, epoch_s, "s", estimate / epoch_s, "model-only estimate (steps x model-only step)", notes)
     rows.add("gpu/epoch", "epoch throughput", n_steps * epoch_batch / epoch_s, "images/s", estimate / epoch_s,
              "model-only estimate (steps x model-only step)", notes)
 
@@ -719,7 +751,7 @@ def _settings(quick_check: bool, full: bool) -> dict[str, dict[str, Any]]:
             "data": dict(photos=16, photo_size=(64, 32), cache_size=(32, 32), synthetic_images=16, profile="smoke"),
             "losses": dict(batch_sizes=(8,), repeats=2, num_classes=100),
             "gpu": dict(batch_sizes=(2,), modes=("fp32", "bf16"), image_size=64, steps=2, warmup=1, epoch_images=8,
-                        epoch_batch=2),
+                        epoch_batch=2, vocabulary=100, num_classes=50, dim=32),
         }
     return {
         "training_step": dict(profile="quick"),
@@ -746,7 +778,7 @@ def run(output_dir: str | os.PathLike | None = None, groups: Iterable[str] = GRO
     written = {}
     for group in groups:
         start = time.perf_counter()
-        rows = Rows("cuda" if group == "gpu" and torch.cuda.is_available() else "cpu")
+        rows = Rows("cuda" if group == "gpu" and torch.cuda.is_available() else "cpu", out / f"{group}.csv")
         BENCHMARKS[group](rows, **settings[group])
         written[group] = atomic.write_csv(out / f"{group}.csv", rows.frame(), index=False)
         if progress:

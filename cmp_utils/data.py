@@ -27,6 +27,10 @@ flowers      ``cvpr2016_flowers/text_c10/class_XXXXX/<stem>.txt``, the same clas
              images at ``jpg/<stem>.jpg``
 ===========  ===================================================================================
 
+Tokens are recomputed from the raw caption with :func:`cmp_utils.text.tokenize` for every
+dataset (the CUHK-PEDES ``processed_tokens`` and the Karpathy ``tokens`` fields are not used),
+so one rule tokenises everything, as in the released code.
+
 Class-level splits (cub, flowers): ``train`` = the trainval classes, ``test`` = the test
 classes (zero-shot). With ``val_class_fraction > 0`` a validation split of whole classes is
 carved from trainval deterministically (every k-th class of the sorted trainval list, k =

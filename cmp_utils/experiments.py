@@ -282,7 +282,8 @@ def compare_methods(frame: pd.DataFrame, better: str, worse: str, metric: str, d
     """Test the claim "``better`` beats ``worse``" on paired seeds.
 
     Verdict: ``held`` when ``better`` wins on every seed, ``did not hold`` when it loses on every
-    seed, ``inconclusive`` otherwise (the seeds disagree: within seed noise).
+    seed, ``inconclusive`` otherwise (the seeds disagree: within seed noise), and ``not tested
+    (one seed)`` with fewer than two seeds (the smoke profile).
     """
     chosen = frame[(frame["metric"] == metric) & (frame["direction"] == direction)]
     if table is not None:
@@ -291,7 +292,9 @@ def compare_methods(frame: pd.DataFrame, better: str, worse: str, metric: str, d
     if better not in pivot or worse not in pivot:
         raise ValueError(f"compare_methods needs rows for both {better!r} and {worse!r}; have {list(pivot.columns)}")
     differences = (pivot[better] - pivot[worse]).dropna()
-    if (differences > 0).all():
+    if len(differences) < 2:
+        verdict = "not tested (one seed)"
+    elif (differences > 0).all():
         verdict = "held"
     elif (differences < 0).all():
         verdict = "did not hold"

@@ -246,9 +246,10 @@ def softmax_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, 
     """Plain softmax (identity classification) baseline on the raw features of both modalities.
 
     $\\mathrm{CE}(x_i^\\top W + b,\\ y_i) + \\mathrm{CE}(z_i^\\top W + b,\\ y_i)$, means over the batch;
-    no projection, $W$ of shape ``(d, num_classes)`` shared by the two modalities (the "softmax"
-    row of the paper's ablation, Zhang & Lu 2018, Sec. 4; as in identity-loss training of
-    Li et al. 2017). ``bias`` is optional ``(num_classes,)``.
+    no projection, $W$ of shape ``(d, num_classes)`` shared by the two modalities. Source: the
+    "softmax" baseline of the paper's ablation (Zhang & Lu 2018, Sec. 4); a classifier shared by
+    image and text as in the instance loss of Zheng et al. 2017, "Dual-path convolutional
+    image-text embeddings with instance loss". ``bias`` is optional ``(num_classes,)``.
     """
     _check_pair(image_embeddings, text_embeddings, labels, "softmax_loss")
     _check_weight(weight, image_embeddings.shape[1], "softmax_loss")
@@ -264,7 +265,8 @@ def norm_softmax_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Ten
 
     $\\mathrm{CE}(x_i^\\top \\bar W / \\tau,\\ y_i) + \\mathrm{CE}(z_i^\\top \\bar W / \\tau,\\ y_i)$ -- the
     "norm-softmax" of the paper's ablation and Fig. 3 (Zhang & Lu 2018), i.e. CMPC without the
-    cross-modal projection; the features keep their norms. ``temperature`` $\\tau$ is 1 in the paper
+    cross-modal projection; the features keep their norms (unlike NormFace, Wang et al. 2017,
+    which also normalises the features and needs a scale). ``temperature`` $\\tau$ is 1 in the paper
     (pytorch-metric-learning's ``NormalizedSoftmaxLoss`` with unnormalised embeddings and
     ``temperature=1`` is the same function for one modality).
     """
@@ -477,6 +479,7 @@ class CrossModalLoss(nn.Module):
         if image_embeddings.shape[1] != self.embedding_dim:
             raise ValueError(f"CrossModalLoss: embeddings have dim {image_embeddings.shape[1]}, "
                              f"but the loss was built with embedding_dim={self.embedding_dim}")
+        # one host sync a step: cheap next to a training step, and an out-of-range id must fail loudly
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(f"CrossModalLoss: labels must lie in [0, num_classes={self.num_classes}); got range "
                              f"[{int(labels.min())}, {int(labels.max())}] -- map ids to 0-based contiguous class indices")

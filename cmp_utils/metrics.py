@@ -160,7 +160,6 @@ def _chunk_positive_ranks(
     # When the gallery comes as one block, its scores are kept for pass 2 instead of recomputed.
     positive_scores = None
     filled = torch.zeros(chunk, dtype=torch.int64, device=device)  # (c,) positives seen so far
-    cached: list[tuple[int, int, torch.Tensor]] = []
     n_blocks = 0
     for gallery_start, gallery_end, scores in score_blocks(query_start, query_end):  # scores (c, B)
         if positive_scores is None:
@@ -173,7 +172,6 @@ def _chunk_positive_ranks(
         positive_scores[rows, slot] = scores[rows, columns]
         filled += in_block
         n_blocks += 1
-        cached = [(gallery_start, gallery_end, scores)] if n_blocks == 1 else []
     position = torch.arange(1, max_positives + 1, device=device)  # (P_max,) = j
     valid = position[None, :] <= counts[:, None]  # (c, P_max)
     if not torch.isfinite(positive_scores[valid]).all():
@@ -183,7 +181,9 @@ def _chunk_positive_ranks(
 
     # Pass 2: n_j = number of negatives scoring >= the j-th best positive.
     negatives_above = torch.zeros(chunk, max_positives, dtype=torch.int64, device=device)  # (c, P_max)
-    blocks = cached if n_blocks == 1 else score_blocks(query_start, query_end)
+    single_block = [(gallery_start, gallery_end, scores)]  # the loop's last block: the only one when n_blocks == 1
+    blocks = single_block if n_blocks == 1 else score_blocks(query_start, query_end)
+    del single_block, scores  # with several blocks, do not hold the last one through pass 2
     for gallery_start, gallery_end, scores in blocks:
         is_positive = labels[:, None] == gallery_labels[None, gallery_start:gallery_end]  # (c, B)
         negative_scores = scores.masked_fill(is_positive, -math.inf)  # (c, B)
@@ -468,7 +468,7 @@ def zero_shot_class_metrics(
     image_embeddings = _check_embeddings(image_embeddings, "image_embeddings")
     device = image_embeddings.device
     image_classes = _as_labels(image_classes, "image_classes", image_embeddings.shape[0], device)
-    text_embeddings = text_embeddings.to(device=device, dtype=image_embeddings.dtype)
+    text_embeddings = _check_embeddings(text_embeddings, "text_embeddings").to(device=device, dtype=image_embeddings.dtype)
     if int(ap_at) < 1:
         raise ValueError(f"parameter ap_at={ap_at} must be a positive integer")
     classes, class_embeddings = class_text_embeddings(text_embeddings, text_classes)  # (C,), (C, d)

@@ -80,3 +80,16 @@ def test_dataset_presence_reports_found_and_missing(tmp_path):
 def test_offline_mobilenet_v2_weights_load():
     report = environment.check_mobilenet_v2_weights()
     assert report["loads"] and report["tensors"] > 300
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    path = atomic.write_text(tmp_path / "new.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    os.chmod(path, 0o640)
+    atomic.write_text(path, "y")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640

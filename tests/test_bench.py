@@ -1,0 +1,119 @@
+"""cmp_utils.bench: every benchmark runs at tiny sizes and writes tidy rows (no timing assertions)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from cmp_utils import bench
+
+TINY = bench._settings(quick_check=True, full=False)
+
+
+def _check_rows(rows: bench.Rows, prefix: str) -> pd.DataFrame:
+    frame = rows.frame()
+    assert list(frame.columns) == list(bench.COLUMNS)
+    assert len(frame) > 0
+    assert frame["benchmark"].str.startswith(prefix).all()
+    assert (frame["device"] != "").all() and (frame["machine"] != "").all()
+    assert (frame["torch"] == str(torch.__version__)).all()
+    assert frame["date"].str.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ").all()
+    # a ratio always says what it compares with
+    with_ratio = frame[frame["ratio"].notna()]
+    assert (with_ratio["ratio_to"] != "").all()
+    return frame
+
+
+def test_time_interleaved_alternates_and_counts_rounds():
+    calls: list[str] = []
+    samples = bench.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                     repeats=3, warmup=2)
+    assert calls == ["a", "b"] * 5
+    assert {name: len(values) for name, values in samples.items()} == {"a": 3, "b": 3}
+    assert all(value >= 0 for values in samples.values() for value in values)
+    with pytest.raises(ValueError, match="repeats"):
+        bench.time_interleaved({"a": lambda: None}, repeats=0)
+
+
+def test_measure_peak_memory_sees_a_large_temporary():
+    def allocate() -> int:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched, then freed
+        return int(block[0])
+
+    result, peak = bench.measure_peak_memory(allocate)
+    assert result == 1
+    if peak is not None:  # Linux
+        assert peak >= 48
+
+
+def test_training_step_rows(isolated_dirs):
+    rows = bench.Rows()
+    bench.bench_training_step(rows, **TINY["training_step"])
+    frame = _check_rows(rows, "training_step/")
+    assert set(frame["benchmark"]) == {"training_step/cached_features", "training_step/end_to_end_small_cnn"}
+    efficiency = frame[frame["case"].str.startswith("pipeline efficiency")]
+    assert len(efficiency) == 2
+    # efficiency is exactly model-only / full of the rows beside it
+    for name, group in frame.groupby("benchmark"):
+        if name.endswith("cached_features") or name.endswith("small_cnn"):
+            full = group.loc[group["case"].str.startswith("full step"), "value"].item()
+            model = group.loc[group["case"].str.startswith("model-only"), "value"].item()
+            ratio = group.loc[group["case"].str.startswith("pipeline efficiency"), "value"].item()
+            assert ratio == pytest.approx(model / full)
+
+
+def test_evaluation_rows_label_extrapolation():
+    rows = bench.Rows()
+    bench.bench_evaluation(rows, **TINY["evaluation"])
+    frame = _check_rows(rows, "evaluation/")
+    large = frame[frame["benchmark"] == "evaluation/2000x10000"]
+    measured = large.loc[large["case"].str.contains("(measured)", regex=False), "value"].item()
+    total = large.loc[large["case"].str.startswith("retrieval_metrics, all"), ]
+    assert total["notes"].item().startswith("EXTRAPOLATED x10")
+    assert total["value"].item() == pytest.approx(10 * measured)
+    assert frame["case"].str.startswith("recall_at_k").any()
+
+
+def test_data_rows(isolated_dirs):
+    rows = bench.Rows()
+    bench.bench_data(rows, **TINY["data"])
+    frame = _check_rows(rows, "data/")
+    assert set(frame["unit"]) == {"images/s"}
+    assert (frame["value"] > 0).all()
+
+
+def test_loss_rows():
+    rows = bench.Rows()
+    bench.bench_losses(rows, **TINY["losses"])
+    frame = _check_rows(rows, "losses/")
+    assert {"CMPM", "plain matmul (n x n x d)"} <= set(frame["case"])
+    assert frame["case"].str.startswith("CMPC (100 classes)").any()
+
+
+def test_gpu_rows_without_cuda_and_code_path_on_cpu():
+    rows = bench.Rows()
+    bench.bench_gpu(rows)  # device None: CUDA if present, else one "no CUDA device" row
+    frame = _check_rows(rows, "gpu")
+    if not torch.cuda.is_available():
+        assert frame["case"].tolist() == ["no CUDA device"]
+    # the same code path on the CPU at tiny sizes
+    rows = bench.Rows()
+    bench.bench_gpu(rows, device="cpu", **TINY["gpu"])
+    frame = _check_rows(rows, "gpu/")
+    steps = frame[frame["benchmark"] == "gpu/batch_2"]
+    assert steps["case"].tolist() == ["train step, fp32", "train step, bf16"]
+    assert steps["value"].map(math.isfinite).all(), steps["notes"].tolist()
+    assert steps["ratio"].iloc[0] == 1.0
+    assert (frame["benchmark"] == "gpu/epoch").sum() == 2
+
+
+def test_cli_writes_csvs(tmp_path, isolated_dirs):
+    assert bench.main(["--quick-check", "--only", "losses,gpu", "--output-dir", str(tmp_path)]) == 0
+    for group in ("losses", "gpu"):
+        frame = pd.read_csv(tmp_path / f"{group}.csv")
+        assert list(frame.columns) == list(bench.COLUMNS)
+    with pytest.raises(ValueError, match="unknown benchmark group"):
+        bench.run(tmp_path, ["nope"])

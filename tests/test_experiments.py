@@ -1,0 +1,140 @@
+"""The experiment engine: protocols by dataset, tables over seeds, claims, feature statistics."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from cmp_utils import experiments
+
+
+def _perfect_embeddings(num_labels: int = 6, captions_per_label: int = 2, dim: int = 8):
+    """Images and captions of the same label share one direction: every protocol scores 100."""
+    directions = torch.nn.functional.normalize(torch.randn(num_labels, dim, generator=torch.Generator().manual_seed(0)), dim=1)
+    image_labels = torch.arange(num_labels)
+    text_labels = image_labels.repeat_interleave(captions_per_label)
+    return directions, image_labels, directions[text_labels], text_labels
+
+
+@pytest.mark.parametrize("dataset, tables", [
+    ("cuhk_pedes", {"cuhk_pedes"}), ("flickr30k", {"flickr30k"}), ("mscoco", {"mscoco_1k", "mscoco_5k"}),
+    ("cub", {"cub_flowers"}), ("flowers", {"cub_flowers"}),
+])
+def test_protocol_metrics_on_perfect_embeddings(dataset, tables):
+    rows = experiments.protocol_metrics(dataset, *_perfect_embeddings(num_labels=10))
+    assert {row["table"] for row in rows} == tables
+    for row in rows:
+        if row["metric"].startswith("R@") or row["metric"] == "top1_accuracy":
+            assert row["value"] == pytest.approx(100.0), row
+    if dataset == "cuhk_pedes":
+        assert {row["metric"] for row in rows} == {"R@1", "R@5", "R@10", "mAP", "mINP"}
+        assert {row["direction"] for row in rows} == {"t2i"}
+
+
+def test_protocol_metrics_rejects_unknown_dataset():
+    with pytest.raises(ValueError, match="no protocol"):
+        experiments.protocol_metrics("imagenet", *_perfect_embeddings())
+
+
+def test_method_labels_map_to_known_losses():
+    from cmp_utils.losses import LOSS_NAMES
+
+    for method, losses in experiments.METHODS.items():
+        assert set(losses) <= set(LOSS_NAMES), method
+    with pytest.raises(ValueError, match="CMPM"):
+        experiments.method_losses("triplet++")
+
+
+def _frame(values_better, values_worse):
+    rows = []
+    for seed, (b, w) in enumerate(zip(values_better, values_worse)):
+        rows.append({"dataset": "d", "table": "t", "method": "A", "direction": "t2i", "metric": "R@1", "value": b, "seed": seed})
+        rows.append({"dataset": "d", "table": "t", "method": "B", "direction": "t2i", "metric": "R@1", "value": w, "seed": seed})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("better, worse, verdict", [
+    ([50, 52, 51], [40, 41, 49], "held"),
+    ([30, 31, 32], [40, 41, 49], "did not hold"),
+    ([50, 40, 51], [40, 41, 49], "inconclusive"),
+])
+def test_compare_methods_verdicts(better, worse, verdict):
+    result = experiments.compare_methods(_frame(better, worse), "A", "B", "R@1", "t2i")
+    assert result["verdict"] == verdict
+    differences = torch.tensor(better, dtype=torch.float64) - torch.tensor(worse, dtype=torch.float64)
+    assert result["mean_difference"] == pytest.approx(float(differences.mean()))
+    assert result["std_difference"] == pytest.approx(float(differences.std()))
+    assert verdict in experiments.describe_claim(result)
+
+
+def test_summarise_mean_std_and_paper_difference():
+    frame = _frame([50, 52, 54], [40, 41, 42]).assign(paper_value=float("nan"))
+    frame.loc[frame["method"] == "A", "paper_value"] = 49.0
+    summary = experiments.summarise(frame).set_index("method")
+    assert summary.loc["A", "mean"] == pytest.approx(52.0)
+    assert summary.loc["A", "std"] == pytest.approx(2.0)
+    assert summary.loc["A", "n_seeds"] == 3
+    assert summary.loc["A", "difference"] == pytest.approx(3.0)
+    assert math.isnan(summary.loc["B", "difference"])
+
+
+def test_attach_paper_values_uses_confirmed_numbers_only():
+    frame = pd.DataFrame([
+        {"dataset": "cuhk_pedes", "table": "cuhk_pedes", "method": "CMPM+CMPC", "backbone": "x", "direction": "t2i", "metric": "R@1", "value": 1.0, "seed": 0},
+        {"dataset": "cuhk_pedes", "table": "cuhk_pedes", "method": "CMPM+CMPC", "backbone": "x", "direction": "t2i", "metric": "R@5", "value": 1.0, "seed": 0},
+    ])
+    out = experiments.attach_paper_values(frame)
+    assert out["paper_value"].iloc[0] == pytest.approx(49.37)
+    assert math.isnan(out["paper_value"].iloc[1])
+    assert list(out.columns[:9]) == experiments.RESULT_COLUMNS
+
+
+def test_cosine_statistics_against_a_loop():
+    generator = torch.Generator().manual_seed(1)
+    images, texts = torch.randn(5, 4, generator=generator), torch.randn(9, 4, generator=generator)
+    image_labels, text_labels = torch.tensor([0, 1, 2, 3, 4]), torch.tensor([0, 0, 1, 1, 2, 2, 3, 4, 4])
+    intra, inter = [], []
+    for i in range(5):
+        for j in range(9):
+            cosine = float(torch.dot(images[i], texts[j]) / (images[i].norm() * texts[j].norm()))
+            (intra if image_labels[i] == text_labels[j] else inter).append(cosine)
+    stats = experiments.cosine_statistics(images, image_labels, texts, text_labels)
+    assert stats["intra_cosine"] == pytest.approx(sum(intra) / len(intra))
+    assert stats["inter_cosine"] == pytest.approx(sum(inter) / len(inter))
+    assert stats["cosine_gap"] == pytest.approx(stats["intra_cosine"] - stats["inter_cosine"])
+
+
+def test_pick_identities_is_reproducible():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 4, 4, 5, 5])
+    first = experiments.pick_identities(labels, 3, seed=4)
+    assert first == experiments.pick_identities(labels, 3, seed=4)
+    assert len(set(first)) == 3 and 3 not in first  # id 3 has a single image
+
+
+def test_run_key_ignores_where_and_how_but_not_what():
+    settings = {"dataset": "cuhk_pedes", "losses": ["cmpm"], "seed": 0, "output_dir": "/a", "progress": True, "device": "cpu"}
+    same = dict(settings, output_dir="/b", progress=False, device="cuda")
+    other = dict(settings, seed=1)
+    assert experiments.run_key(settings) == experiments.run_key(same)
+    assert experiments.run_key(settings) != experiments.run_key(other)
+
+
+def test_save_experiment_writes_every_file(tmp_path):
+    import matplotlib.pyplot as plt
+
+    frame = _frame([50, 52], [40, 41]).assign(backbone="b", paper_value=float("nan"))
+    fig, _ = plt.subplots()
+    written = experiments.save_experiment(tmp_path, frame, {"profile": "smoke"}, {"fig": fig},
+                                          [experiments.compare_methods(frame, "A", "B", "R@1", "t2i")])
+    names = sorted(path.name for path in written)
+    assert names == ["claims.csv", "fig.png", "fig.svg", "metrics.csv", "params.yaml", "summary.csv"]
+    assert pd.read_csv(tmp_path / "metrics.csv").shape[0] == 4
+    plt.close(fig)
+
+
+def test_compare_methods_with_one_seed_is_not_a_test():
+    result = experiments.compare_methods(_frame([50], [40]), "A", "B", "R@1", "t2i")
+    assert result["verdict"] == "not tested (one seed)"
