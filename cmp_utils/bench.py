@@ -262,7 +262,7 @@ def _efficiency_rows(rows: Rows, benchmark: str, full: list[float], model_only: 
              "model-only throughput", notes)
 
 
-def bench_training_step(rows: Rows, profile: str = "quick", dataset: str = "cuhk_pedes", steps: int = 30,
+def bench_training_step(rows: Rows, profile: str = "quick", dataset: str = "cuhk_pedes", steps: int = 20,
                         warmup: int = 3, backbones: Sequence[str] = ("small_cnn", "mobilenet_v2"),
                         cache_dir: str | None = None) -> None:
     """Full training step against the model-only step, for the cached-features path of ``profile``
@@ -470,7 +470,7 @@ def _write_photos(folder: Path, count: int, size: tuple[int, int], seed: int = 0
     return paths
 
 
-def bench_data(rows: Rows, photos: int = 600, photo_size: tuple[int, int] = (256, 128),
+def bench_data(rows: Rows, photos: int = 400, photo_size: tuple[int, int] = (256, 128),
                cache_size: tuple[int, int] = (224, 224), synthetic_images: int = 2000, profile: str = "quick",
                dataset: str = "cuhk_pedes", workers: int | None = None, cache_dir: str | None = None) -> None:
     """Images/s decoding into :class:`~cmp_utils.images.ImageCache`, and an epoch of image reads
@@ -497,7 +497,7 @@ def bench_data(rows: Rows, photos: int = 600, photo_size: tuple[int, int] = (256
             rows.add(benchmark, f"build image cache (decode + resize + write), {workers} threads",
                      len(paths) / build_s, "images/s", None, "", notes + "; files in the OS page cache")
             backbone = "mobilenet"
-            subset = paths[: min(len(paths), 500)]
+            subset = paths[: min(len(paths), 200)]
 
             def decoding_epoch() -> None:  # a pipeline without the cache: open every file each epoch
                 for path in subset:
@@ -775,6 +775,10 @@ def run(output_dir: str | os.PathLike | None = None, groups: Iterable[str] = GRO
     if unknown:
         raise ValueError(f"unknown benchmark group(s) {unknown}; choose from {', '.join(GROUPS)}")
     settings = _settings(quick_check, full)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if progress and load > 0.75 * (os.cpu_count() or 1):
+        print(f"bench: warning: load average {load:.1f} on {os.cpu_count()} cores; other work on this machine "
+              "slows torch's threads down a lot (every figure records the load in its notes)", file=sys.stderr)
     written = {}
     for group in groups:
         start = time.perf_counter()

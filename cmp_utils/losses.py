@@ -449,6 +449,7 @@ class CrossModalLoss(nn.Module):
 
     def __init__(self, names: Sequence[str], embedding_dim: int, num_classes: int, **options):
         super().__init__()
+        self._range_checked = False
         if isinstance(names, str):
             names = (names,)
         names = tuple(names)
@@ -480,7 +481,11 @@ class CrossModalLoss(nn.Module):
             raise ValueError(f"CrossModalLoss: embeddings have dim {image_embeddings.shape[1]}, "
                              f"but the loss was built with embedding_dim={self.embedding_dim}")
         # one host sync a step: cheap next to a training step, and an out-of-range id must fail loudly
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+        # The range check reads the labels on the host: free on the CPU, a device sync on CUDA, so
+        # there it runs only on the first batch (the trainer's labels come from a checked frame).
+        check_range = labels.device.type == "cpu" or not self._range_checked
+        self._range_checked = True
+        if check_range and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(f"CrossModalLoss: labels must lie in [0, num_classes={self.num_classes}); got range "
                              f"[{int(labels.min())}, {int(labels.max())}] -- map ids to 0-based contiguous class indices")
 
