@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import math
 import os
 import platform
 import re
@@ -357,12 +356,13 @@ def _retrieval_inputs(n_queries: int, n_gallery: int, dim: int, seed: int = 0) -
 
 
 def _memory_bound_mib(chunk_size: int, n_gallery: int, positives: int) -> float:
-    """The documented bound of :func:`cmp_utils.metrics.retrieval_metrics`: about
-    ``17 * chunk * block + chunk * max_positives`` bytes, block = min(G, 2^25 / chunk)."""
+    """The documented bound of :func:`cmp_utils.metrics.retrieval_metrics` (compare path): about
+    ``10`` bytes per score of a block of at most ``DEFAULT_BLOCK_ELEMENTS`` scores, plus
+    ``O(chunk * max_positives)``."""
     from . import metrics
 
-    block = min(n_gallery, metrics.DEFAULT_BLOCK_ELEMENTS // chunk_size)
-    return (17 * chunk_size * block + 16 * chunk_size * (positives + 1)) / 2**20
+    elements = min(chunk_size * n_gallery, metrics.DEFAULT_BLOCK_ELEMENTS)
+    return (10 * elements + 32 * chunk_size * (positives + 1)) / 2**20
 
 
 def bench_evaluation(rows: Rows, n_queries: int = 5000, n_gallery: int = 25000, dim: int = 512, repeats: int = 3,
@@ -395,7 +395,7 @@ def bench_evaluation(rows: Rows, n_queries: int = 5000, n_gallery: int = 25000, 
     bound = _memory_bound_mib(chunk_size, n_gallery, positives)
     if peak is not None:
         rows.add(benchmark, "retrieval_metrics peak memory (RSS growth)", peak, "MiB", peak / bound,
-                 "documented bound 17*chunk*block bytes", f"{size}; bound {bound:.0f} MiB")
+                 "documented bound: 10 bytes x scores per block", f"{size}; bound {bound:.0f} MiB")
     similarity = torch.nn.functional.normalize(queries, dim=1) @ torch.nn.functional.normalize(gallery, dim=1).T
 
     def recall_only() -> None:
@@ -414,34 +414,45 @@ def bench_evaluation(rows: Rows, n_queries: int = 5000, n_gallery: int = 25000, 
     big_queries, big_gallery = large
     measured_queries = big_queries if large_slice_queries is None else min(large_slice_queries, big_queries)
     queries, gallery, query_labels, gallery_labels = _retrieval_inputs(big_queries, big_gallery, dim)
-    queries, query_labels = queries[:measured_queries], query_labels[:measured_queries]
     positives = max(1, big_gallery // big_queries)
     benchmark = f"evaluation/{big_queries}x{big_gallery}"
     size = f"{measured_queries} of {big_queries} queries x {big_gallery}, d={dim}, chunk {chunk_size}"
 
-    def big_metrics() -> None:
-        metrics.retrieval_metrics(queries, gallery, query_labels, gallery_labels, chunk_size=chunk_size)
+    def big_metrics(n: int) -> Callable[[], None]:
+        return lambda: metrics.retrieval_metrics(queries[:n], gallery, query_labels[:n], gallery_labels,
+                                                 chunk_size=chunk_size)
 
     def big_matmul() -> None:
         for start in range(0, measured_queries, chunk_size):
             queries[start:start + chunk_size] @ gallery.T
 
-    samples = time_interleaved({"matmul": big_matmul, "metrics": big_metrics}, 1, warmup=0)
-    _, peak = measure_peak_memory(big_metrics) if measured_queries <= 2000 else (None, None)
+    samples = time_interleaved({"matmul": big_matmul, "metrics": big_metrics(measured_queries)}, 1, warmup=0)
     metrics_s, matmul_s = samples["metrics"][0], samples["matmul"][0]
-    scale = big_queries / measured_queries
-    label = "measured whole" if scale == 1 else f"EXTRAPOLATED x{scale:g} from a measured slice"
     rows.add(benchmark, f"retrieval_metrics, {measured_queries} queries (measured)", metrics_s, "s",
-             metrics_s / matmul_s, "chunked matmul of the same slice", size)
-    rows.add(benchmark, f"retrieval_metrics, all {big_queries} queries", metrics_s * scale, "s",
-             metrics_s / matmul_s, "chunked matmul of the same slice",
-             f"{label} (time is linear in the number of queries); run `--full` to measure it whole")
+             metrics_s / matmul_s, "chunked matmul of the same slice (no normalisation)", size)
+    if measured_queries < big_queries:
+        # time = fixed (normalising the gallery, label counts) + per query: fitted on two slices
+        small_queries = max(1, measured_queries // 4)
+        small_s = time_interleaved({"small": big_metrics(small_queries)}, 1, warmup=0)["small"][0]
+        per_query = max(0.0, (metrics_s - small_s) / (measured_queries - small_queries))
+        fixed = max(0.0, metrics_s - per_query * measured_queries)
+        total = fixed + per_query * big_queries
+        matmul_total = matmul_s * big_queries / measured_queries
+        rows.add(benchmark, f"retrieval_metrics, all {big_queries} queries", total, "s", total / matmul_total,
+                 f"chunked matmul of all queries, extrapolated ({matmul_total:.0f} s)",
+                 f"EXTRAPOLATED from measured slices of {small_queries} and {measured_queries} queries: fixed "
+                 f"{fixed:.2f} s + {1e3 * per_query:.2f} ms per query x {big_queries}; `--full` measures it whole")
+    else:
+        rows.add(benchmark, f"retrieval_metrics, all {big_queries} queries", metrics_s, "s", metrics_s / matmul_s,
+                 "chunked matmul of all queries", "measured whole")
+    _, peak = measure_peak_memory(big_metrics(min(measured_queries, 2 * chunk_size)))
     bound = _memory_bound_mib(chunk_size, big_gallery, positives)
     gallery_mib = gallery.numel() * 4 / 2**20
     if peak is not None:
         rows.add(benchmark, "retrieval_metrics peak memory (RSS growth)", peak, "MiB", peak / (bound + gallery_mib),
-                 "bound: 17*chunk*block bytes + a normalised gallery copy",
-                 f"{size}; bound {bound:.0f} MiB + gallery copy {gallery_mib:.0f} MiB; does not grow with Q")
+                 "bound: 10 bytes x block budget (2^25 scores) + a normalised gallery copy",
+                 f"{min(measured_queries, 2 * chunk_size)} queries x {big_gallery}; bound {bound:.0f} MiB + gallery "
+                 f"copy {gallery_mib:.0f} MiB; the bound does not grow with the number of queries")
 
 
 # ---------------------------------------------------------------------------------------------

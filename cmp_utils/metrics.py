@@ -39,12 +39,15 @@ and then, for the $j$-th best positive, the number of negatives scoring at least
 $n_j$, is counted block by block: $r_j = j + n_j$. Counting is exact (integer counts over
 exact score comparisons, no approximation), either by direct comparison (few positives per
 query) or by sorting each block's negatives and ``torch.searchsorted`` (many positives).
+Negatives are counted as (items scoring at least $s_j$) minus (positives scoring at least
+$s_j$), both read from the same block, so no masked copy of a block is made.
 Peak memory is about ``10 * chunk_size * gallery_chunk_size`` bytes (the score block, a
-positive mask, a masked copy and a comparison mask), or about 22 bytes per element on the sort
-path (a sorted copy and its int64 indices), plus ``O(chunk_size * max_positives)``; with the
-default block budget of $2^{25}$ score elements that is about 0.35 GB (0.75 GB). When the whole
-gallery fits one block the scores of a chunk are computed once; otherwise twice (one pass to
-gather the positives' scores, one to count).
+positive mask, a comparison mask and its uint8 partial sums), or about 22 bytes per element on
+the sort path (a sorted copy and its int64 indices), plus ``O(chunk_size * max_positives)``;
+with the default block budget of $2^{25}$ score elements that is about 0.35 GB (0.75 GB). When
+the whole gallery fits one block the scores of a chunk are computed once; otherwise twice (one
+pass to gather the positives' scores, one to count). With ``gallery_chunk_size=None`` the query
+chunk shrinks (down to 16 rows) when that lets the whole gallery fit one block.
 
 Everything runs on the device of the inputs (labels are moved there); results are Python
 floats in percent (R@K, mAP, mINP, accuracies) or ranks (medr, meanr).
@@ -62,9 +65,10 @@ import torch.nn.functional as F
 # Largest number of score elements (query chunk x gallery block) held at once when
 # ``gallery_chunk_size`` is left to ``None``.
 DEFAULT_BLOCK_ELEMENTS = 2**25
-# Up to this many positives per query, negatives are counted by direct comparison; above it,
-# by sorting each block once and ``torch.searchsorted`` (same exact integers, faster there).
-_COMPARE_MAX_POSITIVES = 8
+# Up to this many positives per query, negatives are counted by direct comparison (one pass per
+# positive); above it, by sorting each block once and ``torch.searchsorted`` (same exact integers).
+# On the CPU one comparison pass costs well under 1/64 of a sort (cmp_utils.bench).
+_COMPARE_MAX_POSITIVES = 64
 
 ScoreBlocks = Callable[[int, int], Iterator[tuple[int, int, torch.Tensor]]]
 
@@ -124,17 +128,34 @@ def positive_counts(query_labels: torch.Tensor, gallery_labels: torch.Tensor) ->
 # ---------------------------------------------------------------------------------------
 
 
-def _count_at_least(negative_scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """For each row, how many ``negative_scores`` are >= each threshold. ``(c, P)`` int64.
+# Columns summed per uint8 partial sum by :func:`_count_true` (the most a uint8 can hold).
+_UINT8_GROUP = 255
 
-    ``negative_scores`` (c, B) holds ``-inf`` where the item is not a negative.
+
+def _count_true(mask: torch.Tensor) -> torch.Tensor:
+    """Row sums of a bool matrix ``(c, B)`` -> ``(c,)`` int64, without a widened copy of it.
+
+    ``mask.sum(dim=1)`` (and ``count_nonzero``) first copies the whole mask as int64, which made
+    it several times slower than the comparison itself on the CPU (``cmp_utils.bench``); here
+    groups of 255 columns are summed in uint8 (exact: at most 255), then the partial sums in int64.
     """
+    flat = mask.view(torch.uint8)  # (c, B), same bytes
+    whole = mask.shape[1] // _UINT8_GROUP * _UINT8_GROUP
+    counts = flat[:, whole:].sum(dim=1, dtype=torch.int64)  # (c,) the last, partial group
+    if whole:
+        groups = flat[:, :whole].view(mask.shape[0], -1, _UINT8_GROUP)  # (c, B // 255, 255)
+        counts += groups.sum(dim=2, dtype=torch.uint8).sum(dim=1, dtype=torch.int64)
+    return counts
+
+
+def _count_at_least(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """For each row, how many ``scores`` (c, B) are >= each threshold (c, P). ``(c, P)`` int64."""
     if thresholds.shape[1] <= _COMPARE_MAX_POSITIVES:
-        columns = [torch.count_nonzero(negative_scores >= thresholds[:, j : j + 1], dim=1) for j in range(thresholds.shape[1])]
+        columns = [_count_true(scores >= thresholds[:, j : j + 1]) for j in range(thresholds.shape[1])]
         return torch.stack(columns, dim=1)
-    ascending = torch.sort(negative_scores, dim=1).values  # (c, B)
+    ascending = torch.sort(scores, dim=1).values  # (c, B)
     below = torch.searchsorted(ascending, thresholds.contiguous(), side="left")  # (c, P): how many < threshold
-    return negative_scores.shape[1] - below
+    return scores.shape[1] - below
 
 
 def _chunk_positive_ranks(
@@ -179,17 +200,26 @@ def _chunk_positive_ranks(
     # Best first; the -inf padding sorts last, so column j < P_q holds the (j+1)-th best positive.
     positive_scores = torch.sort(positive_scores, dim=1, descending=True).values
 
-    # Pass 2: n_j = number of negatives scoring >= the j-th best positive.
+    # Pass 2: n_j = number of negatives scoring >= the j-th best positive, counted per block as
+    # (items scoring >= s_j) - (positives scoring >= s_j); both counts read the same block values,
+    # so the difference is exact, and no masked copy of the block is needed.
     negatives_above = torch.zeros(chunk, max_positives, dtype=torch.int64, device=device)  # (c, P_max)
-    single_block = [(gallery_start, gallery_end, scores)]  # the loop's last block: the only one when n_blocks == 1
-    blocks = single_block if n_blocks == 1 else score_blocks(query_start, query_end)
-    del single_block, scores  # with several blocks, do not hold the last one through pass 2
-    for gallery_start, gallery_end, scores in blocks:
-        is_positive = labels[:, None] == gallery_labels[None, gallery_start:gallery_end]  # (c, B)
-        negative_scores = scores.masked_fill(is_positive, -math.inf)  # (c, B)
-        if torch.isnan(negative_scores).any():
+    if n_blocks == 1:  # the loop's last block is the only one: reuse its scores and positive pairs
+        blocks = [(gallery_start, gallery_end, scores, (rows, columns))]
+    else:
+        blocks = ((start, end, block_scores, None) for start, end, block_scores in score_blocks(query_start, query_end))
+    del scores, is_positive, rows, columns  # with several blocks, do not hold the last one through pass 2
+    for gallery_start, gallery_end, scores, pairs in blocks:
+        if pairs is None:
+            pairs = (labels[:, None] == gallery_labels[None, gallery_start:gallery_end]).nonzero(as_tuple=True)
+        rows, columns = pairs  # (m,) each: the positive (query, gallery item) pairs of this block
+        # A NaN anywhere makes its row's sum NaN (so does +inf with -inf: then look closer).
+        if torch.isnan(scores.sum(dim=1)).any() and torch.isnan(scores).any():
             raise ValueError("similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix")
-        negatives_above += _count_at_least(negative_scores, positive_scores)
+        at_least = _count_at_least(scores, positive_scores)  # (c, P_max), positives included
+        positives_at_least = (scores[rows, columns][:, None] >= positive_scores[rows]).to(torch.int64)  # (m, P_max)
+        at_least.index_add_(0, rows, -positives_at_least)
+        negatives_above += at_least
     return position[None, :] + negatives_above  # (c, P_max) = r_j
 
 
@@ -237,6 +267,21 @@ def _metrics_from_query_ranks(per_query: dict[str, torch.Tensor], ks: tuple[int,
     metrics["mAP"] = 100.0 * float(per_query["ap"].mean())
     metrics["mINP"] = 100.0 * float(per_query["inp"].mean())
     return metrics
+
+
+# Fewest queries per chunk that :func:`_fitting_chunk_size` goes down to (matrix products of
+# fewer rows use the CPU poorly).
+_MIN_FITTING_CHUNK = 16
+
+
+def _fitting_chunk_size(chunk_size: int, gallery_chunk_size: int | None, n_gallery: int) -> int:
+    """With ``gallery_chunk_size=None``, fewer queries per chunk when that lets the whole gallery
+    fit one block of ``DEFAULT_BLOCK_ELEMENTS`` scores: each score is then computed once instead
+    of twice (see the module notes), within the same memory bound."""
+    if gallery_chunk_size is not None or chunk_size * n_gallery <= DEFAULT_BLOCK_ELEMENTS:
+        return chunk_size
+    fitting = DEFAULT_BLOCK_ELEMENTS // n_gallery
+    return fitting if fitting >= _MIN_FITTING_CHUNK else chunk_size
 
 
 def _gallery_block_size(gallery_chunk_size: int | None, chunk_size: int, n_gallery: int) -> int:
@@ -298,7 +343,7 @@ def retrieval_metrics(
       (``None``: as many as keep a block under ``DEFAULT_BLOCK_ELEMENTS`` scores).
 
     Peak memory is about ``10 * chunk_size * gallery_chunk_size`` bytes (22 when queries have
-    more than 8 positives: the sort path). Every query needs at
+    more than ``_COMPARE_MAX_POSITIVES`` = 64 positives: the sort path). Every query needs at
     least one positive (else a ``ValueError``). Returns ``{"R@1": ..., "R@5": ..., "R@10": ...,
     "medr", "meanr", "mAP", "mINP", "n_queries", "n_gallery"}``.
     """
@@ -320,6 +365,7 @@ def retrieval_metrics(
     if normalise:
         query_embeddings = F.normalize(query_embeddings, dim=1)  # (Q, d)
         gallery_embeddings = F.normalize(gallery_embeddings, dim=1)  # (G, d)
+    chunk_size = _fitting_chunk_size(chunk_size, gallery_chunk_size, n_gallery)
     block = _gallery_block_size(gallery_chunk_size, chunk_size, n_gallery)
 
     def score_blocks(query_start: int, query_end: int):

@@ -71,10 +71,16 @@ def test_evaluation_rows_label_extrapolation():
     frame = _check_rows(rows, "evaluation/")
     large = frame[frame["benchmark"] == "evaluation/2000x10000"]
     measured = large.loc[large["case"].str.contains("(measured)", regex=False), "value"].item()
-    total = large.loc[large["case"].str.startswith("retrieval_metrics, all"), ]
-    assert total["notes"].item().startswith("EXTRAPOLATED x10")
-    assert total["value"].item() == pytest.approx(10 * measured)
+    total = large.loc[large["case"].str.startswith("retrieval_metrics, all 2000"), ]
+    assert total["notes"].item().startswith("EXTRAPOLATED from measured slices of 50 and 200 queries")
+    # fixed + per-query cost: all 2000 queries take at least the 200 measured ones
+    assert total["value"].item() >= measured
     assert frame["case"].str.startswith("recall_at_k").any()
+    # measured whole when no slice is asked for
+    rows = bench.Rows()
+    bench.bench_evaluation(rows, **{**TINY["evaluation"], "large_slice_queries": None, "large": (300, 1500)})
+    whole = rows.frame().query("case == 'retrieval_metrics, all 300 queries'")
+    assert whole["notes"].item().startswith("measured whole")
 
 
 def test_data_rows(isolated_dirs):
