@@ -73,7 +73,7 @@ def test_tables_with_seeds_paper_and_difference(project):
     # one seed: no ± part
     assert "| flickr30k | CMPM+CMPC | small-cnn | i2t | R@1 |  | 20.50 (n=1) |  |" in section
     assert "### cuhk_pedes" in section and "### flickr30k" in section
-    assert "`papermill notebooks/05_cuhk_pedes.ipynb - -p profile quick`" in section
+    assert "`.venv/bin/python -m cmp_utils.run_notebooks --profile quick notebooks/05_cuhk_pedes.ipynb`" in section
     assert "no notebook `notebooks/NN_flickr30k.ipynb` found" in section
     assert "ours (quick, synthetic data)" in section
     assert readme.stat().st_mode & 0o777 == 0o644  # permissions kept through the atomic replace
