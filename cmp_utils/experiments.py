@@ -17,6 +17,7 @@ settings trains again. Results are tidy rows
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -136,14 +137,15 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "cpu"):
     cached image features by split, TrainConfig)``. The model is in eval mode on ``device``."""
     import yaml
 
-    from . import data, models, train
+    from . import data, train
 
     run_dir = Path(run_dir)
     params_path = run_dir / "params.yaml"
     if not params_path.is_file():
         raise FileNotFoundError(f"{params_path} is missing: {run_dir} is not a finished run folder")
     settings = yaml.safe_load(params_path.read_text())
-    settings = {k: v for k, v in settings.items() if k in {f.name for f in __import__("dataclasses").fields(train.TrainConfig)}}
+    known = {field.name for field in dataclasses.fields(train.TrainConfig)}
+    settings = {k: v for k, v in settings.items() if k in known}
     cfg = train.as_config(settings)
     resolved = config.resolve_device(device)
     prepared = data.prepare_dataset(cfg.dataset, cfg.profile, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir,
@@ -153,9 +155,7 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "cpu"):
         for split in {prepared.validation_split, prepared.test_split} - {None}:
             features[split] = train.cached_image_features(prepared, split, cfg, resolved)
     feature_dim = next(iter(features.values())).shape[-1] if features else None
-    model = models.build_model(len(prepared.vocabulary), cfg.backbone, cfg.embedding_dim, cfg.word_dim,
-                               cfg.hidden_size, cfg.dropout, prepared.vocabulary.pad_id, cfg.padded_steps,
-                               cfg.pool_grid, cfg.weights_path, cfg.pretrained, cached_feature_dim=feature_dim)
+    model = train.build_run_model(cfg, prepared, feature_dim)
     best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=resolved, weights_only=True)
     model.load_state_dict(best["model"])
     return model.to(resolved).eval(), prepared, features, cfg

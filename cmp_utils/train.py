@@ -538,6 +538,14 @@ def _check_paper_inputs(cfg: TrainConfig) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def build_run_model(cfg: TrainConfig, prepared, feature_dim: int | None = None) -> models.CrossModalModel:
+    """The network a run with settings ``cfg`` trains on ``prepared`` data (``feature_dim``: the
+    cached image features' size in ``feature_mode="cached"``, else ``None``)."""
+    return models.build_model(len(prepared.vocabulary), cfg.backbone, cfg.embedding_dim, cfg.word_dim,
+                              cfg.hidden_size, cfg.dropout, prepared.vocabulary.pad_id, cfg.padded_steps,
+                              cfg.pool_grid, cfg.weights_path, cfg.pretrained, cached_feature_dim=feature_dim)
+
+
 def fit(settings: TrainConfig | dict) -> RunResult:
     """Train one model as ``settings`` say; write the run folder; return its :class:`RunResult`.
 
@@ -593,9 +601,7 @@ def _fit(cfg: TrainConfig, context: distributed.DistributedContext) -> RunResult
 
     # ---- model, losses, optimiser (seeded again: computing the feature cache consumed random numbers)
     config.seed_everything(cfg.seed, cfg.deterministic)
-    model = models.build_model(len(prepared.vocabulary), cfg.backbone, cfg.embedding_dim, cfg.word_dim,
-                               cfg.hidden_size, cfg.dropout, prepared.vocabulary.pad_id, cfg.padded_steps,
-                               cfg.pool_grid, cfg.weights_path, cfg.pretrained, cached_feature_dim=feature_dim)
+    model = build_run_model(cfg, prepared, feature_dim)
     if cfg.feature_mode != "cached":
         pairs = data.PairDataset(train_frame, prepared.vocabulary, prepared.image_cache("train"), train=True,
                                  backbone=model.image_encoder.normalisation)
