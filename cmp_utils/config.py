@@ -20,7 +20,11 @@ import numpy as np
 import torch
 
 PROFILES = ("smoke", "quick", "paper")
-DATASETS = ("cuhk_pedes", "flickr30k", "mscoco", "cub", "flowers")
+DATASETS = ("cuhk_pedes", "flickr30k", "mscoco", "cub", "flowers", "icfg_pedes", "rstpreid")
+# The paper's five datasets (its tables); ICFG-PEDES and RSTPReid came out after it (no paper numbers).
+PAPER_DATASETS = DATASETS[:5]
+# Text-based person search: identity labels, text-to-image protocol, the CUHK-PEDES recipe.
+PERSON_DATASETS = ("cuhk_pedes", "icfg_pedes", "rstpreid")
 
 
 def project_root() -> Path:
@@ -95,6 +99,8 @@ DATASET_LAYOUTS: dict[str, dict[str, tuple[str, ...]]] = {
         "files": ("cvpr2016_flowers/trainvalclasses.txt", "cvpr2016_flowers/testclasses.txt"),
         "folders": ("cvpr2016_flowers/text_c10", "jpg"),
     },
+    "icfg_pedes": {"files": ("ICFG-PEDES.json",), "folders": ("imgs",)},
+    "rstpreid": {"files": ("data_captions.json",), "folders": ("imgs",)},
 }
 
 

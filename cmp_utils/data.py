@@ -74,15 +74,22 @@ LAYOUTS = {
            "trainvalclasses.txt and testclasses.txt, images at <root>/CUB_200_2011/images/<class>/<stem>.jpg",
     "flowers": "<root>/cvpr2016_flowers/text_c10/class_XXXXX/<stem>.txt (10 captions a file), <root>/"
                "cvpr2016_flowers/trainvalclasses.txt and testclasses.txt, images at <root>/jpg/<stem>.jpg",
+    "icfg_pedes": "<root>/ICFG-PEDES.json (a JSON list of {id, file_path, captions, processed_tokens, split} with "
+                  "split train or test) and images at <root>/imgs/<file_path>",
+    "rstpreid": "<root>/data_captions.json (a JSON list of {id, img_path, captions, split} with split train, val "
+                "or test) and images at <root>/imgs/<img_path>",
 }
 ANNOTATION_FILES = {"cuhk_pedes": "reid_raw.json", "flickr30k": "dataset_flickr30k.json", "mscoco": "dataset_coco.json",
-                    "cub": "cvpr2016_cub", "flowers": "cvpr2016_flowers"}
+                    "cub": "cvpr2016_cub", "flowers": "cvpr2016_flowers", "icfg_pedes": "ICFG-PEDES.json",
+                    "rstpreid": "data_captions.json"}
 SPLITS = {"cuhk_pedes": ("train", "val", "test"), "flickr30k": ("train", "val", "test"),
           "mscoco": ("train", "restval", "val", "test"), "cub": ("train", "val", "test", "trainval"),
-          "flowers": ("train", "val", "test", "trainval")}
+          "flowers": ("train", "val", "test", "trainval"), "icfg_pedes": ("train", "val", "test", "trainval"),
+          "rstpreid": ("train", "val", "test")}
 # The splits a prepared dataset uses for model selection and for the final numbers.
 # MSCOCO: the released scripts train on `train` and validate on `restval` (reference file).
-VALIDATION_SPLIT = {"cuhk_pedes": "val", "flickr30k": "val", "mscoco": "restval", "cub": "val", "flowers": "val"}
+VALIDATION_SPLIT = {"cuhk_pedes": "val", "flickr30k": "val", "mscoco": "restval", "cub": "val", "flowers": "val",
+                    "icfg_pedes": "val", "rstpreid": "val"}
 TEST_SPLIT = {name: "test" for name in config.DATASETS}
 CLASS_LEVEL = ("cub", "flowers")
 IMAGE_FOLDER = {"cub": "CUB_200_2011/images", "flowers": "jpg"}
@@ -100,13 +107,24 @@ PUBLISHED_SIZES = [
     ("mscoco", "val", 5000, None, 5000), ("mscoco", "test", 5000, None, 5000),
     ("cub", "trainval", None, None, 150), ("cub", "test", None, None, 50), ("cub", "all", 11788, 117880, 200),
     ("flowers", "trainval", None, None, 82), ("flowers", "test", None, None, 20), ("flowers", "all", 8189, 81890, 102),
+    # Published after the paper (sources in PUBLISHED_SIZES_SOURCES). ICFG-PEDES: one caption an image, no val split.
+    ("icfg_pedes", "trainval", 34674, 34674, 3102), ("icfg_pedes", "test", 19848, 19848, 1000),
+    ("rstpreid", "train", 18505, 37010, 3701), ("rstpreid", "val", 1000, 2000, 200),
+    ("rstpreid", "test", 1000, 2000, 200),
 ]
+# Where the sizes of the datasets that postdate the paper are published (the other rows: PUBLISHED_SIZES_SOURCE).
+PUBLISHED_SIZES_SOURCES = {
+    "icfg_pedes": "Ding et al., Semantically Self-Aligned Network for Text-to-Image Part-aware Person "
+                  "Re-identification, arXiv:2107.12666 (2021), dataset section",
+    "rstpreid": "Zhu et al., DSSL: Deep Surroundings-person Separation Learning for Text-based Person Retrieval, "
+                "ACM MM 2021, dataset section",
+}
 
 
 def published_sizes() -> pd.DataFrame:
     """:data:`PUBLISHED_SIZES` as a table with a ``source`` column."""
     frame = pd.DataFrame(PUBLISHED_SIZES, columns=["dataset", "split", "images", "captions", "ids_or_classes"])
-    frame["source"] = PUBLISHED_SIZES_SOURCE
+    frame["source"] = frame["dataset"].map(PUBLISHED_SIZES_SOURCES).fillna(PUBLISHED_SIZES_SOURCE)
     return frame.astype({"images": "Int64", "captions": "Int64", "ids_or_classes": "Int64"})
 
 
@@ -203,7 +221,78 @@ def _rows_karpathy(name: str, root: Path, split: str) -> list[dict]:
                              f"({error!r})") from error
         for sentence in sentences:
             caption = sentence.get("raw", " ".join(sentence.get("tokens", []))) if isinstance(sentence, dict) else str(sentence)
-            rows.append({"image_path": image_path, "caption": caption, "label": image_id, "image_id": image_id})
+            given = sentence.get("tokens") if isinstance(sentence, dict) else None  # used as given (release)
+            rows.append({"image_path": image_path, "caption": caption, "label": image_id, "image_id": image_id,
+                         "tokens": [str(token) for token in given] if given else None})
+    return rows
+
+
+def _karpathy_image_ids(records: list, annotation: Path) -> list[int]:
+    """The ``imgid`` of every record; a record without one, or two records sharing one, is an error
+    (the label of an image is its id: a guessed or shared id would silently merge two images)."""
+    ids, seen = [], {}
+    for position, record in enumerate(records):
+        name = record.get("filename", "?") if isinstance(record, dict) else "?"
+        try:
+            image_id = int(record["imgid"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"annotation file {annotation}: image record {position} ({name}) has no integer "
+                             f"\"imgid\" ({error!r}); every record of a Karpathy split file needs its own imgid") from error
+        if image_id in seen:
+            raise ValueError(f"annotation file {annotation}: image records {seen[image_id]} and {position} ({name}) "
+                             f"share imgid {image_id}; every image needs its own imgid")
+        seen[image_id] = position
+        ids.append(image_id)
+    return ids
+
+
+# ICFG-PEDES and RSTPReid (published after the paper): a JSON list of image records, images under imgs/.
+# name: (annotation file, the record key holding the image path relative to imgs/)
+PERSON_JSON = {"icfg_pedes": ("ICFG-PEDES.json", "file_path"), "rstpreid": ("data_captions.json", "img_path")}
+# ICFG-PEDES publishes train and test only. Validation = every HELD_OUT_EVERY-th identity of its train split
+# (sorted ids, starting at the (HELD_OUT_EVERY // 2)-th), held out of training: about 310 of 3,102 identities.
+HELD_OUT_EVERY = 10
+
+
+def held_out_identities(train_ids: Sequence[int], every: int = HELD_OUT_EVERY) -> set[int]:
+    """The train identities ICFG-PEDES holds out as its validation split (deterministic, see above)."""
+    ordered = sorted(set(int(i) for i in train_ids))
+    return set(ordered[every // 2::every])
+
+
+def _rows_person_json(name: str, root: Path, split: str) -> list[dict]:
+    """Rows of ICFG-PEDES (splits train / val carved from train / test / trainval) or RSTPReid (train / val / test)."""
+    file_name, path_key = PERSON_JSON[name]
+    annotation = root / file_name
+    if not annotation.is_file():
+        raise _layout_error(name, root, annotation)
+    records = _load_json(annotation)
+    if not isinstance(records, list):
+        raise ValueError(f"annotation file {annotation} must hold a JSON list of image records, got {type(records).__name__}")
+    try:
+        record_splits = [(record["split"], int(record["id"])) for record in records]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"annotation file {annotation}: a record lacks split/id ({error!r}); expected records "
+                         f"{{id, {path_key}, captions, split}}") from error
+    held_out: set[int] = set()
+    file_split = split
+    if name == "icfg_pedes":
+        held_out = held_out_identities([person_id for record_split, person_id in record_splits if record_split == "train"])
+        file_split = "test" if split == "test" else "train"
+    rows = []
+    for image_id, (record, (record_split, person_id)) in enumerate(zip(records, record_splits)):
+        if record_split != file_split:
+            continue
+        if (split == "train" and person_id in held_out) or (split == "val" and name == "icfg_pedes" and person_id not in held_out):
+            continue
+        try:
+            captions, image_path = record["captions"], str(root / "imgs" / record[path_key])
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"annotation file {annotation}: record {image_id} lacks {path_key}/captions ({error!r})") from error
+        if isinstance(captions, str):
+            captions = [captions]
+        for caption in captions:
+            rows.append({"image_path": image_path, "caption": caption, "label": person_id, "image_id": image_id})
     return rows
 
 
@@ -252,7 +341,11 @@ def _rows_class_level(name: str, root: Path, split: str, val_class_fraction: flo
         if not class_folder.is_dir():
             raise _layout_error(name, root, class_folder)
         label = class_label(class_name)
-        for text_file in sorted(class_folder.glob("*.txt")):
+        text_files = sorted(class_folder.glob("*.txt"))
+        if not text_files:
+            raise ValueError(f"{name}: class folder {class_folder} holds no caption files (<stem>.txt); restore them, "
+                             f"or remove {class_name} from {TEXT_FOLDER[name]}/trainvalclasses.txt / testclasses.txt")
+        for text_file in text_files:
             stem = text_file.stem
             if name == "cub":
                 image_path = root / IMAGE_FOLDER[name] / class_name / f"{stem}.jpg"
@@ -281,8 +374,19 @@ def class_label(class_name: str) -> int:
     return int(digits)
 
 
+def _annotation_rows(name: str, root: Path, split: str, val_class_fraction: float = 0.0) -> list[dict]:
+    """The rows the annotation files of ``name`` list for ``split`` (before any check of the images)."""
+    if name == "cuhk_pedes":
+        return _rows_cuhk(root, split)
+    if name in ("flickr30k", "mscoco"):
+        return _rows_karpathy(name, root, split)
+    if name in PERSON_JSON:
+        return _rows_person_json(name, root, split)
+    return _rows_class_level(name, root, split, val_class_fraction)
+
+
 def read_dataset(name: str, root: str | os.PathLike, split: str, *, missing_images: str = "error",
-                 val_class_fraction: float = 0.0) -> pd.DataFrame:
+                 val_class_fraction: float = 0.0, lowercase: bool = True) -> pd.DataFrame:
     """Read one split of dataset ``name`` stored under ``root``: one row per caption.
 
     Columns: ``image_path`` (str, an existing file), ``caption`` (raw text), ``tokens``
@@ -302,15 +406,14 @@ def read_dataset(name: str, root: str | os.PathLike, split: str, *, missing_imag
     root = Path(root).expanduser()
     if not root.is_dir():
         raise _layout_error(name, root, root)
-    if name == "cuhk_pedes":
-        rows = _rows_cuhk(root, split)
-    elif name in ("flickr30k", "mscoco"):
-        rows = _rows_karpathy(name, root, split)
-    else:
-        rows = _rows_class_level(name, root, split, val_class_fraction)
+    rows = _annotation_rows(name, root, split, val_class_fraction)
     frame = pd.DataFrame(rows, columns=["image_path", "caption", "label", "image_id"])
     frame["caption"] = frame["caption"].fillna("").astype(str)
-    frame["tokens"] = [tokenize(caption) for caption in frame["caption"]]
+    # Tokens (release): the Karpathy JSON's ``tokens`` as given; otherwise text.tokenize (punctuation deleted);
+    # ``lowercase=False`` keeps case (a port's case-sensitive vocabulary).
+    given_tokens = [row.get("tokens") for row in rows]
+    frame["tokens"] = [given if given else tokenize(caption, lowercase=lowercase)
+                       for given, caption in zip(given_tokens, frame["caption"])]
     empty = frame["tokens"].map(len) == 0
     if empty.any():
         message = (f"{name}/{split}: dropped {int(empty.sum())} empty caption(s) (e.g. for "
@@ -486,7 +589,7 @@ def prepare_dataset(name: str, profile: str, data_dir: str | os.PathLike | None 
         validation_split = "val" if fraction > 0 else None
     else:
         fraction = 0.0
-        split_names = list(SPLITS[name])
+        split_names = [split for split in SPLITS[name] if split != "trainval"]  # icfg_pedes: trainval = train + val
         validation_split = VALIDATION_SPLIT[name]
     frames = {split: add_indices(read_dataset(name, root, split, missing_images=missing_images,
                                               val_class_fraction=fraction))
@@ -627,3 +730,147 @@ class IdentityBatchSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         total = len(self.labels) // self.batch_size if self.drop_last else -(-len(self.labels) // self.batch_size)
         return total // self.num_replicas
+
+
+# ---------------------------------------------------------------------- checking a data folder
+# ``python -m cmp_utils.data check DATA_DIR``: before a GPU-day, is every dataset under DATA_DIR complete?
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+SIZE_QUANTITIES = ("images", "captions", "ids_or_classes")
+
+
+def expected_sizes(name: str, root: str | os.PathLike) -> pd.DataFrame:
+    """The sizes ``root`` should have: the synthetic generator's own record when ``root`` is a generated
+    stand-in (its ``synthetic.json``), else the published sizes of ``name``. Columns as :func:`published_sizes`."""
+    from . import synthetic
+
+    root = Path(root)
+    if (root / synthetic.MARKER).is_file():
+        rows = synthetic.recorded_sizes(root)
+        if rows and rows[0][0] != name:
+            raise ValueError(f"{root / synthetic.MARKER} describes dataset {rows[0][0]!r}, but the folder is "
+                             f"checked as {name!r}; rename the folder or regenerate it")
+        frame = pd.DataFrame(rows, columns=["dataset", "split", "images", "captions", "ids_or_classes"])
+        frame["source"] = f"synthetic generator record ({synthetic.MARKER})"
+        return frame.astype({"images": "Int64", "captions": "Int64", "ids_or_classes": "Int64"})
+    table = published_sizes()
+    return table.loc[table["dataset"] == name].reset_index(drop=True)
+
+
+def _image_folders(name: str, root: Path) -> list[Path]:
+    """The folders that hold ``name``'s images (the layout's folders, less caption folders)."""
+    return [root / folder for folder in config.DATASET_LAYOUTS[name]["folders"] if "text_c10" not in folder]
+
+
+def check_dataset(name: str, root: str | os.PathLike) -> dict[str, Any]:
+    """Check one dataset folder against its expected sizes (:func:`expected_sizes`).
+
+    Returns ``{"sizes": DataFrame(dataset, split, quantity, expected, found, ok, source),
+    "missing_files": [...], "extra_files": [...], "problems": [...]}``: missing files are layout
+    entries or images named in the annotations that are not on disk; extra files are images in the
+    image folders that no annotation names; ``problems`` holds one readable line per finding
+    (empty when the folder is right). Counts are those :func:`read_dataset` sees.
+    """
+    _check_name(name)
+    root = Path(root).expanduser()
+    layout = config.DATASET_LAYOUTS[name]
+    missing_layout = [str(root / item) for item in (*layout["files"], *layout["folders"]) if not (root / item).exists()]
+    result: dict[str, Any] = {"sizes": pd.DataFrame(columns=["dataset", "split", "quantity", "expected", "found", "ok",
+                                                             "source"]),
+                              "missing_files": missing_layout, "extra_files": [], "problems": []}
+    if missing_layout:
+        result["problems"] = [f"{name}: missing {path} (expected layout: {LAYOUTS[name]})" for path in missing_layout]
+        return result
+    expected = expected_sizes(name, root)
+    measured: dict[str, dict[str, int]] = {}
+    referenced: set[str] = set()
+    missing_images: set[str] = set()
+    readable = [split for split in expected["split"] if split in SPLITS[name]]
+    for split in readable:
+        paths = {row["image_path"] for row in _annotation_rows(name, root, split)}
+        referenced |= paths
+        missing_images |= {path for path in paths if not os.path.isfile(path)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frame = read_dataset(name, root, split, missing_images="drop")
+        measured[split] = {"images": int(frame["image_path"].nunique()), "captions": int(len(frame)),
+                           "ids_or_classes": int(frame["label"].nunique())}
+    if "all" in set(expected["split"]) and {"trainval", "test"} <= set(measured):
+        measured["all"] = {key: measured["trainval"][key] + measured["test"][key] for key in SIZE_QUANTITIES}
+    rows = []
+    for record in expected.itertuples(index=False):
+        for quantity in SIZE_QUANTITIES:
+            wanted = getattr(record, quantity)
+            if pd.isna(wanted):
+                continue
+            found = measured.get(record.split, {}).get(quantity)
+            rows.append({"dataset": name, "split": record.split, "quantity": quantity, "expected": int(wanted),
+                         "found": found, "ok": found == int(wanted), "source": record.source})
+            if found != int(wanted):
+                result["problems"].append(f"{name}/{record.split}: {found if found is not None else 'no'} {quantity} "
+                                          f"found, {int(wanted):,} expected ({record.source})")
+    result["sizes"] = pd.DataFrame(rows, columns=list(result["sizes"].columns))
+    on_disk = {str(path) for folder in _image_folders(name, root) for path in folder.rglob("*")
+               if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES}
+    result["missing_files"] = sorted(missing_images)
+    result["extra_files"] = sorted(on_disk - referenced)
+    result["problems"] += [f"{name}: missing image {path} (named in the annotations)" for path in result["missing_files"]]
+    result["problems"] += [f"{name}: extra image {path} (no annotation names it)" for path in result["extra_files"]]
+    return result
+
+
+def check_data_dir(data_dir: str | os.PathLike, datasets: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`check_dataset` for every dataset folder under ``data_dir`` (``<data_dir>/<name>/``, names as in
+    ``config.DATASETS``), or for ``datasets`` (then a missing folder is a finding). Raises
+    :class:`DatasetLayoutError` when ``data_dir`` holds none of them."""
+    data_dir = Path(data_dir).expanduser()
+    if not data_dir.is_dir():
+        raise DatasetLayoutError(f"data folder {data_dir} does not exist; pass the folder that holds "
+                                 f"<name>/ sub-folders ({', '.join(config.DATASETS)})")
+    names = list(datasets) if datasets else [name for name in config.DATASETS if (data_dir / name).is_dir()]
+    if not names:
+        raise DatasetLayoutError(f"{data_dir} holds none of the dataset folders {', '.join(config.DATASETS)}; "
+                                 f"put each dataset in <data_dir>/<name>/ as it is distributed (docs/datasets.md)")
+    return {name: check_dataset(name, data_dir / name) for name in names}
+
+
+def _check_main(data_dir: str, datasets: Sequence[str] | None) -> int:
+    results = check_data_dir(data_dir, datasets)
+    failed = 0
+    for name, result in results.items():
+        sizes = result["sizes"]
+        verdict = "OK" if not result["problems"] else f"{len(result['problems'])} problem(s)"
+        print(f"== {name} ({Path(data_dir) / name}): {verdict}")
+        if len(sizes):
+            print(f"expected sizes from: {'; '.join(pd.unique(sizes['source']))}")
+            print(sizes.drop(columns=["dataset", "source"]).to_string(index=False))
+        for problem in result["problems"]:
+            print("  " + problem)
+        failed += bool(result["problems"])
+    absent = [name for name in config.DATASETS if name not in results]
+    if absent:
+        print(f"not present (not checked): {', '.join(absent)}")
+    print(f"{len(results) - failed} of {len(results)} dataset folder(s) right")
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m cmp_utils.data",
+                                     description="Check a data folder against the datasets' published sizes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="validate DATA_DIR/<name>/ for each dataset found there; exit 1 "
+                                              "when any size differs or a file is missing or extra")
+    check.add_argument("data_dir", help="the folder holding <name>/ dataset folders (like $CMP_DATA_DIR)")
+    check.add_argument("--dataset", action="append", choices=config.DATASETS,
+                       help="check only this dataset (repeatable); its folder must exist")
+    args = parser.parse_args(argv)
+    try:
+        return _check_main(args.data_dir, args.dataset)
+    except (DatasetLayoutError, ValueError) as error:
+        print(f"error: {error}")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -40,6 +40,7 @@ METHODS: dict[str, tuple[str, ...]] = {
     "ranking (hardest)": ("ranking_hard",),
     "CMCE": ("cmce",),
     "CMPM (L2 target)": ("cmpm_l2",),
+    "CMPM (L2 target)+CMPC": ("cmpm_l2", "cmpc"),  # the fidelity audit's L2-target deviation
 }
 
 #: Name of each experiment's results folder and the notebook that makes it.
@@ -111,9 +112,9 @@ def protocol_metrics(
             rows.append({"table": table, "direction": direction, "metric": name, "value": float(values[name])})
 
     recall_names = ("R@1", "R@5", "R@10")
-    if dataset == "cuhk_pedes":
+    if dataset in config.PERSON_DATASETS:  # CUHK-PEDES, and ICFG-PEDES / RSTPReid with the same protocol
         t2i = metrics.retrieval_metrics(text_embeddings, image_embeddings, text_labels, image_labels)
-        add("cuhk_pedes", "t2i", t2i, (*recall_names, "mAP", "mINP"))
+        add(dataset, "t2i", t2i, (*recall_names, "mAP", "mINP"))
     elif dataset == "flickr30k":
         both = metrics.bidirectional_retrieval(image_embeddings, text_embeddings, image_labels, text_labels)
         for direction in ("i2t", "t2i"):

@@ -407,6 +407,33 @@ def bidirectional_retrieval(
     return {"i2t": i2t, "t2i": t2i, "rsum": rsum}
 
 
+def per_caption_gallery(image_embeddings: torch.Tensor, image_labels: torch.Tensor,
+                        caption_image_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gallery of a port's test loop: each image repeated once per caption of it.
+
+    ``image_embeddings`` $x$ (N_I, d) and ``image_labels`` (N_I,) hold each test image once;
+    ``caption_image_indices`` (N_T,) names the image of every caption (the ``image_index`` of the
+    split's frame). Returns ``(gallery_embeddings (N_T, d), gallery_labels (N_T,))``: row ``t`` is
+    the image of caption ``t``. Scoring text-to-image against it instead of the unique gallery
+    (``retrieval_metrics(texts, *per_caption_gallery(...))``) leaves R@1 unchanged (the copies of
+    the top image tie with it, positive or not) but lowers R@K for K > 1: every wrong image ranked
+    above the first hit now takes as many ranks as it has captions. Evaluation only: the same
+    embeddings, no retraining.
+    """
+    image_embeddings = _check_embeddings(image_embeddings, "image_embeddings")
+    n_images = image_embeddings.shape[0]
+    image_labels = _as_labels(image_labels, "image_labels", n_images, image_embeddings.device)
+    indices = torch.as_tensor(caption_image_indices, device=image_embeddings.device)
+    if indices.dim() != 1 or indices.numel() == 0 or indices.is_floating_point() or indices.dtype == torch.bool:
+        raise ValueError("parameter caption_image_indices must be a non-empty 1-D integer tensor (the image_index "
+                         f"of each caption), got shape {tuple(indices.shape)} and dtype {indices.dtype}")
+    indices = indices.to(torch.int64)
+    if int(indices.min()) < 0 or int(indices.max()) >= n_images:
+        raise ValueError(f"parameter caption_image_indices holds indices outside [0, {n_images}): the captions and "
+                         "image_embeddings come from different splits")
+    return image_embeddings.index_select(0, indices), image_labels.index_select(0, indices)
+
+
 def _average_results(results: list[dict]) -> dict:
     """Average nested dicts of floats key by key (used for the 1K folds)."""
     averaged: dict = {}

@@ -39,11 +39,15 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 MARKER = "synthetic.json"
+#: Side file of the generator's ground truth (image attributes, what each caption states), beside
+#: the data but outside the real layout; read by :mod:`cmp_utils.ceiling`.
+GROUND_TRUTH = "synthetic_ground_truth.json"
 SUPERSAMPLE = 2  # draw at 2x and downsample with a box filter: soft edges like a photo
 
-IMAGE_SIZES = {"cuhk_pedes": (64, 32), "flickr30k": (64, 64), "mscoco": (64, 64), "cub": (64, 64), "flowers": (64, 64)}
+IMAGE_SIZES = {"cuhk_pedes": (64, 32), "flickr30k": (64, 64), "mscoco": (64, 64), "cub": (64, 64), "flowers": (64, 64),
+               "icfg_pedes": (64, 32), "rstpreid": (64, 32)}
 
 SIZES: dict[str, dict[str, dict[str, int]]] = {
     "smoke": {
@@ -52,6 +56,8 @@ SIZES: dict[str, dict[str, dict[str, int]]] = {
         "mscoco": {"train": 60, "restval": 15, "val": 15, "test": 20},
         "cub": {"trainval_classes": 10, "test_classes": 5, "images_per_class": 4},
         "flowers": {"trainval_classes": 10, "test_classes": 5, "images_per_class": 4},
+        "icfg_pedes": {"train_ids": 50, "test_ids": 20},
+        "rstpreid": {"train_ids": 40, "val_ids": 10, "test_ids": 15},
     },
     "quick": {
         "cuhk_pedes": {"train_ids": 2000, "val_ids": 300, "test_ids": 1000},
@@ -59,10 +65,12 @@ SIZES: dict[str, dict[str, dict[str, int]]] = {
         "mscoco": {"train": 1500, "restval": 300, "val": 200, "test": 500},
         "cub": {"trainval_classes": 75, "test_classes": 25, "images_per_class": 16},
         "flowers": {"trainval_classes": 45, "test_classes": 15, "images_per_class": 20},
+        "icfg_pedes": {"train_ids": 1500, "test_ids": 500},
+        "rstpreid": {"train_ids": 1200, "val_ids": 200, "test_ids": 200},
     },
 }
 SIZES["paper"] = {name: dict(sizes) for name, sizes in SIZES["quick"].items()}  # paper uses real data; forced synthetic = quick
-DATASET_CODES = {"cuhk_pedes": 1, "flickr30k": 2, "mscoco": 3, "cub": 4, "flowers": 5}
+DATASET_CODES = {"cuhk_pedes": 1, "flickr30k": 2, "mscoco": 3, "cub": 4, "flowers": 5, "icfg_pedes": 6, "rstpreid": 7}
 
 # ---------------------------------------------------------------------- colours
 COLOURS = {
@@ -425,6 +433,7 @@ def _generate_cuhk(root: Path, sizes: dict[str, int], seed: int) -> dict[str, An
     next_id = 1
     persons: dict[int, dict[str, Any]] = {}
     stats: dict[str, Any] = {}
+    truth: list[dict[str, Any]] = []  # per image: its attributes and what each of its captions states
     for split in ("train", "val", "test"):
         identities = _families(sizes[f"{split}_ids"], rng, _sample_person, _vary_person)
         images = 0
@@ -438,9 +447,12 @@ def _generate_cuhk(root: Path, sizes: dict[str, int], seed: int) -> dict[str, An
             for view in range(int(item_rng.integers(2, 5))):
                 file_path = f"{folder}/{person_id:05d}_{view}{extension}"
                 _save_image(render_person(person, shades, item_rng), root / "imgs" / file_path)
-                captions = [person_caption(person, item_rng) for _ in range(2)]
+                caption_mentions = [{}, {}]
+                captions = [person_caption(person, item_rng, said) for said in caption_mentions]
                 records.append({"split": split, "captions": captions, "file_path": file_path,
                                 "processed_tokens": [], "id": person_id})
+                truth.append({"split": split, "file_path": file_path, "id": person_id,
+                              "attributes": visible_attributes(person), "mentions": caption_mentions})
                 images += 1
         stats[split] = {"ids": len(identities), "images": images}
     # irregularities of the real file: one test image with 10 captions, one val image with 4
@@ -448,7 +460,12 @@ def _generate_cuhk(root: Path, sizes: dict[str, int], seed: int) -> dict[str, An
         record = next(r for r in records if r["split"] == split)
         person_rng = np.random.default_rng([seed, DATASET_CODES["cuhk_pedes"], record["id"], count])
         person = persons[record["id"]]
-        record["captions"] = record["captions"] + [person_caption(person, person_rng) for _ in range(count - 2)]
+        extra_mentions = [{} for _ in range(count - 2)]
+        record["captions"] = record["captions"] + [person_caption(person, person_rng, said) for said in extra_mentions]
+        next(t for t in truth if t["file_path"] == record["file_path"])["mentions"].extend(extra_mentions)
+    _write_json(root / GROUND_TRUTH, truth)
+    for split in stats:  # captions per split, after the irregularities (read by recorded_sizes)
+        stats[split]["captions"] = sum(len(record["captions"]) for record in records if record["split"] == split)
     from .text import tokenize
 
     for record in records:
@@ -658,7 +675,7 @@ def _generate_karpathy(name: str, root: Path, sizes: dict[str, int], seed: int) 
             if name == "mscoco":
                 record = {"filepath": folder, **record, "cocoid": coco_id}
             images.append(record)
-        stats[split] = {"images": len(scenes)}
+        stats[split] = {"images": len(scenes), "captions": sum(len(r["sentences"]) for r in images if r["split"] == split)}
     _write_json(root / ("dataset_coco.json" if name == "mscoco" else "dataset_flickr30k.json"),
                 {"images": images, "dataset": "coco" if name == "mscoco" else "flickr30k"})
     return stats
@@ -862,8 +879,9 @@ def _generate_class_level(name: str, root: Path, sizes: dict[str, int], seed: in
     (text_root / "trainvalclasses.txt").write_text("\n".join(trainval) + "\n", encoding="utf-8")
     (text_root / "testclasses.txt").write_text("\n".join(test) + "\n", encoding="utf-8")
     (text_root / "allclasses.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
-    return {"trainval": {"classes": len(trainval), "images": len(trainval) * sizes["images_per_class"]},
-            "test": {"classes": len(test), "images": len(test) * sizes["images_per_class"]}}
+    return {key: {"classes": len(classes), "images": len(classes) * sizes["images_per_class"],
+                  "captions": len(classes) * sizes["images_per_class"] * 10}
+            for key, classes in (("trainval", trainval), ("test", test))}
 
 
 # ====================================================================== entry points
@@ -898,7 +916,8 @@ def generate(name: str, root: str | os.PathLike, profile: str, seed: int = 0,
     root = Path(root)
     sizes = dict(sizes) if sizes is not None else sizes_for(name, profile)
     generators = {"cuhk_pedes": _generate_cuhk, "cub": _generate_class_level, "flowers": _generate_class_level,
-                  "flickr30k": _generate_karpathy, "mscoco": _generate_karpathy}
+                  "flickr30k": _generate_karpathy, "mscoco": _generate_karpathy,
+                  "icfg_pedes": _generate_person_json, "rstpreid": _generate_person_json}
     if name not in generators:
         raise ValueError(f"parameter name={name!r} is not one of {', '.join(generators)}")
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -925,3 +944,71 @@ def generate(name: str, root: str | os.PathLike, profile: str, seed: int = 0,
     timing = root / "generation_seconds.txt"  # kept out of the marker so files stay byte-identical across runs
     timing.write_text(f"{seconds:.2f}\n", encoding="utf-8")
     return root
+
+
+# ====================================================================== ICFG-PEDES / RSTPReid-like
+# Both came out after the paper. Same person renderer and caption grammar as the CUHK-PEDES stand-in,
+# written in their own distributed layouts (``data.PERSON_JSON``):
+# * icfg_pedes: ``ICFG-PEDES.json`` = [{id, file_path, captions, processed_tokens, split}], split train / test
+#   only, one caption an image, images at ``imgs/<train|test>/<id>/<id>_<view>.jpg``;
+# * rstpreid: ``data_captions.json`` = [{id, img_path, captions, split}], split train / val / test, five
+#   images an identity (the real set: five cameras), two captions an image, images at ``imgs/<id>_c<cam>_<view>.jpg``.
+PERSON_JSON_SPLITS = {"icfg_pedes": ("train", "test"), "rstpreid": ("train", "val", "test")}
+
+
+def _generate_person_json(name: str, root: Path, sizes: dict[str, int], seed: int) -> dict[str, Any]:
+    """Write synthetic ICFG-PEDES or RSTPReid under ``root``; statistics per split (ICFG-PEDES's train is
+    reported as ``trainval``: readers carve ``val`` from it)."""
+    from .text import tokenize
+
+    code = DATASET_CODES[name]
+    rng = np.random.default_rng([seed, code])
+    records: list[dict[str, Any]] = []
+    stats: dict[str, Any] = {}
+    next_id = 1
+    for split in PERSON_JSON_SPLITS[name]:
+        identities = _families(sizes[f"{split}_ids"], rng, _sample_person, _vary_person)
+        images = captions = 0
+        for person in identities:
+            person_id, next_id = next_id, next_id + 1
+            item_rng = np.random.default_rng([seed, code, person_id])
+            shades = _person_colours(person, item_rng)
+            views = int(item_rng.integers(2, 5)) if name == "icfg_pedes" else 5
+            for view in range(views):
+                pixels = render_person(person, shades, item_rng)
+                texts = [person_caption(person, item_rng) for _ in range(1 if name == "icfg_pedes" else 2)]
+                if name == "icfg_pedes":
+                    relative = f"{split}/{person_id:04d}/{person_id:04d}_{view:03d}.jpg"
+                    record = {"id": person_id, "file_path": relative, "captions": texts,
+                              "processed_tokens": [tokenize(text) for text in texts], "split": split}
+                else:
+                    relative = f"{person_id:04d}_c{view + 1}_{view:04d}.jpg"
+                    record = {"id": person_id, "img_path": relative, "captions": texts, "split": split}
+                _save_image(pixels, root / "imgs" / relative)
+                records.append(record)
+                images, captions = images + 1, captions + len(texts)
+        key = "trainval" if (name == "icfg_pedes" and split == "train") else split
+        stats[key] = {"ids": len(identities), "images": images, "captions": captions}
+    _write_json(root / ("ICFG-PEDES.json" if name == "icfg_pedes" else "data_captions.json"), records)
+    return stats
+
+
+def recorded_sizes(root: str | os.PathLike) -> list[tuple[str, str, int | None, int | None, int | None]]:
+    """The sizes the generator recorded in ``root/synthetic.json``, as rows like ``data.PUBLISHED_SIZES``:
+    ``(dataset, split, images, captions, ids_or_classes)``; None where the marker does not say (older
+    generations did not count captions). Raises ``FileNotFoundError`` when ``root`` is not synthetic."""
+    marker = Path(root) / MARKER
+    if not marker.is_file():
+        raise FileNotFoundError(f"{marker} does not exist: {root} is not a generated synthetic dataset")
+    meta = json.loads(marker.read_text(encoding="utf-8"))
+    name, statistics = meta["name"], meta["statistics"]
+    rows = []
+    for split, counts in statistics.items():
+        images = counts.get("images")
+        groups = counts.get("ids", counts.get("classes", images))  # Flickr30K / MSCOCO: every image is its own label
+        rows.append((name, split, images, counts.get("captions"), groups))
+    if {"trainval", "test"} <= set(statistics) and all("classes" in statistics[s] for s in ("trainval", "test")):
+        total = [sum(statistics[s].get(key) or 0 for s in ("trainval", "test")) if all(statistics[s].get(key) is not None
+                 for s in ("trainval", "test")) else None for key in ("images", "captions", "classes")]
+        rows.append((name, "all", *total))
+    return rows
