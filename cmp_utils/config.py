@@ -61,13 +61,20 @@ def check_profile(profile: str) -> str:
     return profile
 
 
+#: Device names accepted everywhere a ``device`` is given (``cuda:N`` picks GPU N).
+VALID_DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Turn ``"auto"`` into ``cuda`` when a GPU is visible, else ``cpu``; check explicit names."""
     if isinstance(device, torch.device):
         return device
     if device in ("auto", "", None):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"parameter device={device!r} is not a device; use one of {', '.join(VALID_DEVICES)}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"parameter device={device!r} asks for CUDA, but no GPU is visible; use device='auto' or 'cpu'")
     return resolved

@@ -9,9 +9,10 @@ One *run* = one method (a set of losses) trained on one dataset with one seed by
 * ``cub`` / ``flowers``: the zero-shot class-level protocol (top-1 accuracy, AP@50).
 
 Runs are memoised on disk (``<cache>/experiment_runs/<key>/protocol.json``): the key hashes the
-full training settings and the source of ``cmp_utils``, so notebooks that share a run (the
-ablation and the CUHK-PEDES table both train CMPM) train it once, and any change of code or
-settings trains again. Results are tidy rows
+full training settings, the source of ``cmp_utils`` and the files the run reads (size and
+modification time of every file of the dataset folder, and of the weights file), so notebooks
+that share a run (the ablation and the CUHK-PEDES table both train CMPM) train it once, and any
+change of code, settings or data trains again. Results are tidy rows
 ``dataset, table, method, backbone, direction, metric, value, paper_value, seed``.
 """
 
@@ -78,11 +79,40 @@ def _code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def run_key(settings: dict[str, Any]) -> str:
-    """Key of a run: its settings (minus where it is written and how it reports) and the code."""
+def run_key(settings: dict[str, Any], content_fingerprint: str = "") -> str:
+    """Key of a run: its settings (minus where it is written and how it reports), the code, and
+    ``content_fingerprint``: what the run reads (see :func:`input_fingerprint`), so a replaced
+    image or annotation file or weights file trains again instead of reusing a stale result."""
     relevant = {k: v for k, v in settings.items() if k not in ("output_dir", "progress", "resume", "device")}
-    text = json.dumps(relevant, sort_keys=True, default=str) + _code_fingerprint()
+    text = json.dumps(relevant, sort_keys=True, default=str) + _code_fingerprint() + content_fingerprint
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def input_fingerprint(cfg: Any) -> str:
+    """Fingerprint of the files a run of ``cfg`` (a TrainConfig) reads: every file of its dataset
+    folder (:func:`cmp_utils.data.files_fingerprint`: path, size, mtime) and its weights file."""
+    from . import data
+
+    root, _ = data.dataset_root(cfg.dataset, cfg.profile, cfg.data_dir, cfg.cache_dir, cfg.data_seed)
+    parts = [data.files_fingerprint(root)]
+    if cfg.weights_path:
+        weights = Path(cfg.weights_path).expanduser()
+        status = weights.stat() if weights.is_file() else None
+        parts.append(f"{weights}|{status.st_size}|{status.st_mtime_ns}" if status else f"{weights}|missing")
+    return hashlib.sha256("|".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _memoised(protocol_path: Path) -> dict[str, Any] | None:
+    """The record of a finished run, or None when there is none or it cannot be read (then it retrains)."""
+    import warnings
+
+    if not protocol_path.is_file():
+        return None
+    try:
+        return json.loads(protocol_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        warnings.warn(f"memoised run record {protocol_path} is damaged ({error}); training the run again", stacklevel=3)
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,17 +235,24 @@ def run_method(
         data_dir=data_dir or None, progress=False, evaluate_test=False, **(overrides or {}),
     )
     settings = cfg.to_dict()
-    key = run_key(settings)
+    inputs = input_fingerprint(cfg)
+    key = run_key(settings, inputs)
     run_dir = config.cache_dir() / "experiment_runs" / key
     protocol_path = run_dir / "protocol.json"
-    if protocol_path.is_file() and not refresh:
-        return json.loads(protocol_path.read_text())
+    memoised = None if refresh else _memoised(protocol_path)
+    if memoised is not None:
+        return memoised
+    if run_dir.exists():  # an interrupted or refreshed run of this key: train it again from scratch
+        import shutil
+
+        shutil.rmtree(run_dir)
     cfg.output_dir = str(run_dir)
     cfg.resume = False
     result = train.fit(cfg)
     embeddings = test_embeddings(run_dir, device)
     record = {
         "key": key,
+        "input_fingerprint": inputs,
         "run_dir": str(run_dir),
         "settings": settings,
         "rows": protocol_metrics(dataset, *embeddings),
@@ -227,9 +264,10 @@ def run_method(
     return record
 
 
-def _run_job(job: tuple, threads: int) -> dict[str, Any]:
-    """One :func:`run_method` call in a worker process, with ``threads`` torch threads."""
-    torch.set_num_threads(threads)
+def _run_job(job: tuple) -> dict[str, Any]:
+    """One :func:`run_method` call in a worker process. The thread count is the run's own
+    (``TrainConfig.num_threads``, applied by ``fit``), never the pool's, so a run gives the same
+    numbers in a worker as in the notebook's process."""
     return run_method(*job)
 
 
@@ -259,13 +297,15 @@ def run_grid(
     """Every method with every seed: tidy rows (see :data:`RESULT_COLUMNS`) plus ``seconds``.
 
     ``extra_columns`` are constant columns added to every row (e.g. ``{"batch_size": 32}``).
-    ``workers`` > 1 trains that many runs at once in separate processes, each with
-    ``cpu_count // workers`` torch threads (default: :func:`default_workers`). The first run
-    that is not memoised yet goes alone, so that the data and feature caches are built once.
+    ``workers`` > 1 trains that many runs at once in separate processes (default:
+    :func:`default_workers`), each with the run's own thread count (``num_threads``: 1 in the
+    smoke and quick profiles), so results do not depend on ``workers``. The first run that is
+    not memoised yet goes alone, so that the data and feature caches are built once. On
+    synthetic data (smoke, quick) the rows carry the dataset's ``ceiling`` where one is known
+    (:func:`attach_ceiling`).
     """
     import concurrent.futures
     import multiprocessing
-    import os
 
     from tqdm.auto import tqdm
 
@@ -281,10 +321,9 @@ def run_grid(
         records[first] = run_method(*jobs[first])
         bar.update()
     if workers > 1 and len(pending) > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = {pool.submit(_run_job, jobs[i], threads): i for i in pending}
+            futures = {pool.submit(_run_job, jobs[i]): i for i in pending}
             for future in concurrent.futures.as_completed(futures):
                 records[futures[future]] = future.result()
                 bar.update()
@@ -299,7 +338,25 @@ def run_grid(
         for row in record["rows"]:
             rows.append({"dataset": dataset, "method": method, "backbone": record["settings"]["backbone"],
                          "seed": seed, "seconds": record["seconds"], **(extra_columns or {}), **row})
-    return attach_paper_values(pd.DataFrame(rows))
+    frame = attach_paper_values(pd.DataFrame(rows))
+    return attach_ceiling(frame, profile) if profile in SYNTHETIC_PROFILES else frame
+
+
+#: Profiles that train on the embedded synthetic data (whose test sets have a measured ceiling).
+SYNTHETIC_PROFILES = ("smoke", "quick")
+
+
+def attach_ceiling(frame: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """Add ``ceiling``: the attribute oracle's value (:mod:`cmp_utils.ceiling`) of each row's
+    dataset, direction and metric on the synthetic test set of ``profile``; NaN where none."""
+    from . import ceiling
+
+    parts = [ceiling.dataset_ceiling(name, profile) for name in frame["dataset"].unique()
+             if name in ceiling.DATASETS_WITH_CEILING]
+    if not parts:
+        return frame.assign(ceiling=float("nan"))
+    table = pd.concat(parts).rename(columns={"value": "ceiling"})
+    return frame.drop(columns=["ceiling"], errors="ignore").merge(table, on=["dataset", "direction", "metric"], how="left")
 
 
 def attach_paper_values(frame: pd.DataFrame) -> pd.DataFrame:
@@ -313,12 +370,14 @@ def attach_paper_values(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tables and claims
+# Tables (claims: cmp_utils.claims)
 # ---------------------------------------------------------------------------------------------
 
 
 def summarise(frame: pd.DataFrame, by: Sequence[str] = ("dataset", "table", "method", "direction", "metric")) -> pd.DataFrame:
-    """Mean, standard deviation (ddof=1; 0 for one seed) and count over seeds, beside the paper."""
+    """Mean, standard deviation (ddof=1; 0 for one seed) and count over seeds, beside the paper and,
+    where the frame has a ``ceiling`` column (synthetic data, see :func:`attach_ceiling`), beside
+    the ceiling (``ceiling``, ``percent_of_ceiling`` = 100 * mean / ceiling)."""
     keys = [k for k in by if k in frame.columns]
     grouped = frame.groupby(keys, sort=False)
     summary = grouped["value"].agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
@@ -326,46 +385,10 @@ def summarise(frame: pd.DataFrame, by: Sequence[str] = ("dataset", "table", "met
     if "paper_value" in frame.columns:
         summary["paper_value"] = grouped["paper_value"].first().to_numpy()
         summary["difference"] = summary["mean"] - summary["paper_value"]
+    if "ceiling" in frame.columns:
+        summary["ceiling"] = grouped["ceiling"].first().to_numpy()
+        summary["percent_of_ceiling"] = 100.0 * summary["mean"] / summary["ceiling"]
     return summary
-
-
-def compare_methods(frame: pd.DataFrame, better: str, worse: str, metric: str, direction: str,
-                    table: str | None = None) -> dict[str, Any]:
-    """Test the claim "``better`` beats ``worse``" on paired seeds.
-
-    Verdict: ``held`` when ``better`` wins on every seed, ``did not hold`` when it loses on every
-    seed, ``inconclusive`` otherwise (the seeds disagree: within seed noise), and ``not tested
-    (one seed)`` with fewer than two seeds (the smoke profile).
-    """
-    chosen = frame[(frame["metric"] == metric) & (frame["direction"] == direction)]
-    if table is not None:
-        chosen = chosen[chosen["table"] == table]
-    pivot = chosen.pivot_table(index="seed", columns="method", values="value")
-    if better not in pivot or worse not in pivot:
-        raise ValueError(f"compare_methods needs rows for both {better!r} and {worse!r}; have {list(pivot.columns)}")
-    differences = (pivot[better] - pivot[worse]).dropna()
-    if len(differences) < 2:
-        verdict = "not tested (one seed)"
-    elif (differences > 0).all():
-        verdict = "held"
-    elif (differences < 0).all():
-        verdict = "did not hold"
-    else:
-        verdict = "inconclusive"
-    return {
-        "claim": f"{better} > {worse} ({direction} {metric})",
-        "mean_difference": float(differences.mean()),
-        "std_difference": float(differences.std(ddof=1)) if len(differences) > 1 else 0.0,
-        "n_seeds": int(len(differences)),
-        "verdict": verdict,
-    }
-
-
-def describe_claim(result: dict[str, Any]) -> str:
-    """One sentence for a :func:`compare_methods` result."""
-    return (f"{result['claim']}: {result['verdict']} on this data "
-            f"(mean difference {result['mean_difference']:+.2f} ± {result['std_difference']:.2f} over "
-            f"{result['n_seeds']} seed{'s' if result['n_seeds'] != 1 else ''})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +404,8 @@ def save_experiment(out_dir: str | Path, frame: pd.DataFrame, params: dict[str, 
 
     out_dir = Path(out_dir)
     written = [atomic.write_csv(out_dir / "metrics.csv", frame)]
-    by = [c for c in ("dataset", "table", "method", "direction", "metric", "batch_size") if c in frame.columns]
+    by = [c for c in ("dataset", "table", "method", "sampler", "schedule", "direction", "metric", "batch_size")
+          if c in frame.columns]
     written.append(atomic.write_csv(out_dir / "summary.csv", summarise(frame, by)))
     if claims:
         written.append(atomic.write_csv(out_dir / "claims.csv", pd.DataFrame(list(claims))))

@@ -63,11 +63,14 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import os
 import random
 import subprocess
 import sys
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -86,7 +89,7 @@ from . import models
 
 _PAPER_COMMON = dict(feature_mode="end_to_end", lr=2e-4, finetune_lr=2e-5, weight_decay=4e-5, ema_decay=0.9999,
                      embedding_dim=512, word_dim=512, hidden_size=512, dropout=0.3, pool_grid=(1, 1),
-                     sampler="random", amp="auto", num_workers=8, eval_batch_size=256)
+                     sampler="random", amp="off", num_workers=None, eval_batch_size=256)  # fp32, as the release
 _FAST_COMMON = dict(feature_mode="cached", backbone="mobilenet_v2", lr=1e-3, finetune_lr=1e-3, weight_decay=4e-5,
                     sampler="identity", instances_per_label=2, amp="auto", num_workers=0, eval_batch_size=512)
 
@@ -149,6 +152,16 @@ class TrainConfig:
     hidden_size: int = 512
     dropout: float = 0.3
     padded_steps: str = "exclude"
+    # recipe options (release default first; the others are public ports' deviations, see docs/fidelity.md)
+    word_embedding_init: str = "xavier"  # xavier (release modules.py: Glorot uniform) | normal (nn.Embedding N(0, 1))
+    lstm_init: str = "tf"  # tf (BasicLSTMCell: Glorot kernels, forget bias 1.0) | pytorch (nn.LSTM default)
+    lstm_backward: str = "time"  # time | batch_reversed (a port: the backward LSTM reverses the batch, not time)
+    bn_style: str = "tf"  # joint-embedding BN: tf (slim arg_scope of the backbone) | pytorch (eps 1e-5, momentum 0.1)
+    joint_embedding: str = "linear_bn"  # linear_bn (release: 1x1 conv, no bias, + BN) | linear_bias (a port)
+    ema_scope: str = "release"  # release (CNN + joint embeddings + their BN statistics) | all (every parameter)
+    vocab_case_sensitive: bool = False  # True: a port's vocabulary keeps case ("A" and "a" apart)
+    pad_shares_most_frequent: bool = False  # True: a port: padding id = the most frequent word's id
+    num_classes_from: str = "all_splits"  # all_splits (release: the dataset's id range) | train (train ids only)
     # optimisation
     batch_size: int = 16  # global batch (all processes together)
     epochs: int = 50
@@ -165,13 +178,19 @@ class TrainConfig:
     loss_options: dict = field(default_factory=dict)
     amp: str = "auto"  # auto | bf16 | fp16 | off  (CUDA only)
     channels_last: bool = True
-    num_workers: int = 0
+    num_workers: int | None = 0  # DataLoader workers; None = what the machine has, min(8, cpu count)
     eval_batch_size: int = 256
     select_metric: str = "t2i_R@1"
     evaluate_test: bool = True
     deterministic: bool = False
     progress: bool = True
     max_steps_per_epoch: int | None = None  # cut epochs short (tests)
+    # run control (release: ``train_models.py`` and ``configuration.py`` of the authors' repository)
+    select_split: str = "validation"  # validation | test (selection on the test split: optimistic, a port's choice)
+    validate_every: int = 1  # epochs between validations; 0 = none, the last epoch is kept as best.pt
+    num_threads: int | None = None  # torch CPU threads of the run; None = torch's default (all cores)
+    frozen_cnn_bn: str = "batch_stats"  # stage 1 frozen CNN batch norm: batch_stats (release) | eval
+    stage2_restart: bool = True  # stage 2 restarts Adam and the EMA (shadows, step count) as the release does
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,25 +202,111 @@ class TrainConfig:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-_TUPLE_FIELDS = ("losses", "image_size", "pool_grid", "betas")
+_FIELD_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if not typing.get_args(hint) else str(hint).replace("typing.", "")
+
+
+def _conform(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(does ``value`` fit the annotation ``hint``, the value in that type): lists become tuples for
+    tuple fields, whole numbers become floats for float fields; bools are not numbers here."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            fits, converted = _conform(value, option)
+            if fits:
+                return True, converted
+        return False, value
+    if hint is type(None):
+        return value is None, None
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_)), bool(value) if isinstance(value, (bool, np.bool_)) else value
+    if hint is int:
+        fits = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+        return fits, int(value) if fits else value
+    if hint is float:
+        fits = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+        return fits, float(value) if fits else value
+    if hint is str:
+        return isinstance(value, str), value
+    if hint is dict or origin is dict:
+        return isinstance(value, dict), value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        item_hints = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(item_hints) != len(value):
+            return False, value
+        items = [_conform(item, item_hint) for item, item_hint in zip(value, item_hints)]
+        return all(fits for fits, _ in items), tuple(converted for _, converted in items)
+    return True, value  # an annotation this checker does not know: accepted as is
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """``value`` checked against the type of the :class:`TrainConfig` field ``name`` and returned in
+    that type; a ``TypeError`` names the setting, the value given and the type expected."""
+    if name not in _FIELDS:
+        raise ValueError(f"unknown training setting {name!r}; known: {sorted(_FIELDS)}")
+    fits, converted = _conform(value, _FIELD_TYPES[name])
+    if not fits:
+        quoted = " (a quoted value in YAML is text: write it unquoted)" if isinstance(value, str) else ""
+        raise TypeError(f"setting {name}={value!r} is a {type(value).__name__}; it must be "
+                        f"{_type_name(_FIELD_TYPES[name])}{quoted}")
+    return converted
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` (the command line's ``--set``) -> (key, value): the value is read as YAML
+    (``32``, ``2e-4``, ``false``, ``[224, 224]``, ``{label_smoothing: 0.1}``, ``null``) and checked
+    against the field's type; a string field keeps the text as written."""
+    import yaml
+
+    if "=" not in text:
+        raise ValueError(f"--set {text!r} must look like KEY=VALUE, e.g. --set batch_size=32")
+    name, raw = (part.strip() for part in text.split("=", 1))
+    if name not in _FIELDS:
+        raise ValueError(f"--set {name}: unknown training setting; known: {sorted(_FIELDS)}")
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as error:
+        raise ValueError(f"--set {name}={raw}: the value is not valid YAML ({error})") from None
+    if name == "losses" and isinstance(value, str):
+        return name, value  # "cmpm,cmpc": split by make_config
+    hint = _FIELD_TYPES[name]
+    if not isinstance(value, str) and raw and _conform(raw, hint)[0] and not _conform(value, hint)[0]:
+        value = raw  # a string setting written without quotes, e.g. --set note=2018
+    if isinstance(value, str) and not _conform(value, hint)[0]:
+        try:
+            value = float(value) if _conform(float(value), hint)[0] else value  # YAML reads 1e-3 as text
+        except ValueError:
+            pass
+    return name, check_setting(name, value)
+
+
+def _admits_none(name: str) -> bool:
+    return _conform(None, _FIELD_TYPES[name])[0]
 
 
 def make_config(profile: str = "smoke", dataset: str = "cuhk_pedes", **overrides: Any) -> TrainConfig:
-    """A :class:`TrainConfig` from ``PROFILE_SETTINGS[profile][dataset]`` plus ``overrides``."""
+    """A :class:`TrainConfig` from ``PROFILE_SETTINGS[profile][dataset]`` plus ``overrides``.
+
+    Every value is checked against the field's type (:func:`check_setting`). ``None`` means "not
+    given" for a field that cannot hold ``None``, and ``None`` itself for one that can.
+    """
     config.check_profile(profile)
     if dataset not in config.DATASETS:
         raise ValueError(f"parameter dataset={dataset!r} is not known; use one of {', '.join(config.DATASETS)}")
     unknown = sorted(set(overrides) - _FIELDS)
     if unknown:
         raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(_FIELDS)}")
-    values = {**PROFILE_SETTINGS[profile][dataset], **{k: v for k, v in overrides.items() if v is not None or k in
-                                                       ("output_dir", "weights_path", "image_size")}}
+    values = {**PROFILE_SETTINGS[profile][dataset],
+              **{k: v for k, v in overrides.items() if v is not None or _admits_none(k)}}
     values.update(profile=profile, dataset=dataset)
     if isinstance(values.get("losses"), str):
         values["losses"] = [name.strip() for name in values["losses"].split(",") if name.strip()]
-    for key in _TUPLE_FIELDS:
-        if values.get(key) is not None:
-            values[key] = tuple(values[key])
+    values = {key: check_setting(key, value) for key, value in values.items()}
     result = TrainConfig(**values)
     _check_config(result)
     return result
@@ -210,6 +315,8 @@ def make_config(profile: str = "smoke", dataset: str = "cuhk_pedes", **overrides
 def _check_config(cfg: TrainConfig) -> None:
     from .losses import LOSS_NAMES
 
+    for name in _FIELDS:
+        check_setting(name, getattr(cfg, name))
     bad = [name for name in cfg.losses if name not in LOSS_NAMES]
     if bad or not cfg.losses:
         raise ValueError(f"setting losses={list(cfg.losses)}: unknown {bad}; choose from {LOSS_NAMES}")
@@ -225,6 +332,13 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"settings epochs={cfg.epochs}, frozen_epochs={cfg.frozen_epochs}: need 0 <= frozen <= epochs, epochs >= 1")
     if cfg.batch_size < 2:
         raise ValueError(f"setting batch_size={cfg.batch_size} must be at least 2")
+    choices = {"select_split": ("validation", "test"), "frozen_cnn_bn": ("batch_stats", "eval")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"setting {name}={getattr(cfg, name)!r} must be one of {allowed}")
+    for name, least in (("validate_every", 0), ("num_threads", 1), ("num_workers", 0), ("max_steps_per_epoch", 1)):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < least:
+            raise ValueError(f"setting {name}={getattr(cfg, name)} must be at least {least}")
 
 
 def as_config(settings: TrainConfig | dict) -> TrainConfig:
@@ -277,8 +391,9 @@ def cached_image_features(prepared, split: str, cfg: TrainConfig, device: torch.
     mode) and saved atomically.
     """
     path = feature_cache_path(prepared, split, cfg, flips)
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
+    cached = atomic.load_torch_cache(path)  # None when absent, or damaged (then recomputed below)
+    if cached is not None:
+        return cached
     encoder = models.ImageEncoder(models.build_backbone(cfg.backbone, cfg.weights_path, cfg.pretrained),
                                   cfg.pool_grid).to(device).eval()
     pixels = prepared.image_cache(split).images  # (N_I, H, W, 3) uint8
@@ -302,20 +417,54 @@ def cached_image_features(prepared, split: str, cfg: TrainConfig, device: torch.
 
 
 class WeightAverage:
-    """Exponential moving average of a module's parameters (TF ``ExponentialMovingAverage``).
+    """Exponential moving average of chosen tensors of a module (TF ``ExponentialMovingAverage``).
 
     After update $n$ (1-based): $\\bar\\theta \\leftarrow \\delta\\bar\\theta + (1-\\delta)\\theta$ with
-    $\\delta = \\min(\\text{decay}, (1+n)/(10+n))$ when ``warmup`` (TF's ``num_updates``), else ``decay``.
-    Buffers (batch-norm statistics) are not averaged: :meth:`copy_to` takes them from the live model.
+    $\\delta = \\min(\\text{decay}, (1+n)/(10+n))$ when ``warmup`` (TF's ``num_updates=global_step``),
+    else ``decay``. ``decay = 0`` means no averaging: the shadow equals the live tensors after
+    every update.
+
+    Which tensors (``names``, state-dict names; listed in :meth:`state_dict`):
+
+    * ``scope="release"``: what the release's ``train_models.py`` averages with
+      ``tf.train.ExponentialMovingAverage(0.9999, num_updates=global_step)`` over slim's model
+      variables: the CNN and the two joint embeddings, **their batch-norm moving mean and
+      variance included** (:meth:`cmp_utils.models.CrossModalModel.averaged_tensor_names`). The
+      LSTM, the word embedding and the initial states stay live, as does CMPC's $W$ (it lives in
+      the loss module, never averaged); the release's ``test_models.py`` restores the shadow
+      values of the averaged variables only.
+    * ``scope="all"``: every parameter of the module; buffers stay live.
+    * ``scope=None``: the module's own ``ema_scope`` attribute (set by
+      :func:`cmp_utils.models.build_model`), ``"all"`` for a module without one.
+
+    :meth:`copy_to` writes the averaged tensors, and everything else from the live model, into an
+    evaluation copy.
     """
 
-    def __init__(self, module: nn.Module, decay: float, warmup: bool = True):
+    def __init__(self, module: nn.Module, decay: float, warmup: bool = True, scope: str | None = None):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"setting ema_decay={decay} must be in [0, 1)")
         self.decay, self.warmup = float(decay), bool(warmup)
-        self.names = [name for name, _ in module.named_parameters()]
-        self.shadow = [p.detach().clone() for _, p in module.named_parameters()]
+        self.scope = scope or getattr(module, "ema_scope", "all")
+        if self.scope not in models.EMA_SCOPES:
+            raise ValueError(f"setting ema_scope={self.scope!r} must be one of {models.EMA_SCOPES}")
+        if hasattr(module, "averaged_tensor_names"):
+            self.names = list(module.averaged_tensor_names(self.scope))
+        elif self.scope == "all":
+            self.names = [name for name, _ in module.named_parameters()]
+        else:
+            raise ValueError(f"ema_scope={self.scope!r} needs a CrossModalModel; a {type(module).__name__} "
+                             "only supports scope='all'")
+        self.shadow = [tensor.detach().clone() for tensor in self._tensors(module)]
         self.num_updates = 0
+
+    def _tensors(self, module: nn.Module) -> list[torch.Tensor]:
+        """The live tensors of ``module`` named in :attr:`names`, in that order."""
+        state = module.state_dict(keep_vars=True)
+        missing = [name for name in self.names if name not in state]
+        if missing:
+            raise ValueError(f"EMA: the module lacks averaged tensors {missing[:3]} (different architecture?)")
+        return [state[name].detach() for name in self.names]
 
     def current_decay(self) -> float:
         n = self.num_updates
@@ -325,25 +474,25 @@ class WeightAverage:
     def update(self, module: nn.Module) -> None:
         self.num_updates += 1
         weight = 1.0 - self.current_decay()
-        parameters = [p.detach() for p in module.parameters()]
-        torch._foreach_lerp_(self.shadow, parameters, weight)
+        torch._foreach_lerp_(self.shadow, self._tensors(module), weight)
 
     @torch.no_grad()
     def copy_to(self, target: nn.Module, live: nn.Module) -> nn.Module:
-        """Load the averaged parameters and ``live``'s buffers into ``target`` (same architecture)."""
-        for parameter, averaged in zip(target.parameters(), self.shadow):
-            parameter.copy_(averaged)
-        for buffer, live_buffer in zip(target.buffers(), live.buffers()):
-            buffer.copy_(live_buffer)
+        """Load the averaged tensors, and every other parameter and buffer of ``live``, into ``target``."""
+        averaged = dict(zip(self.names, self.shadow))
+        live_state = live.state_dict(keep_vars=True)
+        for name, tensor in target.state_dict(keep_vars=True).items():
+            tensor.detach().copy_(averaged[name] if name in averaged else live_state[name].detach())
         return target
 
     def state_dict(self) -> dict[str, Any]:
         return {"names": list(self.names), "shadow": [t.clone() for t in self.shadow], "num_updates": self.num_updates,
-                "decay": self.decay, "warmup": self.warmup}
+                "decay": self.decay, "warmup": self.warmup, "scope": self.scope}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state["names"]) != self.names:
-            raise ValueError("EMA state does not match the model's parameters (different architecture?)")
+            raise ValueError("EMA state does not match the averaged tensors of the model (different architecture "
+                             "or ema_scope?)")
         for mine, saved in zip(self.shadow, state["shadow"]):
             mine.copy_(saved)
         self.num_updates = int(state["num_updates"])
@@ -497,8 +646,16 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
-    if device.type != "cuda" or cfg.amp == "off":
+    """(autocast context, gradient scaler or None) of ``amp``: ``"off"`` fp32 (the release and the
+    paper profile); ``"auto"`` bf16 on CUDA (fp16 with a scaler where bf16 is unsupported), fp32
+    elsewhere; ``"bf16"`` bf16 autocast on CUDA or, when asked explicitly, on the CPU; ``"fp16"``
+    CUDA only."""
+    if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
         return torch.autocast(device_type=device.type, enabled=False), None
+    if device.type != "cuda":
+        if cfg.amp == "fp16":
+            raise ValueError(f"setting amp='fp16' needs CUDA (a gradient scaler); on {device.type} use amp='bf16' or 'off'")
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16), None
     dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
     if cfg.amp == "auto" and not torch.cuda.is_bf16_supported():
         dtype = torch.float16
@@ -507,10 +664,18 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 
 
 def _param_groups(model: models.CrossModalModel, loss_module: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Two Adam groups: weights of the CNN and of the joint embeddings (decayed), everything else."""
+    """Two Adam groups: weights of the CNN and of the joint embeddings (decayed), everything else.
+
+    As the release's slim arg_scopes: conv / linear kernels carry the L2 weight decay; batch-norm
+    parameters, biases, the text branch and CMPC's $W$ do not, and neither do depthwise kernels
+    (``mobilenet_v1_arg_scope(regularize_depthwise=False)``, its default): a convolution with
+    ``groups == in_channels > 1`` is depthwise.
+    """
     decayed: list[nn.Parameter] = []
     if not model.takes_features:
-        decayed += [p for n, p in model.image_encoder.backbone.named_parameters() if p.dim() > 1]
+        depthwise = {id(module.weight) for module in model.image_encoder.backbone.modules()
+                     if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels}
+        decayed += [p for p in model.image_encoder.backbone.parameters() if p.dim() > 1 and id(p) not in depthwise]
     decayed += [model.image_embedding.projection.weight, model.text_embedding.projection.weight]
     decayed_ids = {id(p) for p in decayed}
     others = [p for p in model.parameters() if id(p) not in decayed_ids] + list(loss_module.parameters())
@@ -545,234 +710,511 @@ def _check_paper_inputs(cfg: TrainConfig) -> None:
 
 def build_run_model(cfg: TrainConfig, prepared, feature_dim: int | None = None) -> models.CrossModalModel:
     """The network a run with settings ``cfg`` trains on ``prepared`` data (``feature_dim``: the
-    cached image features' size in ``feature_mode="cached"``, else ``None``)."""
+    cached image features' size in ``feature_mode="cached"``, else ``None``).
+
+    The recipe options (``word_embedding_init``, ``lstm_init``, ``lstm_backward``, ``bn_style``,
+    ``joint_embedding``, ``ema_scope``) go to :func:`cmp_utils.models.build_model`. The data-side
+    ones (``vocab_case_sensitive``, ``pad_shares_most_frequent``, ``num_classes_from``) shape the
+    prepared data: a ``ValueError`` is raised when ``prepared`` was made with other values.
+    """
+    from .data import check_prepared_options
+
+    check_prepared_options(prepared, vocab_case_sensitive=cfg.vocab_case_sensitive,
+                           pad_shares_most_frequent=cfg.pad_shares_most_frequent,
+                           num_classes_from=cfg.num_classes_from)
     return models.build_model(len(prepared.vocabulary), cfg.backbone, cfg.embedding_dim, cfg.word_dim,
                               cfg.hidden_size, cfg.dropout, prepared.vocabulary.pad_id, cfg.padded_steps,
-                              cfg.pool_grid, cfg.weights_path, cfg.pretrained, cached_feature_dim=feature_dim)
+                              cfg.pool_grid, cfg.weights_path, cfg.pretrained, cached_feature_dim=feature_dim,
+                              word_embedding_init=cfg.word_embedding_init, lstm_init=cfg.lstm_init,
+                              lstm_backward=cfg.lstm_backward, joint_embedding=cfg.joint_embedding,
+                              bn_style=cfg.bn_style, ema_scope=cfg.ema_scope)
 
 
 def fit(settings: TrainConfig | dict) -> RunResult:
     """Train one model as ``settings`` say; write the run folder; return its :class:`RunResult`.
 
-    Run folder: ``params.yaml`` (settings + git commit), ``log.jsonl`` (one line per epoch),
-    ``checkpoints/last.pt`` and ``checkpoints/best.pt``, ``results.json``. With ``resume`` the
-    run continues from ``last.pt`` and ends where an uninterrupted run ends.
+    Run folder: ``params.yaml`` (settings, git commit, torch threads), ``log.jsonl`` (one line per
+    epoch: losses, step time, images/s, validation metrics), ``checkpoints/last.pt`` and
+    ``checkpoints/best.pt``, ``results.json``. With ``resume`` the run continues from ``last.pt``
+    and ends where an uninterrupted run ends.
+
+    Refused before any data is prepared: an unknown device, a paper run without its weights, an
+    output folder that is a file or cannot be written, another run's folder without ``resume``,
+    and ``resume`` with settings that differ from the run's ``params.yaml``. Refused before the
+    first step: a batch larger than the training split.
     """
     cfg = as_config(settings)
+    config.resolve_device(cfg.device)  # an unknown or unavailable device fails here, by name
     _check_paper_inputs(cfg)
+    out_dir = resolve_output_dir(cfg)
+    check_output_dir(out_dir, cfg.resume)
+    check_resume_settings(cfg, out_dir)
+    previous_threads = torch.get_num_threads()
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
     context = distributed.setup(cfg.device)
     try:
-        return _fit(cfg, context)
+        distributed.barrier()  # every process has checked the folder before rank 0 writes into it
+        return _fit(cfg, context, out_dir)
     finally:
         distributed.cleanup()
+        torch.set_num_threads(previous_threads)
 
 
-def _fit(cfg: TrainConfig, context: distributed.DistributedContext) -> RunResult:
-    from tqdm.auto import tqdm
+# ---------------------------------------------------------------------------------------------
+# fit: checks before anything runs
+# ---------------------------------------------------------------------------------------------
 
+#: What makes a folder a run folder (a new run refuses to write into one without ``resume``).
+RUN_FILES = ("params.yaml", "log.jsonl", "results.json", "checkpoints")
+
+#: Settings ``resume`` may change: where the run writes and reads its data, how it reports, how
+#: long it runs, how many threads and loader workers it uses. Any other difference is refused.
+RESUMABLE_CHANGES = ("resume", "epochs", "output_dir", "data_dir", "cache_dir", "device", "progress", "num_workers",
+                     "num_threads", "eval_batch_size", "evaluate_test", "note")
+
+
+def resolve_output_dir(cfg: TrainConfig) -> Path:
+    """The run folder: ``cfg.output_dir``, else :func:`default_output_dir`."""
+    return Path(cfg.output_dir).expanduser() if cfg.output_dir else default_output_dir(cfg)
+
+
+def check_output_dir(out_dir: Path, resume: bool) -> None:
+    """Refuse an output folder that cannot take the run: a file, a folder this user cannot write,
+    or (without ``resume``) a folder that already holds a run (:data:`RUN_FILES`)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"output_dir {out_dir} is a file, not a folder; pass another --output-dir")
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"output_dir {out_dir} cannot be written ({existing} is not a writable folder); "
+                              "pass another --output-dir")
+    found = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if found and not resume:
+        raise FileExistsError(f"output_dir {out_dir} already holds a run ({', '.join(found)}): use --resume "
+                              "(resume=True) to continue it, or another --output-dir for a new run")
+
+
+def check_resume_settings(cfg: TrainConfig, out_dir: Path) -> None:
+    """With ``resume``, refuse settings that differ from the run's ``params.yaml`` (all but
+    :data:`RESUMABLE_CHANGES`), naming each differing setting with both values."""
+    params_path = out_dir / "params.yaml"
+    if not cfg.resume or not params_path.is_file():
+        return
+    import yaml
+
+    saved = yaml.safe_load(params_path.read_text()) or {}
+    current = cfg.to_dict()
+    differing = [f"{name}: run {saved[name]!r}, now {current[name]!r}"
+                 for name in sorted(_FIELDS - set(RESUMABLE_CHANGES)) if name in saved and saved[name] != current[name]]
+    if differing:
+        raise ValueError(f"resume: these settings differ from the run's {params_path}: {'; '.join(differing)}. "
+                         "Resume with the run's settings, or start a new run in another --output-dir")
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with an error naming the file and the fix when it is
+    empty or truncated (a run killed while a disk was full, a partial copy)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch raises RuntimeError, EOFError or UnpicklingError here
+        raise ValueError(
+            f"checkpoint {path} is empty or truncated and cannot be read ({type(error).__name__}: {error}). "
+            f"Delete {path.name} (resuming then starts the run from scratch) or copy back an intact one; "
+            f"to keep the run, restore {path} from a backup") from error
+
+
+def check_batches(cfg: TrainConfig, num_captions: int, world_size: int, steps: int) -> None:
+    """Refuse a run whose epoch would have no step (``batch_size`` above the training split) or
+    whose global batch does not split evenly over the processes."""
+    if steps == 0:
+        raise ValueError(f"setting batch_size={cfg.batch_size} is larger than what the training split of "
+                         f"{cfg.dataset} ({num_captions} captions, sampler {cfg.sampler!r}) can fill: an epoch would "
+                         "have no step and the run would report an untrained model. Use a smaller batch_size")
+    if cfg.batch_size % world_size:
+        raise ValueError(f"setting batch_size={cfg.batch_size} must be a multiple of the number of processes "
+                         f"{world_size}")
+
+
+# ---------------------------------------------------------------------------------------------
+# fit: setup
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _TrainingData:
+    """What the epochs read: the prepared dataset, the training captions as tensors, the cached
+    image features (``feature_mode="cached"``) or the pair dataset (end to end)."""
+
+    prepared: Any
+    captions: dict[str, torch.Tensor]  # token_ids (N_T, L), lengths (N_T,), labels (N_T,), image_indices (N_T,)
+    labels: np.ndarray  # (N_T,) identity / image / class of each training caption
+    features: dict[str, torch.Tensor]  # cached: split -> (N_I, D) frozen-backbone features (train: (views, N_I, D))
+    feature_dim: int | None = None
+    pairs: Any = None  # data.PairDataset of the training split (end to end)
+
+
+@dataclass
+class _RunState:
+    """Everything an epoch changes, and what ``last.pt`` holds."""
+
+    model: models.CrossModalModel
+    loss_module: nn.Module
+    step_module: "TrainStep"
+    optimizer: torch.optim.Optimizer
+    ema: WeightAverage
+    eval_model: models.CrossModalModel  # the averaged weights, for validation and best.pt
+    autocast: Any
+    scaler: Any
+    wrapped: nn.Module  # step_module, or its DistributedDataParallel wrapper
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    cnn_trainable: bool | None = None  # the current stage (None before the first epoch)
+    trained_samples: int = 0
+
+
+def _prepare_training_data(cfg: TrainConfig, context: distributed.DistributedContext, show: bool) -> _TrainingData:
+    """Prepare the dataset (image caches, vocabulary) and, in cached mode, the frozen-backbone
+    features of every split (rank 0 computes and writes them, the others read)."""
+    from . import data
+
+    prepared = data.prepare_dataset(cfg.dataset, cfg.profile, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir,
+                                    seed=cfg.data_seed, image_size=cfg.image_size)
+    captions = evaluate.caption_tensors(prepared.frames["train"], prepared.vocabulary)
+    training = _TrainingData(prepared=prepared, captions=captions, labels=captions["labels"].numpy(), features={})
+    if cfg.feature_mode != "cached":
+        return training
+    device = context.device
+    if context.is_main:
+        training.features["train"] = cached_image_features(prepared, "train", cfg, device, flips=cfg.cache_flips,
+                                                           progress=show)
+    distributed.barrier()
+    if not context.is_main:
+        training.features["train"] = cached_image_features(prepared, "train", cfg, device, flips=cfg.cache_flips)
+    for split in {prepared.validation_split, prepared.test_split} - {None}:
+        if context.is_main:
+            training.features[split] = cached_image_features(prepared, split, cfg, device, progress=show)
+    training.feature_dim = training.features["train"].shape[-1]
+    train_features = training.features["train"].to(device)  # (N_I, D), or (2, N_I, D): plain, flipped
+    training.features["train"] = train_features if cfg.cache_flips else train_features.unsqueeze(0)  # (views, N_I, D)
+    return training
+
+
+def _new_optimizer(model: models.CrossModalModel, loss_module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam over :func:`_param_groups` (the release: one learning rate, decay on the CNN and joint embeddings)."""
+    return torch.optim.Adam(_param_groups(model, loss_module, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def _new_weight_average(model: models.CrossModalModel, cfg: TrainConfig) -> WeightAverage:
+    """The weight average of a run (a fresh one at the start and at the stage-2 restart)."""
+    return WeightAverage(model, cfg.ema_decay, cfg.ema_warmup)
+
+
+def _build_run_state(cfg: TrainConfig, context: distributed.DistributedContext, training: _TrainingData) -> _RunState:
+    """Model, losses, optimiser, weight average and precision, seeded again (computing the
+    feature cache consumed random numbers)."""
     from . import data
     from .losses import CrossModalLoss
 
-    device, rank, world = context.device, context.rank, context.world_size
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
-    checkpoints = out_dir / "checkpoints"
+    device, prepared = context.device, training.prepared
     config.seed_everything(cfg.seed, cfg.deterministic)
-    show = cfg.progress and context.is_main
-
-    # ---- data
-    prepared = data.prepare_dataset(cfg.dataset, cfg.profile, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir,
-                                    seed=cfg.data_seed, image_size=cfg.image_size)
-    train_frame = prepared.frames["train"]
-    val_split = prepared.validation_split
-    captions = evaluate.caption_tensors(train_frame, prepared.vocabulary)
-    labels_np = captions["labels"].numpy()
-    features: dict[str, torch.Tensor] = {}
-    if cfg.feature_mode == "cached":
-        if context.is_main:  # rank 0 computes and writes, the others read
-            features["train"] = cached_image_features(prepared, "train", cfg, device, flips=cfg.cache_flips,
-                                                      progress=show)
-        distributed.barrier()
-        if not context.is_main:
-            features["train"] = cached_image_features(prepared, "train", cfg, device, flips=cfg.cache_flips)
-        for split in {val_split, prepared.test_split} - {None}:
-            if context.is_main:
-                features[split] = cached_image_features(prepared, split, cfg, device, progress=show)
-        feature_dim = features["train"].shape[-1]
-        train_features = features["train"].to(device)  # (N_I, D), or (2, N_I, D): plain, flipped
-        if not cfg.cache_flips:
-            train_features = train_features.unsqueeze(0)  # (1, N_I, D): no flipped view
-    else:
-        feature_dim = None
-
-    # ---- model, losses, optimiser (seeded again: computing the feature cache consumed random numbers)
-    config.seed_everything(cfg.seed, cfg.deterministic)
-    model = build_run_model(cfg, prepared, feature_dim)
+    model = build_run_model(cfg, prepared, training.feature_dim)
     if cfg.feature_mode != "cached":
-        pairs = data.PairDataset(train_frame, prepared.vocabulary, prepared.image_cache("train"), train=True,
-                                 backbone=model.image_encoder.normalisation)
-    if world > 1 and device.type == "cuda":
+        training.pairs = data.PairDataset(prepared.frames["train"], prepared.vocabulary, prepared.image_cache("train"),
+                                          train=True, backbone=model.image_encoder.normalisation)
+    if context.world_size > 1 and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if device.type == "cuda" and cfg.channels_last and not model.takes_features:
         model.image_encoder.to(memory_format=torch.channels_last)
     loss_module = CrossModalLoss(cfg.losses, cfg.embedding_dim, prepared.num_classes, **cfg.loss_options).to(device)
     step_module = TrainStep(model, loss_module)
-    optimizer = torch.optim.Adam(_param_groups(model, loss_module, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-    ema = WeightAverage(model, cfg.ema_decay, cfg.ema_warmup)
-    eval_model = copy.deepcopy(model).eval()
     autocast, scaler = _autocast(cfg, device)
+    return _RunState(model=model, loss_module=loss_module, step_module=step_module,
+                     optimizer=_new_optimizer(model, loss_module, cfg), ema=_new_weight_average(model, cfg),
+                     eval_model=copy.deepcopy(model).eval(), autocast=autocast, scaler=scaler, wrapped=step_module)
 
-    # ---- resume
-    history: list[dict[str, Any]] = []
-    start_epoch, best_score, best_epoch = 0, -math.inf, -1
-    if cfg.resume and (checkpoints / "last.pt").is_file():
-        state = torch.load(checkpoints / "last.pt", map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        loss_module.load_state_dict(state["loss_module"])
-        optimizer.load_state_dict(state["optimizer"])
-        ema.load_state_dict(state["ema"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, best_score, best_epoch = int(state["epoch"]), float(state["best_score"]), int(state["best_epoch"])
-        history = json.loads(state["history"])
-        _set_rng_state(state["rng"])
-    elif cfg.resume and context.is_main:
-        print(f"resume: no checkpoint at {checkpoints / 'last.pt'}; starting from scratch", file=sys.stderr)
-    if context.is_main:
-        atomic.write_yaml(out_dir / "params.yaml", {**cfg.to_dict(), "output_dir": str(out_dir),
-                                                     "git_commit": git_commit(), "world_size": world,
-                                                     "device": str(device), "torch": str(torch.__version__),
-                                                     "num_classes": prepared.num_classes,
-                                                     "vocabulary_size": len(prepared.vocabulary)})
 
-    wrapped: nn.Module = step_module
-    stage_trainable = None
-    run_start = time.perf_counter()
-    trained_samples = 0
-    epoch_bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {cfg.dataset}/{cfg.profile}", unit="epoch",
-                     disable=not show)
+def _restore_last_checkpoint(state: _RunState, checkpoints: Path, device: torch.device, is_main: bool) -> None:
+    """``resume``: load weights, optimiser, average, scaler, history and random states from ``last.pt``."""
+    path = checkpoints / "last.pt"
+    if not path.is_file():
+        if is_main:
+            print(f"resume: no checkpoint at {path}; starting from scratch", file=sys.stderr)
+        return
+    saved = load_checkpoint(path, device)
+    state.model.load_state_dict(saved["model"])
+    state.loss_module.load_state_dict(saved["loss_module"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.ema.load_state_dict(saved["ema"])
+    if state.scaler is not None and saved.get("scaler"):
+        state.scaler.load_state_dict(saved["scaler"])
+    state.start_epoch, state.best_score = int(saved["epoch"]), float(saved["best_score"])
+    state.best_epoch, state.history = int(saved["best_epoch"]), json.loads(saved["history"])
+    _set_rng_state(saved["rng"])
 
-    for epoch in range(start_epoch, cfg.epochs):
-        # ---- stage: CNN frozen for the first frozen_epochs, then everything at finetune_lr
-        cnn_trainable = epoch >= cfg.frozen_epochs
-        lr = cfg.lr if epoch < cfg.frozen_epochs or cfg.frozen_epochs == 0 else cfg.finetune_lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if cnn_trainable != stage_trainable:
-            _set_cnn_trainable(model, cnn_trainable)
-            stage_trainable = cnn_trainable
-            if world > 1:
-                wrapped = nn.parallel.DistributedDataParallel(
-                    step_module, device_ids=[device.index] if device.type == "cuda" else None)
-        step_module.train()
-        if not cnn_trainable and not model.takes_features:
-            model.image_encoder.eval()  # frozen CNN: batch-norm statistics frozen too
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch, rank))  # dropout, flips: a function of (seed, epoch, rank)
 
-        batches = [local_slice(b, rank, world) for b in global_batches(labels_np, cfg, epoch)]
-        if cfg.feature_mode == "cached":
-            flip_generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 1000 + rank))
-            iterator = ((rows, None) for rows in batches)
+def _write_params(cfg: TrainConfig, out_dir: Path, context: distributed.DistributedContext,
+                  prepared) -> None:
+    """``params.yaml``: the settings plus what the run found (commit, processes, device, threads, classes)."""
+    atomic.write_yaml(out_dir / "params.yaml", {
+        **cfg.to_dict(), "output_dir": str(out_dir), "git_commit": git_commit(), "world_size": context.world_size,
+        "device": str(context.device), "torch": str(torch.__version__), "torch_threads": torch.get_num_threads(),
+        "loader_workers": _loader_workers(cfg) if cfg.feature_mode != "cached" else 0,
+        "num_classes": prepared.num_classes, "vocabulary_size": len(prepared.vocabulary)})
+
+
+# ---------------------------------------------------------------------------------------------
+# fit: the stage switch
+# ---------------------------------------------------------------------------------------------
+
+
+def stage_of(cfg: TrainConfig, epoch: int) -> tuple[bool, float]:
+    """(is the CNN trained, learning rate) in ``epoch`` (0-based) of the two-stage schedule
+    (release, ``train_models.py``): the first ``frozen_epochs`` epochs train everything but the
+    CNN at ``lr``; then every layer at ``finetune_lr``. Without a frozen stage: all at ``lr``."""
+    if cfg.frozen_epochs == 0:
+        return True, cfg.lr
+    return (False, cfg.lr) if epoch < cfg.frozen_epochs else (True, cfg.finetune_lr)
+
+
+def _enter_stage(state: _RunState, cfg: TrainConfig, epoch: int, context: distributed.DistributedContext) -> float:
+    """Set the learning rate and the CNN's trainability of ``epoch``; return the learning rate.
+
+    At the switch to stage 2 (epoch ``frozen_epochs``) with ``stage2_restart`` the release's
+    restart is reproduced: its second stage is a new training job that restores the trainable
+    variables only (``configuration.py``), so Adam's moments, the EMA shadows and the step count
+    (the EMA warm-up) start afresh; the weights carry over. The batch-norm moving statistics
+    carry over too (the release also restarts those, but its first stage never loaded the
+    ImageNet statistics, while ours starts from them). The switch depends on the epoch only,
+    so a run resumed at the boundary restarts exactly as an uninterrupted one.
+    """
+    cnn_trainable, lr = stage_of(cfg, epoch)
+    if cfg.stage2_restart and cfg.frozen_epochs > 0 and epoch == cfg.frozen_epochs:
+        state.optimizer = _new_optimizer(state.model, state.loss_module, cfg)
+        state.ema = _new_weight_average(state.model, cfg)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    if cnn_trainable != state.cnn_trainable:
+        _set_cnn_trainable(state.model, cnn_trainable)
+        state.cnn_trainable = cnn_trainable
+        if context.world_size > 1:  # DDP registers the parameters that need gradients: wrap again
+            device = context.device
+            state.wrapped = nn.parallel.DistributedDataParallel(
+                state.step_module, device_ids=[device.index] if device.type == "cuda" else None)
+    return lr
+
+
+def _set_training_mode(state: _RunState, cfg: TrainConfig) -> None:
+    """Train mode; a frozen CNN's batch norm follows ``frozen_cnn_bn``: ``"batch_stats"`` (release
+    stage 1 builds the frozen CNN with ``is_training=True``: batch statistics, moving statistics
+    updated) or ``"eval"`` (the stored statistics, frozen)."""
+    state.step_module.train()
+    if not state.cnn_trainable and not state.model.takes_features and cfg.frozen_cnn_bn == "eval":
+        state.model.image_encoder.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# fit: one epoch
+# ---------------------------------------------------------------------------------------------
+
+
+def _loader_workers(cfg: TrainConfig) -> int:
+    """DataLoader worker processes: ``num_workers``, or (None) what the machine has, at most 8."""
+    return cfg.num_workers if cfg.num_workers is not None else min(8, os.cpu_count() or 1)
+
+
+def _epoch_batches(cfg: TrainConfig, training: _TrainingData, batches: list[list[int]], epoch: int,
+                   context: distributed.DistributedContext):
+    """This process's batches of ``epoch`` as ``(images, token_ids, lengths, labels)`` on the CPU:
+    slices of the cached features (with the flip drawn per caption) or DataLoader batches."""
+    from . import data
+
+    if cfg.feature_mode != "cached":
+        loader = torch.utils.data.DataLoader(training.pairs, batch_sampler=_ListBatchSampler(batches),
+                                             collate_fn=data.collate_pairs, num_workers=_loader_workers(cfg),
+                                             pin_memory=context.device.type == "cuda", persistent_workers=False)
+        for batch in loader:
+            yield batch["images"], batch["token_ids"], batch["lengths"], batch["labels"]
+        return
+    captions, train_features = training.captions, training.features["train"]  # (views, N_I, D)
+    flip_generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 1000 + context.rank))
+    for rows in batches:
+        index = torch.as_tensor(rows)
+        lengths = captions["lengths"][index]
+        token_ids = captions["token_ids"][index, : int(lengths.max())]
+        flipped = (torch.rand(len(rows), generator=flip_generator) < 0.5).long() * int(cfg.cache_flips)
+        image_rows = captions["image_indices"][index]
+        images = train_features[flipped.to(train_features.device), image_rows.to(train_features.device)]  # (b, D)
+        yield images, token_ids, lengths, captions["labels"][index]
+
+
+def _train_epoch(state: _RunState, cfg: TrainConfig, training: _TrainingData, epoch: int,
+                 context: distributed.DistributedContext, show: bool) -> dict[str, Any]:
+    """One pass over the epoch's global batches; returns its log record (losses, time, throughput)."""
+    from tqdm.auto import tqdm
+
+    device, world = context.device, context.world_size
+    _set_training_mode(state, cfg)
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch, context.rank))  # dropout, flips: a function of (seed, epoch, rank)
+    batches = [local_slice(b, context.rank, world) for b in global_batches(training.labels, cfg, epoch)]
+    loss_sums = {name: torch.zeros((), device=device) for name in cfg.losses}
+    started = time.perf_counter()
+    bar = tqdm(_epoch_batches(cfg, training, batches, epoch, context), total=len(batches),
+               desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False, unit="batch", mininterval=3.0)
+    for images, token_ids, lengths, labels in bar:
+        if device.type == "cuda" and cfg.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.to(device, non_blocking=True)
+        token_ids, labels = token_ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with state.autocast:
+            losses = state.wrapped(images, token_ids, lengths.to(device), labels)
+        state.optimizer.zero_grad(set_to_none=True)
+        backward_global_loss(losses, state.step_module, world, state.scaler)
+        if state.scaler is not None:
+            state.scaler.step(state.optimizer)
+            state.scaler.update()
         else:
-            loader = torch.utils.data.DataLoader(pairs, batch_sampler=_ListBatchSampler(batches),
-                                                 collate_fn=data.collate_pairs, num_workers=cfg.num_workers,
-                                                 pin_memory=device.type == "cuda",
-                                                 persistent_workers=False)
-            iterator = ((None, batch) for batch in loader)
-        loss_sums = {name: torch.zeros((), device=device) for name in cfg.losses}
-        epoch_start = time.perf_counter()
-        bar = tqdm(iterator, total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
-                   leave=False, unit="batch", mininterval=3.0)
-        for rows, batch in bar:
-            if batch is None:  # cached features: slice the pre-encoded tensors
-                index = torch.as_tensor(rows)
-                lengths = captions["lengths"][index]
-                token_ids = captions["token_ids"][index, : int(lengths.max())]
-                image_rows = captions["image_indices"][index]
-                flipped = (torch.rand(len(rows), generator=flip_generator) < 0.5).long() * int(cfg.cache_flips)
-                images = train_features[flipped.to(device), image_rows.to(device)]  # (b, D)
-                labels = captions["labels"][index]
-            else:
-                images, token_ids, lengths, labels = batch["images"], batch["token_ids"], batch["lengths"], batch["labels"]
-                if device.type == "cuda" and cfg.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-            images = images.to(device, non_blocking=True)
-            token_ids, labels = token_ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            lengths = lengths.to(device)
-            with autocast:
-                losses = wrapped(images, token_ids, lengths, labels)
-            optimizer.zero_grad(set_to_none=True)
-            backward_global_loss(losses, step_module, world, scaler)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            ema.update(model)
-            for name, value in losses.items():
-                loss_sums[name] += value.detach()
-            trained_samples += len(labels) * world
-        seconds = time.perf_counter() - epoch_start
-        steps = max(1, len(batches))
-        epoch_losses = {name: float(value) / steps for name, value in loss_sums.items()}
+            state.optimizer.step()
+        state.ema.update(state.model)
+        for name, value in losses.items():
+            loss_sums[name] += value.detach()
+        state.trained_samples += len(labels) * world
+    seconds = time.perf_counter() - started
+    steps = max(1, len(batches))
+    epoch_losses = {name: float(value) / steps for name, value in loss_sums.items()}
+    images_per_second = len(batches) * cfg.batch_size / max(seconds, 1e-9)
+    return {"epoch": epoch + 1, "cnn_trainable": bool(state.cnn_trainable) and not state.model.takes_features,
+            "loss": sum(epoch_losses.values()), **{f"loss_{k}": v for k, v in epoch_losses.items()},
+            "steps": len(batches), "seconds": seconds, "step_seconds": seconds / steps,
+            "images_per_second": images_per_second, "samples_per_second": images_per_second}
 
-        # ---- validation with the averaged weights (rank 0), best.pt chosen on it
-        record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr,
-                                  "cnn_trainable": cnn_trainable and not model.takes_features,
-                                  "loss": sum(epoch_losses.values()), **{f"loss_{k}": v for k, v in epoch_losses.items()},
-                                  "seconds": seconds, "samples_per_second": steps * cfg.batch_size / max(seconds, 1e-9)}
+
+# ---------------------------------------------------------------------------------------------
+# fit: evaluation, selection, checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def selection_split(cfg: TrainConfig, prepared) -> str | None:
+    """The split ``best.pt`` is chosen on: the validation split (``select_split="validation"``; None
+    when the dataset has none: the last epoch is kept) or the test split (``"test"``, a public
+    port's choice: optimistic, its test numbers are selected on themselves)."""
+    return prepared.test_split if cfg.select_split == "test" else prepared.validation_split
+
+
+def validates_in(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether ``epoch`` (0-based) is validated: every ``validate_every`` epochs and the last one;
+    never with ``validate_every=0`` (the release has no validation loop: the last epoch is kept)."""
+    return cfg.validate_every > 0 and ((epoch + 1) % cfg.validate_every == 0 or epoch + 1 == cfg.epochs)
+
+
+def _evaluate_epoch(state: _RunState, cfg: TrainConfig, training: _TrainingData, epoch: int,
+                    device: torch.device, record: dict[str, Any]) -> float | None:
+    """Score the averaged weights (copied into ``eval_model``) on the selection split when this
+    epoch validates; add ``val_<metric>`` to ``record``; return the selection score, the epoch
+    number when nothing is validated (the last epoch wins), or None (not validated this epoch)."""
+    state.ema.copy_to(state.eval_model, state.model)
+    split = selection_split(cfg, training.prepared)
+    if cfg.validate_every == 0 or split is None:
+        return float(epoch)
+    if not validates_in(cfg, epoch):
+        return None
+    started = time.perf_counter()
+    metrics = evaluate.flat_metrics(evaluate.evaluate_split(state.eval_model, training.prepared, split, device,
+                                                            cfg.eval_batch_size, training.features.get(split)))
+    record.update({f"val_{k}": v for k, v in metrics.items()}, selected_on=split,
+                  eval_seconds=time.perf_counter() - started)
+    if cfg.select_metric not in metrics:
+        raise KeyError(f"setting select_metric={cfg.select_metric!r} is not among the metrics {sorted(metrics)}")
+    return metrics[cfg.select_metric]
+
+
+def _save_checkpoints(state: _RunState, cfg: TrainConfig, out_dir: Path, epoch: int, score: float | None) -> None:
+    """``best.pt`` (averaged weights) when ``score`` beats the best so far; ``last.pt`` (everything
+    a resume needs) and ``log.jsonl`` after every epoch, each written atomically."""
+    checkpoints = out_dir / "checkpoints"
+    if score is not None and score > state.best_score:
+        state.best_score, state.best_epoch = score, epoch + 1
+        atomic.torch_save(checkpoints / "best.pt", {"model": state.eval_model.state_dict(), "epoch": epoch + 1,
+                                                    "score": score, "select_metric": cfg.select_metric})
+    atomic.torch_save(checkpoints / "last.pt", {
+        "model": state.model.state_dict(), "loss_module": state.loss_module.state_dict(),
+        "optimizer": state.optimizer.state_dict(), "ema": state.ema.state_dict(),
+        "scaler": state.scaler.state_dict() if state.scaler is not None else {},
+        "epoch": epoch + 1, "best_score": state.best_score, "best_epoch": state.best_epoch,
+        "history": json.dumps(state.history), "rng": _rng_state()})
+    atomic.write_text(out_dir / "log.jsonl", "".join(json.dumps(line) + "\n" for line in state.history))
+
+
+def _final_result(state: _RunState, cfg: TrainConfig, training: _TrainingData, out_dir: Path,
+                  context: distributed.DistributedContext, total_seconds: float) -> RunResult:
+    """Load ``best.pt``, score the test split with it (rank 0), write ``results.json``."""
+    test: dict[str, float] = {}
+    best_validation: dict[str, float] = {}
+    prepared = training.prepared
+    if context.is_main:
+        best_path = out_dir / "checkpoints" / "best.pt"
+        if best_path.is_file():
+            state.eval_model.load_state_dict(load_checkpoint(best_path, context.device)["model"])
+        if cfg.evaluate_test:
+            test = evaluate.flat_metrics(evaluate.evaluate_split(
+                state.eval_model, prepared, prepared.test_split, context.device, cfg.eval_batch_size,
+                training.features.get(prepared.test_split)))
+        best_validation = next(({k[4:]: v for k, v in r.items() if k.startswith("val_")}
+                                for r in state.history if r["epoch"] == state.best_epoch), {})
+    trained_seconds = sum(r["seconds"] for r in state.history[state.start_epoch:])
+    result = RunResult(output_dir=out_dir, history=state.history, best_epoch=state.best_epoch,
+                       best_validation=best_validation, test=test, seconds=total_seconds,
+                       samples_per_second=state.trained_samples / trained_seconds if trained_seconds else 0.0,
+                       settings=cfg.to_dict())
+    if context.is_main:
+        atomic.write_text(out_dir / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# fit: the run
+# ---------------------------------------------------------------------------------------------
+
+
+def _fit(cfg: TrainConfig, context: distributed.DistributedContext, out_dir: Path) -> RunResult:
+    """Setup, then per epoch: stage, one epoch, evaluation and selection, checkpoints; then the test."""
+    from tqdm.auto import tqdm
+
+    show = cfg.progress and context.is_main
+    config.seed_everything(cfg.seed, cfg.deterministic)
+    training = _prepare_training_data(cfg, context, show)
+    steps = len(global_batches(training.labels, cfg, 0))
+    check_batches(cfg, len(training.labels), context.world_size, steps)
+    state = _build_run_state(cfg, context, training)
+    if cfg.resume:
+        _restore_last_checkpoint(state, out_dir / "checkpoints", context.device, context.is_main)
+    if context.is_main:
+        _write_params(cfg, out_dir, context, training.prepared)
+
+    run_start = time.perf_counter()
+    epoch_bar = tqdm(total=cfg.epochs, initial=state.start_epoch, desc=f"train {cfg.dataset}/{cfg.profile}",
+                     unit="epoch", disable=not show)
+    for epoch in range(state.start_epoch, cfg.epochs):
+        lr = _enter_stage(state, cfg, epoch, context)
+        record = {"lr": lr, **_train_epoch(state, cfg, training, epoch, context, show)}
+        record = {"epoch": record.pop("epoch"), **record}
         if context.is_main:
-            ema.copy_to(eval_model, model)
-            if val_split is not None:
-                val = evaluate.flat_metrics(evaluate.evaluate_split(eval_model, prepared, val_split, device,
-                                                                    cfg.eval_batch_size, features.get(val_split)))
-                record.update({f"val_{k}": v for k, v in val.items()})
-                score = val.get(cfg.select_metric)
-                if score is None:
-                    raise KeyError(f"setting select_metric={cfg.select_metric!r} is not among the metrics {sorted(val)}")
-            else:
-                score = float(epoch)  # no validation split: the last epoch is the best
-            record["eval_seconds"] = time.perf_counter() - epoch_start - seconds
-            history.append(record)
-            if score > best_score:
-                best_score, best_epoch = score, epoch + 1
-                atomic.torch_save(checkpoints / "best.pt", {"model": eval_model.state_dict(), "epoch": epoch + 1,
-                                                            "score": score, "select_metric": cfg.select_metric})
-            atomic.torch_save(checkpoints / "last.pt", {
-                "model": model.state_dict(), "loss_module": loss_module.state_dict(),
-                "optimizer": optimizer.state_dict(), "ema": ema.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                "epoch": epoch + 1, "best_score": best_score, "best_epoch": best_epoch,
-                "history": json.dumps(history), "rng": _rng_state()})
-            atomic.write_text(out_dir / "log.jsonl", "".join(json.dumps(line) + "\n" for line in history))
-            epoch_bar.set_postfix(loss=f"{record['loss']:.3f}", samples_per_s=f"{record['samples_per_second']:.0f}",
+            score = _evaluate_epoch(state, cfg, training, epoch, context.device, record)
+            state.history.append(record)
+            _save_checkpoints(state, cfg, out_dir, epoch, score)
+            epoch_bar.set_postfix(loss=f"{record['loss']:.3f}", images_per_s=f"{record['images_per_second']:.0f}",
                                   **({"val": f"{record[f'val_{cfg.select_metric}']:.1f}"}
                                      if f"val_{cfg.select_metric}" in record else {}))
         epoch_bar.update(1)
         distributed.barrier()
     epoch_bar.close()
-
-    # ---- final: best weights on the test split
-    total_seconds = time.perf_counter() - run_start
-    test: dict[str, float] = {}
-    best_validation: dict[str, float] = {}
-    if context.is_main:
-        if (checkpoints / "best.pt").is_file():
-            best = torch.load(checkpoints / "best.pt", map_location=device, weights_only=True)
-            eval_model.load_state_dict(best["model"])
-        if cfg.evaluate_test:
-            test = evaluate.flat_metrics(evaluate.evaluate_split(eval_model, prepared, prepared.test_split, device,
-                                                                 cfg.eval_batch_size, features.get(prepared.test_split)))
-        best_validation = next(({k[4:]: v for k, v in r.items() if k.startswith("val_")}
-                                for r in history if r["epoch"] == best_epoch), {})
-    trained_seconds = sum(r["seconds"] for r in history[start_epoch:]) if history else 0.0
-    result = RunResult(output_dir=out_dir, history=history, best_epoch=best_epoch, best_validation=best_validation,
-                       test=test, seconds=total_seconds,
-                       samples_per_second=trained_samples / trained_seconds if trained_seconds else 0.0,
-                       settings=cfg.to_dict())
-    if context.is_main:
-        atomic.write_text(out_dir / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
-    return result
+    return _final_result(state, cfg, training, out_dir, context, time.perf_counter() - run_start)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -781,16 +1223,23 @@ def _fit(cfg: TrainConfig, context: distributed.DistributedContext) -> RunResult
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cmp_utils.train",
-                                     description="Train a CMPM/CMPC model (torchrun for several processes).")
+    """``python -m cmp_utils.train``: one run; settings = the profile's, then ``--config FILE``, then
+    the named options, then each ``--set KEY=VALUE`` (any :class:`TrainConfig` field)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m cmp_utils.train", description="Train a CMPM/CMPC model (torchrun for several processes).",
+        epilog="Example: python -m cmp_utils.train --profile paper --data-dir /data/cmp --set weights_path=mnv1.pth "
+               "--set epochs=10. Every setting: see cmp_utils.train.TrainConfig.")
     parser.add_argument("--profile", default="smoke", choices=config.PROFILES)
     parser.add_argument("--dataset", default="cuhk_pedes", choices=config.DATASETS)
     parser.add_argument("--config", help="YAML file of setting overrides (keys of TrainConfig)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="one setting (any TrainConfig field; the value is YAML: 32, 2e-4, false, [224, 224]); "
+                             "repeatable, applied last")
     parser.add_argument("--output-dir", help="run folder (default <results>/runs/<profile>/<dataset>/<losses>_seed<k>)")
     parser.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoints/last.pt")
     parser.add_argument("--losses", help="comma-separated loss names, e.g. cmpm,cmpc")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--data-dir")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--no-progress", action="store_true")
@@ -813,7 +1262,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides.update(resume=args.resume, device=args.device)
     if args.no_progress:
         overrides["progress"] = False
-    result = fit(make_config(args.profile, args.dataset, **overrides))
+    try:
+        overrides.update(parse_setting(text) for text in args.settings)
+        settings = make_config(args.profile, args.dataset, **overrides)
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
+    result = fit(settings)
     if distributed.is_main_process() and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"output_dir": str(result.output_dir), "best_epoch": result.best_epoch,
                           "test": result.test, "seconds": round(result.seconds, 1)}))
