@@ -1,16 +1,101 @@
 """Atomic writes: a result file is either the old one or the complete new one, never half-written.
 
 Each writer writes to a temporary file in the destination folder, flushes it, then
-``os.replace``-s it over the destination (atomic on POSIX and Windows).
+``os.replace``-s it over the destination (atomic on POSIX and Windows). A set of files that
+belong together (an experiment's metrics, summary, claims, parameters and figures) is written
+into a temporary sibling folder and swapped in with renames by :func:`replace_folder`, so a
+reader never sees an old file beside a new one.
+
+Temporaries are named ``.<name>.<pid>.<random>.cmp-partial``. A write that is killed (kill -9,
+power loss) leaves its temporary behind; the next write into the same folder removes every
+such leftover whose process is no longer running (:func:`remove_orphans`), so interrupted
+runs do not accumulate half-written files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+#: Suffix of every temporary file or folder this module creates.
+TEMPORARY_SUFFIX = ".cmp-partial"
+_TEMPORARY_NAME = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+" + re.escape(TEMPORARY_SUFFIX) + r"$")
+
+
+def _temporary_prefix(name: str) -> str:
+    return f".{name}.{os.getpid()}."
+
+
+def _process_is_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def remove_orphans(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries left in ``folder`` by writes whose process has ended; return them.
+
+    Only names of the form ``.<name>.<pid>.<random>.cmp-partial`` are touched, and only when
+    process ``<pid>`` is not running on this machine (a live writer's temporary is kept).
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        match = _TEMPORARY_NAME.match(entry.name)
+        if not match or _process_is_running(int(match.group("pid"))):
+            continue
+        path = Path(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+        except FileNotFoundError:  # another process cleaned it first
+            pass
+    return removed
+
+
+def _ordinary_mode(existing: Path, folder: bool = False) -> int:
+    """The mode of ``existing`` if it exists, else what the umask gives a new file (or folder)."""
+    if existing.exists():
+        return existing.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
+def _restore_retired(destination: Path) -> None:
+    """Put back an old result folder that a killed :func:`replace_folder` had moved aside.
+
+    The swap renames ``path`` into ``.<name>.<pid>.<random>.cmp-partial/<name>`` and then the
+    new folder to ``path``; a kill between the two renames leaves ``path`` missing.
+    """
+    if destination.exists():
+        return
+    for candidate in destination.parent.glob(f".{destination.name}.*{TEMPORARY_SUFFIX}"):
+        match = _TEMPORARY_NAME.match(candidate.name)
+        retired = candidate / destination.name
+        if match and not _process_is_running(int(match.group("pid"))) and retired.is_dir():
+            os.replace(retired, destination)
+            return
 
 
 @contextlib.contextmanager
@@ -18,23 +103,53 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it over ``path``, on error remove it."""
     destination = Path(path)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    remove_orphans(destination.parent)
+    handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
+                                         dir=destination.parent)
     os.close(handle)
     temporary_path = Path(temporary)
     try:
         yield temporary_path
         # mkstemp makes owner-only files; give the result the old file's mode, or the umask's default.
-        if destination.exists():
-            mode = destination.stat().st_mode & 0o777
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(temporary_path, mode)
+        os.chmod(temporary_path, _ordinary_mode(destination))
         os.replace(temporary_path, destination)
     finally:
         if temporary_path.exists():
             temporary_path.unlink()
+
+
+@contextlib.contextmanager
+def replace_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` as a whole.
+
+    Everything written into the yielded folder becomes the new ``path`` together: the old
+    folder is renamed aside, the new one renamed into place, then the old one deleted. On an
+    error (or an interruption) ``path`` keeps its old files, untouched, and the temporary
+    folder is removed (or, after kill -9, by the next write into the same parent folder).
+    A reader never finds old and new files mixed in ``path``.
+    """
+    destination = Path(path)
+    if destination.exists() and not destination.is_dir():
+        raise NotADirectoryError(f"{destination} is a file; results need a folder there: move or delete the file")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    _restore_retired(destination)
+    remove_orphans(destination.parent)
+    staging = Path(tempfile.mkdtemp(prefix=_temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
+                                    dir=destination.parent))
+    try:
+        yield staging
+        os.chmod(staging, _ordinary_mode(destination, folder=True))  # mkdtemp makes owner-only folders
+        if destination.exists():
+            retired = Path(tempfile.mkdtemp(prefix=_temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
+                                            dir=destination.parent))
+            os.replace(destination, retired / destination.name)  # the old set, kept whole until the swap
+            os.replace(staging, destination)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, destination)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -66,3 +181,26 @@ def torch_save(path: str | os.PathLike, obj: Any) -> Path:
     with atomic_path(path) as temporary:
         torch.save(obj, temporary)
     return Path(path)
+
+
+def load_torch_cache(path: str | os.PathLike) -> Any | None:
+    """``torch.load`` a cache file (weights only); None when it is absent or damaged.
+
+    A damaged file (truncated, overwritten, not a torch file) is deleted with a warning that
+    names it, so the caller recomputes and rewrites it instead of failing or using bad data.
+    """
+    import pickle
+    import warnings
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
+        warnings.warn(f"cache file {path} is damaged ({str(error).splitlines()[0][:200]}); deleting it to "
+                      f"rebuild it", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None

@@ -8,8 +8,11 @@ in training; MobileNet input is scaled to [-1, 1], ResNet input is mean-subtract
 :class:`ImageCache` decodes and resizes every image of a split **once** into a uint8 array
 of shape ``(num_images, H, W, 3)`` stored as a ``.npy`` file, then memory-maps it, so a
 training step reads pixels from the page cache and never opens a JPEG. A JSON file beside
-it holds the paths and a fingerprint of ``(paths, size)``; a cache whose fingerprint does
-not match the request is rebuilt.
+it holds the paths and a fingerprint of the content: the size asked for, and the path, byte
+size and modification time (ns) of every image, so an image replaced at the same path makes
+the cache stale. A stale cache is rebuilt; so is a damaged one (a truncated ``.npy``, broken
+metadata), with a warning naming the file. The feature caches of
+:func:`cmp_utils.train.feature_cache_path` hash this fingerprint, so they follow.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-CACHE_FORMAT = "cmp-repro-image-cache-1"
+CACHE_FORMAT = "cmp-repro-image-cache-2"  # 2: the fingerprint covers each image's byte size and mtime
 BACKBONE_NORMALISATION = {
     # name: (scale applied to 0..255, per-channel mean subtracted after scaling)
     "mobilenet": "x / 127.5 - 1  -> [-1, 1]",
@@ -103,11 +107,17 @@ def decode_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
 
 
 def fingerprint(paths: Sequence[str], size: tuple[int, int]) -> str:
-    """SHA-256 over the cache format, the image size and the ordered list of paths."""
+    """SHA-256 over the cache format, the image size and, per image in order, its path, byte size
+    and modification time in ns (a missing image counts as size -1)."""
     digest = hashlib.sha256()
     digest.update(f"{CACHE_FORMAT}|{int(size[0])}x{int(size[1])}|{len(paths)}\n".encode())
     for path in paths:
-        digest.update(str(path).encode("utf-8", "surrogateescape") + b"\n")
+        try:
+            status = os.stat(path)
+            stamp = f"{status.st_size}|{status.st_mtime_ns}"
+        except OSError:
+            stamp = "-1|-1"
+        digest.update(str(path).encode("utf-8", "surrogateescape") + f"|{stamp}\n".encode())
     return digest.hexdigest()
 
 
@@ -164,7 +174,14 @@ class ImageCache:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise ValueError(f"image cache metadata {meta_path} is not valid JSON ({error}); delete it to rebuild") from error
-        images = np.load(cache_path, mmap_mode="r")
+        try:
+            images = np.load(cache_path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as error:  # truncated or overwritten .npy
+            raise ValueError(f"image cache {cache_path} is damaged ({error}); ImageCache.build rebuilds it, or "
+                             f"delete {cache_path} and {meta_path}") from error
+        if not isinstance(meta, dict) or not {"size", "paths", "fingerprint"} <= set(meta):
+            raise ValueError(f"image cache metadata {meta_path} lacks size/paths/fingerprint; delete it and "
+                             f"{cache_path} to rebuild")
         size = tuple(meta["size"])
         expected_shape = (len(meta["paths"]), size[0], size[1], 3)
         if images.shape != expected_shape or images.dtype != np.uint8:
@@ -203,7 +220,10 @@ class ImageCache:
         size = (int(size[0]), int(size[1]))
         cache_path = Path(cache_path)
         if cls.is_current(cache_path, paths, size):
-            return cls.open(cache_path)
+            try:
+                return cls.open(cache_path)
+            except ValueError as error:  # current by its metadata, but the array is damaged: rebuild
+                warnings.warn(f"{error}; rebuilding it", stacklevel=2)
         key = fingerprint(paths, size)
         meta_path = _metadata_path(cache_path)
         if meta_path.exists():

@@ -8,6 +8,8 @@ Conventions (checked by :func:`check_notebook`, enforced in ``tests/test_noteboo
   literals with type hints and a comment each, among them ``profile: str = "quick"``,
   ``seed``, ``device`` and ``data_dir``; derived values go in the next cell;
 * no outputs and no execution counts in the committed file;
+* the first code cell after it starts with ``notebook_tools.check_parameters(globals())``, which
+  checks the values papermill injected against the declared types (:func:`check_parameters`);
 * ``metadata["cmp_repro"]["produces"]``: the files it writes, relative to the results folder,
   with ``{profile}`` standing for the profile (checked after a smoke run).
 
@@ -93,6 +95,68 @@ def parameters_of(notebook: "nbformat.NotebookNode") -> dict[str, object]:
     return values
 
 
+#: Types a parameters cell may declare, with the example value an error message suggests.
+_PARAMETER_EXAMPLES: dict[type, str] = {int: "3", float: "0.001", str: "'some text'", bool: "True",
+                                        list: "[1, 2]", dict: "{key: 1}"}
+
+
+def _declared_type(annotation: object) -> type | None:
+    """``int`` (or the string ``"int"``) -> int; None for an annotation this check does not know."""
+    if isinstance(annotation, str):
+        annotation = {t.__name__: t for t in _PARAMETER_EXAMPLES}.get(annotation.strip())
+    return annotation if annotation in _PARAMETER_EXAMPLES else None
+
+
+def parameter_type_problem(name: str, value: object, annotation: object) -> str | None:
+    """Why ``value`` does not fit the declared type of parameter ``name`` (None when it fits).
+
+    int: an int, not a bool; float: an int or a float, not a bool; str, bool, list, dict: that
+    type exactly (a subclass is fine). Annotations other than these are not checked.
+    """
+    declared = _declared_type(annotation)
+    if declared is None:
+        return None
+    if declared is float:
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif declared is int:
+        fits = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        fits = isinstance(value, declared)
+    if fits:
+        return None
+    example = _PARAMETER_EXAMPLES[declared]
+    raw_hint = " (papermill -r keeps the text as a string)" if declared is str else ""
+    return (f"parameter {name}={value!r} is a {type(value).__name__}, but the parameters cell declares "
+            f"{name}: {declared.__name__}. Pass a {declared.__name__}, e.g. `-p {name} {example}` with papermill"
+            f"{raw_hint} or `-p {name}={example}` with cmp_utils.run_notebooks")
+
+
+def check_parameters(namespace: dict) -> None:
+    """Check every annotated parameter in ``namespace`` against its declared type; raise ValueError.
+
+    Call it as ``notebook_tools.check_parameters(globals())`` in the cell after the
+    ``parameters`` cell: IPython records the cell's annotated assignments (``seed: int = 0``)
+    in ``__annotations__``, and papermill's injected cell rebinds the values without
+    annotations, so each injected value is checked against the declared type. The error
+    names the parameter, the value, the expected type and an example of a correct value.
+    """
+    annotations = namespace.get("__annotations__", {})
+    problems = [problem for name, annotation in annotations.items() if name in namespace
+                for problem in [parameter_type_problem(name, namespace[name], annotation)] if problem]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def parameter_types(notebook: "nbformat.NotebookNode") -> dict[str, str]:
+    """The declared type (as written, e.g. ``"int"``) of each parameter of the ``parameters`` cell."""
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    return {node.target.id: ast.unparse(node.annotation) for node in ast.parse(cell.source).body
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
+
+
+CHECK_PARAMETERS_CALL = "notebook_tools.check_parameters(globals())"
+
+
 def check_notebook(path: str | Path) -> list[str]:
     """Return every convention the notebook at ``path`` breaks (empty when it keeps them all)."""
     path = Path(path)
@@ -148,6 +212,10 @@ def check_notebook(path: str | Path) -> list[str]:
             problems.append(f"{path.name}: parameters cell lacks {required!r}")
     if not re.search(r'^profile:\s*str\s*=\s*"quick"', source, re.M):
         problems.append(f'{path.name}: parameters cell must set profile: str = "quick"')
+    following = next((c for c in cells[index + 1:] if c.cell_type == "code"), None)
+    if following is None or not following.source.lstrip().startswith(CHECK_PARAMETERS_CALL):
+        problems.append(f"{path.name}: the cell after the parameters cell must start with {CHECK_PARAMETERS_CALL} "
+                        f"(and the imports cell import notebook_tools from cmp_utils)")
     produces = notebook.metadata.get("cmp_repro", {}).get("produces")
     if not isinstance(produces, list):
         problems.append(f"{path.name}: metadata cmp_repro.produces must list the files it writes")
