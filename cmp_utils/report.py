@@ -1,37 +1,69 @@
-"""Regenerate the README's results section from the CSVs the notebooks wrote.
+"""Everything a reader sees of the results, generated from the CSVs the notebooks wrote.
 
 ``python -m cmp_utils.report --readme README.md [--results results] [--profile quick]``
 
-* reads ``<results>/<experiment>/<profile>/metrics.csv`` (tidy: ``dataset, method, backbone,
-  direction, metric, value, paper_value, seed``, plus ``table`` where a dataset has several
-  tables such as MSCOCO 1K / 5K; one row per seed);
-* writes one table per experiment between ``<!-- results:start -->`` and
-  ``<!-- results:end -->``: the paper's value, ours (mean ± sample std over seeds, and the number
-  of seeds), the difference ours − paper where the paper's value is confirmed, and the command
-  that made it (``papermill notebooks/NN_<experiment>.ipynb - -p profile <profile>``: an
-  experiment folder is named as its notebook's stem without the number);
-* adds a "Performance" part from ``<results>/bench/*.csv`` (between ``<!-- bench:start -->`` and
-  ``<!-- bench:end -->`` when the README has those markers, else at the end of the results part).
+* rewrites the generated parts of the README, each between ``<!-- NAME:start -->`` and
+  ``<!-- NAME:end -->`` (:data:`SECTIONS`): the claims scorecard (every
+  ``results/*/<profile>/claims.csv``), one headline table per paper table (R@1, R@10 and the
+  paper's value), the figures, the profiles and how ``quick`` differs from the paper's recipe
+  (from :data:`cmp_utils.train.PROFILE_SETTINGS`), a short performance summary
+  (``results/bench/*.csv``) and the time each notebook took
+  (``results/executed/<profile>/timings.csv``);
+* writes the full tables to ``results/README.md`` and the full benchmarks to
+  ``results/bench/README.md``.
 
-Every number comes from a CSV; nothing is typed by hand. The README is replaced atomically.
+Every number comes from a CSV; nothing is typed by hand. Files are replaced atomically.
+
+Notebooks use :func:`summarise` (the one way to average over seeds), :func:`what_we_found`
+(their closing "What we found" cell), :func:`about_profiles` (the shared explanation of the
+profiles and of how claims are decided) and :func:`training_settings` (resolved settings for
+``params.yaml``); :func:`scrub_notebook` removes machine paths from executed notebooks.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
 from cmp_utils import atomic, config
 
-RESULTS_MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
-BENCH_MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 METRICS_COLUMNS = ("dataset", "method", "backbone", "direction", "metric", "value", "paper_value", "seed")
-KEY_COLUMNS = ["dataset", "method", "backbone", "direction", "metric"]
+#: Columns that vary between the runs of one table cell (measurements, not keys): every other
+#: column of a metrics frame is a grouping column (batch_size, schedule, sampler, fold, ...).
+PER_RUN_COLUMNS = ("value", "paper_value", "seed", "seconds", "run_key", "run_dir", "best_epoch",
+                   "samples_per_second")
+#: Generated README sections, in README order: marker name -> renderer name.
+SECTIONS = ("scorecard", "headline", "figures", "profiles", "performance", "timings")
+#: Experiments whose folder holds one of the paper's tables, in the paper's order, with headline metrics.
+PAPER_TABLES = {
+    "cuhk_pedes": ("R@1", "R@10"),
+    "flickr30k": ("R@1", "R@10"),
+    "mscoco": ("R@1", "R@10"),
+    "cub_flowers": ("top1_accuracy", "ap@50"),
+    "batch_size": ("R@1",),
+    "ablation": ("R@1", "R@10"),
+}
+#: The README's figures: (experiment folder, file stem, caption).
+README_FIGURES = (
+    ("cuhk_pedes", "recall", "CUHK-PEDES-like data: text-to-image recall per loss"),
+    ("batch_size", "batch_size", "R@1 against batch size, relative to each loss's best batch size"),
+    ("ablation", "ablation", "Ablation: classification losses and CMPM"),
+    ("feature_distribution", "projection", "Learned features of a few identities, per loss"),
+)
+METRIC_LABELS = {"R@1": "R@1", "R@10": "R@10", "top1_accuracy": "top-1 acc.", "ap@50": "AP@50"}
+
+
+def marker(name: str) -> tuple[str, str]:
+    """The pair of HTML comments that delimit the generated section ``name``."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
 # ---------------------------------------------------------------------------------------
@@ -45,39 +77,67 @@ def read_metrics(path: Path) -> pd.DataFrame:
     missing = [column for column in METRICS_COLUMNS if column not in frame.columns]
     if missing:
         raise ValueError(f"{path} lacks the columns {missing}; a metrics.csv needs {list(METRICS_COLUMNS)}")
-    frame[["backbone", "direction"]] = frame[["backbone", "direction"]].fillna("")
     frame["value"] = pd.to_numeric(frame["value"], errors="raise")
     frame["paper_value"] = pd.to_numeric(frame["paper_value"], errors="raise")
     return frame
 
 
-def cell_columns(frame: pd.DataFrame) -> list[str]:
-    """The columns that name one cell: ``table`` first when the CSV has it (MSCOCO 1K vs 5K)."""
-    return (["table"] if "table" in frame.columns else []) + KEY_COLUMNS
+def grouping_columns(frame: pd.DataFrame) -> list[str]:
+    """Every column that names a table cell: all but the per-run measurements (:data:`PER_RUN_COLUMNS`)."""
+    return [column for column in frame.columns if column not in PER_RUN_COLUMNS]
 
 
-def summarise(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean, sample standard deviation and count of seeds per cell; the paper's value; the gap.
+def summarise(frame: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean, sample standard deviation (NaN for one value) and counts per table cell, beside the paper.
 
-    Rows keep the order in which their cell first appears in the CSV. ``std`` is NaN for one seed.
+    ``by`` defaults to :func:`grouping_columns`: every column that is not a per-run measurement,
+    so a batch size, schedule, sampler, fold or deviation column keeps its rows apart. Returns the
+    grouping columns, ``mean``, ``std``, ``n`` (values averaged), ``n_seeds`` (distinct seeds),
+    ``paper_value`` and ``difference`` (mean − paper). Rows keep the order in which their cell
+    first appears. Two values of one seed in one cell mean a grouping column is missing: a clear
+    error says so instead of averaging them.
     """
-    frame = frame.dropna(subset=["value"])
-    if "table" in frame.columns:
-        frame = frame.assign(table=frame["table"].fillna(""))
-    grouped = frame.groupby(cell_columns(frame), sort=False, dropna=False)
-    summary = grouped.agg(
-        mean=("value", "mean"),
-        std=("value", "std"),
-        n_seeds=("seed", "nunique"),
-        paper=("paper_value", "first"),  # first non-null
-    ).reset_index()
-    summary["difference"] = summary["mean"] - summary["paper"]
+    keys = list(by) if by is not None else grouping_columns(frame)
+    missing = [key for key in keys if key not in frame.columns]
+    if missing or "value" not in frame.columns:
+        raise ValueError(f"summarise needs the columns {missing or ['value']}; the frame has {list(frame.columns)}")
+    frame = frame.dropna(subset=["value"]).copy()
+    for key in keys:  # a missing key (e.g. no backbone) stays a group of its own
+        if frame[key].dtype == object:
+            frame[key] = frame[key].fillna("")
+    if frame.empty:
+        return pd.DataFrame(columns=[*keys, "mean", "std", "n", "n_seeds", "paper_value", "difference"])
+    grouped = frame.groupby(keys, sort=False, dropna=False)
+    summary = grouped["value"].agg(mean="mean", std="std", n="count").reset_index()
+    summary["n_seeds"] = grouped["seed"].nunique().to_numpy() if "seed" in frame else summary["n"]
+    repeated = summary[summary["n"] != summary["n_seeds"]]
+    if len(repeated):
+        first = repeated.iloc[0]
+        raise ValueError(
+            f"summarise: {int(first['n'])} values for {int(first['n_seeds'])} seed(s) in the cell "
+            f"{ {key: first[key] for key in keys} }; the frame has a grouping column that is not among "
+            f"{keys} (pass by=..., or add it to the frame) or duplicated rows"
+        )
+    if "paper_value" in frame:
+        summary["paper_value"] = grouped["paper_value"].first().to_numpy()  # first non-null
+    else:
+        summary["paper_value"] = float("nan")
+    summary["difference"] = summary["mean"] - summary["paper_value"]
     return summary
 
 
-def experiment_folders(results_dir: Path, profile: str) -> list[Path]:
-    """``<results>/<experiment>/<profile>/metrics.csv`` files, by experiment name."""
-    return sorted(results_dir.glob(f"*/{profile}/metrics.csv"), key=lambda path: path.parent.parent.name)
+def with_current_paper_values(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with ``paper_value`` looked up again in ``paper_numbers.csv`` (by ``table`` where the
+    frame has one), so a table shows the current confirmed values, not those of the day it ran."""
+    from cmp_utils import paper
+
+    if frame.empty or not {"dataset", "method", "direction", "metric"} <= set(frame.columns):
+        return frame
+    if "table" not in frame.columns:
+        return paper.with_paper_values(frame)
+    parts = [paper.with_paper_values(group, table=None if _missing(table) else table)
+             for table, group in frame.groupby("table", sort=False, dropna=False)]
+    return pd.concat(parts).sort_index()
 
 
 def notebook_for(experiment: str, notebooks_dir: Path) -> Path | None:
@@ -86,105 +146,403 @@ def notebook_for(experiment: str, notebooks_dir: Path) -> Path | None:
     return matches[0] if matches else None
 
 
-# ---------------------------------------------------------------------------------------
-# Rendering
-# ---------------------------------------------------------------------------------------
-
-
-def _number(value: float, digits: int = 2) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def _ours(mean: float, std: float, n_seeds: int) -> str:
-    if n_seeds > 1 and not math.isnan(std):
-        return f"{mean:.2f} ± {std:.2f} (n={n_seeds})"
-    return f"{mean:.2f} (n={n_seeds})"
-
-
-def _signed(value: float) -> str:
-    return "" if math.isnan(value) else f"{value:+.2f}"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    escape = lambda cell: str(cell).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _ours_label(profile: str) -> str:
-    return f"ours ({profile}, synthetic data)" if profile in ("smoke", "quick") else f"ours ({profile})"
-
-
-def render_results(results_dir: Path, profile: str, notebooks_dir: Path) -> str:
-    """The markdown of the results section (without the markers)."""
-    def notebook_order(path: Path) -> str:
+def experiment_files(results_dir: Path, profile: str, name: str, notebooks_dir: Path) -> list[Path]:
+    """``<results>/<experiment>/<profile>/<name>`` files, in notebook order (then by name)."""
+    def order(path: Path) -> str:
         notebook = notebook_for(path.parent.parent.name, notebooks_dir)
         return notebook.stem if notebook is not None else f"99_{path.parent.parent.name}"
 
-    files = sorted(experiment_folders(results_dir, profile), key=notebook_order)
-    intro = (
-        f"_Generated by `python -m cmp_utils.report` from `results/*/{profile}/metrics.csv`; "
-        "do not edit by hand. Paper values are the confirmed ones in `cmp_utils/paper_numbers.csv`; "
-        "difference = ours − paper._"
-    )
-    if not files:
-        return f"{intro}\n\nNo results yet: no `results/*/{profile}/metrics.csv` was found. Run `make reproduce` first."
-    parts = [intro]
-    for path in files:
-        experiment = path.parent.parent.name
-        summary = summarise(read_metrics(path))
-        notebook = notebook_for(experiment, notebooks_dir)
-        if notebook is not None:
-            made_by = f"`.venv/bin/python -m cmp_utils.run_notebooks --profile {profile} notebooks/{notebook.name}`"
-        else:
-            made_by = f"(no notebook `notebooks/NN_{experiment}.ipynb` found)"
-        names = cell_columns(summary)
-        rows = [
-            [*(getattr(row, name) for name in names),
-             _number(row.paper), _ours(row.mean, row.std, row.n_seeds), _signed(row.difference)]
-            for row in summary.itertuples(index=False)
-        ]
-        header = [*names, "paper", _ours_label(profile), "difference"]
-        section = f"### {experiment}\n\nMade by: {made_by}\n\n" + markdown_table(header, rows)
-        claims = render_claims(path.parent / "claims.csv")
-        if claims:
-            section += "\n\nThe paper's claims on this data (from `claims.csv`):\n\n" + claims
-        parts.append(section)
-    return "\n\n".join(parts)
+    return sorted(results_dir.glob(f"*/{profile}/{name}"), key=order)
 
 
-def render_claims(path: Path) -> str:
-    """A bullet per claim of an experiment's ``claims.csv`` (claim, verdict, and the figures beside them)."""
-    if not path.is_file():
-        return ""
-    frame = pd.read_csv(path)
-    if "claim" not in frame or "verdict" not in frame:
-        return ""
-    lines = []
-    for row in frame.to_dict("records"):
-        details = ", ".join(f"{key} {_cell(value)}" for key, value in row.items() if key not in ("claim", "verdict"))
-        lines.append(f"- {row['claim']}: **{row['verdict']}** ({details})")
-    return "\n".join(lines)
+# ---------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------
 
 
-def _cell(value) -> str:
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def _number(value: Any, digits: int = 2) -> str:
+    return "" if _missing(value) else f"{float(value):.{digits}f}"
+
+
+def _ours(mean: float, std: float, n_seeds: int) -> str:
+    if n_seeds > 1 and not _missing(std):
+        return f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.2f}"
+
+
+def _signed(value: float) -> str:
+    return "" if _missing(value) else f"{value:+.2f}"
+
+
+def _cell(value: Any) -> str:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.4g}"
     return str(value)
 
 
-def render_bench(results_dir: Path) -> str | None:
-    """The "Performance" markdown from ``<results>/bench/*.csv``, or ``None`` when there is none."""
-    files = sorted((results_dir / "bench").glob("*.csv"))
-    if not files:
-        return None
-    parts = ["_From `results/bench/*.csv` (`make bench`)._"]
-    for path in files:
-        frame = pd.read_csv(path)
-        rows = [[_cell(value) for value in record] for record in frame.itertuples(index=False)]
-        parts.append(f"#### {path.stem}\n\n" + markdown_table([str(column) for column in frame.columns], rows))
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub Markdown table (pipes inside cells escaped)."""
+    escape = lambda cell: str(cell).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _data_label(profile: str) -> str:
+    return f"{profile}, synthetic data" if profile in ("smoke", "quick") else profile
+
+
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+# ---------------------------------------------------------------------------------------
+# Claims
+# ---------------------------------------------------------------------------------------
+
+
+def read_claims(path: Path) -> pd.DataFrame:
+    """A ``claims.csv``, with the columns of :data:`cmp_utils.claims.CLAIM_COLUMNS` where it has them
+    (older files carry ``std_difference`` or their own measures instead of a confidence interval)."""
+    frame = pd.read_csv(path)
+    if "claim" not in frame or "verdict" not in frame:
+        raise ValueError(f"{path} lacks the columns 'claim' and 'verdict' every claims.csv has")
+    return frame
+
+
+def _paper_side(row: dict[str, Any]) -> str:
+    """What the paper reports for a claim: both confirmed values and their difference, else the claim alone."""
+    from cmp_utils import paper
+
+    better, worse, metric = row.get("better"), row.get("worse"), row.get("metric")
+    if any(_missing(value) for value in (better, worse, metric)):
+        return "claimed; no confirmed numbers"
+    numbers = paper.paper_numbers()
+    table = row.get("table")
+    chosen = numbers[(numbers["metric"] == metric) & (numbers["direction"] == (row.get("direction") or "t2i"))]
+    if not _missing(table) and table:
+        chosen = chosen[chosen["table"] == table]
+    values = {}
+    for method in (better, worse):
+        found = chosen[(chosen["method"] == method) & chosen["value"].notna()]
+        if len(found) != 1:
+            return "claimed; no confirmed numbers"
+        values[method] = found.iloc[0]
+    difference = values[better]["value"] - values[worse]["value"]
+    second_hand = any(value["status"] == "confirmed second-hand" for value in values.values())
+    return (f"{values[better]['value']:.2f} vs {values[worse]['value']:.2f} ({difference:+.2f})"
+            + (" (one value second-hand)" if second_hand else ""))
+
+
+def _our_side(row: dict[str, Any]) -> str:
+    """Our paired difference with its 95% CI where the file has one, else the figures it has."""
+    mean = row.get("mean_difference")
+    if not _missing(mean):
+        low, high = row.get("ci_low"), row.get("ci_high")
+        if not _missing(low) and not _missing(high):
+            return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+        std = row.get("std_difference")
+        return f"{mean:+.2f}" + ("" if _missing(std) else f" ± {std:.2f} (sd)")
+    known = {"claim", "verdict", "n_seeds", "better", "worse", "metric", "direction", "table", "test", "p_value"}
+    return ", ".join(f"{key} {_cell(value)}" for key, value in row.items() if key not in known)
+
+
+def render_scorecard(results_dir: Path, profile: str, notebooks_dir: Path) -> str:
+    """claim | paper | ours | verdict | seeds, for every claim of every ``claims.csv``."""
+    rows, seen = [], set()
+    for path in experiment_files(results_dir, profile, "claims.csv", notebooks_dir):
+        experiment = path.parent.parent.name
+        for row in read_claims(path).to_dict("records"):
+            seeds = row.get("n_seeds")
+            ours = _our_side(row)
+            if (row["claim"], ours) in seen:  # the same runs, tested again by another notebook
+                continue
+            seen.add((row["claim"], ours))
+            rows.append([f"{row['claim']} ({experiment})", _paper_side(row), ours, f"**{row['verdict']}**",
+                         "" if _missing(seeds) else int(seeds)])
+    if not rows:
+        return f"No claims yet: no `results/*/{profile}/claims.csv` (run `make reproduce`)."
+    header = ["claim (experiment)", "paper", f"ours ({_data_label(profile)}): difference [95% CI]", "verdict", "seeds"]
+    intro = (f"_Generated from `results/*/{profile}/claims.csv`: **held** when the 95% CI of the paired difference "
+             "over seeds lies above zero, **did not hold** below, else **inconclusive** (older files: sd, not CI)._")
+    return intro + "\n\n" + markdown_table(header, rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------
+
+
+def _varying(summary: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    return [column for column in columns if column in summary and summary[column].nunique(dropna=False) > 1]
+
+
+def headline_table(frame: pd.DataFrame, metrics: Sequence[str], caption: str = "") -> str:
+    """One paper table in brief: per method (and table, dataset, ...) our mean ± sd of ``metrics``,
+    with the paper's value beside ours where it is confirmed. A numeric grouping column such as
+    ``batch_size``, or else the retrieval direction, spreads into columns."""
+    summary = summarise(frame[frame["metric"].isin(metrics)])
+    if summary.empty:
+        return ""
+    summary["label"] = summary["metric"].map(lambda metric: METRIC_LABELS.get(metric, metric))
+    if "direction" in summary and summary["direction"].nunique() > 1 and (summary.groupby("metric")["direction"].nunique() == 1).all():
+        summary["label"] = summary["direction"] + " " + summary["label"]  # one direction per metric (CUB/Flowers)
+        summary = summary.drop(columns="direction")
+    stats = {"metric", "label", "mean", "std", "n", "n_seeds", "paper_value", "difference", "backbone"}
+    keys = [key for key in grouping_columns(summary) if key not in stats]
+    varying = _varying(summary, keys)
+    column_key = next((key for key in varying if key not in ("method", "dataset", "table", "direction")),
+                      "direction" if "direction" in varying else None)
+    order = ["table", "dataset", "method"]
+    row_keys = [key for key in order if key in varying] + [key for key in varying if key not in order and key != column_key]
+    row_keys = row_keys or ["method"]
+    labels = list(dict.fromkeys(summary["label"]))
+    spread = list(dict.fromkeys(summary[column_key])) if column_key else [None]
+
+    def heading(label: str, value: Any) -> str:
+        if value is None:
+            return label
+        return f"{value} {label}" if column_key == "direction" else f"{label}, {column_key} {value}"
+
+    header = list(row_keys) + [heading(label, value) for value in spread for label in labels]
+    if caption:
+        header[0] = f"{caption}: {header[0]}"
+    rows = []
+    for key_values, group in summary.groupby(row_keys, sort=False):
+        cells = list(key_values if isinstance(key_values, tuple) else (key_values,))
+        for value in spread:
+            for label in labels:
+                hit = group[(group["label"] == label) & ((group[column_key] == value) if column_key else True)]
+                if not len(hit):
+                    cells.append("")
+                    continue
+                first = hit.iloc[0]
+                paper_value = "" if _missing(first["paper_value"]) else f" (paper {first['paper_value']:.2f})"
+                cells.append(_ours(first["mean"], first["std"], first["n_seeds"]) + paper_value)
+        rows.append(cells)
+    return markdown_table(header, rows)
+
+
+def render_headline(results_dir: Path, profile: str, notebooks_dir: Path) -> str:
+    """One short table per paper table (see :data:`PAPER_TABLES`)."""
+    parts = []
+    for experiment, metrics in PAPER_TABLES.items():
+        path = results_dir / experiment / profile / "metrics.csv"
+        if not path.is_file():
+            parts.append(f"**{experiment}**: no `results/{experiment}/{profile}/metrics.csv` yet.")
+            continue
+        frame = with_current_paper_values(read_metrics(path))
+        seeds = frame["seed"].nunique()
+        parts.append(headline_table(frame, metrics, caption=f"**{experiment}** ({seeds} seed{'s' * (seeds != 1)})"))
+    intro = (f"_Generated from `results/*/{profile}/metrics.csv` ({_data_label(profile)}): mean ± sd over seeds; \"(paper X)\" where "
+             "`cmp_utils/paper_numbers.csv` has a value confirmed from a public source (the other cells of the "
+             "paper's tables are left empty rather than filled from memory). Full tables: "
+             "[results/README.md](results/README.md)._")
+    return intro + "\n\n" + "\n\n".join(parts)
+
+
+def render_full_tables(results_dir: Path, profile: str, notebooks_dir: Path, link_root: Path) -> str:
+    """Every experiment's full table (all grouping columns kept) and its claims, for results/README.md."""
+    parts = []
+    for path in experiment_files(results_dir, profile, "metrics.csv", notebooks_dir):
+        experiment = path.parent.parent.name
+        summary = summarise(with_current_paper_values(read_metrics(path)))
+        notebook = notebook_for(experiment, notebooks_dir)
+        made_by = (f"`python -m cmp_utils.run_notebooks --profile {profile} notebooks/{notebook.name}`"
+                   if notebook is not None else f"(no notebook `notebooks/NN_{experiment}.ipynb` found)")
+        names = [key for key in grouping_columns(summary) if key not in ("mean", "std", "n", "n_seeds", "difference")]
+        rows = [[*(row[name] for name in names), _number(row["paper_value"]),
+                 _ours(row["mean"], row["std"], row["n_seeds"]), row["n_seeds"], _signed(row["difference"])]
+                for row in summary.to_dict("records")]
+        header = [*names, "paper", f"ours ({_data_label(profile)})", "seeds", "ours − paper"]
+        section = f"## {experiment}\n\nMade by: {made_by}\n\n" + markdown_table(header, rows)
+        claims_path = path.parent / "claims.csv"
+        if claims_path.is_file():
+            claims = read_claims(claims_path)
+            section += "\n\nClaims (`claims.csv`):\n\n" + markdown_table(
+                list(claims.columns), [[_cell(value) for value in row] for row in claims.itertuples(index=False)])
+        figures = sorted(path.parent.glob("*.png"))
+        if figures:
+            section += "\n\nFigures: " + ", ".join(f"[{figure.stem}]({_relative(figure, link_root)})" for figure in figures)
+        parts.append(section)
+    if not parts:
+        return f"No results yet: no `results/*/{profile}/metrics.csv` was found. Run `make reproduce` first."
     return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# Figures, profiles, performance, timings
+# ---------------------------------------------------------------------------------------
+
+
+def render_figures(results_dir: Path, profile: str, link_root: Path) -> str:
+    """The README's figures that exist, two a row, each with its caption."""
+    cells = []
+    for experiment, stem, caption in README_FIGURES:
+        path = results_dir / experiment / profile / f"{stem}.png"
+        if path.is_file():
+            cells.append(f"{caption}<br>![{caption}]({_relative(path, link_root)})")
+    if not cells:
+        return f"No figures yet under `results/*/{profile}/`."
+    if len(cells) % 2:
+        cells.append("")
+    rows = [cells[index:index + 2] for index in range(0, len(cells), 2)]
+    return markdown_table([f"{_data_label(profile)}", "(each folder also holds the SVG)"], rows)
+
+
+def _setting(value: Any) -> str:
+    if value is None:
+        return "data default"
+    if isinstance(value, (tuple, list)):
+        return "x".join(str(item) for item in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+#: (label, how to read it from a dataset's settings) for the profiles table.
+PROFILE_ROWS: tuple[tuple[str, Any], ...] = (
+    ("data", lambda profile, s: "real datasets" if profile == "paper" else "embedded synthetic stand-in"),
+    ("image branch", lambda profile, s: ("trained end to end" if s["feature_mode"] == "end_to_end"
+                                         else "frozen, cached ImageNet features")),
+    ("backbone", lambda profile, s: s["backbone"]),
+    ("image size / feature grid", lambda profile, s: f"{_setting(s.get('image_size'))} / {_setting(s.get('pool_grid'))}"),
+    ("learning rate", lambda profile, s: _setting(s["lr"]) + (f", {_setting(s['finetune_lr'])} after {s['frozen_epochs']} frozen epochs"
+                                                               if s["frozen_epochs"] else "")),
+    ("epochs / batch size", lambda profile, s: f"{s['epochs']} / {s['batch_size']}"),
+    ("EMA decay", lambda profile, s: _setting(s["ema_decay"])),
+    ("sampler", lambda profile, s: s["sampler"] + (f" ({s['instances_per_label']} per id)" if s["sampler"] == "identity" else "")),
+    ("horizontal flips", lambda profile, s: ("random flip" if s["feature_mode"] == "end_to_end" else
+                                             ("cached flipped copies" if s.get("cache_flips") else "none"))),
+    ("joint dim / word dim / LSTM units", lambda profile, s: f"{s['embedding_dim']} / {s['word_dim']} / {s['hidden_size']}"),
+)
+
+
+def _gallery(results_dir: Path, profile: str, dataset: str) -> str:
+    """Test images / captions of ``dataset``: published sizes for ``paper``, else data_preparation's CSV."""
+    if profile == "paper":
+        from cmp_utils import data
+
+        sizes = data.published_sizes()
+        row = sizes[(sizes["dataset"] == dataset) & (sizes["split"] == "test")]
+    else:
+        path = results_dir / "data_preparation" / profile / "split_statistics.csv"
+        if not path.is_file():
+            return "see notebook 01"
+        sizes = pd.read_csv(path)
+        row = sizes[(sizes["dataset"] == dataset) & (sizes["split"] == "test")]
+    if row.empty:
+        return "n/a"
+    images, captions = row.iloc[0]["images"], row.iloc[0]["captions"]
+    return f"{_setting(int(images)) if not _missing(images) else '?'} / {_setting(int(captions)) if not _missing(captions) else '?'}"
+
+
+def render_profiles(results_dir: Path) -> str:
+    """The three profiles side by side, read from :data:`cmp_utils.train.PROFILE_SETTINGS`."""
+    from cmp_utils import train
+
+    columns = [("paper", "cuhk_pedes"), ("paper", "flickr30k"), ("quick", "cuhk_pedes"), ("smoke", "cuhk_pedes")]
+    columns = [(profile, dataset) for profile, dataset in columns if dataset in train.PROFILE_SETTINGS.get(profile, {})]
+    header = ["setting"] + [f"{profile} ({dataset})" for profile, dataset in columns]
+    rows = []
+    for label, read in PROFILE_ROWS:
+        rows.append([label] + [read(profile, train.PROFILE_SETTINGS[profile][dataset]) for profile, dataset in columns])
+    rows.append(["test gallery: images / captions"] + [_gallery(results_dir, profile, dataset) for profile, dataset in columns])
+    intro = ("_Generated from `cmp_utils.train.PROFILE_SETTINGS` and `results/data_preparation/*/split_statistics.csv`. "
+             "Flickr30K settings also stand for MSCOCO, CUB and Flowers (MSCOCO: batch "
+             f"{_setting(train.PROFILE_SETTINGS['paper'].get('mscoco', {}).get('batch_size'))})._")
+    return intro + "\n\n" + markdown_table(header, rows)
+
+
+#: Benchmark rows the README summarises: (CSV stem, benchmark, case).
+PERFORMANCE_ROWS = (
+    ("training_step", "training_step/cached_features", "training throughput (full step)"),
+    ("training_step", "training_step/end_to_end_mobilenet_v2", "training throughput (full step)"),
+    ("losses", "losses/batch_64", "CMPM"),
+    ("evaluation", "evaluation/5000x25000", "retrieval_metrics (R@K, medr, meanr, mAP, mINP)"),
+)
+
+
+def _read_bench(results_dir: Path) -> dict[str, pd.DataFrame]:
+    return {path.stem: pd.read_csv(path) for path in sorted((results_dir / "bench").glob("*.csv"))}
+
+
+def render_performance(results_dir: Path) -> str:
+    """A few benchmark figures (see :data:`PERFORMANCE_ROWS`) and the link to the full tables."""
+    bench = _read_bench(results_dir)
+    if not bench:
+        return "No benchmark results yet (`make bench`)."
+    rows = []
+    for stem, benchmark, case in PERFORMANCE_ROWS:
+        frame = bench.get(stem)
+        if frame is None or not {"benchmark", "case", "value", "unit"} <= set(frame.columns):
+            continue
+        hit = frame[(frame["benchmark"] == benchmark) & (frame["case"] == case)]
+        if len(hit):
+            record = hit.iloc[0]
+            rows.append([benchmark, case, f"{_cell(float(record['value']))} {record['unit']}", record.get("machine", "")])
+    gpu = bench.get("gpu")
+    no_gpu = gpu is not None and len(gpu) and "case" in gpu and (gpu["case"] == "no CUDA device").all()
+    table = markdown_table(["benchmark", "case", "value", "machine"], rows) if rows else "No headline rows found."
+    return ("_From `results/bench/*.csv` (`make bench`); every row in [results/bench/README.md](results/bench/README.md)."
+            + (" No GPU benchmark exists yet (`gpu.csv`: no CUDA device was present)." if no_gpu else "") + "_\n\n" + table)
+
+
+def render_bench_readme(results_dir: Path) -> str:
+    """All benchmark tables, for ``results/bench/README.md``."""
+    parts = ["# Benchmarks", "_Generated by `python -m cmp_utils.report` from `results/bench/*.csv` (`make bench`); "
+             "do not edit by hand._"]
+    bench = _read_bench(results_dir)
+    if not bench:
+        parts.append("No benchmark results yet.")
+    for stem, frame in bench.items():
+        rows = [[_cell(value) for value in record] for record in frame.itertuples(index=False)]
+        parts.append(f"## {stem}\n\n" + markdown_table([str(column) for column in frame.columns], rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def notebook_purpose(path: Path) -> str:
+    """The one-line purpose of a notebook: the first non-empty line after its title."""
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    lines = [line.strip() for line in "".join(cells[0]["source"]).splitlines() if line.strip()] if cells else []
+    purpose = lines[1] if len(lines) > 1 else ""
+    return purpose if len(purpose) <= 80 else purpose[:77].rsplit(" ", 1)[0] + "..."
+
+
+def render_timings(results_dir: Path, profile: str, notebooks_dir: Path, link_root: Path) -> str:
+    """notebook | what it does | minutes, from ``results/executed/<profile>/timings.csv``."""
+    path = results_dir / "executed" / profile / "timings.csv"
+    timings = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["notebook", "seconds"])
+    if "notebook" not in timings or "seconds" not in timings:
+        raise ValueError(f"{path} lacks the columns notebook and seconds")
+    timings["stem"] = timings["notebook"].astype(str).map(lambda name: Path(name).stem)
+    latest = timings.drop_duplicates("stem", keep="last").set_index("stem")
+    rows = []
+    for notebook in sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb")):
+        executed = results_dir / "executed" / profile / notebook.name
+        name = f"[{notebook.stem}]({_relative(executed, link_root)})" if executed.is_file() else notebook.stem
+        seconds = latest["seconds"].get(notebook.stem) if notebook.stem in latest.index else None
+        rows.append([name, notebook_purpose(notebook), "no timing recorded yet" if _missing(seconds) else f"{seconds / 60:.1f}"])
+    where = ""
+    if len(latest):
+        machines = sorted({str(value) for value in latest.get("machine", pd.Series(dtype=str)).dropna()})
+        started = sorted(str(value) for value in latest.get("started_at", pd.Series(dtype=str)).dropna())
+        total = latest["seconds"].sum() / 60
+        where = (f"\n\nTotal: {total:.0f} min" + (f" on {', '.join(machines)}" if machines else "")
+                 + (f", runs from {started[0]} to {started[-1]}" if started else "") + ".")
+    return markdown_table(["notebook (executed copy)", "what it does", f"minutes ({profile}, `timings.csv`)"], rows) + where
+
+
+# ---------------------------------------------------------------------------------------
+# Writing the README and results/README.md
+# ---------------------------------------------------------------------------------------
 
 
 def replace_between(text: str, markers: tuple[str, str], body: str, readme: Path) -> str:
@@ -192,11 +550,34 @@ def replace_between(text: str, markers: tuple[str, str], body: str, readme: Path
     start, end = markers
     start_at, end_at = text.find(start), text.find(end)
     if start_at < 0 or end_at < 0 or end_at < start_at:
-        raise ValueError(
-            f"{readme} lacks the markers {start} and {end} (in that order); add them where the generated "
-            "section should go"
-        )
+        raise ValueError(f"{readme} lacks the markers {start} and {end} (in that order); add them where the "
+                         "generated section should go")
     return text[: start_at + len(start)] + "\n" + body.strip("\n") + "\n" + text[end_at:]
+
+
+def render_section(name: str, results_dir: Path, profile: str, notebooks_dir: Path, link_root: Path) -> str:
+    """The Markdown of one generated README section (see :data:`SECTIONS`)."""
+    if name == "scorecard":
+        return render_scorecard(results_dir, profile, notebooks_dir)
+    if name == "headline":
+        return render_headline(results_dir, profile, notebooks_dir)
+    if name == "figures":
+        return render_figures(results_dir, profile, link_root)
+    if name == "profiles":
+        return render_profiles(results_dir)
+    if name == "performance":
+        return render_performance(results_dir)
+    if name == "timings":
+        return render_timings(results_dir, profile, notebooks_dir, link_root)
+    raise ValueError(f"unknown README section {name!r}; use one of {SECTIONS}")
+
+
+def _write(path: Path, text: str) -> Path:
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    with atomic.atomic_path(path) as temporary:  # keep the permissions (mkstemp makes 0600)
+        temporary.write_text(text, encoding="utf-8")
+        temporary.chmod(mode)
+    return path
 
 
 def update_readme(
@@ -204,8 +585,9 @@ def update_readme(
     results_dir: str | Path | None = None,
     profile: str = "quick",
     notebooks_dir: str | Path | None = None,
-) -> Path:
-    """Rewrite the generated parts of ``readme`` in place (atomically); returns its path."""
+) -> list[Path]:
+    """Rewrite every generated section the README has markers for, ``results/README.md`` and
+    ``results/bench/README.md``; returns the paths written."""
     readme = Path(readme)
     if not readme.is_file():
         raise FileNotFoundError(f"--readme {readme} does not exist")
@@ -213,40 +595,184 @@ def update_readme(
     results = config.results_dir(results_dir)
     notebooks = Path(notebooks_dir) if notebooks_dir is not None else readme.resolve().parent / "notebooks"
     text = readme.read_text(encoding="utf-8")
-    body = render_results(results, profile, notebooks)
-    bench = render_bench(results)
-    bench_body = bench if bench is not None else "No benchmark results yet (`make bench`)."
-    start_at, end_at = text.find(RESULTS_MARKERS[0]), text.find(RESULTS_MARKERS[1])
-    bench_at = text.find(BENCH_MARKERS[0])
-    has_bench_markers = bench_at >= 0 and BENCH_MARKERS[1] in text
-    bench_inside_results = has_bench_markers and start_at < bench_at < end_at
-    if bench_inside_results:  # keep the bench markers, which the results rewrite would drop
-        body += f"\n\n### Performance\n\n{BENCH_MARKERS[0]}\n{bench_body}\n{BENCH_MARKERS[1]}"
-    elif bench is not None and not has_bench_markers:
-        body += "\n\n### Performance\n\n" + bench
-    text = replace_between(text, RESULTS_MARKERS, body, readme)
-    if has_bench_markers and not bench_inside_results:
-        text = replace_between(text, BENCH_MARKERS, bench_body, readme)
-    mode = readme.stat().st_mode & 0o777
-    with atomic.atomic_path(readme) as temporary:  # keep the README's permissions (mkstemp makes 0600)
-        temporary.write_text(text, encoding="utf-8")
-        temporary.chmod(mode)
-    return readme
+    present = [name for name in SECTIONS if marker(name)[0] in text]
+    if not present:
+        raise ValueError(f"{readme} lacks the markers of every generated section ({', '.join(marker(n)[0] for n in SECTIONS)}); "
+                         "add them where the generated sections should go")
+    link_root = readme.resolve().parent
+    for name in present:
+        text = replace_between(text, marker(name), render_section(name, results, profile, notebooks, link_root), readme)
+    results.mkdir(parents=True, exist_ok=True)
+    full = ("# Results\n\n_Generated by `python -m cmp_utils.report` from `results/*/"
+            f"{profile}/`; do not edit by hand. Paper values: `cmp_utils/paper_numbers.csv`; "
+            "ours: mean ± sample sd over seeds._\n\n" + render_full_tables(results, profile, notebooks, results) + "\n")
+    written = [_write(readme, text), _write(results / "README.md", full)]
+    written.append(_write(results / "bench" / "README.md", render_bench_readme(results)))
+    return written
+
+
+# ---------------------------------------------------------------------------------------
+# For the notebooks
+# ---------------------------------------------------------------------------------------
+
+
+def about_profiles(profile: str) -> str:
+    """Markdown shared by notebooks 05-11: the profiles, what ``quick`` means, how claims are decided."""
+    from cmp_utils import train
+
+    config.check_profile(profile)
+    quick = train.PROFILE_SETTINGS["quick"]["cuhk_pedes"]
+    paper_settings = train.PROFILE_SETTINGS["paper"]["cuhk_pedes"]
+    return "\n".join([
+        "**How the profiles run this.** `smoke` only checks that every cell runs (tiny data, one seed). "
+        f"`quick` trains on the embedded *synthetic* data, with the image branch on frozen, cached ImageNet "
+        f"{quick['backbone']} features and a small text branch (lr {_setting(quick['lr'])}, {quick['epochs']} epochs, "
+        f"batch {quick['batch_size']}, EMA decay {_setting(quick['ema_decay'])}, {quick['sampler']} sampler, "
+        f"{quick['embedding_dim']}-d joint space), so that every method and seed trains in about a minute on a CPU. "
+        f"`paper` uses the real data and the released recipe (CUHK-PEDES: {paper_settings['backbone']}, lr "
+        f"{_setting(paper_settings['lr'])}, {paper_settings['epochs']} epochs, batch {paper_settings['batch_size']}, "
+        f"EMA {_setting(paper_settings['ema_decay'])}); it has not been run in this repository. Runs are memoised "
+        "(keyed by their settings and the library's source), so notebooks that share a run train it once.",
+        "",
+        "**How claims are decided.** Each claim of the paper compares two methods on paired seeds "
+        "(`cmp_utils.claims.paired_claim`): **held** when the 95% confidence interval of the mean difference "
+        "lies above zero, **did not hold** when it lies below, **inconclusive** otherwise; fewer than five seeds "
+        "are reported as not tested. Synthetic numbers are not comparable in level with the paper's: only the "
+        f"comparison between losses carries over. This run: profile `{profile}`"
+        + (" (synthetic data)." if profile in ("smoke", "quick") else "."),
+    ])
+
+
+#: What a reader should not conclude from an experiment, whatever its numbers (no numbers here).
+CAVEATS: dict[str, tuple[str, ...]] = {
+    "training": ("One run of one seed: its curve shows that training converges, not how losses compare.",),
+    "cuhk_pedes": ("The level of R@1 says nothing about the paper's: the data are synthetic, the image branch is "
+                   "frozen and the schedule is a few epochs.",),
+    "flickr30k": ("The synthetic scenes have a few hundred test images, so one query more or less moves R@1 by "
+                  "a visible step.",),
+    "mscoco": ("The 1K numbers average five folds of the same small synthetic test set; they are not independent "
+               "of the 5K numbers.",),
+    "cub_flowers": ("AP@50 cannot exceed the share of a class's images among the top 50: with the few test images "
+                    "per synthetic class its ceiling is far below 100 (see the figure).",),
+    "batch_size": ("Every batch size trains the same epochs, so small batches take more steps; the comparison is "
+                   "of each loss's sensitivity (its curve relative to its own best batch size), not of levels.",),
+    "ablation": ("CMPC alone collapses here: on a frozen image branch it can lower its loss by growing the "
+                 "feature norms while image and text stay apart (notebook 03's toy measures the same: compact "
+                 "classes per modality, poor alignment across them). The paper trains CMPC with CMPM, where it "
+                 "helps.",),
+    "feature_distribution": ("Cosine gaps of one trained model per loss describe these features, not a ranking of "
+                             "losses; the 2-D projection keeps only the first two principal directions.",),
+}
+GENERAL_CAVEAT = ("`{profile}` results are on synthetic data with frozen cached image features: they test whether "
+                  "the losses compare as the paper says, not whether the paper's numbers are reproduced.")
+
+
+def what_we_found(experiment: str, profile: str, results_dir: str | Path | None = None) -> str:
+    """The closing "What we found" Markdown of a notebook, generated from its ``claims.csv`` and
+    ``metrics.csv`` (no hand-typed numbers), with what the reader should not conclude."""
+    folder = config.results_dir(results_dir) / experiment / profile
+    lines = [f"## What we found ({_data_label(profile)})", ""]
+    claims_path, metrics_path = folder / "claims.csv", folder / "metrics.csv"
+    if claims_path.is_file():
+        for row in read_claims(claims_path).to_dict("records"):
+            seeds = row.get("n_seeds")
+            lines.append(f"- {row['claim']}: **{row['verdict']}** (ours: {_our_side(row)}"
+                         + ("" if _missing(seeds) else f"; {int(seeds)} seeds") + f"; paper: {_paper_side(row)}).")
+    if metrics_path.is_file():
+        frame = read_metrics(metrics_path)
+        metric = next((m for m in ("R@1", "top1_accuracy", "cosine_gap") if m in set(frame["metric"])), None)
+        if metric is not None:
+            summary = summarise(frame[frame["metric"] == metric])
+            best = summary.loc[summary["mean"].idxmax()]
+            where = ", ".join(f"{key} {best[key]}" for key in grouping_columns(summary)
+                              if key not in ("metric", "mean", "std", "n", "n_seeds", "difference", "backbone", "dataset")
+                              and summary[key].nunique() > 1)
+            lines.append(f"- Highest mean {metric}: {_ours(best['mean'], best['std'], best['n_seeds'])} ({where}); "
+                         + (f"the paper reports {best['paper_value']:.2f} for that cell."
+                            if not _missing(best["paper_value"]) else "no confirmed paper value for that cell."))
+    if len(lines) == 2:
+        lines.append(f"- No results yet under `results/{experiment}/{profile}/`: run the cells above.")
+    lines += ["", "**What not to conclude.**", ""]
+    lines += [f"- {caveat}" for caveat in CAVEATS.get(experiment, ())]
+    if profile in ("smoke", "quick"):
+        lines.append("- " + GENERAL_CAVEAT.format(profile=profile))
+    return "\n".join(lines)
+
+
+def training_settings(profile: str, dataset: str, overrides: dict[str, Any] | None = None,
+                      varied: Sequence[str] = ("losses", "seed")) -> dict[str, Any]:
+    """The resolved training settings of an experiment's runs and the git commit, for ``params.yaml``:
+    ``{"git_commit", "training": settings of :func:`cmp_utils.train.make_config`, "varied_per_run"}``
+    (machine paths such as ``output_dir`` left out)."""
+    from cmp_utils import train
+
+    settings = train.make_config(profile, dataset, **(overrides or {})).to_dict()
+    for key in ("output_dir", "cache_dir", "data_dir", "progress", "resume", *varied):
+        settings.pop(key, None)
+    return {"git_commit": train.git_commit(), "training": settings, "varied_per_run": list(varied)}
+
+
+# ---------------------------------------------------------------------------------------
+# Executed notebooks: no machine paths, bounded size
+# ---------------------------------------------------------------------------------------
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(?:home|root|tmp|work|Users|private|var/folders|mnt|scratch)/[^\s'\"<>)\]},:]*")
+
+
+def scrub_text(text: str, roots: Sequence[Path]) -> str:
+    """``text`` with each of ``roots`` made relative (``.``) and any other absolute machine path
+    under /home, /root, /tmp, /work, ... replaced by ``<path>``."""
+    for root in sorted({str(Path(r)) for r in roots}, key=len, reverse=True):
+        text = text.replace(root + "/", "").replace(root, ".")
+    return _ABSOLUTE_PATH.sub("<path>", text)
+
+
+def scrub_notebook(path: str | Path, roots: Sequence[str | Path] | None = None) -> Path:
+    """Remove machine paths from an executed notebook's outputs and metadata, and drop SVG copies of
+    figures that also have a PNG (bounds the size); rewrites ``path`` atomically.
+
+    ``roots`` (default: the project root, the results and cache folders) become relative.
+    """
+    path = Path(path)
+    roots = [Path(r) for r in roots] if roots is not None else [config.project_root(), config.results_dir(), config.cache_dir()]
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return scrub_text(value, roots)
+        if isinstance(value, list):
+            return [clean(item) for item in value]
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items()}
+        return value
+
+    for cell in notebook.get("cells", []):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "image/png" in data:
+                data.pop("image/svg+xml", None)
+        cell["outputs"] = clean(cell.get("outputs", [])) if "outputs" in cell else cell.get("outputs")
+        if "outputs" not in cell or cell["outputs"] is None:
+            cell.pop("outputs", None)
+        cell["metadata"] = clean(cell.get("metadata", {}))
+    notebook["metadata"] = clean(notebook.get("metadata", {}))
+    notebook["metadata"].pop("widgets", None)
+    return atomic.write_text(path, json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cmp_utils.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--readme", required=True, help="README to update (must hold the results markers)")
+    parser.add_argument("--readme", required=True, help="README to update (must hold the section markers)")
     parser.add_argument("--results", default=None, help="results folder (default: $CMP_RESULTS_DIR or ./results)")
-    parser.add_argument("--profile", default="quick", help="which profile's metrics.csv to report (smoke | quick | paper)")
+    parser.add_argument("--profile", default="quick", help="which profile's results to report (smoke | quick | paper)")
     parser.add_argument("--notebooks", default=None, help="notebooks folder (default: notebooks/ beside the README)")
     args = parser.parse_args(argv)
     try:
-        path = update_readme(args.readme, args.results, args.profile, args.notebooks)
+        paths = update_readme(args.readme, args.results, args.profile, args.notebooks)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"updated {path}")
+    print("updated " + ", ".join(str(path) for path in paths))
     return 0
 
 
