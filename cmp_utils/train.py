@@ -91,7 +91,8 @@ _PAPER_COMMON = dict(feature_mode="end_to_end", lr=2e-4, finetune_lr=2e-5, weigh
                      embedding_dim=512, word_dim=512, hidden_size=512, dropout=0.3, pool_grid=(1, 1),
                      sampler="random", amp="off", num_workers=None, eval_batch_size=256)  # fp32, as the release
 _FAST_COMMON = dict(feature_mode="cached", backbone="mobilenet_v2", lr=1e-3, finetune_lr=1e-3, weight_decay=4e-5,
-                    sampler="identity", instances_per_label=2, amp="auto", num_workers=0, eval_batch_size=512)
+                    sampler="identity", instances_per_label=2, amp="auto", num_workers=0, eval_batch_size=512,
+                    num_threads=1)  # one torch thread: the same numbers on any machine
 
 #: Settings per profile and dataset, as plain data. ``paper`` = the released scripts' settings
 #: (CUB / Flowers: no script was released; the Flickr30K recipe is assumed and marked so).
@@ -1265,6 +1266,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides.update(parse_setting(text) for text in args.settings)
         settings = make_config(args.profile, args.dataset, **overrides)
+        config.resolve_device(settings.device)
     except (TypeError, ValueError) as error:
         parser.error(str(error))
     result = fit(settings)

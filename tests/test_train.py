@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +129,178 @@ def test_config_errors_and_paper_profile_fails_clearly(isolated_dirs, tmp_path):
     with pytest.raises(FileNotFoundError, match="cuhk_pedes"):
         train.fit(dict(profile="paper", dataset="cuhk_pedes", pretrained=False, data_dir=str(tmp_path / "nodata"),
                        output_dir=str(tmp_path)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: types, --set, the command line
+# ---------------------------------------------------------------------------------------------
+
+
+def test_settings_are_type_checked_and_named():
+    with pytest.raises(TypeError, match=r"batch_size='32' is a str; it must be int"):
+        train.make_config("smoke", "cuhk_pedes", batch_size="32")
+    with pytest.raises(TypeError, match=r"pretrained.*must be bool"):
+        train.make_config("smoke", "cuhk_pedes", pretrained="yes")
+    with pytest.raises(TypeError, match=r"image_size.*tuple\[int, int\] \| None"):
+        train.make_config("smoke", "cuhk_pedes", image_size=[64, 32, 3])
+    cfg = train.make_config("smoke", "cuhk_pedes", lr=1, image_size=[64, 32], num_threads=None)
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.image_size == (64, 32) and cfg.num_threads is None
+
+
+def test_set_reaches_every_setting_with_its_type():
+    assert train.parse_setting("batch_size=32") == ("batch_size", 32)
+    assert train.parse_setting("lr=1e-3") == ("lr", 1e-3)  # YAML 1.1 reads 1e-3 as text: still a float
+    assert train.parse_setting("pretrained=false") == ("pretrained", False)
+    assert train.parse_setting("image_size=[64, 32]") == ("image_size", (64, 32))
+    assert train.parse_setting("loss_options={label_smoothing: 0.1}") == ("loss_options", {"label_smoothing": 0.1})
+    assert train.parse_setting("note=2018") == ("note", "2018")
+    assert train.parse_setting("weights_path=") == ("weights_path", None)
+    with pytest.raises(TypeError, match=r"setting epochs='many' is a str; it must be int"):
+        train.parse_setting("epochs=many")
+    with pytest.raises(ValueError, match="unknown training setting"):
+        train.parse_setting("batchsize=3")
+    reference = train.make_config("paper", "flickr30k", pretrained=False)
+    for name, value in reference.to_dict().items():  # every field, written as YAML, comes back equal
+        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        parsed_name, parsed = train.parse_setting(f"{name}={text}")
+        assert parsed_name == name and parsed == getattr(reference, name), name
+
+
+def test_command_line_refuses_bad_settings_by_name(tmp_path, capsys):
+    config_file = tmp_path / "settings.yaml"
+    config_file.write_text('batch_size: "32"\n')
+    with pytest.raises(SystemExit):
+        train.main(["--config", str(config_file), "--output-dir", str(tmp_path / "run")])
+    assert "batch_size='32' is a str; it must be int" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["--set", "dropout=high", "--output-dir", str(tmp_path / "run")])
+    assert "dropout='high' is a str; it must be float" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["--device", "gpu", "--output-dir", str(tmp_path / "run")])
+    assert "device='gpu' is not a device; use one of auto, cpu, cuda" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs refused before they start
+# ---------------------------------------------------------------------------------------------
+
+
+def test_batch_larger_than_the_training_split_refuses(isolated_dirs, tmp_path):
+    with pytest.raises(ValueError, match=r"batch_size=100000 is larger than what the training split"):
+        train.fit(dict(FAST, batch_size=100_000, output_dir=str(tmp_path)))
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "results.json").exists()
+
+
+def test_existing_run_folder_refuses_without_resume(smoke_run):
+    with pytest.raises(FileExistsError, match=r"use --resume .* or another --output-dir"):
+        train.fit(dict(FAST, epochs=3, output_dir=str(smoke_run.output_dir)))
+
+
+def test_resume_with_other_settings_refuses_and_names_them(smoke_run):
+    with pytest.raises(ValueError, match=r"seed: run 0, now 1.*Resume with the run's settings"):
+        train.fit(dict(FAST, epochs=3, seed=1, output_dir=str(smoke_run.output_dir), resume=True))
+    with pytest.raises(ValueError, match=r"embedding_dim: run 64, now 32; losses: run \['cmpm', 'cmpc'\], now \['cmpm'\]"):
+        train.fit(dict(FAST, epochs=3, losses="cmpm", embedding_dim=32, output_dir=str(smoke_run.output_dir),
+                       resume=True))
+
+
+def test_damaged_checkpoints_name_the_file_and_the_fix(smoke_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run.output_dir, run)
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    with pytest.raises(ValueError, match=r"checkpoint .*last\.pt is empty or truncated.*Delete last\.pt"):
+        train.fit(dict(FAST, epochs=4, output_dir=str(run), resume=True))
+    best = run / "checkpoints" / "best.pt"
+    best.write_bytes(b"")  # empty
+    with pytest.raises(ValueError, match=r"best\.pt is empty or truncated"):
+        train.load_checkpoint(best)
+
+
+def test_unknown_device_refuses(isolated_dirs, tmp_path):
+    with pytest.raises(ValueError, match=r"device='gpu' is not a device; use one of auto, cpu, cuda, cuda:N"):
+        train.fit(dict(FAST, device="gpu", output_dir=str(tmp_path)))
+
+
+def test_unusable_output_dir_refuses_before_data_preparation(isolated_dirs, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"  # a fresh cache: data preparation would create it
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=r"a_file is a file, not a folder"):
+        train.fit(dict(FAST, output_dir=str(a_file), cache_dir=str(cache)))
+    with pytest.raises(PermissionError, match=r"cannot be written"):
+        train.fit(dict(FAST, output_dir=str(a_file / "run"), cache_dir=str(cache)))
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == read_only else real_access(path, mode))
+    with pytest.raises(PermissionError, match=r"read_only is not a writable folder"):
+        train.fit(dict(FAST, output_dir=str(read_only / "run"), cache_dir=str(cache)))
+    assert not cache.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipe: stage switch, frozen CNN batch norm, selection, precision, threads, throughput
+# ---------------------------------------------------------------------------------------------
+
+END_TO_END = dict(FAST, feature_mode="end_to_end", backbone="small_cnn", pretrained=False, lr=1e-3, finetune_lr=1e-4,
+                  max_steps_per_epoch=2, evaluate_test=False, num_workers=0)
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_stage_two_restarts_adam_and_the_average_as_the_release(isolated_dirs, tmp_path, restart):
+    train.fit(dict(END_TO_END, epochs=2, frozen_epochs=1, stage2_restart=restart, output_dir=str(tmp_path)))
+    last = _weights(tmp_path / "checkpoints" / "last.pt")
+    adam_steps = {int(state["step"]) for state in last["optimizer"]["state"].values()}
+    if restart:  # stage 2 (2 steps) only: Adam moments and the EMA step count started again
+        assert last["ema"]["num_updates"] == 2 and adam_steps == {2}
+    else:
+        assert last["ema"]["num_updates"] == 4 and adam_steps == {2, 4}  # the CNN's moments start in stage 2
+
+
+@pytest.mark.parametrize("mode", ["batch_stats", "eval"])
+def test_frozen_cnn_batch_norm_mode(isolated_dirs, tmp_path, mode):
+    train.fit(dict(END_TO_END, epochs=1, frozen_epochs=1, frozen_cnn_bn=mode, output_dir=str(tmp_path)))
+    model = _weights(tmp_path / "checkpoints" / "last.pt")["model"]
+    cnn_means = [value for key, value in model.items() if key.startswith("image_encoder.") and key.endswith("running_mean")]
+    assert cnn_means
+    moved = any(bool(mean.abs().max() > 0) for mean in cnn_means)  # fresh batch norm: running mean 0
+    assert moved == (mode == "batch_stats")
+
+
+def test_validation_schedule_and_selection_split(isolated_dirs, tmp_path):
+    every_two = train.fit(dict(FAST, epochs=3, validate_every=2, output_dir=str(tmp_path / "two")))
+    assert ["val_t2i_R@1" in r for r in every_two.history] == [False, True, True]  # every 2nd and the last
+    assert every_two.best_epoch in (2, 3)
+    never = train.fit(dict(FAST, epochs=2, validate_every=0, output_dir=str(tmp_path / "never")))
+    assert not any("val_t2i_R@1" in r for r in never.history) and never.best_epoch == 2
+    on_test = train.fit(dict(FAST, epochs=1, select_split="test", output_dir=str(tmp_path / "test")))
+    assert on_test.history[0]["selected_on"] == "test"
+    assert on_test.best_validation["t2i_R@1"] == on_test.test["t2i_R@1"]  # chosen on the split it reports
+
+
+def test_bf16_on_the_cpu_when_asked(isolated_dirs, tmp_path):
+    cpu = torch.device("cpu")
+    autocast, scaler = train._autocast(train.make_config("smoke", "cuhk_pedes", amp="bf16"), cpu)
+    assert autocast.fast_dtype == torch.bfloat16 and autocast._enabled and scaler is None
+    assert not train._autocast(train.make_config("smoke", "cuhk_pedes", amp="auto"), cpu)[0]._enabled
+    with pytest.raises(ValueError, match="amp='fp16' needs CUDA"):
+        train._autocast(train.make_config("smoke", "cuhk_pedes", amp="fp16"), cpu)
+    result = train.fit(dict(END_TO_END, epochs=1, amp="bf16", output_dir=str(tmp_path)))
+    assert math.isfinite(result.history[0]["loss"]) and result.history[0]["loss"] > 0
+
+
+def test_threads_workers_and_throughput_are_recorded(isolated_dirs, tmp_path):
+    threads_before = torch.get_num_threads()
+    result = train.fit(dict(END_TO_END, epochs=1, num_threads=1, num_workers=None, output_dir=str(tmp_path)))
+    assert torch.get_num_threads() == threads_before  # the caller's setting is given back
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert params["num_threads"] == 1 and params["torch_threads"] == 1
+    assert params["loader_workers"] == min(8, os.cpu_count() or 1)
+    record = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert record["steps"] == 2 and record["step_seconds"] == pytest.approx(record["seconds"] / 2)
+    assert record["images_per_second"] == pytest.approx(2 * 32 / record["seconds"])
+    assert result.history[0]["images_per_second"] > 0
+    assert train.make_config("smoke", "cuhk_pedes").num_threads == 1
+    assert train.make_config("paper", "cuhk_pedes").num_threads is None
