@@ -191,7 +191,7 @@ def per_caption_rows(run_dir: str | Path, device: str = "cpu", ks: Sequence[int]
     split = prepared.test_split
     image_embeddings, image_labels, text_embeddings, text_labels = evaluate.encode(
         model, prepared, split, config.resolve_device(device), cfg.eval_batch_size, features.get(split))
-    caption_image_indices = torch.as_tensor(prepared.frames[split]["image_index"].to_numpy())  # (N_T,)
+    caption_image_indices = torch.tensor(prepared.frames[split]["image_index"].to_numpy())  # (N_T,)
     gallery_embeddings, gallery_labels = metrics.per_caption_gallery(image_embeddings, image_labels,
                                                                      caption_image_indices)
     scores = metrics.retrieval_metrics(text_embeddings, gallery_embeddings, text_labels, gallery_labels, ks=ks)
@@ -300,13 +300,20 @@ def unmeasured(plan: pd.DataFrame) -> pd.DataFrame:
 
 def plot_audit(audit: pd.DataFrame, profile: str):
     """Deviation | which implementations have it | effect (mean and 95% CI, dot-and-interval,
-    zoomed to the differences) | verdict. One row per claim; the x axis is deviation − baseline."""
+    zoomed to the differences) | verdict. One row per claim; the x axis is deviation − baseline.
+
+    The axis is zoomed to the t2i R@1 effects; a row of another metric (the per-caption gallery's
+    R@10) that falls outside it is drawn at the edge with its numbers written beside it.
+    """
     import matplotlib.pyplot as plt
 
     count = max(1, len(audit))
-    fig = plt.figure(figsize=(13.5, 0.9 + 0.42 * count))
+    height = 1.3 + 0.42 * count
+    fig = plt.figure(figsize=(13.5, height))
     grid = fig.add_gridspec(1, 3, width_ratios=[5.2, 3.2, 1.6], wspace=0.03)
+    fig.subplots_adjust(top=1.0 - 0.75 / height, bottom=0.75 / height)
     names_axis, effect_axis, verdict_axis = (fig.add_subplot(grid[0, i]) for i in range(3))
+    low_limit, high_limit = _zoom(audit[audit["metric"] == "R@1"] if (audit["metric"] == "R@1").any() else audit)
     positions = list(range(count))[::-1]  # first claim on top
     colours = {"helps": "#2a9d4b", "costs": "#c0392b"}
     for position, (_, row) in zip(positions, audit.iterrows()):
@@ -317,9 +324,16 @@ def plot_audit(audit: pd.DataFrame, profile: str):
                         color="#555555")
         colour = colours.get(row["effect"], "#444444")
         mean, low, high = row["mean_difference"], row["ci_low"], row["ci_high"]
-        if not (math.isnan(low) or math.isnan(high)):
-            effect_axis.plot([low, high], [position, position], color=colour, linewidth=2)
-        effect_axis.plot([mean], [position], "o", color=colour, markersize=5)
+        if low_limit <= mean <= high_limit:
+            if not (math.isnan(low) or math.isnan(high)):
+                effect_axis.plot([max(low, low_limit), min(high, high_limit)], [position, position], color=colour,
+                                 linewidth=2)
+            effect_axis.plot([mean], [position], "o", color=colour, markersize=5)
+        else:  # off the R@1 zoom: an arrow at the edge and the numbers
+            edge = low_limit if mean < low_limit else high_limit
+            effect_axis.plot([edge], [position], "<" if mean < low_limit else ">", color=colour, markersize=7)
+            effect_axis.text(edge, position + 0.3, f"{row['metric']}: {_format_effect(row)}", fontsize=7.5,
+                             color=colour, ha="left" if mean < low_limit else "right", va="center")
         verdict_axis.text(0.03, position, row["effect"], va="center", ha="left", fontsize=8.5, color=colour)
     for axis in (names_axis, verdict_axis):
         axis.set_xlim(0, 1)
@@ -328,14 +342,15 @@ def plot_audit(audit: pd.DataFrame, profile: str):
         axis.set_ylim(-0.7, count - 0.3)
     effect_axis.axvline(0.0, color="#888888", linewidth=0.8, linestyle="--")
     effect_axis.set_yticks([])
-    effect_axis.set_xlim(*_zoom(audit))
-    effect_axis.set_xlabel("deviation − faithful baseline, t2i (percentage points)\nmean and 95% CI over paired seeds")
+    effect_axis.set_xlim(low_limit, high_limit)
+    effect_axis.set_xlabel("deviation − faithful baseline (percentage points)\nmean and 95% CI over paired seeds")
     effect_axis.grid(axis="x", alpha=0.3)
     names_axis.set_title("deviation / which implementations have it", loc="left", fontsize=9)
     verdict_axis.set_title("verdict", loc="left", fontsize=9)
     effect_axis.set_title("effect on t2i R@1", fontsize=9)
-    fig.suptitle(f"Fidelity audit: each deviation alone against CMPM+CMPC (synthetic data, {profile} profile)",
-                 fontsize=10.5, x=0.5, y=1.0 + 0.25 / count)
+    data = "real data" if profile == "paper" else "synthetic data"
+    fig.suptitle(f"Fidelity audit: each deviation alone against CMPM+CMPC on CUHK-PEDES ({data}, {profile} profile)",
+                 fontsize=10.5)
     return fig
 
 
