@@ -27,9 +27,10 @@ flowers      ``cvpr2016_flowers/text_c10/class_XXXXX/<stem>.txt``, the same clas
              images at ``jpg/<stem>.jpg``
 ===========  ===================================================================================
 
-Tokens are recomputed from the raw caption with :func:`cmp_utils.text.tokenize` for every
-dataset (the CUHK-PEDES ``processed_tokens`` and the Karpathy ``tokens`` fields are not used),
-so one rule tokenises everything, as in the released code.
+Tokens follow the release: Flickr30K / MSCOCO use the Karpathy JSON's ``tokens`` as given; the
+other datasets recompute them from the raw caption with :func:`cmp_utils.text.tokenize` (lower
+case, punctuation deleted, as the release's ``builddata/dataset_utils.py`` does for CUHK-PEDES,
+whose ``processed_tokens`` field is not used).
 
 Class-level splits (cub, flowers): ``train`` = the trainval classes, ``test`` = the test
 classes (zero-shot). With ``val_class_fraction > 0`` a validation split of whole classes is
@@ -57,11 +58,12 @@ import torch
 
 from . import config
 from .images import ImageCache, normalise
-from .text import Vocabulary, tokenize
+from .text import TOKENISATION, Vocabulary, tokenize
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("image_path", "caption", "tokens", "label", "image_id", "split")
+NUM_CLASSES_FROM = ("all_splits", "train")  # see PreparedDataset.num_classes
 
 LAYOUTS = {
     "cuhk_pedes": "<root>/reid_raw.json (a JSON list of {split, captions, file_path, processed_tokens, id}) "
@@ -497,10 +499,27 @@ class PreparedDataset:
         """Alias of :attr:`validation_split`."""
         return self.validation_split
 
+    num_classes_from: str = "all_splits"
+
     @property
     def num_classes(self) -> int:
-        """K of the train split (the CMPC classifier's width)."""
-        return int(self.frames["train"]["class_index"].max()) + 1
+        """The CMPC classifier's width (columns of $W$), by ``num_classes_from``.
+
+        ``"all_splits"`` (release): the dataset's own id range. The release feeds the raw ids
+        (person id, Karpathy ``imgid``, numbered over all splits) as class indices, so its width
+        is 1 + the largest training id: 11004 for CUHK-PEDES (train ids 1..11003), as its script
+        says; for Flickr30K / MSCOCO the scripts' 31783 / 123287 are the files' image counts,
+        which 1 + the largest training ``imgid`` reaches when the last image is a training one.
+        Columns of ids never seen in training stay in the softmax. Training labels here are
+        ``class_index`` (0..K_train-1); the extra columns are interchangeable with the unused
+        ones (their initialisation is i.i.d.). ``"train"``: K_train, one column per training id.
+        CUB / Flowers (no script released): K_train under either option.
+        """
+        train = self.frames["train"]
+        train_classes = int(train["class_index"].max()) + 1
+        if self.num_classes_from == "train" or self.name in CLASS_LEVEL:
+            return train_classes
+        return max(train_classes, int(train["label"].max()) + 1)
 
     def cache_path(self, split: str) -> Path:
         height, width = self.image_size
@@ -557,7 +576,8 @@ def prepare_dataset(name: str, profile: str, data_dir: str | os.PathLike | None 
                     cache_dir: str | os.PathLike | None = None, seed: int = 0,
                     image_size: tuple[int, int] | None = None, source: str = "auto", *,
                     missing_images: str = "error", val_class_fraction: float | None = None,
-                    min_count: int = 3, progress: bool = False) -> PreparedDataset:
+                    min_count: int = 3, progress: bool = False, vocab_case_sensitive: bool = False,
+                    pad_shares_most_frequent: bool = False, num_classes_from: str = "all_splits") -> PreparedDataset:
     """Find or generate dataset ``name``, read its splits, build or reload the vocabulary and the image caches.
 
     ``source``: ``"auto"`` = the real data under ``config.data_dir(data_dir)/<name>`` for
@@ -566,9 +586,16 @@ def prepare_dataset(name: str, profile: str, data_dir: str | os.PathLike | None 
     from ``seed``) under ``config.cache_dir(cache_dir)/synthetic/<profile>/<name>``.
     Vocabulary and caches go to ``<cache>/prepared/<real|synthetic/<profile>/seed<k>>/<name>/``;
     the vocabulary is built from the train split only and reloaded afterwards (rebuilt only
-    when the training captions change). ``val_class_fraction`` (cub / flowers): None = 0.2
-    (a validation split of whole trainval classes); 0 = train on all trainval classes with
-    no validation split.
+    when the training captions, the tokenisation rule or the vocabulary options change; each
+    option setting has its own file, :func:`vocabulary_file_name`). ``val_class_fraction``
+    (cub / flowers): None = 0 for profile ``paper`` (the final model trains on all trainval
+    classes, no validation split: the last epoch is kept) and 0.2 otherwise (a validation split
+    of whole trainval classes); pass 0.2 to the paper profile to hold classes out.
+
+    Recipe options (release default first): ``vocab_case_sensitive`` (tokens keep case and the
+    vocabulary tells "A" from "a", a port), ``pad_shares_most_frequent`` (see
+    :class:`cmp_utils.text.Vocabulary`), ``num_classes_from`` (``"all_splits"`` | ``"train"``,
+    see :attr:`PreparedDataset.num_classes`).
     """
     _check_name(name)
     config.check_profile(profile)
@@ -583,8 +610,10 @@ def prepare_dataset(name: str, profile: str, data_dir: str | os.PathLike | None 
         if not root.is_dir():
             raise _layout_error(name, root, root)
         prepared_dir = config.cache_dir(cache_dir) / "prepared" / "real" / name
+    if num_classes_from not in NUM_CLASSES_FROM:
+        raise ValueError(f"parameter num_classes_from={num_classes_from!r} must be one of {NUM_CLASSES_FROM}")
     if name in CLASS_LEVEL:
-        fraction = 0.2 if val_class_fraction is None else float(val_class_fraction)
+        fraction = (0.0 if profile == "paper" else 0.2) if val_class_fraction is None else float(val_class_fraction)
         split_names = ["train", "val", "test"] if fraction > 0 else ["train", "test"]
         validation_split = "val" if fraction > 0 else None
     else:
@@ -592,33 +621,58 @@ def prepare_dataset(name: str, profile: str, data_dir: str | os.PathLike | None 
         split_names = [split for split in SPLITS[name] if split != "trainval"]  # icfg_pedes: trainval = train + val
         validation_split = VALIDATION_SPLIT[name]
     frames = {split: add_indices(read_dataset(name, root, split, missing_images=missing_images,
-                                              val_class_fraction=fraction))
+                                              val_class_fraction=fraction, lowercase=not vocab_case_sensitive))
               for split in split_names}
     for split, frame in frames.items():
         if frame.empty:
             raise ValueError(f"{name}/{split} under {root} has no captions; check the annotation files")
     size = tuple(image_size) if image_size is not None else default_image_size(name, use_synthetic)
     with _file_lock(prepared_dir / ".prepare.lock"):
-        vocabulary_path = prepared_dir / "vocabulary.json"
+        options = {"case_sensitive": bool(vocab_case_sensitive),
+                   "pad_shares_most_frequent": bool(pad_shares_most_frequent)}
+        vocabulary_path = prepared_dir / vocabulary_file_name(**options)
         train_key = _frames_fingerprint(frames["train"])
         vocabulary = None
         if vocabulary_path.is_file():
             loaded = Vocabulary.load(vocabulary_path)
-            if loaded.meta.get("train_fingerprint") == train_key and loaded.min_count == min_count:
+            if (loaded.meta.get("train_fingerprint") == train_key and loaded.min_count == min_count
+                    and loaded.meta.get("tokenisation") == TOKENISATION and loaded.options == options):
                 vocabulary = loaded
         if vocabulary is None:
             vocabulary = Vocabulary.build(frames["train"]["tokens"], min_count=min_count,
                                           meta={"dataset": name, "built_from": "train", "root": str(root),
-                                                "train_fingerprint": train_key})
+                                                "train_fingerprint": train_key, "tokenisation": TOKENISATION},
+                                          **options)
             vocabulary.save(vocabulary_path)
             vocabulary = Vocabulary.load(vocabulary_path)
         prepared = PreparedDataset(name=name, root=root, synthetic=use_synthetic, frames=frames, vocabulary=vocabulary,
                                    image_size=size, prepared_dir=prepared_dir, validation_split=validation_split,
-                                   test_split=TEST_SPLIT[name])
+                                   test_split=TEST_SPLIT[name], num_classes_from=num_classes_from)
         for split, frame in frames.items():
             prepared._caches[split] = ImageCache.build(image_paths_of(frame), size, prepared.cache_path(split),
                                                        progress=progress)
     return prepared
+
+
+def vocabulary_file_name(case_sensitive: bool = False, pad_shares_most_frequent: bool = False) -> str:
+    """``vocabulary.json`` for the release's options, ``vocabulary_cased_padshared.json`` etc. otherwise."""
+    suffix = ("_cased" if case_sensitive else "") + ("_padshared" if pad_shares_most_frequent else "")
+    return f"vocabulary{suffix}.json"
+
+
+def check_prepared_options(prepared: PreparedDataset, *, vocab_case_sensitive: bool, pad_shares_most_frequent: bool,
+                           num_classes_from: str) -> None:
+    """Raise ``ValueError`` when ``prepared`` was made with other recipe options than a run's settings."""
+    wanted = {"vocab_case_sensitive": bool(vocab_case_sensitive),
+              "pad_shares_most_frequent": bool(pad_shares_most_frequent), "num_classes_from": num_classes_from}
+    found = {"vocab_case_sensitive": prepared.vocabulary.case_sensitive,
+             "pad_shares_most_frequent": prepared.vocabulary.pad_shares_most_frequent,
+             "num_classes_from": prepared.num_classes_from}
+    differ = {key: (found[key], wanted[key]) for key in wanted if found[key] != wanted[key]}
+    if differ:
+        details = ", ".join(f"{key}: prepared {have!r}, settings {want!r}" for key, (have, want) in differ.items())
+        raise ValueError(f"the prepared {prepared.name} data does not match the run's settings ({details}); "
+                         f"prepare it with data.prepare_dataset(..., {', '.join(f'{k}={v!r}' for k, v in wanted.items())})")
 
 
 # ---------------------------------------------------------------------- pairs and batches

@@ -269,6 +269,61 @@ class CachedFeatureEncoder(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 PADDED_STEPS = ("exclude", "zeros")
+WORD_EMBEDDING_INITS = ("xavier", "normal")
+LSTM_INITS = ("tf", "pytorch")
+LSTM_BACKWARDS = ("time", "batch_reversed")
+TF_FORGET_BIAS = 1.0  # tf.contrib.rnn.BasicLSTMCell(forget_bias=1.0), the release's default
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"parameter {name}={value!r} is not one of {tuple(choices)}")
+    return value
+
+
+def tf_lstm_kernel_to_torch(kernel: torch.Tensor, bias: torch.Tensor, input_size: int,
+                            forget_bias: float = TF_FORGET_BIAS) -> dict[str, torch.Tensor]:
+    """TF ``BasicLSTMCell`` variables -> one direction of a PyTorch ``nn.LSTM``.
+
+    TF keeps one fused ``kernel`` of shape (input + units, 4·units), rows = [input; hidden],
+    column blocks in gate order (i, j, f, o) (j = the cell input), one ``bias`` (4·units,), and
+    adds ``forget_bias`` to the forget gate at run time. PyTorch keeps ``weight_ih`` (4·units,
+    input), ``weight_hh`` (4·units, units) in gate order (i, f, g, o) and two biases whose sum is
+    used. Returns ``{"weight_ih", "weight_hh", "bias_ih", "bias_hh"}``; ``forget_bias`` goes into
+    ``bias_ih``'s forget slice, ``bias_hh`` is zero.
+    """
+    units = kernel.shape[1] // 4
+    if kernel.shape != (input_size + units, 4 * units) or bias.shape != (4 * units,):
+        raise ValueError(f"TF LSTM kernel {tuple(kernel.shape)} / bias {tuple(bias.shape)} do not fit "
+                         f"input_size={input_size}: expected ({input_size} + units, 4·units) and (4·units,)")
+    gate_i, gate_j, gate_f, gate_o = kernel.t().chunk(4, dim=0)  # each (units, input + units)
+    bias_i, bias_j, bias_f, bias_o = bias.chunk(4)
+    weights = torch.cat([gate_i, gate_f, gate_j, gate_o], dim=0)  # PyTorch order i, f, g, o
+    return {"weight_ih": weights[:, :input_size].contiguous(), "weight_hh": weights[:, input_size:].contiguous(),
+            "bias_ih": torch.cat([bias_i, bias_f + forget_bias, bias_j, bias_o]),
+            "bias_hh": torch.zeros_like(bias)}
+
+
+def tf_lstm_init_(lstm: nn.LSTM) -> nn.LSTM:
+    """Initialise every direction of ``lstm`` as the release's ``BasicLSTMCell`` starts.
+
+    Release (``modules.py``, the text branch: ``tf.contrib.rnn.BasicLSTMCell`` inside
+    ``tf.nn.bidirectional_dynamic_rnn``): the fused kernel (input + units, 4·units) is drawn
+    Glorot-uniform (TF's default variable initialiser), fan_in = input + units,
+    fan_out = 4·units; the bias is zero and ``forget_bias`` = 1.0 is added to the forget gate.
+    The kernel is drawn in TF's layout and mapped by :func:`tf_lstm_kernel_to_torch`.
+    """
+    units, input_size = lstm.hidden_size, lstm.input_size
+    suffixes = ["", "_reverse"] if lstm.bidirectional else [""]
+    with torch.no_grad():
+        for layer in range(lstm.num_layers):
+            layer_input = input_size if layer == 0 else units * len(suffixes)
+            for suffix in suffixes:
+                kernel = nn.init.xavier_uniform_(torch.empty(layer_input + units, 4 * units))
+                mapped = tf_lstm_kernel_to_torch(kernel, torch.zeros(4 * units), layer_input)
+                for name, value in mapped.items():
+                    getattr(lstm, f"{name}_l{layer}{suffix}").copy_(value)
+    return lstm
 
 
 class TextEncoder(nn.Module):
@@ -277,38 +332,76 @@ class TextEncoder(nn.Module):
     * word embedding ``vocab_size x word_dim`` (12000 x 512 in the paper), row ``pad_id`` = padding;
     * one bidirectional LSTM layer, ``hidden_size`` units per direction (512), run on packed
       sequences so the backward direction starts at each sentence's own last token;
-    * learned initial states $h_0, c_0$ (one per direction), as in the released code;
-    * dropout ``dropout`` (0.3 = keep-probability 0.7) on the LSTM inputs and on its outputs;
+    * learned initial states $h_0, c_0$ (one per direction), as in the release (``modules.py``);
+    * dropout ``dropout`` (0.3 = the release's keep-probability 0.7) on the LSTM inputs and outputs;
     * max pooling over time of the concatenated outputs: (batch, 2·hidden_size).
 
-    ``padded_steps``: how steps past a sentence's end enter the max.
-    ``"exclude"`` (default here): they do not, so a sentence's feature does not depend on which
-    other sentences share its batch. ``"zeros"``: the released TF code's behaviour, where padded
-    steps output zeros that take part in the max (a sentence shorter than its batch's longest
-    gets its feature floored at 0). The default departs from the release on purpose: the
-    release's feature depends on batch composition, which makes evaluation depend on batching.
+    Options (release default first; the others are deviations found in public ports, kept to
+    measure them):
+
+    * ``word_embedding_init``: ``"xavier"`` = Glorot uniform, as the release's ``modules.py``
+      creates the table; ``"normal"`` = ``nn.Embedding``'s N(0, 1) (about 80x larger at 512-d).
+    * ``lstm_init``: ``"tf"`` = :func:`tf_lstm_init_` (Glorot kernels, forget-gate bias 1.0);
+      ``"pytorch"`` = ``nn.LSTM``'s uniform(±1/sqrt(hidden)).
+    * ``lstm_backward``: ``"time"`` = a true backward LSTM (reads each sentence from its last
+      token); ``"batch_reversed"`` = a port's bug: the "backward" LSTM reads forwards in time,
+      on the batch in reversed order (reversed back afterwards), so it is a second forward LSTM.
+    * ``padded_steps`` (training only): ``"exclude"`` (default here) = steps past a sentence's end
+      take no part in the max; ``"zeros"`` = the release at batch 16: padded steps output zeros
+      that take part in the max (a sentence shorter than its batch's longest gets its feature
+      floored at 0). **In eval mode padded steps are always excluded**: the release encodes test
+      captions one at a time (batch 1, no padding), so its test features never see padding.
     """
 
     def __init__(self, vocab_size: int, word_dim: int = 512, hidden_size: int = 512, dropout: float = 0.3,
-                 pad_id: int = 0, padded_steps: str = "exclude"):
+                 pad_id: int = 0, padded_steps: str = "exclude", word_embedding_init: str = "xavier",
+                 lstm_init: str = "tf", lstm_backward: str = "time"):
         super().__init__()
-        if padded_steps not in PADDED_STEPS:
-            raise ValueError(f"parameter padded_steps={padded_steps!r} is not one of {PADDED_STEPS}")
+        _check_choice("padded_steps", padded_steps, PADDED_STEPS)
+        _check_choice("word_embedding_init", word_embedding_init, WORD_EMBEDDING_INITS)
+        _check_choice("lstm_init", lstm_init, LSTM_INITS)
+        _check_choice("lstm_backward", lstm_backward, LSTM_BACKWARDS)
         if vocab_size < 2:
             raise ValueError(f"parameter vocab_size={vocab_size} is too small; pass len(vocabulary)")
         self.word_embedding = nn.Embedding(vocab_size, word_dim, padding_idx=pad_id)
+        if word_embedding_init == "xavier":
+            with torch.no_grad():
+                nn.init.xavier_uniform_(self.word_embedding.weight)
+                self.word_embedding.weight[pad_id].zero_()  # the padding row stays 0 (it never reaches the LSTM)
         self.lstm = nn.LSTM(word_dim, hidden_size, num_layers=1, batch_first=True, bidirectional=True)
+        if lstm_init == "tf":
+            tf_lstm_init_(self.lstm)
         self.initial_hidden = nn.Parameter(torch.zeros(2, 1, hidden_size))  # h_0 per direction
         self.initial_cell = nn.Parameter(torch.zeros(2, 1, hidden_size))  # c_0 per direction
         self.input_dropout = nn.Dropout(dropout)
         self.output_dropout = nn.Dropout(dropout)
         self.padded_steps = padded_steps
+        self.word_embedding_init, self.lstm_init, self.lstm_backward = word_embedding_init, lstm_init, lstm_backward
         self.output_dim = 2 * hidden_size
+        # A one-direction template whose weights are swapped for the reverse direction's ones at
+        # call time ("batch_reversed"); kept out of the module tree so it owns no parameters.
+        self._forward_template = [nn.LSTM(word_dim, hidden_size, num_layers=1, batch_first=True)]
+
+    def _run_direction(self, words: torch.Tensor, lengths_cpu: torch.Tensor, suffix: str,
+                       direction: int) -> torch.Tensor:
+        """One LSTM direction read forwards in time with the weights ``*_l0{suffix}``: (batch, T, hidden)."""
+        template = self._forward_template[0]
+        weights = {name: getattr(self.lstm, f"{name}_l0{suffix}")
+                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+        parameters = {f"{name}_l0": value for name, value in weights.items()}
+        packed = pack_padded_sequence(words, lengths_cpu, batch_first=True, enforce_sorted=False)
+        batch = words.shape[0]
+        initial = (self.initial_hidden[direction:direction + 1].expand(-1, batch, -1).contiguous(),
+                   self.initial_cell[direction:direction + 1].expand(-1, batch, -1).contiguous())
+        outputs, _ = torch.func.functional_call(template, parameters, (packed, initial))
+        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=words.shape[1])
+        return outputs
 
     def step_outputs(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Per-step Bi-LSTM outputs (batch, T, 2·hidden) before dropout; padded steps are 0.
 
         ``token_ids`` (batch, T) long, padded with ``pad_id``; ``lengths`` (batch,) >= 1.
+        Columns ``[:hidden]`` = forward direction, ``[hidden:]`` = backward direction.
         """
         if token_ids.dim() != 2:
             raise ValueError(f"token_ids must be (batch, T), got shape {tuple(token_ids.shape)}")
@@ -316,6 +409,10 @@ class TextEncoder(nn.Module):
         if bool((lengths_cpu < 1).any()):
             raise ValueError("every sentence needs at least one token (lengths >= 1)")
         words = self.input_dropout(self.word_embedding(token_ids))  # (batch, T, word_dim)
+        if self.lstm_backward == "batch_reversed":
+            forward = self._run_direction(words, lengths_cpu, "", 0)  # (batch, T, hidden)
+            flipped = self._run_direction(words.flip(0), lengths_cpu.flip(0), "_reverse", 1)
+            return torch.cat([forward, flipped.flip(0)], dim=-1)  # (batch, T, 2·hidden)
         packed = pack_padded_sequence(words, lengths_cpu, batch_first=True, enforce_sorted=False)
         batch = token_ids.shape[0]
         initial = (self.initial_hidden.expand(-1, batch, -1).contiguous(),
@@ -327,7 +424,7 @@ class TextEncoder(nn.Module):
     def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``token_ids`` (batch, T), ``lengths`` (batch,) -> $\\psi(T)$ (batch, 2·hidden)."""
         outputs = self.output_dropout(self.step_outputs(token_ids, lengths))
-        if self.padded_steps == "exclude":
+        if self.padded_steps == "exclude" or not self.training:  # eval: as the release's batch-1 test encoding
             steps = torch.arange(outputs.shape[1], device=outputs.device)
             padded = steps[None, :] >= lengths.to(outputs.device)[:, None]  # (batch, T)
             outputs = outputs.masked_fill(padded[:, :, None], float("-inf"))
@@ -338,21 +435,54 @@ class TextEncoder(nn.Module):
 # Joint embedding and the full model
 # ---------------------------------------------------------------------------------------------
 
+JOINT_EMBEDDINGS = ("linear_bn", "linear_bias")
+BN_STYLES = ("tf", "pytorch")
+#: TF-slim batch norm (epsilon, decay) of the release's backbones' arg_scopes, which also cover the
+#: joint-embedding convolutions: MobileNet v1 ``mobilenet_v1_arg_scope`` and ResNet v1
+#: ``resnet_arg_scope``. Backbones the release never used take the MobileNet v1 values (its
+#: CUHK-PEDES setting). PyTorch's ``momentum`` is ``1 - decay``.
+TF_BATCH_NORM = {"mobilenet_v1": (1e-3, 0.9997), "resnet152": (1e-5, 0.997), "mobilenet_v1_tf": (1e-3, 0.9997),
+                 "resnet152_slim": (1e-5, 0.997)}
+PYTORCH_BATCH_NORM = (1e-5, 0.1)  # nn.BatchNorm default (eps, momentum)
+
+
+def joint_batch_norm_settings(backbone: str, bn_style: str = "tf") -> tuple[float, float]:
+    """``(eps, momentum)`` (PyTorch convention) of the joint-embedding batch norm under ``backbone``."""
+    _check_choice("bn_style", bn_style, BN_STYLES)
+    if bn_style == "pytorch":
+        return PYTORCH_BATCH_NORM
+    epsilon, decay = TF_BATCH_NORM.get(backbone, TF_BATCH_NORM["mobilenet_v1"])
+    return epsilon, round(1.0 - decay, 10)
+
 
 class JointEmbedding(nn.Module):
-    """Projection into the shared space: linear without bias, then batch norm, no activation.
+    """Projection into the shared space $d$: ``"linear_bn"`` = linear without bias, then batch norm,
+    no activation (release, ``modules.py``: a 1x1 convolution without bias on the pooled 1x1 map
+    under the backbone's slim arg_scope, i.e. followed by its batch norm); ``"linear_bias"`` = a
+    port's layer: linear with bias, no batch norm (``batch_norm`` is then ``nn.Identity``).
 
-    The released code uses a 1x1 convolution on the pooled 1x1 map, which is this linear layer.
+    ``eps`` / ``momentum``: the batch norm's (see :func:`joint_batch_norm_settings`).
     """
 
-    def __init__(self, input_dim: int, embedding_dim: int = 512):
+    def __init__(self, input_dim: int, embedding_dim: int = 512, kind: str = "linear_bn", eps: float = 1e-5,
+                 momentum: float = 0.1):
         super().__init__()
-        self.projection = nn.Linear(input_dim, embedding_dim, bias=False)
-        self.batch_norm = nn.BatchNorm1d(embedding_dim)
+        _check_choice("joint_embedding", kind, JOINT_EMBEDDINGS)
+        self.kind = kind
+        self.projection = nn.Linear(input_dim, embedding_dim, bias=kind == "linear_bias")
+        self.batch_norm: nn.Module = (nn.BatchNorm1d(embedding_dim, eps=eps, momentum=momentum)
+                                      if kind == "linear_bn" else nn.Identity())
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(batch, input_dim) -> (batch, embedding_dim)."""
         return self.batch_norm(self.projection(features))
+
+
+EMA_SCOPES = ("release", "all")
+#: State-dict prefixes of what the release's EMA averages (``train_models.py``:
+#: ``tf.train.ExponentialMovingAverage(0.9999, num_updates=global_step)`` over slim's model
+#: variables): the CNN and the two joint embeddings, their batch-norm moving statistics included.
+RELEASE_EMA_PREFIXES = ("image_encoder.", "image_embedding.", "text_embedding.")
 
 
 class CrossModalModel(nn.Module):
@@ -363,15 +493,38 @@ class CrossModalModel(nn.Module):
     encoder is a :class:`CachedFeatureEncoder`. The split into ``*_features`` (encoder outputs)
     and ``embed_*`` (joint embedding) lets DDP training gather features across processes and run
     the joint embedding's batch norm on the global batch (see :mod:`cmp_utils.train`).
+
+    ``ema_scope`` records which tensors a weight average of this model covers
+    (:meth:`averaged_tensor_names`; :class:`cmp_utils.train.WeightAverage` reads it).
     """
 
-    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, embedding_dim: int = 512):
+    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, embedding_dim: int = 512,
+                 joint_embedding: str = "linear_bn", bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+                 ema_scope: str = "release"):
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
-        self.image_embedding = JointEmbedding(image_encoder.output_dim, embedding_dim)
-        self.text_embedding = JointEmbedding(text_encoder.output_dim, embedding_dim)
+        self.image_embedding = JointEmbedding(image_encoder.output_dim, embedding_dim, joint_embedding, bn_eps,
+                                              bn_momentum)
+        self.text_embedding = JointEmbedding(text_encoder.output_dim, embedding_dim, joint_embedding, bn_eps,
+                                             bn_momentum)
         self.embedding_dim = embedding_dim
+        self.ema_scope = _check_choice("ema_scope", ema_scope, EMA_SCOPES)
+
+    def averaged_tensor_names(self, scope: str | None = None) -> list[str]:
+        """State-dict names of the tensors a weight average covers under ``scope`` (default ``ema_scope``).
+
+        ``"release"``: every floating-point tensor (parameters and batch-norm running mean /
+        variance) of the image encoder and the two joint embeddings; the LSTM, the word
+        embedding and the learned initial states stay live, as in the release (its test script
+        restores the shadow values of the averaged variables only). ``"all"``: every parameter;
+        buffers stay live.
+        """
+        scope = _check_choice("ema_scope", scope or self.ema_scope, EMA_SCOPES)
+        if scope == "all":
+            return [name for name, _ in self.named_parameters()]
+        return [name for name, tensor in self.state_dict(keep_vars=True).items()
+                if name.startswith(RELEASE_EMA_PREFIXES) and tensor.is_floating_point()]
 
     @property
     def takes_features(self) -> bool:
@@ -402,11 +555,22 @@ class CrossModalModel(nn.Module):
 def build_model(vocab_size: int, backbone: str = "mobilenet_v1", embedding_dim: int = 512, word_dim: int = 512,
                 hidden_size: int = 512, dropout: float = 0.3, pad_id: int = 0, padded_steps: str = "exclude",
                 pool_grid: Sequence[int] = (1, 1), weights_path: str | Path | None = None,
-                pretrained: bool = True, cached_feature_dim: int | None = None) -> CrossModalModel:
-    """The full CMP network. With ``cached_feature_dim`` the image branch takes cached features."""
+                pretrained: bool = True, cached_feature_dim: int | None = None, *,
+                word_embedding_init: str = "xavier", lstm_init: str = "tf", lstm_backward: str = "time",
+                joint_embedding: str = "linear_bn", bn_style: str = "tf",
+                ema_scope: str = "release") -> CrossModalModel:
+    """The full CMP network. With ``cached_feature_dim`` the image branch takes cached features.
+
+    The keyword options default to the release (see :class:`TextEncoder`, :class:`JointEmbedding`,
+    :func:`joint_batch_norm_settings`, :meth:`CrossModalModel.averaged_tensor_names`).
+    """
+    bn_eps, bn_momentum = joint_batch_norm_settings(backbone, bn_style)
     if cached_feature_dim is not None:
         image_encoder: nn.Module = CachedFeatureEncoder(cached_feature_dim)
     else:
         image_encoder = ImageEncoder(build_backbone(backbone, weights_path, pretrained), pool_grid)
-    text_encoder = TextEncoder(vocab_size, word_dim, hidden_size, dropout, pad_id, padded_steps)
-    return CrossModalModel(image_encoder, text_encoder, embedding_dim)
+    text_encoder = TextEncoder(vocab_size, word_dim, hidden_size, dropout, pad_id, padded_steps,
+                               word_embedding_init=word_embedding_init, lstm_init=lstm_init,
+                               lstm_backward=lstm_backward)
+    return CrossModalModel(image_encoder, text_encoder, embedding_dim, joint_embedding, bn_eps, bn_momentum,
+                           ema_scope)

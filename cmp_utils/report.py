@@ -38,8 +38,10 @@ from cmp_utils import atomic, config
 METRICS_COLUMNS = ("dataset", "method", "backbone", "direction", "metric", "value", "paper_value", "seed")
 #: Columns that vary between the runs of one table cell (measurements, not keys): every other
 #: column of a metrics frame is a grouping column (batch_size, schedule, sampler, fold, ...).
-PER_RUN_COLUMNS = ("value", "paper_value", "seed", "seconds", "run_key", "run_dir", "best_epoch",
+PER_RUN_COLUMNS = ("value", "paper_value", "ceiling", "seed", "seconds", "run_key", "run_dir", "best_epoch",
                    "samples_per_second")
+#: Per-cell attributes carried beside the mean (the first non-null value of the cell).
+CELL_ATTRIBUTES = ("paper_value", "ceiling")
 #: Generated README sections, in README order: marker name -> renderer name.
 SECTIONS = ("scorecard", "headline", "figures", "profiles", "performance", "timings")
 #: Experiments whose folder holds one of the paper's tables, in the paper's order, with headline metrics.
@@ -93,7 +95,8 @@ def summarise(frame: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFr
     ``by`` defaults to :func:`grouping_columns`: every column that is not a per-run measurement,
     so a batch size, schedule, sampler, fold or deviation column keeps its rows apart. Returns the
     grouping columns, ``mean``, ``std``, ``n`` (values averaged), ``n_seeds`` (distinct seeds),
-    ``paper_value`` and ``difference`` (mean − paper). Rows keep the order in which their cell
+    ``paper_value`` and ``difference`` (mean − paper), and where the frame has a ``ceiling`` column
+    (the best score the synthetic data allows) ``ceiling`` and ``percent_of_ceiling``. Rows keep the order in which their cell
     first appears. Two values of one seed in one cell mean a grouping column is missing: a clear
     error says so instead of averaging them.
     """
@@ -118,10 +121,11 @@ def summarise(frame: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFr
             f"{ {key: first[key] for key in keys} }; the frame has a grouping column that is not among "
             f"{keys} (pass by=..., or add it to the frame) or duplicated rows"
         )
-    if "paper_value" in frame:
-        summary["paper_value"] = grouped["paper_value"].first().to_numpy()  # first non-null
-    else:
-        summary["paper_value"] = float("nan")
+    for attribute in CELL_ATTRIBUTES:
+        if attribute in frame or attribute == "paper_value":
+            summary[attribute] = grouped[attribute].first().to_numpy() if attribute in frame else float("nan")
+    if "ceiling" in summary:
+        summary["percent_of_ceiling"] = 100.0 * summary["mean"] / summary["ceiling"]
     summary["difference"] = summary["mean"] - summary["paper_value"]
     return summary
 

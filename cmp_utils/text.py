@@ -1,10 +1,13 @@
 """Captions to token ids: the tokenizer and the vocabulary of the released code.
 
-Facts followed (reference: data processing of the authors' release):
+Facts followed (the authors' release, ``builddata/dataset_utils.py``, and the paper):
 
-* a caption is lower-cased, its punctuation stripped, and split on white space
-  (the CUHK-PEDES ``processed_tokens`` field is recomputed this way, so every dataset is
-  tokenised by one function);
+* CUHK-PEDES: a caption is lower-cased, its punctuation **deleted**
+  (``caption.lower().translate(None, string.punctuation)``: "t-shirt" -> "tshirt",
+  "man's" -> "mans") and split on white space; the ``processed_tokens`` field is recomputed
+  this way (:func:`tokenize`). CUB / Flowers (no code released) use the same rule.
+* Flickr30K / MSCOCO: the Karpathy JSON's ``tokens`` are used as given (see
+  :mod:`cmp_utils.data`); :func:`tokenize` only serves a sentence that lacks them.
 * the vocabulary is built from **training captions only**, keeps words seen at least
   ``min_count = 3`` times, ordered by frequency (ties broken alphabetically here, so the
   order is reproducible), and maps every other word to one ``<unk>`` id;
@@ -13,6 +16,11 @@ Facts followed (reference: data processing of the authors' release):
 * id 0 is padding (``pad_id``); batches are padded dynamically (see ``data.collate_pairs``).
 
 Ids: ``0 <pad>``, ``1 <start>``, ``2 <end>``, ``3 <unk>``, then the words, most frequent first.
+
+Two deviations of a public PyTorch port are options of :class:`Vocabulary` (off by default):
+``case_sensitive`` ("A" and "a" are two words; the captions must then be tokenised with
+``lowercase=False``) and ``pad_shares_most_frequent`` (the most frequent word gets the padding
+id 0, so its embedding is the padding row: zero and never trained).
 """
 
 from __future__ import annotations
@@ -27,22 +35,24 @@ from typing import Any, Iterable, Sequence
 
 PAD, START, END, UNKNOWN = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNKNOWN)
+#: Names the tokenisation rule; stored with a saved vocabulary so a rule change never reuses it.
+TOKENISATION = "release-v2: ascii punctuation deleted, other symbols split; karpathy tokens as given"
 
-# Every ASCII punctuation mark becomes a space (so "shirt,and" splits in two) ...
+# Every ASCII punctuation mark is deleted (the release: str.translate(None, string.punctuation)) ...
 _PUNCTUATION = re.compile("[" + re.escape(string.punctuation) + "]")
-# ... and so does any other non-word, non-space character (curly quotes, dashes, ...).
+# ... and any other non-word, non-space character (curly quotes, dashes, ...) becomes a space.
 _OTHER_SYMBOLS = re.compile(r"[^\w\s]", re.UNICODE)
 
 
-def tokenize(caption: str) -> list[str]:
-    """Lower-case ``caption``, strip punctuation, split on white space.
+def tokenize(caption: str, lowercase: bool = True) -> list[str]:
+    """Lower-case ``caption`` (unless ``lowercase=False``), delete punctuation, split on white space.
 
     >>> tokenize("A woman, wearing a RED t-shirt.")
-    ['a', 'woman', 'wearing', 'a', 'red', 't', 'shirt']
+    ['a', 'woman', 'wearing', 'a', 'red', 'tshirt']
     """
     if not isinstance(caption, str):
         raise TypeError(f"tokenize expects a caption string, got {type(caption).__name__}: {caption!r}")
-    text = _PUNCTUATION.sub(" ", caption.lower())
+    text = _PUNCTUATION.sub("", caption.lower() if lowercase else caption)
     text = _OTHER_SYMBOLS.sub(" ", text)
     return text.split()
 
@@ -52,6 +62,14 @@ class Vocabulary:
 
     Build it with :meth:`build` from the training split's token lists only; save it once
     beside the prepared data (:meth:`save`, JSON, atomic) and :meth:`load` it everywhere else.
+
+    Options (release default ``False`` both):
+
+    * ``case_sensitive``: when ``False`` every token is lower-cased before counting and lookup
+      (a no-op on the release's lower-cased tokens); ``True`` keeps "A" and "a" apart, as a port.
+    * ``pad_shares_most_frequent``: a port's table, where the most frequent word's id is the
+      padding id 0 (``id_of(words[0]) == pad_id``), so ``len`` is one less and that word's
+      embedding row is the padding row.
     """
 
     pad_id = 0
@@ -60,24 +78,37 @@ class Vocabulary:
     unknown_id = 3
 
     def __init__(self, words: Sequence[str], min_count: int = 3, counts: Sequence[int] | None = None,
-                 meta: dict[str, Any] | None = None):
+                 meta: dict[str, Any] | None = None, case_sensitive: bool = False,
+                 pad_shares_most_frequent: bool = False):
         words = list(words)
         clash = [w for w in words if w in SPECIAL_TOKENS]
         if clash:
             raise ValueError(f"Vocabulary words may not include the special tokens {clash}")
         if len(set(words)) != len(words):
             raise ValueError("Vocabulary words must be unique")
+        if not case_sensitive and any(word != word.lower() for word in words):
+            raise ValueError("a case-insensitive Vocabulary holds lower-case words only; pass case_sensitive=True")
         self.words: list[str] = words
         self.min_count = int(min_count)
         self.counts: list[int] | None = list(counts) if counts is not None else None
         self.meta: dict[str, Any] = dict(meta or {})
-        self.itos: list[str] = list(SPECIAL_TOKENS) + words
+        self.case_sensitive = bool(case_sensitive)
+        self.pad_shares_most_frequent = bool(pad_shares_most_frequent) and bool(words)
+        own_rows = words[1:] if self.pad_shares_most_frequent else words
+        self.itos: list[str] = list(SPECIAL_TOKENS) + own_rows
         self.stoi: dict[str, int] = {word: index for index, word in enumerate(self.itos)}
+        if self.pad_shares_most_frequent:
+            self.stoi[words[0]] = self.pad_id
+
+    @property
+    def options(self) -> dict[str, bool]:
+        """The options that change ids: part of a saved vocabulary's key."""
+        return {"case_sensitive": self.case_sensitive, "pad_shares_most_frequent": self.pad_shares_most_frequent}
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def build(cls, token_lists: Iterable[Sequence[str]], min_count: int = 3,
-              meta: dict[str, Any] | None = None) -> "Vocabulary":
+    def build(cls, token_lists: Iterable[Sequence[str]], min_count: int = 3, meta: dict[str, Any] | None = None,
+              case_sensitive: bool = False, pad_shares_most_frequent: bool = False) -> "Vocabulary":
         """Count words over ``token_lists`` (training captions only) and keep those seen ``>= min_count`` times.
 
         Order: descending frequency, ties alphabetical.
@@ -88,22 +119,26 @@ class Vocabulary:
         for tokens in token_lists:
             if isinstance(tokens, str):
                 raise TypeError("Vocabulary.build expects token lists (use text.tokenize), got a string")
-            counter.update(tokens)
+            counter.update(tokens if case_sensitive else (token.lower() for token in tokens))
         kept = [(word, count) for word, count in counter.items() if count >= min_count and word not in SPECIAL_TOKENS]
         kept.sort(key=lambda item: (-item[1], item[0]))
-        return cls([w for w, _ in kept], min_count=min_count, counts=[c for _, c in kept], meta=meta)
+        return cls([w for w, _ in kept], min_count=min_count, counts=[c for _, c in kept], meta=meta,
+                   case_sensitive=case_sensitive, pad_shares_most_frequent=pad_shares_most_frequent)
 
     # ------------------------------------------------------------------ encoding
     def __len__(self) -> int:
         """Number of ids, specials included (the embedding table needs this many rows)."""
         return len(self.itos)
 
+    def _key(self, word: str) -> str:
+        return word if self.case_sensitive else word.lower()
+
     def __contains__(self, word: str) -> bool:
-        return word in self.stoi
+        return self._key(word) in self.stoi
 
     def id_of(self, word: str) -> int:
         """The id of ``word``, ``unknown_id`` if it is not in the vocabulary."""
-        return self.stoi.get(word, self.unknown_id)
+        return self.stoi.get(self._key(word), self.unknown_id)
 
     def encode(self, tokens: Sequence[str], for_model_input: bool = False) -> list[int]:
         """``[<start>, w_1 .. w_n, <end>]`` as ids; with ``for_model_input`` the last token is dropped.
@@ -112,11 +147,12 @@ class Vocabulary:
         """
         if isinstance(tokens, str):
             raise TypeError("Vocabulary.encode expects a token list (use text.tokenize first), got a string")
-        ids = [self.start_id] + [self.stoi.get(token, self.unknown_id) for token in tokens] + [self.end_id]
+        ids = [self.start_id] + [self.id_of(token) for token in tokens] + [self.end_id]
         return ids[:-1] if for_model_input else ids
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> list[str]:
-        """Ids back to words (padding and, by default, the other specials left out)."""
+        """Ids back to words (padding and, by default, the other specials left out; with
+        ``pad_shares_most_frequent`` id 0 decodes as padding)."""
         words = []
         for index in ids:
             index = int(index)
@@ -128,7 +164,7 @@ class Vocabulary:
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
         return {"format": "cmp-repro-vocabulary-1", "special_tokens": list(SPECIAL_TOKENS), "min_count": self.min_count,
-                "words": self.words, "counts": self.counts, "meta": self.meta}
+                "words": self.words, "counts": self.counts, "meta": self.meta, **self.options}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the vocabulary as JSON, atomically."""
@@ -151,10 +187,12 @@ class Vocabulary:
             raise ValueError(f"vocabulary file {path} uses special tokens {payload.get('special_tokens')}, "
                              f"expected {list(SPECIAL_TOKENS)}; delete it to rebuild")
         return cls(payload["words"], min_count=payload.get("min_count", 3), counts=payload.get("counts"),
-                   meta=payload.get("meta"))
+                   meta=payload.get("meta"), case_sensitive=bool(payload.get("case_sensitive", False)),
+                   pad_shares_most_frequent=bool(payload.get("pad_shares_most_frequent", False)))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Vocabulary) and self.itos == other.itos and self.min_count == other.min_count
+        return (isinstance(other, Vocabulary) and self.itos == other.itos and self.min_count == other.min_count
+                and self.options == other.options and self.stoi == other.stoi)
 
     def __repr__(self) -> str:
         preview = ", ".join(self.words[:5])

@@ -206,7 +206,7 @@ def test_prepare_dataset_real_layout_builds_once_from_train_only(data_root, tmp_
     assert not prepared.synthetic and prepared.splits == ("train", "val", "test")
     assert prepared.validation_split == "val" and prepared.test_split == "test"
     train = prepared.frames["train"]
-    assert prepared.num_classes == 3
+    assert prepared.num_classes == 4  # release (num_classes_from='all_splits'): 1 + the largest train id (1..3)
     assert train.groupby("label")["class_index"].first().to_dict() == {1: 0, 2: 1, 3: 2}
     assert prepared.frames["test"]["class_index"].tolist() == [0, 0, 0, 0, 1, 1]
     cache_train = prepared.image_cache("train")

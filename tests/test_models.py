@@ -115,16 +115,20 @@ def test_both_lstm_directions_read_in_time_order():
 
 def test_padding_does_not_change_a_sentence_feature_and_zeros_option():
     torch.manual_seed(0)
-    encoder = models.TextEncoder(vocab_size=30, word_dim=8, hidden_size=4).eval()
+    encoder = models.TextEncoder(vocab_size=30, word_dim=8, hidden_size=4, dropout=0.0)
     short = [1, 5, 6]
     alone_ids, alone_lengths = _padded([short])
     batch_ids, batch_lengths = _padded([short, [1, 2, 3, 4, 5, 6, 7, 8, 9]])
     with torch.no_grad():
-        torch.testing.assert_close(encoder(alone_ids, alone_lengths)[0], encoder(batch_ids, batch_lengths)[0])
-        encoder.padded_steps = "zeros"  # the released code: padded zeros take part in the max
         alone = encoder(alone_ids, alone_lengths)[0]
+        torch.testing.assert_close(encoder(batch_ids, batch_lengths)[0], alone)
+        encoder.padded_steps = "zeros"  # the release in training: padded zeros take part in the max
         in_batch = encoder(batch_ids, batch_lengths)[0]
-    torch.testing.assert_close(in_batch, alone.clamp(min=0))
+        torch.testing.assert_close(in_batch, alone.clamp(min=0))
+        assert bool((alone < 0).any())  # so the clamp above really changed something
+        # evaluation never lets padding in (the release encodes test captions one at a time)
+        encoder.eval()
+        torch.testing.assert_close(encoder(batch_ids, batch_lengths)[0], alone)
 
 
 def test_learned_initial_states_are_used():

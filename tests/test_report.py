@@ -1,40 +1,53 @@
-"""Tests of cmp_utils.report (README generation) and cmp_utils.paper (published numbers)."""
+"""Tests of cmp_utils.report (README, results/README.md, notebook texts) and cmp_utils.paper."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 
 import pandas as pd
 import pytest
 
-from cmp_utils import paper, report
+from cmp_utils import paper, report, train
 
 README = """# Project
 
 Intro text that must survive.
 
-## Results
+<!-- scorecard:start -->
+old scorecard
+<!-- scorecard:end -->
 
-<!-- results:start -->
-old generated text
-<!-- results:end -->
+## Tables
 
-## After
+<!-- headline:start -->
+old tables
+<!-- headline:end -->
+
+<!-- profiles:start -->
+<!-- profiles:end -->
+
+<!-- performance:start -->
+<!-- performance:end -->
+
+<!-- timings:start -->
+<!-- timings:end -->
 
 Footer that must survive.
 """
 
 
-def write_metrics(results, experiment: str, rows: list[dict], profile: str = "quick"):
+def write_csv(results, experiment: str, name: str, rows: list[dict], profile: str = "quick"):
     folder = results / experiment / profile
-    folder.mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(folder / "metrics.csv", index=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(folder / name, index=False)
 
 
-def row(metric, value, seed, paper_value=float("nan"), dataset="cuhk_pedes", method="CMPM+CMPC", direction="t2i"):
-    return dict(dataset=dataset, method=method, backbone="small-cnn", direction=direction, metric=metric,
-                value=value, paper_value=paper_value, seed=seed)
+def row(metric, value, seed, paper_value=float("nan"), dataset="cuhk_pedes", method="CMPM+CMPC", direction="t2i",
+        **extra):
+    return dict(dataset=dataset, table=dataset, method=method, backbone="mobilenet_v2", direction=direction,
+                metric=metric, value=value, paper_value=paper_value, seed=seed, seconds=10.0 + seed, **extra)
 
 
 @pytest.fixture
@@ -42,69 +55,149 @@ def project(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(README, encoding="utf-8")
     readme.chmod(0o644)
-    (tmp_path / "notebooks").mkdir()
-    (tmp_path / "notebooks" / "05_cuhk_pedes.ipynb").write_text("{}")
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for stem in ("05_cuhk_pedes", "09_batch_size"):
+        (notebooks / f"{stem}.ipynb").write_text(json.dumps({"cells": [{"cell_type": "markdown", "source": [
+            f"# {stem}\n", "\n", f"Purpose of {stem}.\n", "\n", "Produces: files."]}]}))
     return tmp_path, readme, tmp_path / "results"
 
 
-def generated(readme) -> str:
-    text = readme.read_text(encoding="utf-8")
-    return text[text.index(report.RESULTS_MARKERS[0]) : text.index(report.RESULTS_MARKERS[1])]
+def section(text: str, name: str) -> str:
+    start, end = report.marker(name)
+    return text[text.index(start): text.index(end)]
 
 
-def test_tables_with_seeds_paper_and_difference(project):
+# ---------------------------------------------------------------------------------------
+# summarise: every grouping column kept, the real n
+# ---------------------------------------------------------------------------------------
+
+
+def batch_size_frame() -> pd.DataFrame:
+    values = {(16, 0): 5.0, (16, 1): 7.0, (64, 0): 9.0, (64, 1): 13.0}
+    return pd.DataFrame([row("R@1", value, seed, 44.02, method="CMPM", batch_size=batch)
+                         for (batch, seed), value in values.items()])
+
+
+def test_summarise_keeps_the_batch_size_rows_apart():
+    summary = report.summarise(batch_size_frame())
+    assert list(summary["batch_size"]) == [16, 64]
+    assert list(summary["mean"]) == [6.0, 11.0]
+    assert summary["std"].tolist() == pytest.approx([statistics.stdev([5.0, 7.0]), statistics.stdev([9.0, 13.0])])
+    assert list(summary["n"]) == [2, 2] and list(summary["n_seeds"]) == [2, 2]
+    assert summary["difference"].tolist() == pytest.approx([6.0 - 44.02, 11.0 - 44.02])
+    assert "seconds" not in summary.columns and "seed" not in summary.columns
+
+
+def test_summarise_refuses_to_average_over_a_forgotten_grouping_column():
+    frame = batch_size_frame()
+    with pytest.raises(ValueError, match=r"4 values for 2 seed\(s\).*grouping column"):
+        report.summarise(frame, by=["dataset", "method", "direction", "metric"])
+
+
+def test_summarise_one_seed_has_no_std_and_ceiling_is_carried():
+    frame = pd.DataFrame([row("R@1", 30.0, 0, ceiling=60.0)])
+    summary = report.summarise(frame)
+    assert math.isnan(summary["std"].iloc[0]) and summary["n_seeds"].iloc[0] == 1
+    assert summary["percent_of_ceiling"].iloc[0] == pytest.approx(50.0)
+
+
+# ---------------------------------------------------------------------------------------
+# The README and results/README.md
+# ---------------------------------------------------------------------------------------
+
+
+def test_readme_sections_are_generated_from_the_csvs(project):
     root, readme, results = project
-    write_metrics(results, "cuhk_pedes", [
-        row("R@1", 10.0, 0, 49.37), row("R@1", 12.0, 1, 49.37), row("R@1", 14.0, 2, 49.37),
-        row("R@5", 30.0, 0), row("R@5", 31.0, 1), row("R@5", 35.0, 2),
+    write_csv(results, "cuhk_pedes", "metrics.csv", [
+        row("R@1", 10.0, 0, method="CMPM"), row("R@1", 12.0, 1, method="CMPM"), row("R@1", 14.0, 2, method="CMPM"),
+        row("R@10", 30.0, 0, method="CMPM"), row("R@10", 31.0, 1, method="CMPM"), row("R@10", 35.0, 2, method="CMPM"),
     ])
-    write_metrics(results, "flickr30k", [row("R@1", 20.5, 0, dataset="flickr30k", direction="i2t")])
+    write_csv(results, "batch_size", "metrics.csv", batch_size_frame().to_dict("records"))
     assert report.main(["--readme", str(readme), "--results", str(results)]) == 0
     text = readme.read_text(encoding="utf-8")
     assert "Intro text that must survive." in text and "Footer that must survive." in text
-    assert "old generated text" not in text
-    section = generated(readme)
-    # R@1 over three seeds: mean 12.00, sample std 2.00, difference 12.00 - 49.37 = -37.37
-    assert statistics.stdev([10.0, 12.0, 14.0]) == 2.0
-    assert "| cuhk_pedes | CMPM+CMPC | small-cnn | t2i | R@1 | 49.37 | 12.00 ± 2.00 (n=3) | -37.37 |" in section
-    # R@5: no paper value -> empty paper and difference; mean 32.00, std of (30, 31, 35)
-    std = statistics.stdev([30.0, 31.0, 35.0])
-    assert f"| cuhk_pedes | CMPM+CMPC | small-cnn | t2i | R@5 |  | 32.00 ± {std:.2f} (n=3) |  |" in section
-    # one seed: no ± part
-    assert "| flickr30k | CMPM+CMPC | small-cnn | i2t | R@1 |  | 20.50 (n=1) |  |" in section
-    assert "### cuhk_pedes" in section and "### flickr30k" in section
-    assert "`.venv/bin/python -m cmp_utils.run_notebooks --profile quick notebooks/05_cuhk_pedes.ipynb`" in section
-    assert "no notebook `notebooks/NN_flickr30k.ipynb` found" in section
-    assert "ours (quick, synthetic data)" in section
+    assert "old scorecard" not in text and "old tables" not in text
+    headline = section(text, "headline")
+    # paper value looked up again in paper_numbers.csv (44.02 for CMPM R@1), not taken from the CSV (NaN)
+    std10 = statistics.stdev([30.0, 31.0, 35.0])
+    assert f"| CMPM | 12.00 ± 2.00 (paper {paper.paper_value('cuhk_pedes', 'CMPM', 'R@1'):.2f}) | 32.00 ± {std10:.2f} |" in headline
+    # the batch sizes spread into columns, one row per method
+    assert "| **batch_size** (2 seeds): method | R@1, batch_size 16 | R@1, batch_size 64 |" in headline
+    assert f"| CMPM | 6.00 ± {statistics.stdev([5.0, 7.0]):.2f} (paper 44.02) | 11.00 ± {statistics.stdev([9.0, 13.0]):.2f} (paper 44.02) |" in headline
+    assert "no `results/flickr30k/quick/metrics.csv` yet" in headline
+    # results/README.md: the full table keeps batch_size, with the real number of seeds
+    full = (results / "README.md").read_text(encoding="utf-8")
+    assert "| dataset | table | method | backbone | direction | metric | batch_size | paper |" in full
+    assert "| cuhk_pedes | cuhk_pedes | CMPM | mobilenet_v2 | t2i | R@1 | 16 | 44.02 | 6.00 ± 1.41 | 2 | -38.02 |" in full
+    assert "`python -m cmp_utils.run_notebooks --profile quick notebooks/09_batch_size.ipynb`" in full
     assert readme.stat().st_mode & 0o777 == 0o644  # permissions kept through the atomic replace
-    # Regenerating is idempotent.
     before = readme.read_text(encoding="utf-8")
     report.update_readme(readme, results)
-    assert readme.read_text(encoding="utf-8") == before
+    assert readme.read_text(encoding="utf-8") == before  # idempotent
 
 
-def test_table_column_keeps_mscoco_1k_and_5k_apart(project):
+def test_scorecard_reads_new_and_old_claims_files(project):
     _, readme, results = project
-    rows = [dict(row("R@1", value, 0, dataset="mscoco", direction="i2t"), table=table)
-            for table, value in (("mscoco_1k", 60.0), ("mscoco_5k", 40.0))]
-    write_metrics(results, "mscoco", rows)
+    write_csv(results, "cuhk_pedes", "claims.csv", [dict(
+        claim="CMPM+CMPC > CMPM (t2i R@1)", better="CMPM+CMPC", worse="CMPM", metric="R@1", direction="t2i",
+        n_seeds=5, mean_difference=0.8, ci_low=0.2, ci_high=1.4, p_value=0.02, test="paired t-test", verdict="held")])
+    write_csv(results, "batch_size", "claims.csv", [dict(claim="CMPM varies less", cmpm_range=2.0, other_range=3.5,
+                                                         verdict="inconclusive")])
     report.update_readme(readme, results)
-    section = generated(readme)
-    assert "| table | dataset | method |" in section
-    assert "| mscoco_1k | mscoco | CMPM+CMPC | small-cnn | i2t | R@1 |  | 60.00 (n=1) |  |" in section
-    assert "| mscoco_5k | mscoco | CMPM+CMPC | small-cnn | i2t | R@1 |  | 40.00 (n=1) |  |" in section
+    scorecard = section(readme.read_text(encoding="utf-8"), "scorecard")
+    difference = paper.paper_value("cuhk_pedes", "CMPM+CMPC", "R@1") - paper.paper_value("cuhk_pedes", "CMPM", "R@1")
+    assert (f"| CMPM+CMPC > CMPM (t2i R@1) (cuhk_pedes) | 49.37 vs 44.02 ({difference:+.2f}) (one value second-hand) "
+            "| +0.80 [+0.20, +1.40] | **held** | 5 |") in scorecard
+    assert "| CMPM varies less (batch_size) | claimed; no confirmed numbers | cmpm_range 2, other_range 3.5 | **inconclusive** |  |" in scorecard
+    # notebook order: 05 before 09
+    assert scorecard.index("cuhk_pedes") < scorecard.index("batch_size")
 
 
-def test_no_results_yet(project):
+def test_profiles_section_reads_the_profile_settings(project):
     _, readme, results = project
     report.update_readme(readme, results)
-    assert "No results yet" in generated(readme)
+    profiles = section(readme.read_text(encoding="utf-8"), "profiles")
+    quick, paper_cuhk = train.PROFILE_SETTINGS["quick"]["cuhk_pedes"], train.PROFILE_SETTINGS["paper"]["cuhk_pedes"]
+    assert f"| EMA decay | {paper_cuhk['ema_decay']:g} |" in profiles
+    assert f"| {quick['ema_decay']:g} |" in profiles
+    assert f"| epochs / batch size | {paper_cuhk['epochs']} / {paper_cuhk['batch_size']} |" in profiles
+    assert "frozen, cached ImageNet features" in profiles
+
+
+def test_timings_absent_then_present(project):
+    _, readme, results = project
+    report.update_readme(readme, results)
+    timings = section(readme.read_text(encoding="utf-8"), "timings")
+    assert "| 05_cuhk_pedes | Purpose of 05_cuhk_pedes. | no timing recorded yet |" in timings
+    executed = results / "executed" / "quick"
+    executed.mkdir(parents=True)
+    (executed / "05_cuhk_pedes.ipynb").write_text("{}")
+    pd.DataFrame([dict(notebook="05_cuhk_pedes.ipynb", seconds=90.0, profile="quick", machine="2-core CPU",
+                       started_at="2026-01-01T00:00:00Z")]).to_csv(executed / "timings.csv", index=False)
+    report.update_readme(readme, results)
+    timings = section(readme.read_text(encoding="utf-8"), "timings")
+    assert "| [05_cuhk_pedes](results/executed/quick/05_cuhk_pedes.ipynb) | Purpose of 05_cuhk_pedes. | 1.5 |" in timings
+    assert "| 09_batch_size | Purpose of 09_batch_size. | no timing recorded yet |" in timings
+    assert "Total: 2 min on 2-core CPU" in timings
+
+
+def test_performance_summary_and_bench_readme(project):
+    _, readme, results = project
+    (results / "bench").mkdir(parents=True)
+    pd.DataFrame([dict(benchmark="losses/batch_64", case="CMPM", value=13.254, unit="ms", machine="cpu box")]).to_csv(
+        results / "bench" / "losses.csv", index=False)
+    report.update_readme(readme, results)
+    performance = section(readme.read_text(encoding="utf-8"), "performance")
+    assert "| losses/batch_64 | CMPM | 13.25 ms | cpu box |" in performance
+    bench_readme = (results / "bench" / "README.md").read_text(encoding="utf-8")
+    assert "## losses" in bench_readme and "| losses/batch_64 | CMPM | 13.25 | ms | cpu box |" in bench_readme
 
 
 def test_missing_markers_name_the_readme(project, capsys):
     _, readme, results = project
     readme.write_text("# no markers here\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"README\.md lacks the markers <!-- results:start --> and <!-- results:end -->"):
+    with pytest.raises(ValueError, match=r"README\.md lacks the markers"):
         report.update_readme(readme, results)
     assert report.main(["--readme", str(readme), "--results", str(results)]) == 2
     assert "lacks the markers" in capsys.readouterr().err
@@ -113,43 +206,92 @@ def test_missing_markers_name_the_readme(project, capsys):
 
 def test_bad_metrics_csv_names_the_file(project):
     _, readme, results = project
-    folder = results / "cuhk_pedes" / "quick"
-    folder.mkdir(parents=True)
-    pd.DataFrame({"dataset": ["x"], "value": [1.0]}).to_csv(folder / "metrics.csv", index=False)
+    write_csv(results, "cuhk_pedes", "metrics.csv", [{"dataset": "x", "value": 1.0}])
     with pytest.raises(ValueError, match=r"metrics\.csv lacks the columns"):
         report.update_readme(readme, results)
 
 
-def test_bench_section_appended_or_between_markers(project):
-    _, readme, results = project
-    (results / "bench").mkdir(parents=True)
-    pd.DataFrame({"operation": ["cmpm_loss"], "batch": [64], "ms_per_call": [1.23456]}).to_csv(
-        results / "bench" / "losses.csv", index=False
-    )
-    report.update_readme(readme, results)
-    section = generated(readme)
-    assert "### Performance" in section and "#### losses" in section
-    assert "| cmpm_loss | 64 | 1.235 |" in section
-
-    # With its own markers outside the results section, the bench table goes there instead.
-    readme.write_text(README + "\n## Speed\n\n<!-- bench:start -->\nold\n<!-- bench:end -->\n", encoding="utf-8")
-    report.update_readme(readme, results)
-    text = readme.read_text(encoding="utf-8")
-    assert "### Performance" not in generated(readme)
-    bench_part = text[text.index(report.BENCH_MARKERS[0]) : text.index(report.BENCH_MARKERS[1])]
-    assert "| cmpm_loss | 64 | 1.235 |" in bench_part and "old" not in bench_part
+# ---------------------------------------------------------------------------------------
+# Notebook texts
+# ---------------------------------------------------------------------------------------
 
 
-def test_paper_numbers_only_confirmed_values():
+def test_what_we_found_is_generated_from_the_csvs(tmp_path):
+    results = tmp_path / "results"
+    write_csv(results, "ablation", "metrics.csv", [
+        row("R@1", value, seed, method=method) for method, values in (("CMPC", (3.0, 4.0)), ("CMPM", (8.0, 9.0)))
+        for seed, value in enumerate(values)])
+    write_csv(results, "ablation", "claims.csv", [dict(
+        claim="CMPC > CMPM (t2i R@1)", better="CMPC", worse="CMPM", metric="R@1", direction="t2i", n_seeds=2,
+        mean_difference=-5.0, ci_low=float("nan"), ci_high=float("nan"), p_value=float("nan"), test="paired t-test",
+        verdict="not tested (fewer than 5 seeds)")])
+    text = report.what_we_found("ablation", "quick", results)
+    assert text.startswith("## What we found (quick, synthetic data)")
+    assert "- CMPC > CMPM (t2i R@1): **not tested (fewer than 5 seeds)** (ours: -5.00; 2 seeds" in text
+    assert f"Highest mean R@1: 8.50 ± {statistics.stdev([8.0, 9.0]):.2f} (method CMPM)" in text
+    assert "notebook 03" in text and "synthetic data" in text
+    empty = report.what_we_found("cuhk_pedes", "quick", results)
+    assert "No results yet under `results/cuhk_pedes/quick/`" in empty
+
+
+def test_about_profiles_reads_the_settings():
+    text = report.about_profiles("quick")
+    quick = train.PROFILE_SETTINGS["quick"]["cuhk_pedes"]
+    assert f"lr {quick['lr']:g}, {quick['epochs']} epochs, batch {quick['batch_size']}" in text
+    assert "paired seeds" in text and "95% confidence interval" in text
+    with pytest.raises(ValueError):
+        report.about_profiles("fast")
+
+
+def test_training_settings_are_resolved_without_machine_paths():
+    params = report.training_settings("quick", "cuhk_pedes", {"batch_size": 16})
+    assert params["training"]["batch_size"] == 16
+    assert params["training"]["lr"] == train.PROFILE_SETTINGS["quick"]["cuhk_pedes"]["lr"]
+    assert "output_dir" not in params["training"] and "seed" not in params["training"]
+    assert params["git_commit"] and params["varied_per_run"] == ["losses", "seed"]
+
+
+def test_scrub_notebook_removes_machine_paths_and_svg_copies(tmp_path):
+    root = tmp_path / "repo"
+    notebook = {"cells": [{"cell_type": "code", "metadata": {"papermill": {"cwd": f"{root}/notebooks"}}, "source": "x",
+                           "outputs": [
+                               {"output_type": "stream", "name": "stdout",
+                                "text": [f"results go to {root}/results/cuhk_pedes/quick\n", "cache in /tmp/abc/def\n"]},
+                               {"output_type": "display_data", "metadata": {},
+                                "data": {"image/png": "iVBOR", "image/svg+xml": "<svg/>", "text/plain": "<Figure>"}}]}],
+                "metadata": {"papermill": {"input_path": f"{root}/notebooks/05.ipynb"}, "widgets": {"state": {}}},
+                "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "executed.ipynb"
+    path.write_text(json.dumps(notebook))
+    report.scrub_notebook(path, roots=[root])
+    cleaned = json.loads(path.read_text())
+    outputs = cleaned["cells"][0]["outputs"]
+    assert outputs[0]["text"] == ["results go to results/cuhk_pedes/quick\n", "cache in <path>\n"]
+    assert outputs[1]["data"] == {"image/png": "iVBOR", "text/plain": "<Figure>"}
+    assert cleaned["cells"][0]["metadata"]["papermill"]["cwd"] == "notebooks"
+    assert cleaned["metadata"]["papermill"]["input_path"] == "notebooks/05.ipynb"
+    assert "widgets" not in cleaned["metadata"]
+    assert str(tmp_path) not in path.read_text()
+
+
+# ---------------------------------------------------------------------------------------
+# The paper's numbers
+# ---------------------------------------------------------------------------------------
+
+
+def test_paper_numbers_only_confirmed_values_with_public_sources():
     frame = paper.paper_numbers()
     assert list(frame.columns) == list(paper.COLUMNS)
     with_values = frame[frame["value"].notna()]
-    # Exactly the three numbers confirmed in the reference notes, nothing else.
-    assert sorted(with_values[["method", "metric", "value"]].itertuples(index=False, name=None)) == [
-        ("CMPM", "R@1", 44.02), ("CMPM+CMPC", "R@1", 49.37), ("CMPM+CMPC", "R@10", 79.27),
+    assert sorted(with_values[["method", "metric", "value", "status"]].itertuples(index=False, name=None)) == [
+        ("CMCE", "R@1", 25.94, "confirmed"), ("CMCE", "R@10", 60.48, "confirmed"),
+        ("CMPM", "R@1", 44.02, "confirmed second-hand"),
+        ("CMPM+CMPC", "R@1", 49.37, "confirmed"), ("CMPM+CMPC", "R@10", 79.27, "confirmed"),
     ]
     assert set(with_values["dataset"]) == {"cuhk_pedes"} and set(with_values["direction"]) == {"t2i"}
-    assert (with_values["source"].str.len() > 0).all()
+    confirmed = with_values[with_values["status"] == "confirmed"]
+    assert confirmed["source"].str.contains("ViTAA").all() and confirmed["source"].str.contains("2005.07327").all()
+    assert with_values.loc[with_values["status"] == "confirmed second-hand", "source"].str.contains("second-hand").all()
     assert (frame.loc[frame["value"].isna(), "status"] == "not confirmed").all()
     for table in ("cuhk_pedes", "flickr30k", "mscoco_1k", "mscoco_5k", "cub_flowers", "batch_size", "ablation"):
         assert table in set(frame["table"]), table

@@ -9,9 +9,12 @@ import pytest
 from cmp_utils.text import SPECIAL_TOKENS, Vocabulary, tokenize
 
 
-def test_tokenize_lowercases_strips_punctuation_and_splits():
-    assert tokenize("A woman, wearing a RED t-shirt.") == ["a", "woman", "wearing", "a", "red", "t", "shirt"]
-    assert tokenize("  He's  carrying\ta bag!!  ") == ["he", "s", "carrying", "a", "bag"]
+def test_tokenize_lowercases_deletes_punctuation_and_splits():
+    # the release (builddata/dataset_utils.py): caption.lower().translate(None, string.punctuation)
+    assert tokenize("A woman, wearing a RED t-shirt.") == ["a", "woman", "wearing", "a", "red", "tshirt"]
+    assert tokenize("  He's  carrying\ta bag!!  ") == ["hes", "carrying", "a", "bag"]
+    assert tokenize("shirt,and") == ["shirtand"]  # deleted, not replaced by a space
+    assert tokenize("A Red T-Shirt", lowercase=False) == ["A", "Red", "TShirt"]
     assert tokenize("“Quoted” — dash") == ["quoted", "dash"]
     assert tokenize("...") == []
     with pytest.raises(TypeError, match="caption string"):
@@ -54,3 +57,31 @@ def test_save_load_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json"):
         Vocabulary.load(tmp_path / "bad.json")
+
+
+def test_case_sensitive_option_keeps_case_apart():
+    token_lists = [["A", "man"], ["a", "man"], ["a", "Man"], ["A", "bag"]] * 3
+    folded = Vocabulary.build(token_lists, min_count=3)
+    assert folded.words == ["a", "man", "bag"] and folded.counts == [12, 9, 3]
+    assert folded.id_of("A") == folded.id_of("a") and "MAN" in folded
+    cased = Vocabulary.build(token_lists, min_count=3, case_sensitive=True)
+    assert cased.words == ["A", "a", "man", "Man", "bag"] and cased.counts == [6, 6, 6, 3, 3]
+    assert cased.id_of("A") != cased.id_of("a") and cased.id_of("MAN") == cased.unknown_id
+    with pytest.raises(ValueError, match="case_sensitive=True"):
+        Vocabulary(["A"])
+
+
+def test_pad_shares_most_frequent_option_gives_that_word_the_padding_id(tmp_path):
+    token_lists = [["a", "red", "bag"], ["a", "red"], ["a", "bag"], ["red", "bag"]]
+    release = Vocabulary.build(token_lists, min_count=1)
+    shared = Vocabulary.build(token_lists, min_count=1, pad_shares_most_frequent=True)
+    assert release.words == shared.words == ["a", "bag", "red"]
+    assert release.id_of("a") == 4 and len(release) == 4 + 3
+    assert shared.id_of("a") == shared.pad_id == 0  # the most frequent word is the padding row
+    assert shared.id_of("bag") == 4 and shared.id_of("red") == 5 and len(shared) == 4 + 2
+    assert shared.encode(["a", "red"]) == [shared.start_id, 0, 5, shared.end_id]
+    assert shared != release
+    path = tmp_path / "shared.json"
+    shared.save(path)
+    loaded = Vocabulary.load(path)
+    assert loaded == shared and loaded.options == {"case_sensitive": False, "pad_shares_most_frequent": True}
