@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import platform
 import sys
 
@@ -44,6 +45,18 @@ def device_report(device: str = "auto") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["item", "value"])
 
 
+def portable_path(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> str:
+    """``path`` without this machine's prefix, for files that get committed: ``<data_dir>/...`` under
+    the data dir, relative under the project, else ``<outside the project>/<name>``."""
+    path = Path(path).resolve()
+    for base, label in ((config.data_dir(data_dir), "<data_dir>/"), (config.project_root(), "")):
+        try:
+            return label + path.relative_to(Path(base).resolve()).as_posix()
+        except ValueError:
+            continue
+    return f"<outside the project>/{path.name}"
+
+
 def dataset_presence(data_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """For each paper dataset: the expected layout under the data dir and what is found or missing."""
     root = config.data_dir(data_dir)
@@ -54,7 +67,7 @@ def dataset_presence(data_dir: str | os.PathLike | None = None) -> pd.DataFrame:
         rows.append(
             {
                 "dataset": name,
-                "path": str(root / name),
+                "path": portable_path(root / name, data_dir),
                 "expected layout": ", ".join(expected),
                 "status": "found" if not missing else "missing",
                 "missing": ", ".join(missing),
@@ -74,7 +87,7 @@ def check_mobilenet_v2_weights() -> dict[str, object]:
     model = torchvision.models.mobilenet_v2()
     result = model.load_state_dict(state, strict=True)
     return {
-        "path": str(path),
+        "path": portable_path(path),
         "tensors": len(state),
         "parameters": sum(p.numel() for p in model.parameters()),
         "missing keys": len(result.missing_keys),
