@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import atomic, config
+from . import atomic, config, report
 from .notebook_tools import KERNEL_NAME, parameter_type_problem, parameter_types
 
 TIMING_COLUMNS = ["notebook", "seconds", "profile", "machine", "started_at"]
@@ -189,6 +189,7 @@ def run_notebooks(
                 f"is {executed}\n{error}"
             ) from error
         seconds = time.perf_counter() - started
+        report.scrub_notebook(executed)  # the committed copy: no machine paths, no SVG duplicates of figures
         record_timing(timings_path, {"notebook": notebook.stem, "seconds": round(seconds, 1), "profile": profile,
                                      "machine": machine, "started_at": started_at})
         print(f"[{profile}] {notebook.name} done in {seconds:.1f} s -> {executed}", flush=True)
