@@ -47,6 +47,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,9 +97,11 @@ TEST_SPLIT = {name: "test" for name in config.DATASETS}
 CLASS_LEVEL = ("cub", "flowers")
 IMAGE_FOLDER = {"cub": "CUB_200_2011/images", "flowers": "jpg"}
 TEXT_FOLDER = {"cub": "cvpr2016_cub", "flowers": "cvpr2016_flowers"}
-# Published split sizes (reference: original-implementation.md, "Dataset sizes and formats").
-# None = not stated there. Class-level datasets publish trainval / test class splits.
-PUBLISHED_SIZES_SOURCE = "reference file: original-implementation.md (dataset sizes and formats)"
+# Published split sizes of the datasets as distributed. None = not stated by those sources.
+# Class-level datasets publish trainval / test class splits.
+PUBLISHED_SIZES_SOURCE = ("the datasets as distributed: CUHK-PEDES reid_raw.json (Li et al., CVPR 2017), the Karpathy "
+                          "split files of Flickr30K and MSCOCO (Karpathy & Fei-Fei, CVPR 2015), the CUB/Flowers class "
+                          "splits of Reed et al. (CVPR 2016)")
 PUBLISHED_SIZES = [
     # dataset, split, images, captions, identities or classes
     ("cuhk_pedes", "train", 34054, 68126, 11003), ("cuhk_pedes", "val", 3078, 6158, 1000),
@@ -170,12 +173,46 @@ def _layout_error(name: str, root: Path, missing: Path) -> DatasetLayoutError:
                               f"or use the synthetic data (source='synthetic').")
 
 
+class AnnotationEncodingError(ValueError):
+    """An annotation or caption file is not UTF-8; the message names the file, line and bytes."""
+
+
+def read_utf8(path: Path) -> str:
+    """The text of ``path``, decoded strictly as UTF-8 (a BOM is dropped).
+
+    Never replaces undecodable bytes by U+FFFD (which would split or change words): a file
+    that is not UTF-8 raises :class:`AnnotationEncodingError` naming the file, the line, the
+    byte offset and the bytes, and how to convert it.
+    """
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise AnnotationEncodingError(
+            f"{path} is not UTF-8: line {line}, byte {error.start} ({raw[error.start:error.end]!r}) cannot be decoded. "
+            f"Convert the file to UTF-8 (e.g. `iconv -f latin1 -t utf-8 {Path(path).name} > fixed && mv fixed "
+            f"{Path(path).name}`, if it is Latin-1) and run again") from None
+
+
 def _load_json(path: Path) -> Any:
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(read_utf8(path))
     except json.JSONDecodeError as error:
         raise ValueError(f"annotation file {path} is not valid JSON: {error}") from error
+
+
+def _caption_list(captions: Any, annotation: Path, where: str) -> list[str]:
+    """``captions`` of one record, checked to be a list of strings (a bare string is refused:
+    iterating it would make every character a caption)."""
+    if isinstance(captions, str) or not isinstance(captions, list):
+        raise ValueError(f"annotation file {annotation}: {where} has \"captions\" as a {type(captions).__name__} "
+                         f"({str(captions)[:60]!r}); it must be a list of strings, e.g. \"captions\": [\"a man in ...\"]")
+    for caption in captions:
+        if not isinstance(caption, str):
+            raise ValueError(f"annotation file {annotation}: {where} has a caption that is a {type(caption).__name__} "
+                             f"({caption!r}); every caption must be a string")
+    return captions
 
 
 # ---------------------------------------------------------------------- readers
@@ -195,7 +232,7 @@ def _rows_cuhk(root: Path, split: str) -> list[dict]:
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"annotation file {annotation}: record {image_id} lacks split/captions/file_path/id "
                              f"({error!r})") from error
-        for caption in captions:
+        for caption in _caption_list(captions, annotation, f"record {image_id} ({file_path})"):
             rows.append({"image_path": str(root / "imgs" / file_path), "caption": caption, "label": person_id,
                          "image_id": image_id})
     return rows
@@ -209,11 +246,12 @@ def _rows_karpathy(name: str, root: Path, split: str) -> list[dict]:
     if not isinstance(payload, dict) or "images" not in payload:
         raise ValueError(f"annotation file {annotation} must hold a JSON object with an 'images' list (Karpathy split)")
     rows = []
+    image_ids = _karpathy_image_ids(payload["images"], annotation)
     for position, record in enumerate(payload["images"]):
         try:
             if record["split"] != split:
                 continue
-            image_id = int(record.get("imgid", position))
+            image_id = image_ids[position]
             folder = root / record["filepath"] if name == "mscoco" else root / "flickr30k-images"
             image_path = str(folder / record["filename"])
             sentences = record["sentences"]
@@ -291,16 +329,14 @@ def _rows_person_json(name: str, root: Path, split: str) -> list[dict]:
             captions, image_path = record["captions"], str(root / "imgs" / record[path_key])
         except (KeyError, TypeError) as error:
             raise ValueError(f"annotation file {annotation}: record {image_id} lacks {path_key}/captions ({error!r})") from error
-        if isinstance(captions, str):
-            captions = [captions]
-        for caption in captions:
+        for caption in _caption_list(captions, annotation, f"record {image_id} ({record[path_key]})"):
             rows.append({"image_path": image_path, "caption": caption, "label": person_id, "image_id": image_id})
     return rows
 
 
 def read_class_list(path: Path) -> list[str]:
     """Class folder names, one a line (blank lines ignored)."""
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in read_utf8(path).splitlines() if line.strip()]
 
 
 def class_splits(name: str, root: Path, val_class_fraction: float = 0.0) -> dict[str, list[str]]:
@@ -354,7 +390,7 @@ def _rows_class_level(name: str, root: Path, split: str, val_class_fraction: flo
             else:
                 image_path = root / IMAGE_FOLDER[name] / f"{stem}.jpg"
             image_id = int("".join(ch for ch in stem if ch.isdigit()) or 0) if name == "flowers" else None
-            for line in text_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            for line in read_utf8(text_file).splitlines():
                 if line.strip():
                     rows.append({"image_path": str(image_path), "caption": line.strip(), "label": label,
                                  "image_id": image_id})
@@ -565,6 +601,45 @@ def ensure_synthetic(name: str, profile: str, seed: int = 0, cache_dir: str | os
     return root
 
 
+def dataset_root(name: str, profile: str, data_dir: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None, seed: int = 0, source: str = "auto") -> tuple[Path, bool]:
+    """``(root, synthetic)``: the folder dataset ``name`` is read from, as :func:`prepare_dataset` chooses it.
+
+    ``source="auto"``: real data under ``config.data_dir(data_dir)/<name>`` for the paper profile,
+    synthetic data (generated here if missing) otherwise; ``"real"`` / ``"synthetic"`` force one.
+    """
+    _check_name(name)
+    config.check_profile(profile)
+    if source not in ("auto", "real", "synthetic"):
+        raise ValueError(f"parameter source={source!r} must be 'auto', 'real' or 'synthetic'")
+    use_synthetic = (profile != "paper") if source == "auto" else (source == "synthetic")
+    if use_synthetic:
+        return ensure_synthetic(name, profile, seed, cache_dir), True
+    root = config.data_dir(data_dir) / name
+    if not root.is_dir():
+        raise _layout_error(name, root, root)
+    return root, False
+
+
+def files_fingerprint(root: str | os.PathLike) -> str:
+    """SHA-256 over the relative path, byte size and modification time (ns) of every file under ``root``.
+
+    Covers the annotation files and every image, so replacing any of them (even at the same
+    path) changes it; hidden files (locks, temporaries) are skipped. Used in the key of
+    memoised experiment runs (:func:`cmp_utils.experiments.run_key`). Costs one ``stat`` a file.
+    """
+    root = Path(root)
+    digest = hashlib.sha256()
+    for folder, folders, files in os.walk(root):
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        for file_name in sorted(f for f in files if not f.startswith(".")):
+            path = Path(folder) / file_name
+            status = path.stat()
+            relative = path.relative_to(root).as_posix()
+            digest.update(f"{relative}|{status.st_size}|{status.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
 def _frames_fingerprint(frame: pd.DataFrame) -> str:
     digest = hashlib.sha256()
     for path, caption in zip(frame["image_path"], frame["caption"]):
@@ -597,18 +672,10 @@ def prepare_dataset(name: str, profile: str, data_dir: str | os.PathLike | None 
     :class:`cmp_utils.text.Vocabulary`), ``num_classes_from`` (``"all_splits"`` | ``"train"``,
     see :attr:`PreparedDataset.num_classes`).
     """
-    _check_name(name)
-    config.check_profile(profile)
-    if source not in ("auto", "real", "synthetic"):
-        raise ValueError(f"parameter source={source!r} must be 'auto', 'real' or 'synthetic'")
-    use_synthetic = (profile != "paper") if source == "auto" else (source == "synthetic")
+    root, use_synthetic = dataset_root(name, profile, data_dir, cache_dir, seed, source)
     if use_synthetic:
-        root = ensure_synthetic(name, profile, seed, cache_dir)
         prepared_dir = config.cache_dir(cache_dir) / "prepared" / "synthetic" / profile / f"seed{seed}" / name
     else:
-        root = config.data_dir(data_dir) / name
-        if not root.is_dir():
-            raise _layout_error(name, root, root)
         prepared_dir = config.cache_dir(cache_dir) / "prepared" / "real" / name
     if num_classes_from not in NUM_CLASSES_FROM:
         raise ValueError(f"parameter num_classes_from={num_classes_from!r} must be one of {NUM_CLASSES_FROM}")
@@ -649,8 +716,12 @@ def prepare_dataset(name: str, profile: str, data_dir: str | os.PathLike | None 
                                    image_size=size, prepared_dir=prepared_dir, validation_split=validation_split,
                                    test_split=TEST_SPLIT[name], num_classes_from=num_classes_from)
         for split, frame in frames.items():
-            prepared._caches[split] = ImageCache.build(image_paths_of(frame), size, prepared.cache_path(split),
-                                                       progress=progress)
+            paths = image_paths_of(frame)
+            if not use_synthetic and not ImageCache.is_current(prepared.cache_path(split), paths, size):
+                print(f"image cache of {name}/{split}: {len(paths)} images x {size[0]} x {size[1]} x 3 bytes = "
+                      f"{len(paths) * size[0] * size[1] * 3 / 1e9:.2f} GB, written once to {prepared.cache_path(split)} "
+                      "(set CMP_CACHE_DIR to put it elsewhere)", file=sys.stderr, flush=True)
+            prepared._caches[split] = ImageCache.build(paths, size, prepared.cache_path(split), progress=progress)
     return prepared
 
 

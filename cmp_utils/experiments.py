@@ -399,20 +399,24 @@ def summarise(frame: pd.DataFrame, by: Sequence[str] = ("dataset", "table", "met
 def save_experiment(out_dir: str | Path, frame: pd.DataFrame, params: dict[str, Any],
                     figures: dict[str, Any] | None = None, claims: Sequence[dict[str, Any]] = ()) -> list[Path]:
     """Write ``metrics.csv`` (tidy), ``summary.csv``, ``claims.csv``, ``params.yaml`` and each figure
-    as PNG and SVG into ``out_dir``, atomically. Returns the paths written."""
+    as PNG and SVG as the new content of ``out_dir``, all together. Returns the paths written.
+
+    The set is written into a temporary sibling folder and swapped in by renames
+    (:func:`cmp_utils.atomic.replace_folder`): ``out_dir`` holds either the old set or the new
+    one, never a mix, and files of the old set that the new one lacks disappear with it.
+    """
     from . import plots
 
     out_dir = Path(out_dir)
-    written = [atomic.write_csv(out_dir / "metrics.csv", frame)]
-    by = [c for c in ("dataset", "table", "method", "sampler", "schedule", "direction", "metric", "batch_size")
-          if c in frame.columns]
-    written.append(atomic.write_csv(out_dir / "summary.csv", summarise(frame, by)))
-    if claims:
-        written.append(atomic.write_csv(out_dir / "claims.csv", pd.DataFrame(list(claims))))
-    written.append(atomic.write_yaml(out_dir / "params.yaml", params))
-    for name, figure in (figures or {}).items():
-        written.extend(plots.save_figure(figure, out_dir / name))
-    return written
+    with atomic.replace_folder(out_dir) as staging:
+        written = [atomic.write_csv(staging / "metrics.csv", frame)]
+        written.append(atomic.write_csv(staging / "summary.csv", summarise(frame)))  # every grouping column
+        if claims:
+            written.append(atomic.write_csv(staging / "claims.csv", pd.DataFrame(list(claims))))
+        written.append(atomic.write_yaml(staging / "params.yaml", params))
+        for name, figure in (figures or {}).items():
+            written.extend(plots.save_figure(figure, staging / name))
+    return [out_dir / path.relative_to(staging) for path in written]
 
 
 def plot_methods(frame: pd.DataFrame, metric: str, direction: str, table: str | None = None, ax=None,

@@ -1,0 +1,323 @@
+"""Reliability (docs/reliability.md): no silent wrong result, no mixed result folder, no deep
+traceback on bad input. Each test is one row of the table in docs/reliability.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cmp_utils import atomic, config, data, experiments, images, notebook_tools, run_notebooks, train
+
+from data_fixtures import write_cub, write_cuhk, write_flickr, write_image
+
+
+def _replace_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int]) -> None:
+    """Overwrite ``path`` with other pixels and move its mtime on (as a copy over it would)."""
+    write_image(path, colour, size=size)
+    status = path.stat()
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns + 5_000_000_000))
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+# ---------------------------------------------------------------------- 1. content-keyed caches and runs
+def test_image_replaced_at_same_path_rebuilds_the_image_cache(tmp_path):
+    paths = [str(write_image(tmp_path / f"{k}.png", (40 * k, 10, 90), size=(4, 6))) for k in range(3)]
+    cache = images.ImageCache.build(paths, (6, 4), tmp_path / "cache.npy", progress=False)
+    assert tuple(cache.images[1, 3, 2]) == (40, 10, 90)
+    _replace_image(Path(paths[1]), (200, 200, 0), size=(4, 6))
+    assert not images.ImageCache.is_current(tmp_path / "cache.npy", paths, (6, 4))
+    rebuilt = images.ImageCache.build(paths, (6, 4), tmp_path / "cache.npy", progress=False)
+    assert rebuilt.fingerprint != cache.fingerprint
+    assert tuple(rebuilt.images[1, 3, 2]) == (200, 200, 0)
+
+
+def test_feature_cache_key_follows_a_replaced_image(tmp_path):
+    root = write_cuhk(tmp_path / "data" / "cuhk_pedes")
+    cache_dir = tmp_path / "cache"
+    cfg = train.make_config("paper", "cuhk_pedes", data_dir=str(tmp_path / "data"), cache_dir=str(cache_dir))
+    prepared = data.prepare_dataset("cuhk_pedes", "paper", data_dir=tmp_path / "data", cache_dir=cache_dir,
+                                    image_size=(8, 4))
+    before = train.feature_cache_path(prepared, "test", cfg, flips=False)
+    _replace_image(root / "imgs" / "test_query" / "p5_s1.jpg", (1, 2, 3), size=(20, 12))
+    again = data.prepare_dataset("cuhk_pedes", "paper", data_dir=tmp_path / "data", cache_dir=cache_dir,
+                                 image_size=(8, 4))
+    assert train.feature_cache_path(again, "test", cfg, flips=False) != before
+    assert train.feature_cache_path(again, "train", cfg, flips=False) == train.feature_cache_path(
+        prepared, "train", cfg, flips=False)  # the train images did not change
+
+
+def test_memoised_run_key_follows_images_annotations_and_weights(tmp_path):
+    root = write_flickr(tmp_path / "data" / "flickr30k")
+    weights = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(1)}, weights)
+    cfg = train.make_config("paper", "flickr30k", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "c"),
+                            weights_path=str(weights))
+    settings = cfg.to_dict()
+    first = experiments.run_key(settings, experiments.input_fingerprint(cfg))
+    assert experiments.run_key(settings, experiments.input_fingerprint(cfg)) == first  # nothing changed
+    _replace_image(root / "flickr30k-images" / "1004.jpg", (9, 9, 9), size=(16, 16))
+    after_image = experiments.run_key(settings, experiments.input_fingerprint(cfg))
+    annotation = root / "dataset_flickr30k.json"
+    annotation.write_text(annotation.read_text().replace("grass number 0", "sand number 0"), encoding="utf-8")
+    after_annotation = experiments.run_key(settings, experiments.input_fingerprint(cfg))
+    torch.save({"w": torch.ones(2)}, weights)
+    after_weights = experiments.run_key(settings, experiments.input_fingerprint(cfg))
+    assert len({first, after_image, after_annotation, after_weights}) == 4
+
+
+# ---------------------------------------------------------------------- 1 and 3. annotation errors
+def test_cuhk_captions_as_a_string_is_an_error_naming_file_and_record(tmp_path):
+    root = write_cuhk(tmp_path / "cuhk_pedes")
+    records = json.loads((root / "reid_raw.json").read_text())
+    records[1]["captions"] = "A man wearing a red shirt."
+    (root / "reid_raw.json").write_text(json.dumps(records))
+    with pytest.raises(ValueError, match=r"reid_raw.json: record 1 \(CUHK01/0001002.png\) has \"captions\" as a str"):
+        data.read_dataset("cuhk_pedes", root, "train")
+
+
+def test_karpathy_record_without_imgid_or_with_a_shared_one_is_an_error(tmp_path):
+    root = write_flickr(tmp_path / "flickr30k")
+    payload = json.loads((root / "dataset_flickr30k.json").read_text())
+    del payload["images"][2]["imgid"]
+    (root / "dataset_flickr30k.json").write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match=r"dataset_flickr30k.json: image record 2 \(1002.jpg\) has no integer \"imgid\""):
+        data.read_dataset("flickr30k", root, "train")
+    payload["images"][2]["imgid"] = 0
+    (root / "dataset_flickr30k.json").write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match="image records 0 and 2 .* share imgid 0"):
+        data.read_dataset("flickr30k", root, "test")
+
+
+def test_empty_class_folder_is_an_error_naming_it(tmp_path):
+    root = write_cub(tmp_path / "cub")
+    folder = root / "cvpr2016_cub" / "text_c10" / "002.Laysan_Albatross"
+    for text_file in folder.glob("*.txt"):
+        text_file.unlink()
+    with pytest.raises(ValueError, match="002.Laysan_Albatross holds no caption files"):
+        data.read_dataset("cub", root, "train")
+
+
+def test_caption_file_that_is_not_utf8_names_file_and_line(tmp_path):
+    root = write_cub(tmp_path / "cub")
+    text_file = sorted((root / "cvpr2016_cub" / "text_c10" / "001.Black_footed_Albatross").glob("*.txt"))[0]
+    text_file.write_bytes("this bird is white\nthis bird has a caf\u00e9 colour\n".encode("latin-1"))
+    with pytest.raises(data.AnnotationEncodingError, match=rf"{text_file.name} is not UTF-8: line 2, .*iconv"):
+        data.read_dataset("cub", root, "train")
+
+
+def test_annotation_json_that_is_not_utf8_names_the_file(tmp_path):
+    root = write_cuhk(tmp_path / "cuhk_pedes")
+    records = json.loads((root / "reid_raw.json").read_text())
+    records[0]["captions"][0] = "A man in a caf\u00e9."
+    (root / "reid_raw.json").write_bytes(json.dumps(records, ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(data.AnnotationEncodingError, match=r"reid_raw.json is not UTF-8: line 1"):
+        data.read_dataset("cuhk_pedes", root, "train")
+
+
+# ---------------------------------------------------------------------- 3. damaged caches
+def test_truncated_image_cache_is_rebuilt_with_a_warning(tmp_path):
+    paths = [str(write_image(tmp_path / f"{k}.png", (30 * k, 0, 0), size=(4, 4))) for k in range(3)]
+    cache_path = tmp_path / "cache.npy"
+    images.ImageCache.build(paths, (4, 4), cache_path, progress=False)
+    with open(cache_path, "r+b") as handle:
+        handle.truncate(cache_path.stat().st_size // 2)
+    with pytest.raises(ValueError, match=r"cache.npy is damaged .*delete"):
+        images.ImageCache.open(cache_path)
+    with pytest.warns(UserWarning, match="rebuilding it"):
+        rebuilt = images.ImageCache.build(paths, (4, 4), cache_path, progress=False)
+    assert tuple(rebuilt.images[2, 0, 1]) == (60, 0, 0)
+
+
+def test_truncated_feature_cache_is_deleted_and_recomputed(tmp_path):
+    path = tmp_path / "features.pt"
+    atomic.torch_save(path, torch.arange(1000.0))
+    assert torch.equal(atomic.load_torch_cache(path), torch.arange(1000.0))
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+    with pytest.warns(UserWarning, match="features.pt is damaged"):
+        assert atomic.load_torch_cache(path) is None
+    assert not path.exists()
+    assert atomic.load_torch_cache(tmp_path / "absent.pt") is None
+
+
+# ---------------------------------------------------------------------- 2. whole result sets
+def test_save_experiment_replaces_the_whole_set(tmp_path):
+    import matplotlib.pyplot as plt
+
+    out_dir = tmp_path / "ablation" / "quick"
+    frame = pd.DataFrame({"dataset": "d", "table": "t", "method": ["A", "B"], "direction": "t2i", "metric": "R@1",
+                          "value": [1.0, 2.0], "seed": 0})
+    figure, _ = plt.subplots()
+    experiments.save_experiment(out_dir, frame, {"profile": "quick", "run": 1}, {"old_figure": figure})
+    experiments.save_experiment(out_dir, frame.assign(value=[3.0, 4.0]), {"profile": "quick", "run": 2},
+                                {"new_figure": figure})
+    assert sorted(p.name for p in out_dir.iterdir()) == ["metrics.csv", "new_figure.png", "new_figure.svg",
+                                                         "params.yaml", "summary.csv"]
+    assert pd.read_csv(out_dir / "metrics.csv")["value"].tolist() == [3.0, 4.0]
+
+    class BrokenFigure:
+        def savefig(self, *args, **kwargs):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        experiments.save_experiment(out_dir, frame.assign(value=[5.0, 6.0]), {"run": 3}, {"broken": BrokenFigure()})
+    assert pd.read_csv(out_dir / "metrics.csv")["value"].tolist() == [3.0, 4.0]  # the old set, whole
+    assert "run: 2" in (out_dir / "params.yaml").read_text()
+    assert [p.name for p in out_dir.parent.iterdir()] == ["quick"]  # no temporary folder left
+    plt.close(figure)
+
+
+def test_orphan_temporaries_are_removed_by_the_next_write(tmp_path):
+    dead, alive = _dead_pid(), os.getpid()
+    orphan = tmp_path / f".metrics.csv.{dead}.x1y2{atomic.TEMPORARY_SUFFIX}"
+    orphan_folder = tmp_path / f".quick.{dead}.z9{atomic.TEMPORARY_SUFFIX}"
+    live = tmp_path / f".summary.csv.{alive}.a1{atomic.TEMPORARY_SUFFIX}"
+    orphan.write_text("half")
+    orphan_folder.mkdir()
+    (orphan_folder / "metrics.csv").write_text("half")
+    live.write_text("being written")
+    unrelated = tmp_path / ".keep.tmp"
+    unrelated.write_text("not ours")
+    atomic.write_text(tmp_path / "params.yaml", "a: 1\n")
+    assert not orphan.exists() and not orphan_folder.exists()
+    assert live.exists() and unrelated.exists()
+    assert (tmp_path / "params.yaml").read_text() == "a: 1\n"
+
+
+def test_a_result_folder_moved_aside_by_a_killed_swap_is_restored(tmp_path):
+    dead = _dead_pid()
+    retired = tmp_path / f".quick.{dead}.r5{atomic.TEMPORARY_SUFFIX}" / "quick"
+    retired.mkdir(parents=True)
+    (retired / "metrics.csv").write_text("old complete set")
+    with pytest.raises(RuntimeError, match="stop"):
+        with atomic.replace_folder(tmp_path / "quick"):
+            raise RuntimeError("stop")
+    assert (tmp_path / "quick" / "metrics.csv").read_text() == "old complete set"
+    assert [p.name for p in tmp_path.iterdir()] == ["quick"]
+
+
+# ---------------------------------------------------------------------- 3. notebook parameter types
+@pytest.mark.parametrize("value, declared, fits", [
+    (3, int, True), (True, int, False), (1.5, int, False), ("abc", int, False),
+    (2, float, True), (0.5, float, True), (False, float, False), ("x", str, True), (2024, str, False),
+    (True, bool, True), (1, bool, False), ([1], list, True), ("[1]", list, False), ({"a": 1}, dict, True),
+    ({"a": 1}, "dict", True), ("x", "str | None", True),
+])
+def test_parameter_type_rules(value, declared, fits):
+    assert (notebook_tools.parameter_type_problem("p", value, declared) is None) is fits
+
+
+def test_check_parameters_names_parameter_value_type_and_fix():
+    namespace = {"__annotations__": {"seed": int, "lr": float, "name": str}, "seed": "abc", "lr": 1, "name": "x"}
+    with pytest.raises(ValueError) as error:
+        notebook_tools.check_parameters(namespace)
+    message = str(error.value)
+    assert "parameter seed='abc' is a str" in message and "declares seed: int" in message
+    assert "-p seed 3" in message and "-p seed=3" in message and "lr" not in message
+    notebook_tools.check_parameters({**namespace, "seed": 4})  # fits: no error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", ["abc", 1.5])
+def test_papermill_run_with_a_wrong_seed_type_stops_at_the_check(value, tmp_path, isolated_dirs):
+    import papermill
+
+    notebook = config.project_root() / "notebooks" / "00_environment.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), parameters={"seed": value},
+                                   kernel_name=notebook_tools.KERNEL_NAME, cwd=str(notebook.parent), progress_bar=False)
+    assert f"parameter seed={value!r} is a {type(value).__name__}" in str(error.value)
+    assert "declares seed: int" in str(error.value)
+
+
+# ---------------------------------------------------------------------- 1, 2 and 4. run_notebooks
+@pytest.fixture
+def no_execution(monkeypatch):
+    """Fail the test if papermill would run a notebook (the refusals must come first)."""
+    import papermill
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a notebook ran although the settings should have been refused")
+
+    monkeypatch.setattr(papermill, "execute_notebook", refuse)
+
+
+NOTEBOOK_00 = config.project_root() / "notebooks" / "00_environment.ipynb"
+NOTEBOOK_05 = config.project_root() / "notebooks" / "05_cuhk_pedes.ipynb"
+
+
+@pytest.mark.parametrize("parameters, profile, expected", [
+    ({"profile": "smoke"}, "quick", "-p profile=smoke contradicts --profile quick"),
+    ({"num_seeds": 5}, "smoke", "the smoke profile runs one seed"),
+    ({"source": "real"}, "quick", "labels results of synthetic data"),
+    ({"seeds": 3}, "quick", "seeds are declared by none of the notebooks"),
+    ({"seed": 1.5}, "quick", "parameter seed=1.5 is a float"),
+])
+def test_run_notebooks_refuses_contradicting_parameters(parameters, profile, expected, no_execution, tmp_path):
+    with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace("+", r"\+")):
+        run_notebooks.run_notebooks([NOTEBOOK_00, NOTEBOOK_05], profile, parameters=parameters,
+                                    output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_notebooks_refuses_unsafe_output_dirs(no_execution, tmp_path):
+    with pytest.raises(ValueError, match="would overwrite the source notebook"):
+        run_notebooks.run_notebooks([NOTEBOOK_00], "smoke", output_dir=NOTEBOOK_00.parent)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        run_notebooks.run_notebooks([NOTEBOOK_00], "smoke", output_dir=a_file)
+    with pytest.raises(ValueError, match="cannot be created or written"):
+        run_notebooks.run_notebooks([NOTEBOOK_00], "smoke", output_dir=a_file / "below")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ValueError, match="cannot be created or written"):
+            run_notebooks.run_notebooks([NOTEBOOK_00], "smoke", output_dir=locked)
+    assert run_notebooks.main([str(NOTEBOOK_00), "--profile", "smoke", "--output-dir", str(NOTEBOOK_00.parent)]) == 1
+
+
+def test_cli_parameters_declared_str_stay_strings():
+    assert run_notebooks.parse_parameter("data_dir=2024", "str") == ("data_dir", "2024")
+    assert run_notebooks.parse_parameter("weights_path=~", "str") == ("weights_path", "~")
+    assert run_notebooks.parse_parameter("seed=2") == ("seed", 2)
+    assert run_notebooks.parse_parameter("methods=[CMPM, CMPC]") == ("methods", ["CMPM", "CMPC"])
+
+
+@pytest.mark.slow
+def test_run_notebooks_records_timings_and_keeps_str_parameters(tmp_path, isolated_dirs):
+    notebook = notebook_tools.build_notebook([
+        ("md", "# Probe\n\nChecks what run_notebooks injects.\n\nProduces: nothing."),
+        ("code", "from cmp_utils import notebook_tools"),
+        ("parameters", 'profile: str = "quick"  # p\nseed: int = 0  # s\ndevice: str = "auto"  # d\n'
+                       'data_dir: str = ""  # r'),
+        ("code", "notebook_tools.check_parameters(globals())\nassert data_dir == '2024' and profile == 'smoke'"),
+    ], [], tmp_path / "notebooks" / "99_probe.ipynb")
+    out = tmp_path / "executed"
+    for _ in range(2):
+        assert run_notebooks.main([str(notebook), "--profile", "smoke", "-p", "data_dir=2024",
+                                   "--output-dir", str(out)]) == 0
+    timings = pd.read_csv(out / "timings.csv")
+    assert list(timings.columns) == run_notebooks.TIMING_COLUMNS
+    assert timings["notebook"].tolist() == ["99_probe"]  # the rerun replaced its row
+    row = timings.iloc[0]
+    assert row["profile"] == "smoke" and 0 < row["seconds"] < 300
+    assert f"{os.cpu_count()} CPUs" in row["machine"] and f"torch {torch.__version__}" in row["machine"]
+    assert pd.Timestamp(row["started_at"]).tzinfo is not None
+    executed = nbformat.read(out / "99_probe.ipynb", as_version=4)
+    assert not [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
