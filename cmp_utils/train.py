@@ -8,11 +8,13 @@ Recipe (released scripts; settings per profile in :data:`PROFILE_SETTINGS`):
   Adam's (coupled) ``weight_decay`` on their parameter group: it adds $\\lambda\\theta$ to their
   gradient, which is exactly the gradient of TF-slim's L2 regulariser
   $\\lambda\\,\\lVert\\theta\\rVert^2/2$ added to the loss. Batch-norm parameters, biases, word
-  embedding, LSTM and loss parameters (CMPC's $W$) get none;
+  embedding, LSTM, loss parameters (CMPC's $W$) and depthwise kernels get none;
 * an exponential moving average (EMA) of the weights, decay 0.9999 in the paper, with TF's
-  warm-up $\\min(\\text{decay}, (1+n)/(10+n))$ after $n$ updates (``ema_warmup``); evaluation
-  (validation, best.pt's metrics, test) uses the averaged weights with the live batch-norm
-  statistics. Fast profiles use a smaller decay (their runs have hundreds of steps, not 10^5);
+  warm-up $\\min(\\text{decay}, (1+n)/(10+n))$ after $n$ updates (``ema_warmup``), over what the
+  release averages (``ema_scope="release"``: the CNN and the joint embeddings, their batch-norm
+  moving statistics included; the text branch is evaluated live; see :class:`WeightAverage`);
+  evaluation (validation, best.pt's metrics, test) uses those averages. Fast profiles use a
+  smaller decay (their runs have hundreds of steps, not 10^5);
 * Flickr30K / MSCOCO: ``frozen_epochs`` epochs with the CNN frozen (in eval mode) at ``lr``,
   then every layer at ``finetune_lr`` = 2e-5 until ``epochs``;
 * loss = sum of the named losses of :class:`cmp_utils.losses.CrossModalLoss`;
