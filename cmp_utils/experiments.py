@@ -337,7 +337,8 @@ def run_grid(
         record = records[index]
         for row in record["rows"]:
             rows.append({"dataset": dataset, "method": method, "backbone": record["settings"]["backbone"],
-                         "seed": seed, "seconds": record["seconds"], **(extra_columns or {}), **row})
+                         "seed": seed, "seconds": record["seconds"], "run_key": record["key"],  # the run's folder name
+                         **(extra_columns or {}), **row})
     frame = attach_paper_values(pd.DataFrame(rows))
     return attach_ceiling(frame, profile) if profile in SYNTHETIC_PROFILES else frame
 
@@ -374,21 +375,12 @@ def attach_paper_values(frame: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 
 
-def summarise(frame: pd.DataFrame, by: Sequence[str] = ("dataset", "table", "method", "direction", "metric")) -> pd.DataFrame:
-    """Mean, standard deviation (ddof=1; 0 for one seed) and count over seeds, beside the paper and,
-    where the frame has a ``ceiling`` column (synthetic data, see :func:`attach_ceiling`), beside
-    the ceiling (``ceiling``, ``percent_of_ceiling`` = 100 * mean / ceiling)."""
-    keys = [k for k in by if k in frame.columns]
-    grouped = frame.groupby(keys, sort=False)
-    summary = grouped["value"].agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                                   n_seeds="count").reset_index()
-    if "paper_value" in frame.columns:
-        summary["paper_value"] = grouped["paper_value"].first().to_numpy()
-        summary["difference"] = summary["mean"] - summary["paper_value"]
-    if "ceiling" in frame.columns:
-        summary["ceiling"] = grouped["ceiling"].first().to_numpy()
-        summary["percent_of_ceiling"] = 100.0 * summary["mean"] / summary["ceiling"]
-    return summary
+def summarise(frame: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean, sample std (NaN for one seed), counts, paper value and ceiling per table cell: the one
+    implementation is :func:`cmp_utils.report.summarise` (every grouping column kept by default)."""
+    from . import report
+
+    return report.summarise(frame, by)
 
 
 # ---------------------------------------------------------------------------------------------
