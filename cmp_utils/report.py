@@ -299,8 +299,9 @@ def headline_table(frame: pd.DataFrame, metrics: Sequence[str], caption: str = "
     stats = {"metric", "label", "mean", "std", "n", "n_seeds", "paper_value", "difference", "backbone"}
     keys = [key for key in grouping_columns(summary) if key not in stats]
     varying = _varying(summary, keys)
-    column_key = next((key for key in varying if key not in ("method", "dataset", "table", "direction")),
-                      "direction" if "direction" in varying else None)
+    numeric = [key for key in varying if key not in ("method", "dataset", "table", "direction")
+               and pd.api.types.is_numeric_dtype(summary[key])]
+    column_key = numeric[0] if numeric else ("direction" if "direction" in varying else None)
     order = ["table", "dataset", "method"]
     row_keys = [key for key in order if key in varying] + [key for key in varying if key not in order and key != column_key]
     row_keys = row_keys or ["method"]
@@ -676,6 +677,8 @@ def what_we_found(experiment: str, profile: str, results_dir: str | Path | None 
     ``metrics.csv`` (no hand-typed numbers), with what the reader should not conclude."""
     folder = config.results_dir(results_dir) / experiment / profile
     lines = [f"## What we found ({_data_label(profile)})", ""]
+    if experiment == "training":
+        lines += _training_findings(config.results_dir(results_dir) / "runs" / "training" / profile)
     claims_path, metrics_path = folder / "claims.csv", folder / "metrics.csv"
     if claims_path.is_file():
         for row in read_claims(claims_path).to_dict("records"):
@@ -701,6 +704,28 @@ def what_we_found(experiment: str, profile: str, results_dir: str | Path | None 
     if profile in ("smoke", "quick"):
         lines.append("- " + GENERAL_CAVEAT.format(profile=profile))
     return "\n".join(lines)
+
+
+def _training_findings(run_dir: Path) -> list[str]:
+    """Bullets from notebook 04's run folder: validation recall by epoch, best epoch, test recall."""
+    log_path, results_path = run_dir / "log.jsonl", run_dir / "results.json"
+    if not log_path.is_file():
+        return []
+    history = pd.DataFrame([json.loads(line) for line in log_path.read_text().splitlines() if line.strip()])
+    lines = []
+    recall = next((c for c in ("val_t2i_R@1", "val_i2t_R@1", "val_rsum") if c in history), None)
+    if recall is not None and len(history):
+        lines.append(f"- Validation {recall[4:]} went from {history[recall].iloc[0]:.2f} (epoch {int(history['epoch'].iloc[0])}) "
+                     f"to {history[recall].iloc[-1]:.2f} (epoch {int(history['epoch'].iloc[-1])}); the training loss from "
+                     f"{history['loss'].iloc[0]:.3f} to {history['loss'].iloc[-1]:.3f}.")
+    if results_path.is_file():
+        result = json.loads(results_path.read_text())
+        test = result.get("test") or {}
+        shown = ", ".join(f"{key} {value:.2f}" for key, value in test.items()
+                          if key in ("t2i_R@1", "t2i_R@10", "i2t_R@1", "rsum") and isinstance(value, (int, float)))
+        if shown:
+            lines.append(f"- Test split with the best epoch's weights (epoch {result.get('best_epoch', '?')}): {shown}.")
+    return lines
 
 
 def training_settings(profile: str, dataset: str, overrides: dict[str, Any] | None = None,
