@@ -80,6 +80,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+def file_stamp(path: str | os.PathLike | None) -> str:
+    """``"<path>|<bytes>|<mtime ns>"`` of a file (``"<path>|missing"``, or ``""`` for no path): a cheap
+    content key, so a file replaced at the same path gives another key (caches, memoised runs)."""
+    if not path:
+        return ""
+    resolved = Path(path).expanduser()
+    try:
+        status = resolved.stat()
+    except OSError:
+        return f"{resolved}|missing"
+    return f"{resolved}|{status.st_size}|{status.st_mtime_ns}"
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA); optionally ask torch for deterministic kernels."""
     random.seed(seed)

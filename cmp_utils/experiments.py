@@ -94,11 +94,7 @@ def input_fingerprint(cfg: Any) -> str:
     from . import data
 
     root, _ = data.dataset_root(cfg.dataset, cfg.profile, cfg.data_dir, cfg.cache_dir, cfg.data_seed)
-    parts = [data.files_fingerprint(root)]
-    if cfg.weights_path:
-        weights = Path(cfg.weights_path).expanduser()
-        status = weights.stat() if weights.is_file() else None
-        parts.append(f"{weights}|{status.st_size}|{status.st_mtime_ns}" if status else f"{weights}|missing")
+    parts = [data.files_fingerprint(root), config.file_stamp(cfg.weights_path)]
     return hashlib.sha256("|".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 

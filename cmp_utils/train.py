@@ -378,7 +378,8 @@ def feature_cache_path(prepared, split: str, cfg: TrainConfig, flips: bool) -> P
     ``key`` hashes the image cache's fingerprint, the weights and the preparation folder."""
     cache = prepared.image_cache(split)
     height, width = cache.size
-    digest = hashlib.sha256(f"{cache.fingerprint}|{cfg.weights_path}|{cfg.pretrained}|{prepared.prepared_dir}".encode())
+    weights = config.file_stamp(cfg.weights_path)  # path, size and mtime: replaced weights -> new features
+    digest = hashlib.sha256(f"{cache.fingerprint}|{weights}|{cfg.pretrained}|{prepared.prepared_dir}".encode())
     name = (f"{cfg.backbone}_{height}x{width}_g{cfg.pool_grid[0]}x{cfg.pool_grid[1]}_{split}"
             f"{'_flips' if flips else ''}_{digest.hexdigest()[:12]}.pt")
     return config.cache_dir(cfg.cache_dir) / "features" / prepared.name / cfg.profile / name

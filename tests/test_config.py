@@ -93,3 +93,13 @@ def test_atomic_write_gives_ordinary_permissions(tmp_path):
     os.chmod(path, 0o640)
     atomic.write_text(path, "y")
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_file_stamp_changes_when_a_file_is_replaced_at_the_same_path(tmp_path):
+    path = tmp_path / "weights.pt"
+    assert config.file_stamp(None) == "" and config.file_stamp(path).endswith("|missing")
+    path.write_bytes(b"12345")
+    first = config.file_stamp(path)
+    assert first.endswith(f"|5|{path.stat().st_mtime_ns}")
+    path.write_bytes(b"123456")
+    assert config.file_stamp(path) != first

@@ -59,6 +59,12 @@ def test_feature_cache_key_follows_a_replaced_image(tmp_path):
     assert train.feature_cache_path(again, "test", cfg, flips=False) != before
     assert train.feature_cache_path(again, "train", cfg, flips=False) == train.feature_cache_path(
         prepared, "train", cfg, flips=False)  # the train images did not change
+    weights = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(1)}, weights)
+    with_weights = train.make_config("paper", "cuhk_pedes", cache_dir=str(cache_dir), weights_path=str(weights))
+    old_weights_key = train.feature_cache_path(again, "train", with_weights, flips=False)
+    torch.save({"w": torch.ones(3)}, weights)  # other weights at the same path
+    assert train.feature_cache_path(again, "train", with_weights, flips=False) != old_weights_key
 
 
 def test_memoised_run_key_follows_images_annotations_and_weights(tmp_path):
@@ -321,3 +327,20 @@ def test_run_notebooks_records_timings_and_keeps_str_parameters(tmp_path, isolat
     assert pd.Timestamp(row["started_at"]).tzinfo is not None
     executed = nbformat.read(out / "99_probe.ipynb", as_version=4)
     assert not [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+# ---------------------------------------------------------------------- the sound core stays sound
+def test_checkpoints_and_settings_load_without_code_execution():
+    """Every ``torch.load`` in the package passes ``weights_only=True``; YAML is only safe-loaded."""
+    import re
+
+    package = config.project_root() / "cmp_utils"
+    unsafe, calls = [], 0
+    for path in sorted(package.glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        for match in re.finditer(r"torch\.load\(([^()]*(\([^()]*\))?)*\)", source):
+            calls += 1
+            if "weights_only=True" not in match.group(0):
+                unsafe.append(f"{path.name}: {match.group(0)}")
+        unsafe += [f"{path.name}: yaml.{call}" for call in re.findall(r"yaml\.(load|unsafe_load|full_load)\(", source)]
+    assert calls >= 3 and not unsafe, unsafe  # checkpoints, feature caches and weights are all loaded
