@@ -15,12 +15,29 @@ Recipe (released scripts; settings per profile in :data:`PROFILE_SETTINGS`):
   moving statistics included; the text branch is evaluated live; see :class:`WeightAverage`);
   evaluation (validation, best.pt's metrics, test) uses those averages. Fast profiles use a
   smaller decay (their runs have hundreds of steps, not 10^5);
-* Flickr30K / MSCOCO: ``frozen_epochs`` epochs with the CNN frozen (in eval mode) at ``lr``,
-  then every layer at ``finetune_lr`` = 2e-5 until ``epochs``;
+* Flickr30K / MSCOCO: ``frozen_epochs`` epochs with the CNN frozen at ``lr`` (its batch norm on
+  batch statistics, ``frozen_cnn_bn="batch_stats"``, as the release builds it with
+  ``is_training=True``), then every layer at ``finetune_lr`` = 2e-5 until ``epochs``; at the
+  switch Adam's moments and the EMA (shadows, step count) restart (``stage2_restart``), since the
+  release's second stage restores trainable variables only (``configuration.py``); see
+  :func:`stage_of` and :func:`_enter_stage`;
 * loss = sum of the named losses of :class:`cmp_utils.losses.CrossModalLoss`;
-* validation each epoch on the validation split; ``best.pt`` is chosen on it (``select_metric``),
-  the test split is only scored at the end, with the best weights;
-* CUDA: autocast (bf16, or fp16 with a gradient scaler) and channels-last images.
+* validation every ``validate_every`` epochs (and the last) on the validation split; ``best.pt``
+  is chosen on it (``select_metric``), the test split is only scored at the end, with the best
+  weights. ``validate_every=0`` keeps the last epoch (the release has no validation loop);
+  ``select_split="test"`` selects on the test split (a port's optimistic choice);
+* precision: fp32 in the paper profile (``amp="off"``, as the release); ``amp="auto"`` = bf16
+  autocast on CUDA (fp16 with a gradient scaler where bf16 is unsupported) and fp32 on the CPU;
+  ``amp="bf16"`` also autocasts on the CPU. CUDA: channels-last images;
+* ``num_threads``: the run's torch threads (1 in smoke / quick, so numbers do not depend on the
+  machine; all cores in paper), recorded in ``params.yaml`` as ``torch_threads``; DataLoader
+  workers ``num_workers`` (None: min(8, CPU count)).
+
+``fit`` reads as its stages: checks before anything runs (:func:`check_output_dir`,
+:func:`check_resume_settings`, :func:`check_batches`), setup (:func:`_prepare_training_data`,
+:func:`_build_run_state`), then per epoch the stage switch (:func:`_enter_stage`), one epoch
+(:func:`_train_epoch`), evaluation and selection (:func:`_evaluate_epoch`) and checkpoints
+(:func:`_save_checkpoints`), and the final test (:func:`_final_result`).
 
 Frozen cached features (``feature_mode="cached"``, smoke / quick): the frozen ImageNet backbone
 runs once per image (and once per flipped image, for the flip augmentation) and its grid-pooled
@@ -91,10 +108,15 @@ from . import models
 
 _PAPER_COMMON = dict(feature_mode="end_to_end", lr=2e-4, finetune_lr=2e-5, weight_decay=4e-5, ema_decay=0.9999,
                      embedding_dim=512, word_dim=512, hidden_size=512, dropout=0.3, pool_grid=(1, 1),
-                     sampler="random", amp="off", num_workers=None, eval_batch_size=256)  # fp32, as the release
+                     sampler="random", amp="off", num_workers=None, eval_batch_size=256,  # fp32, as the release
+                     padded_steps="zeros")  # the release trains at batch > 1 with padded zeros in the max
 _FAST_COMMON = dict(feature_mode="cached", backbone="mobilenet_v2", lr=1e-3, finetune_lr=1e-3, weight_decay=4e-5,
                     sampler="identity", instances_per_label=2, amp="auto", num_workers=0, eval_batch_size=512,
-                    num_threads=1)  # one torch thread: the same numbers on any machine
+                    num_threads=1,  # one torch thread: the same numbers on any machine
+                    # TF's joint-embedding BN momentum (0.0003) leaves the running statistics near their
+                    # initial values after a few hundred steps: quick CUHK-PEDES test t2i R@1 4.5 against
+                    # 10.4 with PyTorch's (seed 0, docs/fidelity.md), so the fast profiles use PyTorch's.
+                    bn_style="pytorch")
 
 #: Settings per profile and dataset, as plain data. ``paper`` = the released scripts' settings
 #: (CUB / Flowers: no script was released; the Flickr30K recipe is assumed and marked so).

@@ -38,7 +38,9 @@ def test_defaults_are_the_release_and_paper_profile_is_fp32():
     assert (cfg.word_embedding_init, cfg.lstm_init, cfg.lstm_backward, cfg.bn_style, cfg.joint_embedding,
             cfg.ema_scope, cfg.num_classes_from) == ("xavier", "tf", "time", "tf", "linear_bn", "release", "all_splits")
     assert cfg.vocab_case_sensitive is False and cfg.pad_shares_most_frequent is False
-    assert cfg.amp == "off" and cfg.ema_decay == 0.9999
+    assert cfg.amp == "off" and cfg.ema_decay == 0.9999 and cfg.padded_steps == "zeros"  # as the release trains
+    # the fast profiles' few hundred steps need PyTorch's BN momentum (docs/fidelity.md)
+    assert train.make_config("quick", "cuhk_pedes").bn_style == "pytorch"
     assert all(train.make_config("paper", name).amp == "off" for name in ("flickr30k", "mscoco", "cub", "flowers"))
     # every option is a settings field, so --set reaches it
     assert train.make_config("smoke", "cuhk_pedes", lstm_backward="batch_reversed").lstm_backward == "batch_reversed"
