@@ -231,6 +231,17 @@ def _vary_person(base: dict[str, Any], rng: np.random.Generator) -> dict[str, An
     return fresh
 
 
+def visible_attributes(person: dict[str, Any]) -> dict[str, Any]:
+    """The attributes a photo of ``person`` shows (:data:`PERSON_ATTRIBUTES`; the colour of an absent
+    hat or bag is ``None``)."""
+    shown = {attribute: person[attribute] for attribute in PERSON_ATTRIBUTES}
+    if shown["bag"] == "none":
+        shown["bag_colour"] = None
+    if shown["hat"] == "none":
+        shown["hat_colour"] = None
+    return shown
+
+
 def _visible_signature(person: dict[str, Any]) -> tuple:
     signature = dict(person)
     if signature["bag"] == "none":
@@ -347,8 +358,17 @@ def render_person(person: dict[str, Any], shades: dict[str, tuple], rng: np.rand
     return canvas.finish(rng)
 
 
-def person_caption(person: dict[str, Any], rng: np.random.Generator) -> str:
-    """One annotator's description: synonyms, shuffled order, some attributes left out."""
+GENDER_WORDS = frozenset({"she", "her", "he", "his", "woman", "lady", "girl", "female", "man", "guy", "male",
+                          "gentleman"})
+
+
+def person_caption(person: dict[str, Any], rng: np.random.Generator, mentions: dict[str, str] | None = None) -> str:
+    """One annotator's description: synonyms, shuffled order, some attributes left out.
+
+    ``mentions``, when given, is filled with the attributes the caption states and their values
+    (``{"top_colour": "red", "bag": "backpack", ...}``): the ground truth of the ceiling
+    (:mod:`cmp_utils.ceiling`). It draws nothing from ``rng``, so the caption is the same either way.
+    """
     woman = person["gender"] == "woman"
     pronoun, possessive = ("she", "her") if woman else ("he", "his")
     noun = _pick(rng, ("woman", "lady", "girl", "female", "person") if woman else ("man", "guy", "male", "person", "gentleman"))
@@ -404,11 +424,29 @@ def person_caption(person: dict[str, Any], rng: np.random.Generator) -> str:
         parts.append(f"{pronoun} is wearing {clothes}" if rng.random() < 0.5 else f"{opening} has on {clothes}")
         if mention_hair:
             parts.append(f" and has {hair}")
-    if bag is not None and rng.random() < 0.75:
+    bag_stated = bag is not None and rng.random() < 0.75
+    if bag_stated:
         parts.append(_pick(rng, (f". {pronoun} is {bag.replace('has ', 'carrying ').replace('with ', 'carrying ')}",
                                  f", {bag.replace('has ', 'with ')}")))
     text = "".join(parts)
-    return ". ".join(_sentence(s.strip()).rstrip(".") for s in text.split(". ") if s.strip()) + "."
+    caption = ". ".join(_sentence(s.strip()).rstrip(".") for s in text.split(". ") if s.strip()) + "."
+    if mentions is not None:
+        mentions.clear()
+        stated = {"top": ("top_type", "top_colour"), "bottom": ("bottom_type", "bottom_colour"),
+                  "shoes": ("shoes_colour",), "hat": ("hat", "hat_colour")}
+        for key in kept:
+            mentions.update({attribute: person[attribute] for attribute in stated[key]})
+        if "top" in kept and pattern:
+            mentions["pattern"] = person["pattern"]
+        if mention_hair:
+            mentions["hair_colour"] = person["hair_colour"]
+            if style != 2 and hair.startswith(person["hair_length"]):
+                mentions["hair_length"] = person["hair_length"]
+        if bag_stated:
+            mentions.update(bag=person["bag"], bag_colour=person["bag_colour"])
+        if GENDER_WORDS & set(caption.lower().replace(".", " ").replace(",", " ").split()):
+            mentions["gender"] = person["gender"]
+    return caption
 
 
 def _families(count: int, rng: np.random.Generator, sample: Callable, vary: Callable, max_family: int = 4) -> list:
