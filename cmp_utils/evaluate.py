@@ -5,6 +5,11 @@ Protocol (released code, minus its quirks): the **gallery holds every image of t
 Embeddings are L2-normalised by the metrics (cosine similarity); a hit is a gallery item with
 the query's label (same person for CUHK-PEDES, same image for Flickr30K / MSCOCO).
 
+Text features do not depend on how captions are batched: the model runs in eval mode, where
+:class:`cmp_utils.models.TextEncoder` always leaves padded steps out of its max-pool, whatever
+``padded_steps`` training used (the release encodes test captions at batch size 1,
+``scripts/test_*.sh --batch_size=1``, so its test features never see padding either).
+
 ``encode`` returns, for split ``s`` with $N_I$ images and $N_T$ captions:
 
 * ``image_embeddings`` $x$ (N_I, d), row ``i`` = image ``image_index == i`` of the split's cache;
