@@ -83,7 +83,8 @@ gpu-check:
 	PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),python3) -m cmp_utils.gpu_check --output-dir results/gpu
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(ALLOW_ROOT) $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ContentsManager.pre_save_hook=cmp_utils.lab.pre_save_hook \
+	  $(ALLOW_ROOT) $(LAB_ARGS)
 
 clean-notebooks: $(STAMP)
 	$(PY) -m cmp_utils.notebook_tools strip notebooks/*.ipynb
