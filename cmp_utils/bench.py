@@ -76,7 +76,7 @@ GROUPS = ("training_step", "evaluation", "data", "losses", "gpu")
 EVAL_GOAL_SECONDS = 2.0
 #: Goal of the pipeline efficiency of the quick profile's training step.
 PIPELINE_EFFICIENCY_GOAL = 0.9
-#: CUHK-PEDES: training images and identities (reference file: dataset sizes).
+#: CUHK-PEDES: training images and identities (published split sizes, data.PUBLISHED_SIZES).
 CUHK_TRAIN_IMAGES, CUHK_TRAIN_IDS = 34054, 11003
 #: The paper's vocabulary table (12000 rows) and text / embedding widths.
 PAPER_VOCABULARY, PAPER_DIM = 12000, 512

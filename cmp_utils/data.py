@@ -90,7 +90,8 @@ SPLITS = {"cuhk_pedes": ("train", "val", "test"), "flickr30k": ("train", "val", 
           "flowers": ("train", "val", "test", "trainval"), "icfg_pedes": ("train", "val", "test", "trainval"),
           "rstpreid": ("train", "val", "test")}
 # The splits a prepared dataset uses for model selection and for the final numbers.
-# MSCOCO: the released scripts train on `train` and validate on `restval` (reference file).
+# MSCOCO: the release trains on `train` (scripts/train_coco_resnet_cmpm.sh) and builds its validation
+# data from `restval` (builddata/coco.py).
 VALIDATION_SPLIT = {"cuhk_pedes": "val", "flickr30k": "val", "mscoco": "restval", "cub": "val", "flowers": "val",
                     "icfg_pedes": "val", "rstpreid": "val"}
 TEST_SPLIT = {name: "test" for name in config.DATASETS}
