@@ -348,3 +348,71 @@ def plot_cosine_histograms(image_embeddings, image_labels, text_embeddings, text
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     return ax.figure
+
+
+# ---------------------------------------------------------------------------------------------
+# Retrieval examples (notebook 12)
+# ---------------------------------------------------------------------------------------------
+
+MATCH_COLOUR, MISS_COLOUR = "#2ca02c", "#d62728"
+
+
+def _framed(ax, pixels, matched: bool | None, caption: str = "") -> None:
+    """An image framed green (a match), red (a miss) or grey (``None``: nothing to match, a free query)."""
+    ax.imshow(pixels)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor("#999999" if matched is None else MATCH_COLOUR if matched else MISS_COLOUR)
+        spine.set_linewidth(3)
+    if caption:
+        ax.set_title(caption, fontsize=7)
+
+
+def plot_text_queries(queries: Sequence[str], ranked_images, matches, gallery_pixels, profile: str,
+                      title: str = "") -> "plt.Figure":
+    """Each text query (a row) with its top-K gallery images: ``ranked_images`` (Q, K) gallery
+    indices, best first; ``matches`` (Q, K) bool, framed green where the image shows the query's
+    identity and red where it does not; ``gallery_pixels`` (N_I, H, W, 3) uint8."""
+    import textwrap
+
+    ranked_images = np.asarray(ranked_images)
+    matches = None if matches is None else np.asarray(matches, dtype=bool)  # None: a free query, grey frames
+    rows, top = ranked_images.shape
+    height, width = gallery_pixels.shape[1:3]
+    cell = 1.1 * min(1.0, height / width) + 0.25
+    fig = plt.figure(figsize=(2.6 + 1.05 * top * min(1.4, width / height), cell * rows + 0.5))
+    grid = fig.add_gridspec(rows, top + 1, width_ratios=[2.4] + [1] * top)
+    for row in range(rows):
+        ax = fig.add_subplot(grid[row, 0])
+        ax.axis("off")
+        ax.text(0, 0.5, "\n".join(textwrap.wrap(queries[row], 34)[:6]), fontsize=7, va="center")
+        for rank in range(top):
+            _framed(fig.add_subplot(grid[row, rank + 1]), gallery_pixels[ranked_images[row, rank]],
+                    None if matches is None else bool(matches[row, rank]), f"{rank + 1}" if row == 0 else "")
+    fig.suptitle(title or "Text queries and their top images (green: the described identity, red: another)", fontsize=9)
+    return mark_synthetic(fig, profile)
+
+
+def plot_image_queries(query_pixels, ranked_captions: Sequence[Sequence[str]], matches, profile: str,
+                       title: str = "") -> "plt.Figure":
+    """Each image query (a row) with its top-K captions, green where the caption describes the
+    image's identity and red where it does not; ``query_pixels`` (Q, H, W, 3) uint8."""
+    import textwrap
+
+    matches = np.asarray(matches, dtype=bool)
+    rows, top = matches.shape
+    fig, axes = plt.subplots(rows, 2, figsize=(9.5, 1.25 * max(2, top) * 0.55 * rows + 0.5),
+                             gridspec_kw={"width_ratios": [1, 5]}, squeeze=False)
+    for row in range(rows):
+        _framed(axes[row, 0], query_pixels[row], True)
+        axes[row, 0].spines[:].set_edgecolor("#444444")
+        ax = axes[row, 1]
+        ax.axis("off")
+        for rank in range(top):
+            text = textwrap.shorten(ranked_captions[row][rank], 110, placeholder="...")
+            ax.text(0, 1 - (rank + 0.5) / top, f"{rank + 1}. {text}", fontsize=7, va="center",
+                    color=MATCH_COLOUR if matches[row, rank] else MISS_COLOUR)
+    fig.suptitle(title or "Image queries and their top captions (green: describes this identity, red: another)", fontsize=9)
+    fig.tight_layout()
+    return mark_synthetic(fig, profile)

@@ -309,3 +309,70 @@ def test_paper_value_lookup():
                             "direction": ["t2i"] * 2, "metric": ["R@1", "R@5"], "value": [1.0, 2.0]})
     attached = paper.with_paper_values(results)
     assert attached["paper_value"].iloc[0] == 49.37 and math.isnan(attached["paper_value"].iloc[1])
+
+
+# ---------------------------------------------------------------------------------------
+# Figures (cmp_utils.plots)
+# ---------------------------------------------------------------------------------------
+
+
+def test_ap50_ceiling_is_the_mean_share_a_class_can_fill():
+    from cmp_utils import plots
+
+    assert plots.ap50_ceiling([10, 60, 50]) == pytest.approx(100 * (10 / 50 + 1 + 1) / 3)
+    with pytest.raises(ValueError):
+        plots.ap50_ceiling([])
+
+
+def test_methods_figure_keeps_the_paper_apart_and_marks_synthetic_data():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from cmp_utils import plots
+
+    frame = pd.DataFrame([row("R@1", value, seed, 49.37 if method == "CMPM+CMPC" else float("nan"), method=method)
+                          for method, values in (("CMPM", (7.0, 7.5, 8.0)), ("CMPM+CMPC", (8.5, 8.8, 9.0)))
+                          for seed, value in enumerate(values)])
+    fig = plots.methods_figure(frame, [dict(metric="R@1", direction="t2i", title="R@1")], "quick")
+    ours, paper_panel = [ax for ax in fig.axes if ax.get_visible()]
+    left, right = ours.get_xlim()
+    assert 5.0 < left < 7.0 and 9.0 < right < 12.0  # zoomed to the values, the paper's 49.37 is not on this axis
+    assert paper_panel.get_xlim() == (0, 100) and "paper" in paper_panel.get_title()
+    assert [label.get_text() for label in paper_panel.get_yticklabels()] == ["CMPM+CMPC: text-to-image R@1"]
+    assert any(t.get_text() == "synthetic data, quick profile" for t in fig.texts)
+    assert not any("synthetic" in t.get_text() for t in plots.methods_figure(frame, [dict(metric="R@1")], "paper").texts)
+
+
+def test_batch_size_figure_is_relative_to_each_losses_best():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from cmp_utils import plots
+
+    frame = pd.DataFrame([row("R@1", value, seed, method=method, batch_size=batch)
+                          for method, by_batch in (("CMPM", {16: 8.0, 64: 10.0}), ("ranking", {16: 2.0, 64: 4.0}))
+                          for batch, value in by_batch.items() for seed in (0, 1)])
+    fig = plots.batch_size_figure(frame, "quick")
+    relative = fig.axes[0]
+    lines = {line.get_label(): list(line.get_ydata()) for line in relative.get_lines() if not line.get_label().startswith("_")}
+    assert lines == {"CMPM": [80.0, 100.0], "ranking": [50.0, 100.0]}
+
+
+def test_training_curves_read_the_run_logs(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from cmp_utils import plots
+
+    for key, recall in (("run_a", (10.0, 20.0)), ("run_b", (12.0, 22.0))):
+        (tmp_path / key).mkdir()
+        (tmp_path / key / "log.jsonl").write_text("".join(
+            json.dumps({"epoch": epoch + 1, "loss": 3.0 - epoch, "val_t2i_R@1": value}) + "\n"
+            for epoch, value in enumerate(recall)))
+    frame = pd.DataFrame([row("R@1", 1.0, seed, method="CMPM", run_key=key) for seed, key in enumerate(("run_a", "run_b"))])
+    fig = plots.training_curves(frame, "quick", runs_dir=tmp_path)
+    recall_axis = fig.axes[1]
+    [line] = recall_axis.get_lines()
+    assert list(line.get_ydata()) == [11.0, 21.0]  # mean over the two seeds per epoch
+    with pytest.raises(FileNotFoundError, match="log.jsonl"):
+        plots.training_curves(frame.assign(run_key="missing"), "quick", runs_dir=tmp_path)
