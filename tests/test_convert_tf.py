@@ -357,3 +357,33 @@ def test_cli_refuses_a_mismatch_and_guesses_the_kind(tmp_path, capsys):
         assert torch.equal(value, whole.state_dict()[key]), key
     assert convert_tf.main([str(tmp_path / "missing"), str(tmp_path / "x.pt")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_notebook_05_scores_a_converted_checkpoint(tmp_path, isolated_dirs):
+    """A release-style checkpoint sized for the smoke data, converted and scored by notebook 05 without training."""
+    import pandas as pd
+
+    from cmp_utils import config, data, evaluate, experiments, train
+    from cmp_utils.run_notebooks import run_notebooks
+
+    results, _ = isolated_dirs
+    settings = train.make_config("smoke", "cuhk_pedes")
+    prepared = data.prepare_dataset("cuhk_pedes", "smoke", cache_dir=settings.cache_dir, seed=settings.data_seed,
+                                    image_size=settings.image_size)
+    prefix, _ = save_tf_cmpm_checkpoint(tmp_path, vocab_size=len(prepared.vocabulary), word_dim=8, hidden=8,
+                                        embedding_dim=16, num_classes=5)
+    converted = tmp_path / "converted.pt"
+    convert_tf.convert(prefix, converted, out=io.StringIO())
+    model = convert_tf.load_converted_model(converted, prepared.vocabulary)
+    expected = pd.DataFrame(experiments.protocol_metrics(
+        "cuhk_pedes", *evaluate.encode(model, prepared, prepared.test_split, "cpu", settings.eval_batch_size)))
+
+    notebook = config.project_root() / "notebooks" / "05_cuhk_pedes.ipynb"
+    run_notebooks([notebook], "smoke", parameters={"evaluate_checkpoint": str(converted), "methods": ["CMPM"]},
+                  output_dir=tmp_path / "executed")
+    scored = pd.read_csv(results / "cuhk_pedes" / "smoke" / "converted_checkpoint.csv")
+    assert set(scored["metric"]) == {"R@1", "R@5", "R@10", "mAP", "mINP"}
+    merged = scored.merge(expected, on=["table", "direction", "metric"], suffixes=("", "_expected"))
+    assert len(merged) == len(expected) == 5
+    assert np.allclose(merged["value"], merged["value_expected"], atol=1e-6)
