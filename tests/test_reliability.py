@@ -344,3 +344,19 @@ def test_checkpoints_and_settings_load_without_code_execution():
                 unsafe.append(f"{path.name}: {match.group(0)}")
         unsafe += [f"{path.name}: yaml.{call}" for call in re.findall(r"yaml\.(load|unsafe_load|full_load)\(", source)]
     assert calls >= 3 and not unsafe, unsafe  # checkpoints, feature caches and weights are all loaded
+
+
+
+def test_reliability_table_names_only_existing_tests():
+    """Every test named in docs/reliability.md exists (in the file it names, when it names one)."""
+    import re
+
+    root = config.project_root()
+    table = (root / "docs" / "reliability.md").read_text(encoding="utf-8")
+    named = re.findall(r"`(?:tests/(test_\w+)\.py)?(?:::)?(test_\w+)`", table)
+    assert len(named) >= 30
+    defined = {path.stem: set(re.findall(r"^def (test_\w+)\(", path.read_text(encoding="utf-8"), re.M))
+               for path in (root / "tests").glob("test_*.py")}
+    missing = [f"{file_name}::{test_name}" for file_name, test_name in named
+               if test_name not in (defined.get(file_name, set()) if file_name else set().union(*defined.values()))]
+    assert not missing, missing
