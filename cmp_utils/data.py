@@ -732,6 +732,15 @@ def vocabulary_file_name(case_sensitive: bool = False, pad_shares_most_frequent:
     return f"vocabulary{suffix}.json"
 
 
+RECIPE_OPTIONS = ("vocab_case_sensitive", "pad_shares_most_frequent", "num_classes_from")
+
+
+def recipe_options(settings: Any) -> dict[str, Any]:
+    """The data-side recipe options of a run's settings (a ``TrainConfig``), as keywords of
+    :func:`prepare_dataset` and :func:`check_prepared_options`."""
+    return {name: getattr(settings, name) for name in RECIPE_OPTIONS}
+
+
 def check_prepared_options(prepared: PreparedDataset, *, vocab_case_sensitive: bool, pad_shares_most_frequent: bool,
                            num_classes_from: str) -> None:
     """Raise ``ValueError`` when ``prepared`` was made with other recipe options than a run's settings."""

@@ -176,7 +176,7 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "cpu"):
     cfg = train.as_config(settings)
     resolved = config.resolve_device(device)
     prepared = data.prepare_dataset(cfg.dataset, cfg.profile, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir,
-                                    seed=cfg.data_seed, image_size=cfg.image_size)
+                                    seed=cfg.data_seed, image_size=cfg.image_size, **data.recipe_options(cfg))
     features: dict[str, torch.Tensor] = {}
     if cfg.feature_mode == "cached":
         for split in {prepared.validation_split, prepared.test_split} - {None}:

@@ -743,11 +743,9 @@ def build_run_model(cfg: TrainConfig, prepared, feature_dim: int | None = None) 
     ones (``vocab_case_sensitive``, ``pad_shares_most_frequent``, ``num_classes_from``) shape the
     prepared data: a ``ValueError`` is raised when ``prepared`` was made with other values.
     """
-    from .data import check_prepared_options
+    from .data import check_prepared_options, recipe_options
 
-    check_prepared_options(prepared, vocab_case_sensitive=cfg.vocab_case_sensitive,
-                           pad_shares_most_frequent=cfg.pad_shares_most_frequent,
-                           num_classes_from=cfg.num_classes_from)
+    check_prepared_options(prepared, **recipe_options(cfg))
     return models.build_model(len(prepared.vocabulary), cfg.backbone, cfg.embedding_dim, cfg.word_dim,
                               cfg.hidden_size, cfg.dropout, prepared.vocabulary.pad_id, cfg.padded_steps,
                               cfg.pool_grid, cfg.weights_path, cfg.pretrained, cached_feature_dim=feature_dim,
@@ -910,7 +908,7 @@ def _prepare_training_data(cfg: TrainConfig, context: distributed.DistributedCon
     from . import data
 
     prepared = data.prepare_dataset(cfg.dataset, cfg.profile, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir,
-                                    seed=cfg.data_seed, image_size=cfg.image_size)
+                                    seed=cfg.data_seed, image_size=cfg.image_size, **data.recipe_options(cfg))
     captions = evaluate.caption_tensors(prepared.frames["train"], prepared.vocabulary)
     training = _TrainingData(prepared=prepared, captions=captions, labels=captions["labels"].numpy(), features={})
     if cfg.feature_mode != "cached":
@@ -938,7 +936,7 @@ def _new_optimizer(model: models.CrossModalModel, loss_module: nn.Module, cfg: T
 
 def _new_weight_average(model: models.CrossModalModel, cfg: TrainConfig) -> WeightAverage:
     """The weight average of a run (a fresh one at the start and at the stage-2 restart)."""
-    return WeightAverage(model, cfg.ema_decay, cfg.ema_warmup)
+    return WeightAverage(model, cfg.ema_decay, cfg.ema_warmup, scope=cfg.ema_scope)
 
 
 def _build_run_state(cfg: TrainConfig, context: distributed.DistributedContext, training: _TrainingData) -> _RunState:

@@ -344,3 +344,21 @@ def test_class_level_paper_profile_trains_on_all_trainval_classes(data_root, tmp
     held_out = data.prepare_dataset("flowers", "paper", val_class_fraction=0.5, **kwargs)
     assert held_out.validation_split == "val" and held_out.frames["train"]["label"].nunique() < 3
     assert Vocabulary.build([["x"]] * 3).case_sensitive is False
+
+
+def test_a_run_with_the_port_options_reaches_data_model_and_average(isolated_dirs, tmp_path):
+    settings = dict(profile="smoke", dataset="cuhk_pedes", progress=False, epochs=1, max_steps_per_epoch=2,
+                    evaluate_test=False, output_dir=str(tmp_path / "run"), vocab_case_sensitive=True,
+                    pad_shares_most_frequent=True, num_classes_from="train", lstm_backward="batch_reversed",
+                    joint_embedding="linear_bias", ema_scope="all")
+    result = train.fit(settings)
+    params = result.settings
+    assert params["vocab_case_sensitive"] and params["pad_shares_most_frequent"] and params["ema_scope"] == "all"
+    state = torch.load(result.output_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["ema"]["scope"] == "all" and any(name.startswith("text_encoder.") for name in state["ema"]["names"])
+    assert "image_embedding.projection.bias" in state["model"]  # linear_bias reached the model
+    cfg = train.make_config(**{k: v for k, v in settings.items() if k not in ("profile", "dataset")},
+                            profile="smoke", dataset="cuhk_pedes")
+    prepared = data.prepare_dataset("cuhk_pedes", "smoke", **data.recipe_options(cfg))
+    assert prepared.vocabulary.case_sensitive and prepared.vocabulary.pad_shares_most_frequent
+    assert state["model"]["text_encoder.word_embedding.weight"].shape[0] == len(prepared.vocabulary)
