@@ -6,10 +6,11 @@ belong together (an experiment's metrics, summary, claims, parameters and figure
 into a temporary sibling folder and swapped in with renames by :func:`replace_folder`, so a
 reader never sees an old file beside a new one.
 
-Temporaries are named ``.<name>.<pid>.<random>.cmp-partial``. A write that is killed (kill -9,
-power loss) leaves its temporary behind; the next write into the same folder removes every
-such leftover whose process is no longer running (:func:`remove_orphans`), so interrupted
-runs do not accumulate half-written files.
+Temporaries are named ``.<name>.<host>-<pid>.<random>.cmp-partial``. A write that is killed
+(kill -9, power loss) leaves its temporary behind; the next write into the same folder removes
+every such leftover of this machine whose process is no longer running (:func:`remove_orphans`),
+so interrupted runs do not accumulate half-written files. Another machine's temporaries (a
+shared file system) are left alone: whether their process runs cannot be seen from here.
 """
 
 from __future__ import annotations
@@ -18,17 +19,21 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 #: Suffix of every temporary file or folder this module creates.
 TEMPORARY_SUFFIX = ".cmp-partial"
-_TEMPORARY_NAME = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+" + re.escape(TEMPORARY_SUFFIX) + r"$")
+_TEMPORARY_NAME = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.[^.]+" + re.escape(TEMPORARY_SUFFIX) + r"$")
+#: This machine's name as temporaries carry it (letters, digits and dashes).
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
 
 
-def _temporary_prefix(name: str) -> str:
-    return f".{name}.{os.getpid()}."
+def temporary_prefix(name: str, pid: int | None = None) -> str:
+    """``.<name>.<host>-<pid>.``: how a temporary for ``name`` written by process ``pid`` (default: this one) starts."""
+    return f".{name}.{HOST}-{os.getpid() if pid is None else pid}."
 
 
 def _process_is_running(pid: int) -> bool:
@@ -48,8 +53,9 @@ def _process_is_running(pid: int) -> bool:
 def remove_orphans(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporaries left in ``folder`` by writes whose process has ended; return them.
 
-    Only names of the form ``.<name>.<pid>.<random>.cmp-partial`` are touched, and only when
-    process ``<pid>`` is not running on this machine (a live writer's temporary is kept).
+    Only names of the form ``.<name>.<host>-<pid>.<random>.cmp-partial`` are touched, and only
+    when ``<host>`` is this machine and process ``<pid>`` is not running (a live writer's
+    temporary is kept).
     """
     folder = Path(folder)
     removed: list[Path] = []
@@ -59,7 +65,7 @@ def remove_orphans(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMPORARY_NAME.match(entry.name)
-        if not match or _process_is_running(int(match.group("pid"))):
+        if not match or match.group("host") != HOST or _process_is_running(int(match.group("pid"))):
             continue
         path = Path(entry.path)
         try:
@@ -85,7 +91,7 @@ def _ordinary_mode(existing: Path, folder: bool = False) -> int:
 def _restore_retired(destination: Path) -> None:
     """Put back an old result folder that a killed :func:`replace_folder` had moved aside.
 
-    The swap renames ``path`` into ``.<name>.<pid>.<random>.cmp-partial/<name>`` and then the
+    The swap renames ``path`` into ``.<name>.<host>-<pid>.<random>.cmp-partial/<name>`` and then the
     new folder to ``path``; a kill between the two renames leaves ``path`` missing.
     """
     if destination.exists():
@@ -93,7 +99,8 @@ def _restore_retired(destination: Path) -> None:
     for candidate in destination.parent.glob(f".{destination.name}.*{TEMPORARY_SUFFIX}"):
         match = _TEMPORARY_NAME.match(candidate.name)
         retired = candidate / destination.name
-        if match and not _process_is_running(int(match.group("pid"))) and retired.is_dir():
+        if match and match.group("host") == HOST and not _process_is_running(int(match.group("pid"))) \
+                and retired.is_dir():
             os.replace(retired, destination)
             return
 
@@ -104,7 +111,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     destination = Path(path)
     destination.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(destination.parent)
-    handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
+    handle, temporary = tempfile.mkstemp(prefix=temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
                                          dir=destination.parent)
     os.close(handle)
     temporary_path = Path(temporary)
@@ -134,13 +141,13 @@ def replace_folder(path: str | os.PathLike) -> Iterator[Path]:
     destination.parent.mkdir(parents=True, exist_ok=True)
     _restore_retired(destination)
     remove_orphans(destination.parent)
-    staging = Path(tempfile.mkdtemp(prefix=_temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
+    staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
                                     dir=destination.parent))
     try:
         yield staging
         os.chmod(staging, _ordinary_mode(destination, folder=True))  # mkdtemp makes owner-only folders
         if destination.exists():
-            retired = Path(tempfile.mkdtemp(prefix=_temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
+            retired = Path(tempfile.mkdtemp(prefix=temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
                                             dir=destination.parent))
             os.replace(destination, retired / destination.name)  # the old set, kept whole until the swap
             os.replace(staging, destination)

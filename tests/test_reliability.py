@@ -190,24 +190,26 @@ def test_save_experiment_replaces_the_whole_set(tmp_path):
 
 def test_orphan_temporaries_are_removed_by_the_next_write(tmp_path):
     dead, alive = _dead_pid(), os.getpid()
-    orphan = tmp_path / f".metrics.csv.{dead}.x1y2{atomic.TEMPORARY_SUFFIX}"
-    orphan_folder = tmp_path / f".quick.{dead}.z9{atomic.TEMPORARY_SUFFIX}"
-    live = tmp_path / f".summary.csv.{alive}.a1{atomic.TEMPORARY_SUFFIX}"
+    orphan = tmp_path / f"{atomic.temporary_prefix('metrics.csv', dead)}x1y2{atomic.TEMPORARY_SUFFIX}"
+    orphan_folder = tmp_path / f"{atomic.temporary_prefix('quick', dead)}z9{atomic.TEMPORARY_SUFFIX}"
+    live = tmp_path / f"{atomic.temporary_prefix('summary.csv', alive)}a1{atomic.TEMPORARY_SUFFIX}"
+    other_machine = tmp_path / f".claims.csv.elsewhere-{dead}.q7{atomic.TEMPORARY_SUFFIX}"
     orphan.write_text("half")
     orphan_folder.mkdir()
     (orphan_folder / "metrics.csv").write_text("half")
     live.write_text("being written")
+    other_machine.write_text("maybe being written on another machine")
     unrelated = tmp_path / ".keep.tmp"
     unrelated.write_text("not ours")
     atomic.write_text(tmp_path / "params.yaml", "a: 1\n")
     assert not orphan.exists() and not orphan_folder.exists()
-    assert live.exists() and unrelated.exists()
+    assert live.exists() and unrelated.exists() and other_machine.exists()
     assert (tmp_path / "params.yaml").read_text() == "a: 1\n"
 
 
 def test_a_result_folder_moved_aside_by_a_killed_swap_is_restored(tmp_path):
     dead = _dead_pid()
-    retired = tmp_path / f".quick.{dead}.r5{atomic.TEMPORARY_SUFFIX}" / "quick"
+    retired = tmp_path / f"{atomic.temporary_prefix('quick', dead)}r5{atomic.TEMPORARY_SUFFIX}" / "quick"
     retired.mkdir(parents=True)
     (retired / "metrics.csv").write_text("old complete set")
     with pytest.raises(RuntimeError, match="stop"):
