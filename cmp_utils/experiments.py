@@ -24,7 +24,6 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -183,7 +182,7 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "cpu"):
             features[split] = train.cached_image_features(prepared, split, cfg, resolved)
     feature_dim = next(iter(features.values())).shape[-1] if features else None
     model = train.build_run_model(cfg, prepared, feature_dim)
-    best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=resolved, weights_only=True)
+    best = train.load_checkpoint(run_dir / "checkpoints" / "best.pt", resolved)  # clear error if damaged
     model.load_state_dict(best["model"])
     return model.to(resolved).eval(), prepared, features, cfg
 
@@ -407,28 +406,6 @@ def save_experiment(out_dir: str | Path, frame: pd.DataFrame, params: dict[str, 
     return [out_dir / path.relative_to(staging) for path in written]
 
 
-def plot_methods(frame: pd.DataFrame, metric: str, direction: str, table: str | None = None, ax=None,
-                 title: str | None = None):
-    """Bar chart: mean ± std over seeds per method, the paper's value as a marker where confirmed."""
-    import matplotlib.pyplot as plt
-
-    chosen = frame[(frame["metric"] == metric) & (frame["direction"] == direction)]
-    if table is not None:
-        chosen = chosen[chosen["table"] == table]
-    summary = summarise(chosen)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(1.2 + 1.1 * len(summary), 3.6))
-    positions = np.arange(len(summary))
-    ax.bar(positions, summary["mean"], yerr=summary["std"], capsize=4, color="#4c72b0", label="ours (mean ± std)")
-    if "paper_value" in summary and summary["paper_value"].notna().any():
-        ax.scatter(positions, summary["paper_value"], marker="D", color="#c44e52", zorder=3, label="paper")
-    ax.set_xticks(positions, summary["method"], rotation=20, ha="right")
-    ax.set_ylabel(f"{direction} {metric} (%)")
-    ax.set_title(title or f"{table or ''} {direction} {metric}".strip())
-    ax.legend(fontsize=8)
-    return ax.figure
-
-
 # ---------------------------------------------------------------------------------------------
 # Feature distribution
 # ---------------------------------------------------------------------------------------------
@@ -457,56 +434,3 @@ def pick_identities(labels: torch.Tensor, count: int, seed: int = 0) -> list[int
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(candidates), generator=generator)[:count]
     return sorted(int(v) for v in candidates[order])
-
-
-def _pca_2d(points: torch.Tensor) -> torch.Tensor:
-    """Project (n, d) points on their first two principal components: (n, 2)."""
-    centred = points - points.mean(dim=0, keepdim=True)
-    _, _, right = torch.linalg.svd(centred, full_matrices=False)
-    return centred @ right[:2].T
-
-
-def plot_projection(image_embeddings, image_labels, text_embeddings, text_labels, identities: Sequence[int],
-                    ax=None, title: str = ""):
-    """2-D PCA of the normalised embeddings of ``identities``: images as circles, texts as crosses."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4, 4))
-    chosen = torch.tensor(list(identities))
-    image_mask = torch.isin(image_labels, chosen)
-    text_mask = torch.isin(text_labels, chosen)
-    points = torch.nn.functional.normalize(
-        torch.cat([image_embeddings[image_mask], text_embeddings[text_mask]]).float(), dim=1)
-    projected = _pca_2d(points).numpy()
-    labels = torch.cat([image_labels[image_mask], text_labels[text_mask]]).numpy()
-    is_image = np.r_[np.ones(int(image_mask.sum()), bool), np.zeros(int(text_mask.sum()), bool)]
-    colours = plt.get_cmap("tab10")
-    for index, identity in enumerate(identities):
-        for modality, marker in ((True, "o"), (False, "x")):
-            mask = (labels == identity) & (is_image == modality)
-            ax.scatter(projected[mask, 0], projected[mask, 1], marker=marker, s=28, color=colours(index % 10),
-                       label=f"id {identity}" if modality else None)
-    ax.set_title(title)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return ax.figure
-
-
-def plot_cosine_histograms(image_embeddings, image_labels, text_embeddings, text_labels, ax=None, title: str = ""):
-    """Histograms of cross-modal cosine similarity for matching and non-matching pairs."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4, 3))
-    images = torch.nn.functional.normalize(image_embeddings.float(), dim=1)
-    texts = torch.nn.functional.normalize(text_embeddings.float(), dim=1)
-    cosine = images @ texts.T  # (N_I, N_T)
-    same = image_labels[:, None] == text_labels[None, :]
-    bins = np.linspace(-1, 1, 61)
-    ax.hist(cosine[~same].numpy(), bins=bins, density=True, alpha=0.6, label="different identity")
-    ax.hist(cosine[same].numpy(), bins=bins, density=True, alpha=0.6, label="same identity")
-    ax.set_xlabel("cosine similarity (image, text)")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
-    return ax.figure

@@ -112,3 +112,12 @@ def test_torchrun_smoke_training_two_processes(isolated_dirs, tmp_path):
     assert results["history"][0]["epoch"] == 1 and results["history"][0]["loss"] > 0
     params = (out / "params.yaml").read_text()
     assert "world_size: 2" in params
+
+
+def test_batches_are_checked_before_training():
+    cfg = train.make_config("smoke", "cuhk_pedes", batch_size=6)
+    train.check_batches(cfg, num_captions=40, world_size=2, steps=6)  # 6 rows: 3 per process
+    with pytest.raises(ValueError, match="multiple of the number of processes 4"):
+        train.check_batches(cfg, num_captions=40, world_size=4, steps=6)
+    with pytest.raises(ValueError, match=r"batch_size=6 is larger than what the training split .*\(4 captions"):
+        train.check_batches(cfg, num_captions=4, world_size=1, steps=0)
