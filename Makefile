@@ -62,7 +62,8 @@ conda-setup:
 	$(MAKE) --no-print-directory setup VENV="$$CONDA_PREFIX"
 
 # The paper profile on real data: make reproduce PROFILE=paper DATA_DIR=/data/cmp WEIGHTS=/weights/mobilenet_v1.pth
-# (each is passed to the notebooks only when given: -p data_dir=... / -p weights_path=...).
+# (each is passed to the notebooks only when given: -p data_dir=... / -p weights_path=...). WEIGHTS may be a
+# folder holding mobilenet_v1.pth and resnet152.pth: each run takes its backbone's file.
 DATA_DIR ?=
 WEIGHTS ?=
 NOTEBOOK_PARAMETERS := $(if $(DATA_DIR),-p "data_dir=$(DATA_DIR)") $(if $(WEIGHTS),-p "weights_path=$(WEIGHTS)")

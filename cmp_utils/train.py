@@ -723,10 +723,26 @@ def _check_paper_inputs(cfg: TrainConfig) -> None:
     if cfg.backbone in ("mobilenet_v1", "resnet152") and cfg.pretrained and cfg.weights_path is None:
         raise FileNotFoundError(
             f"profile 'paper' trains {cfg.backbone} from ImageNet weights, which cannot be downloaded here: pass "
-            f"weights_path=<{cfg.backbone} state dict> (CLI: --config FILE with `weights_path: ...`), or "
-            "pretrained: false to knowingly train from random init")
+            f"weights_path=<{cfg.backbone} state dict> (CLI: --set weights_path=FILE; notebooks: -p weights_path FILE; "
+            "make reproduce WEIGHTS=FILE or a folder of <backbone>.pth files), or pretrained=false to knowingly "
+            "train from random init")
     if cfg.weights_path is not None and not Path(cfg.weights_path).expanduser().is_file():
         raise FileNotFoundError(f"setting weights_path={cfg.weights_path!r} does not exist")
+
+
+def resolve_weights_path(cfg: TrainConfig) -> TrainConfig:
+    """``weights_path`` may name a folder holding one ImageNet state dict per backbone,
+    ``<backbone>.pth`` (or ``.pt``): each run takes its backbone's file (``make reproduce
+    WEIGHTS=<folder>`` gives every notebook the same value; CUHK-PEDES trains MobileNet v1, the
+    others ResNet-152). Returns ``cfg`` with the file's path; a file path is kept as it is."""
+    if cfg.weights_path is None or not Path(cfg.weights_path).expanduser().is_dir():
+        return cfg
+    folder = Path(cfg.weights_path).expanduser()
+    for suffix in (".pth", ".pt"):
+        if (folder / f"{cfg.backbone}{suffix}").is_file():
+            return dataclasses.replace(cfg, weights_path=str(folder / f"{cfg.backbone}{suffix}"))
+    raise FileNotFoundError(f"setting weights_path={cfg.weights_path!r} is a folder without {cfg.backbone}.pth (or "
+                            f".pt): put the {cfg.backbone} state dict there under that name, or pass the file itself")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -767,7 +783,7 @@ def fit(settings: TrainConfig | dict) -> RunResult:
     and ``resume`` with settings that differ from the run's ``params.yaml``. Refused before the
     first step: a batch larger than the training split.
     """
-    cfg = as_config(settings)
+    cfg = resolve_weights_path(as_config(settings))
     config.resolve_device(cfg.device)  # an unknown or unavailable device fails here, by name
     _check_paper_inputs(cfg)
     out_dir = resolve_output_dir(cfg)

@@ -304,3 +304,14 @@ def test_threads_workers_and_throughput_are_recorded(isolated_dirs, tmp_path):
     assert result.history[0]["images_per_second"] > 0
     assert train.make_config("smoke", "cuhk_pedes").num_threads == 1
     assert train.make_config("paper", "cuhk_pedes").num_threads is None
+
+
+def test_weights_folder_gives_each_backbone_its_file(tmp_path):
+    (tmp_path / "resnet152.pth").write_bytes(b"weights")
+    flickr = train.resolve_weights_path(train.make_config("paper", "flickr30k", weights_path=str(tmp_path)))
+    assert flickr.weights_path == str(tmp_path / "resnet152.pth")
+    with pytest.raises(FileNotFoundError, match=r"folder without mobilenet_v1\.pth"):
+        train.resolve_weights_path(train.make_config("paper", "cuhk_pedes", weights_path=str(tmp_path)))
+    a_file = tmp_path / "resnet152.pth"
+    assert train.resolve_weights_path(train.make_config("paper", "cuhk_pedes", weights_path=str(a_file))).weights_path \
+        == str(a_file)
