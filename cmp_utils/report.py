@@ -53,6 +53,10 @@ PAPER_TABLES = {
     "batch_size": ("R@1",),
     "ablation": ("R@1", "R@10"),
 }
+#: Rows kept out of a headline table (full tables keep them): column -> the one value shown.
+HEADLINE_ONLY = {"batch_size": {"schedule": "equal_epochs"}}  # and, where a sampler column varies, the profile's sampler
+#: Experiments whose claims are many and not the paper's own: one summary line in the scorecard.
+SCORECARD_SUMMARISED = {"fidelity_audit": "What the deviations of public ports cost (notebook 13)"}
 #: The README's figures: (experiment folder, file stem, caption).
 README_FIGURES = (
     ("cuhk_pedes", "recall", "CUHK-PEDES-like data: text-to-image recall per loss"),
@@ -257,9 +261,15 @@ def _our_side(row: dict[str, Any]) -> str:
 
 def render_scorecard(results_dir: Path, profile: str, notebooks_dir: Path) -> str:
     """claim | paper | ours | verdict | seeds, for every claim of every ``claims.csv``."""
-    rows, seen = [], set()
+    rows, seen, summarised = [], set(), []
     for path in experiment_files(results_dir, profile, "claims.csv", notebooks_dir):
         experiment = path.parent.parent.name
+        if experiment in SCORECARD_SUMMARISED:
+            verdicts = read_claims(path)["verdict"].value_counts()
+            counts = ", ".join(f"{verdict} {count}" for verdict, count in verdicts.items())
+            summarised.append(f"{SCORECARD_SUMMARISED[experiment]}: {len(read_claims(path))} claims ({counts}); every row in "
+                              f"[results/{experiment}/{profile}/claims.csv](results/{experiment}/{profile}/claims.csv).")
+            continue
         for row in read_claims(path).to_dict("records"):
             seeds = row.get("n_seeds")
             ours = _our_side(row)
@@ -268,12 +278,15 @@ def render_scorecard(results_dir: Path, profile: str, notebooks_dir: Path) -> st
             seen.add((row["claim"], ours))
             rows.append([f"{row['claim']} ({experiment})", _paper_side(row), ours, f"**{row['verdict']}**",
                          "" if _missing(seeds) else int(seeds)])
-    if not rows:
+    if not rows and not summarised:
         return f"No claims yet: no `results/*/{profile}/claims.csv` (run `make reproduce`)."
     header = ["claim (experiment)", "paper", f"ours ({_data_label(profile)}): difference [95% CI]", "verdict", "seeds"]
-    intro = (f"_Generated from `results/*/{profile}/claims.csv`: **held** when the 95% CI of the paired difference "
-             "over seeds lies above zero, **did not hold** below, else **inconclusive** (older files: sd, not CI)._")
-    return intro + "\n\n" + markdown_table(header, rows)
+    intro = (f"_Each claim of the paper, from `results/*/{profile}/claims.csv`: **held** when the 95% CI of the paired "
+             "difference over seeds lies above zero, **did not hold** below, else **inconclusive** (older files: sd, "
+             f"not CI). Notebook 13 measures what the deviations of public ports cost: "
+             f"[results/fidelity_audit/{profile}](results/fidelity_audit/{profile})._")
+    table = markdown_table(header, rows) if rows else "No claims of the paper's tables yet."
+    return "\n\n".join([intro, table, *summarised])
 
 
 # ---------------------------------------------------------------------------------------
@@ -341,8 +354,19 @@ def render_headline(results_dir: Path, profile: str, notebooks_dir: Path) -> str
             parts.append(f"**{experiment}**: no `results/{experiment}/{profile}/metrics.csv` yet.")
             continue
         frame = with_current_paper_values(read_metrics(path))
+        shown = []
+        only = dict(HEADLINE_ONLY.get(experiment, {}))
+        if "sampler" in frame and frame["sampler"].nunique() > 1:
+            from cmp_utils import train
+
+            only["sampler"] = train.PROFILE_SETTINGS[profile][frame["dataset"].iloc[0]]["sampler"]
+        for column, value in only.items():
+            if column in frame and (frame[column] == value).any() and frame[column].nunique() > 1:
+                frame = frame[frame[column] == value]
+                shown.append(f"{column} {value}")
         seeds = frame["seed"].nunique()
-        parts.append(headline_table(frame, metrics, caption=f"**{experiment}** ({seeds} seed{'s' * (seeds != 1)})"))
+        caption = f"**{experiment}** ({', '.join([f'{seeds} seed' + 's' * (seeds != 1), *shown])})"
+        parts.append(headline_table(frame, metrics, caption=caption))
     intro = (f"_Generated from `results/*/{profile}/metrics.csv` ({_data_label(profile)}): mean ± sd over seeds; \"(paper X)\" where "
              "`cmp_utils/paper_numbers.csv` has a value confirmed from a public source (the other cells of the "
              "paper's tables are left empty rather than filled from memory). Full tables: "
@@ -411,9 +435,8 @@ def _setting(value: Any) -> str:
 
 #: (label, how to read it from a dataset's settings) for the profiles table.
 PROFILE_ROWS: tuple[tuple[str, Any], ...] = (
-    ("data", lambda profile, s: "real datasets" if profile == "paper" else "embedded synthetic stand-in"),
-    ("image branch", lambda profile, s: ("trained end to end" if s["feature_mode"] == "end_to_end"
-                                         else "frozen, cached ImageNet features")),
+    ("data; image branch", lambda profile, s: ("real data" if profile == "paper" else "synthetic") + "; " + (
+        "trained end to end" if s["feature_mode"] == "end_to_end" else "frozen, cached ImageNet features")),
     ("backbone", lambda profile, s: s["backbone"]),
     ("image size / feature grid", lambda profile, s: f"{_setting(s.get('image_size'))} / {_setting(s.get('pool_grid'))}"),
     ("learning rate", lambda profile, s: _setting(s["lr"]) + (f", {_setting(s['finetune_lr'])} after {s['frozen_epochs']} frozen epochs"
@@ -457,8 +480,10 @@ def render_profiles(results_dir: Path) -> str:
     for label, read in PROFILE_ROWS:
         rows.append([label] + [read(profile, train.PROFILE_SETTINGS[profile][dataset]) for profile, dataset in columns])
     rows.append(["test gallery: images / captions"] + [_gallery(results_dir, profile, dataset) for profile, dataset in columns])
-    intro = ("_Generated from `cmp_utils.train.PROFILE_SETTINGS` and `results/data_preparation/*/split_statistics.csv`. "
-             "Flickr30K settings also stand for MSCOCO, CUB and Flowers (MSCOCO: batch "
+    intro = ("_`profile`, in every notebook's `parameters` cell: `smoke` (CI), `quick` (default, a CPU), `paper` (real "
+             "data, a GPU). Generated from `cmp_utils.train.PROFILE_SETTINGS` and "
+             "`results/data_preparation/*/split_statistics.csv`; Flickr30K settings also stand for MSCOCO, CUB and "
+             "Flowers (MSCOCO: batch "
              f"{_setting(train.PROFILE_SETTINGS['paper'].get('mscoco', {}).get('batch_size'))})._")
     return intro + "\n\n" + markdown_table(header, rows)
 

@@ -23,7 +23,7 @@ FORBIDDEN = [
     re.escape("shared" + "/reference"),
     re.escape("original" + "-implementation"),
 ]
-# An absolute machine path: /work/, /tmp/, /root/, /home/ after a quote, a space, a bracket or a line start.
+# An absolute machine path (a work, temporary, root or home folder) after a quote, a space, a bracket or a line start.
 ABSOLUTE = re.compile(r"(?:^|[\s'\"(=:,\[])/(?:" + "|".join(["wo" + "rk", "t" + "mp", "ro" + "ot", "ho" + "me"]) + r")/",
                       re.M)
 TEXT_SUFFIXES = {".py", ".md", ".txt", ".csv", ".yaml", ".yml", ".toml", ".cfg", ".ipynb", ".json", ".cff", ".svg",
@@ -93,3 +93,19 @@ def test_license_and_citation_exist():
     assert "MIT License" in (ROOT / "LICENSE").read_text(encoding="utf-8")
     citation = (ROOT / "CITATION.cff").read_text(encoding="utf-8")
     assert "cff-version" in citation and "Deep Cross-Modal Projection Learning for Image-Text Matching" in citation
+
+
+def test_readme_is_short_and_generated_where_it_holds_numbers():
+    from cmp_utils import report
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) < 200, "README.md must stay under 200 lines: move detail to results/README.md or docs/"
+    for name in report.SECTIONS:
+        start, end = report.marker(name)
+        assert start in text and end in text, f"README.md lacks the generated section {name}"
+    hand_written = text
+    for name in report.SECTIONS:
+        start, end = report.marker(name)
+        hand_written = hand_written[: hand_written.index(start)] + hand_written[hand_written.index(end):]
+    # Outside the generated sections no result is typed by hand: no "12.34"-style figures.
+    assert not re.findall(r"(?<![\w./-])\d+\.\d\d(?![\w./-])", hand_written)
