@@ -95,8 +95,8 @@ def parameters_of(notebook: "nbformat.NotebookNode") -> dict[str, object]:
     return values
 
 
-#: Types a parameters cell may declare, with the example value an error message suggests.
-_PARAMETER_EXAMPLES: dict[type, str] = {int: "3", float: "0.001", str: "'some text'", bool: "True",
+#: Types a parameters cell may declare, with an example value of each (as YAML / papermill text).
+_PARAMETER_EXAMPLES: dict[type, str] = {int: "3", float: "0.001", str: "some_text", bool: "True",
                                         list: "[1, 2]", dict: "{key: 1}"}
 
 
@@ -107,11 +107,16 @@ def _declared_type(annotation: object) -> type | None:
     return annotation if annotation in _PARAMETER_EXAMPLES else None
 
 
+def _with_article(type_name: str) -> str:
+    return f"an {type_name}" if type_name[0] in "aeiou" else f"a {type_name}"
+
+
 def parameter_type_problem(name: str, value: object, annotation: object) -> str | None:
     """Why ``value`` does not fit the declared type of parameter ``name`` (None when it fits).
 
     int: an int, not a bool; float: an int or a float, not a bool; str, bool, list, dict: that
-    type exactly (a subclass is fine). Annotations other than these are not checked.
+    type exactly (a subclass is fine). Annotations other than these are not checked. The
+    message names the parameter, the value, both types and a correct command-line form.
     """
     declared = _declared_type(annotation)
     if declared is None:
@@ -125,10 +130,15 @@ def parameter_type_problem(name: str, value: object, annotation: object) -> str 
     if fits:
         return None
     example = _PARAMETER_EXAMPLES[declared]
-    raw_hint = " (papermill -r keeps the text as a string)" if declared is str else ""
-    return (f"parameter {name}={value!r} is a {type(value).__name__}, but the parameters cell declares "
-            f"{name}: {declared.__name__}. Pass a {declared.__name__}, e.g. `-p {name} {example}` with papermill"
-            f"{raw_hint} or `-p {name}={example}` with cmp_utils.run_notebooks")
+    if declared is str:
+        papermill_form = f"-r {name} {example}` (-r keeps the text a string)"
+    elif declared in (list, dict):
+        papermill_form = f"-y '{name}: {example}'`"
+    else:
+        papermill_form = f"-p {name} {example}`"
+    return (f"parameter {name}={value!r} is {_with_article(type(value).__name__)}, but the parameters cell declares "
+            f"{name}: {declared.__name__}. Pass {_with_article(declared.__name__)}, e.g. papermill `{papermill_form} "
+            f"or cmp_utils.run_notebooks `-p {name}={example}`")
 
 
 def check_parameters(namespace: dict) -> None:
