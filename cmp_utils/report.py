@@ -40,6 +40,8 @@ METRICS_COLUMNS = ("dataset", "method", "backbone", "direction", "metric", "valu
 #: column of a metrics frame is a grouping column (batch_size, schedule, sampler, fold, ...).
 PER_RUN_COLUMNS = ("value", "paper_value", "ceiling", "seed", "seconds", "run_key", "run_dir", "best_epoch",
                    "samples_per_second")
+#: Columns :func:`summarise` adds (never grouping columns).
+SUMMARY_COLUMNS = ("mean", "std", "n", "n_seeds", "difference", "percent_of_ceiling")
 #: Per-cell attributes carried beside the mean (the first non-null value of the cell).
 CELL_ATTRIBUTES = ("paper_value", "ceiling")
 #: Generated README sections, in README order: marker name -> renderer name.
@@ -89,8 +91,9 @@ def read_metrics(path: Path) -> pd.DataFrame:
 
 
 def grouping_columns(frame: pd.DataFrame) -> list[str]:
-    """Every column that names a table cell: all but the per-run measurements (:data:`PER_RUN_COLUMNS`)."""
-    return [column for column in frame.columns if column not in PER_RUN_COLUMNS]
+    """Every column that names a table cell: all but the per-run measurements (:data:`PER_RUN_COLUMNS`)
+    and the columns a summary adds (:data:`SUMMARY_COLUMNS`)."""
+    return [column for column in frame.columns if column not in PER_RUN_COLUMNS + SUMMARY_COLUMNS]
 
 
 def summarise(frame: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame:
@@ -309,7 +312,7 @@ def headline_table(frame: pd.DataFrame, metrics: Sequence[str], caption: str = "
     if "direction" in summary and summary["direction"].nunique() > 1 and (summary.groupby("metric")["direction"].nunique() == 1).all():
         summary["label"] = summary["direction"] + " " + summary["label"]  # one direction per metric (CUB/Flowers)
         summary = summary.drop(columns="direction")
-    stats = {"metric", "label", "mean", "std", "n", "n_seeds", "paper_value", "difference", "backbone"}
+    stats = {"metric", "label", "paper_value", "ceiling", "backbone", *SUMMARY_COLUMNS}
     keys = [key for key in grouping_columns(summary) if key not in stats]
     varying = _varying(summary, keys)
     numeric = [key for key in varying if key not in ("method", "dataset", "table", "direction")
@@ -383,11 +386,14 @@ def render_full_tables(results_dir: Path, profile: str, notebooks_dir: Path, lin
         notebook = notebook_for(experiment, notebooks_dir)
         made_by = (f"`python -m cmp_utils.run_notebooks --profile {profile} notebooks/{notebook.name}`"
                    if notebook is not None else f"(no notebook `notebooks/NN_{experiment}.ipynb` found)")
-        names = [key for key in grouping_columns(summary) if key not in ("mean", "std", "n", "n_seeds", "difference")]
+        names = grouping_columns(summary)
+        has_ceiling = "ceiling" in summary and summary["ceiling"].notna().any()
         rows = [[*(row[name] for name in names), _number(row["paper_value"]),
-                 _ours(row["mean"], row["std"], row["n_seeds"]), row["n_seeds"], _signed(row["difference"])]
+                 _ours(row["mean"], row["std"], row["n_seeds"]), row["n_seeds"], _signed(row["difference"]),
+                 *([_number(row["ceiling"])] if has_ceiling else [])]
                 for row in summary.to_dict("records")]
-        header = [*names, "paper", f"ours ({_data_label(profile)})", "seeds", "ours − paper"]
+        header = [*names, "paper", f"ours ({_data_label(profile)})", "seeds", "ours − paper",
+                  *(["ceiling of the test set"] if has_ceiling else [])]
         section = f"## {experiment}\n\nMade by: {made_by}\n\n" + markdown_table(header, rows)
         claims_path = path.parent / "claims.csv"
         if claims_path.is_file():
@@ -717,8 +723,7 @@ def what_we_found(experiment: str, profile: str, results_dir: str | Path | None 
             summary = summarise(frame[frame["metric"] == metric])
             best = summary.loc[summary["mean"].idxmax()]
             where = ", ".join(f"{key} {best[key]}" for key in grouping_columns(summary)
-                              if key not in ("metric", "mean", "std", "n", "n_seeds", "difference", "backbone", "dataset")
-                              and summary[key].nunique() > 1)
+                              if key not in ("metric", "backbone", "dataset") and summary[key].nunique() > 1)
             lines.append(f"- Highest mean {metric}: {_ours(best['mean'], best['std'], best['n_seeds'])} ({where}); "
                          + (f"the paper reports {best['paper_value']:.2f} for that cell."
                             if not _missing(best["paper_value"]) else "no confirmed paper value for that cell."))

@@ -376,3 +376,13 @@ def test_training_curves_read_the_run_logs(tmp_path):
     assert list(line.get_ydata()) == [11.0, 21.0]  # mean over the two seeds per epoch
     with pytest.raises(FileNotFoundError, match="log.jsonl"):
         plots.training_curves(frame.assign(run_key="missing"), "quick", runs_dir=tmp_path)
+
+
+def test_full_table_shows_the_ceiling_beside_ours(project):
+    root, readme, results = project
+    write_csv(results, "cuhk_pedes", "metrics.csv", [row("R@1", value, seed, method="CMPM", ceiling=60.0)
+                                                     for seed, value in enumerate((10.0, 14.0))])
+    report.update_readme(readme, results)
+    full = (results / "README.md").read_text(encoding="utf-8")
+    assert "| ours − paper | ceiling of the test set |" in full
+    assert f"| CMPM | mobilenet_v2 | t2i | R@1 | 44.02 | 12.00 ± {statistics.stdev([10.0, 14.0]):.2f} | 2 | -32.02 | 60.00 |" in full
