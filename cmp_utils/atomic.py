@@ -138,6 +138,10 @@ def replace_folder(path: str | os.PathLike) -> Iterator[Path]:
     destination = Path(path)
     if destination.exists() and not destination.is_dir():
         raise NotADirectoryError(f"{destination} is a file; results need a folder there: move or delete the file")
+    if destination.is_dir() and any(entry.is_dir() and not entry.name.startswith(".") for entry in destination.iterdir()):
+        raise IsADirectoryError(f"{destination} holds sub-folders; replace_folder replaces a folder of files as a whole "
+                                f"and refuses to delete sub-folders: pass the result set's own folder "
+                                f"(e.g. results/<experiment>/<profile>)")
     destination.parent.mkdir(parents=True, exist_ok=True)
     _restore_retired(destination)
     remove_orphans(destination.parent)

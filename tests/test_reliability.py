@@ -185,6 +185,9 @@ def test_save_experiment_replaces_the_whole_set(tmp_path):
     assert pd.read_csv(out_dir / "metrics.csv")["value"].tolist() == [3.0, 4.0]  # the old set, whole
     assert "run: 2" in (out_dir / "params.yaml").read_text()
     assert [p.name for p in out_dir.parent.iterdir()] == ["quick"]  # no temporary folder left
+    with pytest.raises(IsADirectoryError, match="holds sub-folders"):  # never wipes a tree by mistake
+        experiments.save_experiment(tmp_path, frame, {"run": 4})
+    assert (out_dir / "metrics.csv").is_file()
     plt.close(figure)
 
 
