@@ -380,13 +380,15 @@ def plot_text_queries(queries: Sequence[str], ranked_images, matches, gallery_pi
     matches = None if matches is None else np.asarray(matches, dtype=bool)  # None: a free query, grey frames
     rows, top = ranked_images.shape
     height, width = gallery_pixels.shape[1:3]
-    cell = 1.1 * min(1.0, height / width) + 0.25
-    fig = plt.figure(figsize=(2.6 + 1.05 * top * min(1.4, width / height), cell * rows + 0.5))
-    grid = fig.add_gridspec(rows, top + 1, width_ratios=[2.4] + [1] * top)
+    thumb_width = 0.62 if height > width else 0.9  # inches: person crops are tall, scenes square
+    thumb_height = thumb_width * height / width
+    text_width = 2.6
+    fig = plt.figure(figsize=(text_width + 1.1 * thumb_width * top, 1.2 * thumb_height * rows + 0.6))
+    grid = fig.add_gridspec(rows, top + 1, width_ratios=[text_width / thumb_width] + [1] * top, wspace=0.12)
     for row in range(rows):
         ax = fig.add_subplot(grid[row, 0])
         ax.axis("off")
-        ax.text(0, 0.5, "\n".join(textwrap.wrap(queries[row], 34)[:6]), fontsize=7, va="center")
+        ax.text(0, 0.5, "\n".join(textwrap.wrap(queries[row], 40)[:7]), fontsize=7, va="center")
         for rank in range(top):
             _framed(fig.add_subplot(grid[row, rank + 1]), gallery_pixels[ranked_images[row, rank]],
                     None if matches is None else bool(matches[row, rank]), f"{rank + 1}" if row == 0 else "")
@@ -402,7 +404,7 @@ def plot_image_queries(query_pixels, ranked_captions: Sequence[Sequence[str]], m
 
     matches = np.asarray(matches, dtype=bool)
     rows, top = matches.shape
-    fig, axes = plt.subplots(rows, 2, figsize=(9.5, 1.25 * max(2, top) * 0.55 * rows + 0.5),
+    fig, axes = plt.subplots(rows, 2, figsize=(9.5, (0.5 + 0.2 * top) * rows + 0.5),
                              gridspec_kw={"width_ratios": [1, 5]}, squeeze=False)
     for row in range(rows):
         _framed(axes[row, 0], query_pixels[row], True)

@@ -386,3 +386,22 @@ def test_full_table_shows_the_ceiling_beside_ours(project):
     full = (results / "README.md").read_text(encoding="utf-8")
     assert "| ours − paper | ceiling of the test set |" in full
     assert f"| CMPM | mobilenet_v2 | t2i | R@1 | 44.02 | 12.00 ± {statistics.stdev([10.0, 14.0]):.2f} | 2 | -32.02 | 60.00 |" in full
+
+
+def test_shrink_png_bounds_width_and_size():
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 255, (300, 1800, 3), dtype=np.uint8)  # hard to compress
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    shrunk = Image.open(io.BytesIO(base64.b64decode(report.shrink_png(encoded))))
+    assert shrunk.size == (report.MAX_INLINE_WIDTH, 150)
+    small = io.BytesIO()
+    Image.new("RGB", (200, 100), "white").save(small, format="PNG")
+    small_encoded = base64.b64encode(small.getvalue()).decode()
+    assert report.shrink_png(small_encoded) == small_encoded  # small enough: untouched
