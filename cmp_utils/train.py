@@ -122,18 +122,22 @@ _FAST_COMMON = dict(feature_mode="cached", backbone="mobilenet_v2", lr=1e-3, fin
 #: (CUB / Flowers: no script was released; the Flickr30K recipe is assumed and marked so).
 PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
-        "cuhk_pedes": dict(_PAPER_COMMON, backbone="mobilenet_v1", batch_size=16, epochs=50, frozen_epochs=0,
+        # The CNNs are TF-slim's own networks (TF "SAME" padding; slim's ResNet v1 layout), so that
+        # ImageNet weights converted from the slim checkpoints the release starts from
+        # (``python -m cmp_utils.convert_tf``) give TF's outputs; ``mobilenet_v1`` / ``resnet152``
+        # (PyTorch padding, torchvision's ResNet) remain as options.
+        "cuhk_pedes": dict(_PAPER_COMMON, backbone="mobilenet_v1_tf", batch_size=16, epochs=50, frozen_epochs=0,
                            image_size=(224, 224), select_metric="t2i_R@1"),
-        "flickr30k": dict(_PAPER_COMMON, backbone="resnet152", batch_size=32, epochs=45, frozen_epochs=15,
+        "flickr30k": dict(_PAPER_COMMON, backbone="resnet152_slim", batch_size=32, epochs=45, frozen_epochs=15,
                           image_size=(224, 224), select_metric="rsum"),
-        "mscoco": dict(_PAPER_COMMON, backbone="resnet152", batch_size=64, epochs=45, frozen_epochs=15,
+        "mscoco": dict(_PAPER_COMMON, backbone="resnet152_slim", batch_size=64, epochs=45, frozen_epochs=15,
                        image_size=(224, 224), select_metric="rsum"),
-        "cub": dict(_PAPER_COMMON, backbone="resnet152", batch_size=32, epochs=45, frozen_epochs=15,
+        "cub": dict(_PAPER_COMMON, backbone="resnet152_slim", batch_size=32, epochs=45, frozen_epochs=15,
                     image_size=(224, 224), select_metric="rsum", note="assumed: no released script"),
-        "flowers": dict(_PAPER_COMMON, backbone="resnet152", batch_size=32, epochs=45, frozen_epochs=15,
+        "flowers": dict(_PAPER_COMMON, backbone="resnet152_slim", batch_size=32, epochs=45, frozen_epochs=15,
                         image_size=(224, 224), select_metric="rsum", note="assumed: no released script"),
         # Published after the paper: its CUHK-PEDES recipe, unchanged (no paper numbers exist for them).
-        **{name: dict(_PAPER_COMMON, backbone="mobilenet_v1", batch_size=16, epochs=50, frozen_epochs=0,
+        **{name: dict(_PAPER_COMMON, backbone="mobilenet_v1_tf", batch_size=16, epochs=50, frozen_epochs=0,
                       image_size=(224, 224), select_metric="t2i_R@1",
                       note="assumed: the paper's CUHK-PEDES recipe; the dataset postdates the paper")
            for name in ("icfg_pedes", "rstpreid")},
@@ -720,7 +724,8 @@ def _check_paper_inputs(cfg: TrainConfig) -> None:
     """Fail early and clearly when the paper profile lacks what it needs."""
     if cfg.profile != "paper":
         return
-    if cfg.backbone in ("mobilenet_v1", "resnet152") and cfg.pretrained and cfg.weights_path is None:
+    if cfg.backbone in ("mobilenet_v1", "resnet152", *models.TF_EXACT_BACKBONES) and cfg.pretrained \
+            and cfg.weights_path is None:
         raise FileNotFoundError(
             f"profile 'paper' trains {cfg.backbone} from ImageNet weights, which cannot be downloaded here: pass "
             f"weights_path=<{cfg.backbone} state dict> (CLI: --set weights_path=FILE; notebooks: -p weights_path FILE; "
@@ -728,6 +733,10 @@ def _check_paper_inputs(cfg: TrainConfig) -> None:
             "train from random init")
     if cfg.weights_path is not None and not Path(cfg.weights_path).expanduser().is_file():
         raise FileNotFoundError(f"setting weights_path={cfg.weights_path!r} does not exist")
+
+
+#: Other file names a weights folder may use for a backbone (``<name>.pth``).
+WEIGHTS_FILE_ALIASES = {"mobilenet_v1_tf": ("mobilenet_v1",), "resnet152_slim": ("resnet152", "resnet_v1_152")}
 
 
 def resolve_weights_path(cfg: TrainConfig) -> TrainConfig:
@@ -738,11 +747,15 @@ def resolve_weights_path(cfg: TrainConfig) -> TrainConfig:
     if cfg.weights_path is None or not Path(cfg.weights_path).expanduser().is_dir():
         return cfg
     folder = Path(cfg.weights_path).expanduser()
-    for suffix in (".pth", ".pt"):
-        if (folder / f"{cfg.backbone}{suffix}").is_file():
-            return dataclasses.replace(cfg, weights_path=str(folder / f"{cfg.backbone}{suffix}"))
-    raise FileNotFoundError(f"setting weights_path={cfg.weights_path!r} is a folder without {cfg.backbone}.pth (or "
-                            f".pt): put the {cfg.backbone} state dict there under that name, or pass the file itself")
+    # The exact TF twins also take the file named after the network they twin (mobilenet_v1.pth).
+    names = (cfg.backbone, *WEIGHTS_FILE_ALIASES.get(cfg.backbone, ()))
+    for name in names:
+        for suffix in (".pth", ".pt"):
+            if (folder / f"{name}{suffix}").is_file():
+                return dataclasses.replace(cfg, weights_path=str(folder / f"{name}{suffix}"))
+    raise FileNotFoundError(f"setting weights_path={cfg.weights_path!r} is a folder without {names[0]}.pth (or "
+                            f"{', '.join(n + '.pth' for n in names[1:]) or '.pt'}): put the {cfg.backbone} state dict "
+                            "there under that name, or pass the file itself")
 
 
 # ---------------------------------------------------------------------------------------------

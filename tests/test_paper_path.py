@@ -50,7 +50,7 @@ def _run(command, env, cwd=None):
 def _check_run_folder(run_dir: Path, world_size: int = 1) -> dict:
     params = yaml.safe_load((run_dir / "params.yaml").read_text())
     assert (params["profile"], params["backbone"], params["batch_size"], params["amp"]) == \
-        ("paper", "mobilenet_v1", 16, "off")
+        ("paper", "mobilenet_v1_tf", 16, "off")
     assert params["pretrained"] is False and params["image_size"] == [64, 32] and params["world_size"] == world_size
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1] and log[0]["steps"] == 2 and log[0]["images_per_second"] > 0
@@ -91,7 +91,7 @@ def test_notebook_paper_profile_through_papermill(mini):
           "-y", f"{{methods: [CMPM+CMPC], overrides: {overrides}}}", "-k", "cmp-repro", "--cwd", "notebooks",
           "--no-progress-bar"], env)
     metrics = pd.read_csv(root / "results" / "cuhk_pedes" / "paper" / "metrics.csv")
-    assert set(metrics["method"]) == {"CMPM+CMPC"} and set(metrics["backbone"]) == {"mobilenet_v1"}
+    assert set(metrics["method"]) == {"CMPM+CMPC"} and set(metrics["backbone"]) == {"mobilenet_v1_tf"}
     assert metrics["value"].between(0, 100).all() and "R@1" in set(metrics["metric"])
     [run_dir] = (root / "cache" / "experiment_runs").iterdir()
     _check_run_folder(run_dir)

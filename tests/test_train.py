@@ -120,10 +120,10 @@ def test_config_errors_and_paper_profile_fails_clearly(isolated_dirs, tmp_path):
     with pytest.raises(ValueError, match="losses"):
         train.make_config("smoke", "cuhk_pedes", losses="cmpm,nope")
     paper = train.make_config("paper", "cuhk_pedes")
-    assert (paper.backbone, paper.batch_size, paper.epochs, paper.image_size) == ("mobilenet_v1", 16, 50, (224, 224))
+    assert (paper.backbone, paper.batch_size, paper.epochs, paper.image_size) == ("mobilenet_v1_tf", 16, 50, (224, 224))
     flickr = train.make_config("paper", "flickr30k")
     assert (flickr.backbone, flickr.batch_size, flickr.frozen_epochs, flickr.epochs, flickr.finetune_lr) == \
-        ("resnet152", 32, 15, 45, 2e-5)
+        ("resnet152_slim", 32, 15, 45, 2e-5)
     with pytest.raises(FileNotFoundError, match="weights_path"):
         train.fit(dict(profile="paper", dataset="cuhk_pedes", output_dir=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match="cuhk_pedes"):
@@ -310,7 +310,7 @@ def test_weights_folder_gives_each_backbone_its_file(tmp_path):
     (tmp_path / "resnet152.pth").write_bytes(b"weights")
     flickr = train.resolve_weights_path(train.make_config("paper", "flickr30k", weights_path=str(tmp_path)))
     assert flickr.weights_path == str(tmp_path / "resnet152.pth")
-    with pytest.raises(FileNotFoundError, match=r"folder without mobilenet_v1\.pth"):
+    with pytest.raises(FileNotFoundError, match=r"folder without mobilenet_v1_tf\.pth"):
         train.resolve_weights_path(train.make_config("paper", "cuhk_pedes", weights_path=str(tmp_path)))
     a_file = tmp_path / "resnet152.pth"
     assert train.resolve_weights_path(train.make_config("paper", "cuhk_pedes", weights_path=str(a_file))).weights_path \
