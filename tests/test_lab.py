@@ -20,11 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab_helpers import free_port, start_server, stop_server
+from lab_helpers import ROOT, VENV, free_port, make_lab, start_server, stop_server
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-VENV = Path(sys.executable).parent.parent  # the environment running the tests (.venv or a conda env)
 TOKEN = "lab-test-token"
 
 
@@ -80,17 +78,9 @@ def _as_jupyterlab_saves_after_running(content: dict) -> dict:
     return content
 
 
-def make_lab(repo: Path, port: int, token: str, extra: str = "") -> list[str]:
-    """The `make lab` command line, run in ``repo`` with the real Makefile and this environment
-    (``-o``: the install stamp counts as done, so nothing is installed)."""
-    lab_args = f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 --IdentityProvider.token={token} {extra}".strip()
-    return ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "-o", f"{VENV}/.cmp-installed", "lab",
-            f"VENV={VENV}", f"LAB_ARGS={lab_args}"]
-
-
 def test_saving_a_notebook_through_the_server_leaves_git_clean(notebook_repo, tmp_path):
     port = free_port()
-    server = start_server(make_lab(notebook_repo, port, TOKEN), port, TOKEN, tmp_path / "server.log", cwd=notebook_repo)
+    server = start_server(make_lab(port, TOKEN), port, TOKEN, tmp_path / "server.log", cwd=notebook_repo)
     committed = {path.name: (notebook_repo / "notebooks" / path.name).read_bytes() for path in NOTEBOOKS}
     name = "05_cuhk_pedes.ipynb"
     try:
