@@ -793,14 +793,17 @@ MAX_INLINE_WIDTH = 900
 def shrink_png(encoded: str, max_width: int = MAX_INLINE_WIDTH, max_bytes: int = 100_000) -> str:
     """A base64 PNG no wider than ``max_width`` pixels (scaled down, aspect kept) and, when larger
     than ``max_bytes``, reduced to a 256-colour palette (figures have few colours); the input
-    unchanged when it is already small enough."""
+    unchanged when it is already small enough or not a readable PNG."""
     import base64
     import io
 
     from PIL import Image
 
-    raw = base64.b64decode("".join(encoded.split()))
-    image = Image.open(io.BytesIO(raw))
+    try:
+        raw = base64.b64decode("".join(encoded.split()))
+        image = Image.open(io.BytesIO(raw))
+    except (ValueError, OSError):  # not a readable PNG: leave it as the kernel wrote it
+        return encoded
     if image.width <= max_width and len(raw) <= max_bytes:
         return encoded
     if image.width > max_width:
