@@ -326,7 +326,7 @@ def plot_projection(image_embeddings, image_labels, text_embeddings, text_labels
                    Line2D([], [], marker="x", linestyle="", color="#444444", label="caption")]
         handles += [Line2D([], [], marker="s", linestyle="", color=colours(i % 10), label=f"identity {identity}")
                     for i, identity in enumerate(identities)]
-        ax.legend(handles=handles, fontsize=6, loc="best", ncol=2, framealpha=0.7)
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return ax.figure
 
 
