@@ -47,6 +47,11 @@ def test_smoke_dataset_reads_back_through_read_dataset(smoke_roots, name):
         extensions = {Path(p).suffix for f in frames.values() for p in f["image_path"]}
         assert extensions <= {".png", ".jpg", ".bmp"} and len(extensions) >= 2
         assert frames["train"]["tokens"].map(len).mean() > 8
+    elif name in data.PERSON_JSON:  # ICFG-PEDES / RSTPReid (more in tests/test_datasets_new.py)
+        for split in ("trainval", "test") if name == "icfg_pedes" else ("train", "val", "test"):
+            frame = data.read_dataset(name, root, split)
+            assert frame["label"].nunique() == sizes[f"{split.replace('trainval', 'train')}_ids"]
+            assert frame.groupby("image_path").size().eq(1 if name == "icfg_pedes" else 2).all()
     else:
         for split in data.SPLITS[name]:
             frame = data.read_dataset(name, root, split)
