@@ -382,13 +382,13 @@ def plot_text_queries(queries: Sequence[str], ranked_images, matches, gallery_pi
     height, width = gallery_pixels.shape[1:3]
     thumb_width = 0.62 if height > width else 0.9  # inches: person crops are tall, scenes square
     thumb_height = thumb_width * height / width
-    text_width = 2.6
+    text_width = 2.9
     fig = plt.figure(figsize=(text_width + 1.1 * thumb_width * top, 1.2 * thumb_height * rows + 0.6))
     grid = fig.add_gridspec(rows, top + 1, width_ratios=[text_width / thumb_width] + [1] * top, wspace=0.12)
     for row in range(rows):
         ax = fig.add_subplot(grid[row, 0])
         ax.axis("off")
-        ax.text(0, 0.5, "\n".join(textwrap.wrap(queries[row], 40)[:7]), fontsize=7, va="center")
+        ax.text(0, 0.5, "\n".join(textwrap.wrap(queries[row], 34)[:7]), fontsize=7, va="center")
         for rank in range(top):
             _framed(fig.add_subplot(grid[row, rank + 1]), gallery_pixels[ranked_images[row, rank]],
                     None if matches is None else bool(matches[row, rank]), f"{rank + 1}" if row == 0 else "")
