@@ -60,9 +60,10 @@ SIZES: dict[str, dict[str, dict[str, int]]] = {
         "rstpreid": {"train_ids": 40, "val_ids": 10, "test_ids": 15},
     },
     "quick": {
-        "cuhk_pedes": {"train_ids": 2000, "val_ids": 300, "test_ids": 1000},
-        "flickr30k": {"train": 1500, "val": 200, "test": 300},
-        "mscoco": {"train": 1500, "restval": 300, "val": 200, "test": 500},
+        # sized for make reproduce's budget (cmp_utils.train: calibration table)
+        "cuhk_pedes": {"train_ids": 1000, "val_ids": 100, "test_ids": 300},
+        "flickr30k": {"train": 1000, "val": 200, "test": 300},
+        "mscoco": {"train": 1000, "restval": 200, "val": 200, "test": 500},
         "cub": {"trainval_classes": 75, "test_classes": 25, "images_per_class": 16},
         "flowers": {"trainval_classes": 45, "test_classes": 15, "images_per_class": 20},
         "icfg_pedes": {"train_ids": 1500, "test_ids": 500},
