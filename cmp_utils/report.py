@@ -654,7 +654,7 @@ def update_readme(
 
 def about_profiles(profile: str) -> str:
     """Markdown shared by notebooks 05-11: the profiles, what ``quick`` means, how claims are decided."""
-    from cmp_utils import train
+    from cmp_utils import claims, train
 
     config.check_profile(profile)
     quick = train.PROFILE_SETTINGS["quick"]["cuhk_pedes"]
@@ -672,8 +672,8 @@ def about_profiles(profile: str) -> str:
         "",
         "**How claims are decided.** Each claim of the paper compares two methods on paired seeds "
         "(`cmp_utils.claims.paired_claim`): **held** when the 95% confidence interval of the mean difference "
-        "lies above zero, **did not hold** when it lies below, **inconclusive** otherwise; fewer than five seeds "
-        "are reported as not tested. Synthetic numbers are not comparable in level with the paper's: only the "
+        f"lies above zero, **did not hold** when it lies below, **inconclusive** otherwise; fewer than "
+        f"{claims.MIN_SEEDS} seeds are reported as not tested. Synthetic numbers are not comparable in level with the paper's: only the "
         f"comparison between losses carries over. This run: profile `{profile}`"
         + (" (synthetic data)." if profile in ("smoke", "quick") else "."),
     ])
