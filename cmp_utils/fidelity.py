@@ -106,7 +106,7 @@ DEVIATIONS: list[Deviation] = [
               "Padded time steps enter the max-pool over the Bi-LSTM outputs as zeros (a batch's shorter "
               "captions see zeros the longer ones do not).",
               "the release (training at batch > 1; its test-time batch of 1 has no padding)",
-              overrides={"padded_steps": "zeros"}),
+              overrides={"padded_steps": "zeros"}, alternative={"padded_steps": "exclude"}),
     Deviation("no_ema", "no moving average of the weights",
               "Evaluation with the live weights instead of their exponential moving average.",
               "port A (averages once per epoch, decay 0.9, not per step); PyTorch re-implementations without EMA",
@@ -404,7 +404,7 @@ def render_audit_section(audit: pd.DataFrame | None, profile: str = "quick") -> 
     seeds = sorted(set(int(n) for n in audit["n_seeds"]))
     lines = [
         f"Measured on synthetic CUHK-PEDES-like data, {profile} profile: each deviation alone against the "
-        f"faithful CMPM+CMPC baseline, paired over {', '.join(map(str, seeds))} seeds; effect = deviation − "
+        f"faithful CMPM+CMPC baseline, paired over {' or '.join(map(str, seeds))} seed(s); effect = deviation − "
         "baseline in percentage points, mean [95% CI]. Generated from "
         f"`results/{EXPERIMENT}/{profile}/claims.csv` by `{command}`.",
         "",
@@ -416,6 +416,10 @@ def render_audit_section(audit: pd.DataFrame | None, profile: str = "quick") -> 
         note = f" ({row['note']})" if isinstance(row.get("note"), str) and row["note"] else ""
         lines.append(f"| {row['label']}{note} | {row['implementations']} | t2i {row['metric']} | "
                      f"{_format_effect(row)} | {p_value} | {row['effect']} |")
+    absent = [deviation.label for deviation in DEVIATIONS if deviation.name not in set(audit["deviation"])]
+    if absent:
+        lines += ["", f"Not measured in this run: {'; '.join(absent)} (notebook 13 measures them with "
+                      "`-p deviations '[...]'`, or all with the default)."]
     return "\n".join(lines)
 
 
