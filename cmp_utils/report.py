@@ -36,6 +36,7 @@ import pandas as pd
 from cmp_utils import atomic, config
 
 METRICS_COLUMNS = ("dataset", "method", "backbone", "direction", "metric", "value", "paper_value", "seed")
+REQUIRED_METRICS_COLUMNS = ("metric", "value", "seed")
 #: Columns that vary between the runs of one table cell (measurements, not keys): every other
 #: column of a metrics frame is a grouping column (batch_size, schedule, sampler, fold, ...).
 PER_RUN_COLUMNS = ("value", "paper_value", "ceiling", "seed", "seconds", "run_key", "run_dir", "best_epoch",
@@ -80,11 +81,16 @@ def marker(name: str) -> tuple[str, str]:
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
-    """One experiment's ``metrics.csv``, checked for the tidy columns."""
+    """One experiment's ``metrics.csv``: needs ``metric``, ``value`` and ``seed``; the other tidy
+    columns (:data:`METRICS_COLUMNS`) are filled in empty where an older or special file lacks them."""
     frame = pd.read_csv(path, keep_default_na=True)
-    missing = [column for column in METRICS_COLUMNS if column not in frame.columns]
+    missing = [column for column in REQUIRED_METRICS_COLUMNS if column not in frame.columns]
     if missing:
-        raise ValueError(f"{path} lacks the columns {missing}; a metrics.csv needs {list(METRICS_COLUMNS)}")
+        raise ValueError(f"{path} lacks the columns {missing}; a metrics.csv needs {list(REQUIRED_METRICS_COLUMNS)} "
+                         f"and should have {list(METRICS_COLUMNS)}")
+    for column in METRICS_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = float("nan") if column == "paper_value" else ""
     frame["value"] = pd.to_numeric(frame["value"], errors="raise")
     frame["paper_value"] = pd.to_numeric(frame["paper_value"], errors="raise")
     return frame

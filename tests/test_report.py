@@ -405,3 +405,15 @@ def test_shrink_png_bounds_width_and_size():
     Image.new("RGB", (200, 100), "white").save(small, format="PNG")
     small_encoded = base64.b64encode(small.getvalue()).decode()
     assert report.shrink_png(small_encoded) == small_encoded  # small enough: untouched
+
+
+def test_metrics_without_optional_columns_still_render(project):
+    _, readme, results = project
+    write_csv(results, "fidelity_audit", "metrics.csv", [
+        dict(dataset="cuhk_pedes", method="CMPM+CMPC", deviation=deviation, direction="t2i", metric="R@1",
+             value=value, seed=seed)
+        for deviation, values in (("baseline", (8.0, 9.0)), ("no_ema", (6.0, 7.0))) for seed, value in enumerate(values)])
+    report.update_readme(readme, results)
+    full = (results / "README.md").read_text(encoding="utf-8")
+    assert "| cuhk_pedes | CMPM+CMPC | baseline | t2i | R@1 |  | 49.37 | 8.50 ± 0.71 | 2 | -40.87 |" in full  # backbone empty
+    assert "| cuhk_pedes | CMPM+CMPC | no_ema | t2i | R@1 |  | 49.37 | 6.50 ± 0.71 | 2 | -42.87 |" in full
