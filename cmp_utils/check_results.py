@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             rerun_root = Path(scratch) / "results"
             rerun_notebooks(notebooks, args.profile, rerun_root, Path(scratch) / "cache" if args.cold else None)
-        experiments = sorted(p.parent.name for p in committed_root.glob(f"*/{args.profile}/metrics.csv"))
+        experiments = sorted(p.parent.parent.name for p in committed_root.glob(f"*/{args.profile}/metrics.csv"))
         if args.notebooks or args.rerun_dir:  # a subset: check what it made
             experiments = [e for e in experiments if (rerun_root / e / args.profile / "metrics.csv").is_file()]
         differences = compare_folders(committed_root, rerun_root, args.profile, experiments)

@@ -166,3 +166,32 @@ def test_a_run_gives_identical_numbers_in_process_and_in_a_worker(tmp_path, monk
     assert remote["settings"] == local["settings"]
     assert remote["rows"] == local["rows"]
     assert remote["best_epoch"] == local["best_epoch"]
+
+
+def _metrics(values, seconds=1.0):
+    return pd.DataFrame({"dataset": "d", "table": "t", "method": ["A", "B"], "direction": "t2i", "metric": "R@1",
+                         "value": values, "paper_value": [float("nan"), 49.0], "seed": 0, "seconds": seconds})
+
+
+def test_compare_metrics_lists_every_changed_number_and_ignores_timing():
+    from cmp_utils import check_results
+
+    same = check_results.compare_metrics(_metrics([10.0, 20.0]), _metrics([10.0, 20.0], seconds=9.0))
+    assert same.empty  # NaN paper values equal each other; seconds are not results
+    changed = check_results.compare_metrics(_metrics([10.0, 20.0]), _metrics([10.0, 20.0 + 1e-12]), "exp")
+    assert list(changed["column"]) == ["value"] and "method=B" in changed["row"].iloc[0]
+    missing = check_results.compare_metrics(_metrics([10.0, 20.0]), _metrics([10.0, 20.0]).iloc[:1])
+    assert list(missing["column"]) == ["(row)"] and missing["rerun"].iloc[0] == "missing"
+
+
+def test_check_results_exit_status_follows_the_comparison(tmp_path, monkeypatch, capsys):
+    from cmp_utils import atomic, check_results
+
+    committed, rerun = tmp_path / "results", tmp_path / "rerun"
+    atomic.write_csv(committed / "exp" / "quick" / "metrics.csv", _metrics([10.0, 20.0]))
+    atomic.write_csv(rerun / "exp" / "quick" / "metrics.csv", _metrics([10.0, 20.0]))
+    monkeypatch.setenv("CMP_RESULTS_DIR", str(committed))
+    assert check_results.main(["--rerun-dir", str(rerun)]) == 0
+    atomic.write_csv(rerun / "exp" / "quick" / "metrics.csv", _metrics([10.0, 20.5]))
+    assert check_results.main(["--rerun-dir", str(rerun)]) == 1
+    assert "20.5" in capsys.readouterr().out
