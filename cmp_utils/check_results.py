@@ -71,8 +71,7 @@ def compare_metrics(committed: pd.DataFrame, rerun: pd.DataFrame, experiment: st
 
 
 def _read(path: Path) -> pd.DataFrame:
-    # round_trip: the exact float64 written by pandas is read back (no last-digit drift)
-    return pd.read_csv(path, float_precision="round_trip")
+    return pd.read_csv(path)  # pandas reads back the exact float64 it wrote (shortest round-trip repr)
 
 
 def compare_folders(committed_root: Path, rerun_root: Path, profile: str, experiments: Sequence[str]) -> pd.DataFrame:
