@@ -1,4 +1,4 @@
-"""Datasets: readers of the five layouts, the prepared dataset, pairs, collate, identity sampler.
+"""Datasets: readers of the seven layouts, the prepared dataset, pairs, collate, identity sampler.
 
 Data flows once, from files to tensors::
 
@@ -8,7 +8,7 @@ Data flows once, from files to tensors::
       -> PairDataset + collate_pairs           images (B, 3, H, W), token ids (B, T), lengths, labels
       -> IdentityBatchSampler                  several captions of one identity per batch
 
-Labels follow the released code: the person id for CUHK-PEDES, the image id for Flickr30K
+Labels follow the released code: the person id for CUHK-PEDES (and ICFG-PEDES, RSTPReid), the image id for Flickr30K
 and MSCOCO (two captions of one image are both positives), the class for CUB and Flowers.
 
 Layouts (under ``root``, the dataset's folder):
@@ -25,7 +25,16 @@ cub          ``cvpr2016_cub/text_c10/<class>/<stem>.txt`` (10 captions, one a li
              images at ``CUB_200_2011/images/<class>/<stem>.jpg``
 flowers      ``cvpr2016_flowers/text_c10/class_XXXXX/<stem>.txt``, the same class files,
              images at ``jpg/<stem>.jpg``
+icfg_pedes   ``ICFG-PEDES.json`` (list of ``{id, file_path, captions, processed_tokens, split}``,
+             split train / test; ``val`` = held-out train identities, see :data:`HELD_OUT_EVERY`),
+             images at ``imgs/<file_path>``
+rstpreid     ``data_captions.json`` (list of ``{id, img_path, captions, split}``, split train /
+             val / test), images at ``imgs/<img_path>``
 ===========  ===================================================================================
+
+ICFG-PEDES and RSTPReid postdate the paper (2021); ``docs/datasets.md`` says where every dataset
+is obtained, and ``python -m cmp_utils.data check DATA_DIR`` checks a data folder against the
+published sizes (:func:`check_data_dir`).
 
 Tokens follow the release: Flickr30K / MSCOCO use the Karpathy JSON's ``tokens`` as given; the
 other datasets recompute them from the raw caption with :func:`cmp_utils.text.tokenize` (lower
