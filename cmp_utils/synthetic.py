@@ -1,4 +1,4 @@
-"""Synthetic stand-ins for the five datasets, written to disk in the REAL layouts.
+"""Synthetic stand-ins for the seven datasets, written to disk in the REAL layouts.
 
 No image of any paper dataset can be obtained here, so the smoke and quick profiles run on
 rendered data that ``data.read_dataset`` reads exactly like the real files:
@@ -17,6 +17,9 @@ rendered data that ``data.read_dataset`` reads exactly like the real files:
   belly colours, beak, tail, size, wing bars) or flower (petal colour, count and shape,
   centre colour and size, two-tone petals); 10 captions an image; disjoint trainval and
   test classes (zero-shot), test classes being new combinations of seen attributes.
+
+* ``icfg_pedes`` / ``rstpreid`` (published after the paper): the CUHK-PEDES person renderer and
+  caption grammar in their own layouts (see the section at the end of this file).
 
 Irregularities of the real files are reproduced: a CUHK image with 10 captions (and one
 with 4), mixed ``.png`` / ``.jpg`` / ``.bmp``; MSCOCO images with more than 5 sentences;
