@@ -166,7 +166,7 @@ def effective_overrides(deviation: Deviation, baseline_settings: dict[str, Any])
     if deviation.alternative and not already(deviation.alternative):
         shown = ", ".join(f"{key}={value!r}" for key, value in deviation.alternative.items())
         return dict(deviation.alternative), (f"the baseline already has {deviation.overrides}; measured {shown} "
-                                             "against it instead (sign reversed: positive = the deviation costs)")
+                                             "against it instead (sign reversed: effects are shown as deviation − release setting)")
     return {}, f"the baseline already has {deviation.overrides}: not measured"
 
 
@@ -248,10 +248,14 @@ def _per_caption_results(profile, seeds, device, data_dir, base_overrides, name)
 # ---------------------------------------------------------------------------------------------
 
 
-def effect_of(verdict: str) -> str:
-    """The verdict of "deviation raises the metric" in words: helps / costs / no measurable effect."""
+def effect_of(verdict: str, reversed_sign: bool = False) -> str:
+    """The verdict of "deviation raises the metric" in words: helps / costs / no measurable effect.
+    ``reversed_sign``: the claim measured the release's setting against a baseline that has the
+    deviation, so a held claim means the deviation costs."""
     if verdict not in EFFECT_WORDS:
         raise ValueError(f"verdict {verdict!r} is not one of {list(EFFECT_WORDS)}")
+    if reversed_sign:
+        verdict = {"held": "did not hold", "did not hold": "held"}.get(verdict, verdict)
     return EFFECT_WORDS[verdict]
 
 
@@ -268,14 +272,18 @@ def audit_claims(results: pd.DataFrame, plan: pd.DataFrame | None = None) -> pd.
     for deviation in DEVIATIONS:
         if deviation.name not in present:
             continue
+        settings = measured_settings.get(deviation.name, deviation.overrides)
+        settings_text = deviation.evaluation or _settings_text(settings, deviation.method)
+        reversed_sign = _same(settings, deviation.alternative) if deviation.alternative else False
         for metric in deviation.metrics:
+            text = (f"the release's setting ({settings_text}) instead of the baseline's ({deviation.label}) raises "
+                    f"t2i {metric}" if reversed_sign else f"{deviation.label} raises t2i {metric}")
             result = claims.paired_claim(results, deviation.name, BASELINE, metric, "t2i", table=DATASET,
-                                         claim=f"{deviation.label} raises t2i {metric}", by="deviation")
-            settings = measured_settings.get(deviation.name, deviation.overrides)
+                                         claim=text, by="deviation")
             rows.append({**result, "deviation": deviation.name, "label": deviation.label,
-                         "implementations": deviation.implementations,
-                         "overrides": (deviation.evaluation or _settings_text(settings, deviation.method)),
-                         "effect": effect_of(result["verdict"]), "note": notes.get(deviation.name, "")})
+                         "implementations": deviation.implementations, "overrides": settings_text,
+                         "effect": effect_of(result["verdict"], reversed_sign), "reversed_sign": reversed_sign,
+                         "note": notes.get(deviation.name, "")})
     return claims.claims_frame(rows)
 
 
@@ -323,7 +331,7 @@ def plot_audit(audit: pd.DataFrame, profile: str):
         names_axis.text(0.0, position, _shorten(row["implementations"], 70), va="top", ha="left", fontsize=7.5,
                         color="#555555")
         colour = colours.get(row["effect"], "#444444")
-        mean, low, high = row["mean_difference"], row["ci_low"], row["ci_high"]
+        mean, low, high = oriented_effect(row)
         if low_limit <= mean <= high_limit:
             if not (math.isnan(low) or math.isnan(high)):
                 effect_axis.plot([max(low, low_limit), min(high, high_limit)], [position, position], color=colour,
@@ -354,14 +362,23 @@ def plot_audit(audit: pd.DataFrame, profile: str):
     return fig
 
 
+def oriented_effect(row: pd.Series) -> tuple[float, float, float]:
+    """``(mean, ci_low, ci_high)`` of the deviation's effect against the faithful setting: the
+    claim's numbers, negated for a ``reversed_sign`` row (release setting − baseline with the deviation)."""
+    mean, low, high = float(row["mean_difference"]), float(row["ci_low"]), float(row["ci_high"])
+    if bool(row.get("reversed_sign", False)):
+        return -mean, -high, -low
+    return mean, low, high
+
+
 def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _zoom(audit: pd.DataFrame) -> tuple[float, float]:
     """x limits that hold every mean and interval and 0, with a margin."""
-    values = pd.concat([audit["mean_difference"], audit["ci_low"], audit["ci_high"], pd.Series([0.0])])
-    values = values.dropna()
+    effects = [value for _, row in audit.iterrows() for value in oriented_effect(row)]
+    values = pd.Series(effects + [0.0], dtype=float).dropna()
     low, high = float(values.min()), float(values.max())
     margin = max(0.5, 0.08 * (high - low))
     return low - margin, high + margin
@@ -390,9 +407,10 @@ def save_audit(out_dir: str | Path, results: pd.DataFrame, audit: pd.DataFrame, 
 
 
 def _format_effect(row: pd.Series) -> str:
-    if math.isnan(row["ci_low"]):
-        return f"{row['mean_difference']:+.2f} (n = {int(row['n_seeds'])}, no interval)"
-    return f"{row['mean_difference']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
+    mean, low, high = oriented_effect(row)
+    if math.isnan(low):
+        return f"{mean:+.2f} (n = {int(row['n_seeds'])}, no interval)"
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
 def render_audit_section(audit: pd.DataFrame | None, profile: str = "quick") -> str:
@@ -429,9 +447,9 @@ def findings_text(audit: pd.DataFrame | None) -> str:
         return "Nothing measured yet."
 
     def listed(effect: str) -> str:
-        chosen = audit[audit["effect"] == effect].sort_values("mean_difference")
-        return "; ".join(f"{row['label']} (t2i {row['metric']} {row['mean_difference']:+.2f} pp, 95% CI "
-                         f"[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}])" for _, row in chosen.iterrows())
+        chosen = audit[audit["effect"] == effect]
+        chosen = chosen.iloc[sorted(range(len(chosen)), key=lambda i: oriented_effect(chosen.iloc[i])[0])]
+        return "; ".join(f"{row['label']} (t2i {row['metric']} {_format_effect(row)} pp)" for _, row in chosen.iterrows())
 
     tested = audit[audit["verdict"] != claims.NOT_TESTED]
     if tested.empty:

@@ -182,3 +182,24 @@ def test_figure_draws_one_row_per_claim():
     assert "synthetic data, quick profile" in figure._suptitle.get_text()
     plt.close(figure)
     assert np.isfinite(audit["p_value"]).all()
+
+
+def test_a_reversed_measurement_reports_the_deviation_s_own_effect():
+    # The baseline already uses PyTorch BN; the release's TF setting, measured against it, gains 2 points:
+    # so the deviation (PyTorch BN) costs 2 points.
+    frame = _results()
+    release_rows = frame[frame["deviation"] == "baseline"].assign(deviation="bn_pytorch")
+    release_rows["value"] += 2.0 + 0.1 * (-1) ** release_rows["seed"]
+    bn = next(d for d in fidelity.DEVIATIONS if d.name == "bn_pytorch")
+    settings, note = fidelity.effective_overrides(bn, {"bn_style": "pytorch"})
+    plan = pd.DataFrame([{"deviation": "bn_pytorch", "method": bn.method, "overrides": settings, "evaluation": "",
+                          "note": note}])
+    audit = fidelity.audit_claims(pd.concat([frame, release_rows]), plan).set_index("deviation")
+    row = audit.loc["bn_pytorch"]
+    assert row["verdict"] == "held" and row["mean_difference"] > 0  # the release's setting raises R@1
+    assert row["effect"] == "costs" and bool(row["reversed_sign"])
+    mean, low, high = fidelity.oriented_effect(row)
+    assert mean == pytest.approx(-row["mean_difference"]) and low == pytest.approx(-row["ci_high"])
+    assert "release's setting (bn_style='tf')" in row["claim"]
+    section = fidelity.render_audit_section(audit.reset_index())
+    assert f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]" in section
