@@ -64,8 +64,12 @@ machine; "% ceiling" = test t2i R@1 / the attribute oracle's t2i R@1, :mod:`cmp_
 (Rows 1-4 and the last ran before the release's initialisations became the default, which raised
 R@1 by a few points.) The old quick data (2000 train / 1000 test ids) took 46 CPU s per run for
 8-12% R@1. Quick therefore trains on 1000 train / 100 validation / 300 test identities, upsamples
-the renders to 128x64 and pools a 4x2 grid, keeps a 64-unit Bi-LSTM and 3 epochs: about 22 CPU s a
-run for 30% of the ceiling. Reaching 60% of the ceiling would take more than 45 CPU s a run (4+
+the renders to 128x64 and pools a 4x2 grid, keeps a 64-unit Bi-LSTM and 3 epochs. On that data
+(ceiling t2i R@1 78.7), measured with the memo cold but the feature cache built: CMPM+CMPC 15.1
+CPU s (R@1 20.9; seed 0: 21.2, 27% of the ceiling), CMCE 14.0, ranking (hardest) 13.7, CMPM at
+batch 16 27.5; the first run of a dataset adds about 17 CPU s for the feature cache. Flickr30K-,
+MSCOCO-, CUB- and Flowers-like CMPM+CMPC runs: 13.8, 12.7, 19.6, 12.6 CPU s including their
+feature caches. Reaching 60% of the ceiling would take more than 45 CPU s a run (4+
 epochs, 128-unit LSTM), which ``make reproduce``'s budget (about 300 runs in 45 minutes on 2 cores)
 does not allow; the loss comparisons are therefore made well below the ceiling, where losses differ.
 The feature cache (once per dataset, shared by every loss and seed) is not counted.
