@@ -22,6 +22,7 @@ what their captions state, so they have no ceiling yet).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -126,8 +127,18 @@ def dataset_ceiling(dataset: str, profile: str, seed: int = 0) -> pd.DataFrame:
 
     if dataset not in DATASETS_WITH_CEILING:
         raise ValueError(f"dataset {dataset!r} has no recorded ground truth; ceilings exist for {DATASETS_WITH_CEILING}")
+    from .synthetic import GROUND_TRUTH
+
     root = data.ensure_synthetic(dataset, profile, seed)
-    return ceiling_from_ground_truth(load_ground_truth(root, "test"), dataset)
+    path = root / GROUND_TRUTH
+    stamp = (str(path), path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else (str(path), 0, 0)
+    return _ceiling_of_file(stamp, dataset).copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _ceiling_of_file(stamp: tuple, dataset: str) -> pd.DataFrame:
+    """Memo of :func:`dataset_ceiling` by the ground-truth file's path, mtime and size."""
+    return ceiling_from_ground_truth(load_ground_truth(Path(stamp[0]).parent, "test"), dataset)
 
 
 def attach_ceiling(summary: pd.DataFrame, ceiling: pd.DataFrame) -> pd.DataFrame:
