@@ -355,6 +355,35 @@ def attach_ceiling(frame: pd.DataFrame, profile: str) -> pd.DataFrame:
     return frame.drop(columns=["ceiling"], errors="ignore").merge(table, on=["dataset", "direction", "metric"], how="left")
 
 
+#: Method label of a converted checkpoint's rows (:func:`score_checkpoint`).
+CONVERTED_METHOD = "converted checkpoint"
+
+
+def score_checkpoint(path: str | Path, dataset: str, profile: str, device: str = "auto", data_dir: str | None = None,
+                     overrides: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Score a converted ``cmpm_model`` file (``python -m cmp_utils.convert_tf CHECKPOINT OUT.pt
+    --kind cmpm_model``, e.g. the authors' trained model) on the test split of ``dataset`` with
+    its protocol, without training.
+
+    Returns tidy rows like :func:`run_grid`'s (method :data:`CONVERTED_METHOD`, seed 0, the
+    checkpoint's path in ``checkpoint``). The data is prepared with the profile's settings plus
+    ``overrides`` (image size, data folder), so the test split and vocabulary are those a trained
+    run of this profile would see.
+    """
+    from . import convert_tf, data, evaluate, train
+
+    settings = train.make_config(profile, dataset, **(overrides or {}))
+    prepared = data.prepare_dataset(dataset, profile, data_dir=data_dir or None, cache_dir=settings.cache_dir,
+                                    seed=settings.data_seed, image_size=settings.image_size)
+    resolved = config.resolve_device(device)
+    model = convert_tf.load_converted_model(path, prepared.vocabulary).to(resolved)
+    embeddings = evaluate.encode(model, prepared, prepared.test_split, resolved, settings.eval_batch_size)
+    backbone = type(model.image_encoder.backbone).__name__
+    rows = [{"dataset": dataset, "method": CONVERTED_METHOD, "backbone": backbone, "seed": 0, "checkpoint": str(path),
+             **row} for row in protocol_metrics(dataset, *embeddings)]
+    return attach_paper_values(pd.DataFrame(rows))
+
+
 def attach_paper_values(frame: pd.DataFrame) -> pd.DataFrame:
     """Add ``paper_value`` (NaN unless the paper's number is confirmed) to tidy rows, by table."""
     if frame.empty:

@@ -379,6 +379,7 @@ def test_notebook_05_scores_a_converted_checkpoint(tmp_path, isolated_dirs):
     expected = pd.DataFrame(experiments.protocol_metrics(
         "cuhk_pedes", *evaluate.encode(model, prepared, prepared.test_split, "cpu", settings.eval_batch_size)))
 
+    runs_before = sorted((config.cache_dir() / "experiment_runs").glob("*"))
     notebook = config.project_root() / "notebooks" / "05_cuhk_pedes.ipynb"
     run_notebooks([notebook], "smoke", parameters={"evaluate_checkpoint": str(converted), "methods": ["CMPM"]},
                   output_dir=tmp_path / "executed")
@@ -387,3 +388,7 @@ def test_notebook_05_scores_a_converted_checkpoint(tmp_path, isolated_dirs):
     merged = scored.merge(expected, on=["table", "direction", "metric"], suffixes=("", "_expected"))
     assert len(merged) == len(expected) == 5
     assert np.allclose(merged["value"], merged["value_expected"], atol=1e-6)
+    # nothing was trained: the experiment's table holds the converted model's rows only
+    metrics = pd.read_csv(results / "cuhk_pedes" / "smoke" / "metrics.csv")
+    assert set(metrics["method"]) == {experiments.CONVERTED_METHOD}
+    assert sorted((config.cache_dir() / "experiment_runs").glob("*")) == runs_before
