@@ -12,6 +12,7 @@ No module keeps hidden global state: callers pass a device, a seed, a path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -91,6 +92,20 @@ def file_stamp(path: str | os.PathLike | None) -> str:
     except OSError:
         return f"{resolved}|missing"
     return f"{resolved}|{status.st_size}|{status.st_mtime_ns}"
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """Run the block with ``count`` torch CPU threads (``None``: as they are), then give the
+    caller's count back. Float sums depend on how work is split between threads, so a run's
+    training and scoring use its own ``TrainConfig.num_threads`` wherever they happen."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(int(count))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

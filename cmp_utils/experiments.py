@@ -197,8 +197,9 @@ def test_embeddings(run_dir: str | Path, device: str | torch.device = "cpu") -> 
 
     model, prepared, features, cfg = load_trained(run_dir, device=device)
     split = prepared.test_split
-    return evaluate.encode(model, prepared, split, config.resolve_device(device), cfg.eval_batch_size,
-                           features.get(split))
+    with config.torch_threads(cfg.num_threads):  # the run's own thread count, as in training
+        return evaluate.encode(model, prepared, split, config.resolve_device(device), cfg.eval_batch_size,
+                               features.get(split))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,13 +245,14 @@ def run_method(
     cfg.output_dir = str(run_dir)
     cfg.resume = False
     result = train.fit(cfg)
-    embeddings = test_embeddings(run_dir, device)
+    with config.torch_threads(cfg.num_threads):  # scored with the run's thread count wherever it runs
+        rows = protocol_metrics(dataset, *test_embeddings(run_dir, device))
     record = {
         "key": key,
         "input_fingerprint": inputs,
         "run_dir": str(run_dir),
         "settings": settings,
-        "rows": protocol_metrics(dataset, *embeddings),
+        "rows": rows,
         "best_epoch": result.best_epoch,
         "seconds": result.seconds,
         "samples_per_second": result.samples_per_second,

@@ -817,16 +817,13 @@ def fit(settings: TrainConfig | dict) -> RunResult:
     out_dir = resolve_output_dir(cfg)
     check_output_dir(out_dir, cfg.resume)
     check_resume_settings(cfg, out_dir)
-    previous_threads = torch.get_num_threads()
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
-    context = distributed.setup(cfg.device)
-    try:
-        distributed.barrier()  # every process has checked the folder before rank 0 writes into it
-        return _fit(cfg, context, out_dir)
-    finally:
-        distributed.cleanup()
-        torch.set_num_threads(previous_threads)
+    with config.torch_threads(cfg.num_threads):
+        context = distributed.setup(cfg.device)
+        try:
+            distributed.barrier()  # every process has checked the folder before rank 0 writes into it
+            return _fit(cfg, context, out_dir)
+        finally:
+            distributed.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------
