@@ -349,9 +349,16 @@ def headline_table(frame: pd.DataFrame, metrics: Sequence[str], caption: str = "
                     continue
                 first = hit.iloc[0]
                 paper_value = "" if _missing(first["paper_value"]) else f" (paper {first['paper_value']:.2f})"
-                cells.append(_ours(first["mean"], first["std"], first["n_seeds"]) + paper_value)
+                share = ("" if _missing(first.get("percent_of_ceiling", float("nan")))
+                         else f" [{first['percent_of_ceiling']:.0f}%]")
+                cells.append(_ours(first["mean"], first["std"], first["n_seeds"]) + share + paper_value)
         rows.append(cells)
     return markdown_table(header, rows)
+
+
+#: Experiments whose rows vary a setting the paper's confirmed numbers do not (the CUHK-PEDES
+#: headline values belong to the paper's own batch size, not to every batch size).
+WITHOUT_PAPER_VALUES = ("batch_size",)
 
 
 def render_headline(results_dir: Path, profile: str, notebooks_dir: Path) -> str:
@@ -373,10 +380,17 @@ def render_headline(results_dir: Path, profile: str, notebooks_dir: Path) -> str
             if column in frame and (frame[column] == value).any() and frame[column].nunique() > 1:
                 frame = frame[frame[column] == value]
                 shown.append(f"{column} {value}")
+        if experiment in WITHOUT_PAPER_VALUES:
+            frame = frame.assign(paper_value=float("nan"))
         seeds = frame["seed"].nunique()
+        if "ceiling" in frame and frame["ceiling"].notna().any():
+            ceilings = frame[frame["metric"].isin(metrics)].groupby("metric", sort=False)["ceiling"].first().dropna()
+            shown.append("ceiling " + ", ".join(f"{METRIC_LABELS.get(m, m)} {v:.1f}" for m, v in ceilings.items()))
         caption = f"**{experiment}** ({', '.join([f'{seeds} seed' + 's' * (seeds != 1), *shown])})"
         parts.append(headline_table(frame, metrics, caption=caption))
-    intro = (f"_Generated from `results/*/{profile}/metrics.csv` ({_data_label(profile)}): mean ± sd over seeds; \"(paper X)\" where "
+    intro = (f"_Generated from `results/*/{profile}/metrics.csv` ({_data_label(profile)}): mean ± sd over seeds; "
+             "[x%] = share of the ceiling, the best recall the synthetic captions allow (an attribute oracle, "
+             "notebook 01); \"(paper X)\" where "
              "`cmp_utils/paper_numbers.csv` has a value confirmed from a public source (the other cells of the "
              "paper's tables are left empty rather than filled from memory). Full tables: "
              "[results/README.md](results/README.md)._")
