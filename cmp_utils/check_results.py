@@ -6,7 +6,7 @@ trains again and the synthetic data is generated again), and compares every numb
 committed ``results/<experiment>/<profile>/metrics.csv`` with the new one: rows are matched on
 their text and integer columns (dataset, table, method, direction, metric, seed, batch_size, ...)
 and every float column (value, paper_value, ceiling, ...) must be **equal**, bit for bit (NaN
-equals NaN); timing columns (``seconds``) are left out. Every difference, and every row that
+equals NaN); timing columns (``seconds``) and the memo bookkeeping (``run_key``) are left out. Every difference, and every row that
 is only on one side, is listed; the exit status is 1 if there is any.
 """
 
@@ -27,13 +27,18 @@ from . import config
 
 #: Columns that measure time, not results: never compared.
 TIMING_COLUMNS = ("seconds", "samples_per_second")
+#: Bookkeeping columns that name where a run is memoised, not what it measured: its memo key
+#: hashes the input files' sizes and modification times, which differ between clones.
+BOOKKEEPING_COLUMNS = ("run_key", "run_dir")
+#: Columns never compared.
+IGNORED_COLUMNS = TIMING_COLUMNS + BOOKKEEPING_COLUMNS
 #: The first notebook whose results are checked (00-04 hold no experiment tables).
 FIRST_EXPERIMENT_NOTEBOOK = 5
 DIFFERENCE_COLUMNS = ["experiment", "row", "column", "committed", "rerun"]
 
 
 def _key_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c not in TIMING_COLUMNS and not pd.api.types.is_float_dtype(frame[c])]
+    return [c for c in frame.columns if c not in IGNORED_COLUMNS and not pd.api.types.is_float_dtype(frame[c])]
 
 
 def compare_metrics(committed: pd.DataFrame, rerun: pd.DataFrame, experiment: str = "") -> pd.DataFrame:
@@ -42,7 +47,7 @@ def compare_metrics(committed: pd.DataFrame, rerun: pd.DataFrame, experiment: st
     Rows are matched on the key (non-float, non-timing) columns of ``committed``; a duplicated
     key is an error (the table is not tidy)."""
     keys = _key_columns(committed)
-    values = [c for c in committed.columns if c not in keys and c not in TIMING_COLUMNS]
+    values = [c for c in committed.columns if c not in keys and c not in IGNORED_COLUMNS]
     missing_columns = [c for c in keys + values if c not in rerun.columns]
     rows: list[dict] = [{"experiment": experiment, "row": "", "column": c, "committed": "present", "rerun": "missing"}
                         for c in missing_columns]

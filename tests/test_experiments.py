@@ -195,3 +195,14 @@ def test_check_results_exit_status_follows_the_comparison(tmp_path, monkeypatch,
     atomic.write_csv(rerun / "exp" / "quick" / "metrics.csv", _metrics([10.0, 20.5]))
     assert check_results.main(["--rerun-dir", str(rerun)]) == 1
     assert "20.5" in capsys.readouterr().out
+
+
+def test_compare_metrics_ignores_the_memo_key_of_a_run():
+    """A run's memo key hashes its input files' modification times, which differ between clones: not a result."""
+    from cmp_utils import check_results
+
+    committed = _metrics([10.0, 20.0]).assign(run_key=["a1", "b1"])
+    rerun = _metrics([10.0, 20.0]).assign(run_key=["a2", "b2"])
+    assert check_results.compare_metrics(committed, rerun).empty
+    changed = check_results.compare_metrics(committed, _metrics([10.0, 21.0]).assign(run_key=["a2", "b2"]))
+    assert list(changed["column"]) == ["value"]
