@@ -212,7 +212,8 @@ class _Trainer:
             self.model = models.build_model(len(prepared.vocabulary), cfg.backbone, cfg.embedding_dim, cfg.word_dim,
                                             cfg.hidden_size, cfg.dropout, prepared.vocabulary.pad_id,
                                             cfg.padded_steps, cfg.pool_grid, cfg.weights_path, cfg.pretrained,
-                                            cached_feature_dim=feature_dim).to(device)
+                                            cached_feature_dim=feature_dim,
+                                            backbone_blocks=cfg.backbone_blocks).to(device)
         self.loss_module = CrossModalLoss(cfg.losses, cfg.embedding_dim, prepared.num_classes,
                                           **cfg.loss_options).to(device)
         self.step_module = train.TrainStep(self.model, self.loss_module).train()

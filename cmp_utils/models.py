@@ -310,8 +310,15 @@ def _load_state_dict(module: nn.Module, weights_path: str | Path, name: str) -> 
     module.load_state_dict(state, strict=True)
 
 
-def build_backbone(name: str, weights_path: str | Path | None = None, pretrained: bool = True) -> nn.Module:
+def build_backbone(name: str, weights_path: str | Path | None = None, pretrained: bool = True,
+                   blocks: int | None = None) -> nn.Module:
     """Build the image CNN ``name`` (one of :data:`BACKBONES`) returning a feature map.
+
+    ``blocks``: keep only the first ``blocks`` stages of the CNN (``mobilenet_v2`` only:
+    torchvision's ``features[:blocks]``, weights loaded first), a mid-level feature map. ``None``
+    (every profile but quick's person datasets) keeps the whole trunk. Mid-level maps keep the
+    colour and part layout that the synthetic renders' attributes live in (the quick calibration
+    in :mod:`cmp_utils.train`).
 
     ``weights_path``: a state dict to load (keys of this module for ``mobilenet_v1``/``mobilenet_v1_tf``/
     ``resnet152_slim``/``small_cnn``, torchvision keys for ``mobilenet_v2``/``resnet152``; a file
@@ -321,6 +328,9 @@ def build_backbone(name: str, weights_path: str | Path | None = None, pretrained
     """
     import torchvision
 
+    if blocks is not None and name != "mobilenet_v2":
+        raise ValueError(f"setting backbone_blocks={blocks!r} is supported for backbone 'mobilenet_v2' only, "
+                         f"not {name!r}; use backbone_blocks=None")
     if name in ("mobilenet_v1", "mobilenet_v1_tf"):
         backbone: nn.Module = MobileNetV1(tf_same_padding=name == "mobilenet_v1_tf")
         weights_key_module = backbone
@@ -333,7 +343,14 @@ def build_backbone(name: str, weights_path: str | Path | None = None, pretrained
             weights_path = mobilenet_v2_weights_path()
         if weights_path is not None:
             _load_state_dict(classifier, weights_path, name)
-        return TorchvisionTrunk(classifier.features, 1280)
+        stages = len(classifier.features)
+        if blocks is None:
+            return TorchvisionTrunk(classifier.features, 1280)
+        if not 1 <= blocks <= stages:
+            raise ValueError(f"setting backbone_blocks={blocks!r}: mobilenet_v2 has {stages} stages; use 1..{stages} "
+                             "or None")
+        kept = classifier.features[:blocks]
+        return TorchvisionTrunk(kept, kept[-1].out_channels)
     elif name == "resnet152":
         classifier = torchvision.models.resnet152(weights=None)
         if weights_path is not None:
@@ -694,7 +711,7 @@ def build_model(vocab_size: int, backbone: str = "mobilenet_v1", embedding_dim: 
                 pretrained: bool = True, cached_feature_dim: int | None = None, *,
                 word_embedding_init: str = "xavier", lstm_init: str = "tf", lstm_backward: str = "time",
                 joint_embedding: str = "linear_bn", bn_style: str = "tf",
-                ema_scope: str = "release") -> CrossModalModel:
+                ema_scope: str = "release", backbone_blocks: int | None = None) -> CrossModalModel:
     """The full CMP network. With ``cached_feature_dim`` the image branch takes cached features.
 
     The keyword options default to the release (see :class:`TextEncoder`, :class:`JointEmbedding`,
@@ -704,7 +721,7 @@ def build_model(vocab_size: int, backbone: str = "mobilenet_v1", embedding_dim: 
     if cached_feature_dim is not None:
         image_encoder: nn.Module = CachedFeatureEncoder(cached_feature_dim)
     else:
-        image_encoder = ImageEncoder(build_backbone(backbone, weights_path, pretrained), pool_grid)
+        image_encoder = ImageEncoder(build_backbone(backbone, weights_path, pretrained, backbone_blocks), pool_grid)
     text_encoder = TextEncoder(vocab_size, word_dim, hidden_size, dropout, pad_id, padded_steps,
                                word_embedding_init=word_embedding_init, lstm_init=lstm_init,
                                lstm_backward=lstm_backward)

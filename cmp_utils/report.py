@@ -463,7 +463,8 @@ def _setting(value: Any) -> str:
 PROFILE_ROWS: tuple[tuple[str, Any], ...] = (
     ("data; image branch", lambda profile, s: ("real data" if profile == "paper" else "synthetic") + "; " + (
         "trained end to end" if s["feature_mode"] == "end_to_end" else "frozen, cached ImageNet features")),
-    ("backbone", lambda profile, s: s["backbone"]),
+    ("backbone", lambda profile, s: s["backbone"] + (f", first {s['backbone_blocks']} stages"
+                                                     if s.get("backbone_blocks") is not None else "")),
     ("image size / feature grid", lambda profile, s: f"{_setting(s.get('image_size'))} / {_setting(s.get('pool_grid'))}"),
     ("learning rate", lambda profile, s: _setting(s["lr"]) + (f", {_setting(s['finetune_lr'])} after {s['frozen_epochs']} frozen epochs"
                                                                if s["frozen_epochs"] else "")),

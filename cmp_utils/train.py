@@ -60,18 +60,28 @@ machine; "% ceiling" = test t2i R@1 / the attribute oracle's t2i R@1, :mod:`cmp_
 | 1000 / 300 | 128x64, grid 4x2 | 128 | 3 | 28.4 / 71.1 | 77.6 | 37 | 29 |
 | 1000 / 300 | 128x64, grid 4x2 | 128 | 4 | 33.1 / 76.1 | 77.6 | 43 | about 45 |
 | 500 / 100 | 128x64, grid 4x2 (lr 3e-3; 6e-3) | 64 | 6 | 29.8; 28.5 | 81.8 | 36; 35 | 25 |
+| 1000 / 300 | 128x64, stage 17 (160 ch), grid 4x2 | 64 | 3 | 34.1 / 75.1 | 78.7 | 43 | about 14 |
+| 1000 / 300 | 128x64, stage 14 (96 ch), grid 4x2 | 64 | 3 | 34.5 / 78.8 | 78.7 | 44 | about 13 |
+| 1000 / 300 | 128x64, stage 14 (96 ch), grid 8x4 | 64 | 3 | 42.0 / 81.4 | 78.7 | 53 | about 14 |
+| 1000 / 300 | 128x64, stage 14 (96 ch), grid 8x4 | 128 | 3 | 43.1 / 82.6 | 78.7 | 55 | 17.2 |
+| 1000 / 300 | 128x64, stage 14 (96 ch), grid 8x4 (seeds 0, 1, 2) | 64 | 4 | 48.2, 47.7, 48.0 | 78.7 | 61 | 14.9 |
+| 1000 / 300 | 128x64, stage 14 (96 ch), grid 8x4 | 64 | 5 | 53.7 / 87.3 | 78.7 | 68 | 17.9 |
+| 1000 / 300 | 128x64, stage 7 (32 ch), grid 8x4; 16x8 | 64 | 3 | 41.9; 40.8 | 78.7 | 53; 52 | about 12 |
+| 1000 / 300 | 128x64, stage 11 (64 ch), grid 8x4 | 64 | 3 | 42.8 / 82.4 | 78.7 | 54 | about 13 |
+| **1000 / 300** | **128x64, stage 11 (64 ch), grid 8x4 (seeds 0, 1, 2)** | **64** | **4** | **51.2, 50.3, 46.8** | **78.7** | **63** | **13.6** |
 
-(Rows 1-4 and the last ran before the release's initialisations became the default, which raised
-R@1 by a few points.) The old quick data (2000 train / 1000 test ids) took 46 CPU s per run for
+(Rows 1-4 and the ninth ran before the release's initialisations became the default, which raised
+R@1 by a few points. "stage N": MobileNetV2 cut after torchvision's ``features[:N]``, the
+``backbone_blocks`` setting; rows without it pool the last, 1280-channel stage.) The old quick data (2000 train / 1000 test ids) took 46 CPU s per run for
 8-12% R@1. Quick therefore trains on 1000 train / 100 validation / 300 test identities, upsamples
-the renders to 128x64 and pools a 4x2 grid, keeps a 64-unit Bi-LSTM and 3 epochs. On that data
-(ceiling t2i R@1 78.7), measured with the memo cold but the feature cache built: CMPM+CMPC 15.1
-CPU s (R@1 20.9; seed 0: 21.2, 27% of the ceiling), CMCE 14.0, ranking (hardest) 13.7, CMPM at
-batch 16 27.5; the first run of a dataset adds about 17 CPU s for the feature cache. Flickr30K-,
-MSCOCO-, CUB- and Flowers-like CMPM+CMPC runs: 13.8, 12.7, 19.6, 12.6 CPU s including their
-feature caches. Reaching 60% of the ceiling would take more than 45 CPU s a run (4+
-epochs, 128-unit LSTM), which ``make reproduce``'s budget (about 300 runs in 45 minutes on 2 cores)
-does not allow; the loss comparisons are therefore made well below the ceiling, where losses differ.
+the renders to 128x64 and keeps a 64-unit Bi-LSTM. The last stage of the frozen ImageNet
+MobileNetV2 (1280 channels) is what limited it: with it, 3 epochs gave R@1 21 (27% of the ceiling)
+and reaching 60% would have needed more epochs and a wider LSTM at 2-3x the CPU. The synthetic
+attributes are colours and part shapes, which a mid-level map keeps: cut after stage 11 (64
+channels, an 8x4 map kept whole), 4 epochs reach 63% of the ceiling for less CPU per run than
+before (the 64-channel map makes the joint embedding's input 2048-d instead of 10240-d). CMPM alone
+reaches 50.1 (seed 0) under the same recipe, so the losses stay below the ceiling and apart.
+Scene and class datasets keep the last stage, a 2x2 grid and 3 epochs.
 The feature cache (once per dataset, shared by every loss and seed) is not counted.
 
 Multi-process (``torchrun``): ``batch_size`` is the **global** batch. Every process takes its
@@ -154,11 +164,13 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
                       note="assumed: the paper's CUHK-PEDES recipe; the dataset postdates the paper")
            for name in ("icfg_pedes", "rstpreid")},
     },
-    # person datasets: the 64 x 32 renders upsampled to 128 x 64 before the frozen backbone (a 4 x 2 map, pooled
-    # on a 4 x 2 grid): 23.5 vs 10.2 test R@1 for about 1.7x the CPU per step (table in the module docstring)
-    "quick": {name: dict(_FAST_COMMON, batch_size=64, epochs=3, frozen_epochs=0,
-                         image_size=(128, 64) if name in config.PERSON_DATASETS else None, lr=3e-3,
-                         finetune_lr=3e-3, pool_grid=(4, 2) if name in config.PERSON_DATASETS else (2, 2), embedding_dim=256,
+    # person datasets: the 64 x 32 renders upsampled to 128 x 64 and cut after MobileNetV2's 11th stage (a
+    # 64-channel 8 x 4 map at stride 16, kept whole as an 8 x 4 grid, 2048-d), 4 epochs: CUHK-like test t2i R@1
+    # 51.2 (65% of the ceiling) against 21.2 from the last stage, for less CPU (table in the module docstring)
+    "quick": {name: dict(_FAST_COMMON, batch_size=64, epochs=4 if name in config.PERSON_DATASETS else 3,
+                         frozen_epochs=0, image_size=(128, 64) if name in config.PERSON_DATASETS else None, lr=3e-3,
+                         finetune_lr=3e-3, backbone_blocks=11 if name in config.PERSON_DATASETS else None,
+                         pool_grid=(8, 4) if name in config.PERSON_DATASETS else (2, 2), embedding_dim=256,
                          word_dim=64, hidden_size=64, dropout=0.3,
                          ema_decay=0.99, select_metric="t2i_R@1" if name in config.PERSON_DATASETS else "rsum")
               for name in config.DATASETS},
@@ -189,6 +201,7 @@ class TrainConfig:
     pretrained: bool = True
     image_size: tuple[int, int] | None = None  # None: the prepared data's default
     feature_mode: str = "end_to_end"  # end_to_end | cached
+    backbone_blocks: int | None = None  # mobilenet_v2 only: keep its first N stages (a mid-level map); None = all
     pool_grid: tuple[int, int] = (1, 1)
     cache_flips: bool = False  # cached mode: also cache left-right flipped images (flip augmentation)
     embedding_dim: int = 512
@@ -372,6 +385,9 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"setting amp={cfg.amp!r} must be auto, bf16, fp16 or off")
     if cfg.backbone not in models.BACKBONES:
         raise ValueError(f"setting backbone={cfg.backbone!r}; use one of {models.BACKBONES}")
+    if cfg.backbone_blocks is not None and cfg.backbone != "mobilenet_v2":
+        raise ValueError(f"setting backbone_blocks={cfg.backbone_blocks!r} needs backbone='mobilenet_v2' "
+                         f"(not {cfg.backbone!r}); set backbone_blocks=None")
     if not 0 <= cfg.frozen_epochs <= cfg.epochs or cfg.epochs < 1:
         raise ValueError(f"settings epochs={cfg.epochs}, frozen_epochs={cfg.frozen_epochs}: need 0 <= frozen <= epochs, epochs >= 1")
     if cfg.batch_size < 2:
@@ -415,13 +431,14 @@ def git_commit() -> str:
 
 
 def feature_cache_path(prepared, split: str, cfg: TrainConfig, flips: bool) -> Path:
-    """``<cache>/features/<dataset>/<profile>/<backbone>_<HxW>_g<rows>x<cols>_<split>[_flips]_<key>.pt``;
+    """``<cache>/features/<dataset>/<profile>/<backbone>[_b<blocks>]_<HxW>_g<rows>x<cols>_<split>[_flips]_<key>.pt``;
     ``key`` hashes the image cache's fingerprint, the weights and the preparation folder."""
     cache = prepared.image_cache(split)
     height, width = cache.size
     weights = config.file_stamp(cfg.weights_path)  # path, size and mtime: replaced weights -> new features
     digest = hashlib.sha256(f"{cache.fingerprint}|{weights}|{cfg.pretrained}|{prepared.prepared_dir}".encode())
-    name = (f"{cfg.backbone}_{height}x{width}_g{cfg.pool_grid[0]}x{cfg.pool_grid[1]}_{split}"
+    blocks = "" if cfg.backbone_blocks is None else f"_b{cfg.backbone_blocks}"
+    name = (f"{cfg.backbone}{blocks}_{height}x{width}_g{cfg.pool_grid[0]}x{cfg.pool_grid[1]}_{split}"
             f"{'_flips' if flips else ''}_{digest.hexdigest()[:12]}.pt")
     return config.cache_dir(cfg.cache_dir) / "features" / prepared.name / cfg.profile / name
 
@@ -439,7 +456,8 @@ def cached_image_features(prepared, split: str, cfg: TrainConfig, device: torch.
     cached = atomic.load_torch_cache(path)  # None when absent, or damaged (then recomputed below)
     if cached is not None:
         return cached
-    encoder = models.ImageEncoder(models.build_backbone(cfg.backbone, cfg.weights_path, cfg.pretrained),
+    encoder = models.ImageEncoder(models.build_backbone(cfg.backbone, cfg.weights_path, cfg.pretrained,
+                                                        cfg.backbone_blocks),
                                   cfg.pool_grid).to(device).eval()
     pixels = prepared.image_cache(split).images  # (N_I, H, W, 3) uint8
     views = (False, True) if flips else (False,)
@@ -795,7 +813,7 @@ def build_run_model(cfg: TrainConfig, prepared, feature_dim: int | None = None) 
                               cfg.pool_grid, cfg.weights_path, cfg.pretrained, cached_feature_dim=feature_dim,
                               word_embedding_init=cfg.word_embedding_init, lstm_init=cfg.lstm_init,
                               lstm_backward=cfg.lstm_backward, joint_embedding=cfg.joint_embedding,
-                              bn_style=cfg.bn_style, ema_scope=cfg.ema_scope)
+                              bn_style=cfg.bn_style, ema_scope=cfg.ema_scope, backbone_blocks=cfg.backbone_blocks)
 
 
 def fit(settings: TrainConfig | dict) -> RunResult:

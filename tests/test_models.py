@@ -48,6 +48,35 @@ def test_mobilenet_v2_loads_offline_imagenet_weights():
     assert backbone.eval()(torch.rand(2, 3, 64, 32)).shape == (2, 1280, 2, 1)
 
 
+def test_mobilenet_v2_cut_after_a_stage_is_the_same_network_up_to_there():
+    """backbone_blocks=11 keeps the ImageNet weights of the first 11 stages and returns their 64-channel
+    stride-16 map: the same numbers as running the whole trunk's first 11 stages."""
+    whole = models.build_backbone("mobilenet_v2").eval()
+    cut = models.build_backbone("mobilenet_v2", blocks=11).eval()
+    assert cut.out_channels == 64 and len(cut.trunk) == 11
+    images = torch.rand(2, 3, 128, 64)
+    with torch.no_grad():
+        expected = whole.trunk[:11]((images - whole.mean) / whole.std)
+        torch.testing.assert_close(cut(images), expected)
+    assert expected.shape == (2, 64, 8, 4)
+    encoder = models.ImageEncoder(cut, (8, 4))
+    assert encoder.output_dim == 64 * 8 * 4
+    with pytest.raises(ValueError, match="backbone_blocks=11 is supported for backbone 'mobilenet_v2' only"):
+        models.build_backbone("small_cnn", pretrained=False, blocks=11)
+    with pytest.raises(ValueError, match="backbone_blocks=40: mobilenet_v2 has 19 stages"):
+        models.build_backbone("mobilenet_v2", blocks=40)
+
+
+def test_backbone_blocks_setting_is_checked_and_set_for_quick_person_data():
+    from cmp_utils import train
+
+    with pytest.raises(ValueError, match="backbone_blocks=11 needs backbone='mobilenet_v2'"):
+        train.make_config("quick", "cuhk_pedes", backbone="small_cnn")
+    cfg = train.make_config("quick", "cuhk_pedes")
+    assert (cfg.backbone, cfg.backbone_blocks, cfg.pool_grid) == ("mobilenet_v2", 11, (8, 4))
+    assert train.make_config("quick", "flickr30k").backbone_blocks is None
+
+
 def test_weights_path_round_trip_and_errors(tmp_path):
     torch.manual_seed(1)
     small = models.build_backbone("small_cnn", pretrained=False)
