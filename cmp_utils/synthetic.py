@@ -25,6 +25,11 @@ Irregularities of the real files are reproduced: a CUHK image with 10 captions (
 with 4), mixed ``.png`` / ``.jpg`` / ``.bmp``; MSCOCO images with more than 5 sentences;
 blank lines in the CUB / Flowers caption files.
 
+Every generator also writes :data:`GROUND_TRUTH` beside the data (outside the real layout): per
+image its attributes (a scene's as :func:`scene_facts`) and what each of its captions states, which
+the caption functions record by side effect without drawing from the random generator, so the
+data files are the same with or without it (:mod:`cmp_utils.ceiling` reads it).
+
 Everything is drawn from ``numpy.random.default_rng([seed, dataset, item])``, so the same
 seed writes byte-identical files. :data:`SIZES` holds the sizes per profile (plain data).
 """
@@ -636,11 +641,43 @@ def render_scene(scene: dict[str, Any], rng: np.random.Generator, size: tuple[in
     return canvas.finish(rng, brightness=(0.8, 1.2), noise=(1.5, 6.0), flip=False)
 
 
-def _object_phrase(obj: dict[str, Any], rng: np.random.Generator, detail: float = 0.8) -> str:
+def object_description(obj: dict[str, Any], size: bool = True, colour: bool = True) -> str:
+    """Canonical text of what a phrase says about ``obj``: ``"[size] [colour] kind"`` (ground truth, not a caption)."""
+    return " ".join(w for w in (obj["size"] if size else None, obj["colour"] if colour else None, obj["kind"]) if w)
+
+
+def scene_facts(scene: dict[str, Any]) -> dict[str, Any]:
+    """Everything a caption of ``scene`` could state, as ``{fact: value}`` (the scene's attributes for
+    :mod:`cmp_utils.ceiling`): the background; ``"object: <description> #j"`` for the j-th object fitting a
+    description (every combination of size and colour said or not); ``"left of: <a> | <b>"`` for objects in that
+    order; ``"on the left: <a>"`` / ``"on the right: <a>"`` / ``"in the middle: <a>"`` by position."""
+    objects = scene["objects"]
+    descriptions = [[object_description(o, size, colour) for size in (False, True) for colour in (False, True)]
+                    for o in objects]
+    facts: dict[str, Any] = {"background": scene["background"]}
+    counts: dict[str, int] = {}
+    for index, options in enumerate(descriptions):
+        for description in options:
+            counts[description] = counts.get(description, 0) + 1
+            facts[f"object: {description} #{counts[description]}"] = True
+            position = "on the left" if index == 0 else "on the right" if index == len(objects) - 1 else "in the middle"
+            facts[f"{position}: {description}"] = True
+        for right in descriptions[index + 1:]:
+            facts.update({f"left of: {a} | {b}": True for a in options for b in right})
+    return facts
+
+
+def _object_phrase(obj: dict[str, Any], rng: np.random.Generator, detail: float = 0.8,
+                   said: list[str] | None = None) -> str:
+    """A noun phrase for ``obj``; ``said``, when given, gets :func:`object_description` of what it states
+    (drawn from nothing: the phrase is the same either way)."""
     words = []
-    if rng.random() < 0.45:
+    sized = rng.random() < 0.45
+    if sized:
         words.append(_pick(rng, ("small", "little", "tiny")) if obj["size"] == "small" else _pick(rng, ("large", "big")))
     colour = _colour_word(obj["colour"], rng) if rng.random() < detail else None
+    if said is not None:
+        said.append(object_description(obj, sized, colour is not None))
     if obj["kind"] == "person":  # a person's colour is the shirt's
         words.append(_pick(rng, KIND_WORDS["person"]))
         if colour:
@@ -650,36 +687,53 @@ def _object_phrase(obj: dict[str, Any], rng: np.random.Generator, detail: float 
     return _a(" ".join(words))
 
 
-def scene_caption(scene: dict[str, Any], rng: np.random.Generator) -> str:
+def scene_caption(scene: dict[str, Any], rng: np.random.Generator, mentions: dict[str, Any] | None = None) -> str:
+    """One annotator's sentence about ``scene``. ``mentions``, when given, is filled with the facts it
+    states, in the vocabulary of :func:`scene_facts` (drawn from nothing: the caption is the same either way)."""
     objects = scene["objects"]
     where = _pick(rng, BACKGROUNDS[scene["background"]][2])
     order = list(range(len(objects)))
     style = int(rng.integers(4))
+    said: list[str] = []  # descriptions of the objects the caption names, in order
+    facts: dict[str, Any] = {}
+    say_where = True
     if style == 0 and len(objects) >= 2:
         i, j = sorted(rng.choice(len(objects), size=2, replace=False))
-        left, right = _object_phrase(objects[i], rng), _object_phrase(objects[j], rng)
+        left, right = _object_phrase(objects[i], rng, said=said), _object_phrase(objects[j], rng, said=said)
         relation = _pick(rng, ("to the left of", "left of", "beside", "next to", "near"))
         if rng.random() < 0.5 and relation in ("to the left of", "left of"):
             text = f"{right} to the right of {left}"
         else:
             text = f"{left} {relation} {right}"
-        if rng.random() < 0.6:
+        if relation in ("to the left of", "left of"):
+            facts[f"left of: {said[0]} | {said[1]}"] = True
+        say_where = rng.random() < 0.6
+        if say_where:
             text += f" {where}"
     elif style == 1:
         kept = [k for k in order if rng.random() < 0.75] or [order[0]]
-        text = f"there is {_join([_object_phrase(objects[k], rng) for k in kept], rng)} {where}"
+        text = f"there is {_join([_object_phrase(objects[k], rng, said=said) for k in kept], rng)} {where}"
     elif style == 2:
         kept = [k for k in order if rng.random() < 0.7] or [order[-1]]
         rng.shuffle(kept)
-        text = f"{where} {_pick(rng, ('we see', 'there are', 'you can see'))} {_join([_object_phrase(objects[k], rng) for k in kept], rng)}"
+        text = f"{where} {_pick(rng, ('we see', 'there are', 'you can see'))} {_join([_object_phrase(objects[k], rng, said=said) for k in kept], rng)}"
     else:
         k = int(rng.integers(len(objects)))
         position = ("on the left" if k == 0 else "on the right" if k == len(objects) - 1 else "in the middle")
-        text = f"{_object_phrase(objects[k], rng, 0.95)} {position}"
+        text = f"{_object_phrase(objects[k], rng, 0.95, said)} {position}"
+        facts[f"{position}: {said[0]}"] = True
         others = [o for o in order if o != k and rng.random() < 0.6]
         if others:
-            text += f" with {_join([_object_phrase(objects[o], rng, 0.6) for o in others], rng)}"
-        text += f" {where}" if rng.random() < 0.5 else ""
+            text += f" with {_join([_object_phrase(objects[o], rng, 0.6, said) for o in others], rng)}"
+        say_where = rng.random() < 0.5
+        text += f" {where}" if say_where else ""
+    if mentions is not None:
+        mentions.clear()
+        if say_where:
+            mentions["background"] = scene["background"]
+        for index, description in enumerate(said):
+            mentions[f"object: {description} #{said[: index + 1].count(description)}"] = True
+        mentions.update(facts)
     return _sentence(text)
 
 
@@ -687,6 +741,7 @@ def _generate_karpathy(name: str, root: Path, sizes: dict[str, int], seed: int) 
     rng = np.random.default_rng([seed, DATASET_CODES[name]])
     splits = ("train", "restval", "val", "test") if name == "mscoco" else ("train", "val", "test")
     images, stats = [], {}
+    truth: list[dict[str, Any]] = []  # per image: its facts and what each of its captions states
     sentence_id = 0
     from .text import tokenize
 
@@ -707,9 +762,9 @@ def _generate_karpathy(name: str, root: Path, sizes: dict[str, int], seed: int) 
             count = 5
             if name == "mscoco" and item_rng.random() < 0.08:
                 count = int(item_rng.integers(6, 8))
-            sentences = []
-            for _ in range(count):
-                raw = scene_caption(scene, item_rng)
+            sentences, caption_mentions = [], [{} for _ in range(count)]
+            for said in caption_mentions:
+                raw = scene_caption(scene, item_rng, said)
                 sentences.append({"tokens": tokenize(raw), "raw": raw, "imgid": image_id, "sentid": sentence_id})
                 sentence_id += 1
             record = {"filename": filename, "imgid": image_id, "split": split,
@@ -717,9 +772,12 @@ def _generate_karpathy(name: str, root: Path, sizes: dict[str, int], seed: int) 
             if name == "mscoco":
                 record = {"filepath": folder, **record, "cocoid": coco_id}
             images.append(record)
+            truth.append({"split": split, "file_path": filename, "id": image_id, "attributes": scene_facts(scene),
+                          "mentions": caption_mentions})
         stats[split] = {"images": len(scenes), "captions": sum(len(r["sentences"]) for r in images if r["split"] == split)}
     _write_json(root / ("dataset_coco.json" if name == "mscoco" else "dataset_flickr30k.json"),
                 {"images": images, "dataset": "coco" if name == "mscoco" else "flickr30k"})
+    _write_json(root / GROUND_TRUTH, truth)
     return stats
 
 
@@ -784,17 +842,32 @@ def render_bird(bird: dict[str, Any], rng: np.random.Generator, size: tuple[int,
     return canvas.finish(rng, brightness=(0.8, 1.2), noise=(1.5, 6.0))
 
 
-def bird_caption(bird: dict[str, Any], rng: np.random.Generator) -> str:
+def bird_caption(bird: dict[str, Any], rng: np.random.Generator, mentions: dict[str, Any] | None = None) -> str:
+    """One annotator's sentence about a bird class. ``mentions``, when given, is filled with the attributes
+    it states (drawn from nothing: the caption is the same either way); absent wing bars are never stated."""
     c = lambda key: _colour_word(bird[key], rng)  # noqa: E731
     pool = [_a(f"{c('crown')} crown"), f"{c('wing')} wings" + (" with white wing bars" if bird["wing_bars"] else ""),
-            _a(f"{c('belly')} belly"), _a(f"{bird['beak']} {c('beak_colour')} beak") if rng.random() < 0.6
-            else _a(f"{bird['beak']} beak"), _a(f"{bird['tail']} tail"), _a(f"{c('body')} body")]
+            _a(f"{c('belly')} belly")]
+    beak_coloured = rng.random() < 0.6
+    pool += [_a(f"{bird['beak']} {c('beak_colour')} beak") if beak_coloured else _a(f"{bird['beak']} beak"),
+             _a(f"{bird['tail']} tail"), _a(f"{c('body')} body")]
+    stated = [("crown",), ("wing", "wing_bars") if bird["wing_bars"] else ("wing",), ("belly",),
+              ("beak", "beak_colour") if beak_coloured else ("beak",), ("tail",), ("body",)]
     if bird["wing_bars"] and rng.random() < 0.5:
         pool.append("wingbars")
-    kept = [p for p in pool if rng.random() < 0.5] or [pool[int(rng.integers(len(pool)))]]
+        stated.append(("wing_bars",))
+    keep = [index for index in range(len(pool)) if rng.random() < 0.5] or [int(rng.integers(len(pool)))]
+    kept = [pool[index] for index in keep]
     rng.shuffle(kept)
     size_word = _pick(rng, ("small", "little", "tiny")) if bird["size"] == "small" else _pick(rng, ("large", "big", "medium sized"))
     style = int(rng.integers(4))
+    if mentions is not None:
+        mentions.clear()
+        mentions.update({key: bird[key] for index in keep for key in stated[index]})
+        if style in (2, 3):
+            mentions["body"] = bird["body"]
+        if style in (1, 3):
+            mentions["size"] = bird["size"]
     if style == 0:
         text = f"this bird has {_join(kept, rng)}"
     elif style == 1:
@@ -857,29 +930,46 @@ def render_flower(flower: dict[str, Any], rng: np.random.Generator, size: tuple[
     return canvas.finish(rng, brightness=(0.8, 1.2), noise=(1.5, 6.0))
 
 
-def flower_caption(flower: dict[str, Any], rng: np.random.Generator) -> str:
+def flower_caption(flower: dict[str, Any], rng: np.random.Generator, mentions: dict[str, Any] | None = None) -> str:
+    """One annotator's sentence about a flower class. ``mentions``, when given, is filled with the attributes
+    it states (drawn from nothing: the caption is the same either way); absent tips or layers are never stated."""
     petal = _colour_word(flower["petal"], rng)
     shape = flower["shape"] if rng.random() < 0.7 else ""
     count = COUNT_WORDS[flower["count"]] if rng.random() < 0.5 else ""
     centre_noun = _pick(rng, ("center", "centre", "stamen", "pistil"))
-    centre = _a(f"{flower['centre_size'] + ' ' if rng.random() < 0.5 else ''}{_colour_word(flower['centre'], rng)} {centre_noun}")
+    centre_sized = rng.random() < 0.5
+    centre = _a(f"{flower['centre_size'] + ' ' if centre_sized else ''}{_colour_word(flower['centre'], rng)} {centre_noun}")
     extras = []
+    said = {"petal": flower["petal"]}
     if flower["tips"] != "none" and rng.random() < 0.7:
         extras.append(f"{flower['tips']} tips")
+        said["tips"] = flower["tips"]
     if flower["double"] and rng.random() < 0.6:
         extras.append(_pick(rng, ("two layers of petals", "layered petals")))
+        said["double"] = True
     petals = " ".join(w for w in (count, shape, petal, "petals") if w)
     style = int(rng.integers(4))
+    with_centre = True
     if style == 0:
         text = f"this flower has {petals} and {centre}"
     elif style == 1:
         text = f"a flower with {petals} surrounding {centre}"
     elif style == 2:
-        text = f"the petals of this flower are {petal} and {flower['shape']}" + (f" with {centre}" if rng.random() < 0.5 else "")
+        with_centre = rng.random() < 0.5
+        text = f"the petals of this flower are {petal} and {flower['shape']}" + (f" with {centre}" if with_centre else "")
     else:
         text = f"this {petal} flower has {_join([p for p in (f'{shape} petals' if shape else 'petals', centre) if p], rng)}"
     if extras:
         text += f" with {_join(extras, rng)}"
+    if mentions is not None:
+        mentions.clear()
+        mentions.update(said)
+        if shape or style == 2:
+            mentions["shape"] = flower["shape"]
+        if count and style in (0, 1):
+            mentions["count"] = flower["count"]
+        if with_centre:
+            mentions.update(centre=flower["centre"], **({"centre_size": flower["centre_size"]} if centre_sized else {}))
     return text + ("" if rng.random() < 0.5 else ".")
 
 
@@ -897,6 +987,7 @@ def _generate_class_level(name: str, root: Path, sizes: dict[str, int], seed: in
     test_numbers = set(int(i) + 1 for i in order[: sizes["test_classes"]])
     text_root = root / ("cvpr2016_cub" if name == "cub" else "cvpr2016_flowers")
     class_names, image_number = [], 0
+    truth: list[dict[str, Any]] = []  # per image: its class's attributes and what each caption states
     for number, kind in enumerate(kinds, start=1):
         class_name = f"{number:03d}.Synthetic_bird_{number:03d}" if name == "cub" else f"class_{number:05d}"
         class_names.append(class_name)
@@ -910,7 +1001,11 @@ def _generate_class_level(name: str, root: Path, sizes: dict[str, int], seed: in
                 stem = f"image_{image_number:05d}"
                 image_path = root / "jpg" / f"{stem}.jpg"
             _save_image(render(kind, item_rng), image_path)
-            lines = [caption(kind, item_rng) for _ in range(10)]
+            caption_mentions = [{} for _ in range(10)]
+            lines = [caption(kind, item_rng, said) for said in caption_mentions]
+            truth.append({"split": "test" if number in test_numbers else "trainval",
+                          "file_path": image_path.relative_to(root).as_posix(), "id": number, "attributes": kind,
+                          "mentions": caption_mentions})
             if k == 0:  # irregularity: blank lines inside and at the end of a caption file
                 lines = lines[:5] + [""] + lines[5:] + ["", ""]
             path = text_root / "text_c10" / class_name / f"{stem}.txt"
@@ -921,6 +1016,7 @@ def _generate_class_level(name: str, root: Path, sizes: dict[str, int], seed: in
     (text_root / "trainvalclasses.txt").write_text("\n".join(trainval) + "\n", encoding="utf-8")
     (text_root / "testclasses.txt").write_text("\n".join(test) + "\n", encoding="utf-8")
     (text_root / "allclasses.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
+    _write_json(root / GROUND_TRUTH, truth)
     return {key: {"classes": len(classes), "images": len(classes) * sizes["images_per_class"],
                   "captions": len(classes) * sizes["images_per_class"] * 10}
             for key, classes in (("trainval", trainval), ("test", test))}
@@ -936,9 +1032,10 @@ def sizes_for(name: str, profile: str) -> dict[str, int]:
 
 
 def is_complete(root: str | os.PathLike, name: str, profile: str, seed: int = 0) -> bool:
-    """True when ``root`` holds a finished generation of ``name`` for this profile, seed and generator version."""
+    """True when ``root`` holds a finished generation of ``name`` for this profile, seed and generator version,
+    with its :data:`GROUND_TRUTH` (older generations lack it for some datasets: regenerating writes the same data)."""
     marker = Path(root) / MARKER
-    if not marker.is_file():
+    if not marker.is_file() or not (Path(root) / GROUND_TRUTH).is_file():
         return False
     try:
         meta = json.loads(marker.read_text(encoding="utf-8"))
@@ -1006,6 +1103,7 @@ def _generate_person_json(name: str, root: Path, sizes: dict[str, int], seed: in
     code = DATASET_CODES[name]
     rng = np.random.default_rng([seed, code])
     records: list[dict[str, Any]] = []
+    truth: list[dict[str, Any]] = []  # per image: its attributes and what each of its captions states
     stats: dict[str, Any] = {}
     next_id = 1
     for split in PERSON_JSON_SPLITS[name]:
@@ -1018,7 +1116,8 @@ def _generate_person_json(name: str, root: Path, sizes: dict[str, int], seed: in
             views = int(item_rng.integers(2, 5)) if name == "icfg_pedes" else 5
             for view in range(views):
                 pixels = render_person(person, shades, item_rng)
-                texts = [person_caption(person, item_rng) for _ in range(1 if name == "icfg_pedes" else 2)]
+                caption_mentions = [{} for _ in range(1 if name == "icfg_pedes" else 2)]
+                texts = [person_caption(person, item_rng, said) for said in caption_mentions]
                 if name == "icfg_pedes":
                     relative = f"{split}/{person_id:04d}/{person_id:04d}_{view:03d}.jpg"
                     record = {"id": person_id, "file_path": relative, "captions": texts,
@@ -1028,10 +1127,13 @@ def _generate_person_json(name: str, root: Path, sizes: dict[str, int], seed: in
                     record = {"id": person_id, "img_path": relative, "captions": texts, "split": split}
                 _save_image(pixels, root / "imgs" / relative)
                 records.append(record)
+                truth.append({"split": split, "file_path": relative, "id": person_id,
+                              "attributes": visible_attributes(person), "mentions": caption_mentions})
                 images, captions = images + 1, captions + len(texts)
         key = "trainval" if (name == "icfg_pedes" and split == "train") else split
         stats[key] = {"ids": len(identities), "images": images, "captions": captions}
     _write_json(root / ("ICFG-PEDES.json" if name == "icfg_pedes" else "data_captions.json"), records)
+    _write_json(root / GROUND_TRUTH, truth)
     return stats
 
 
