@@ -384,12 +384,18 @@ def render_headline(results_dir: Path, profile: str, notebooks_dir: Path) -> str
             frame = frame.assign(paper_value=float("nan"))
         seeds = frame["seed"].nunique()
         if "ceiling" in frame and frame["ceiling"].notna().any():
-            ceilings = frame[frame["metric"].isin(metrics)].groupby("metric", sort=False)["ceiling"].first().dropna()
-            shown.append("ceiling " + ", ".join(f"{METRIC_LABELS.get(m, m)} {v:.1f}" for m, v in ceilings.items()))
+            subset, keys = frame[frame["metric"].isin(metrics)], []
+            for column in ("table", "dataset", "direction"):  # name what tells one metric's ceilings apart
+                if column in subset and (subset.groupby([*keys, "metric"])[column].nunique() > 1).any():
+                    keys.append(column)
+            ceilings = subset.groupby([*keys, "metric"], sort=False)["ceiling"].first().dropna()
+            shown.append("ceiling " + ", ".join(
+                " ".join([*map(str, key[:-1]), METRIC_LABELS.get(key[-1], key[-1]), f"{value:.1f}"])
+                for key, value in ((k if isinstance(k, tuple) else (k,), v) for k, v in ceilings.items())))
         caption = f"**{experiment}** ({', '.join([f'{seeds} seed' + 's' * (seeds != 1), *shown])})"
         parts.append(headline_table(frame, metrics, caption=caption))
     intro = (f"_Generated from `results/*/{profile}/metrics.csv` ({_data_label(profile)}): mean ± sd over seeds; "
-             "[x%] = share of the ceiling, the best recall the synthetic captions allow (an attribute oracle, "
+             "[x%] = share of the ceiling, the best score the synthetic captions allow (an attribute oracle, "
              "notebook 01); \"(paper X)\" where "
              "`cmp_utils/paper_numbers.csv` has a value confirmed from a public source (the other cells of the "
              "paper's tables are left empty rather than filled from memory). Full tables: "

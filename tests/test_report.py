@@ -428,3 +428,15 @@ def test_headline_cells_show_the_share_of_the_ceiling():
         for seed, value in enumerate((38.0, 42.0))])
     table = report.headline_table(frame, ["R@1"])
     assert "| CMPM | 40.00 ± 2.83 [50%] |" in table
+
+
+def test_headline_caption_names_the_ceiling_of_each_dataset_the_table_shows(tmp_path):
+    """A table of two datasets (CUB and Flowers) states each one's ceiling, not the first one's for both."""
+    rows = [row(metric, value, 0, dataset=dataset, direction=direction, ceiling=ceiling_value)
+            for dataset, ceiling_value in (("cub", 32.0), ("flowers", 40.0))
+            for direction, metric, value in (("i2t", "top1_accuracy", 50.0), ("t2i", "ap@50", 20.0))]
+    write_csv(tmp_path, "cub_flowers", "metrics.csv", rows)
+    text = report.render_headline(tmp_path, "quick", tmp_path)
+    caption = next(line for line in text.splitlines() if line.startswith("| **cub_flowers**"))
+    for dataset, value in (("cub", "32.0"), ("flowers", "40.0")):
+        assert f"{dataset} {report.METRIC_LABELS.get('ap@50', 'ap@50')} {value}" in caption
