@@ -78,7 +78,7 @@ def test_attach_ceiling_matches_rows_by_dataset_direction_and_metric(monkeypatch
     from cmp_utils import ceiling
 
     table = pd.DataFrame({"dataset": ["cuhk_pedes"], "direction": ["t2i"], "metric": ["R@1"], "value": [70.0]})
-    monkeypatch.setattr(ceiling, "dataset_ceiling", lambda name, profile: table)
+    monkeypatch.setattr(ceiling, "dataset_ceiling", lambda name, profile: table[table["dataset"] == name])  # none for flickr30k
     frame = pd.DataFrame({"dataset": ["cuhk_pedes", "cuhk_pedes", "flickr30k"], "direction": ["t2i", "t2i", "t2i"],
                           "metric": ["R@1", "mAP", "R@1"], "value": [1.0, 2.0, 3.0]})
     out = experiments.attach_ceiling(frame, "quick")
