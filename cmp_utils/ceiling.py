@@ -202,13 +202,3 @@ def dataset_ceiling(dataset: str, profile: str, seed: int = 0) -> pd.DataFrame:
 def _ceiling_of_file(stamp: tuple, dataset: str) -> pd.DataFrame:
     """Memo of :func:`dataset_ceiling` by the ground-truth file's path, mtime and size."""
     return ceiling_from_ground_truth(load_ground_truth(Path(stamp[0]).parent, "test"), dataset)
-
-
-def attach_ceiling(summary: pd.DataFrame, ceiling: pd.DataFrame) -> pd.DataFrame:
-    """Add ``ceiling`` and ``percent_of_ceiling`` (100 * mean / ceiling) to a summary table
-    (columns ``dataset``, ``direction``, ``metric``, ``mean``); NaN where no ceiling is known."""
-    keyed = ceiling.rename(columns={"value": "ceiling"})[["dataset", "direction", "metric", "ceiling"]]
-    out = summary.drop(columns=[c for c in ("ceiling", "percent_of_ceiling") if c in summary.columns])
-    out = out.merge(keyed, on=["dataset", "direction", "metric"], how="left")
-    out["percent_of_ceiling"] = 100.0 * out["mean"] / out["ceiling"]
-    return out

@@ -346,15 +346,20 @@ SYNTHETIC_PROFILES = ("smoke", "quick")
 
 def attach_ceiling(frame: pd.DataFrame, profile: str) -> pd.DataFrame:
     """Add ``ceiling``: the attribute oracle's value (:mod:`cmp_utils.ceiling`) of each row's
-    dataset, direction and metric on the synthetic test set of ``profile``; NaN where none."""
+    dataset (or protocol table, where the ceiling has one per table: ``mscoco_1k`` / ``mscoco_5k``),
+    direction and metric on the synthetic test set of ``profile``; NaN where none."""
     from . import ceiling
 
     parts = [ceiling.dataset_ceiling(name, profile) for name in frame["dataset"].unique()
              if name in ceiling.DATASETS_WITH_CEILING]
     if not parts:
         return frame.assign(ceiling=float("nan"))
-    table = pd.concat(parts).rename(columns={"value": "ceiling"})
-    return frame.drop(columns=["ceiling"], errors="ignore").merge(table, on=["dataset", "direction", "metric"], how="left")
+    table = pd.concat(parts).rename(columns={"value": "ceiling", "dataset": "ceiling_of"})
+    ceiling_of = frame["dataset"]
+    if "table" in frame:
+        ceiling_of = frame["table"].where(frame["table"].isin(set(table["ceiling_of"])), frame["dataset"])
+    return (frame.drop(columns=["ceiling"], errors="ignore").assign(ceiling_of=ceiling_of)
+            .merge(table, on=["ceiling_of", "direction", "metric"], how="left").drop(columns="ceiling_of"))
 
 
 #: Method label of a converted checkpoint's rows (:func:`score_checkpoint`).

@@ -88,15 +88,6 @@ def test_generator_writes_ground_truth_beside_the_data_and_the_ceiling_is_inform
     assert (again / synthetic.GROUND_TRUTH).read_bytes() == truth_path.read_bytes()
 
 
-def test_attach_ceiling_adds_percent_of_ceiling():
-    summary = pd.DataFrame({"dataset": ["cuhk_pedes", "cuhk_pedes"], "direction": ["t2i", "t2i"],
-                            "metric": ["R@1", "mAP"], "mean": [30.0, 20.0]})
-    table = pd.DataFrame({"dataset": ["cuhk_pedes"], "direction": ["t2i"], "metric": ["R@1"], "value": [60.0]})
-    out = ceiling.attach_ceiling(summary, table)
-    assert out.loc[0, "percent_of_ceiling"] == pytest.approx(50.0)
-    assert math.isnan(out.loc[1, "ceiling"])
-
-
 # ---------------------------------------------------------------- every protocol, against a naive transcription
 def _naive_scores(image_attributes, queries):
     """The module docstring's score, one pair at a time."""

@@ -86,6 +86,19 @@ def test_attach_ceiling_matches_rows_by_dataset_direction_and_metric(monkeypatch
     assert list(out["value"]) == [1.0, 2.0, 3.0]
 
 
+def test_attach_ceiling_takes_the_table_where_the_ceiling_has_one_per_table(monkeypatch):
+    from cmp_utils import ceiling
+
+    table = pd.DataFrame({"dataset": ["mscoco_1k", "mscoco_5k"], "direction": ["t2i", "t2i"], "metric": ["R@1", "R@1"],
+                          "value": [74.0, 65.0]})
+    monkeypatch.setattr(ceiling, "dataset_ceiling", lambda name, profile: table)
+    frame = pd.DataFrame({"dataset": ["mscoco"] * 3, "table": ["mscoco_5k", "mscoco_1k", "mscoco_1k"],
+                          "direction": ["t2i", "t2i", "i2t"], "metric": ["R@1"] * 3, "value": [1.0, 2.0, 3.0]})
+    out = experiments.attach_ceiling(frame, "quick")
+    assert out["ceiling"].iloc[:2].tolist() == [65.0, 74.0] and math.isnan(out["ceiling"].iloc[2])
+    assert list(out.columns) == [*frame.columns, "ceiling"] and list(out["table"]) == list(frame["table"])
+
+
 def test_attach_paper_values_uses_confirmed_numbers_only():
     frame = pd.DataFrame([
         {"dataset": "cuhk_pedes", "table": "cuhk_pedes", "method": "CMPM+CMPC", "backbone": "x", "direction": "t2i", "metric": "R@1", "value": 1.0, "seed": 0},
