@@ -596,10 +596,13 @@ def render_timings(results_dir: Path, profile: str, notebooks_dir: Path, link_ro
     where = ""
     if len(latest):
         machines = sorted({str(value) for value in latest.get("machine", pd.Series(dtype=str)).dropna()})
-        started = sorted(str(value) for value in latest.get("started_at", pd.Series(dtype=str)).dropna())
+        span = ""
+        if "started_at" in latest and latest["started_at"].notna().any():
+            starts = pd.to_datetime(latest["started_at"], utc=True)
+            ends = starts + pd.to_timedelta(latest["seconds"], unit="s")
+            span = f", from {starts.min().isoformat(timespec='seconds')} to {ends.max().isoformat(timespec='seconds')}"
         total = latest["seconds"].sum() / 60
-        where = (f"\n\nTotal: {total:.0f} min" + (f" on {', '.join(machines)}" if machines else "")
-                 + (f", runs from {started[0]} to {started[-1]}" if started else "") + ".")
+        where = (f"\n\nTotal: {total:.0f} min" + (f" on {', '.join(machines)}" if machines else "") + span + ".")
     return markdown_table(["notebook (executed copy)", "what it does", f"minutes ({profile}, `timings.csv`)"], rows) + where
 
 
