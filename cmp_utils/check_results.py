@@ -132,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             experiments = [e for e in experiments if (rerun_root / e / args.profile / "metrics.csv").is_file()]
         differences = compare_folders(committed_root, rerun_root, args.profile, experiments)
     if differences.empty:
-        print(f"every number of results/*/{args.profile}/metrics.csv reproduced ({len(experiments)} experiments)")
+        print(f"every number of results/*/{args.profile}/metrics.csv reproduced "
+              f"({len(experiments)} experiment{'s' * (len(experiments) != 1)}: {', '.join(experiments)})")
         return 0
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 120):
         print(differences.to_string(index=False))

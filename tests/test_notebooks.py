@@ -99,3 +99,22 @@ def test_notebook_runs_in_smoke_profile(path, isolated_dirs):
         if output.get("output_type") == "error"
     ]
     assert not errors
+
+
+@pytest.mark.slow
+def test_smoke_results_reproduce_when_a_shared_run_is_trained_by_another_notebook(isolated_dirs, capsys):
+    """``make check-results`` in the smoke profile (what CI can afford): notebook 10's CMPM and
+    CMPM+CMPC runs are the ones 05 trained first (reused from the memo); a cold rerun of 10 alone
+    trains them itself, in another process, and must give every number of its metrics.csv again."""
+    from cmp_utils import check_results
+
+    results, _ = isolated_dirs
+    by_name = {path.stem: path for path in NOTEBOOKS}
+    first_pass = [by_name["05_cuhk_pedes"], by_name["10_ablation"]]
+    if not (results / "ablation" / "smoke" / "metrics.csv").is_file():  # run alone: make the "committed" side here
+        run_notebooks(first_pass, "smoke", output_dir=results / "executed" / "smoke")
+    capsys.readouterr()
+    status = check_results.main(["--profile", "smoke", "--cold", "--notebooks", str(by_name["10_ablation"])])
+    report = capsys.readouterr().out
+    assert status == 0, report
+    assert "every number of results/*/smoke/metrics.csv reproduced (1 experiment: ablation)" in report
