@@ -720,12 +720,12 @@ CAVEATS: dict[str, tuple[str, ...]] = {
                "of the 5K numbers.",),
     "cub_flowers": ("AP@50 cannot exceed the share of a class's images among the top 50: with the few test images "
                     "per synthetic class its ceiling is far below 100 (see the figure).",),
-    "batch_size": ("Every batch size trains the same epochs, so small batches take more steps; the comparison is "
+    "batch_size": ("Under `equal_epochs` small batches take more steps; under `equal_updates` every batch size "
+                   "takes the largest batch's number of steps, so small batches see less data. The comparison is "
                    "of each loss's sensitivity (its curve relative to its own best batch size), not of levels.",),
-    "ablation": ("CMPC alone collapses here: on a frozen image branch it can lower its loss by growing the "
-                 "feature norms while image and text stay apart (notebook 03's toy measures the same: compact "
-                 "classes per modality, poor alignment across them). The paper trains CMPC with CMPM, where it "
-                 "helps.",),
+    "ablation": ("CMPC alone can lower its loss by growing the feature norms while image and text stay apart "
+                 "(notebook 03's toy measures this: compact classes per modality, poor alignment across them); "
+                 "the paper trains CMPC with CMPM.",),
     "feature_distribution": ("Cosine gaps of one trained model per loss describe these features, not a ranking of "
                              "losses; the 2-D projection keeps only the first two principal directions.",),
 }
