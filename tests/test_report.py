@@ -9,7 +9,7 @@ import statistics
 import pandas as pd
 import pytest
 
-from cmp_utils import paper, report, train
+from cmp_utils import config, paper, report, train
 
 README = """# Project
 
@@ -130,7 +130,7 @@ def test_readme_sections_are_generated_from_the_csvs(project):
     # results/README.md: the full table keeps batch_size, with the real number of seeds
     full = (results / "README.md").read_text(encoding="utf-8")
     assert "| dataset | table | method | backbone | direction | metric | batch_size | paper |" in full
-    assert "| cuhk_pedes | cuhk_pedes | CMPM | mobilenet_v2 | t2i | R@1 | 16 | 44.02 | 6.00 ± 1.41 | 2 | -38.02 |" in full
+    assert "| cuhk_pedes | cuhk_pedes | CMPM | mobilenet_v2 | t2i | R@1 | 16 | 44.02 | 6.00 ± 1.41 | 2 |\n" in full
     assert "`python -m cmp_utils.run_notebooks --profile quick notebooks/09_batch_size.ipynb`" in full
     assert readme.stat().st_mode & 0o777 == 0o644  # permissions kept through the atomic replace
     before = readme.read_text(encoding="utf-8")
@@ -385,8 +385,9 @@ def test_full_table_shows_the_ceiling_beside_ours(project):
                                                      for seed, value in enumerate((10.0, 14.0))])
     report.update_readme(readme, results)
     full = (results / "README.md").read_text(encoding="utf-8")
-    assert "| ours − paper | ceiling of the test set |" in full
-    assert f"| CMPM | mobilenet_v2 | t2i | R@1 | 44.02 | 12.00 ± {statistics.stdev([10.0, 14.0]):.2f} | 2 | -32.02 | 60.00 |" in full
+    assert "| seeds | ceiling of the test set | share of the ceiling |" in full
+    assert "ours − paper" not in full  # synthetic data: a level difference from the paper means nothing
+    assert f"| CMPM | mobilenet_v2 | t2i | R@1 | 44.02 | 12.00 ± {statistics.stdev([10.0, 14.0]):.2f} | 2 | 60.00 | 20% |" in full
 
 
 def test_shrink_png_bounds_width_and_size():
@@ -416,8 +417,21 @@ def test_metrics_without_optional_columns_still_render(project):
         for deviation, values in (("baseline", (8.0, 9.0)), ("no_ema", (6.0, 7.0))) for seed, value in enumerate(values)])
     report.update_readme(readme, results)
     full = (results / "README.md").read_text(encoding="utf-8")
-    assert "| cuhk_pedes | CMPM+CMPC | baseline | t2i | R@1 |  | 49.37 | 8.50 ± 0.71 | 2 | -40.87 |" in full  # backbone empty
-    assert "| cuhk_pedes | CMPM+CMPC | no_ema | t2i | R@1 |  | 49.37 | 6.50 ± 0.71 | 2 | -42.87 |" in full
+    assert "| cuhk_pedes | CMPM+CMPC | baseline | t2i | R@1 |  | 49.37 | 8.50 ± 0.71 | 2 |\n" in full  # backbone empty
+    assert "| cuhk_pedes | CMPM+CMPC | no_ema | t2i | R@1 |  | 49.37 | 6.50 ± 0.71 | 2 |\n" in full
+
+
+def test_full_tables_of_real_data_give_ours_minus_paper(tmp_path):
+    """The paper profile (real data) compares levels with the paper; synthetic profiles do not."""
+    frame = pd.DataFrame([row("R@1", value, seed, method="CMPM") for seed, value in enumerate((40.0, 42.0))])
+    for profile in ("paper", "quick"):
+        (tmp_path / "cuhk_pedes" / profile).mkdir(parents=True)
+        frame.to_csv(tmp_path / "cuhk_pedes" / profile / "metrics.csv", index=False)
+    notebooks = config.project_root() / "notebooks"
+    paper_tables = report.render_full_tables(tmp_path, "paper", notebooks, tmp_path)
+    quick_tables = report.render_full_tables(tmp_path, "quick", notebooks, tmp_path)
+    assert "| seeds | ours − paper |" in paper_tables and "| 41.00 ± 1.41 | 2 | -3.02 |" in paper_tables
+    assert "ours − paper" not in quick_tables and "| 41.00 ± 1.41 | 2 |\n" in quick_tables + "\n"
 
 
 def test_headline_cells_show_the_share_of_the_ceiling():
