@@ -59,6 +59,10 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    # A file store, not rank 0's TCP store server: no server thread to race with the other rank's
+    # exit at teardown (a rare gloo abort seen in CI). setup() then finds the group started.
+    torch.distributed.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'store')}",
+                                         rank=rank, world_size=world_size)
     context = distributed.setup("cpu")
     try:
         assert context.world_size == world_size and distributed.rank() == rank
@@ -68,6 +72,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         loss, gradients = _gradients_and_loss(world_size, rank)
         torch.save({"loss": loss, "gradients": gradients, "gathered": gathered.detach(), "local_grad": local.grad},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.distributed.barrier()  # both ranks done communicating before either tears down
     finally:
         distributed.cleanup()
 
