@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 PROFILES = ("smoke", "quick", "paper")
+# The profiles that run on the embedded synthetic data (the paper profile reads the real datasets).
+SYNTHETIC_PROFILES = ("smoke", "quick")
 DATASETS = ("cuhk_pedes", "flickr30k", "mscoco", "cub", "flowers", "icfg_pedes", "rstpreid")
 # The paper's five datasets (its tables); ICFG-PEDES and RSTPReid came out after it (no paper numbers).
 PAPER_DATASETS = DATASETS[:5]

@@ -337,11 +337,7 @@ def run_grid(
                          "seed": seed, "seconds": record["seconds"], "run_key": record["key"],  # the run's folder name
                          **(extra_columns or {}), **row})
     frame = attach_paper_values(pd.DataFrame(rows))
-    return attach_ceiling(frame, profile) if profile in SYNTHETIC_PROFILES else frame
-
-
-#: Profiles that train on the embedded synthetic data (whose test sets have a measured ceiling).
-SYNTHETIC_PROFILES = ("smoke", "quick")
+    return attach_ceiling(frame, profile) if profile in config.SYNTHETIC_PROFILES else frame
 
 
 def attach_ceiling(frame: pd.DataFrame, profile: str) -> pd.DataFrame:

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
+from .config import SYNTHETIC_PROFILES
 
-SYNTHETIC_PROFILES = ("smoke", "quick")
 DIRECTION_LABELS = {"t2i": "text-to-image", "i2t": "image-to-text"}
 METRIC_LABELS = {"R@1": "R@1 (%)", "R@5": "R@5 (%)", "R@10": "R@10 (%)", "mAP": "mAP (%)", "mINP": "mINP (%)",
                  "top1_accuracy": "top-1 accuracy (%)", "ap@50": "AP@50 (%)", "cosine_gap": "cosine gap"}

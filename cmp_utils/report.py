@@ -210,7 +210,7 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def _data_label(profile: str) -> str:
-    return f"{profile}, synthetic data" if profile in ("smoke", "quick") else profile
+    return f"{profile}, synthetic data" if profile in config.SYNTHETIC_PROFILES else profile
 
 
 def _relative(path: Path, start: Path) -> str:
@@ -415,7 +415,7 @@ def render_full_tables(results_dir: Path, profile: str, notebooks_dir: Path, lin
         names = grouping_columns(summary)
         has_ceiling = "ceiling" in summary and summary["ceiling"].notna().any()
         # On synthetic data a level difference from the paper means nothing: the ceiling is the yardstick there.
-        synthetic = profile in ("smoke", "quick")
+        synthetic = profile in config.SYNTHETIC_PROFILES
         rows = [[*(row[name] for name in names), _number(row["paper_value"]),
                  _ours(row["mean"], row["std"], row["n_seeds"]), row["n_seeds"],
                  *([] if synthetic else [_signed(row["difference"])]),
@@ -709,7 +709,7 @@ def about_profiles(profile: str) -> str:
         f"lies above zero, **did not hold** when it lies below, **inconclusive** otherwise; fewer than "
         f"{claims.MIN_SEEDS} seeds are reported as not tested. Synthetic numbers are not comparable in level with the paper's: only the "
         f"comparison between losses carries over. This run: profile `{profile}`"
-        + (" (synthetic data)." if profile in ("smoke", "quick") else "."),
+        + (" (synthetic data)." if profile in config.SYNTHETIC_PROFILES else "."),
     ])
 
 
@@ -765,7 +765,7 @@ def what_we_found(experiment: str, profile: str, results_dir: str | Path | None 
         lines.append(f"- No results yet under `results/{experiment}/{profile}/`: run the cells above.")
     lines += ["", "**What not to conclude.**", ""]
     lines += [f"- {caveat}" for caveat in CAVEATS.get(experiment, ())]
-    if profile in ("smoke", "quick"):
+    if profile in config.SYNTHETIC_PROFILES:
         lines.append("- " + GENERAL_CAVEAT.format(profile=profile))
     return "\n".join(lines)
 

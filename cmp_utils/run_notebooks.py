@@ -80,7 +80,7 @@ def check_profile_parameters(profile: str, parameters: dict[str, Any]) -> None:
     if profile == "smoke" and parameters.get("num_seeds", 1) != 1:
         raise ValueError(f"-p num_seeds={parameters['num_seeds']}: the smoke profile runs one seed. Drop -p num_seeds, "
                          f"or use --profile quick (or paper) for several seeds")
-    if profile in ("smoke", "quick") and parameters.get("source") == "real":
+    if profile in config.SYNTHETIC_PROFILES and parameters.get("source") == "real":
         raise ValueError(f"-p source=real: the {profile} profile labels results of synthetic data. "
                          f"Use --profile paper for the real datasets, or drop -p source")
 

@@ -657,10 +657,10 @@ def scene_facts(scene: dict[str, Any]) -> dict[str, Any]:
     facts: dict[str, Any] = {"background": scene["background"]}
     counts: dict[str, int] = {}
     for index, options in enumerate(descriptions):
+        position = "on the left" if index == 0 else "on the right" if index == len(objects) - 1 else "in the middle"
         for description in options:
             counts[description] = counts.get(description, 0) + 1
             facts[f"object: {description} #{counts[description]}"] = True
-            position = "on the left" if index == 0 else "on the right" if index == len(objects) - 1 else "in the middle"
             facts[f"{position}: {description}"] = True
         for right in descriptions[index + 1:]:
             facts.update({f"left of: {a} | {b}": True for a in options for b in right})
