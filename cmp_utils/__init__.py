@@ -7,3 +7,9 @@ explain and plot; every piece of logic worth testing lives here.
 """
 
 __version__ = "0.1.0"
+
+# Before anything imports torch: the same CPU kernels on every x86-64 CPU with AVX2 (see
+# cmp_utils.numerics; CMP_CPU_NUMERICS=native opts out).
+from . import numerics as _numerics  # noqa: E402
+
+_numerics.pin()

@@ -1,0 +1,199 @@
+"""CPU numerics that do not depend on the processor: the same bits on any x86-64 CPU with AVX2.
+
+A float sum depends on the order of its terms, and PyTorch's CPU kernels choose that order by the
+processor they run on. Three libraries inside the torch wheel pick their code at run time:
+
+==========================  ==================================================  =========================
+library                     what it computes here                               picks its code by
+==========================  ==================================================  =========================
+Intel oneMKL (BLAS, VML)    every fp32 matrix product (``nn.Linear``, the       the CPU's ISA (SSE4.2 ...
+                            similarity matrices of the evaluation), the 1x1      AVX-512) **and its
+                            convolutions of MobileNetV2 (``_slow_conv2d``),      vendor**: on a non-Intel
+                            ``exp`` / ``tanh`` of contiguous tensors (VML)       CPU it takes another path
+oneDNN                      3x3 and depthwise convolutions, the LSTM            the ISA (AVX2, AVX-512,
+                            (``mkldnn_rnn_layer``), bf16 matrix products         AMX), cache sizes
+ATen's own vector kernels   softmax / log-softmax, reductions, element-wise     the ISA (``DEFAULT``,
+                            ops                                                 ``AVX2``, ``AVX512``)
+==========================  ==================================================  =========================
+
+Measured on an Intel Xeon (Sapphire Rapids, AVX-512 and AMX, torch 2.14.1 with oneMKL 2024.2 and
+oneDNN 3.12), each kernel's output bits compared between the default and one setting changed
+(``python -m cmp_utils.cpu_probe probe`` prints the table; docs/reproducibility.md has it):
+
+* ``MKL_ENABLE_INSTRUCTIONS=AVX2`` changes the 1x1 convolutions (hence every cached MobileNetV2
+  feature), the fp32 GEMMs of ``nn.Linear`` forward and backward, and ``exp``;
+* MKL's **vendor dispatch** (simulated by making oneMKL's Intel-CPU check answer "no", as it does
+  on an AMD EPYC) changes the same kernels again, to a third result, and ``MKL_CBWR=AVX2`` does
+  **not** bring them back: on a non-Intel CPU oneMKL ignores an ISA branch;
+* ``ATEN_CPU_CAPABILITY=avx2`` changes log-softmax (the CMPM / CMPC losses);
+* ``ONEDNN_MAX_CPU_ISA=AVX2`` switches the convolutions to AVX2 kernels (``jit:avx2``) whose fp32
+  results happen to be identical here; it matters for bf16 (AMX against AVX-512-BF16 against
+  conversion) and for wider layers.
+
+The pinned setting (the default for every run of the project: notebooks, the CLI, papermill
+kernels, DataLoader workers, ``torchrun`` processes) fixes all three:
+
+* ``MKL_CBWR=COMPATIBLE``: oneMKL's conditional numerical reproducibility branch that gives the
+  same results on Intel and non-Intel processors (an ISA branch such as ``AVX2`` holds on Intel
+  CPUs only); set as an environment variable before torch loads oneMKL, else through oneMKL's
+  service call before the first MKL computation;
+* ``ATEN_CPU_CAPABILITY=avx2``: ATen's kernels at AVX2 width on every CPU that has AVX2;
+* ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN's kernels capped at AVX2.
+
+Quick and smoke runs also use one torch thread (``TrainConfig.num_threads``), so no sum is split
+by the thread count. Opt out for speed with ``CMP_CPU_NUMERICS=native`` (the libraries pick their
+fastest code; numbers then depend on the CPU). The mode and what each library took are recorded
+in every run's ``params.yaml`` (``cpu_numerics``) and in ``environment/<profile>/environment.csv``,
+and they enter the memo keys of runs and feature caches, so runs under different numerics never
+share a cached result. ``make bench`` measures what the pinning costs.
+
+The pinning must happen before torch computes anything: ``import cmp_utils`` does it. When torch
+has already run an MKL product or an ATen kernel in the process (``import torch`` and a
+computation before ``import cmp_utils``), it can no longer be pinned: :func:`pin` then warns and
+:func:`status` says so (``pinned: false``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, MutableMapping
+
+#: The environment variable that chooses the mode: ``pinned`` (default) or ``native``.
+MODE_VARIABLE = "CMP_CPU_NUMERICS"
+MODES = ("pinned", "native")
+#: What the pinned mode sets, before torch loads (and in every child process, which inherits it).
+PINNED_ENVIRONMENT: dict[str, str] = {
+    "MKL_CBWR": "COMPATIBLE",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+}
+#: oneMKL's code for the COMPATIBLE branch (``mkl_cbwr_get``'s answer; MKL_CBWR_COMPATIBLE = 3).
+MKL_CBWR_COMPATIBLE = 3
+#: oneMKL's branch codes, for reports (``mkl.h``: MKL_CBWR_*).
+MKL_BRANCHES = {1: "OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX",
+                10: "AVX2", 11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1"}
+
+
+def mode(environ: Mapping[str, str] | None = None) -> str:
+    """``pinned`` or ``native``, from ``$CMP_CPU_NUMERICS`` (default ``pinned``); a clear error otherwise."""
+    value = (os.environ if environ is None else environ).get(MODE_VARIABLE, "pinned").strip().lower() or "pinned"
+    if value not in MODES:
+        raise ValueError(f"environment variable {MODE_VARIABLE}={value!r} is not known; use 'pinned' (the same bits "
+                         f"on any x86-64 CPU with AVX2, the default) or 'native' (each CPU's fastest kernels)")
+    return value
+
+
+def pinned_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables a child process needs for the current mode (empty in native mode)."""
+    return dict(PINNED_ENVIRONMENT) if mode(environ) == "pinned" else {}
+
+
+def _torch_library() -> ctypes.CDLL | None:
+    """``libtorch_cpu`` (which holds oneMKL) when torch is loaded and the library exports oneMKL's service calls."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    folder = Path(torch.__file__).parent / "lib"
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
+        if (folder / name).is_file():
+            try:
+                library = ctypes.CDLL(str(folder / name))
+            except OSError:
+                return None
+            return library if hasattr(library, "mkl_serv_cbwr_get") else None
+    return None
+
+
+def mkl_branch() -> str:
+    """The oneMKL branch in force (``COMPATIBLE``, ``OFF``, ...), or ``n/a`` when torch carries no oneMKL."""
+    library = _torch_library()
+    if library is None:
+        return "n/a"
+    code = int(library.mkl_serv_cbwr_get(1))  # MKL_CBWR_BRANCH = 1
+    return MKL_BRANCHES.get(code, str(code))
+
+
+def pin(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Pin the CPU numerics for this process and its children (nothing in native mode).
+
+    Sets :data:`PINNED_ENVIRONMENT` in ``environ`` (``os.environ``), overriding other values of those
+    variables. If torch is already loaded, oneMKL read ``MKL_CBWR`` when it loaded, so the branch is
+    also set through oneMKL's service call; that fails once MKL has computed something, and then
+    (or when ATen already fixed a wider kernel width) a warning says how to fix it. Returns whether
+    the process is pinned."""
+    environ = os.environ if environ is None else environ
+    if mode(environ) != "pinned":
+        return False
+    environ.update(PINNED_ENVIRONMENT)
+    library = _torch_library()
+    if library is not None and int(library.mkl_serv_cbwr_get(1)) != MKL_CBWR_COMPATIBLE:
+        library.mkl_serv_cbwr_set(MKL_CBWR_COMPATIBLE)
+    problems = pin_problems()
+    if problems:
+        warnings.warn("CPU numerics could not be pinned: " + "; ".join(problems) + ". Numbers of this process may "
+                      "differ from another CPU's: restart the kernel and import cmp_utils before running torch code "
+                      f"(or set {MODE_VARIABLE}=native to accept that).", RuntimeWarning, stacklevel=2)
+    return not problems
+
+
+def pin_problems() -> list[str]:
+    """What keeps this process from the pinned numerics (empty when pinned, or when torch is not loaded yet)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return []
+    problems = []
+    branch = mkl_branch()
+    if branch not in ("COMPATIBLE", "n/a"):
+        problems.append(f"oneMKL runs branch {branch}, not COMPATIBLE (MKL computed before the pinning)")
+    if torch.backends.cpu.get_cpu_capability() != "AVX2":
+        capability = torch.backends.cpu.get_cpu_capability()
+        reason = "this CPU has no AVX2" if capability in ("DEFAULT", "NO AVX") else "ATen fixed its width before the pinning"
+        problems.append(f"ATen kernels run at {capability}, not AVX2 ({reason})")
+    return problems
+
+
+def status() -> dict[str, Any]:
+    """The numerics of this process, for ``params.yaml`` and ``environment.csv``: the mode, whether it
+    holds, each library's choice, and the CPU."""
+    import torch
+
+    from . import bench
+
+    pinned = mode() == "pinned"
+    return {
+        "mode": mode(),
+        "pinned": pinned and not pin_problems(),
+        "mkl_branch": mkl_branch(),
+        "aten_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default (the CPU's best)"),
+        "cpu": bench.cpu_model(),
+        "cpu_vendor": cpu_vendor(),
+    }
+
+
+def fingerprint() -> str:
+    """What a result computed on the CPU depends on: ``pinned`` when pinned (the same on every CPU), else
+    the mode, each library's choice and the CPU model. Part of the memo keys of runs and feature caches."""
+    state = status()
+    if state["pinned"]:
+        return "pinned:" + ",".join(f"{k}={v}" for k, v in sorted(PINNED_ENVIRONMENT.items()))
+    text = json.dumps({k: v for k, v in state.items() if k != "cpu_vendor"}, sort_keys=True)
+    return "native:" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def cpu_vendor() -> str:
+    """``GenuineIntel``, ``AuthenticAMD``, ... from ``/proc/cpuinfo`` (``unknown`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
