@@ -30,7 +30,10 @@ def versions() -> pd.DataFrame:
 
 
 def device_report(device: str = "auto") -> pd.DataFrame:
-    """The device ``device`` resolves to, GPU names and memory, and CPU threads."""
+    """The device ``device`` resolves to, GPU names and memory, CPU threads, and the CPU numerics
+    (:func:`cmp_utils.numerics.status`: pinned or native, and what oneMKL, ATen and oneDNN run)."""
+    from . import numerics
+
     resolved = config.resolve_device(device)
     rows = [
         ("requested", device),
@@ -38,6 +41,7 @@ def device_report(device: str = "auto") -> pd.DataFrame:
         ("cpu cores", str(os.cpu_count())),
         ("torch threads", str(torch.get_num_threads())),
         ("cuda available", str(torch.cuda.is_available())),
+        *((f"cpu numerics: {key}", str(value)) for key, value in numerics.status().items()),
     ]
     for index in range(torch.cuda.device_count()):
         properties = torch.cuda.get_device_properties(index)

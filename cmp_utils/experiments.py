@@ -27,7 +27,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 import torch
 
-from . import atomic, config, paper
+from . import atomic, config, numerics, paper
 
 #: Method label (as in the paper's tables) -> the losses of :mod:`cmp_utils.losses` it trains with.
 METHODS: dict[str, tuple[str, ...]] = {
@@ -65,8 +65,8 @@ def method_losses(method: str) -> tuple[str, ...]:
 
 
 #: The modules whose code decides a run's numbers (benchmarks, reports and notebook tooling do not).
-RESULT_MODULES = ("config", "data", "text", "images", "synthetic", "models", "losses", "distributed", "train",
-                  "evaluate", "metrics", "experiments")
+RESULT_MODULES = ("config", "numerics", "data", "text", "images", "synthetic", "models", "losses", "distributed",
+                  "train", "evaluate", "metrics", "experiments")
 
 
 def _code_fingerprint() -> str:
@@ -81,9 +81,11 @@ def _code_fingerprint() -> str:
 def run_key(settings: dict[str, Any], content_fingerprint: str = "") -> str:
     """Key of a run: its settings (minus where it is written and how it reports), the code, and
     ``content_fingerprint``: what the run reads (see :func:`input_fingerprint`), so a replaced
-    image or annotation file or weights file trains again instead of reusing a stale result."""
+    image or annotation file or weights file trains again instead of reusing a stale result; and the
+    CPU numerics (:func:`cmp_utils.numerics.fingerprint`), so a run made unpinned is never reused pinned."""
     relevant = {k: v for k, v in settings.items() if k not in ("output_dir", "progress", "resume", "device")}
-    text = json.dumps(relevant, sort_keys=True, default=str) + _code_fingerprint() + content_fingerprint
+    text = (json.dumps(relevant, sort_keys=True, default=str) + _code_fingerprint() + content_fingerprint
+            + numerics.fingerprint())
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 

@@ -120,7 +120,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import atomic, config, distributed, evaluate
+from . import atomic, config, distributed, evaluate, numerics
 from . import images as image_ops
 from . import models
 
@@ -433,11 +433,13 @@ def git_commit() -> str:
 
 def feature_cache_path(prepared, split: str, cfg: TrainConfig, flips: bool) -> Path:
     """``<cache>/features/<dataset>/<profile>/<backbone>[_b<blocks>]_<HxW>_g<rows>x<cols>_<split>[_flips]_<key>.pt``;
-    ``key`` hashes the image cache's fingerprint, the weights and the preparation folder."""
+    ``key`` hashes the image cache's fingerprint, the weights, the preparation folder and the CPU
+    numerics (:func:`cmp_utils.numerics.fingerprint`: features computed unpinned are never reused pinned)."""
     cache = prepared.image_cache(split)
     height, width = cache.size
     weights = config.file_stamp(cfg.weights_path)  # path, size and mtime: replaced weights -> new features
-    digest = hashlib.sha256(f"{cache.fingerprint}|{weights}|{cfg.pretrained}|{prepared.prepared_dir}".encode())
+    digest = hashlib.sha256(f"{cache.fingerprint}|{weights}|{cfg.pretrained}|{prepared.prepared_dir}|"
+                            f"{numerics.fingerprint()}".encode())
     blocks = "" if cfg.backbone_blocks is None else f"_b{cfg.backbone_blocks}"
     name = (f"{cfg.backbone}{blocks}_{height}x{width}_g{cfg.pool_grid[0]}x{cfg.pool_grid[1]}_{split}"
             f"{'_flips' if flips else ''}_{digest.hexdigest()[:12]}.pt")
@@ -1045,11 +1047,12 @@ def _restore_last_checkpoint(state: _RunState, checkpoints: Path, device: torch.
 
 def _write_params(cfg: TrainConfig, out_dir: Path, context: distributed.DistributedContext,
                   prepared) -> None:
-    """``params.yaml``: the settings plus what the run found (commit, processes, device, threads, classes)."""
+    """``params.yaml``: the settings plus what the run found (commit, processes, device, threads, CPU numerics,
+    classes)."""
     atomic.write_yaml(out_dir / "params.yaml", {
         **cfg.to_dict(), "output_dir": str(out_dir), "git_commit": git_commit(), "world_size": context.world_size,
         "device": str(context.device), "torch": str(torch.__version__), "torch_threads": torch.get_num_threads(),
-        "loader_workers": _loader_workers(cfg) if cfg.feature_mode != "cached" else 0,
+        "cpu_numerics": numerics.status(), "loader_workers": _loader_workers(cfg) if cfg.feature_mode != "cached" else 0,
         "num_classes": prepared.num_classes, "vocabulary_size": len(prepared.vocabulary)})
 
 
