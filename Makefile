@@ -101,8 +101,10 @@ clean-notebooks: $(STAMP)
 results-readme: $(STAMP)
 	$(PY) -m cmp_utils.report --readme README.md
 
-# Rerun the experiment notebooks (memo reused; CHECK_ARGS=--cold retrains everything) and list every
-# number of the committed results/*/$(PROFILE)/metrics.csv that differs; exit status 1 if any.
+# Rerun the experiment notebooks (memo reused; CHECK_ARGS=--cold retrains everything) and compare every
+# number of results/*/$(PROFILE)/{metrics,claims}.csv and every verdict with the files committed at git
+# HEAD; prints how many changed, exit status 1 if any. After `make reproduce`, CHECK_ARGS=--no-rerun
+# compares what it wrote with HEAD without rerunning.
 .PHONY: check-results
 check-results: $(STAMP)
 	$(PY) -m cmp_utils.check_results --profile $(PROFILE) $(CHECK_ARGS)

@@ -204,10 +204,52 @@ def test_check_results_exit_status_follows_the_comparison(tmp_path, monkeypatch,
     atomic.write_csv(committed / "exp" / "quick" / "metrics.csv", _metrics([10.0, 20.0]))
     atomic.write_csv(rerun / "exp" / "quick" / "metrics.csv", _metrics([10.0, 20.0]))
     monkeypatch.setenv("CMP_RESULTS_DIR", str(committed))
-    assert check_results.main(["--rerun-dir", str(rerun)]) == 0
+    assert check_results.main(["--rerun-dir", str(rerun), "--against", "files"]) == 0
     atomic.write_csv(rerun / "exp" / "quick" / "metrics.csv", _metrics([10.0, 20.5]))
-    assert check_results.main(["--rerun-dir", str(rerun)]) == 1
+    assert check_results.main(["--rerun-dir", str(rerun), "--against", "files"]) == 1
     assert "20.5" in capsys.readouterr().out
+    assert check_results.main(["--rerun-dir", str(rerun), "--against", "files", "--tolerance", "0.5"]) == 0
+
+
+def test_check_results_compares_with_the_files_committed_at_head(tmp_path, monkeypatch, capsys):
+    """The default reference is git HEAD, not whatever the results folder holds now: a results folder
+    overwritten by a rerun cannot vouch for itself. One changed number and one flipped verdict are
+    counted against every number and verdict of the committed experiment."""
+    import subprocess
+
+    from cmp_utils import atomic, check_results, config
+
+    def results_status():
+        return subprocess.run(["git", "status", "--porcelain", "results"], cwd=config.project_root(),
+                              capture_output=True, text=True).stdout
+
+    before = results_status()
+    experiment = "cuhk_pedes"
+    committed = check_results.committed_table("HEAD", f"{experiment}/quick/metrics.csv")
+    committed_claims = check_results.committed_table("HEAD", f"{experiment}/quick/claims.csv")
+    assert committed is not None and committed_claims is not None, "HEAD holds no quick cuhk_pedes results"
+    rerun = tmp_path / "rerun"
+    atomic.write_csv(rerun / experiment / "quick" / "metrics.csv", committed)
+    atomic.write_csv(rerun / experiment / "quick" / "claims.csv", committed_claims)
+    monkeypatch.setenv("CMP_RESULTS_DIR", str(tmp_path / "empty"))  # the folder is not what is compared with
+    assert check_results.main(["--rerun-dir", str(rerun)]) == 0
+    assert "equal to git HEAD" in capsys.readouterr().out
+    changed, changed_claims = committed.copy(), committed_claims.copy()
+    changed.loc[0, "value"] += 1e-9
+    flipped = {"held": "inconclusive", "inconclusive": "held", "did not hold": "held"}
+    changed_claims.loc[0, "verdict"] = flipped.get(changed_claims.loc[0, "verdict"], "held")
+    atomic.write_csv(rerun / experiment / "quick" / "metrics.csv", changed)
+    atomic.write_csv(rerun / experiment / "quick" / "claims.csv", changed_claims)
+    assert check_results.main(["--rerun-dir", str(rerun)]) == 1
+    report = capsys.readouterr().out
+    numbers = check_results.count_numbers(committed) + check_results.count_numbers(committed_claims.drop(columns="verdict"))
+    assert f"1 of {numbers} numbers changed" in report
+    assert f"1 of {len(committed_claims)} verdicts changed" in report
+    assert committed_claims.loc[0, "claim"] in report
+    with pytest.raises(SystemExit):
+        check_results.main(["--rerun-dir", str(rerun), "--against", "no-such-revision"])
+    assert "not a git revision" in capsys.readouterr().err
+    assert results_status() == before  # nothing written into the repository
 
 
 def test_compare_metrics_ignores_the_memo_key_of_a_run():

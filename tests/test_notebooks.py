@@ -114,7 +114,8 @@ def test_smoke_results_reproduce_when_a_shared_run_is_trained_by_another_noteboo
     if not (results / "ablation" / "smoke" / "metrics.csv").is_file():  # run alone: make the "committed" side here
         run_notebooks(first_pass, "smoke", output_dir=results / "executed" / "smoke")
     capsys.readouterr()
-    status = check_results.main(["--profile", "smoke", "--cold", "--notebooks", str(by_name["10_ablation"])])
+    status = check_results.main(["--profile", "smoke", "--cold", "--against", "files",
+                                 "--notebooks", str(by_name["10_ablation"])])
     report = capsys.readouterr().out
     assert status == 0, report
-    assert "every number of results/*/smoke/metrics.csv reproduced (1 experiment: ablation)" in report
+    assert "every number of results/*/smoke/metrics.csv reproduced (1 experiment: ablation;" in report
