@@ -39,6 +39,9 @@ Groups (each a function returning rows; the CLI runs them all):
   (images/s), and an epoch's image reads decoding every file against reading the memmap.
 * :func:`bench_losses` -- CMPM and CMPC forward + backward against a plain matrix product of
   the same size (batch x batch x dim); CMPC with 11,003 classes (CUHK-PEDES ids).
+* :func:`bench_numerics` -- what the pinned CPU numerics (:mod:`cmp_utils.numerics`) cost: the
+  CPU seconds of the same quick runs (the first builds the frozen-feature cache) in a native and
+  a pinned process, and their ratio.
 * :func:`bench_gpu` -- the paper model (MobileNet v1 at 224 + Bi-LSTM 512) training steps at
   batch 16 / 64 / 256 in fp32, bf16 autocast, channels-last and ``torch.compile``, and one
   CUHK-PEDES-sized epoch (34,054 images) from an in-memory uint8 cache. Without CUDA it writes
@@ -71,7 +74,7 @@ from torch import nn
 from . import atomic, config
 
 COLUMNS = ("benchmark", "case", "value", "unit", "ratio", "ratio_to", "device", "machine", "torch", "date", "notes")
-GROUPS = ("training_step", "evaluation", "data", "losses", "gpu")
+GROUPS = ("training_step", "evaluation", "data", "losses", "numerics", "gpu")
 #: Goal of the evaluation at 5K x 25K on 2 CPU cores, seconds.
 EVAL_GOAL_SECONDS = 2.0
 #: Goal of the pipeline efficiency of the quick profile's training step.
@@ -753,6 +756,53 @@ def _gpu_epoch(rows: Rows, device: torch.device, image_size: int, epoch_images: 
 # ---------------------------------------------------------------------------------------------
 
 
+# The cost of the pinned CPU numerics: one quick run timed in a process of each mode.
+_NUMERICS_RUN = r"""
+import json, sys, time
+from cmp_utils import numerics, train
+profile, dataset, out = sys.argv[1], sys.argv[2], sys.argv[3]
+timings = {}
+for index, label in enumerate(("first run (builds the feature cache)", "one run (feature cache built)")):
+    start = time.process_time()
+    train.fit(train.make_config(profile, dataset, seed=index, output_dir=f"{out}/run{index}", progress=False))
+    timings[label] = time.process_time() - start
+print(json.dumps({"timings": timings, "numerics": numerics.fingerprint()}))
+"""
+
+
+def bench_numerics(rows: Rows, profile: str = "quick", dataset: str = "cuhk_pedes") -> None:
+    """What the pinned CPU numerics (:mod:`cmp_utils.numerics`) cost: the same two runs of ``profile``
+    (seeds 0 and 1; the first builds the frozen-feature cache, the second reuses it) in a process of
+    each mode, each with its own cache, CPU seconds (``time.process_time``, one torch thread as the
+    fast profiles train). The synthetic data is made once, before the clocks start."""
+    import json
+    import shutil
+    import subprocess
+
+    from . import data, numerics
+
+    with tempfile.TemporaryDirectory(prefix="cmp-bench-numerics-") as scratch:
+        scratch = Path(scratch)
+        shared = scratch / "data"
+        data.dataset_root(dataset, profile, None, shared)  # writes the synthetic dataset once
+        measured: dict[str, dict[str, float]] = {}
+        for mode in ("native", "pinned"):
+            cache = scratch / mode
+            shutil.copytree(shared, cache)
+            environ = {k: v for k, v in os.environ.items() if k not in (*numerics.PINNED_ENVIRONMENT, "MKL_ENABLE_INSTRUCTIONS")}
+            environ.update({numerics.MODE_VARIABLE: mode, "CMP_CACHE_DIR": str(cache),
+                            "PYTHONPATH": str(config.project_root())})
+            completed = subprocess.run([sys.executable, "-c", _NUMERICS_RUN, profile, dataset, str(scratch / f"{mode}_runs")],
+                                       env=environ, capture_output=True, text=True, check=True)
+            measured[mode] = json.loads(completed.stdout.strip().splitlines()[-1])["timings"]
+    for case in measured["native"]:
+        native, pinned = measured["native"][case], measured["pinned"][case]
+        notes = f"{profile} {dataset}, seeds 0 and 1, one torch thread, CPU seconds of fit()"
+        rows.add("numerics/quick_run", f"{case}: native", native, "s", notes=notes)
+        rows.add("numerics/quick_run", f"{case}: pinned", pinned, "s", ratio=pinned / native if native else None,
+                 ratio_to="native (the CPU's fastest kernels)", notes=notes)
+
+
 def _settings(quick_check: bool, full: bool) -> dict[str, dict[str, Any]]:
     """Arguments of every group: the real sizes, or tiny ones for ``--quick-check``."""
     if quick_check:
@@ -764,6 +814,7 @@ def _settings(quick_check: bool, full: bool) -> dict[str, dict[str, Any]]:
             "losses": dict(batch_sizes=(8,), repeats=2, num_classes=100),
             "gpu": dict(batch_sizes=(2,), modes=("fp32", "bf16"), image_size=64, steps=2, warmup=1, epoch_images=8,
                         epoch_batch=2, vocabulary=100, num_classes=50, dim=32),
+            "numerics": dict(profile="smoke"),
         }
     return {
         "training_step": dict(profile="quick"),
@@ -771,11 +822,13 @@ def _settings(quick_check: bool, full: bool) -> dict[str, dict[str, Any]]:
         "data": dict(),
         "losses": dict(),
         "gpu": dict(),
+        "numerics": dict(),
     }
 
 
 BENCHMARKS: dict[str, Callable[..., None]] = {"training_step": bench_training_step, "evaluation": bench_evaluation,
-                                              "data": bench_data, "losses": bench_losses, "gpu": bench_gpu}
+                                              "data": bench_data, "losses": bench_losses, "gpu": bench_gpu,
+                                              "numerics": bench_numerics}
 
 
 def run(output_dir: str | os.PathLike | None = None, groups: Iterable[str] = GROUPS, quick_check: bool = False,

@@ -147,14 +147,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("status", "probe", "fingerprints"), nargs="?", default="status",
                         help="status: this process's numerics; probe: which kernels change under another ISA or "
                              "vendor (one process per setting); fingerprints: this process's kernel hashes (JSON)")
+    parser.add_argument("--output", help="probe: also write the table to this CSV (e.g. results/numerics/kernels.csv)")
     args = parser.parse_args(argv)
     if args.command == "fingerprints":
         print(json.dumps(kernel_fingerprints()))
     elif args.command == "probe":
         import pandas as pd
 
+        table = probe()
         with pd.option_context("display.width", 250, "display.max_columns", None):
-            print(probe().to_string())
+            print(table.to_string())
+        if args.output:
+            from . import atomic
+
+            state = status()
+            atomic.write_csv(Path(args.output), table.reset_index().assign(cpu=state["cpu"], vendor=state["cpu_vendor"]))
     else:
         import torch  # noqa: F401  (status reports the libraries' choices, which need torch loaded)
 

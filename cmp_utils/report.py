@@ -531,6 +531,9 @@ PERFORMANCE_ROWS = (
     ("training_step", "training_step/end_to_end_mobilenet_v2", "training throughput (full step)"),
     ("losses", "losses/batch_64", "CMPM"),
     ("evaluation", "evaluation/5000x25000", "retrieval_metrics (R@K, medr, meanr, mAP, mINP)"),
+    ("numerics", "numerics/quick_run", "one run (feature cache built): native"),
+    ("numerics", "numerics/quick_run", "one run (feature cache built): pinned"),
+    ("numerics", "numerics/quick_run", "first run (builds the feature cache): pinned"),
 )
 
 
@@ -551,7 +554,10 @@ def render_performance(results_dir: Path) -> str:
         hit = frame[(frame["benchmark"] == benchmark) & (frame["case"] == case)]
         if len(hit):
             record = hit.iloc[0]
-            rows.append([benchmark, case, f"{_cell(float(record['value']))} {record['unit']}", record.get("machine", "")])
+            value = f"{_cell(float(record['value']))} {record['unit']}"
+            if "ratio" in record and not pd.isna(record["ratio"]) and benchmark.startswith("numerics/"):
+                value += f" (x{float(record['ratio']):.2f} of {record['ratio_to'].split(' (')[0]})"
+            rows.append([benchmark, case, value, record.get("machine", "")])
     gpu = bench.get("gpu")
     no_gpu = gpu is not None and len(gpu) and "case" in gpu and (gpu["case"] == "no CUDA device").all()
     table = markdown_table(["benchmark", "case", "value", "machine"], rows) if rows else "No headline rows found."

@@ -108,10 +108,14 @@ def check_output_dir(output_dir: Path, notebooks: Sequence[Path]) -> Path:
 
 
 def machine_description() -> str:
-    """CPU count, operating system and architecture, torch version, and the GPU if one is visible."""
+    """CPU model and vendor, CPU count, operating system and architecture, torch version, the CPU
+    numerics mode (:mod:`cmp_utils.numerics`), and the GPU if one is visible."""
     import torch
 
-    parts = [f"{os.cpu_count()} CPUs", f"{platform.system()} {platform.machine()}", f"torch {torch.__version__}"]
+    from . import bench, numerics
+
+    parts = [f"{bench.cpu_model()} ({numerics.cpu_vendor()})", f"{os.cpu_count()} CPUs",
+             f"{platform.system()} {platform.machine()}", f"torch {torch.__version__}", f"{numerics.mode()} numerics"]
     if torch.cuda.is_available():
         parts.append(torch.cuda.get_device_name(0))
     return ", ".join(parts)

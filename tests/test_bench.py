@@ -123,3 +123,15 @@ def test_cli_writes_csvs(tmp_path, isolated_dirs):
         assert list(frame.columns) == list(bench.COLUMNS)
     with pytest.raises(ValueError, match="unknown benchmark group"):
         bench.run(tmp_path, ["nope"])
+
+
+def test_numerics_rows_time_the_same_runs_in_both_modes(isolated_dirs):
+    rows = bench.Rows()
+    bench.bench_numerics(rows, **TINY["numerics"])
+    frame = _check_rows(rows, "numerics/")
+    assert len(frame) == 4 and (frame["unit"] == "s").all() and (frame["value"] > 0).all()
+    assert frame["case"].str.endswith(": native").sum() == 2 and frame["case"].str.endswith(": pinned").sum() == 2
+    pinned = frame[frame["case"].str.endswith(": pinned")]
+    native = frame[frame["case"].str.endswith(": native")]
+    for (_, p), (_, n) in zip(pinned.iterrows(), native.iterrows()):
+        assert p["ratio"] == pytest.approx(p["value"] / n["value"])
