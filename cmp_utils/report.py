@@ -39,12 +39,13 @@ METRICS_COLUMNS = ("dataset", "method", "backbone", "direction", "metric", "valu
 REQUIRED_METRICS_COLUMNS = ("metric", "value", "seed")
 #: Columns that vary between the runs of one table cell (measurements, not keys): every other
 #: column of a metrics frame is a grouping column (batch_size, schedule, sampler, fold, ...).
-PER_RUN_COLUMNS = ("value", "paper_value", "ceiling", "seed", "seconds", "run_key", "run_dir", "best_epoch",
+PER_RUN_COLUMNS = ("value", "paper_value", "paper_support", "ceiling", "seed", "seconds", "run_key", "run_dir", "best_epoch",
                    "samples_per_second")
 #: Columns :func:`summarise` adds (never grouping columns).
 SUMMARY_COLUMNS = ("mean", "std", "n", "n_seeds", "difference", "percent_of_ceiling")
-#: Per-cell attributes carried beside the mean (the first non-null value of the cell).
-CELL_ATTRIBUTES = ("paper_value", "ceiling")
+#: Per-cell attributes carried beside the mean (the first non-null value of the cell); ``paper_support``
+#: says how many public sources give the paper's value (:func:`cmp_utils.paper.support_label`).
+CELL_ATTRIBUTES = ("paper_value", "paper_support", "ceiling")
 #: Generated README sections, in README order: marker name -> renderer name.
 SECTIONS = ("scorecard", "headline", "figures", "profiles", "performance", "timings")
 #: Experiments whose folder holds one of the paper's tables, in the paper's order, with headline metrics.
@@ -191,6 +192,12 @@ def _ours(mean: float, std: float, n_seeds: int) -> str:
     return f"{mean:.2f}"
 
 
+def _paper_with_support(cell: Any) -> str:
+    """``"49.37; 4 sources"``: the paper's value of a summary cell and how many public sources give it."""
+    support = cell.get("paper_support") if hasattr(cell, "get") else None
+    return f"{float(cell['paper_value']):.2f}" + ("" if _missing(support) or not support else f"; {support}")
+
+
 def _signed(value: float) -> str:
     return "" if _missing(value) else f"{value:+.2f}"
 
@@ -231,27 +238,44 @@ def read_claims(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _paper_side(row: dict[str, Any]) -> str:
-    """What the paper reports for a claim: both confirmed values and their difference, else the claim alone."""
+def _paper_side(row: dict[str, Any], experiment: str | None = None) -> str:
+    """What the paper reports for a claim: both values, their backbone and support, and their
+    difference where both come from the same backbone; else what is known. A claim without a
+    ``table`` or ``dataset`` of its own belongs to the paper table named like its ``experiment``."""
     from cmp_utils import paper
 
     better, worse, metric = row.get("better"), row.get("worse"), row.get("metric")
     if any(_missing(value) for value in (better, worse, metric)):
         return "claimed; no confirmed numbers"
     numbers = paper.paper_numbers()
-    table = row.get("table")
-    chosen = numbers[(numbers["metric"] == metric) & (numbers["direction"] == (row.get("direction") or "t2i"))]
-    if not _missing(table) and table:
-        chosen = chosen[chosen["table"] == table]
-    values = {}
+    chosen = numbers[(numbers["metric"] == metric) & (numbers["direction"] == (row.get("direction") or "t2i"))
+                     & numbers["value"].notna()]
+    given = {column: row[column] for column in ("table", "dataset") if not _missing(row.get(column)) and row.get(column)}
+    if not given and experiment in set(numbers["table"]):
+        given = {"table": experiment}
+    for column, value in given.items():
+        chosen = chosen[chosen[column] == value]
+    cells = {}
     for method in (better, worse):
-        found = chosen[(chosen["method"] == method) & chosen["value"].notna()]
-        if len(found) != 1:
-            return "claimed; no confirmed numbers"
-        values[method] = found.iloc[0]
-    difference = values[better]["value"] - values[worse]["value"]
-    second_hand = any(value["status"] == "confirmed second-hand" for value in values.values())
-    return (f"{values[better]['value']:.2f} vs {values[worse]['value']:.2f} ({difference:+.2f})"
+        found = chosen[chosen["method"] == method]
+        found = found[found["backbone"] == found["backbone"].iloc[0]] if len(found) else found  # first-listed backbone
+        if len(found) == 1:
+            cells[method] = found.iloc[0]
+    if not cells:
+        return "claimed; no confirmed numbers"
+
+    def described(method: str) -> str:
+        cell = cells[method]
+        return (f"{method} {cell['value']:.2f} ({', '.join(filter(None, [cell['backbone'], paper.support_label(cell['sources'])]))})")
+
+    if len(cells) == 1:
+        [(method, _)] = cells.items()
+        return f"{described(method)}; no value for {worse if method == better else better}"
+    if cells[better]["backbone"] != cells[worse]["backbone"]:
+        return f"{described(better)} vs {described(worse)}: different backbones, not this comparison"
+    difference = cells[better]["value"] - cells[worse]["value"]
+    second_hand = any(cell["status"] == "confirmed second-hand" for cell in cells.values())
+    return (f"{described(better)} vs {described(worse)} ({difference:+.2f})"
             + (" (one value second-hand)" if second_hand else ""))
 
 
@@ -285,7 +309,7 @@ def render_scorecard(results_dir: Path, profile: str, notebooks_dir: Path) -> st
             if (row["claim"], ours) in seen:  # the same runs, tested again by another notebook
                 continue
             seen.add((row["claim"], ours))
-            rows.append([f"{row['claim']} ({experiment})", _paper_side(row), ours, f"**{row['verdict']}**",
+            rows.append([f"{row['claim']} ({experiment})", _paper_side(row, experiment), ours, f"**{row['verdict']}**",
                          "" if _missing(seeds) else int(seeds)])
     if not rows and not summarised:
         return f"No claims yet: no `results/*/{profile}/claims.csv` (run `make reproduce`)."
@@ -318,7 +342,7 @@ def headline_table(frame: pd.DataFrame, metrics: Sequence[str], caption: str = "
     if "direction" in summary and summary["direction"].nunique() > 1 and (summary.groupby("metric")["direction"].nunique() == 1).all():
         summary["label"] = summary["direction"] + " " + summary["label"]  # one direction per metric (CUB/Flowers)
         summary = summary.drop(columns="direction")
-    stats = {"metric", "label", "paper_value", "ceiling", "backbone", *SUMMARY_COLUMNS}
+    stats = {"metric", "label", "paper_value", "paper_support", "ceiling", "backbone", *SUMMARY_COLUMNS}
     keys = [key for key in grouping_columns(summary) if key not in stats]
     varying = _varying(summary, keys)
     numeric = [key for key in varying if key not in ("method", "dataset", "table", "direction")
@@ -348,7 +372,7 @@ def headline_table(frame: pd.DataFrame, metrics: Sequence[str], caption: str = "
                     cells.append("")
                     continue
                 first = hit.iloc[0]
-                paper_value = "" if _missing(first["paper_value"]) else f" (paper {first['paper_value']:.2f})"
+                paper_value = "" if _missing(first["paper_value"]) else f" (paper {_paper_with_support(first)})"
                 share = ("" if _missing(first.get("percent_of_ceiling", float("nan")))
                          else f" [{first['percent_of_ceiling']:.0f}%]")
                 cells.append(_ours(first["mean"], first["std"], first["n_seeds"]) + share + paper_value)
@@ -416,13 +440,13 @@ def render_full_tables(results_dir: Path, profile: str, notebooks_dir: Path, lin
         has_ceiling = "ceiling" in summary and summary["ceiling"].notna().any()
         # On synthetic data a level difference from the paper means nothing: the ceiling is the yardstick there.
         synthetic = profile in config.SYNTHETIC_PROFILES
-        rows = [[*(row[name] for name in names), _number(row["paper_value"]),
+        rows = [[*(row[name] for name in names), _number(row["paper_value"]), row.get("paper_support") or "",
                  _ours(row["mean"], row["std"], row["n_seeds"]), row["n_seeds"],
                  *([] if synthetic else [_signed(row["difference"])]),
                  *([_number(row["ceiling"]), "" if _missing(row["ceiling"]) else f"{row['percent_of_ceiling']:.0f}%"]
                    if has_ceiling else [])]
                 for row in summary.to_dict("records")]
-        header = [*names, "paper", f"ours ({_data_label(profile)})", "seeds", *([] if synthetic else ["ours − paper"]),
+        header = [*names, "paper", "support", f"ours ({_data_label(profile)})", "seeds", *([] if synthetic else ["ours − paper"]),
                   *(["ceiling of the test set", "share of the ceiling"] if has_ceiling else [])]
         section = f"## {experiment}\n\nMade by: {made_by}\n\n" + markdown_table(header, rows)
         claims_path = path.parent / "claims.csv"
@@ -749,7 +773,7 @@ def what_we_found(experiment: str, profile: str, results_dir: str | Path | None 
         for row in read_claims(claims_path).to_dict("records"):
             seeds = row.get("n_seeds")
             lines.append(f"- {row['claim']}: **{row['verdict']}** (ours: {_our_side(row)}"
-                         + ("" if _missing(seeds) else f"; {int(seeds)} seeds") + f"; paper: {_paper_side(row)}).")
+                         + ("" if _missing(seeds) else f"; {int(seeds)} seeds") + f"; paper: {_paper_side(row, experiment)}).")
     if metrics_path.is_file():
         frame = read_metrics(metrics_path)
         metric = next((m for m in ("R@1", "top1_accuracy", "cosine_gap") if m in set(frame["metric"])), None)
