@@ -422,9 +422,16 @@ def render_headline(results_dir: Path, profile: str, notebooks_dir: Path) -> str
              "[x%] = share of the ceiling, the best score the synthetic captions allow (an attribute oracle, "
              "notebook 01); \"(paper X)\" where "
              "`cmp_utils/paper_numbers.csv` has a value confirmed from a public source (the other cells of the "
-             "paper's tables are left empty rather than filled from memory). Full tables: "
-             "[results/README.md](results/README.md)._")
+             "paper's tables are left empty rather than filled from memory), with how many public sources give it. Full "
+             "tables and the reproduction status of the paper profile: [results/README.md](results/README.md)._")
     return intro + "\n\n" + "\n\n".join(parts)
+
+
+def render_reproduction(results_dir: Path) -> str:
+    """results/README.md's last section: the paper's every known value against the paper profile's runs."""
+    return ("## Reproduction status (paper profile, real data)\n\n_Every value of `cmp_utils/paper_numbers.csv` "
+            "beside the paper profile's result of the same row and backbone (`results/*/paper/metrics.csv`); "
+            "synthetic results are never compared with it._\n\n" + reproduction_status(results_dir=results_dir))
 
 
 def render_full_tables(results_dir: Path, profile: str, notebooks_dir: Path, link_root: Path) -> str:
@@ -461,6 +468,70 @@ def render_full_tables(results_dir: Path, profile: str, notebooks_dir: Path, lin
     if not parts:
         return f"No results yet: no `results/*/{profile}/metrics.csv` was found. Run `make reproduce` first."
     return "\n\n".join(parts)
+
+
+#: The paper's tables (``paper_numbers.csv``'s ``table``) each experiment folder holds.
+EXPERIMENT_PAPER_TABLES = {"cuhk_pedes": ("cuhk_pedes",), "flickr30k": ("flickr30k",),
+                           "mscoco": ("mscoco_1k", "mscoco_5k"), "cub_flowers": ("cub_flowers",)}
+
+
+def paper_comparison(summary: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """The columns of a notebook's "ours against the paper" table: on real data (paper profile) the
+    paper's value, its support and ``difference`` (ours − paper); on synthetic data the paper's value
+    and support beside the ceiling and the share of it, never a difference (a level difference from
+    the paper means nothing there)."""
+    keys = [key for key in ("table", "dataset", "method", "backbone", "sampler", "direction", "metric")
+            if key in summary and (key in ("method", "metric") or summary[key].nunique(dropna=False) > 1)]
+    measured = ["mean", "std", "n_seeds", "paper_value", "paper_support"]
+    measured += ["difference"] if profile not in config.SYNTHETIC_PROFILES else ["ceiling", "percent_of_ceiling"]
+    return summary[[column for column in keys + measured if column in summary]].round(2)
+
+
+def reproduction_status(experiments: Sequence[str] = tuple(EXPERIMENT_PAPER_TABLES), results_dir: str | Path | None = None,
+                        metrics: Sequence[str] | None = None, profile: str = "paper") -> str:
+    """row | paper | ours | ours − paper | status, for every value of ``paper_numbers.csv`` in the
+    tables of ``experiments`` (optionally only ``metrics``), from ``results/<experiment>/paper/metrics.csv``:
+    status "not run here" where that file has no run of the row (same method, the paper's backbone),
+    else "within x points". Only real data (the paper profile) is compared with the paper."""
+    from cmp_utils import paper, train
+
+    if profile in config.SYNTHETIC_PROFILES:
+        raise ValueError(f"profile {profile!r} runs on synthetic data: its numbers are not compared with the paper's")
+    numbers = paper.paper_numbers()
+    numbers = numbers[numbers["value"].notna()]
+    results = config.results_dir(results_dir)
+    rows = []
+    for experiment in experiments:
+        cells = numbers[numbers["table"].isin(EXPERIMENT_PAPER_TABLES.get(experiment, (experiment,)))]
+        if metrics is not None:
+            cells = cells[cells["metric"].isin(metrics)]
+        path = results / experiment / profile / "metrics.csv"
+        summary = summarise(with_current_paper_values(read_metrics(path))) if path.is_file() else pd.DataFrame()
+        if len(summary) and "sampler" in summary and summary["sampler"].nunique() > 1:
+            own = {dataset: train.PROFILE_SETTINGS[profile][dataset]["sampler"] for dataset in summary["dataset"].unique()}
+            summary = summary[summary["sampler"] == summary["dataset"].map(own)]
+        for cell in cells.to_dict("records"):
+            ours = pd.DataFrame()
+            if len(summary):
+                labels = summary["backbone"].map(lambda name: paper.BACKBONE_LABELS.get(name, name))
+                ours = summary[(summary["dataset"] == cell["dataset"]) & (summary["table"] == cell["table"])
+                               & (summary["method"] == cell["method"]) & (summary["direction"] == cell["direction"])
+                               & (summary["metric"] == cell["metric"])
+                               & ((labels == cell["backbone"]) if cell["backbone"] else True)]
+            where = cell["table"] if cell["table"].startswith(cell["dataset"]) else cell["dataset"]  # mscoco_1k, cub
+            label = f"{where} {cell['method']}"
+            label += (f", {cell['backbone']}" if cell["backbone"] else "") + f", {cell['direction']} {METRIC_LABELS.get(cell['metric'], cell['metric'])}"
+            published = f"{cell['value']:.2f} ({paper.support_label(cell['sources'])})"
+            if ours.empty:
+                rows.append([label, published, "", "", "not run here"])
+                continue
+            first = ours.iloc[0]
+            difference = first["mean"] - cell["value"]
+            rows.append([label, published, _ours(first["mean"], first["std"], first["n_seeds"]), _signed(difference),
+                         f"within {abs(difference):.2f} points"])
+    if not rows:
+        return "No value of the paper's tables is known for these experiments."
+    return markdown_table(["row", "paper (support)", f"ours ({profile})", "ours − paper", "status"], rows)
 
 
 # ---------------------------------------------------------------------------------------
@@ -698,8 +769,9 @@ def update_readme(
         text = replace_between(text, marker(name), render_section(name, results, profile, notebooks, link_root), readme)
     results.mkdir(parents=True, exist_ok=True)
     full = ("# Results\n\n_Generated by `python -m cmp_utils.report` from `results/*/"
-            f"{profile}/`; do not edit by hand. Paper values: `cmp_utils/paper_numbers.csv`; "
-            "ours: mean ± sample sd over seeds._\n\n" + render_full_tables(results, profile, notebooks, results) + "\n")
+            f"{profile}/`; do not edit by hand. Paper values: `cmp_utils/paper_numbers.csv` (sources: "
+            "`cmp_utils/paper_sources.csv`, docs/fidelity.md); ours: mean ± sample sd over seeds._\n\n"
+            + render_full_tables(results, profile, notebooks, results) + "\n\n" + render_reproduction(results) + "\n")
     written = [_write(readme, text), _write(results / "README.md", full)]
     written.append(_write(results / "bench" / "README.md", render_bench_readme(results)))
     return written

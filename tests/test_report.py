@@ -519,3 +519,37 @@ def test_headline_caption_names_the_ceiling_of_each_dataset_the_table_shows(tmp_
     caption = next(line for line in text.splitlines() if line.startswith("| **cub_flowers**"))
     for dataset, value in (("cub", "32.0"), ("flowers", "40.0")):
         assert f"{dataset} {report.METRIC_LABELS.get('ap@50', 'ap@50')} {value}" in caption
+
+
+# ---------------------------------------------------------------------------------------
+# Paper profile: ours − paper and the reproduction status
+# ---------------------------------------------------------------------------------------
+
+
+def test_reproduction_status_compares_each_row_with_its_own_backbone(tmp_path):
+    results = tmp_path / "results"
+    rows = [{**row("R@1", value, seed, dataset="flickr30k", method="CMPM+CMPC", direction="i2t"), "backbone": backbone}
+            for backbone, values in (("resnet152_slim", (48.6, 50.6)), ("mobilenet_v1_tf", (41.3, 41.3)))
+            for seed, value in enumerate(values)]
+    write_csv(results, "flickr30k", "metrics.csv", rows, profile="paper")
+    status = report.reproduction_status(["flickr30k", "mscoco"], results_dir=results, metrics=["R@1"])
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in status.splitlines()[2:]}
+    assert lines["flickr30k CMPM+CMPC, ResNet-152, i2t R@1"] == (
+        f"| flickr30k CMPM+CMPC, ResNet-152, i2t R@1 | 49.60 (1 source (authors' lab list)) | 49.60 ± "
+        f"{statistics.stdev([48.6, 50.6]):.2f} | +0.00 | within 0.00 points |")
+    assert lines["flickr30k CMPM+CMPC, MobileNet, i2t R@1"].endswith("| 41.30 ± 0.00 | +1.00 | within 1.00 points |")
+    assert lines["flickr30k CMPM+CMPC, MobileNet, t2i R@1"].endswith("|  |  | not run here |")  # metric not run
+    assert lines["mscoco_5k CMPM, ResNet-152, t2i R@1"].endswith("| not run here |")  # no results at all
+    assert "CMPM, ResNet-152" not in " ".join(k for k in lines if k.startswith("flickr30k"))  # no public value
+    with pytest.raises(ValueError, match="synthetic"):
+        report.reproduction_status(results_dir=results, profile="quick")
+
+
+def test_paper_comparison_shows_ours_minus_paper_only_on_real_data():
+    frame = pd.DataFrame([row("R@1", 40.0 + seed, seed, paper_value=49.37, ceiling=80.0) for seed in range(2)])
+    summary = report.summarise(paper.with_paper_values(frame))
+    quick = report.paper_comparison(summary, "quick")
+    assert "difference" not in quick and {"ceiling", "percent_of_ceiling", "paper_value", "paper_support"} <= set(quick)
+    real = report.paper_comparison(summary.drop(columns=["ceiling", "percent_of_ceiling"]), "paper")
+    assert real["difference"].iloc[0] == pytest.approx(40.5 - 49.37, abs=0.01)
+    assert real["paper_support"].iloc[0] == "4 sources"
