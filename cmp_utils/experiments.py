@@ -91,6 +91,14 @@ def comparable_backbones(results: pd.DataFrame, better: str, worse: str) -> list
     return [backbone for backbone in per_method[better] if backbone in set(per_method[worse])]
 
 
+def by_row(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` for figures that group by method: where it holds several backbones (the paper
+    profile's grid) each method label names its backbone, ``"CMPM+CMPC (mobilenet_v1_tf)"``."""
+    if "backbone" not in frame or frame["backbone"].nunique() <= 1:
+        return frame
+    return frame.assign(method=frame["method"] + " (" + frame["backbone"].astype(str) + ")")
+
+
 RESULT_COLUMNS = ["dataset", "table", "method", "backbone", "direction", "metric", "value", "paper_value", "seed"]
 
 

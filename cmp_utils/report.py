@@ -255,6 +255,8 @@ def _paper_side(row: dict[str, Any], experiment: str | None = None) -> str:
         given = {"table": experiment}
     for column, value in given.items():
         chosen = chosen[chosen[column] == value]
+    if not _missing(row.get("backbone")) and row.get("backbone"):  # a claim of the paper profile's grid: its backbone
+        chosen = chosen[chosen["backbone"] == paper.BACKBONE_LABELS.get(row["backbone"], row["backbone"])]
     cells = {}
     for method in (better, worse):
         found = chosen[chosen["method"] == method]

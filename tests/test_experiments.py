@@ -219,3 +219,57 @@ def test_compare_metrics_ignores_the_memo_key_of_a_run():
     assert check_results.compare_metrics(committed, rerun).empty
     changed = check_results.compare_metrics(committed, _metrics([10.0, 21.0]).assign(run_key=["a2", "b2"]))
     assert list(changed["column"]) == ["value"]
+
+
+# ---------------------------------------------------------------------------------------
+# The paper profile's grid: the paper's rows with their own backbones
+# ---------------------------------------------------------------------------------------
+
+
+def test_grid_rows_are_the_papers_rows_in_the_paper_profile_only():
+    from cmp_utils import paper
+
+    methods = ["CMPM", "CMPM+CMPC"]
+    assert experiments.grid_rows("flickr30k", "quick", methods) == [("CMPM", None), ("CMPM+CMPC", None)]
+    assert experiments.grid_rows("mscoco", "smoke", methods) == [("CMPM", None), ("CMPM+CMPC", None)]
+    assert experiments.grid_rows("flickr30k", "paper", methods) == [
+        ("CMPM+CMPC", "resnet152_slim"), ("CMPM+CMPC", "mobilenet_v1_tf"), ("CMPM", "resnet152_slim")]
+    assert experiments.grid_rows("mscoco", "paper", methods) == [("CMPM", "resnet152_slim"), ("CMPM+CMPC", "mobilenet_v1_tf")]
+    for name in ("cub", "flowers"):
+        assert experiments.grid_rows(name, "paper", methods) == [("CMPM", "mobilenet_v1_tf"), ("CMPM+CMPC", "mobilenet_v1_tf")]
+    # a method the paper does not report for the dataset still runs, with the profile's backbone
+    assert experiments.grid_rows("mscoco", "paper", ["CMPM", "CMPC"]) == [("CMPM", "resnet152_slim"), ("CMPC", None)]
+    with pytest.raises(ValueError, match="not known"):
+        experiments.grid_rows("mscoco", "paper", ["nope"])
+    # every row with a public value is in the grid, compared with its own backbone's value
+    numbers = paper.paper_numbers()
+    reported = numbers[numbers["value"].notna() & numbers["dataset"].isin(list(experiments.PAPER_ROWS))]
+    grid = {(dataset, method, paper.BACKBONE_LABELS[backbone])
+            for dataset, rows in experiments.PAPER_ROWS.items() for method, backbone in rows}
+    assert set(zip(reported["dataset"], reported["method"], reported["backbone"])) <= grid
+
+
+@pytest.mark.slow
+def test_paper_profile_trains_the_papers_flickr_rows_with_their_backbones(tmp_path, monkeypatch):
+    """The paper profile's Flickr30K grid on the miniature dataset: ResNet-152 and MobileNet, untrained
+    weights, one step; each row carries its own backbone and the paper's value for that backbone."""
+    from data_fixtures import write_flickr
+
+    write_flickr(tmp_path / "data" / "flickr30k")
+    monkeypatch.setenv("CMP_CACHE_DIR", str(tmp_path / "cache"))
+    overrides = {"pretrained": False, "epochs": 1, "frozen_epochs": 0, "max_steps_per_epoch": 1, "batch_size": 3,
+                 "image_size": [32, 32], "eval_batch_size": 8}
+    grid = experiments.grid_rows("flickr30k", "paper", ["CMPM", "CMPM+CMPC"])
+    frame = experiments.run_grid("flickr30k", "paper", grid, [0], device="cpu", data_dir=str(tmp_path / "data"),
+                                 overrides=overrides, progress=False, workers=1)
+    rows = frame[(frame["metric"] == "R@1") & (frame["direction"] == "i2t")].set_index(["method", "backbone"])
+    assert sorted(rows.index) == [("CMPM", "resnet152_slim"), ("CMPM+CMPC", "mobilenet_v1_tf"),
+                                  ("CMPM+CMPC", "resnet152_slim")]
+    assert rows.loc[("CMPM+CMPC", "resnet152_slim"), "paper_value"] == 49.6
+    assert rows.loc[("CMPM+CMPC", "mobilenet_v1_tf"), "paper_value"] == 40.3
+    assert math.isnan(rows.loc[("CMPM", "resnet152_slim"), "paper_value"])  # no public value: stays empty
+    assert rows.loc[("CMPM+CMPC", "mobilenet_v1_tf"), "paper_support"] == "1 source (authors' lab list)"
+    assert frame["value"].between(0, 100).all() and "ceiling" not in frame  # real-data layout: no ceiling
+    assert experiments.comparable_backbones(frame, "CMPM+CMPC", "CMPM") == ["resnet152_slim"]
+    assert set(experiments.by_row(frame)["method"]) == {"CMPM (resnet152_slim)", "CMPM+CMPC (mobilenet_v1_tf)",
+                                                         "CMPM+CMPC (resnet152_slim)"}
