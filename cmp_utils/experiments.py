@@ -306,6 +306,23 @@ def run_method(
     return record
 
 
+def grid_jobs(dataset: str, profile: str, methods: Sequence[str | tuple[str, str | None]], seeds: Sequence[int],
+              device: str = "auto", data_dir: str | None = None,
+              overrides: dict[str, Any] | None = None) -> list[tuple]:
+    """The :func:`run_method` arguments of every run of :func:`run_grid`, method by method, seed by seed:
+    ``(dataset, profile, method, seed, device, data_dir, overrides)``; a ``(method, backbone)`` pair
+    gets ``backbone`` on top of ``overrides``."""
+    pairs = [(item, None) if isinstance(item, str) else tuple(item) for item in methods]
+    for method, _ in pairs:
+        method_losses(method)  # fail before training anything
+
+    def row_overrides(backbone: str | None) -> dict[str, Any] | None:
+        return overrides if backbone is None else {**(overrides or {}), "backbone": backbone}
+
+    return [(dataset, profile, method, seed, device, data_dir, row_overrides(backbone))
+            for method, backbone in pairs for seed in seeds]
+
+
 def _run_job(job: tuple) -> dict[str, Any]:
     """One :func:`run_method` call in a worker process. The thread count is the run's own
     (``TrainConfig.num_threads``, applied by ``fit``), never the pool's, so a run gives the same
@@ -354,15 +371,7 @@ def run_grid(
 
     from tqdm.auto import tqdm
 
-    pairs = [(item, None) if isinstance(item, str) else tuple(item) for item in methods]
-    for method, _ in pairs:
-        method_losses(method)  # fail before training anything
-
-    def row_overrides(backbone: str | None) -> dict[str, Any] | None:
-        return overrides if backbone is None else {**(overrides or {}), "backbone": backbone}
-
-    jobs = [(dataset, profile, method, seed, device, data_dir, row_overrides(backbone))
-            for method, backbone in pairs for seed in seeds]
+    jobs = grid_jobs(dataset, profile, methods, seeds, device, data_dir, overrides)
     workers = default_workers(device, profile) if workers is None else max(1, int(workers))
     records: dict[int, dict[str, Any]] = {}
     bar = tqdm(total=len(jobs), desc=f"{dataset} runs", disable=not progress)
