@@ -617,7 +617,8 @@ def render_profiles(results_dir: Path) -> str:
     intro = ("_`profile`, in every notebook's `parameters` cell: `smoke` (CI), `quick` (default, a CPU), `paper` (real "
              "data, a GPU). Generated from `cmp_utils.train.PROFILE_SETTINGS` and "
              "`results/data_preparation/*/split_statistics.csv`; Flickr30K settings also stand for MSCOCO, CUB and "
-             "Flowers (MSCOCO: batch "
+             "Flowers, and each of the paper profile's rows trains the backbone the paper reports it with "
+             "(`cmp_utils.experiments.PAPER_ROWS`) (MSCOCO: batch "
              f"{_setting(train.PROFILE_SETTINGS['paper'].get('mscoco', {}).get('batch_size'))})._")
     return intro + "\n\n" + markdown_table(header, rows)
 
@@ -849,7 +850,7 @@ def what_we_found(experiment: str, profile: str, results_dir: str | Path | None 
             lines.append(f"- {row['claim']}: **{row['verdict']}** (ours: {_our_side(row)}"
                          + ("" if _missing(seeds) else f"; {int(seeds)} seeds") + f"; paper: {_paper_side(row, experiment)}).")
     if metrics_path.is_file():
-        frame = read_metrics(metrics_path)
+        frame = with_current_paper_values(read_metrics(metrics_path))
         metric = next((m for m in ("R@1", "top1_accuracy", "cosine_gap") if m in set(frame["metric"])), None)
         if metric is not None:
             summary = summarise(frame[frame["metric"] == metric])
@@ -857,7 +858,7 @@ def what_we_found(experiment: str, profile: str, results_dir: str | Path | None 
             where = ", ".join(f"{key} {best[key]}" for key in grouping_columns(summary)
                               if key not in ("metric", "backbone", "dataset") and summary[key].nunique() > 1)
             lines.append(f"- Highest mean {metric}: {_ours(best['mean'], best['std'], best['n_seeds'])} ({where}); "
-                         + (f"the paper reports {best['paper_value']:.2f} for that cell."
+                         + (f"the paper reports {_paper_with_support(best)} for that cell."
                             if not _missing(best["paper_value"]) else "no confirmed paper value for that cell."))
     if len(lines) == 2:
         lines.append(f"- No results yet under `results/{experiment}/{profile}/`: run the cells above.")
