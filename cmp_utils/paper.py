@@ -182,8 +182,10 @@ def paper_value(
 
 def with_paper_values(results: pd.DataFrame, table: str | None = None) -> pd.DataFrame:
     """Copy of a tidy results frame (``dataset, method, direction, metric``, and ``backbone`` where
-    it has one) with ``paper_value`` (NaN where no source gives it) and ``paper_support`` (how many
-    sources give it, in words: :func:`support_label`; empty where none)."""
+    it has one) with ``paper_value`` (NaN where no source gives it) and ``paper_support``: the paper's
+    backbone of that value and how many sources give it (``"MobileNet, 4 sources"``, see
+    :func:`support_label`; empty where none). A synthetic run's row may be compared with a value
+    of another backbone than its own: ``paper_support`` names it."""
     missing = [column for column in ("dataset", "method", "direction", "metric") if column not in results.columns]
     if missing:
         raise ValueError(f"results frame lacks the columns {missing} needed to look up the paper's values")
@@ -194,5 +196,6 @@ def with_paper_values(results: pd.DataFrame, table: str | None = None) -> pd.Dat
              for row, backbone in zip(out.itertuples(index=False), backbones)]
     out["paper_value"] = pd.Series([float("nan") if cell is None else cell["value"] for cell in cells],
                                    index=out.index, dtype=float)
-    out["paper_support"] = [("" if cell is None else support_label(cell["sources"])) for cell in cells]
+    out["paper_support"] = [("" if cell is None else ", ".join(filter(None, [cell["backbone"], support_label(cell["sources"])])))
+                            for cell in cells]
     return out

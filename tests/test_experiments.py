@@ -285,7 +285,7 @@ def test_paper_profile_trains_the_papers_cub_row_with_its_backbone(tmp_path, mon
     assert set(frame["backbone"]) == {"mobilenet_v1_tf"} and set(frame["method"]) == {"CMPM+CMPC"}
     assert rows.loc[("CMPM+CMPC", "mobilenet_v1_tf", "top1_accuracy"), "paper_value"] == 64.3
     assert rows.loc[("CMPM+CMPC", "mobilenet_v1_tf", "ap@50"), "paper_value"] == 67.9
-    assert (frame["paper_support"] == "1 source (authors' lab list)").all()
+    assert (frame["paper_support"] == "MobileNet, 1 source (authors' lab list)").all()
     assert frame["value"].between(0, 100).all() and "ceiling" not in frame  # real-data layout: no ceiling
     assert experiments.comparable_backbones(frame, "CMPM+CMPC", "CMPM") == []  # CMPM did not run
     both = pd.concat([frame, frame.assign(method="CMPM")])

@@ -122,8 +122,8 @@ def test_readme_sections_are_generated_from_the_csvs(project):
     # paper value looked up again in paper_numbers.csv (44.02 for CMPM R@1), not taken from the CSV (NaN)
     std10 = statistics.stdev([30.0, 31.0, 35.0])
     # with how many public sources give it (44.02: the authors' lab list and a port's issue threads)
-    assert (f"| CMPM | 12.00 ± 2.00 (paper {paper.paper_value('cuhk_pedes', 'CMPM', 'R@1'):.2f}; 2 sources) "
-            f"| 32.00 ± {std10:.2f} (paper 77.00; 1 source (authors' lab list)) |") in headline
+    assert (f"| CMPM | 12.00 ± 2.00 (paper {paper.paper_value('cuhk_pedes', 'CMPM', 'R@1'):.2f}; MobileNet, 2 sources) "
+            f"| 32.00 ± {std10:.2f} (paper 77.00; MobileNet, 1 source (authors' lab list)) |") in headline
     # the batch sizes spread into columns, one row per method
     assert "| **batch_size** (2 seeds): method | R@1, batch_size 16 | R@1, batch_size 64 |" in headline
     # the paper's CUHK-PEDES value belongs to its own batch size: not repeated under every batch size
@@ -132,7 +132,7 @@ def test_readme_sections_are_generated_from_the_csvs(project):
     # results/README.md: the full table keeps batch_size, with the real number of seeds
     full = (results / "README.md").read_text(encoding="utf-8")
     assert "| dataset | table | method | backbone | direction | metric | batch_size | paper | support |" in full
-    assert "| cuhk_pedes | cuhk_pedes | CMPM | mobilenet_v2 | t2i | R@1 | 16 | 44.02 | 2 sources | 6.00 ± 1.41 | 2 |\n" in full
+    assert "| cuhk_pedes | cuhk_pedes | CMPM | mobilenet_v2 | t2i | R@1 | 16 | 44.02 | MobileNet, 2 sources | 6.00 ± 1.41 | 2 |\n" in full
     assert "`python -m cmp_utils.run_notebooks --profile quick notebooks/09_batch_size.ipynb`" in full
     assert readme.stat().st_mode & 0o777 == 0o644  # permissions kept through the atomic replace
     before = readme.read_text(encoding="utf-8")
@@ -374,7 +374,7 @@ def test_paper_value_lookup():
     attached = paper.with_paper_values(results)
     assert attached["paper_value"].iloc[0] == 49.37 and math.isnan(attached["paper_value"].iloc[1])
     assert attached["paper_value"].iloc[2] == 68.5
-    assert list(attached["paper_support"]) == ["4 sources", "", "1 source (authors' lab list)"]
+    assert list(attached["paper_support"]) == ["MobileNet, 4 sources", "", "MobileNet, 1 source (authors' lab list)"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -454,7 +454,7 @@ def test_full_table_shows_the_ceiling_beside_ours(project):
     synthetic_tables, reproduction = full.split("## Reproduction status (paper profile, real data)")
     assert "ours − paper" not in synthetic_tables  # synthetic data: a level difference from the paper means nothing
     assert "not run here" in reproduction  # only the paper profile's own runs (none here) meet the paper
-    assert f"| CMPM | mobilenet_v2 | t2i | R@1 | 44.02 | 2 sources | 12.00 ± {statistics.stdev([10.0, 14.0]):.2f} | 2 | 60.00 | 20% |" in full
+    assert f"| CMPM | mobilenet_v2 | t2i | R@1 | 44.02 | MobileNet, 2 sources | 12.00 ± {statistics.stdev([10.0, 14.0]):.2f} | 2 | 60.00 | 20% |" in full
 
 
 def test_shrink_png_bounds_width_and_size():
@@ -484,8 +484,8 @@ def test_metrics_without_optional_columns_still_render(project):
         for deviation, values in (("baseline", (8.0, 9.0)), ("no_ema", (6.0, 7.0))) for seed, value in enumerate(values)])
     report.update_readme(readme, results)
     full = (results / "README.md").read_text(encoding="utf-8")
-    assert "| cuhk_pedes | CMPM+CMPC | baseline | t2i | R@1 |  | 49.37 | 4 sources | 8.50 ± 0.71 | 2 |\n" in full  # backbone empty
-    assert "| cuhk_pedes | CMPM+CMPC | no_ema | t2i | R@1 |  | 49.37 | 4 sources | 6.50 ± 0.71 | 2 |\n" in full
+    assert "| cuhk_pedes | CMPM+CMPC | baseline | t2i | R@1 |  | 49.37 | MobileNet, 4 sources | 8.50 ± 0.71 | 2 |\n" in full  # backbone empty
+    assert "| cuhk_pedes | CMPM+CMPC | no_ema | t2i | R@1 |  | 49.37 | MobileNet, 4 sources | 6.50 ± 0.71 | 2 |\n" in full
 
 
 def test_full_tables_of_real_data_give_ours_minus_paper(tmp_path):
@@ -554,4 +554,4 @@ def test_paper_comparison_shows_ours_minus_paper_only_on_real_data():
     assert "difference" not in quick and {"ceiling", "percent_of_ceiling", "paper_value", "paper_support"} <= set(quick)
     real = report.paper_comparison(summary.drop(columns=["ceiling", "percent_of_ceiling"]), "paper")
     assert real["difference"].iloc[0] == pytest.approx(40.5 - 49.37, abs=0.01)
-    assert real["paper_support"].iloc[0] == "4 sources"
+    assert real["paper_support"].iloc[0] == "MobileNet, 4 sources"
