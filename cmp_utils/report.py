@@ -192,9 +192,12 @@ def _ours(mean: float, std: float, n_seeds: int) -> str:
     return f"{mean:.2f}"
 
 
-def _paper_with_support(cell: Any) -> str:
-    """``"49.37; 4 sources"``: the paper's value of a summary cell and how many public sources give it."""
+def _paper_with_support(cell: Any, short: bool = False) -> str:
+    """``"49.37; MobileNet, 4 sources"``: the paper's value of a summary cell, its backbone and how many
+    public sources give it (``short``: "lab list only" for a value only the authors' lab list gives)."""
     support = cell.get("paper_support") if hasattr(cell, "get") else None
+    if short and isinstance(support, str):
+        support = support.replace("1 source (authors' lab list)", "lab list only")
     return f"{float(cell['paper_value']):.2f}" + ("" if _missing(support) or not support else f"; {support}")
 
 
@@ -273,7 +276,7 @@ def _paper_side(row: dict[str, Any], experiment: str | None = None) -> str:
     if len(cells) == 1:
         [(method, _)] = cells.items()
         return f"{described(method)}; no value for {worse if method == better else better}"
-    if cells[better]["backbone"] != cells[worse]["backbone"]:
+    if cells[better]["backbone"] and cells[worse]["backbone"] and cells[better]["backbone"] != cells[worse]["backbone"]:
         return f"{described(better)} vs {described(worse)}: different backbones, not this comparison"
     difference = cells[better]["value"] - cells[worse]["value"]
     second_hand = any(cell["status"] == "confirmed second-hand" for cell in cells.values())
@@ -374,7 +377,7 @@ def headline_table(frame: pd.DataFrame, metrics: Sequence[str], caption: str = "
                     cells.append("")
                     continue
                 first = hit.iloc[0]
-                paper_value = "" if _missing(first["paper_value"]) else f" (paper {_paper_with_support(first)})"
+                paper_value = "" if _missing(first["paper_value"]) else f" (paper {_paper_with_support(first, short=True)})"
                 share = ("" if _missing(first.get("percent_of_ceiling", float("nan")))
                          else f" [{first['percent_of_ceiling']:.0f}%]")
                 cells.append(_ours(first["mean"], first["std"], first["n_seeds"]) + share + paper_value)
@@ -424,7 +427,8 @@ def render_headline(results_dir: Path, profile: str, notebooks_dir: Path) -> str
              "[x%] = share of the ceiling, the best score the synthetic captions allow (an attribute oracle, "
              "notebook 01); \"(paper X)\" where "
              "`cmp_utils/paper_numbers.csv` has a value confirmed from a public source (the other cells of the "
-             "paper's tables are left empty rather than filled from memory), with how many public sources give it. Full "
+             "paper's tables are left empty rather than filled from memory), with the backbone it was reported for and how "
+             "many public sources give it (\"lab list only\": one list kept near the authors, docs/fidelity.md). Full "
              "tables and the reproduction status of the paper profile: [results/README.md](results/README.md)._")
     return intro + "\n\n" + "\n\n".join(parts)
 

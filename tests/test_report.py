@@ -123,7 +123,7 @@ def test_readme_sections_are_generated_from_the_csvs(project):
     std10 = statistics.stdev([30.0, 31.0, 35.0])
     # with how many public sources give it (44.02: the authors' lab list and a port's issue threads)
     assert (f"| CMPM | 12.00 ± 2.00 (paper {paper.paper_value('cuhk_pedes', 'CMPM', 'R@1'):.2f}; MobileNet, 2 sources) "
-            f"| 32.00 ± {std10:.2f} (paper 77.00; MobileNet, 1 source (authors' lab list)) |") in headline
+            f"| 32.00 ± {std10:.2f} (paper 77.00; MobileNet, lab list only) |") in headline
     # the batch sizes spread into columns, one row per method
     assert "| **batch_size** (2 seeds): method | R@1, batch_size 16 | R@1, batch_size 64 |" in headline
     # the paper's CUHK-PEDES value belongs to its own batch size: not repeated under every batch size
@@ -555,3 +555,21 @@ def test_paper_comparison_shows_ours_minus_paper_only_on_real_data():
     real = report.paper_comparison(summary.drop(columns=["ceiling", "percent_of_ceiling"]), "paper")
     assert real["difference"].iloc[0] == pytest.approx(40.5 - 49.37, abs=0.01)
     assert real["paper_support"].iloc[0] == "MobileNet, 4 sources"
+
+
+def test_scorecard_paper_side_compares_losses_on_one_backbone_only():
+    claim = dict(better="CMPM+CMPC", worse="CMPM", metric="R@1", direction="i2t")
+    # MSCOCO: the paper's CMPM row is ResNet-152, its CMPM+CMPC row MobileNet: no difference is drawn
+    coco = report._paper_side({**claim, "table": "mscoco_1k"}, "mscoco")
+    assert coco == ("CMPM+CMPC 52.90 (MobileNet, 1 source (authors' lab list)) vs CMPM 56.10 (ResNet-152, 1 source "
+                    "(authors' lab list)): different backbones, not this comparison")
+    flickr = report._paper_side({**claim, "table": "flickr30k"}, "flickr30k")
+    assert flickr == "CMPM+CMPC 49.60 (ResNet-152, 1 source (authors' lab list)); no value for CMPM"
+    cub = report._paper_side({**claim, "metric": "ap@50", "direction": "t2i", "dataset": "cub"}, "cub_flowers")
+    assert cub.endswith(f"({67.9 - 64.6:+.2f})") and cub.startswith("CMPM+CMPC 67.90 (MobileNet")
+    # a paper-profile claim names its backbone: MobileNet on Flickr30K has no CMPM value either
+    assert report._paper_side({**claim, "table": "flickr30k", "backbone": "mobilenet_v1_tf"}, "flickr30k").startswith(
+        "CMPM+CMPC 40.30 (MobileNet")
+    # a baseline's own published result has no backbone of the paper's: still compared
+    assert report._paper_side(dict(better="CMPM", worse="CMCE", metric="R@1", direction="t2i"), "cuhk_pedes") == (
+        f"CMPM 44.02 (MobileNet, 2 sources) vs CMCE 25.94 (1 source) ({44.02 - 25.94:+.2f})")
