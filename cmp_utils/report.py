@@ -437,7 +437,20 @@ def render_reproduction(results_dir: Path) -> str:
     """results/README.md's last section: the paper's every known value against the paper profile's runs."""
     return ("## Reproduction status (paper profile, real data)\n\n_Every value of `cmp_utils/paper_numbers.csv` "
             "beside the paper profile's result of the same row and backbone (`results/*/paper/metrics.csv`); "
-            "synthetic results are never compared with it._\n\n" + reproduction_status(results_dir=results_dir))
+            "synthetic results are never compared with it._\n\n" + reproduction_status(results_dir=results_dir)
+            + "\n\n" + render_third_party())
+
+
+def render_third_party() -> str:
+    """The re-runs of the losses by later papers and public ports (``third_party_reruns.csv``): not the paper's."""
+    from cmp_utils import paper
+
+    reruns = paper.third_party_reruns()
+    rows = [[r.dataset, r.label, r.direction, METRIC_LABELS.get(r.metric, r.metric), _number(r.value, 3).rstrip("0").rstrip("."),
+             r.who, r.note] for r in reruns.itertuples(index=False)]
+    return ("### Third-party re-runs (not the paper's numbers)\n\n_From `cmp_utils/third_party_reruns.csv`; "
+            "never shown in a paper column._\n\n"
+            + markdown_table(["dataset", "label", "direction", "metric", "value", "who", "note"], rows))
 
 
 def render_full_tables(results_dir: Path, profile: str, notebooks_dir: Path, link_root: Path) -> str:

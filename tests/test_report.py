@@ -454,6 +454,8 @@ def test_full_table_shows_the_ceiling_beside_ours(project):
     synthetic_tables, reproduction = full.split("## Reproduction status (paper profile, real data)")
     assert "ours − paper" not in synthetic_tables  # synthetic data: a level difference from the paper means nothing
     assert "not run here" in reproduction  # only the paper profile's own runs (none here) meet the paper
+    third_party = reproduction.split("### Third-party re-runs (not the paper's numbers)")[1]
+    assert "| icfg_pedes | CMPM/C | t2i | R@1 | 43.51 | later work |" in third_party and "| 42.999 |" in third_party
     assert f"| CMPM | mobilenet_v2 | t2i | R@1 | 44.02 | MobileNet, 2 sources | 12.00 ± {statistics.stdev([10.0, 14.0]):.2f} | 2 | 60.00 | 20% |" in full
 
 
