@@ -537,7 +537,8 @@ def reproduction_status(experiments: Sequence[str] = tuple(EXPERIMENT_PAPER_TABL
                                & (summary["method"] == cell["method"]) & (summary["direction"] == cell["direction"])
                                & (summary["metric"] == cell["metric"])
                                & ((labels == cell["backbone"]) if cell["backbone"] else True)]
-            where = cell["table"] if cell["table"].startswith(cell["dataset"]) else cell["dataset"]  # mscoco_1k, cub
+            several = numbers.loc[numbers["dataset"] == cell["dataset"], "table"].nunique() > 1
+            where = cell["table"] if several else cell["dataset"]  # mscoco_1k / mscoco_5k; cub, flowers
             label = f"{where} {cell['method']}"
             label += (f", {cell['backbone']}" if cell["backbone"] else "") + f", {cell['direction']} {METRIC_LABELS.get(cell['metric'], cell['metric'])}"
             published = f"{cell['value']:.2f} ({paper.support_label(cell['sources'])})"

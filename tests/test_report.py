@@ -545,6 +545,8 @@ def test_reproduction_status_compares_each_row_with_its_own_backbone(tmp_path):
     assert lines["flickr30k CMPM+CMPC, MobileNet, t2i R@1"].endswith("|  |  | not run here |")  # metric not run
     assert lines["mscoco_5k CMPM, ResNet-152, t2i R@1"].endswith("| not run here |")  # no results at all
     assert "CMPM, ResNet-152" not in " ".join(k for k in lines if k.startswith("flickr30k"))  # no public value
+    cub = report.reproduction_status(["cub_flowers"], results_dir=results, metrics=["ap@50"])
+    assert "| cub CMPM+CMPC, MobileNet, t2i AP@50 | 67.90 (1 source (authors' lab list)) |  |  | not run here |" in cub
     with pytest.raises(ValueError, match="synthetic"):
         report.reproduction_status(results_dir=results, profile="quick")
 
