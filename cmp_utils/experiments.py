@@ -54,6 +54,51 @@ EXPERIMENT_NOTEBOOKS = {
     "feature_distribution": "11_feature_distribution",
 }
 
+#: The paper profile's grid of notebooks 06-08: the rows the paper reports, each with the backbone it
+#: reports it for (our name of that network, :data:`cmp_utils.models.BACKBONES`); each row is compared
+#: with the paper's value of its own backbone (:func:`cmp_utils.paper.paper_cell`). Flickr30K CMPM with
+#: ResNet-152 has no public value but is trained by the authors' release scripts. Other settings are the
+#: dataset's paper recipe (:data:`cmp_utils.train.PROFILE_SETTINGS`); the smoke and quick profiles train
+#: every method with their own (fast) backbone instead.
+PAPER_ROWS: dict[str, tuple[tuple[str, str], ...]] = {
+    "flickr30k": (("CMPM+CMPC", "resnet152_slim"), ("CMPM+CMPC", "mobilenet_v1_tf"), ("CMPM", "resnet152_slim")),
+    "mscoco": (("CMPM", "resnet152_slim"), ("CMPM+CMPC", "mobilenet_v1_tf")),
+    "cub": (("CMPM", "mobilenet_v1_tf"), ("CMPM+CMPC", "mobilenet_v1_tf")),
+    "flowers": (("CMPM", "mobilenet_v1_tf"), ("CMPM+CMPC", "mobilenet_v1_tf")),
+}
+
+
+def grid_rows(dataset: str, profile: str, methods: Sequence[str]) -> list[tuple[str, str | None]]:
+    """The ``(method, backbone)`` runs of an experiment: in the paper profile, the rows of
+    :data:`PAPER_ROWS` for ``dataset`` whose method is among ``methods`` (a method the paper
+    does not report for ``dataset`` runs with the profile's backbone); otherwise every method with
+    the profile's backbone (``None``)."""
+    for method in methods:
+        method_losses(method)
+    if profile != "paper" or dataset not in PAPER_ROWS:
+        return [(method, None) for method in methods]
+    rows = [(method, backbone) for method, backbone in PAPER_ROWS[dataset] if method in methods]
+    reported = {method for method, _ in PAPER_ROWS[dataset]}
+    return rows + [(method, None) for method in methods if method not in reported]
+
+
+def comparable_backbones(results: pd.DataFrame, better: str, worse: str) -> list[str]:
+    """The backbones with which both ``better`` and ``worse`` ran (a claim compares losses, never
+    a loss on one backbone with another loss on another)."""
+    per_method = results.groupby("method")["backbone"].unique()
+    if better not in per_method or worse not in per_method:
+        return []
+    return [backbone for backbone in per_method[better] if backbone in set(per_method[worse])]
+
+
+def by_row(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` for figures that group by method: where it holds several backbones (the paper
+    profile's grid) each method label names its backbone, ``"CMPM+CMPC (mobilenet_v1_tf)"``."""
+    if "backbone" not in frame or frame["backbone"].nunique() <= 1:
+        return frame
+    return frame.assign(method=frame["method"] + " (" + frame["backbone"].astype(str) + ")")
+
+
 RESULT_COLUMNS = ["dataset", "table", "method", "backbone", "direction", "metric", "value", "paper_value", "seed"]
 
 
@@ -263,6 +308,23 @@ def run_method(
     return record
 
 
+def grid_jobs(dataset: str, profile: str, methods: Sequence[str | tuple[str, str | None]], seeds: Sequence[int],
+              device: str = "auto", data_dir: str | None = None,
+              overrides: dict[str, Any] | None = None) -> list[tuple]:
+    """The :func:`run_method` arguments of every run of :func:`run_grid`, method by method, seed by seed:
+    ``(dataset, profile, method, seed, device, data_dir, overrides)``; a ``(method, backbone)`` pair
+    gets ``backbone`` on top of ``overrides``."""
+    pairs = [(item, None) if isinstance(item, str) else tuple(item) for item in methods]
+    for method, _ in pairs:
+        method_losses(method)  # fail before training anything
+
+    def row_overrides(backbone: str | None) -> dict[str, Any] | None:
+        return overrides if backbone is None else {**(overrides or {}), "backbone": backbone}
+
+    return [(dataset, profile, method, seed, device, data_dir, row_overrides(backbone))
+            for method, backbone in pairs for seed in seeds]
+
+
 def _run_job(job: tuple) -> dict[str, Any]:
     """One :func:`run_method` call in a worker process. The thread count is the run's own
     (``TrainConfig.num_threads``, applied by ``fit``), never the pool's, so a run gives the same
@@ -284,7 +346,7 @@ def default_workers(device: str = "auto", profile: str = "quick") -> int:
 def run_grid(
     dataset: str,
     profile: str,
-    methods: Sequence[str],
+    methods: Sequence[str | tuple[str, str | None]],
     seeds: Sequence[int],
     device: str = "auto",
     data_dir: str | None = None,
@@ -294,6 +356,9 @@ def run_grid(
     workers: int | None = None,
 ) -> pd.DataFrame:
     """Every method with every seed: tidy rows (see :data:`RESULT_COLUMNS`) plus ``seconds``.
+
+    A method may be a ``(method, backbone)`` pair (:func:`grid_rows`): that run trains ``backbone``
+    whatever ``overrides`` says (``None``: the profile's or the overrides' backbone).
 
     ``extra_columns`` are constant columns added to every row (e.g. ``{"batch_size": 32}``).
     ``workers`` > 1 trains that many runs at once in separate processes (default:
@@ -308,9 +373,7 @@ def run_grid(
 
     from tqdm.auto import tqdm
 
-    for method in methods:
-        method_losses(method)  # fail before training anything
-    jobs = [(dataset, profile, method, seed, device, data_dir, overrides) for method in methods for seed in seeds]
+    jobs = grid_jobs(dataset, profile, methods, seeds, device, data_dir, overrides)
     workers = default_workers(device, profile) if workers is None else max(1, int(workers))
     records: dict[int, dict[str, Any]] = {}
     bar = tqdm(total=len(jobs), desc=f"{dataset} runs", disable=not progress)

@@ -39,12 +39,13 @@ METRICS_COLUMNS = ("dataset", "method", "backbone", "direction", "metric", "valu
 REQUIRED_METRICS_COLUMNS = ("metric", "value", "seed")
 #: Columns that vary between the runs of one table cell (measurements, not keys): every other
 #: column of a metrics frame is a grouping column (batch_size, schedule, sampler, fold, ...).
-PER_RUN_COLUMNS = ("value", "paper_value", "ceiling", "seed", "seconds", "run_key", "run_dir", "best_epoch",
+PER_RUN_COLUMNS = ("value", "paper_value", "paper_support", "ceiling", "seed", "seconds", "run_key", "run_dir", "best_epoch",
                    "samples_per_second")
 #: Columns :func:`summarise` adds (never grouping columns).
 SUMMARY_COLUMNS = ("mean", "std", "n", "n_seeds", "difference", "percent_of_ceiling")
-#: Per-cell attributes carried beside the mean (the first non-null value of the cell).
-CELL_ATTRIBUTES = ("paper_value", "ceiling")
+#: Per-cell attributes carried beside the mean (the first non-null value of the cell); ``paper_support``
+#: says how many public sources give the paper's value (:func:`cmp_utils.paper.support_label`).
+CELL_ATTRIBUTES = ("paper_value", "paper_support", "ceiling")
 #: Generated README sections, in README order: marker name -> renderer name.
 SECTIONS = ("scorecard", "headline", "figures", "profiles", "performance", "timings")
 #: Experiments whose folder holds one of the paper's tables, in the paper's order, with headline metrics.
@@ -191,6 +192,15 @@ def _ours(mean: float, std: float, n_seeds: int) -> str:
     return f"{mean:.2f}"
 
 
+def _paper_with_support(cell: Any, short: bool = False) -> str:
+    """``"49.37; MobileNet, 4 sources"``: the paper's value of a summary cell, its backbone and how many
+    public sources give it (``short``: "lab list only" for a value only the authors' lab list gives)."""
+    support = cell.get("paper_support") if hasattr(cell, "get") else None
+    if short and isinstance(support, str):
+        support = support.replace("1 source (authors' lab list)", "lab list only")
+    return f"{float(cell['paper_value']):.2f}" + ("" if _missing(support) or not support else f"; {support}")
+
+
 def _signed(value: float) -> str:
     return "" if _missing(value) else f"{value:+.2f}"
 
@@ -231,27 +241,46 @@ def read_claims(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _paper_side(row: dict[str, Any]) -> str:
-    """What the paper reports for a claim: both confirmed values and their difference, else the claim alone."""
+def _paper_side(row: dict[str, Any], experiment: str | None = None) -> str:
+    """What the paper reports for a claim: both values, their backbone and support, and their
+    difference where both come from the same backbone; else what is known. A claim without a
+    ``table`` or ``dataset`` of its own belongs to the paper table named like its ``experiment``."""
     from cmp_utils import paper
 
     better, worse, metric = row.get("better"), row.get("worse"), row.get("metric")
     if any(_missing(value) for value in (better, worse, metric)):
         return "claimed; no confirmed numbers"
     numbers = paper.paper_numbers()
-    table = row.get("table")
-    chosen = numbers[(numbers["metric"] == metric) & (numbers["direction"] == (row.get("direction") or "t2i"))]
-    if not _missing(table) and table:
-        chosen = chosen[chosen["table"] == table]
-    values = {}
+    chosen = numbers[(numbers["metric"] == metric) & (numbers["direction"] == (row.get("direction") or "t2i"))
+                     & numbers["value"].notna()]
+    given = {column: row[column] for column in ("table", "dataset") if not _missing(row.get(column)) and row.get(column)}
+    if not given and experiment in set(numbers["table"]):
+        given = {"table": experiment}
+    for column, value in given.items():
+        chosen = chosen[chosen[column] == value]
+    if not _missing(row.get("backbone")) and row.get("backbone"):  # a claim of the paper profile's grid: its backbone
+        chosen = chosen[chosen["backbone"] == paper.BACKBONE_LABELS.get(row["backbone"], row["backbone"])]
+    cells = {}
     for method in (better, worse):
-        found = chosen[(chosen["method"] == method) & chosen["value"].notna()]
-        if len(found) != 1:
-            return "claimed; no confirmed numbers"
-        values[method] = found.iloc[0]
-    difference = values[better]["value"] - values[worse]["value"]
-    second_hand = any(value["status"] == "confirmed second-hand" for value in values.values())
-    return (f"{values[better]['value']:.2f} vs {values[worse]['value']:.2f} ({difference:+.2f})"
+        found = chosen[chosen["method"] == method]
+        found = found[found["backbone"] == found["backbone"].iloc[0]] if len(found) else found  # first-listed backbone
+        if len(found) == 1:
+            cells[method] = found.iloc[0]
+    if not cells:
+        return "claimed; no confirmed numbers"
+
+    def described(method: str) -> str:
+        cell = cells[method]
+        return (f"{method} {cell['value']:.2f} ({', '.join(filter(None, [cell['backbone'], paper.support_label(cell['sources'])]))})")
+
+    if len(cells) == 1:
+        [(method, _)] = cells.items()
+        return f"{described(method)}; no value for {worse if method == better else better}"
+    if cells[better]["backbone"] and cells[worse]["backbone"] and cells[better]["backbone"] != cells[worse]["backbone"]:
+        return f"{described(better)} vs {described(worse)}: different backbones, not this comparison"
+    difference = cells[better]["value"] - cells[worse]["value"]
+    second_hand = any(cell["status"] == "confirmed second-hand" for cell in cells.values())
+    return (f"{described(better)} vs {described(worse)} ({difference:+.2f})"
             + (" (one value second-hand)" if second_hand else ""))
 
 
@@ -285,7 +314,7 @@ def render_scorecard(results_dir: Path, profile: str, notebooks_dir: Path) -> st
             if (row["claim"], ours) in seen:  # the same runs, tested again by another notebook
                 continue
             seen.add((row["claim"], ours))
-            rows.append([f"{row['claim']} ({experiment})", _paper_side(row), ours, f"**{row['verdict']}**",
+            rows.append([f"{row['claim']} ({experiment})", _paper_side(row, experiment), ours, f"**{row['verdict']}**",
                          "" if _missing(seeds) else int(seeds)])
     if not rows and not summarised:
         return f"No claims yet: no `results/*/{profile}/claims.csv` (run `make reproduce`)."
@@ -318,7 +347,7 @@ def headline_table(frame: pd.DataFrame, metrics: Sequence[str], caption: str = "
     if "direction" in summary and summary["direction"].nunique() > 1 and (summary.groupby("metric")["direction"].nunique() == 1).all():
         summary["label"] = summary["direction"] + " " + summary["label"]  # one direction per metric (CUB/Flowers)
         summary = summary.drop(columns="direction")
-    stats = {"metric", "label", "paper_value", "ceiling", "backbone", *SUMMARY_COLUMNS}
+    stats = {"metric", "label", "paper_value", "paper_support", "ceiling", "backbone", *SUMMARY_COLUMNS}
     keys = [key for key in grouping_columns(summary) if key not in stats]
     varying = _varying(summary, keys)
     numeric = [key for key in varying if key not in ("method", "dataset", "table", "direction")
@@ -348,7 +377,7 @@ def headline_table(frame: pd.DataFrame, metrics: Sequence[str], caption: str = "
                     cells.append("")
                     continue
                 first = hit.iloc[0]
-                paper_value = "" if _missing(first["paper_value"]) else f" (paper {first['paper_value']:.2f})"
+                paper_value = "" if _missing(first["paper_value"]) else f" (paper {_paper_with_support(first, short=True)})"
                 share = ("" if _missing(first.get("percent_of_ceiling", float("nan")))
                          else f" [{first['percent_of_ceiling']:.0f}%]")
                 cells.append(_ours(first["mean"], first["std"], first["n_seeds"]) + share + paper_value)
@@ -398,9 +427,30 @@ def render_headline(results_dir: Path, profile: str, notebooks_dir: Path) -> str
              "[x%] = share of the ceiling, the best score the synthetic captions allow (an attribute oracle, "
              "notebook 01); \"(paper X)\" where "
              "`cmp_utils/paper_numbers.csv` has a value confirmed from a public source (the other cells of the "
-             "paper's tables are left empty rather than filled from memory). Full tables: "
-             "[results/README.md](results/README.md)._")
+             "paper's tables are left empty rather than filled from memory), with the backbone it was reported for and how "
+             "many public sources give it (\"lab list only\": one list kept near the authors, docs/fidelity.md). Full "
+             "tables and the reproduction status of the paper profile: [results/README.md](results/README.md)._")
     return intro + "\n\n" + "\n\n".join(parts)
+
+
+def render_reproduction(results_dir: Path) -> str:
+    """results/README.md's last section: the paper's every known value against the paper profile's runs."""
+    return ("## Reproduction status (paper profile, real data)\n\n_Every value of `cmp_utils/paper_numbers.csv` "
+            "beside the paper profile's result of the same row and backbone (`results/*/paper/metrics.csv`); "
+            "synthetic results are never compared with it._\n\n" + reproduction_status(results_dir=results_dir)
+            + "\n\n" + render_third_party())
+
+
+def render_third_party() -> str:
+    """The re-runs of the losses by later papers and public ports (``third_party_reruns.csv``): not the paper's."""
+    from cmp_utils import paper
+
+    reruns = paper.third_party_reruns()
+    rows = [[r.dataset, r.label, r.direction, METRIC_LABELS.get(r.metric, r.metric), _number(r.value, 3).rstrip("0").rstrip("."),
+             r.who, r.note] for r in reruns.itertuples(index=False)]
+    return ("### Third-party re-runs (not the paper's numbers)\n\n_From `cmp_utils/third_party_reruns.csv`; "
+            "never shown in a paper column._\n\n"
+            + markdown_table(["dataset", "label", "direction", "metric", "value", "who", "note"], rows))
 
 
 def render_full_tables(results_dir: Path, profile: str, notebooks_dir: Path, link_root: Path) -> str:
@@ -416,13 +466,13 @@ def render_full_tables(results_dir: Path, profile: str, notebooks_dir: Path, lin
         has_ceiling = "ceiling" in summary and summary["ceiling"].notna().any()
         # On synthetic data a level difference from the paper means nothing: the ceiling is the yardstick there.
         synthetic = profile in config.SYNTHETIC_PROFILES
-        rows = [[*(row[name] for name in names), _number(row["paper_value"]),
+        rows = [[*(row[name] for name in names), _number(row["paper_value"]), row.get("paper_support") or "",
                  _ours(row["mean"], row["std"], row["n_seeds"]), row["n_seeds"],
                  *([] if synthetic else [_signed(row["difference"])]),
                  *([_number(row["ceiling"]), "" if _missing(row["ceiling"]) else f"{row['percent_of_ceiling']:.0f}%"]
                    if has_ceiling else [])]
                 for row in summary.to_dict("records")]
-        header = [*names, "paper", f"ours ({_data_label(profile)})", "seeds", *([] if synthetic else ["ours − paper"]),
+        header = [*names, "paper", "support", f"ours ({_data_label(profile)})", "seeds", *([] if synthetic else ["ours − paper"]),
                   *(["ceiling of the test set", "share of the ceiling"] if has_ceiling else [])]
         section = f"## {experiment}\n\nMade by: {made_by}\n\n" + markdown_table(header, rows)
         claims_path = path.parent / "claims.csv"
@@ -437,6 +487,71 @@ def render_full_tables(results_dir: Path, profile: str, notebooks_dir: Path, lin
     if not parts:
         return f"No results yet: no `results/*/{profile}/metrics.csv` was found. Run `make reproduce` first."
     return "\n\n".join(parts)
+
+
+#: The paper's tables (``paper_numbers.csv``'s ``table``) each experiment folder holds.
+EXPERIMENT_PAPER_TABLES = {"cuhk_pedes": ("cuhk_pedes",), "flickr30k": ("flickr30k",),
+                           "mscoco": ("mscoco_1k", "mscoco_5k"), "cub_flowers": ("cub_flowers",)}
+
+
+def paper_comparison(summary: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """The columns of a notebook's "ours against the paper" table: on real data (paper profile) the
+    paper's value, its support and ``difference`` (ours − paper); on synthetic data the paper's value
+    and support beside the ceiling and the share of it, never a difference (a level difference from
+    the paper means nothing there)."""
+    keys = [key for key in ("table", "dataset", "method", "backbone", "sampler", "direction", "metric")
+            if key in summary and (key in ("method", "metric") or summary[key].nunique(dropna=False) > 1)]
+    measured = ["mean", "std", "n_seeds", "paper_value", "paper_support"]
+    measured += ["difference"] if profile not in config.SYNTHETIC_PROFILES else ["ceiling", "percent_of_ceiling"]
+    return summary[[column for column in keys + measured if column in summary]].round(2)
+
+
+def reproduction_status(experiments: Sequence[str] = tuple(EXPERIMENT_PAPER_TABLES), results_dir: str | Path | None = None,
+                        metrics: Sequence[str] | None = None, profile: str = "paper") -> str:
+    """row | paper | ours | ours − paper | status, for every value of ``paper_numbers.csv`` in the
+    tables of ``experiments`` (optionally only ``metrics``), from ``results/<experiment>/paper/metrics.csv``:
+    status "not run here" where that file has no run of the row (same method, the paper's backbone),
+    else "within x points". Only real data (the paper profile) is compared with the paper."""
+    from cmp_utils import paper, train
+
+    if profile in config.SYNTHETIC_PROFILES:
+        raise ValueError(f"profile {profile!r} runs on synthetic data: its numbers are not compared with the paper's")
+    numbers = paper.paper_numbers()
+    numbers = numbers[numbers["value"].notna()]
+    results = config.results_dir(results_dir)
+    rows = []
+    for experiment in experiments:
+        cells = numbers[numbers["table"].isin(EXPERIMENT_PAPER_TABLES.get(experiment, (experiment,)))]
+        if metrics is not None:
+            cells = cells[cells["metric"].isin(metrics)]
+        path = results / experiment / profile / "metrics.csv"
+        summary = summarise(with_current_paper_values(read_metrics(path))) if path.is_file() else pd.DataFrame()
+        if len(summary) and "sampler" in summary and summary["sampler"].nunique() > 1:
+            own = {dataset: train.PROFILE_SETTINGS[profile][dataset]["sampler"] for dataset in summary["dataset"].unique()}
+            summary = summary[summary["sampler"] == summary["dataset"].map(own)]
+        for cell in cells.to_dict("records"):
+            ours = pd.DataFrame()
+            if len(summary):
+                labels = summary["backbone"].map(lambda name: paper.BACKBONE_LABELS.get(name, name))
+                ours = summary[(summary["dataset"] == cell["dataset"]) & (summary["table"] == cell["table"])
+                               & (summary["method"] == cell["method"]) & (summary["direction"] == cell["direction"])
+                               & (summary["metric"] == cell["metric"])
+                               & ((labels == cell["backbone"]) if cell["backbone"] else True)]
+            several = numbers.loc[numbers["dataset"] == cell["dataset"], "table"].nunique() > 1
+            where = cell["table"] if several else cell["dataset"]  # mscoco_1k / mscoco_5k; cub, flowers
+            label = f"{where} {cell['method']}"
+            label += (f", {cell['backbone']}" if cell["backbone"] else "") + f", {cell['direction']} {METRIC_LABELS.get(cell['metric'], cell['metric'])}"
+            published = f"{cell['value']:.2f} ({paper.support_label(cell['sources'])})"
+            if ours.empty:
+                rows.append([label, published, "", "", "not run here"])
+                continue
+            first = ours.iloc[0]
+            difference = first["mean"] - cell["value"]
+            rows.append([label, published, _ours(first["mean"], first["std"], first["n_seeds"]), _signed(difference),
+                         f"within {abs(difference):.2f} points"])
+    if not rows:
+        return "No value of the paper's tables is known for these experiments."
+    return markdown_table(["row", "paper (support)", f"ours ({profile})", "ours − paper", "status"], rows)
 
 
 # ---------------------------------------------------------------------------------------
@@ -520,7 +635,8 @@ def render_profiles(results_dir: Path) -> str:
     intro = ("_`profile`, in every notebook's `parameters` cell: `smoke` (CI), `quick` (default, a CPU), `paper` (real "
              "data, a GPU). Generated from `cmp_utils.train.PROFILE_SETTINGS` and "
              "`results/data_preparation/*/split_statistics.csv`; Flickr30K settings also stand for MSCOCO, CUB and "
-             "Flowers (MSCOCO: batch "
+             "Flowers, and each of the paper profile's rows trains the backbone the paper reports it with "
+             "(`cmp_utils.experiments.PAPER_ROWS`) (MSCOCO: batch "
              f"{_setting(train.PROFILE_SETTINGS['paper'].get('mscoco', {}).get('batch_size'))})._")
     return intro + "\n\n" + markdown_table(header, rows)
 
@@ -680,8 +796,9 @@ def update_readme(
         text = replace_between(text, marker(name), render_section(name, results, profile, notebooks, link_root), readme)
     results.mkdir(parents=True, exist_ok=True)
     full = ("# Results\n\n_Generated by `python -m cmp_utils.report` from `results/*/"
-            f"{profile}/`; do not edit by hand. Paper values: `cmp_utils/paper_numbers.csv`; "
-            "ours: mean ± sample sd over seeds._\n\n" + render_full_tables(results, profile, notebooks, results) + "\n")
+            f"{profile}/`; do not edit by hand. Paper values: `cmp_utils/paper_numbers.csv` (sources: "
+            "`cmp_utils/paper_sources.csv`, docs/fidelity.md); ours: mean ± sample sd over seeds._\n\n"
+            + render_full_tables(results, profile, notebooks, results) + "\n\n" + render_reproduction(results) + "\n")
     written = [_write(readme, text), _write(results / "README.md", full)]
     written.append(_write(results / "bench" / "README.md", render_bench_readme(results)))
     return written
@@ -755,9 +872,9 @@ def what_we_found(experiment: str, profile: str, results_dir: str | Path | None 
         for row in read_claims(claims_path).to_dict("records"):
             seeds = row.get("n_seeds")
             lines.append(f"- {row['claim']}: **{row['verdict']}** (ours: {_our_side(row)}"
-                         + ("" if _missing(seeds) else f"; {int(seeds)} seeds") + f"; paper: {_paper_side(row)}).")
+                         + ("" if _missing(seeds) else f"; {int(seeds)} seeds") + f"; paper: {_paper_side(row, experiment)}).")
     if metrics_path.is_file():
-        frame = read_metrics(metrics_path)
+        frame = with_current_paper_values(read_metrics(metrics_path))
         metric = next((m for m in ("R@1", "top1_accuracy", "cosine_gap") if m in set(frame["metric"])), None)
         if metric is not None:
             summary = summarise(frame[frame["metric"] == metric])
@@ -765,7 +882,7 @@ def what_we_found(experiment: str, profile: str, results_dir: str | Path | None 
             where = ", ".join(f"{key} {best[key]}" for key in grouping_columns(summary)
                               if key not in ("metric", "backbone", "dataset") and summary[key].nunique() > 1)
             lines.append(f"- Highest mean {metric}: {_ours(best['mean'], best['std'], best['n_seeds'])} ({where}); "
-                         + (f"the paper reports {best['paper_value']:.2f} for that cell."
+                         + (f"the paper reports {_paper_with_support(best)} for that cell."
                             if not _missing(best["paper_value"]) else "no confirmed paper value for that cell."))
     if len(lines) == 2:
         lines.append(f"- No results yet under `results/{experiment}/{profile}/`: run the cells above.")

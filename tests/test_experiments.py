@@ -261,3 +261,75 @@ def test_compare_metrics_ignores_the_memo_key_of_a_run():
     assert check_results.compare_metrics(committed, rerun).empty
     changed = check_results.compare_metrics(committed, _metrics([10.0, 21.0]).assign(run_key=["a2", "b2"]))
     assert list(changed["column"]) == ["value"]
+
+
+# ---------------------------------------------------------------------------------------
+# The paper profile's grid: the paper's rows with their own backbones
+# ---------------------------------------------------------------------------------------
+
+
+def test_grid_rows_are_the_papers_rows_in_the_paper_profile_only():
+    from cmp_utils import paper
+
+    methods = ["CMPM", "CMPM+CMPC"]
+    assert experiments.grid_rows("flickr30k", "quick", methods) == [("CMPM", None), ("CMPM+CMPC", None)]
+    assert experiments.grid_rows("mscoco", "smoke", methods) == [("CMPM", None), ("CMPM+CMPC", None)]
+    assert experiments.grid_rows("flickr30k", "paper", methods) == [
+        ("CMPM+CMPC", "resnet152_slim"), ("CMPM+CMPC", "mobilenet_v1_tf"), ("CMPM", "resnet152_slim")]
+    assert experiments.grid_rows("mscoco", "paper", methods) == [("CMPM", "resnet152_slim"), ("CMPM+CMPC", "mobilenet_v1_tf")]
+    for name in ("cub", "flowers"):
+        assert experiments.grid_rows(name, "paper", methods) == [("CMPM", "mobilenet_v1_tf"), ("CMPM+CMPC", "mobilenet_v1_tf")]
+    # a method the paper does not report for the dataset still runs, with the profile's backbone
+    assert experiments.grid_rows("mscoco", "paper", ["CMPM", "CMPC"]) == [("CMPM", "resnet152_slim"), ("CMPC", None)]
+    with pytest.raises(ValueError, match="not known"):
+        experiments.grid_rows("mscoco", "paper", ["nope"])
+    # every row with a public value is in the grid, compared with its own backbone's value
+    numbers = paper.paper_numbers()
+    reported = numbers[numbers["value"].notna() & numbers["dataset"].isin(list(experiments.PAPER_ROWS))]
+    grid = {(dataset, method, paper.BACKBONE_LABELS[backbone])
+            for dataset, rows in experiments.PAPER_ROWS.items() for method, backbone in rows}
+    assert set(zip(reported["dataset"], reported["method"], reported["backbone"])) <= grid
+
+
+def test_grid_jobs_give_each_paper_row_its_backbone_and_the_datasets_paper_recipe():
+    from cmp_utils import train
+
+    overrides = {"pretrained": False, "backbone": "small_cnn"}
+    for dataset in ("flickr30k", "mscoco"):
+        jobs = experiments.grid_jobs(dataset, "paper", experiments.grid_rows(dataset, "paper", ["CMPM", "CMPM+CMPC"]),
+                                     [0, 1], overrides=overrides)
+        configs = [train.make_config("paper", dataset, **job[-1]) for job in jobs]
+        assert [(job[2], job[3], cfg.backbone) for job, cfg in zip(jobs, configs)] == [
+            (method, seed, backbone) for method, backbone in experiments.PAPER_ROWS[dataset] for seed in (0, 1)]
+        recipe = train.PROFILE_SETTINGS["paper"][dataset]
+        assert all((cfg.batch_size, cfg.frozen_epochs, cfg.epochs, cfg.pretrained) ==
+                   (recipe["batch_size"], recipe["frozen_epochs"], recipe["epochs"], False) for cfg in configs)
+    # the fast profiles keep their own backbone (and the overrides')
+    [job] = experiments.grid_jobs("flickr30k", "quick", experiments.grid_rows("flickr30k", "quick", ["CMPM"]), [0])
+    assert job[-1] is None and train.make_config("quick", "flickr30k").backbone == "mobilenet_v2"
+
+
+@pytest.mark.slow
+def test_paper_profile_trains_the_papers_cub_row_with_its_backbone(tmp_path, monkeypatch):
+    """The paper profile's CUB row of CMPM+CMPC on the miniature dataset (untrained MobileNet, one step
+    of 16x16 images; ResNet-152 rows cost half a minute of CPU, so the grid test above checks their
+    settings): the row carries its backbone and the paper's value for that backbone and its support."""
+    from data_fixtures import write_cub
+
+    write_cub(tmp_path / "data" / "cub")
+    monkeypatch.setenv("CMP_CACHE_DIR", str(tmp_path / "cache"))
+    overrides = {"pretrained": False, "epochs": 1, "frozen_epochs": 0, "max_steps_per_epoch": 1, "batch_size": 4,
+                 "image_size": [16, 16], "eval_batch_size": 8}
+    grid = experiments.grid_rows("cub", "paper", ["CMPM+CMPC"])
+    frame = experiments.run_grid("cub", "paper", grid, [0], device="cpu", data_dir=str(tmp_path / "data"),
+                                 overrides=overrides, progress=False, workers=1)
+    rows = frame.set_index(["method", "backbone", "metric"])
+    assert set(frame["backbone"]) == {"mobilenet_v1_tf"} and set(frame["method"]) == {"CMPM+CMPC"}
+    assert rows.loc[("CMPM+CMPC", "mobilenet_v1_tf", "top1_accuracy"), "paper_value"] == 64.3
+    assert rows.loc[("CMPM+CMPC", "mobilenet_v1_tf", "ap@50"), "paper_value"] == 67.9
+    assert (frame["paper_support"] == "MobileNet, 1 source (authors' lab list)").all()
+    assert frame["value"].between(0, 100).all() and "ceiling" not in frame  # real-data layout: no ceiling
+    assert experiments.comparable_backbones(frame, "CMPM+CMPC", "CMPM") == []  # CMPM did not run
+    both = pd.concat([frame, frame.assign(method="CMPM")])
+    assert experiments.comparable_backbones(both, "CMPM+CMPC", "CMPM") == ["mobilenet_v1_tf"]
+    assert experiments.by_row(frame) is frame  # one backbone: labels unchanged

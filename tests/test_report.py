@@ -121,7 +121,9 @@ def test_readme_sections_are_generated_from_the_csvs(project):
     headline = section(text, "headline")
     # paper value looked up again in paper_numbers.csv (44.02 for CMPM R@1), not taken from the CSV (NaN)
     std10 = statistics.stdev([30.0, 31.0, 35.0])
-    assert f"| CMPM | 12.00 ± 2.00 (paper {paper.paper_value('cuhk_pedes', 'CMPM', 'R@1'):.2f}) | 32.00 ± {std10:.2f} |" in headline
+    # with how many public sources give it (44.02: the authors' lab list and a port's issue threads)
+    assert (f"| CMPM | 12.00 ± 2.00 (paper {paper.paper_value('cuhk_pedes', 'CMPM', 'R@1'):.2f}; MobileNet, 2 sources) "
+            f"| 32.00 ± {std10:.2f} (paper 77.00; MobileNet, lab list only) |") in headline
     # the batch sizes spread into columns, one row per method
     assert "| **batch_size** (2 seeds): method | R@1, batch_size 16 | R@1, batch_size 64 |" in headline
     # the paper's CUHK-PEDES value belongs to its own batch size: not repeated under every batch size
@@ -129,8 +131,8 @@ def test_readme_sections_are_generated_from_the_csvs(project):
     assert "no `results/flickr30k/quick/metrics.csv` yet" in headline
     # results/README.md: the full table keeps batch_size, with the real number of seeds
     full = (results / "README.md").read_text(encoding="utf-8")
-    assert "| dataset | table | method | backbone | direction | metric | batch_size | paper |" in full
-    assert "| cuhk_pedes | cuhk_pedes | CMPM | mobilenet_v2 | t2i | R@1 | 16 | 44.02 | 6.00 ± 1.41 | 2 |\n" in full
+    assert "| dataset | table | method | backbone | direction | metric | batch_size | paper | support |" in full
+    assert "| cuhk_pedes | cuhk_pedes | CMPM | mobilenet_v2 | t2i | R@1 | 16 | 44.02 | MobileNet, 2 sources | 6.00 ± 1.41 | 2 |\n" in full
     assert "`python -m cmp_utils.run_notebooks --profile quick notebooks/09_batch_size.ipynb`" in full
     assert readme.stat().st_mode & 0o777 == 0o644  # permissions kept through the atomic replace
     before = readme.read_text(encoding="utf-8")
@@ -148,8 +150,8 @@ def test_scorecard_reads_new_and_old_claims_files(project):
     report.update_readme(readme, results)
     scorecard = section(readme.read_text(encoding="utf-8"), "scorecard")
     difference = paper.paper_value("cuhk_pedes", "CMPM+CMPC", "R@1") - paper.paper_value("cuhk_pedes", "CMPM", "R@1")
-    assert (f"| CMPM+CMPC > CMPM (t2i R@1) (cuhk_pedes) | 49.37 vs 44.02 ({difference:+.2f}) (one value second-hand) "
-            "| +0.80 [+0.20, +1.40] | **held** | 5 |") in scorecard
+    assert (f"| CMPM+CMPC > CMPM (t2i R@1) (cuhk_pedes) | CMPM+CMPC 49.37 (MobileNet, 4 sources) vs CMPM 44.02 "
+            f"(MobileNet, 2 sources) ({difference:+.2f}) | +0.80 [+0.20, +1.40] | **held** | 5 |") in scorecard
     assert "| CMPM varies less (batch_size) | claimed; no confirmed numbers | cmpm_range 2, other_range 3.5 | **inconclusive** |  |" in scorecard
     # notebook order: 05 before 09
     assert scorecard.index("cuhk_pedes") < scorecard.index("batch_size")
@@ -280,23 +282,75 @@ def test_scrub_notebook_removes_machine_paths_and_svg_copies(tmp_path):
 # ---------------------------------------------------------------------------------------
 
 
-def test_paper_numbers_only_confirmed_values_with_public_sources():
+#: Every value the public sources give (issue #20): (table, dataset, method, backbone, direction, metric) -> value.
+PUBLISHED = {
+    **{("cuhk_pedes", "cuhk_pedes", "CMPM+CMPC", "MobileNet", "t2i", m): v for m, v in (("R@1", 49.37), ("R@10", 79.27))},
+    **{("cuhk_pedes", "cuhk_pedes", "CMPM", "MobileNet", "t2i", m): v for m, v in (("R@1", 44.02), ("R@10", 77.00))},
+    **{("cuhk_pedes", "cuhk_pedes", "CMCE", "", "t2i", m): v for m, v in (("R@1", 25.94), ("R@10", 60.48))},
+}
+for _table, _dataset, _method, _backbone, _i2t, _t2i in (
+        ("flickr30k", "flickr30k", "CMPM+CMPC", "ResNet-152", (49.6, 76.8, 86.1), (37.3, 65.7, 75.5)),
+        ("flickr30k", "flickr30k", "CMPM+CMPC", "MobileNet", (40.3, 66.9, 76.7), (30.4, 58.2, 68.5)),
+        ("mscoco_1k", "mscoco", "CMPM", "ResNet-152", (56.1, 86.3, 92.9), (44.6, 78.8, 89.0)),
+        ("mscoco_1k", "mscoco", "CMPM+CMPC", "MobileNet", (52.9, 83.8, 92.1), (41.3, 74.6, 85.9)),
+        ("mscoco_5k", "mscoco", "CMPM", "ResNet-152", (31.1, 60.7, 73.9), (22.9, 50.2, 63.8)),
+        ("mscoco_5k", "mscoco", "CMPM+CMPC", "MobileNet", (24.6, 52.3, 66.4), (19.1, 44.6, 58.4))):
+    for _direction, _values in (("i2t", _i2t), ("t2i", _t2i)):
+        for _metric, _value in zip(("R@1", "R@5", "R@10"), _values):
+            PUBLISHED[(_table, _dataset, _method, _backbone, _direction, _metric)] = _value
+for _dataset, _method, _top1, _ap in (("cub", "CMPM+CMPC", 64.3, 67.9), ("cub", "CMPM", 62.1, 64.6),
+                                      ("flowers", "CMPM+CMPC", 68.9, 69.7), ("flowers", "CMPM", 66.1, 67.7)):
+    PUBLISHED[("cub_flowers", _dataset, _method, "MobileNet", "i2t", "top1_accuracy")] = _top1
+    PUBLISHED[("cub_flowers", _dataset, _method, "MobileNet", "t2i", "ap@50")] = _ap
+
+
+def test_paper_numbers_hold_every_published_value_with_its_sources():
     frame = paper.paper_numbers()
     assert list(frame.columns) == list(paper.COLUMNS)
     with_values = frame[frame["value"].notna()]
-    assert sorted(with_values[["method", "metric", "value", "status"]].itertuples(index=False, name=None)) == [
-        ("CMCE", "R@1", 25.94, "confirmed"), ("CMCE", "R@10", 60.48, "confirmed"),
-        ("CMPM", "R@1", 44.02, "confirmed second-hand"),
-        ("CMPM+CMPC", "R@1", 49.37, "confirmed"), ("CMPM+CMPC", "R@10", 79.27, "confirmed"),
-    ]
-    assert set(with_values["dataset"]) == {"cuhk_pedes"} and set(with_values["direction"]) == {"t2i"}
-    confirmed = with_values[with_values["status"] == "confirmed"]
-    assert confirmed["source"].str.contains("ViTAA").all() and confirmed["source"].str.contains("2005.07327").all()
-    assert with_values.loc[with_values["status"] == "confirmed second-hand", "source"].str.contains("second-hand").all()
+    found = {(r.table, r.dataset, r.method, r.backbone, r.direction, r.metric): r.value
+             for r in with_values.itertuples(index=False)}
+    assert found == pytest.approx(PUBLISHED)
+    sources = paper.sources().set_index("key")
+    for row in with_values.itertuples(index=False):  # every filled cell: a source with repository, file and commit
+        keys = paper.source_keys(row.sources)
+        assert keys and row.support == len(keys) and row.status == "confirmed" and row.test_set, row
+        for key in keys:
+            assert sources.loc[key, "repository"].startswith("github.com/") and sources.loc[key, "file"], key
+    assert sources.loc["P", "commit"].split(";") == ["f07fd09f4b95541d6e8c12f85704f0dfd4642b16",
+                                                     "b8663edf18729995c44d7c2a48e066ff45ce4c27"]
     assert (frame.loc[frame["value"].isna(), "status"] == "not confirmed").all()
+    assert (frame.loc[frame["value"].isna(), "support"] == 0).all()
+    support = {(r.method, r.metric): r.support for r in with_values[with_values["table"] == "cuhk_pedes"].itertuples()}
+    assert support[("CMPM+CMPC", "R@1")] == 4 and support[("CMPM", "R@1")] == 2 and support[("CMPM", "R@10")] == 1
+    assert paper.support_label("P") == "1 source (authors' lab list)" and paper.support_label("P;L") == "2 sources"
     for table in ("cuhk_pedes", "flickr30k", "mscoco_1k", "mscoco_5k", "cub_flowers", "batch_size", "ablation"):
         assert table in set(frame["table"]), table
     assert set(frame.loc[frame["table"] == "ablation", "method"]) == {"softmax", "norm-softmax", "CMPC", "CMPM", "CMPM+CMPC"}
+    # the cells no source gives stay empty and exist, so a table says so
+    empty = frame[frame["value"].isna()]
+    assert {("flickr30k", "CMPM"), ("cuhk_pedes", "CMPM+CMPC"), ("batch_size", "CMPM+CMPC")} <= set(
+        zip(empty["table"], empty["method"]))
+
+
+def test_third_party_reruns_stay_out_of_the_paper_column():
+    reruns = paper.third_party_reruns()
+    assert {43.51, 65.44, 74.26, 54.81, 53.33, 42.999, 38.35, 41.44} == set(reruns["value"])
+    assert not set(reruns["value"]) & set(paper.paper_numbers()["value"].dropna())
+    assert (reruns["note"].str.contains("not a number of the paper")).all()
+
+
+def test_paper_numbers_loader_rejects_a_value_without_a_source(tmp_path):
+    text = paper.PAPER_NUMBERS_CSV.read_text().splitlines()
+    header, first = text[0], text[1]
+    assert ",4,P;V;I;L," in first
+    bad = tmp_path / "paper_numbers.csv"
+    bad.write_text(header + "\n" + first.replace(",4,P;V;I;L,", ",0,,") + "\n")
+    with pytest.raises(ValueError, match="no source"):
+        paper._load(str(bad))
+    bad.write_text(header + "\n" + first.replace(",4,P;V;I;L,", ",1,P;X,") + "\n")
+    with pytest.raises(ValueError, match="unknown sources"):
+        paper._load(str(bad))
 
 
 def test_paper_value_lookup():
@@ -304,12 +358,23 @@ def test_paper_value_lookup():
     assert paper.paper_value("cuhk_pedes", "CMPM+CMPC", "R@10", direction="t2i", table="cuhk_pedes") == 79.27
     assert paper.paper_value("cuhk_pedes", "CMPM", "R@1") == 44.02
     assert paper.paper_value("cuhk_pedes", "CMPM+CMPC", "R@5") is None  # a cell, not confirmed
-    assert paper.paper_value("mscoco", "CMPM+CMPC", "R@1", "i2t", table="mscoco_5k") is None
+    assert paper.paper_value("cuhk_pedes", "CMPM+CMPC", "R@1", backbone="resnet152_slim") is None  # not reported
     assert paper.paper_value("nowhere", "CMPM", "R@1") is None
-    results = pd.DataFrame({"dataset": ["cuhk_pedes", "cuhk_pedes"], "method": ["CMPM+CMPC"] * 2,
-                            "direction": ["t2i"] * 2, "metric": ["R@1", "R@5"], "value": [1.0, 2.0]})
+    # one cell, two backbones: ours is matched to the paper's; another backbone takes the first-listed (ResNet-152)
+    assert paper.paper_value("flickr30k", "CMPM+CMPC", "R@1", "i2t", backbone="resnet152_slim") == 49.6
+    assert paper.paper_value("flickr30k", "CMPM+CMPC", "R@1", "i2t", backbone="mobilenet_v1_tf") == 40.3
+    assert paper.paper_value("flickr30k", "CMPM+CMPC", "R@1", "i2t", backbone="mobilenet_v2") == 49.6
+    assert paper.paper_value("mscoco", "CMPM", "R@1", "i2t", table="mscoco_5k", backbone="resnet152_slim") == 31.1
+    assert paper.paper_value("mscoco", "CMPM", "R@1", "i2t", table="mscoco_5k", backbone="mobilenet_v1_tf") is None
+    with pytest.raises(ValueError, match="table="):
+        paper.paper_value("mscoco", "CMPM", "R@1", "i2t")
+    results = pd.DataFrame({"dataset": ["cuhk_pedes", "cuhk_pedes", "flickr30k"], "method": ["CMPM+CMPC"] * 3,
+                            "backbone": ["mobilenet_v1_tf", "mobilenet_v1_tf", "mobilenet_v1_tf"],
+                            "direction": ["t2i", "t2i", "t2i"], "metric": ["R@1", "R@5", "R@10"], "value": [1.0, 2.0, 3.0]})
     attached = paper.with_paper_values(results)
     assert attached["paper_value"].iloc[0] == 49.37 and math.isnan(attached["paper_value"].iloc[1])
+    assert attached["paper_value"].iloc[2] == 68.5
+    assert list(attached["paper_support"]) == ["MobileNet, 4 sources", "", "MobileNet, 1 source (authors' lab list)"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -386,8 +451,12 @@ def test_full_table_shows_the_ceiling_beside_ours(project):
     report.update_readme(readme, results)
     full = (results / "README.md").read_text(encoding="utf-8")
     assert "| seeds | ceiling of the test set | share of the ceiling |" in full
-    assert "ours − paper" not in full  # synthetic data: a level difference from the paper means nothing
-    assert f"| CMPM | mobilenet_v2 | t2i | R@1 | 44.02 | 12.00 ± {statistics.stdev([10.0, 14.0]):.2f} | 2 | 60.00 | 20% |" in full
+    synthetic_tables, reproduction = full.split("## Reproduction status (paper profile, real data)")
+    assert "ours − paper" not in synthetic_tables  # synthetic data: a level difference from the paper means nothing
+    assert "not run here" in reproduction  # only the paper profile's own runs (none here) meet the paper
+    third_party = reproduction.split("### Third-party re-runs (not the paper's numbers)")[1]
+    assert "| icfg_pedes | CMPM/C | t2i | R@1 | 43.51 | later work |" in third_party and "| 42.999 |" in third_party
+    assert f"| CMPM | mobilenet_v2 | t2i | R@1 | 44.02 | MobileNet, 2 sources | 12.00 ± {statistics.stdev([10.0, 14.0]):.2f} | 2 | 60.00 | 20% |" in full
 
 
 def test_shrink_png_bounds_width_and_size():
@@ -417,8 +486,8 @@ def test_metrics_without_optional_columns_still_render(project):
         for deviation, values in (("baseline", (8.0, 9.0)), ("no_ema", (6.0, 7.0))) for seed, value in enumerate(values)])
     report.update_readme(readme, results)
     full = (results / "README.md").read_text(encoding="utf-8")
-    assert "| cuhk_pedes | CMPM+CMPC | baseline | t2i | R@1 |  | 49.37 | 8.50 ± 0.71 | 2 |\n" in full  # backbone empty
-    assert "| cuhk_pedes | CMPM+CMPC | no_ema | t2i | R@1 |  | 49.37 | 6.50 ± 0.71 | 2 |\n" in full
+    assert "| cuhk_pedes | CMPM+CMPC | baseline | t2i | R@1 |  | 49.37 | MobileNet, 4 sources | 8.50 ± 0.71 | 2 |\n" in full  # backbone empty
+    assert "| cuhk_pedes | CMPM+CMPC | no_ema | t2i | R@1 |  | 49.37 | MobileNet, 4 sources | 6.50 ± 0.71 | 2 |\n" in full
 
 
 def test_full_tables_of_real_data_give_ours_minus_paper(tmp_path):
@@ -454,3 +523,57 @@ def test_headline_caption_names_the_ceiling_of_each_dataset_the_table_shows(tmp_
     caption = next(line for line in text.splitlines() if line.startswith("| **cub_flowers**"))
     for dataset, value in (("cub", "32.0"), ("flowers", "40.0")):
         assert f"{dataset} {report.METRIC_LABELS.get('ap@50', 'ap@50')} {value}" in caption
+
+
+# ---------------------------------------------------------------------------------------
+# Paper profile: ours − paper and the reproduction status
+# ---------------------------------------------------------------------------------------
+
+
+def test_reproduction_status_compares_each_row_with_its_own_backbone(tmp_path):
+    results = tmp_path / "results"
+    rows = [{**row("R@1", value, seed, dataset="flickr30k", method="CMPM+CMPC", direction="i2t"), "backbone": backbone}
+            for backbone, values in (("resnet152_slim", (48.6, 50.6)), ("mobilenet_v1_tf", (41.3, 41.3)))
+            for seed, value in enumerate(values)]
+    write_csv(results, "flickr30k", "metrics.csv", rows, profile="paper")
+    status = report.reproduction_status(["flickr30k", "mscoco"], results_dir=results, metrics=["R@1"])
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in status.splitlines()[2:]}
+    assert lines["flickr30k CMPM+CMPC, ResNet-152, i2t R@1"] == (
+        f"| flickr30k CMPM+CMPC, ResNet-152, i2t R@1 | 49.60 (1 source (authors' lab list)) | 49.60 ± "
+        f"{statistics.stdev([48.6, 50.6]):.2f} | +0.00 | within 0.00 points |")
+    assert lines["flickr30k CMPM+CMPC, MobileNet, i2t R@1"].endswith("| 41.30 ± 0.00 | +1.00 | within 1.00 points |")
+    assert lines["flickr30k CMPM+CMPC, MobileNet, t2i R@1"].endswith("|  |  | not run here |")  # metric not run
+    assert lines["mscoco_5k CMPM, ResNet-152, t2i R@1"].endswith("| not run here |")  # no results at all
+    assert "CMPM, ResNet-152" not in " ".join(k for k in lines if k.startswith("flickr30k"))  # no public value
+    cub = report.reproduction_status(["cub_flowers"], results_dir=results, metrics=["ap@50"])
+    assert "| cub CMPM+CMPC, MobileNet, t2i AP@50 | 67.90 (1 source (authors' lab list)) |  |  | not run here |" in cub
+    with pytest.raises(ValueError, match="synthetic"):
+        report.reproduction_status(results_dir=results, profile="quick")
+
+
+def test_paper_comparison_shows_ours_minus_paper_only_on_real_data():
+    frame = pd.DataFrame([row("R@1", 40.0 + seed, seed, paper_value=49.37, ceiling=80.0) for seed in range(2)])
+    summary = report.summarise(paper.with_paper_values(frame))
+    quick = report.paper_comparison(summary, "quick")
+    assert "difference" not in quick and {"ceiling", "percent_of_ceiling", "paper_value", "paper_support"} <= set(quick)
+    real = report.paper_comparison(summary.drop(columns=["ceiling", "percent_of_ceiling"]), "paper")
+    assert real["difference"].iloc[0] == pytest.approx(40.5 - 49.37, abs=0.01)
+    assert real["paper_support"].iloc[0] == "MobileNet, 4 sources"
+
+
+def test_scorecard_paper_side_compares_losses_on_one_backbone_only():
+    claim = dict(better="CMPM+CMPC", worse="CMPM", metric="R@1", direction="i2t")
+    # MSCOCO: the paper's CMPM row is ResNet-152, its CMPM+CMPC row MobileNet: no difference is drawn
+    coco = report._paper_side({**claim, "table": "mscoco_1k"}, "mscoco")
+    assert coco == ("CMPM+CMPC 52.90 (MobileNet, 1 source (authors' lab list)) vs CMPM 56.10 (ResNet-152, 1 source "
+                    "(authors' lab list)): different backbones, not this comparison")
+    flickr = report._paper_side({**claim, "table": "flickr30k"}, "flickr30k")
+    assert flickr == "CMPM+CMPC 49.60 (ResNet-152, 1 source (authors' lab list)); no value for CMPM"
+    cub = report._paper_side({**claim, "metric": "ap@50", "direction": "t2i", "dataset": "cub"}, "cub_flowers")
+    assert cub.endswith(f"({67.9 - 64.6:+.2f})") and cub.startswith("CMPM+CMPC 67.90 (MobileNet")
+    # a paper-profile claim names its backbone: MobileNet on Flickr30K has no CMPM value either
+    assert report._paper_side({**claim, "table": "flickr30k", "backbone": "mobilenet_v1_tf"}, "flickr30k").startswith(
+        "CMPM+CMPC 40.30 (MobileNet")
+    # a baseline's own published result has no backbone of the paper's: still compared
+    assert report._paper_side(dict(better="CMPM", worse="CMCE", metric="R@1", direction="t2i"), "cuhk_pedes") == (
+        f"CMPM 44.02 (MobileNet, 2 sources) vs CMCE 25.94 (1 source) ({44.02 - 25.94:+.2f})")
