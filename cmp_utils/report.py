@@ -917,15 +917,16 @@ def _training_findings(run_dir: Path) -> list[str]:
 
 def training_settings(profile: str, dataset: str, overrides: dict[str, Any] | None = None,
                       varied: Sequence[str] = ("losses", "seed")) -> dict[str, Any]:
-    """The resolved training settings of an experiment's runs and the git commit, for ``params.yaml``:
-    ``{"git_commit", "training": settings of :func:`cmp_utils.train.make_config`, "varied_per_run"}``
-    (machine paths such as ``output_dir`` left out)."""
-    from cmp_utils import train
+    """The resolved training settings of an experiment's runs, the git commit and the CPU numerics, for
+    ``params.yaml``: ``{"git_commit", "cpu_numerics": cmp_utils.numerics.status(), "training": settings of
+    :func:`cmp_utils.train.make_config`, "varied_per_run"}`` (machine paths such as ``output_dir`` left out)."""
+    from cmp_utils import numerics, train
 
     settings = train.make_config(profile, dataset, **(overrides or {})).to_dict()
     for key in ("output_dir", "cache_dir", "data_dir", "progress", "resume", *varied):
         settings.pop(key, None)
-    return {"git_commit": train.git_commit(), "training": settings, "varied_per_run": list(varied)}
+    return {"git_commit": train.git_commit(), "cpu_numerics": numerics.status(), "training": settings,
+            "varied_per_run": list(varied)}
 
 
 # ---------------------------------------------------------------------------------------

@@ -252,6 +252,7 @@ def test_training_settings_are_resolved_without_machine_paths():
     assert params["training"]["lr"] == train.PROFILE_SETTINGS["quick"]["cuhk_pedes"]["lr"]
     assert "output_dir" not in params["training"] and "seed" not in params["training"]
     assert params["git_commit"] and params["varied_per_run"] == ["losses", "seed"]
+    assert params["cpu_numerics"]["mode"] == "pinned" and params["cpu_numerics"]["pinned"]
 
 
 def test_scrub_notebook_removes_machine_paths_and_svg_copies(tmp_path):

@@ -297,6 +297,7 @@ def test_threads_workers_and_throughput_are_recorded(isolated_dirs, tmp_path):
     assert torch.get_num_threads() == threads_before  # the caller's setting is given back
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert params["num_threads"] == 1 and params["torch_threads"] == 1
+    assert params["cpu_numerics"]["mode"] == "pinned" and params["cpu_numerics"]["mkl_branch"] == "COMPATIBLE"
     assert params["loader_workers"] == min(8, os.cpu_count() or 1)
     record = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
     assert record["steps"] == 2 and record["step_seconds"] == pytest.approx(record["seconds"] / 2)
