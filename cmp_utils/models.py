@@ -40,7 +40,6 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 BACKBONES = ("mobilenet_v1", "mobilenet_v2", "resnet152", "small_cnn", "mobilenet_v1_tf", "resnet152_slim")
 #: Backbones whose layers reproduce a TF-slim network exactly (TF "SAME" padding), for converted weights.
@@ -479,12 +478,18 @@ def tf_lstm_init_(lstm: nn.LSTM) -> nn.LSTM:
     return lstm
 
 
+def _gather_steps(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``values`` (batch, T, dim) with each row's steps taken in ``order`` (batch, T): out[b, t] = values[b, order[b, t]]."""
+    return values.gather(1, order[:, :, None].expand(-1, -1, values.shape[2]))
+
+
 class TextEncoder(nn.Module):
     """$\\psi(T)$: word embedding -> Bi-LSTM over time -> max pooling over time.
 
     * word embedding ``vocab_size x word_dim`` (12000 x 512 in the paper), row ``pad_id`` = padding;
-    * one bidirectional LSTM layer, ``hidden_size`` units per direction (512), run on packed
-      sequences so the backward direction starts at each sentence's own last token;
+    * one bidirectional LSTM layer, ``hidden_size`` units per direction (512); the backward
+      direction starts at each sentence's own last token (each direction runs as one fused LSTM
+      over the padded batch, the backward one on every sentence reversed within its length);
     * learned initial states $h_0, c_0$ (one per direction), as in the release (``modules.py``);
     * dropout ``dropout`` (0.3 = the release's keep-probability 0.7) on the LSTM inputs and outputs;
     * max pooling over time of the concatenated outputs: (batch, 2·hidden_size).
@@ -531,23 +536,20 @@ class TextEncoder(nn.Module):
         self.padded_steps = padded_steps
         self.word_embedding_init, self.lstm_init, self.lstm_backward = word_embedding_init, lstm_init, lstm_backward
         self.output_dim = 2 * hidden_size
-        # A one-direction template whose weights are swapped for the reverse direction's ones at
-        # call time ("batch_reversed"); kept out of the module tree so it owns no parameters.
+        # A one-direction template that runs each direction with that direction's weights swapped in at
+        # call time (:meth:`_run_direction_fused`); kept out of the module tree so it owns no parameters.
         self._forward_template = [nn.LSTM(word_dim, hidden_size, num_layers=1, batch_first=True)]
 
-    def _run_direction(self, words: torch.Tensor, lengths_cpu: torch.Tensor, suffix: str,
-                       direction: int) -> torch.Tensor:
-        """One LSTM direction read forwards in time with the weights ``*_l0{suffix}``: (batch, T, hidden)."""
+    def _run_direction_fused(self, words: torch.Tensor, suffix: str, direction: int) -> torch.Tensor:
+        """One LSTM direction over the padded ``words`` (batch, T, word_dim), read forwards in time with
+        the weights ``*_l0{suffix}``: (batch, T, hidden); steps past a sentence's end are not meaningful."""
         template = self._forward_template[0]
-        weights = {name: getattr(self.lstm, f"{name}_l0{suffix}")
-                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-        parameters = {f"{name}_l0": value for name, value in weights.items()}
-        packed = pack_padded_sequence(words, lengths_cpu, batch_first=True, enforce_sorted=False)
+        parameters = {f"{name}_l0": getattr(self.lstm, f"{name}_l0{suffix}")
+                      for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
         batch = words.shape[0]
         initial = (self.initial_hidden[direction:direction + 1].expand(-1, batch, -1).contiguous(),
                    self.initial_cell[direction:direction + 1].expand(-1, batch, -1).contiguous())
-        outputs, _ = torch.func.functional_call(template, parameters, (packed, initial))
-        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=words.shape[1])
+        outputs, _ = torch.func.functional_call(template, parameters, (words, initial))
         return outputs
 
     def step_outputs(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -562,17 +564,23 @@ class TextEncoder(nn.Module):
         if bool((lengths_cpu < 1).any()):
             raise ValueError("every sentence needs at least one token (lengths >= 1)")
         words = self.input_dropout(self.word_embedding(token_ids))  # (batch, T, word_dim)
-        if self.lstm_backward == "batch_reversed":
-            forward = self._run_direction(words, lengths_cpu, "", 0)  # (batch, T, hidden)
-            flipped = self._run_direction(words.flip(0), lengths_cpu.flip(0), "_reverse", 1)
-            return torch.cat([forward, flipped.flip(0)], dim=-1)  # (batch, T, 2·hidden)
-        packed = pack_padded_sequence(words, lengths_cpu, batch_first=True, enforce_sorted=False)
-        batch = token_ids.shape[0]
-        initial = (self.initial_hidden.expand(-1, batch, -1).contiguous(),
-                   self.initial_cell.expand(-1, batch, -1).contiguous())
-        outputs, _ = self.lstm(packed, initial)
-        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=token_ids.shape[1])
-        return outputs  # (batch, T, 2·hidden), zeros past each length
+        steps = torch.arange(words.shape[1], device=words.device)
+        lengths_here = lengths_cpu.to(words.device)
+        valid = steps[None, :] < lengths_here[:, None]  # (batch, T)
+        if self.lstm_backward == "batch_reversed":  # a second forward LSTM, on the batch in reversed order
+            forward = self._run_direction_fused(words, "", 0)  # (batch, T, hidden)
+            flipped = self._run_direction_fused(words.flip(0), "_reverse", 1)
+            return torch.cat([forward, flipped.flip(0)], dim=-1).masked_fill(~valid[:, :, None], 0.0)
+        # Each direction runs as one fused LSTM over the padded batch (oneDNN on the CPU, cuDNN on CUDA),
+        # which is 2-3x faster than a packed sequence stepped by ATen, and exactly the same recurrence:
+        # the forward direction reads tokens 0..L-1 before any padding; the backward direction reads
+        # each sentence reversed within its own length (its padding moved behind it), and its outputs
+        # are put back in time order. Outputs of padded steps are set to 0, as a packed LSTM leaves them.
+        reverse_order = torch.where(valid, lengths_here[:, None] - 1 - steps[None, :], steps[None, :])  # (batch, T)
+        forward = self._run_direction_fused(words, "", 0)  # (batch, T, hidden)
+        backward = self._run_direction_fused(_gather_steps(words, reverse_order), "_reverse", 1)
+        outputs = torch.cat([forward, _gather_steps(backward, reverse_order)], dim=-1)  # (batch, T, 2·hidden)
+        return outputs.masked_fill(~valid[:, :, None], 0.0)  # zeros past each length
 
     def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``token_ids`` (batch, T), ``lengths`` (batch,) -> $\\psi(T)$ (batch, 2·hidden)."""

@@ -186,3 +186,38 @@ def test_cross_modal_model_and_joint_embedding():
     assert cached.takes_features
     x, z = cached(torch.randn(3, 60), token_ids, lengths)
     assert x.shape == z.shape == (3, 32)
+
+
+def _naive_direction(lstm, suffix, tokens, h, c):
+    """The LSTM recurrence step by step over one sentence's word vectors (T, word_dim): (T, hidden)."""
+    w_ih, w_hh = getattr(lstm, f"weight_ih_l0{suffix}"), getattr(lstm, f"weight_hh_l0{suffix}")
+    bias = getattr(lstm, f"bias_ih_l0{suffix}") + getattr(lstm, f"bias_hh_l0{suffix}")
+    outputs = []
+    for x in tokens:
+        i, f, g, o = (w_ih @ x + w_hh @ h + bias).chunk(4)  # PyTorch's gate order
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return torch.stack(outputs)
+
+
+def test_fused_padded_lstm_equals_a_loop_over_each_sentence_alone():
+    """The two fused directions over a padded batch are the recurrence run on each sentence by itself:
+    forward from its first token, backward from its own last token, zeros on padded steps."""
+    torch.manual_seed(0)
+    encoder = models.TextEncoder(vocab_size=30, word_dim=6, hidden_size=5, dropout=0.0).eval()
+    with torch.no_grad():
+        encoder.initial_hidden.normal_()
+        encoder.initial_cell.normal_()
+    sentences = [[1, 5, 6, 7, 8, 9], [3, 4], [2, 2, 9, 11]]
+    token_ids, lengths = _padded(sentences, total_length=8)
+    with torch.no_grad():
+        outputs = encoder.step_outputs(token_ids, lengths)  # (3, 8, 10)
+        for row, sentence in enumerate(sentences):
+            words = encoder.word_embedding(torch.tensor(sentence))  # (L, word_dim)
+            forward = _naive_direction(encoder.lstm, "", words, encoder.initial_hidden[0, 0], encoder.initial_cell[0, 0])
+            backward = _naive_direction(encoder.lstm, "_reverse", words.flip(0), encoder.initial_hidden[1, 0],
+                                        encoder.initial_cell[1, 0]).flip(0)
+            torch.testing.assert_close(outputs[row, :len(sentence)], torch.cat([forward, backward], dim=1),
+                                       rtol=1e-5, atol=1e-6)
+            assert torch.all(outputs[row, len(sentence):] == 0)
