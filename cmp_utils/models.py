@@ -549,6 +549,12 @@ class TextEncoder(nn.Module):
         batch = words.shape[0]
         initial = (self.initial_hidden[direction:direction + 1].expand(-1, batch, -1).contiguous(),
                    self.initial_cell[direction:direction + 1].expand(-1, batch, -1).contiguous())
+        if words.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN has no bf16 LSTM at the pinned AVX2 ISA (cmp_utils.numerics): on the CPU the
+            # recurrence stays fp32 under bf16 autocast; on CUDA, cuDNN runs it in the autocast dtype.
+            with torch.autocast("cpu", enabled=False):
+                outputs, _ = torch.func.functional_call(template, parameters, (words.float(), initial))
+            return outputs
         outputs, _ = torch.func.functional_call(template, parameters, (words, initial))
         return outputs
 
