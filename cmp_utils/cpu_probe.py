@@ -25,6 +25,8 @@ PROBE_VARIANTS: dict[str, dict[str, str]] = {
     "MKL_ENABLE_INSTRUCTIONS=AVX2": {MODE_VARIABLE: "native", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
     "ATEN_CPU_CAPABILITY=avx2": {MODE_VARIABLE: "native", "ATEN_CPU_CAPABILITY": "avx2"},
     "non-Intel vendor (simulated)": {MODE_VARIABLE: "native", "LD_PRELOAD": "<vendor shim>"},
+    "MKL_CBWR=AVX2": {MODE_VARIABLE: "native", "MKL_CBWR": "AVX2"},
+    "non-Intel vendor, MKL_CBWR=AVX2": {MODE_VARIABLE: "native", "MKL_CBWR": "AVX2", "LD_PRELOAD": "<vendor shim>"},
     "pinned": {MODE_VARIABLE: "pinned"},
     "pinned, AVX2 caps": {MODE_VARIABLE: "pinned", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
     "pinned, non-Intel vendor (simulated)": {MODE_VARIABLE: "pinned", "LD_PRELOAD": "<vendor shim>"},
