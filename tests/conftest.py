@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+import cmp_utils  # noqa: F401  (pins the CPU numerics before any test computes with torch: cmp_utils.numerics)
+
 
 @pytest.fixture(scope="session")
 def isolated_dirs(tmp_path_factory):
