@@ -41,6 +41,11 @@ METHODS: dict[str, tuple[str, ...]] = {
     "CMCE": ("cmce",),
     "CMPM (L2 target)": ("cmpm_l2",),
     "CMPM (L2 target)+CMPC": ("cmpm_l2", "cmpc"),  # the fidelity audit's L2-target deviation
+    # the CMPM family of text-based person search (notebook 14)
+    "SDM": ("sdm",),
+    "InfoNCE": ("info_nce",),
+    "R-ITC": ("ritc",),
+    "TAL": ("tal",),
 }
 
 #: Name of each experiment's results folder and the notebook that makes it.
@@ -52,6 +57,7 @@ EXPERIMENT_NOTEBOOKS = {
     "batch_size": "09_batch_size",
     "ablation": "10_ablation",
     "feature_distribution": "11_feature_distribution",
+    "cmpm_family": "14_cmpm_family",
 }
 
 RESULT_COLUMNS = ["dataset", "table", "method", "backbone", "direction", "metric", "value", "paper_value", "seed"]
