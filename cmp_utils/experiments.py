@@ -296,6 +296,7 @@ def run_grid(
     extra_columns: dict[str, Any] | None = None,
     progress: bool = True,
     workers: int | None = None,
+    method_overrides: dict[str, dict[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """Every method with every seed: tidy rows (see :data:`RESULT_COLUMNS`) plus ``seconds``.
 
@@ -305,7 +306,8 @@ def run_grid(
     smoke and quick profiles), so results do not depend on ``workers``. The first run that is
     not memoised yet goes alone, so that the data and feature caches are built once. On
     synthetic data (smoke, quick) the rows carry the dataset's ``ceiling`` where one is known
-    (:func:`attach_ceiling`).
+    (:func:`attach_ceiling`). ``method_overrides`` maps a method label to settings of its runs only,
+    on top of ``overrides`` (e.g. each loss's own temperature in ``loss_options``).
     """
     import concurrent.futures
     import multiprocessing
@@ -314,7 +316,9 @@ def run_grid(
 
     for method in methods:
         method_losses(method)  # fail before training anything
-    jobs = [(dataset, profile, method, seed, device, data_dir, overrides) for method in methods for seed in seeds]
+    jobs = [(dataset, profile, method, seed, device, data_dir,
+             {**(overrides or {}), **(method_overrides or {}).get(method, {})} if method_overrides else overrides)
+            for method in methods for seed in seeds]
     workers = default_workers(device, profile) if workers is None else max(1, int(workers))
     records: dict[int, dict[str, Any]] = {}
     bar = tqdm(total=len(jobs), desc=f"{dataset} runs", disable=not progress)
