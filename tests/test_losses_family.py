@@ -17,7 +17,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from cmp_utils import distributed, losses, train
+from cmp_utils import distributed, losses, models, train
 from cmp_utils.losses import (CrossModalLoss, RITCLoss, cmpm_loss, info_nce_loss, parse_loss_scope, ritc_loss,
                               sdm_loss, tal_loss)
 
@@ -323,6 +323,21 @@ def _loss_and_gradients(scope: str, rank: int = 0, world_size: int = 1):
     return float(total.detach()), {name: p.grad.clone() for name, p in module.named_parameters()}
 
 
+def _gathered_loss_and_gradients(rank: int = 0, world_size: int = 1):
+    """The trainer's step (features all-gathered, the family's losses on the global batch)."""
+    torch.manual_seed(0)
+    model = models.build_model(30, embedding_dim=DIM, word_dim=8, hidden_size=6, dropout=0.0, cached_feature_dim=7)
+    step_module = train.TrainStep(model, CrossModalLoss(FAMILY, DIM, CLASSES))
+    wrapped = torch.nn.parallel.DistributedDataParallel(step_module) if world_size > 1 else step_module
+    features, labels = _scope_inputs()
+    token_ids = (torch.arange(BATCH * 5).view(BATCH, 5) % 26) + 4  # (B, 5), no padding
+    lengths = torch.full((BATCH,), 5)
+    rows = train.local_slice(list(range(BATCH)), rank, world_size)
+    total = train.backward_global_loss(wrapped(features[rows], token_ids[rows], lengths[rows], labels[rows]),
+                                       step_module, world_size)
+    return float(total.detach()), {name: p.grad.clone() for name, p in step_module.named_parameters() if p.grad is not None}
+
+
 def _scope_worker(rank: int, world_size: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'store')}",
@@ -330,13 +345,15 @@ def _scope_worker(rank: int, world_size: int, out_dir: str) -> None:
     try:
         assert distributed.world_size() == world_size
         loss, gradients = _loss_and_gradients("global", rank, world_size)
-        torch.save({"loss": loss, "gradients": gradients}, os.path.join(out_dir, f"rank{rank}.pt"))
+        gathered_loss, gathered_gradients = _gathered_loss_and_gradients(rank, world_size)
+        torch.save({"loss": loss, "gradients": gradients, "gathered_loss": gathered_loss,
+                    "gathered_gradients": gathered_gradients}, os.path.join(out_dir, f"rank{rank}.pt"))
         torch.distributed.barrier()
     finally:
         distributed.cleanup()
 
 
-def test_local_scope_in_one_process_equals_ranks_without_a_gather(tmp_path):
+def test_local_scope_in_one_process_equals_ranks_without_a_gather_and_the_global_scope_gathers(tmp_path):
     reference_loss, reference_gradients = _loss_and_gradients(f"local:{WORLD}")
     global_loss, _ = _loss_and_gradients("global")
     assert reference_loss != pytest.approx(global_loss)  # the scope changes the loss
@@ -347,6 +364,13 @@ def test_local_scope_in_one_process_equals_ranks_without_a_gather(tmp_path):
         assert set(part["gradients"]) == set(reference_gradients)
         for name, gradient in reference_gradients.items():
             torch.testing.assert_close(part["gradients"][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+    # and with the gather (the trainer's global scope), the family's losses on 2 ranks = 1 process
+    one_loss, one_gradients = _gathered_loss_and_gradients()
+    for part in saved:
+        assert part["gathered_loss"] == pytest.approx(one_loss, rel=1e-5)
+        assert set(part["gathered_gradients"]) == set(one_gradients)
+        for name, gradient in one_gradients.items():
+            torch.testing.assert_close(part["gathered_gradients"][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_module_exports_the_family():
