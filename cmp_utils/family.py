@@ -208,7 +208,7 @@ def geometry_figure(image_norm: float = 3.0, text_angles_deg: Sequence[float] = 
                   ha="left" if direction[0] >= 0 else "right")
     left.set_aspect("equal")
     left.set_xlim(-2.3, image_norm + 0.6)
-    left.set_ylim(-1.1, 1.6)
+    left.set_ylim(-1.45, 1.7)
     left.set_title("CMPM's logit: the scalar projection $\\|x\\|\\cos\\theta_j$")
     left.axis("off")
     rows = {"CMPM: softmax($\\|x\\|\\cos\\theta$)": softmax(cmpm_logits),
