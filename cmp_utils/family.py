@@ -67,6 +67,20 @@ def validation_score(run_key: str, metric: str) -> float:
     return float(best.get(metric, float("nan")))
 
 
+def learned_temperature(run_key: str) -> float:
+    """The temperature a run's R-ITC loss had learned by its last epoch ($1/\\exp$ of its
+    ``log_logit_scale`` in ``checkpoints/last.pt``, capped as in training); NaN when there is none."""
+    import torch
+
+    path = config.cache_dir() / "experiment_runs" / str(run_key) / "checkpoints" / "last.pt"
+    if not path.is_file():
+        return float("nan")
+    state = torch.load(path, map_location="cpu", weights_only=False).get("loss_module", {})
+    if "ritc.log_logit_scale" not in state:
+        return float("nan")
+    return 1.0 / min(math.exp(float(state["ritc.log_logit_scale"])), 100.0)
+
+
 def temperature_sweep(dataset: str, profile: str, grid: dict[str, Sequence[float]], seed: int, device: str = "auto",
                       data_dir: str | None = None, overrides: dict[str, Any] | None = None, select_metric: str = "t2i_R@1",
                       progress: bool = True) -> pd.DataFrame:
@@ -351,6 +365,14 @@ def findings_markdown(out_dir: str | Path) -> str:
                       f"{row.method} {row.temperature:g} (validation {row.validation:.2f}; tried "
                       + ", ".join(f"{t:g}" for t in sweep[sweep['method'] == row.method]['temperature']) + ")"
                       for row in picked.itertuples()) + "."]
+    params_path = out_dir / "params.yaml"
+    if params_path.is_file():
+        import yaml
+
+        learned = (yaml.safe_load(params_path.read_text()) or {}).get("ritc_learned_temperatures") or []
+        if learned:
+            lines += ["", "R-ITC's temperature, learned from " f"{RELEASE_TEMPERATURES['R-ITC']:g}, at the last epoch of each seed: "
+                      + ", ".join(f"{float(value):.3g}" for value in learned) + "."]
     if claim_table is not None and SCOPE_COLUMN in claim_table:
         scoped = claim_table[claim_table[SCOPE_COLUMN] != "global"]
         if len(scoped):
