@@ -7,10 +7,25 @@ The losses live in :mod:`cmp_utils.losses` (``sdm_loss``, ``info_nce_loss``, ``r
 through :func:`cmp_utils.claims.paired_claim`. This module only plans the runs, reads the
 validation score of each run from its folder, and draws the figures.
 
-Quick-profile budget (2 cores, ``run_grid`` trains 2 runs at once, one thread each). One
-CUHK-like quick run (cached frozen MobileNetV2 features, 4 epochs) costs about 14-18 CPU s once the
-feature cache exists; :func:`planned_runs` counts the runs of a plan and :func:`budget_markdown`
-reads back what they cost, so the notebook states its own arithmetic from its results.
+Quick-profile budget (2 cores, ``run_grid`` trains 2 runs at once, one torch thread each).
+:func:`planned_runs` counts the runs of a plan and :func:`budget_markdown` reads back what they
+cost, so the notebook states its own arithmetic from its results. The default plan of notebook 14
+trains 61 runs that no earlier notebook trains (CMPM and CMPM+CMPC at the global scope are notebook
+05's and 06's, reused from the memo):
+
+* sweep: 3 + 3 + 3 temperatures (SDM, InfoNCE, TAL), seed 0 = 9 runs;
+* CUHK-like table: 4 new losses x 5 seeds, less the 3 sweep runs at the chosen temperatures = 17;
+* loss scope: ``local:4`` for CMPM, SDM, InfoNCE, TAL and ``local:2`` for CMPM, 5 seeds = 25;
+* Flickr-like: SDM and InfoNCE x 5 seeds = 10.
+
+Measured on the shared, loaded 2-core development machine (load average 4-6): a warm CUHK-like run
+took 19-22 s of training wall time when two ran at once with little other load and 50-90 s under
+the full load; a Flickr-like run 11-14 s; one CUHK-like ``run_method`` call 21.7 CPU s, training and
+scoring. With the recipe's calibrated 14 CPU s per CUHK-like run on an idle machine (the table in
+:mod:`cmp_utils.train`) and about 8 s per Flickr-like run: (51 x 14 + 10 x 8) / 2 cores = about 400 s,
+plus about 80 s for the first run of each of the 7 ``run_grid`` calls (trained alone) and the worker
+start-up: about 8 minutes. Trimming ``scope_plan`` (each method dropped from ``local:4`` saves 5 runs,
+about 35 s) or the sweep's third values (3 runs) brings it to 7.
 """
 
 from __future__ import annotations
