@@ -297,6 +297,7 @@ def run_grid(
     progress: bool = True,
     workers: int | None = None,
     method_overrides: dict[str, dict[str, Any]] | None = None,
+    first_alone: bool = True,
 ) -> pd.DataFrame:
     """Every method with every seed: tidy rows (see :data:`RESULT_COLUMNS`) plus ``seconds``.
 
@@ -307,7 +308,8 @@ def run_grid(
     not memoised yet goes alone, so that the data and feature caches are built once. On
     synthetic data (smoke, quick) the rows carry the dataset's ``ceiling`` where one is known
     (:func:`attach_ceiling`). ``method_overrides`` maps a method label to settings of its runs only,
-    on top of ``overrides`` (e.g. each loss's own temperature in ``loss_options``).
+    on top of ``overrides`` (e.g. each loss's own temperature in ``loss_options``). ``first_alone=False``
+    skips training the first run alone, for a caller that knows the caches are built (an earlier call).
     """
     import concurrent.futures
     import multiprocessing
@@ -323,7 +325,7 @@ def run_grid(
     records: dict[int, dict[str, Any]] = {}
     bar = tqdm(total=len(jobs), desc=f"{dataset} runs", disable=not progress)
     pending = list(range(len(jobs)))
-    if workers > 1 and pending:
+    if workers > 1 and pending and first_alone:
         first = pending.pop(0)  # builds the shared caches
         records[first] = run_method(*jobs[first])
         bar.update()

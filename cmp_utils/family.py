@@ -23,8 +23,8 @@ took 19-22 s of training wall time when two ran at once with little other load a
 the full load; a Flickr-like run 11-14 s; one CUHK-like ``run_method`` call 21.7 CPU s, training and
 scoring. With the recipe's calibrated 14 CPU s per CUHK-like run on an idle machine (the table in
 :mod:`cmp_utils.train`) and about 8 s per Flickr-like run: (51 x 14 + 10 x 8) / 2 cores = about 400 s,
-plus about 80 s for the first run of each of the 7 ``run_grid`` calls (trained alone) and the worker
-start-up: about 8 minutes. Trimming ``scope_plan`` (each method dropped from ``local:4`` saves 5 runs,
+plus the worker start-up of the 7 ``run_grid`` calls and the one run trained alone to build the
+caches (the later CUHK-like calls pass ``first_alone=False``): about 7-8 minutes. Trimming ``scope_plan`` (each method dropped from ``local:4`` saves 5 runs,
 about 35 s) or the sweep's third values (3 runs) brings it to 7.
 """
 
@@ -98,12 +98,13 @@ def learned_temperature(run_key: str) -> float:
 
 def temperature_sweep(dataset: str, profile: str, grid: dict[str, Sequence[float]], seed: int, device: str = "auto",
                       data_dir: str | None = None, overrides: dict[str, Any] | None = None, select_metric: str = "t2i_R@1",
-                      progress: bool = True) -> pd.DataFrame:
+                      progress: bool = True, first_alone: bool = True) -> pd.DataFrame:
     """Train each method of ``grid`` at each of its temperatures with one seed; one row per run:
     ``method, temperature, validation (select_metric of the kept epoch), test_t2i_R@1, run_key``.
 
     Runs are batched by position in the grid (every method's first value, then every second ...)
-    so each :func:`~cmp_utils.experiments.run_grid` call trains several runs at once."""
+    so each :func:`~cmp_utils.experiments.run_grid` call trains several runs at once; only the first
+    call trains its first run alone (``first_alone``: it builds the data and feature caches)."""
     rows = []
     longest = max((len(values) for values in grid.values()), default=0)
     for position in range(longest):
@@ -111,7 +112,7 @@ def temperature_sweep(dataset: str, profile: str, grid: dict[str, Sequence[float
         temperatures = {method: grid[method][position] for method in methods}
         frame = experiments.run_grid(dataset, profile, methods, [seed], device=device, data_dir=data_dir,
                                      overrides=overrides, method_overrides=method_overrides(methods, temperatures),
-                                     progress=progress)
+                                     progress=progress, first_alone=first_alone and position == 0)
         for method in methods:
             mine = frame[frame["method"] == method]
             key = mine["run_key"].iloc[0]
@@ -134,9 +135,10 @@ def chosen_temperatures(sweep: pd.DataFrame) -> dict[str, float]:
 
 def run_family(dataset: str, profile: str, methods: Sequence[str], seeds: Sequence[int], temperatures: dict[str, float],
                loss_scope: str = "global", device: str = "auto", data_dir: str | None = None,
-               overrides: dict[str, Any] | None = None, progress: bool = True) -> pd.DataFrame:
+               overrides: dict[str, Any] | None = None, progress: bool = True, first_alone: bool = True) -> pd.DataFrame:
     """Every method with every seed at its chosen temperature and ``loss_scope``: the tidy rows of
-    :func:`~cmp_utils.experiments.run_grid` plus the columns ``loss_scope`` and ``temperature``."""
+    :func:`~cmp_utils.experiments.run_grid` plus the columns ``loss_scope`` and ``temperature``
+    (``first_alone=False``: the dataset's caches exist, every run may start in parallel)."""
     if not methods:
         return pd.DataFrame()
     base = dict(overrides or {})
@@ -144,7 +146,7 @@ def run_family(dataset: str, profile: str, methods: Sequence[str], seeds: Sequen
         base["loss_scope"] = loss_scope
     frame = experiments.run_grid(dataset, profile, list(methods), list(seeds), device=device, data_dir=data_dir,
                                  overrides=base, method_overrides=method_overrides(methods, temperatures),
-                                 extra_columns={SCOPE_COLUMN: loss_scope}, progress=progress)
+                                 extra_columns={SCOPE_COLUMN: loss_scope}, progress=progress, first_alone=first_alone)
     return frame.assign(temperature=[temperature_label(method, temperatures) for method in frame["method"]])
 
 
