@@ -580,7 +580,8 @@ def tal_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labe
       (``reduction="sum"``; ``"mean"`` divides by $n$). RDE's defaults: $\\tau = 0.015$, $m = 0.1$.
 
     A row without negatives contributes 0. RDE clamps $\\sum \\exp$ at $10^{36}$; the log-sum-exp
-    here never overflows instead (equal for $\\tau \\geq 0.012$, where the clamp cannot act).
+    here never overflows instead (equal wherever the clamp cannot act: $|N_i|\\, e^{1/\\tau} < 10^{36}$,
+    e.g. any batch under $10^7$ at $\\tau = 0.015$).
     """
     _check_pair(image_embeddings, text_embeddings, labels, "tal_loss")
     _check_temperature(temperature, "tal_loss")
