@@ -41,6 +41,11 @@ METHODS: dict[str, tuple[str, ...]] = {
     "CMCE": ("cmce",),
     "CMPM (L2 target)": ("cmpm_l2",),
     "CMPM (L2 target)+CMPC": ("cmpm_l2", "cmpc"),  # the fidelity audit's L2-target deviation
+    # the CMPM family of text-based person search (notebook 14)
+    "SDM": ("sdm",),
+    "InfoNCE": ("info_nce",),
+    "R-ITC": ("ritc",),
+    "TAL": ("tal",),
 }
 
 #: Name of each experiment's results folder and the notebook that makes it.
@@ -52,6 +57,7 @@ EXPERIMENT_NOTEBOOKS = {
     "batch_size": "09_batch_size",
     "ablation": "10_ablation",
     "feature_distribution": "11_feature_distribution",
+    "cmpm_family": "14_cmpm_family",
 }
 
 #: The paper profile's grid of notebooks 06-08: the rows the paper reports, each with the backbone it
@@ -310,18 +316,23 @@ def run_method(
 
 def grid_jobs(dataset: str, profile: str, methods: Sequence[str | tuple[str, str | None]], seeds: Sequence[int],
               device: str = "auto", data_dir: str | None = None,
-              overrides: dict[str, Any] | None = None) -> list[tuple]:
+              overrides: dict[str, Any] | None = None,
+              method_overrides: dict[str, dict[str, Any]] | None = None) -> list[tuple]:
     """The :func:`run_method` arguments of every run of :func:`run_grid`, method by method, seed by seed:
-    ``(dataset, profile, method, seed, device, data_dir, overrides)``; a ``(method, backbone)`` pair
-    gets ``backbone`` on top of ``overrides``."""
+    ``(dataset, profile, method, seed, device, data_dir, overrides)``; a method named in
+    ``method_overrides`` gets its settings on top of ``overrides``, and a ``(method, backbone)`` pair
+    gets ``backbone`` on top of those."""
     pairs = [(item, None) if isinstance(item, str) else tuple(item) for item in methods]
     for method, _ in pairs:
         method_losses(method)  # fail before training anything
 
-    def row_overrides(backbone: str | None) -> dict[str, Any] | None:
-        return overrides if backbone is None else {**(overrides or {}), "backbone": backbone}
+    def row_overrides(method: str, backbone: str | None) -> dict[str, Any] | None:
+        settings = overrides
+        if method_overrides and method in method_overrides:
+            settings = {**(overrides or {}), **method_overrides[method]}
+        return settings if backbone is None else {**(settings or {}), "backbone": backbone}
 
-    return [(dataset, profile, method, seed, device, data_dir, row_overrides(backbone))
+    return [(dataset, profile, method, seed, device, data_dir, row_overrides(method, backbone))
             for method, backbone in pairs for seed in seeds]
 
 
@@ -354,6 +365,8 @@ def run_grid(
     extra_columns: dict[str, Any] | None = None,
     progress: bool = True,
     workers: int | None = None,
+    method_overrides: dict[str, dict[str, Any]] | None = None,
+    first_alone: bool = True,
 ) -> pd.DataFrame:
     """Every method with every seed: tidy rows (see :data:`RESULT_COLUMNS`) plus ``seconds``.
 
@@ -366,19 +379,21 @@ def run_grid(
     smoke and quick profiles), so results do not depend on ``workers``. The first run that is
     not memoised yet goes alone, so that the data and feature caches are built once. On
     synthetic data (smoke, quick) the rows carry the dataset's ``ceiling`` where one is known
-    (:func:`attach_ceiling`).
+    (:func:`attach_ceiling`). ``method_overrides`` maps a method label to settings of its runs only,
+    on top of ``overrides`` (e.g. each loss's own temperature in ``loss_options``). ``first_alone=False``
+    skips training the first run alone, for a caller that knows the caches are built (an earlier call).
     """
     import concurrent.futures
     import multiprocessing
 
     from tqdm.auto import tqdm
 
-    jobs = grid_jobs(dataset, profile, methods, seeds, device, data_dir, overrides)
+    jobs = grid_jobs(dataset, profile, methods, seeds, device, data_dir, overrides, method_overrides)
     workers = default_workers(device, profile) if workers is None else max(1, int(workers))
     records: dict[int, dict[str, Any]] = {}
     bar = tqdm(total=len(jobs), desc=f"{dataset} runs", disable=not progress)
     pending = list(range(len(jobs)))
-    if workers > 1 and pending:
+    if workers > 1 and pending and first_alone:
         first = pending.pop(0)  # builds the shared caches
         records[first] = run_method(*jobs[first])
         bar.update()

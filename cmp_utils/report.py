@@ -60,7 +60,13 @@ PAPER_TABLES = {
 #: Rows kept out of a headline table (full tables keep them): column -> the one value shown.
 HEADLINE_ONLY = {"batch_size": {"schedule": "equal_epochs"}}  # and, where a sampler column varies, the profile's sampler
 #: Experiments whose claims are many and not the paper's own: one summary line in the scorecard.
-SCORECARD_SUMMARISED = {"fidelity_audit": "What the deviations of public ports cost (notebook 13)"}
+SCORECARD_SUMMARISED = {"fidelity_audit": "What the deviations of public ports cost (notebook 13)",
+                        "cmpm_family": "The CMPM family (SDM, InfoNCE, R-ITC, TAL) on one network, and what a per-GPU "
+                                       "loss costs each (notebook 14)"}
+#: Summarised experiments whose scorecard line also links their table (``summary.csv``).
+SCORECARD_TABLES = ("cmpm_family",)
+#: Experiments whose claims compare losses published after the paper: no paper side to show.
+NOT_THE_PAPERS_CLAIMS = ("cmpm_family",)
 #: The README's figures: (experiment folder, file stem, caption).
 README_FIGURES = (
     ("cuhk_pedes", "recall", "CUHK-PEDES-like data: text-to-image recall per loss"),
@@ -306,7 +312,10 @@ def render_scorecard(results_dir: Path, profile: str, notebooks_dir: Path) -> st
             verdicts = read_claims(path)["verdict"].value_counts()
             counts = ", ".join(f"{verdict} {count}" for verdict, count in verdicts.items())
             summarised.append(f"{SCORECARD_SUMMARISED[experiment]}: {len(read_claims(path))} claims ({counts}); every row in "
-                              f"[results/{experiment}/{profile}/claims.csv](results/{experiment}/{profile}/claims.csv).")
+                              f"[results/{experiment}/{profile}/claims.csv](results/{experiment}/{profile}/claims.csv)"
+                              + (f"; the table: [results/{experiment}/{profile}/summary.csv](results/{experiment}/{profile}/summary.csv)"
+                                 if experiment in SCORECARD_TABLES and (path.parent / "summary.csv").is_file() else "")
+                              + ".")
             continue
         for row in read_claims(path).to_dict("records"):
             seeds = row.get("n_seeds")
@@ -853,6 +862,11 @@ CAVEATS: dict[str, tuple[str, ...]] = {
     "ablation": ("CMPC alone can lower its loss by growing the feature norms while image and text stay apart "
                  "(notebook 03's toy measures this: compact classes per modality, poor alignment across them); "
                  "the paper trains CMPC with CMPM.",),
+    "cmpm_family": ("The later losses were published with CLIP backbones and long schedules; here every loss shares "
+                    "one small network and a few epochs, which favours losses that converge fast. Each fixed "
+                    "temperature was chosen on one seed's validation split from a short grid; a finer grid could move "
+                    "the ranking of close losses. A local scope changes only where the loss sees the batch: real GPUs "
+                    "without a gather would also keep batch-norm statistics per GPU.",),
     "feature_distribution": ("Cosine gaps of one trained model per loss describe these features, not a ranking of "
                              "losses; the 2-D projection keeps only the first two principal directions.",),
 }
@@ -871,8 +885,10 @@ def what_we_found(experiment: str, profile: str, results_dir: str | Path | None 
     if claims_path.is_file():
         for row in read_claims(claims_path).to_dict("records"):
             seeds = row.get("n_seeds")
+            paper_side = ("not a claim of the paper" if experiment in NOT_THE_PAPERS_CLAIMS
+                          else f"paper: {_paper_side(row, experiment)}")
             lines.append(f"- {row['claim']}: **{row['verdict']}** (ours: {_our_side(row)}"
-                         + ("" if _missing(seeds) else f"; {int(seeds)} seeds") + f"; paper: {_paper_side(row, experiment)}).")
+                         + ("" if _missing(seeds) else f"; {int(seeds)} seeds") + f"; {paper_side}).")
     if metrics_path.is_file():
         frame = with_current_paper_values(read_metrics(metrics_path))
         metric = next((m for m in ("R@1", "top1_accuracy", "cosine_gap") if m in set(frame["metric"])), None)

@@ -21,7 +21,8 @@ Recipe (released scripts; settings per profile in :data:`PROFILE_SETTINGS`):
   switch Adam's moments and the EMA (shadows, step count) restart (``stage2_restart``), since the
   release's second stage restores trainable variables only (``configuration.py``); see
   :func:`stage_of` and :func:`_enter_stage`;
-* loss = sum of the named losses of :class:`cmp_utils.losses.CrossModalLoss`;
+* loss = sum of the named losses of :class:`cmp_utils.losses.CrossModalLoss`, on the global batch
+  (``loss_scope="global"``) or averaged over K sub-batches of it (``"local:K"``: K GPUs without a gather);
 * validation every ``validate_every`` epochs (and the last) on the validation split; ``best.pt``
   is chosen on it (``select_metric``), the test split is only scored at the end, with the best
   weights. ``validate_every=0`` keeps the last epoch (the release has no validation loop);
@@ -234,6 +235,7 @@ class TrainConfig:
     sampler: str = "random"  # random | identity
     instances_per_label: int = 2
     loss_options: dict = field(default_factory=dict)
+    loss_scope: str = "global"  # global | local:K (the loss on K sub-batches: K GPUs without a feature gather)
     amp: str = "auto"  # auto | bf16 | fp16 | off  (CUDA only)
     channels_last: bool = True
     num_workers: int | None = 0  # DataLoader workers; None = what the machine has, min(8, cpu count)
@@ -378,6 +380,10 @@ def _check_config(cfg: TrainConfig) -> None:
     bad = [name for name in cfg.losses if name not in LOSS_NAMES]
     if bad or not cfg.losses:
         raise ValueError(f"setting losses={list(cfg.losses)}: unknown {bad}; choose from {LOSS_NAMES}")
+    from .losses import parse_loss_scope
+
+    if cfg.batch_size % parse_loss_scope(cfg.loss_scope):  # also rejects a malformed scope
+        raise ValueError(f"setting loss_scope={cfg.loss_scope!r} needs a batch_size that K divides; got {cfg.batch_size}")
     if cfg.feature_mode not in ("end_to_end", "cached"):
         raise ValueError(f"setting feature_mode={cfg.feature_mode!r} must be 'end_to_end' or 'cached'")
     if cfg.sampler not in ("random", "identity"):
@@ -1018,7 +1024,8 @@ def _build_run_state(cfg: TrainConfig, context: distributed.DistributedContext, 
     model.to(device)
     if device.type == "cuda" and cfg.channels_last and not model.takes_features:
         model.image_encoder.to(memory_format=torch.channels_last)
-    loss_module = CrossModalLoss(cfg.losses, cfg.embedding_dim, prepared.num_classes, **cfg.loss_options).to(device)
+    loss_module = CrossModalLoss(cfg.losses, cfg.embedding_dim, prepared.num_classes, scope=cfg.loss_scope,
+                                 **cfg.loss_options).to(device)
     step_module = TrainStep(model, loss_module)
     autocast, scaler = _autocast(cfg, device)
     return _RunState(model=model, loss_module=loss_module, step_module=step_module,

@@ -426,7 +426,7 @@ def test_cross_modal_loss_contract():
     everything = CrossModalLoss(LOSS_NAMES, embedding_dim=5, num_classes=4, margin=0.1, cmce_temperature=0.1)
     assert list(everything(images, texts, labels)) == list(LOSS_NAMES)
     assert {name for name, _ in everything.named_parameters()} == {
-        "cmpc.weight", "softmax_weight", "softmax_bias", "norm_softmax_weight"}
+        "cmpc.weight", "softmax_weight", "softmax_bias", "norm_softmax_weight", "ritc.log_logit_scale"}
     assert {name for name, _ in everything.named_buffers()} == {"cmce.image_buffer", "cmce.text_buffer"}
 
 
@@ -459,6 +459,7 @@ def test_cross_modal_loss_rejects_bad_inputs():
 
 
 def test_module_exports():
-    assert losses.LOSS_NAMES == ("cmpm", "cmpm_l2", "cmpc", "ranking", "ranking_hard", "softmax", "norm_softmax", "cmce")
+    assert losses.LOSS_NAMES == ("cmpm", "cmpm_l2", "cmpc", "ranking", "ranking_hard", "softmax", "norm_softmax", "cmce",
+                                 "sdm", "info_nce", "ritc", "tal")
     for name in losses.__all__:
         assert hasattr(losses, name)

@@ -23,6 +23,7 @@ NOTEBOOK_MAP = [
     "00_environment", "01_data_preparation", "02_cmpm_derivation", "03_cmpc_derivation", "04_training",
     "05_cuhk_pedes", "06_flickr30k", "07_mscoco", "08_cub_flowers", "09_batch_size", "10_ablation",
     "11_feature_distribution", "12_retrieval_demo", "13_fidelity_audit",
+    "14_cmpm_family",
 ]
 
 
