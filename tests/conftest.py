@@ -20,3 +20,19 @@ def isolated_dirs(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session", autouse=True)
+def smoke_notebook_runs(request, tmp_path_factory):
+    """Every notebook in the smoke profile, started in the background when the session starts if a
+    collected test uses ``smoke_notebooks`` (see tests/notebook_runs.py); None otherwise."""
+    from notebook_runs import SmokeNotebookRuns
+
+    if not any("smoke_notebooks" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
+    runs = SmokeNotebookRuns(tmp_path_factory.mktemp("smoke_notebooks")).start(workers=1)
+    try:
+        yield runs
+    finally:
+        runs.stop()

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import nbformat
@@ -19,7 +16,8 @@ import pytest
 
 from cmp_utils import config
 from cmp_utils.notebook_tools import build_notebook, check_notebook, strip_outputs
-from cmp_utils.run_notebooks import run_notebooks
+
+from notebook_runs import AFTER, CHECK_RESULTS, ORDER, SmokeNotebookRuns
 
 NOTEBOOKS = sorted((config.project_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 NOTEBOOK_MAP = [
@@ -89,115 +87,29 @@ def test_checker_rejects_bad_names(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Every notebook in the smoke profile, once, in two lanes at once
+# Every notebook in the smoke profile, once (tests/notebook_runs.py; started by conftest.py)
 # ---------------------------------------------------------------------------------------------
-# The smoke runs use one thread each, so one lane would leave the second of CI's two cores idle.
-# Notebooks that train or reuse the same memoised run never run at the same time: every
-# cuhk_pedes experiment notebook (05, 09-13) is in lane A in their usual order, 05 first; 12 also
-# reuses 06's flickr30k run and waits for it. Notebooks in neither lane (new ones) run after both,
-# in order. CHECK_RESULTS is the cold rerun of notebook 10 checked below, once 10 has run.
-CHECK_RESULTS = "check-results --cold 10_ablation"
-LANES = (
-    ["05_cuhk_pedes", "09_batch_size", "10_ablation", "11_feature_distribution", "12_retrieval_demo",
-     "13_fidelity_audit", "04_training"],
-    ["06_flickr30k", "07_mscoco", "08_cub_flowers", CHECK_RESULTS, "00_environment", "01_data_preparation",
-     "02_cmpm_derivation", "03_cmpc_derivation"],
-)
-WAITS_FOR = {"12_retrieval_demo": ["06_flickr30k"], CHECK_RESULTS: ["05_cuhk_pedes", "10_ablation"]}
-# One process per lane runs its notebooks one by one (run_notebooks, as `make reproduce` does) and
-# answers each with one line: the executed copy, or the traceback.
-LANE_WORKER = """
-import json, sys, traceback
-from cmp_utils.run_notebooks import run_notebooks
-for line in sys.stdin:
-    job = json.loads(line)
-    try:
-        [(executed, _)] = run_notebooks([job["path"]], "smoke", output_dir=job["output_dir"])
-        reply = {"executed": str(executed)}
-    except BaseException:
-        reply = {"error": traceback.format_exc()}
-    print("@@lane " + json.dumps(reply), flush=True)
-"""
-
-
-def _check_results_cold(path: Path) -> dict:
-    """``make check-results`` in the smoke profile, cold, for notebook ``path`` alone."""
-    completed = subprocess.run([sys.executable, "-m", "cmp_utils.check_results", "--profile", "smoke", "--cold",
-                                "--notebooks", str(path)], cwd=config.project_root(), capture_output=True, text=True)
-    return {"returncode": completed.returncode, "stdout": completed.stdout, "stderr": completed.stderr}
 
 
 @pytest.fixture(scope="session")
-def smoke_notebooks(isolated_dirs):
-    """Every notebook executed once in the smoke profile (results and caches of ``isolated_dirs``):
-    {notebook stem: {"executed": path} or {"error": text}, CHECK_RESULTS: {"returncode", "stdout", "stderr"}}."""
-    results, _ = isolated_dirs
-    output_dir = results / "executed" / "smoke"
-    by_name = {path.stem: path for path in NOTEBOOKS}
-    outcomes: dict[str, dict] = {}
-    done = {name: threading.Event() for lane in LANES for name in lane}
-
-    def run_lane(names):
-        worker = None
-        try:
-            for name in names:
-                for before in WAITS_FOR.get(name, []):
-                    if before in done:
-                        done[before].wait()
-                if name == CHECK_RESULTS:
-                    outcomes[name] = _check_results_cold(by_name["10_ablation"])
-                elif name in by_name:
-                    if worker is None:
-                        worker = subprocess.Popen([sys.executable, "-c", LANE_WORKER], cwd=config.project_root(),
-                                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                                  stderr=subprocess.STDOUT, text=True)
-                    worker.stdin.write(json.dumps({"path": str(by_name[name]), "output_dir": str(output_dir)}) + "\n")
-                    worker.stdin.flush()
-                    log = []
-                    for line in worker.stdout:
-                        if line.startswith("@@lane "):
-                            outcomes[name] = json.loads(line[len("@@lane "):])
-                            break
-                        log.append(line)
-                    else:
-                        outcomes[name] = {"error": "the lane's process ended early:\n" + "".join(log)[-4000:]}
-                        worker = None
-                done[name].set()
-        except BaseException as error:  # never leave a waiting lane hanging
-            for name in names:
-                outcomes.setdefault(name, {"error": f"lane stopped: {error!r}"})
-        finally:
-            for name in names:
-                done[name].set()
-            if worker is not None:
-                worker.stdin.close()
-                worker.wait()
-
-    threads = [threading.Thread(target=run_lane, args=(lane,)) for lane in LANES]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for name in sorted(set(by_name) - set(done)):  # notebooks in neither lane: after both, one by one
-        try:
-            [(executed, _)] = run_notebooks([by_name[name]], "smoke", output_dir=output_dir)
-            outcomes[name] = {"executed": str(executed)}
-        except Exception as error:
-            outcomes[name] = {"error": f"{error!r}"}
-    return outcomes
+def smoke_notebooks(smoke_notebook_runs, tmp_path_factory):
+    """(results folder, {notebook stem or CHECK_RESULTS: outcome}) of the smoke runs, all finished;
+    a second worker joins the background one, since the other tests are done by now."""
+    runs = smoke_notebook_runs or SmokeNotebookRuns(tmp_path_factory.mktemp("smoke_notebooks")).start(workers=1)
+    runs.add_worker()
+    return runs.results, runs.wait()
 
 
-def test_every_notebook_is_in_at_most_one_lane():
-    names = [name for lane in LANES for name in lane]
-    assert len(names) == len(set(names))
-    assert set(names) - {CHECK_RESULTS} <= set(NOTEBOOK_MAP)
+def test_every_notebook_is_scheduled_once_after_what_it_reuses():
+    assert sorted(ORDER) == sorted(set(ORDER)) and set(ORDER) - {CHECK_RESULTS} <= set(NOTEBOOK_MAP)
+    assert all(name in ORDER and set(before) <= set(ORDER) for name, before in AFTER.items())
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_in_smoke_profile(path, isolated_dirs, smoke_notebooks):
-    results, _ = isolated_dirs
-    outcome = smoke_notebooks[path.stem]
+def test_notebook_runs_in_smoke_profile(path, smoke_notebooks):
+    results, outcomes = smoke_notebooks  # the runs' own results and cache folders
+    outcome = outcomes[path.stem]
     assert "error" not in outcome, outcome["error"]
     executed = Path(outcome["executed"])
     produces = nbformat.read(path, as_version=4).metadata["cmp_repro"]["produces"]
@@ -216,9 +128,10 @@ def test_smoke_results_reproduce_when_a_shared_run_is_trained_by_another_noteboo
     """``make check-results`` in the smoke profile (what CI can afford): notebook 10's CMPM and
     CMPM+CMPC runs are the ones 05 trained first (reused from the memo); a cold rerun of 10 alone
     trains them itself, in another process, and must give every number of its metrics.csv again.
-    (The rerun is run by ``smoke_notebooks``, beside the other notebooks, once 05 and 10 have run.)"""
-    assert "error" not in smoke_notebooks["05_cuhk_pedes"] and "error" not in smoke_notebooks["10_ablation"]
-    outcome = smoke_notebooks[CHECK_RESULTS]
+    (The rerun is one of the ``smoke_notebooks`` jobs, once 05 and 10 have run.)"""
+    _, outcomes = smoke_notebooks
+    assert "error" not in outcomes["05_cuhk_pedes"] and "error" not in outcomes["10_ablation"]
+    outcome = outcomes[CHECK_RESULTS]
     report = outcome["stdout"]
     assert outcome["returncode"] == 0, report + outcome["stderr"][-4000:]
     assert "every number of results/*/smoke/metrics.csv reproduced (1 experiment: ablation)" in report
