@@ -36,3 +36,14 @@ def smoke_notebook_runs(request, tmp_path_factory):
         yield runs
     finally:
         runs.stop()
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """The test's torch work on one CPU thread (the caller's count given back after). For the
+    benchmark-style tests that are otherwise the only ones on two threads: the background notebook
+    runs keep one of CI's two cores busy, and two threads sharing the other one run several times slower."""
+    from cmp_utils import config
+
+    with config.torch_threads(1):
+        yield

@@ -60,7 +60,10 @@ class SmokeNotebookRuns:
     def __init__(self, folder: Path):
         self.results, self.cache = folder / "results", folder / "cache"
         self.output_dir = self.results / "executed" / "smoke"
-        self.env = {**os.environ, "CMP_RESULTS_DIR": str(self.results), "CMP_CACHE_DIR": str(self.cache)}
+        # One thread for what the notebooks run outside their training runs too (the runs fix their
+        # own count, 1 in the smoke profile): a worker is meant to keep one core busy, not two.
+        self.env = {**os.environ, "CMP_RESULTS_DIR": str(self.results), "CMP_CACHE_DIR": str(self.cache),
+                    "OMP_NUM_THREADS": "1"}
         self.paths = {path.stem: path for path in NOTEBOOKS}
         known = [name for name in ORDER if name in self.paths or name == CHECK_RESULTS]
         new = sorted(set(self.paths) - set(known))
