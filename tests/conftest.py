@@ -22,3 +22,30 @@ def isolated_dirs(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session", autouse=True)
+def smoke_notebook_runs(request, tmp_path_factory):
+    """Every notebook in the smoke profile, started in the background when the session starts if a
+    collected test uses ``smoke_notebooks`` (see tests/notebook_runs.py); None otherwise."""
+    from notebook_runs import SmokeNotebookRuns
+
+    if not any("smoke_notebooks" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
+    runs = SmokeNotebookRuns(tmp_path_factory.mktemp("smoke_notebooks")).start(workers=1)
+    try:
+        yield runs
+    finally:
+        runs.stop()
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """The test's torch work on one CPU thread (the caller's count given back after). For the
+    benchmark-style tests that are otherwise the only ones on two threads: the background notebook
+    runs keep one of CI's two cores busy, and two threads sharing the other one run several times slower."""
+    from cmp_utils import config
+
+    with config.torch_threads(1):
+        yield

@@ -12,6 +12,8 @@ from cmp_utils import bench
 
 TINY = bench._settings(quick_check=True, full=False)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+
 
 def _check_rows(rows: bench.Rows, prefix: str) -> pd.DataFrame:
     frame = rows.frame()

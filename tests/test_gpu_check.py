@@ -11,6 +11,8 @@ import torch
 
 from cmp_utils import gpu_check
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+
 
 def test_synthetic_cuhk_has_the_real_layout_and_sizes(tmp_path):
     root = gpu_check.write_synthetic_cuhk(tmp_path / "cuhk_pedes", {"train": (6, 3), "val": (2, 1), "test": (2, 2)},

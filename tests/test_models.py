@@ -9,6 +9,8 @@ import torch
 
 from cmp_utils import models
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+
 
 def _padded(sentences: list[list[int]], total_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = torch.tensor([len(s) for s in sentences])

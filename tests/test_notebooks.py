@@ -16,7 +16,8 @@ import pytest
 
 from cmp_utils import config
 from cmp_utils.notebook_tools import build_notebook, check_notebook, strip_outputs
-from cmp_utils.run_notebooks import run_notebooks
+
+from notebook_runs import AFTER, CHECK_RESULTS, ORDER, SmokeNotebookRuns
 
 NOTEBOOKS = sorted((config.project_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 NOTEBOOK_MAP = [
@@ -86,11 +87,32 @@ def test_checker_rejects_bad_names(tmp_path):
     assert any("NN_snake_case" in problem for problem in check_notebook(path))
 
 
+# ---------------------------------------------------------------------------------------------
+# Every notebook in the smoke profile, once (tests/notebook_runs.py; started by conftest.py)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smoke_notebooks(smoke_notebook_runs, tmp_path_factory):
+    """(results folder, {notebook stem or CHECK_RESULTS: outcome}) of the smoke runs, all finished;
+    a second worker joins the background one, since the other tests are done by now."""
+    runs = smoke_notebook_runs or SmokeNotebookRuns(tmp_path_factory.mktemp("smoke_notebooks")).start(workers=1)
+    runs.add_worker()
+    return runs.results, runs.wait()
+
+
+def test_every_notebook_is_scheduled_once_after_what_it_reuses():
+    assert sorted(ORDER) == sorted(set(ORDER)) and set(ORDER) - {CHECK_RESULTS} <= set(NOTEBOOK_MAP)
+    assert all(name in ORDER and set(before) <= set(ORDER) for name, before in AFTER.items())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_in_smoke_profile(path, isolated_dirs):
-    results, _ = isolated_dirs
-    [(executed, _)] = run_notebooks([path], "smoke", output_dir=results / "executed" / "smoke")
+def test_notebook_runs_in_smoke_profile(path, smoke_notebooks):
+    results, outcomes = smoke_notebooks  # the runs' own results and cache folders
+    outcome = outcomes[path.stem]
+    assert "error" not in outcome, outcome["error"]
+    executed = Path(outcome["executed"])
     produces = nbformat.read(path, as_version=4).metadata["cmp_repro"]["produces"]
     missing = [item for item in produces if not (results / item.format(profile="smoke")).is_file()]
     assert not missing, f"{path.name} did not write {missing}"
@@ -103,20 +125,14 @@ def test_notebook_runs_in_smoke_profile(path, isolated_dirs):
 
 
 @pytest.mark.slow
-def test_smoke_results_reproduce_when_a_shared_run_is_trained_by_another_notebook(isolated_dirs, capsys):
+def test_smoke_results_reproduce_when_a_shared_run_is_trained_by_another_notebook(smoke_notebooks):
     """``make check-results`` in the smoke profile (what CI can afford): notebook 10's CMPM and
     CMPM+CMPC runs are the ones 05 trained first (reused from the memo); a cold rerun of 10 alone
-    trains them itself, in another process, and must give every number of its metrics.csv again."""
-    from cmp_utils import check_results
-
-    results, _ = isolated_dirs
-    by_name = {path.stem: path for path in NOTEBOOKS}
-    first_pass = [by_name["05_cuhk_pedes"], by_name["10_ablation"]]
-    if not (results / "ablation" / "smoke" / "metrics.csv").is_file():  # run alone: make the "committed" side here
-        run_notebooks(first_pass, "smoke", output_dir=results / "executed" / "smoke")
-    capsys.readouterr()
-    status = check_results.main(["--profile", "smoke", "--cold", "--against", "files",
-                                 "--notebooks", str(by_name["10_ablation"])])
-    report = capsys.readouterr().out
-    assert status == 0, report
+    trains them itself, in another process, and must give every number of its metrics.csv again.
+    (The rerun is one of the ``smoke_notebooks`` jobs, once 05 and 10 have run.)"""
+    _, outcomes = smoke_notebooks
+    assert "error" not in outcomes["05_cuhk_pedes"] and "error" not in outcomes["10_ablation"]
+    outcome = outcomes[CHECK_RESULTS]
+    report = outcome["stdout"]
+    assert outcome["returncode"] == 0, report + outcome["stderr"][-4000:]
     assert "every number of results/*/smoke/metrics.csv reproduced (1 experiment: ablation;" in report

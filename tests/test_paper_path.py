@@ -4,7 +4,7 @@ The README's three ways in, each with the paper profile's settings (MobileNet v1
 batch 16, fp32) cut down only by explicit overrides (one epoch of two steps, 64x32 images, no
 ImageNet weights): the notebook through papermill, ``python -m cmp_utils.train`` and ``torchrun``
 with two CPU processes (gloo). Each must write its run folder (params.yaml, log.jsonl, checkpoints,
-results.json) and results. About a minute of CPU in all.
+results.json) and results. About a minute of CPU in all; the three run at once (a module fixture).
 """
 
 from __future__ import annotations
@@ -30,21 +30,67 @@ SHORT = ["--set", "pretrained=false", "--set", "epochs=1", "--set", "max_steps_p
          "--set", "image_size=[64, 32]", "--no-progress"]
 
 
+def _environment(root: Path) -> dict[str, str]:
+    """This process's environment with its own results and cache folders under ``root``."""
+    return {**os.environ, "CMP_RESULTS_DIR": str(root / "results"), "CMP_CACHE_DIR": str(root / "cache"),
+            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(config.project_root())}
+
+
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory):
-    """(data dir holding cuhk_pedes/, environment with its own results and cache folders)."""
+    """(data dir holding cuhk_pedes/, {way in: finished run}). The three ways in run at once (each
+    mostly on one core), each with its own results and cache folders (``<root>/<way>/``), so every
+    one starts from an empty cache as a user's first run does."""
     root = tmp_path_factory.mktemp("paper_path")
     write_mini_cuhk(root / "data" / "cuhk_pedes")
-    env = {**os.environ, "CMP_RESULTS_DIR": str(root / "results"), "CMP_CACHE_DIR": str(root / "cache"),
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(config.project_root())}
-    return root, env
+    overrides = "{epochs: 1, max_steps_per_epoch: 2, image_size: [64, 32]}"
+    commands = {
+        "cli": [sys.executable, "-m", "cmp_utils.train", "--profile", "paper", "--data-dir", root / "data",
+                "--output-dir", root / "cli" / "run", *SHORT],
+        "torchrun": [BIN / "torchrun", "--standalone", "--nproc_per_node=2", "-m", "cmp_utils.train", "--profile",
+                     "paper", "--data-dir", root / "data", "--output-dir", root / "torchrun" / "run", "--device", "cpu",
+                     *SHORT],
+    }
+    if shutil.which("papermill", path=str(BIN)) is not None:
+        commands["notebook"] = [
+            BIN / "papermill", "notebooks/05_cuhk_pedes.ipynb", root / "notebook" / "05_paper.ipynb",
+            "-p", "profile", "paper", "-p", "data_dir", root / "data", "-p", "pretrained", "False", "-p", "num_seeds", "1",
+            "-y", f"{{methods: [CMPM+CMPC], overrides: {overrides}}}", "-k", "cmp-repro", "--cwd", "notebooks",
+            "--no-progress-bar"]
+    started = {}
+    for way, command in commands.items():
+        (root / way).mkdir()
+        started[way] = _start(command, _environment(root / way), root / way)
+    return root, {way: _finish(*run) for way, run in started.items()}
 
 
-def _run(command, env, cwd=None):
-    completed = subprocess.run([str(part) for part in command], env=env, cwd=cwd or config.project_root(),
-                               capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, f"{command}\n{completed.stdout[-2000:]}\n{completed.stderr[-4000:]}"
-    return completed
+def _start(command, env, log_dir: Path):
+    command = [str(part) for part in command]
+    stdout, stderr = open(log_dir / "stdout.txt", "w+"), open(log_dir / "stderr.txt", "w+")
+    process = subprocess.Popen(command, env=env, cwd=config.project_root(), stdout=stdout, stderr=stderr, text=True)
+    return command, process, stdout, stderr
+
+
+def _finish(command, process, stdout, stderr) -> subprocess.CompletedProcess:
+    try:
+        process.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    texts = []
+    for handle in (stdout, stderr):
+        handle.seek(0)
+        texts.append(handle.read())
+        handle.close()
+    return subprocess.CompletedProcess(command, process.returncode, *texts)
+
+
+def _run(mini, way: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """The folder of ``way``'s run (results/, cache/, run/) and its finished process, which succeeded."""
+    root, runs = mini
+    completed = runs[way]
+    assert completed.returncode == 0, f"{completed.args}\n{completed.stdout[-2000:]}\n{completed.stderr[-4000:]}"
+    return root / way, completed
 
 
 def _check_run_folder(run_dir: Path, world_size: int = 1) -> dict:
@@ -60,10 +106,8 @@ def _check_run_folder(run_dir: Path, world_size: int = 1) -> dict:
 
 
 def test_command_line_paper_profile(mini):
-    root, env = mini
-    out = root / "cli_run"
-    completed = _run([sys.executable, "-m", "cmp_utils.train", "--profile", "paper", "--data-dir", root / "data",
-                      "--output-dir", out, *SHORT], env)
+    folder, completed = _run(mini, "cli")
+    out = folder / "run"
     # the first paper run says how much image cache it writes, and where, before writing it
     assert "image cache of cuhk_pedes/train: 20 images x 64 x 32 x 3 bytes" in completed.stderr
     results = _check_run_folder(out)
@@ -72,27 +116,18 @@ def test_command_line_paper_profile(mini):
 
 
 def test_torchrun_two_processes_paper_profile(mini):
-    root, env = mini
-    out = root / "torchrun_run"
-    _run([BIN / "torchrun", "--standalone", "--nproc_per_node=2", "-m", "cmp_utils.train", "--profile", "paper",
-          "--data-dir", root / "data", "--output-dir", out, "--device", "cpu", *SHORT], env)
-    results = _check_run_folder(out, world_size=2)
+    folder, _ = _run(mini, "torchrun")
+    results = _check_run_folder(folder / "run", world_size=2)
     assert 0 <= results["test"]["t2i_R@1"] <= 100
 
 
 def test_notebook_paper_profile_through_papermill(mini):
-    root, env = mini
-    if shutil.which("papermill", path=str(BIN)) is None:
+    if "notebook" not in mini[1]:
         pytest.skip("papermill is not installed in this environment (make setup installs it)")
-    executed = root / "05_paper.ipynb"
-    overrides = "{epochs: 1, max_steps_per_epoch: 2, image_size: [64, 32]}"
-    _run([BIN / "papermill", "notebooks/05_cuhk_pedes.ipynb", executed, "-p", "profile", "paper",
-          "-p", "data_dir", root / "data", "-p", "pretrained", "False", "-p", "num_seeds", "1",
-          "-y", f"{{methods: [CMPM+CMPC], overrides: {overrides}}}", "-k", "cmp-repro", "--cwd", "notebooks",
-          "--no-progress-bar"], env)
-    metrics = pd.read_csv(root / "results" / "cuhk_pedes" / "paper" / "metrics.csv")
+    folder, _ = _run(mini, "notebook")
+    metrics = pd.read_csv(folder / "results" / "cuhk_pedes" / "paper" / "metrics.csv")
     assert set(metrics["method"]) == {"CMPM+CMPC"} and set(metrics["backbone"]) == {"mobilenet_v1_tf"}
     assert metrics["value"].between(0, 100).all() and "R@1" in set(metrics["metric"])
-    [run_dir] = (root / "cache" / "experiment_runs").iterdir()
+    [run_dir] = (folder / "cache" / "experiment_runs").iterdir()
     _check_run_folder(run_dir)
     assert (run_dir / "protocol.json").is_file()
