@@ -85,12 +85,12 @@ def validation_score(run_key: str, metric: str) -> float:
 def learned_temperature(run_key: str) -> float:
     """The temperature a run's R-ITC loss had learned by its last epoch ($1/\\exp$ of its
     ``log_logit_scale`` in ``checkpoints/last.pt``, capped as in training); NaN when there is none."""
-    import torch
+    from . import train
 
     path = config.cache_dir() / "experiment_runs" / str(run_key) / "checkpoints" / "last.pt"
     if not path.is_file():
         return float("nan")
-    state = torch.load(path, map_location="cpu", weights_only=False).get("loss_module", {})
+    state = train.load_checkpoint(path).get("loss_module", {})  # tensors only: no code runs on load
     if "ritc.log_logit_scale" not in state:
         return float("nan")
     return 1.0 / min(math.exp(float(state["ritc.log_logit_scale"])), 100.0)
