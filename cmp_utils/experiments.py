@@ -383,15 +383,57 @@ def run_grid(
     on top of ``overrides`` (e.g. each loss's own temperature in ``loss_options``). ``first_alone=False``
     skips training the first run alone, for a caller that knows the caches are built (an earlier call).
     """
+    jobs = grid_jobs(dataset, profile, methods, seeds, device, data_dir, overrides, method_overrides)
+    records = train_jobs(jobs, device, profile, workers, first_alone, progress, desc=f"{dataset} runs")
+    return grid_frame(dataset, profile, jobs, records, extra_columns)
+
+
+def run_grids(grids: Sequence[dict[str, Any]], device: str = "auto", progress: bool = True,
+              workers: int | None = None, first_alone: bool = True) -> list[pd.DataFrame]:
+    """Several :func:`run_grid` calls trained in **one** pool: ``grids`` holds each call's keyword
+    arguments (``dataset``, ``profile``, ``methods``, ``seeds`` and any of ``data_dir``,
+    ``overrides``, ``method_overrides``, ``extra_columns``); returns one frame per grid, as
+    :func:`run_grid` would. With 2 workers, 5 seeds per grid leave a core idle for one run of every
+    grid (and each grid's pool starts its workers again); pooled, only the last run of all waits.
+    A run that two grids share is trained once. Numbers do not depend on the pooling: every run is
+    the same function of its settings wherever it trains."""
+    if not grids:
+        return []
+    profiles = {grid["profile"] for grid in grids}
+    if len(profiles) != 1:
+        raise ValueError(f"run_grids pools runs of one profile; got {sorted(profiles)}")
+    profile = profiles.pop()
+    per_grid = [grid_jobs(g["dataset"], g["profile"], g["methods"], g["seeds"], device, g.get("data_dir"),
+                          g.get("overrides"), g.get("method_overrides")) for g in grids]
+    unique: dict[str, int] = {}
+    jobs: list[tuple] = []
+    for job in (job for grid in per_grid for job in grid):
+        key = json.dumps(job, sort_keys=True, default=str)
+        if key not in unique:
+            unique[key] = len(jobs)
+            jobs.append(job)
+    records = train_jobs(jobs, device, profile, workers, first_alone, progress, desc=f"{len(grids)} grids")
+    frames = []
+    for grid, grid_job_list in zip(grids, per_grid):
+        mine = {index: records[unique[json.dumps(job, sort_keys=True, default=str)]]
+                for index, job in enumerate(grid_job_list)}
+        frames.append(grid_frame(grid["dataset"], profile, grid_job_list, mine, grid.get("extra_columns")))
+    return frames
+
+
+def train_jobs(jobs: Sequence[tuple], device: str = "auto", profile: str = "quick", workers: int | None = None,
+               first_alone: bool = True, progress: bool = True, desc: str = "runs") -> dict[int, dict[str, Any]]:
+    """Train (or read from the memo) every :func:`run_method` job; ``{job index: run record}``.
+    ``workers`` > 1 trains that many at once in spawned processes; ``first_alone``: the first job
+    trains alone first, so that the data and feature caches are built once."""
     import concurrent.futures
     import multiprocessing
 
     from tqdm.auto import tqdm
 
-    jobs = grid_jobs(dataset, profile, methods, seeds, device, data_dir, overrides, method_overrides)
     workers = default_workers(device, profile) if workers is None else max(1, int(workers))
     records: dict[int, dict[str, Any]] = {}
-    bar = tqdm(total=len(jobs), desc=f"{dataset} runs", disable=not progress)
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
     pending = list(range(len(jobs)))
     if workers > 1 and pending and first_alone:
         first = pending.pop(0)  # builds the shared caches
@@ -409,6 +451,12 @@ def run_grid(
             records[index] = run_method(*jobs[index])
             bar.update()
     bar.close()
+    return records
+
+
+def grid_frame(dataset: str, profile: str, jobs: Sequence[tuple], records: dict[int, dict[str, Any]],
+               extra_columns: dict[str, Any] | None = None) -> pd.DataFrame:
+    """The tidy rows of a grid's runs (:func:`run_grid`'s return value) from their records."""
     rows = []
     for index, (_, _, method, seed, *_rest) in enumerate(jobs):
         record = records[index]

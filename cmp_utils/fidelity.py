@@ -215,20 +215,24 @@ def run_audit(profile: str, seeds: Sequence[int], device: str = "auto", data_dir
     chosen = deviations_by_name(deviations)
     baseline_settings = train.make_config(profile, DATASET, losses=experiments.method_losses(BASELINE_METHOD),
                                           **base_overrides).to_dict()
-    common = dict(device=device, data_dir=data_dir or None, progress=progress)
-    parts = [experiments.run_grid(DATASET, profile, [BASELINE_METHOD], list(seeds), overrides=base_overrides,
-                                  extra_columns={"deviation": BASELINE}, **common)]
-    plan = []
+    seeds = list(seeds)
+    grid = dict(dataset=DATASET, profile=profile, seeds=seeds, data_dir=data_dir or None)
+    grids = [dict(grid, methods=[BASELINE_METHOD], overrides=base_overrides, extra_columns={"deviation": BASELINE})]
+    plan, order = [], [0]  # order: the baseline's grid, then each deviation's grid index or its name
     for deviation in chosen:
         settings, note = effective_overrides(deviation, baseline_settings)
         plan.append({"deviation": deviation.name, "method": deviation.method, "overrides": settings,
                      "evaluation": deviation.evaluation or "", "note": note})
         if deviation.evaluation == PER_CAPTION_GALLERY:
-            parts.append(_per_caption_results(profile, seeds, device, data_dir, base_overrides, deviation.name))
+            order.append(deviation.name)
         elif settings or deviation.method != BASELINE_METHOD:
-            parts.append(experiments.run_grid(DATASET, profile, [deviation.method], list(seeds),
-                                              overrides={**base_overrides, **settings},
-                                              extra_columns={"deviation": deviation.name}, **common))
+            order.append(len(grids))
+            grids.append(dict(grid, methods=[deviation.method], overrides={**base_overrides, **settings},
+                              extra_columns={"deviation": deviation.name}))
+    # every training run of the audit in one pool (experiments.run_grids); evaluation-only rows score the baseline
+    trained = experiments.run_grids(grids, device=device, progress=progress)
+    parts = [trained[slot] if isinstance(slot, int) else
+             _per_caption_results(profile, seeds, device, data_dir, base_overrides, slot) for slot in order]
     results = pd.concat(parts, ignore_index=True)
     return results, pd.DataFrame(plan)
 

@@ -333,3 +333,30 @@ def test_paper_profile_trains_the_papers_cub_row_with_its_backbone(tmp_path, mon
     both = pd.concat([frame, frame.assign(method="CMPM")])
     assert experiments.comparable_backbones(both, "CMPM+CMPC", "CMPM") == ["mobilenet_v1_tf"]
     assert experiments.by_row(frame) is frame  # one backbone: labels unchanged
+
+
+def test_run_grids_pools_the_runs_of_several_grids_and_trains_a_shared_run_once(isolated_dirs, monkeypatch):
+    """run_grids returns what each run_grid call would (same rows, same order, each grid's extra columns),
+    and a run two grids share is trained once."""
+    from cmp_utils import experiments
+
+    calls = []
+    real = experiments.run_method
+
+    def counted(*job):
+        calls.append(job)
+        return real(*job)
+
+    monkeypatch.setattr(experiments, "run_method", counted)
+    grids = [dict(dataset="cuhk_pedes", profile="smoke", methods=["CMPM"], seeds=[0, 1], extra_columns={"part": "a"}),
+             dict(dataset="cuhk_pedes", profile="smoke", methods=["CMPM", "ranking"], seeds=[1],
+                  extra_columns={"part": "b"})]
+    pooled = experiments.run_grids(grids, workers=1, progress=False)
+    assert len(calls) == 3  # CMPM seed 1 is in both grids: trained once
+    for grid, frame in zip(grids, pooled):
+        alone = experiments.run_grid(grid["dataset"], grid["profile"], grid["methods"], grid["seeds"], workers=1,
+                                     progress=False, extra_columns=grid["extra_columns"])  # memoised: no training
+        pd.testing.assert_frame_equal(frame.drop(columns="seconds"), alone.drop(columns="seconds"))
+    assert len(calls) == 3 + 4  # run_grid asked run_method again, which answered from the memo
+    with pytest.raises(ValueError, match="one profile"):
+        experiments.run_grids([grids[0], dict(grids[1], profile="quick")])
