@@ -656,9 +656,7 @@ PERFORMANCE_ROWS = (
     ("training_step", "training_step/end_to_end_mobilenet_v2", "training throughput (full step)"),
     ("losses", "losses/batch_64", "CMPM"),
     ("evaluation", "evaluation/5000x25000", "retrieval_metrics (R@K, medr, meanr, mAP, mINP)"),
-    ("numerics", "numerics/quick_run", "one run (feature cache built): native"),
     ("numerics", "numerics/quick_run", "one run (feature cache built): pinned"),
-    ("numerics", "numerics/quick_run", "first run (builds the feature cache): pinned"),
 )
 
 
