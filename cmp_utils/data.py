@@ -422,8 +422,31 @@ def class_label(class_name: str) -> int:
     return int(digits)
 
 
+#: Rows already parsed from one JSON annotation file, by ``(name, root, split, SHA-256 of the file's
+#: bytes)``: a process that prepares a dataset run after run (a worker of
+#: :func:`cmp_utils.experiments.train_jobs`) decodes each file once. Keyed on the content, not the
+#: modification time, so a file rewritten within the same clock tick is parsed again.
+_PARSED_ROWS: dict[tuple[str, str, str, str], list[dict]] = {}
+_PARSED_ROWS_LIMIT = 32
+
+
 def _annotation_rows(name: str, root: Path, split: str, val_class_fraction: float = 0.0) -> list[dict]:
-    """The rows the annotation files of ``name`` list for ``split`` (before any check of the images)."""
+    """The rows the annotation files of ``name`` list for ``split`` (before any check of the images);
+    a fresh copy of each row, so callers may change them."""
+    annotation = root / ANNOTATION_FILES[name]
+    if name in CLASS_LEVEL or not annotation.is_file():  # a folder of caption files, or the readers' error
+        return _parse_annotation_rows(name, root, split, val_class_fraction)
+    key = (name, str(root.resolve()), split, hashlib.sha256(annotation.read_bytes()).hexdigest())
+    rows = _PARSED_ROWS.get(key)
+    if rows is None:
+        rows = _parse_annotation_rows(name, root, split, val_class_fraction)
+        if len(_PARSED_ROWS) >= _PARSED_ROWS_LIMIT:
+            _PARSED_ROWS.pop(next(iter(_PARSED_ROWS)))  # the oldest entry
+        _PARSED_ROWS[key] = rows
+    return [{**row, "tokens": list(row["tokens"])} if row.get("tokens") is not None else dict(row) for row in rows]
+
+
+def _parse_annotation_rows(name: str, root: Path, split: str, val_class_fraction: float) -> list[dict]:
     if name == "cuhk_pedes":
         return _rows_cuhk(root, split)
     if name in ("flickr30k", "mscoco"):

@@ -150,6 +150,13 @@ def input_fingerprint(cfg: Any) -> str:
     return hashlib.sha256("|".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def _run_location(cfg: Any) -> tuple[str, str, Path]:
+    """``(run key, input fingerprint, memo folder)`` of a :func:`run_method` run of ``cfg``."""
+    inputs = input_fingerprint(cfg)
+    key = run_key(cfg.to_dict(), inputs)
+    return key, inputs, config.cache_dir() / "experiment_runs" / key
+
+
 def _memoised(protocol_path: Path) -> dict[str, Any] | None:
     """The record of a finished run, or None when there is none or it cannot be read (then it retrains)."""
     import warnings
@@ -284,9 +291,7 @@ def run_method(
         data_dir=data_dir or None, progress=False, evaluate_test=False, **(overrides or {}),
     )
     settings = cfg.to_dict()
-    inputs = input_fingerprint(cfg)
-    key = run_key(settings, inputs)
-    run_dir = config.cache_dir() / "experiment_runs" / key
+    key, inputs, run_dir = _run_location(cfg)
     protocol_path = run_dir / "protocol.json"
     memoised = None if refresh else _memoised(protocol_path)
     if memoised is not None:
@@ -366,7 +371,6 @@ def run_grid(
     progress: bool = True,
     workers: int | None = None,
     method_overrides: dict[str, dict[str, Any]] | None = None,
-    first_alone: bool = True,
 ) -> pd.DataFrame:
     """Every method with every seed: tidy rows (see :data:`RESULT_COLUMNS`) plus ``seconds``.
 
@@ -376,20 +380,19 @@ def run_grid(
     ``extra_columns`` are constant columns added to every row (e.g. ``{"batch_size": 32}``).
     ``workers`` > 1 trains that many runs at once in separate processes (default:
     :func:`default_workers`), each with the run's own thread count (``num_threads``: 1 in the
-    smoke and quick profiles), so results do not depend on ``workers``. The first run that is
-    not memoised yet goes alone, so that the data and feature caches are built once. On
+    smoke and quick profiles), so results do not depend on ``workers``. The data and feature
+    caches are built once, before the workers start (:func:`train_jobs`). On
     synthetic data (smoke, quick) the rows carry the dataset's ``ceiling`` where one is known
     (:func:`attach_ceiling`). ``method_overrides`` maps a method label to settings of its runs only,
-    on top of ``overrides`` (e.g. each loss's own temperature in ``loss_options``). ``first_alone=False``
-    skips training the first run alone, for a caller that knows the caches are built (an earlier call).
+    on top of ``overrides`` (e.g. each loss's own temperature in ``loss_options``).
     """
     jobs = grid_jobs(dataset, profile, methods, seeds, device, data_dir, overrides, method_overrides)
-    records = train_jobs(jobs, device, profile, workers, first_alone, progress, desc=f"{dataset} runs")
+    records = train_jobs(jobs, device, profile, workers, progress, desc=f"{dataset} runs")
     return grid_frame(dataset, profile, jobs, records, extra_columns)
 
 
 def run_grids(grids: Sequence[dict[str, Any]], device: str = "auto", progress: bool = True,
-              workers: int | None = None, first_alone: bool = True) -> list[pd.DataFrame]:
+              workers: int | None = None) -> list[pd.DataFrame]:
     """Several :func:`run_grid` calls trained in **one** pool: ``grids`` holds each call's keyword
     arguments (``dataset``, ``profile``, ``methods``, ``seeds`` and any of ``data_dir``,
     ``overrides``, ``method_overrides``, ``extra_columns``); returns one frame per grid, as
@@ -412,7 +415,7 @@ def run_grids(grids: Sequence[dict[str, Any]], device: str = "auto", progress: b
         if key not in unique:
             unique[key] = len(jobs)
             jobs.append(job)
-    records = train_jobs(jobs, device, profile, workers, first_alone, progress, desc=f"{len(grids)} grids")
+    records = train_jobs(jobs, device, profile, workers, progress, desc=f"{len(grids)} grids")
     frames = []
     for grid, grid_job_list in zip(grids, per_grid):
         mine = {index: records[unique[json.dumps(job, sort_keys=True, default=str)]]
@@ -422,23 +425,25 @@ def run_grids(grids: Sequence[dict[str, Any]], device: str = "auto", progress: b
 
 
 def train_jobs(jobs: Sequence[tuple], device: str = "auto", profile: str = "quick", workers: int | None = None,
-               first_alone: bool = True, progress: bool = True, desc: str = "runs") -> dict[int, dict[str, Any]]:
+               progress: bool = True, desc: str = "runs") -> dict[int, dict[str, Any]]:
     """Train (or read from the memo) every :func:`run_method` job; ``{job index: run record}``.
-    ``workers`` > 1 trains that many at once in spawned processes; ``first_alone``: the first job
-    trains alone first, so that the data and feature caches are built once."""
+    ``workers`` > 1 trains that many at once in spawned processes. Before they start, this process
+    builds the data and feature caches of each distinct input (:func:`cmp_utils.train.prepare_inputs`,
+    one torch thread as in the runs), so that the workers only read them."""
     import concurrent.futures
     import multiprocessing
 
     from tqdm.auto import tqdm
 
+    from . import train
+
     workers = default_workers(device, profile) if workers is None else max(1, int(workers))
     records: dict[int, dict[str, Any]] = {}
-    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
     pending = list(range(len(jobs)))
-    if workers > 1 and pending and first_alone:
-        first = pending.pop(0)  # builds the shared caches
-        records[first] = run_method(*jobs[first])
-        bar.update()
+    if workers > 1 and len(pending) > 1:
+        for settings in _distinct_inputs(jobs):
+            train.prepare_inputs(settings)
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
     if workers > 1 and len(pending) > 1:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
@@ -452,6 +457,27 @@ def train_jobs(jobs: Sequence[tuple], device: str = "auto", profile: str = "quic
             bar.update()
     bar.close()
     return records
+
+
+def _distinct_inputs(jobs: Sequence[tuple]) -> list[Any]:
+    """The settings of the first job of each distinct :func:`cmp_utils.train.input_key` whose run is
+    not memoised yet, in job order."""
+    from . import train
+
+    chosen: dict[str, Any] = {}
+    fingerprints: dict[str, str] = {}  # input_fingerprint reads only input fields: once per input key
+    for dataset, profile, method, seed, device, data_dir, overrides in jobs:
+        cfg = train.make_config(profile, dataset, losses=method_losses(method), seed=seed, device=device,
+                                data_dir=data_dir or None, progress=False, evaluate_test=False, **(overrides or {}))
+        key = train.input_key(cfg)
+        if key in chosen:
+            continue
+        if key not in fingerprints:
+            fingerprints[key] = input_fingerprint(cfg)
+        memo = config.cache_dir() / "experiment_runs" / run_key(cfg.to_dict(), fingerprints[key]) / "protocol.json"
+        if not memo.is_file():
+            chosen[key] = cfg
+    return list(chosen.values())
 
 
 def grid_frame(dataset: str, profile: str, jobs: Sequence[tuple], records: dict[int, dict[str, Any]],

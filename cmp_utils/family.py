@@ -18,14 +18,10 @@ trains 61 runs that no earlier notebook trains (CMPM and CMPM+CMPC at the global
 * loss scope: ``local:4`` for CMPM, SDM, InfoNCE, TAL and ``local:2`` for CMPM, 5 seeds = 25;
 * Flickr-like: SDM and InfoNCE x 5 seeds = 10.
 
-Measured on the shared, loaded 2-core development machine (load average 4-6): a warm CUHK-like run
-took 19-22 s of training wall time when two ran at once with little other load and 50-90 s under
-the full load; a Flickr-like run 11-14 s; one CUHK-like ``run_method`` call 21.7 CPU s, training and
-scoring. With the recipe's calibrated 14 CPU s per CUHK-like run on an idle machine (the table in
-:mod:`cmp_utils.train`) and about 8 s per Flickr-like run: (51 x 14 + 10 x 8) / 2 cores = about 400 s,
-plus the worker start-up of the 7 ``run_grid`` calls and the one run trained alone to build the
-caches (the later CUHK-like calls pass ``first_alone=False``): about 7-8 minutes. Trimming ``scope_plan`` (each method dropped from ``local:4`` saves 5 runs,
-about 35 s) or the sweep's third values (3 runs) brings it to 7.
+Two pools of workers train them (:func:`cmp_utils.experiments.run_grids`): the sweep's 9 runs,
+then the 52 others of the CUHK-like table, the Flickr-like table and the scope study together (the
+temperatures must be chosen first); the data and feature caches are built before each pool starts.
+:func:`budget_markdown` reports the measured seconds from the results.
 """
 
 from __future__ import annotations
@@ -98,26 +94,28 @@ def learned_temperature(run_key: str) -> float:
 
 def temperature_sweep(dataset: str, profile: str, grid: dict[str, Sequence[float]], seed: int, device: str = "auto",
                       data_dir: str | None = None, overrides: dict[str, Any] | None = None, select_metric: str = "t2i_R@1",
-                      progress: bool = True, first_alone: bool = True) -> pd.DataFrame:
+                      progress: bool = True) -> pd.DataFrame:
     """Train each method of ``grid`` at each of its temperatures with one seed; one row per run:
     ``method, temperature, validation (select_metric of the kept epoch), test_t2i_R@1, run_key``.
 
-    Runs are batched by position in the grid (every method's first value, then every second ...)
-    so each :func:`~cmp_utils.experiments.run_grid` call trains several runs at once; only the first
-    call trains its first run alone (``first_alone``: it builds the data and feature caches)."""
-    rows = []
+    Every run of the sweep trains in one pool (:func:`cmp_utils.experiments.run_grids`): one grid
+    per position in the lists (every method's first value, then every second ...)."""
     longest = max((len(values) for values in grid.values()), default=0)
+    positions = []
     for position in range(longest):
         methods = [method for method, values in grid.items() if position < len(values)]
-        temperatures = {method: grid[method][position] for method in methods}
-        frame = experiments.run_grid(dataset, profile, methods, [seed], device=device, data_dir=data_dir,
-                                     overrides=overrides, method_overrides=method_overrides(methods, temperatures),
-                                     progress=progress, first_alone=first_alone and position == 0)
-        for method in methods:
+        positions.append({method: grid[method][position] for method in methods})
+    frames = experiments.run_grids(
+        [dict(dataset=dataset, profile=profile, methods=list(temperatures), seeds=[seed], data_dir=data_dir,
+              overrides=overrides, method_overrides=method_overrides(list(temperatures), temperatures))
+         for temperatures in positions], device=device, progress=progress)
+    rows = []
+    for temperatures, frame in zip(positions, frames):
+        for method, temperature in temperatures.items():
             mine = frame[frame["method"] == method]
             key = mine["run_key"].iloc[0]
             test = mine[(mine["metric"] == "R@1") & (mine["direction"] == "t2i")]["value"]
-            rows.append({"dataset": dataset, "method": method, "temperature": float(temperatures[method]),
+            rows.append({"dataset": dataset, "method": method, "temperature": float(temperature),
                          "select_metric": select_metric, "validation": validation_score(key, select_metric),
                          "test_t2i_R@1": float(test.iloc[0]) if len(test) else float("nan"), "seed": seed,
                          "seconds": float(mine["seconds"].iloc[0]), "run_key": key})
@@ -133,21 +131,36 @@ def chosen_temperatures(sweep: pd.DataFrame) -> dict[str, float]:
     return chosen
 
 
-def run_family(dataset: str, profile: str, methods: Sequence[str], seeds: Sequence[int], temperatures: dict[str, float],
-               loss_scope: str = "global", device: str = "auto", data_dir: str | None = None,
-               overrides: dict[str, Any] | None = None, progress: bool = True, first_alone: bool = True) -> pd.DataFrame:
-    """Every method with every seed at its chosen temperature and ``loss_scope``: the tidy rows of
-    :func:`~cmp_utils.experiments.run_grid` plus the columns ``loss_scope`` and ``temperature``
-    (``first_alone=False``: the dataset's caches exist, every run may start in parallel)."""
-    if not methods:
-        return pd.DataFrame()
+def family_grid(dataset: str, profile: str, methods: Sequence[str], seeds: Sequence[int], temperatures: dict[str, float],
+                loss_scope: str = "global", data_dir: str | None = None,
+                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The :func:`cmp_utils.experiments.run_grids` grid of every method with every seed at its chosen
+    temperature and ``loss_scope`` (the rows get a ``loss_scope`` column)."""
     base = dict(overrides or {})
     if loss_scope != "global":
         base["loss_scope"] = loss_scope
-    frame = experiments.run_grid(dataset, profile, list(methods), list(seeds), device=device, data_dir=data_dir,
-                                 overrides=base, method_overrides=method_overrides(methods, temperatures),
-                                 extra_columns={SCOPE_COLUMN: loss_scope}, progress=progress, first_alone=first_alone)
-    return frame.assign(temperature=[temperature_label(method, temperatures) for method in frame["method"]])
+    return dict(dataset=dataset, profile=profile, methods=list(methods), seeds=list(seeds), data_dir=data_dir,
+                overrides=base, method_overrides=method_overrides(methods, temperatures),
+                extra_columns={SCOPE_COLUMN: loss_scope})
+
+
+def run_families(grids: Sequence[dict[str, Any]], temperatures: dict[str, float], device: str = "auto",
+                 progress: bool = True) -> list[pd.DataFrame]:
+    """Train several :func:`family_grid` grids in one pool; per grid its tidy rows plus a
+    ``temperature`` column (:func:`temperature_label`). An empty grid gives an empty frame."""
+    trained = iter(experiments.run_grids([grid for grid in grids if grid["methods"]], device=device, progress=progress))
+    frames = [next(trained) if grid["methods"] else pd.DataFrame() for grid in grids]
+    return [frame.assign(temperature=[temperature_label(method, temperatures) for method in frame["method"]])
+            if len(frame) else frame for frame in frames]
+
+
+def run_family(dataset: str, profile: str, methods: Sequence[str], seeds: Sequence[int], temperatures: dict[str, float],
+               loss_scope: str = "global", device: str = "auto", data_dir: str | None = None,
+               overrides: dict[str, Any] | None = None, progress: bool = True) -> pd.DataFrame:
+    """Every method with every seed at its chosen temperature and ``loss_scope``: the tidy rows of
+    :func:`~cmp_utils.experiments.run_grid` plus the columns ``loss_scope`` and ``temperature``."""
+    grid = family_grid(dataset, profile, methods, seeds, temperatures, loss_scope, data_dir, overrides)
+    return run_families([grid], temperatures, device=device, progress=progress)[0]
 
 
 def planned_runs(methods: Sequence[str], seeds: Sequence[int], grid: dict[str, Sequence[float]],

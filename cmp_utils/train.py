@@ -853,6 +853,36 @@ def fit(settings: TrainConfig | dict) -> RunResult:
             distributed.cleanup()
 
 
+#: The settings that decide what a run reads before its first step: the prepared dataset (synthetic
+#: files, vocabulary, image caches) and, in cached mode, the frozen-backbone features. Runs that
+#: agree on them share those files (:func:`prepare_inputs`).
+INPUT_FIELDS = ("dataset", "profile", "data_dir", "cache_dir", "data_seed", "image_size", "backbone", "backbone_blocks",
+                "weights_path", "pretrained", "pool_grid", "feature_mode", "cache_flips", "vocab_case_sensitive",
+                "pad_shares_most_frequent", "num_classes_from", "device", "num_threads")
+
+
+def input_key(settings: TrainConfig | dict) -> str:
+    """The :data:`INPUT_FIELDS` of ``settings`` as one string: equal for runs that read the same caches."""
+    cfg = as_config(settings)
+    return json.dumps({name: getattr(cfg, name) for name in INPUT_FIELDS}, sort_keys=True, default=str)
+
+
+def prepare_inputs(settings: TrainConfig | dict) -> None:
+    """Build what a run of ``settings`` reads before its first step, and train nothing: the prepared
+    dataset and, in cached mode, the feature cache of every split, computed exactly as :func:`fit`
+    computes them (the run's thread count and seed). When they exist this only reads them.
+
+    :func:`cmp_utils.experiments.train_jobs` calls it once per :func:`input_key` before it starts
+    parallel runs, so that no two workers compute the same cache and no core waits for a whole run.
+    """
+    cfg = resolve_weights_path(as_config(settings))
+    _check_paper_inputs(cfg)
+    with config.torch_threads(cfg.num_threads):
+        context = distributed.DistributedContext(device=config.resolve_device(cfg.device))
+        config.seed_everything(cfg.seed, cfg.deterministic)
+        _prepare_training_data(cfg, context, show=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # fit: checks before anything runs
 # ---------------------------------------------------------------------------------------------

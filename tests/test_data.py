@@ -278,3 +278,22 @@ def test_identity_batch_sampler_groups_identities():
     ranks = [list(data.IdentityBatchSampler(labels, 8, 2, num_replicas=2, rank=r)) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 7
     assert not set(i for b in ranks[0] for i in b) & set(i for b in ranks[1] for i in b)
+
+
+def test_parsed_annotations_are_reused_until_the_file_changes(tmp_path):
+    """read_dataset parses a JSON annotation file once per process and content: a second read gives
+    equal rows (and rows a caller may change freely), a rewrite of the file, even of the same size
+    within the same clock tick, is read again."""
+    root = write_flickr(tmp_path / "flickr30k")
+    first = data.read_dataset("flickr30k", root, "train")
+    first.loc[0, "tokens"].append("changed by a caller")
+    again = data.read_dataset("flickr30k", root, "train")
+    pd.testing.assert_frame_equal(again, data.read_dataset("flickr30k", root, "train"))
+    assert "changed by a caller" not in again.loc[0, "tokens"]
+    annotation = root / "dataset_flickr30k.json"
+    text = annotation.read_text(encoding="utf-8")
+    caption = again.loc[0, "caption"]
+    swapped = caption[::-1] if caption[::-1] != caption else caption.upper()
+    annotation.write_text(text.replace(caption, swapped, 1), encoding="utf-8")  # same size
+    assert len(annotation.read_bytes()) == len(text.encode("utf-8"))
+    assert data.read_dataset("flickr30k", root, "train").loc[0, "caption"] == swapped

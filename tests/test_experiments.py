@@ -360,3 +360,29 @@ def test_run_grids_pools_the_runs_of_several_grids_and_trains_a_shared_run_once(
     assert len(calls) == 3 + 4  # run_grid asked run_method again, which answered from the memo
     with pytest.raises(ValueError, match="one profile"):
         experiments.run_grids([grids[0], dict(grids[1], profile="quick")])
+
+
+def test_train_jobs_builds_each_distinct_input_once_before_its_workers_start(tmp_path, monkeypatch):
+    """The parent builds the data and feature caches once per distinct input (dataset, image
+    settings, ...), skipping inputs whose runs are all memoised; the runs then only read them."""
+    from cmp_utils import models, train
+
+    monkeypatch.setenv("CMP_CACHE_DIR", str(tmp_path))  # cold: no other test's runs or caches
+    jobs = [("cuhk_pedes", "smoke", method, seed, "cpu", None, None) for method in ("CMPM", "ranking") for seed in (0, 1)]
+    jobs += [("flickr30k", "smoke", "CMPM", 0, "cpu", None, None),
+             ("cuhk_pedes", "smoke", "CMPM", 0, "cpu", None, {"batch_size": 16})]  # same caches as the first
+    chosen = experiments._distinct_inputs(jobs)
+    assert [(cfg.dataset, cfg.losses, cfg.seed) for cfg in chosen] == [("cuhk_pedes", ("cmpm",), 0), ("flickr30k", ("cmpm",), 0)]
+    assert len({train.input_key(cfg) for cfg in chosen}) == 2
+    train.prepare_inputs(chosen[0])
+    features = sorted((tmp_path / "features" / "cuhk_pedes").rglob("*.pt"))
+    assert len(features) == 3  # train, val, test
+
+    def no_feature_computation(*args, **kwargs):
+        raise AssertionError("the run computed features that prepare_inputs had cached")
+
+    monkeypatch.setattr(models, "ImageEncoder", no_feature_computation)
+    for job in jobs[:4]:
+        experiments.run_method(*job)
+    assert [cfg.dataset for cfg in experiments._distinct_inputs(jobs)] == ["flickr30k", "cuhk_pedes"]  # batch 16: not run
+    assert experiments._distinct_inputs(jobs[:4]) == []  # every run memoised: nothing to prepare
