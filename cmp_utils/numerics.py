@@ -170,6 +170,7 @@ def status() -> dict[str, Any]:
         "mode": mode(),
         "pinned": pinned and not pin_problems(),
         "mkl_branch": mkl_branch(),
+        "mkl_vendor_path": mkl_vendor_path(),
         "aten_capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default (the CPU's best)"),
         "cpu": bench.cpu_model(),
@@ -185,6 +186,21 @@ def fingerprint() -> str:
         return "pinned:" + ",".join(f"{k}={v}" for k, v in sorted(PINNED_ENVIRONMENT.items()))
     text = json.dumps({k: v for k, v in state.items() if k != "cpu_vendor"}, sort_keys=True)
     return "native:" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def mkl_vendor_path() -> str:
+    """The vendor path oneMKL dispatches on: ``Intel`` or ``non-Intel``, as its own
+    ``mkl_serv_intel_cpu_true`` answers when looked up the way oneMKL's calls resolve it (so a
+    preloaded vendor simulation, :func:`cmp_utils.cpu_probe.vendor_shim`, shows); ``n/a`` without oneMKL."""
+    try:
+        function = ctypes.CDLL(None).mkl_serv_intel_cpu_true  # the process's global scope first: a preload wins
+    except (OSError, AttributeError):
+        library = _torch_library()
+        function = getattr(library, "mkl_serv_intel_cpu_true", None) if library is not None else None
+    if function is None:
+        return "n/a"
+    function.restype = ctypes.c_int
+    return "Intel" if function() else "non-Intel"
 
 
 def cpu_vendor() -> str:

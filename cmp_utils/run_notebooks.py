@@ -116,6 +116,10 @@ def machine_description() -> str:
 
     parts = [f"{bench.cpu_model()} ({numerics.cpu_vendor()})", f"{os.cpu_count()} CPUs",
              f"{platform.system()} {platform.machine()}", f"torch {torch.__version__}", f"{numerics.mode()} numerics"]
+    if os.environ.get("MKL_ENABLE_INSTRUCTIONS"):
+        parts.append(f"MKL_ENABLE_INSTRUCTIONS={os.environ['MKL_ENABLE_INSTRUCTIONS']}")
+    if numerics.mkl_vendor_path() == "non-Intel" and numerics.cpu_vendor() == "GenuineIntel":
+        parts.append("oneMKL on its non-Intel path (simulated)")
     if torch.cuda.is_available():
         parts.append(torch.cuda.get_device_name(0))
     return ", ".join(parts)

@@ -97,6 +97,9 @@ def test_pinned_smoke_run_is_bit_identical_under_avx2_caps(smoke_runs):
 def test_pinned_smoke_run_is_bit_identical_on_the_non_intel_mkl_path(smoke_runs):
     if "pinned, non-Intel vendor" not in smoke_runs:
         pytest.skip("no C compiler: the oneMKL vendor shim cannot be built here")
+    assert smoke_runs["pinned, non-Intel vendor"]["numerics"]["mkl_vendor_path"] == "non-Intel"  # the shim took effect
+    if numerics.cpu_vendor() == "GenuineIntel":
+        assert smoke_runs["pinned"]["numerics"]["mkl_vendor_path"] == "Intel"
     assert _bits(smoke_runs["pinned, non-Intel vendor"]) == _bits(smoke_runs["pinned"])
 
 
