@@ -150,9 +150,19 @@ def input_fingerprint(cfg: Any) -> str:
     return hashlib.sha256("|".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _run_location(cfg: Any) -> tuple[str, str, Path]:
-    """``(run key, input fingerprint, memo folder)`` of a :func:`run_method` run of ``cfg``."""
-    inputs = input_fingerprint(cfg)
+def _job_config(dataset: str, profile: str, method: str, seed: int, device: str, data_dir: str | None,
+                overrides: dict[str, Any] | None) -> Any:
+    """The TrainConfig of a :func:`run_method` job (the test split is scored by run_method itself)."""
+    from . import train
+
+    return train.make_config(profile, dataset, losses=method_losses(method), seed=seed, device=device,
+                             data_dir=data_dir or None, progress=False, evaluate_test=False, **(overrides or {}))
+
+
+def _run_location(cfg: Any, inputs: str | None = None) -> tuple[str, str, Path]:
+    """``(run key, input fingerprint, memo folder)`` of a :func:`run_method` run of ``cfg``
+    (``inputs``: its :func:`input_fingerprint`, when already known)."""
+    inputs = input_fingerprint(cfg) if inputs is None else inputs
     key = run_key(cfg.to_dict(), inputs)
     return key, inputs, config.cache_dir() / "experiment_runs" / key
 
@@ -286,10 +296,7 @@ def run_method(
     from . import train
 
     # The test split is scored below with the dataset's own protocol, so fit() need not score it too.
-    cfg = train.make_config(
-        profile, dataset, losses=method_losses(method), seed=seed, device=device,
-        data_dir=data_dir or None, progress=False, evaluate_test=False, **(overrides or {}),
-    )
+    cfg = _job_config(dataset, profile, method, seed, device, data_dir, overrides)
     settings = cfg.to_dict()
     key, inputs, run_dir = _run_location(cfg)
     protocol_path = run_dir / "protocol.json"
@@ -440,11 +447,12 @@ def train_jobs(jobs: Sequence[tuple], device: str = "auto", profile: str = "quic
     workers = default_workers(device, profile) if workers is None else max(1, int(workers))
     records: dict[int, dict[str, Any]] = {}
     pending = list(range(len(jobs)))
-    if workers > 1 and len(pending) > 1:
+    parallel = workers > 1 and len(pending) > 1
+    if parallel:
         for settings in _distinct_inputs(jobs):
             train.prepare_inputs(settings)
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
-    if workers > 1 and len(pending) > 1:
+    if parallel:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
             futures = {pool.submit(_run_job, jobs[i]): i for i in pending}
@@ -466,16 +474,14 @@ def _distinct_inputs(jobs: Sequence[tuple]) -> list[Any]:
 
     chosen: dict[str, Any] = {}
     fingerprints: dict[str, str] = {}  # input_fingerprint reads only input fields: once per input key
-    for dataset, profile, method, seed, device, data_dir, overrides in jobs:
-        cfg = train.make_config(profile, dataset, losses=method_losses(method), seed=seed, device=device,
-                                data_dir=data_dir or None, progress=False, evaluate_test=False, **(overrides or {}))
+    for job in jobs:
+        cfg = _job_config(*job)
         key = train.input_key(cfg)
         if key in chosen:
             continue
         if key not in fingerprints:
             fingerprints[key] = input_fingerprint(cfg)
-        memo = config.cache_dir() / "experiment_runs" / run_key(cfg.to_dict(), fingerprints[key]) / "protocol.json"
-        if not memo.is_file():
+        if not (_run_location(cfg, fingerprints[key])[2] / "protocol.json").is_file():
             chosen[key] = cfg
     return list(chosen.values())
 
