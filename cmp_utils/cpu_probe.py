@@ -103,10 +103,142 @@ def kernel_fingerprints(seed: int = 0) -> dict[str, str]:
     out["log-softmax (ATen)"] = digest(torch.log_softmax(torch.randn(64, 1001, generator=generator), 1))
     out["row sum (ATen)"] = digest(torch.randn(1000, 777, generator=generator).sum(1))
     values = torch.randn(100000, generator=generator)
-    out["exp (MKL VML)"] = digest(values.exp())
+    out["exp (MKL VML; replaced when pinned)"] = digest(values.exp())
     out["tanh, sigmoid"] = digest(torch.cat([values.tanh(), values.sigmoid()]))
+    positive = values.abs() * 30 + 1e-30
+    out["sqrt, log (MKL VML; replaced when pinned)"] = digest(torch.cat([positive.sqrt(), positive.log()]))
+    out.update(optimiser_fingerprints(generator))
     out["batch norm (ATen)"] = digest(torch.nn.BatchNorm1d(256).train()(torch.randn(64, 256, generator=generator)))
     return out
+
+
+def optimiser_fingerprints(generator: "Any") -> dict[str, str]:
+    """Where Intel and AMD part: Adam's square root of its second moment, at the toy's and the quick
+    runs' shapes. ``sqrt`` is oneMKL VML's unless pinned (then :mod:`cmp_utils.vendor_kernels`);
+    ``oneMKL VML sqrt (raw)`` always calls VML's float32 kernel (through ``aten::sqrt.out``, which the
+    pinning leaves alone), on the second moment of the toy's first step: its bits differ between an
+    Intel Xeon and an AMD EPYC (results/numerics/fingerprints.csv has both)."""
+    import torch
+
+    from . import losses, toy
+
+    def digest(tensor: "torch.Tensor") -> str:
+        return hashlib.sha256(tensor.detach().contiguous().numpy().tobytes()).hexdigest()[:12]
+
+    out: dict[str, str] = {}
+    images, texts, labels = toy.toy_start(0)
+    images.requires_grad_(True), texts.requires_grad_(True)
+    optimiser = torch.optim.Adam([images, texts], lr=0.05)
+    losses.cmpm_loss(images, texts, labels).backward()
+    optimiser.step()
+    moment = optimiser.state[images]["exp_avg_sq"]  # (12, 2): (1 - beta2) g^2 after the first step
+    out["oneMKL VML sqrt (raw), toy Adam moment (12, 2)"] = digest(torch.ops.aten.sqrt.out(moment, out=torch.empty(0)))
+    out["sqrt, toy Adam moment (12, 2)"] = digest(moment.sqrt())
+    out["Adam step, toy (12, 2)"] = digest(torch.cat([images.detach(), texts.detach()]))
+    weights = torch.nn.Parameter(torch.randn(256, 2048, generator=generator) * 0.02)  # the quick joint embedding
+    optimiser = torch.optim.Adam([weights], lr=2e-4)
+    for _ in range(3):
+        optimiser.zero_grad()
+        weights.grad = torch.randn(256, 2048, generator=generator) * 1e-3
+        optimiser.step()
+    out["Adam steps, (256, 2048)"] = digest(weights)
+    embeddings = torch.randn(64, 256, generator=generator, requires_grad=True)  # (batch, dim) at the quick batch
+    partners = torch.randn(64, 256, generator=generator, requires_grad=True)
+    quick_labels = torch.randint(0, 16, (64,), generator=generator)
+    loss = losses.cmpm_loss(embeddings, partners, quick_labels)
+    loss.backward()
+    out["CMPM loss forward and backward, (64, 256)"] = digest(torch.cat([loss.reshape(1), embeddings.grad.ravel(),
+                                                                          partners.grad.ravel()]))
+    return out
+
+
+#: Checks whose bits depend on the CPU vendor by design, with the bits measured on another vendor's CPU
+#: than this repository's recording machine: ``(check, vendor) -> (bits, cpu)``. The AMD value was
+#: measured on an AMD EPYC (Zen 4, family 25 model 17), torch 2.14.1, pinned numerics, from an op-level
+#: trace of the same computation (the toy's first Adam step).
+MEASURED_ON_OTHER_VENDORS: dict[tuple[str, str], tuple[str, str]] = {
+    ("oneMKL VML sqrt (raw), toy Adam moment (12, 2)", "AuthenticAMD"): ("cde0b1f3ccbf", "AMD EPYC (Zen 4)"),
+}
+VENDOR_DEPENDENT_CHECKS = frozenset(check for check, _ in MEASURED_ON_OTHER_VENDORS)
+
+
+def toy_final_loss() -> str:
+    """The last CMPM loss of notebook 02's quick toy (400 Adam steps, seed 0), as the hex of its float64."""
+    from . import losses, toy
+
+    images, texts, labels = toy.toy_start(0)
+    _, _, history = toy.train_toy(lambda x, z, y: losses.cmpm_loss(x, z, y), images, texts, labels, steps=400)
+    return float(history[-1]).hex()
+
+
+def smoke_run_bits(run_folder: str | os.PathLike) -> dict[str, Any]:
+    """Train the CUHK-PEDES smoke run into ``run_folder`` in this process; every bit it produced:
+    test metrics and per-epoch losses (hex of their float64), a SHA-256 of the trained weights."""
+    import torch
+
+    from . import train
+
+    result = train.fit(train.make_config("smoke", "cuhk_pedes", output_dir=str(run_folder), progress=False))
+    state = torch.load(Path(run_folder) / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
+    weights = hashlib.sha256(b"".join(t.detach().contiguous().numpy().tobytes() for _, t in sorted(state.items())
+                                      if torch.is_tensor(t) and t.is_floating_point())).hexdigest()
+    return {"test": {k: float(v).hex() for k, v in result.test.items()},
+            "losses": [float(r["loss"]).hex() for r in result.history], "weights": weights, "numerics": status()}
+
+
+def smoke_run_in_fresh_process(folder: Path, environ: Mapping[str, str]) -> dict[str, Any]:
+    """:func:`smoke_run_bits` in a new process with its own cold caches under ``folder`` (environment ``environ``)."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    root = Path(__file__).resolve().parent.parent
+    environ = dict(environ, CMP_CACHE_DIR=str(folder / "cache"), CMP_RESULTS_DIR=str(folder / "results"),
+                   PYTHONPATH=str(root))
+    completed = subprocess.run([sys.executable, "-m", "cmp_utils.cpu_probe", "smoke-run", str(folder / "run")],
+                               env=environ, cwd=root, capture_output=True, text=True, timeout=900)
+    if completed.returncode != 0:
+        raise RuntimeError(f"smoke run in {folder} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def bit_fingerprints(smoke_run: Mapping[str, Any]) -> dict[str, str]:
+    """Every check of results/numerics/fingerprints.csv for this process: the kernels, the toy, and the
+    bits of ``smoke_run`` (from :func:`smoke_run_bits`)."""
+    def digest(value: Any) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+
+    checks = dict(kernel_fingerprints())
+    checks["toy: notebook 02 CMPM final loss (float64 hex)"] = toy_final_loss()
+    checks["smoke run: test metrics"] = digest(smoke_run["test"])
+    checks["smoke run: loss of every epoch"] = digest(smoke_run["losses"])
+    checks["smoke run: trained weights"] = smoke_run["weights"][:12]
+    return checks
+
+
+def fingerprint_table(checks: Mapping[str, str]) -> "Any":
+    """The rows of results/numerics/fingerprints.csv: one per check on this CPU, plus the bits measured
+    on other vendors (:data:`MEASURED_ON_OTHER_VENDORS`)."""
+    import pandas as pd
+    import torch
+
+    state = status()
+    rows = [dict(check=name, bits=bits, vendor_independent=name not in VENDOR_DEPENDENT_CHECKS, cpu=state["cpu"],
+                 vendor=state["cpu_vendor"], torch=torch.__version__) for name, bits in checks.items()]
+    for (name, vendor), (bits, cpu) in MEASURED_ON_OTHER_VENDORS.items():
+        if vendor != state["cpu_vendor"]:
+            rows.append(dict(check=name, bits=bits, vendor_independent=False, cpu=cpu, vendor=vendor, torch="2.14.1"))
+    return pd.DataFrame(rows)
+
+
+def fingerprint_mismatches(committed: "Any", checks: Mapping[str, str], vendor: str) -> list[str]:
+    """The committed checks that this CPU does not reproduce: every vendor-independent one, and the
+    vendor-dependent ones recorded for ``vendor``. Empty when all agree."""
+    problems = []
+    for row in committed.itertuples(index=False):
+        applies = bool(row.vendor_independent) or row.vendor == vendor
+        if applies and checks.get(row.check) != row.bits:
+            problems.append(f"{row.check}: committed {row.bits} ({row.cpu}, {row.vendor}), here {checks.get(row.check)}")
+    return problems
 
 
 def probe(variants: Mapping[str, Mapping[str, str]] | None = None) -> "Any":
@@ -146,13 +278,32 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m cmp_utils.cpu_probe", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("status", "probe", "fingerprints"), nargs="?", default="status",
+    parser.add_argument("command", choices=("status", "probe", "fingerprints", "record", "smoke-run"), nargs="?",
+                        default="status",
                         help="status: this process's numerics; probe: which kernels change under another ISA or "
-                             "vendor (one process per setting); fingerprints: this process's kernel hashes (JSON)")
-    parser.add_argument("--output", help="probe: also write the table to this CSV (e.g. results/numerics/kernels.csv)")
+                             "vendor (one process per setting); fingerprints: this process's kernel hashes (JSON); "
+                             "record: every check (kernels, toy, a smoke run) into results/numerics/fingerprints.csv; "
+                             "smoke-run FOLDER: train the smoke run there, print its bits (JSON)")
+    parser.add_argument("folder", nargs="?", help="smoke-run: the run folder")
+    parser.add_argument("--output", help="probe: also write the table to this CSV (e.g. results/numerics/kernels.csv); "
+                                         "record: the CSV to write (default results/numerics/fingerprints.csv)")
     args = parser.parse_args(argv)
     if args.command == "fingerprints":
         print(json.dumps(kernel_fingerprints()))
+    elif args.command == "smoke-run":
+        print(json.dumps(smoke_run_bits(args.folder)))
+    elif args.command == "record":
+        import tempfile
+
+        from . import atomic
+
+        with tempfile.TemporaryDirectory(prefix="cmp-fingerprints-") as scratch:
+            smoke_run = smoke_run_in_fresh_process(Path(scratch), os.environ)
+        table = fingerprint_table(bit_fingerprints(smoke_run))
+        output = Path(args.output or "results/numerics/fingerprints.csv")
+        atomic.write_csv(output, table)
+        print(table.to_string(index=False))
+        print(f"wrote {output}")
     elif args.command == "probe":
         import pandas as pd
 

@@ -131,6 +131,9 @@ def pin(environ: MutableMapping[str, str] | None = None) -> bool:
     if mode(environ) != "pinned":
         return False
     environ.update(PINNED_ENVIRONMENT)
+    from . import vendor_kernels  # imports torch, after the variables above are set
+
+    vendor_kernels.install()
     library = _torch_library()
     if library is not None and int(library.mkl_serv_cbwr_get(1)) != MKL_CBWR_COMPATIBLE:
         library.mkl_serv_cbwr_set(MKL_CBWR_COMPATIBLE)
@@ -148,6 +151,10 @@ def pin_problems() -> list[str]:
     if torch is None:
         return []
     problems = []
+    from . import vendor_kernels
+
+    if mode() == "pinned" and not vendor_kernels.installed():
+        problems.append("the vendor-independent sqrt/exp/log/tanh kernels are not installed (cmp_utils.vendor_kernels)")
     branch = mkl_branch()
     if branch not in ("COMPATIBLE", "n/a"):
         problems.append(f"oneMKL runs branch {branch}, not COMPATIBLE (MKL computed before the pinning)")
@@ -163,7 +170,7 @@ def status() -> dict[str, Any]:
     holds, each library's choice, and the CPU."""
     import torch
 
-    from . import bench
+    from . import bench, vendor_kernels
 
     pinned = mode() == "pinned"
     return {
@@ -173,6 +180,7 @@ def status() -> dict[str, Any]:
         "mkl_vendor_path": mkl_vendor_path(),
         "aten_capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default (the CPU's best)"),
+        "vml_replaced": ",".join(vendor_kernels.REPLACED_OPS) if vendor_kernels.installed() else "none",
         "cpu": bench.cpu_model(),
         "cpu_vendor": cpu_vendor(),
     }
@@ -181,9 +189,12 @@ def status() -> dict[str, Any]:
 def fingerprint() -> str:
     """What a result computed on the CPU depends on: ``pinned`` when pinned (the same on every CPU), else
     the mode, each library's choice and the CPU model. Part of the memo keys of runs and feature caches."""
+    from . import vendor_kernels
+
     state = status()
     if state["pinned"]:
-        return "pinned:" + ",".join(f"{k}={v}" for k, v in sorted(PINNED_ENVIRONMENT.items()))
+        return ("pinned:" + ",".join(f"{k}={v}" for k, v in sorted(PINNED_ENVIRONMENT.items()))
+                + ";vendor-independent:" + ",".join(vendor_kernels.REPLACED_OPS))
     text = json.dumps({k: v for k, v in state.items() if k != "cpu_vendor"}, sort_keys=True)
     return "native:" + hashlib.sha256(text.encode()).hexdigest()[:12]
 

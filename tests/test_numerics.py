@@ -12,33 +12,21 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from cmp_utils import cpu_probe, numerics
+from cmp_utils import cpu_probe, losses, numerics, vendor_kernels
 
 ROOT = Path(__file__).resolve().parent.parent
 AVX2_CAPS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-
-# One smoke run in a fresh process: everything it computed, as bits (hex of the float64 / tensor bytes).
-RUN_SCRIPT = r"""
-import hashlib, json, sys
-from cmp_utils import numerics, train
-import torch
-result = train.fit(train.make_config("smoke", "cuhk_pedes", output_dir=sys.argv[1], progress=False))
-state = torch.load(f"{sys.argv[1]}/checkpoints/last.pt", map_location="cpu", weights_only=False)["model"]
-weights = hashlib.sha256(b"".join(t.detach().contiguous().numpy().tobytes() for _, t in sorted(state.items())
-                                  if torch.is_tensor(t) and t.is_floating_point())).hexdigest()
-print(json.dumps({"test": {k: float(v).hex() for k, v in result.test.items()},
-                  "losses": [float(r["loss"]).hex() for r in result.history], "weights": weights,
-                  "numerics": numerics.status()}))
-"""
-
 
 def _clean_environment(**settings: str) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items()
@@ -48,13 +36,7 @@ def _clean_environment(**settings: str) -> dict[str, str]:
 
 
 def _smoke_run(folder: Path, environ: dict[str, str]) -> dict:
-    folder.mkdir(parents=True)
-    environ = dict(environ, CMP_CACHE_DIR=str(folder / "cache"), CMP_RESULTS_DIR=str(folder / "results"),
-                   PYTHONPATH=str(ROOT))
-    completed = subprocess.run([sys.executable, "-c", RUN_SCRIPT, str(folder / "run")], env=environ, cwd=ROOT,
-                               capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return cpu_probe.smoke_run_in_fresh_process(folder, environ)
 
 
 def _has_avx512() -> bool:
@@ -149,3 +131,122 @@ def test_a_process_that_computed_before_the_pinning_is_reported_unpinned():
                                capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split() == ["False", "native", "1", "True"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Intel and AMD: the committed bits, recomputed on whichever CPU runs the tests
+# ---------------------------------------------------------------------------------------------
+
+FINGERPRINTS = ROOT / "results" / "numerics" / "fingerprints.csv"
+
+
+def test_the_committed_bits_are_reproduced_on_this_cpu(smoke_runs):
+    """results/numerics/fingerprints.csv (``python -m cmp_utils.cpu_probe record``) holds the bits of the
+    kernels at the quick runs' shapes, of notebook 02's toy and of a smoke training run, with the CPU that
+    made them. Whatever CPU runs this (CI machines are Intel or AMD), its pinned bits must be the same;
+    the vendor-dependent raw VML row must equal the one recorded for this vendor, where there is one."""
+    committed = pd.read_csv(FINGERPRINTS, dtype=str, keep_default_na=False)
+    committed["vendor_independent"] = committed["vendor_independent"] == "True"
+    assert {"GenuineIntel", "AuthenticAMD"} <= set(committed["vendor"]), "both vendors' raw VML sqrt are recorded"
+    checks = cpu_probe.bit_fingerprints(smoke_runs["pinned"])
+    assert set(checks) == set(committed["check"]), "the committed checks are this probe's: rerun cpu_probe record"
+    assert cpu_probe.fingerprint_mismatches(committed, checks, numerics.cpu_vendor()) == []
+
+
+def test_the_raw_vml_square_root_differs_between_the_vendors_and_the_pinned_one_does_not():
+    """Where Intel and AMD part (docs/reproducibility.md): the same input, VML's float32 sqrt, two answers."""
+    committed = pd.read_csv(FINGERPRINTS, dtype=str, keep_default_na=False).set_index(["check", "vendor"])["bits"]
+    raw = "oneMKL VML sqrt (raw), toy Adam moment (12, 2)"
+    assert committed[(raw, "GenuineIntel")] != committed[(raw, "AuthenticAMD")]
+    here = cpu_probe.optimiser_fingerprints(torch.Generator().manual_seed(0))
+    if (raw, numerics.cpu_vendor()) in committed.index:
+        assert here[raw] == committed[(raw, numerics.cpu_vendor())]
+    assert here["sqrt, toy Adam moment (12, 2)"] == committed[("sqrt, toy Adam moment (12, 2)", "GenuineIntel")]
+
+
+def test_the_committed_toy_result_is_this_cpus_toy():
+    """notebook 02's committed quick toy (results/figures/quick/cmpm_toy_training.csv) is reproduced bit for bit."""
+    table = pd.read_csv(ROOT / "results" / "figures" / "quick" / "cmpm_toy_training.csv")
+    committed = float(table.loc[table["loss"] == "CMPM", "final_loss"].iloc[0])
+    assert committed == float.fromhex(cpu_probe.toy_final_loss())
+
+
+# ---------------------------------------------------------------------------------------------
+# The vendor-independent kernels (cmp_utils.vendor_kernels)
+# ---------------------------------------------------------------------------------------------
+
+
+def _float32_reference(function, values: torch.Tensor) -> torch.Tensor:
+    """numpy in float64, rounded once to float32: the correctly rounded answer except at rare ties."""
+    with np.errstate(all="ignore"):
+        return torch.from_numpy(function(values.double().numpy()).astype(np.float32))
+
+
+def test_the_replacements_are_installed_and_square_roots_are_correctly_rounded():
+    assert vendor_kernels.installed() and numerics.status()["vml_replaced"] == "sqrt,exp,log,tanh"
+    generator = torch.Generator().manual_seed(0)
+    # every binade of float32, subnormals included, and exact squares
+    values = torch.cat([torch.rand(200_000, generator=generator) * 2.0 ** torch.randint(-149, 127, (200_000,), generator=generator),
+                        torch.arange(1, 5000, dtype=torch.float32) ** 2])
+    assert torch.equal(values.sqrt(), torch.from_numpy(np.sqrt(values.numpy())))  # IEEE sqrt is correctly rounded
+    special = torch.tensor([0.0, -0.0, math.inf, -1.0, math.nan, 1e-45])
+    with np.errstate(invalid="ignore"):
+        assert torch.allclose(special.sqrt(), torch.from_numpy(np.sqrt(special.numpy())), equal_nan=True)
+    assert str(special.sqrt()[1].item()) == "-0.0"
+
+
+def test_exp_log_tanh_are_within_one_ulp_and_keep_their_special_values():
+    generator = torch.Generator().manual_seed(1)
+    wide = torch.randn(200_000, generator=generator) * 30
+    positive = torch.rand(200_000, generator=generator) * 2.0 ** torch.randint(-149, 127, (200_000,), generator=generator)
+    for values, ours, reference in ((wide, torch.exp, np.exp), (positive, torch.log, np.log), (wide, torch.tanh, np.tanh)):
+        expected = _float32_reference(reference, values)
+        assert ((ours(values) == expected) | (ours(values) - expected).abs().le(expected.abs() * 2.0 ** -23)).all()
+    special = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, -1.0])
+    for function, reference in ((torch.exp, np.exp), (torch.log, np.log), (torch.tanh, np.tanh)):
+        with np.errstate(all="ignore"):
+            assert torch.allclose(function(special), torch.from_numpy(reference(special.numpy())), equal_nan=True)
+
+
+def test_in_place_autograd_and_other_dtypes_behave_as_pytorchs():
+    values = torch.rand(7) + 0.5
+    for name in vendor_kernels.REPLACED_OPS:
+        copy = values.clone()
+        assert getattr(copy, f"{name}_")() is copy and torch.equal(copy, getattr(values, name)())
+    leaf = (torch.rand(5) + 0.5).requires_grad_(True)
+    (leaf.sqrt() + leaf.log() + leaf.exp() + leaf.tanh()).sum().backward()
+    expected = 0.5 / leaf.sqrt() + 1 / leaf + leaf.exp() + 1 - leaf.tanh() ** 2
+    assert torch.allclose(leaf.grad, expected.detach())
+    doubles = torch.rand(100, dtype=torch.float64)
+    assert torch.equal(doubles.sqrt(), torch.ops.aten.sqrt.out(doubles, out=torch.empty(0, dtype=torch.float64)))
+    assert torch.sqrt(torch.tensor([4, 9])).tolist() == [2.0, 3.0]
+
+
+class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_of_every_loss_calls_no_vml_kernel_left_on_the_vendor_path():
+    """Every loss the studies train with, forward, backward and an Adam step: the ATen ops they call whose
+    float kernel is oneMKL VML must all be among the replaced ones (an ``out=`` form would not be)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(16, 32, generator=generator, requires_grad=True)
+    texts = torch.randn(16, 32, generator=generator, requires_grad=True)
+    weight = torch.randn(32, 8, generator=generator, requires_grad=True)
+    labels = torch.randint(0, 8, (16,), generator=generator)
+    recorder = _OpRecorder()
+    with recorder:
+        optimiser = torch.optim.Adam([images, texts, weight], lr=1e-3)
+        total = (losses.cmpm_loss(images, texts, labels) + losses.cmpc_loss(images, texts, labels, weight)
+                 + losses.sdm_loss(images, texts, labels) + losses.ranking_loss(images, texts, labels))
+        total.backward()
+        optimiser.step()
+    left = {name.rstrip("_") for name in recorder.names} & (vendor_kernels.VML_OPS - set(vendor_kernels.REPLACED_OPS))
+    assert left == set(), f"ops on oneMKL VML's vendor-dependent kernels: {sorted(left)}"
+    assert "sqrt" in {name.rstrip("_") for name in recorder.names}  # Adam's, now replaced
