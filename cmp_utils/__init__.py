@@ -13,3 +13,4 @@ __version__ = "0.1.0"
 from . import numerics as _numerics  # noqa: E402
 
 _numerics.pin()
+_numerics.warn_on_lock_mismatch()

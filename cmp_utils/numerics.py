@@ -165,6 +165,60 @@ def pin_problems() -> list[str]:
     return problems
 
 
+#: The committed lock file of exact versions (``make setup`` installs from it; ``make lock`` rewrites it).
+LOCK_FILE = Path(__file__).resolve().parent.parent / "requirements-lock.txt"
+#: The packages whose version changes the bits of the quick and smoke numbers.
+BIT_PACKAGES = ("torch", "torchvision", "numpy", "pillow", "scipy")
+
+
+def locked_versions(lock_file: Path = LOCK_FILE) -> dict[str, str]:
+    """``{package: version}`` of the ``name==version`` lines of ``lock_file`` (names lower-case, ``_`` as ``-``)."""
+    pinned = {}
+    for line in lock_file.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pinned[name.strip().lower().replace("_", "-")] = version.split(";", 1)[0].strip()
+    return pinned
+
+
+def lock_mismatches(lock_file: Path = LOCK_FILE, packages: tuple[str, ...] = BIT_PACKAGES) -> list[str]:
+    """``packages`` whose installed version is not the lock file's, as ``"torch 2.9.1 (lock: 2.14.1)"``;
+    a local build suffix (``2.14.1+cu130``) counts as the same version. Empty when all match or when
+    there is no lock file (an installed package, not a checkout)."""
+    from importlib import metadata
+
+    if not lock_file.is_file():
+        return []
+    pinned = locked_versions(lock_file)
+    problems = []
+    for name in packages:
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            installed = "not installed"
+        if name in pinned and installed.split("+", 1)[0] != pinned[name]:
+            problems.append(f"{name} {installed} (lock: {pinned[name]})")
+    return problems
+
+
+def lock_status() -> str:
+    """For ``params.yaml`` and ``environment.csv``: whether the bit-relevant packages match the lock file."""
+    if not LOCK_FILE.is_file():
+        return "no lock file (not a checkout)"
+    problems = lock_mismatches()
+    return "matches requirements-lock.txt" if not problems else "DIFFERS from requirements-lock.txt: " + "; ".join(problems)
+
+
+def warn_on_lock_mismatch() -> None:
+    """Warn, naming each package, when the bit-relevant packages differ from the lock file."""
+    problems = lock_mismatches()
+    if problems:
+        warnings.warn("installed packages differ from requirements-lock.txt: " + "; ".join(problems) + ". The quick "
+                      "and smoke numbers are only reproduced bit for bit with the locked versions: run `make setup` "
+                      "in a fresh .venv (or pip install -r requirements-lock.txt).", RuntimeWarning, stacklevel=2)
+
+
 def status() -> dict[str, Any]:
     """The numerics of this process, for ``params.yaml`` and ``environment.csv``: the mode, whether it
     holds, each library's choice, and the CPU."""
@@ -183,6 +237,8 @@ def status() -> dict[str, Any]:
         "vml_replaced": ",".join(vendor_kernels.REPLACED_OPS) if vendor_kernels.installed() else "none",
         "cpu": bench.cpu_model(),
         "cpu_vendor": cpu_vendor(),
+        "torch": torch.__version__,
+        "environment_lock": lock_status(),
     }
 
 
@@ -195,7 +251,7 @@ def fingerprint() -> str:
     if state["pinned"]:
         return ("pinned:" + ",".join(f"{k}={v}" for k, v in sorted(PINNED_ENVIRONMENT.items()))
                 + ";vendor-independent:" + ",".join(vendor_kernels.REPLACED_OPS))
-    text = json.dumps({k: v for k, v in state.items() if k != "cpu_vendor"}, sort_keys=True)
+    text = json.dumps({k: v for k, v in state.items() if k not in ("cpu_vendor", "environment_lock")}, sort_keys=True)
     return "native:" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -132,20 +132,28 @@ def _requirement_name(requirement: str) -> str:
     return re.split(r"[<>=!~\[; ]", requirement.strip().strip('"'), maxsplit=1)[0].lower().replace("_", "-")
 
 
-def test_environment_yml_names_the_packages_of_pyproject():
+def test_environment_yml_and_make_setup_install_the_lock_file_which_satisfies_pyproject():
+    """requirements-lock.txt pins every package of pyproject.toml (runtime and test) to one exact version
+    inside pyproject's range; environment.yml and `make setup` install exactly that file."""
+    from packaging.requirements import Requirement
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {_requirement_name(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]}
+    requirements = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]]
+    locked = {}
+    for line in (ROOT / "requirements-lock.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            assert "==" in line, f"requirements-lock.txt: {line!r} is not an exact pin (name==version)"
+            name, version = line.split("==", 1)
+            locked[name.lower().replace("_", "-")] = version
+    for requirement in requirements:
+        name = requirement.name.lower().replace("_", "-")
+        assert name in locked, f"{name} (pyproject.toml) is missing from requirements-lock.txt: run make lock"
+        assert requirement.specifier.contains(locked[name], prereleases=True), f"{name}=={locked[name]} outside {requirement}"
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert environment["channels"] == ["conda-forge"]
-    conda = {_requirement_name(d) for d in environment["dependencies"] if isinstance(d, str)} - {"python", "pip"}
+    assert [d for d in environment["dependencies"] if isinstance(d, str)] == ["python=3.11", "pip"]
     pip_section = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
-    pip = {_requirement_name(r) for r in pip_section if not r.startswith("-e")}
-    assert "-e ." in pip_section  # the project itself, editable
-    assert {"torch", "torchvision"} <= pip and not {"torch", "torchvision", "pytorch"} & conda
-    assert not conda & pip, f"listed twice: {conda & pip}"
-    assert conda | pip == wanted, f"only in environment.yml: {(conda | pip) - wanted}; only in pyproject: {wanted - (conda | pip)}"
-    specifiers = {_requirement_name(r): r.strip('"') for r in project["dependencies"] + project["optional-dependencies"]["test"]}
-    for entry in [d for d in environment["dependencies"] if isinstance(d, str)] + list(pip_section):
-        name = _requirement_name(entry)
-        if name in specifiers:  # same bounds in both files
-            assert entry.strip('"').replace(" ", "") == specifiers[name].replace(" ", ""), entry
+    assert pip_section == ["-r requirements-lock.txt", "-e ."]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-r requirements-lock.txt" in makefile and "|| $(PIP_INSTALL) torch" not in makefile  # no unpinned fallback
