@@ -10,9 +10,19 @@ With ``d_s`` the per-seed difference ``better - worse`` over ``n`` seeds:
   ``mean ± t_{0.975, n-1} · sd(d) / sqrt(n)``;
 * ``p_value`` = the two-sided paired t-test (:func:`scipy.stats.ttest_rel`, equivalently the
   one-sample t-test of ``d`` against 0);
-* ``verdict`` follows the interval: ``held`` when ``ci_low > 0``, ``did not hold`` when
-  ``ci_high < 0``, ``inconclusive`` otherwise; with fewer than :data:`MIN_SEEDS` seeds nothing
-  is tested (``not tested (fewer than 5 seeds)``: the smoke profile runs one seed).
+* for one claim alone, the ``verdict`` follows the interval: ``held`` when ``ci_low > 0``,
+  ``did not hold`` when ``ci_high < 0``, ``inconclusive`` otherwise; with fewer than
+  :data:`MIN_SEEDS` seeds nothing is tested (``not tested (fewer than 5 seeds)``: the smoke
+  profile runs one seed).
+
+**Several claims tested together** (a notebook's claims are one family): :func:`claims_frame`
+controls the family-wise error rate with Holm's step-down procedure (Holm 1979). The ``m``
+tested claims' p-values, in increasing order, are multiplied by ``m, m-1, ..., 1`` and made
+non-decreasing (``p_holm``, capped at 1); a claim then ``held`` when ``p_holm < 0.05`` and its mean
+difference is positive, ``did not hold`` when ``p_holm < 0.05`` and it is negative, else
+``inconclusive``. ``verdict`` is that adjusted verdict; ``verdict_unadjusted`` keeps the reading of
+the claim's own 95% interval, and ``family_size`` says how many claims were tested together.
+With one claim, both verdicts agree.
 
 Every ``claims.csv`` of the experiment notebooks has the columns :data:`CLAIM_COLUMNS`.
 """
@@ -37,6 +47,11 @@ VERDICTS = ("held", "did not hold", "inconclusive", NOT_TESTED)
 #: Columns of every claims.csv (a notebook may add more after these, e.g. ``sampler`` or ``table``).
 CLAIM_COLUMNS = ["claim", "better", "worse", "metric", "direction", "n_seeds", "mean_difference",
                  "ci_low", "ci_high", "p_value", "test", "verdict"]
+#: Columns :func:`claims_frame` adds for the family of claims tested together.
+FAMILY_COLUMNS = ["p_holm", "family_size", "verdict_unadjusted"]
+#: The family-wise error rate Holm's procedure keeps.
+ALPHA = 1 - CONFIDENCE
+ADJUSTMENT = "Holm-Bonferroni within the notebook's claims"
 
 
 def paired_difference(differences: Sequence[float] | np.ndarray | pd.Series, claim: str = "",
@@ -117,10 +132,44 @@ def describe(result: dict[str, Any]) -> str:
             f"{result['n_seeds']} paired seeds)")
 
 
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values of a family (NaN entries are not tested and stay NaN)."""
+    values = [float(p) for p in p_values]
+    tested = sorted((p, index) for index, p in enumerate(values) if not math.isnan(p))
+    adjusted = [float("nan")] * len(values)
+    running, family = 0.0, len(tested)
+    for rank, (p, index) in enumerate(tested):
+        running = max(running, min(1.0, (family - rank) * p))
+        adjusted[index] = running
+    return adjusted
+
+
+def adjusted_verdict(mean_difference: float, p_holm: float, unadjusted: str) -> str:
+    """The verdict of one claim of a family, from its Holm-adjusted p-value and the sign of its mean."""
+    if unadjusted == NOT_TESTED or math.isnan(p_holm):
+        return unadjusted
+    if p_holm < ALPHA:
+        return "held" if mean_difference > 0 else "did not hold"
+    return "inconclusive"
+
+
 def claims_frame(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Claim dicts as a table whose first columns are :data:`CLAIM_COLUMNS` (extra keys after)."""
+    """A notebook's claim dicts as one family: a table whose first columns are :data:`CLAIM_COLUMNS`
+    (with ``verdict`` Holm-adjusted over the family), then :data:`FAMILY_COLUMNS`, then any extra keys.
+    Applying it to a frame it made already gives the same frame."""
     frame = pd.DataFrame(list(results))
     for column in CLAIM_COLUMNS:
         if column not in frame.columns:
             raise ValueError(f"claim rows lack the column {column!r}; build them with claims.paired_claim")
-    return frame[CLAIM_COLUMNS + [c for c in frame.columns if c not in CLAIM_COLUMNS]]
+    if frame.empty:
+        return frame.reindex(columns=CLAIM_COLUMNS + FAMILY_COLUMNS)
+    unadjusted = frame["verdict_unadjusted"] if "verdict_unadjusted" in frame.columns else frame["verdict"]
+    tested = unadjusted != NOT_TESTED
+    p_values = frame["p_value"].where(tested, float("nan")).astype(float)
+    frame["verdict_unadjusted"] = unadjusted
+    frame["p_holm"] = holm_adjusted(p_values.tolist())
+    frame["family_size"] = int(tested.sum())
+    frame["verdict"] = [adjusted_verdict(mean, p, verdict) for mean, p, verdict
+                        in zip(frame["mean_difference"], frame["p_holm"], frame["verdict_unadjusted"])]
+    extra = [c for c in frame.columns if c not in CLAIM_COLUMNS + FAMILY_COLUMNS]
+    return frame[CLAIM_COLUMNS + FAMILY_COLUMNS + extra]

@@ -577,13 +577,15 @@ def summarise(frame: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFr
 
 def save_experiment(out_dir: str | Path, frame: pd.DataFrame, params: dict[str, Any],
                     figures: dict[str, Any] | None = None, claims: Sequence[dict[str, Any]] = ()) -> list[Path]:
-    """Write ``metrics.csv`` (tidy), ``summary.csv``, ``claims.csv``, ``params.yaml`` and each figure
+    """Write ``metrics.csv`` (tidy), ``summary.csv``, ``claims.csv`` (the notebook's claims as one
+    Holm-adjusted family, :func:`cmp_utils.claims.claims_frame`), ``params.yaml`` and each figure
     as PNG and SVG as the new content of ``out_dir``, all together. Returns the paths written.
 
     The set is written into a temporary sibling folder and swapped in by renames
     (:func:`cmp_utils.atomic.replace_folder`): ``out_dir`` holds either the old set or the new
     one, never a mix, and files of the old set that the new one lacks disappear with it.
     """
+    from . import claims as claims_module
     from . import plots
 
     out_dir = Path(out_dir)
@@ -591,7 +593,7 @@ def save_experiment(out_dir: str | Path, frame: pd.DataFrame, params: dict[str, 
         written = [atomic.write_csv(staging / "metrics.csv", frame)]
         written.append(atomic.write_csv(staging / "summary.csv", summarise(frame)))  # every grouping column
         if claims:
-            written.append(atomic.write_csv(staging / "claims.csv", pd.DataFrame(list(claims))))
+            written.append(atomic.write_csv(staging / "claims.csv", claims_module.claims_frame(claims)))
         written.append(atomic.write_yaml(staging / "params.yaml", params))
         for name, figure in (figures or {}).items():
             written.extend(plots.save_figure(figure, staging / name))

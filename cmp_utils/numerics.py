@@ -237,7 +237,7 @@ def status() -> dict[str, Any]:
         "vml_replaced": ",".join(vendor_kernels.REPLACED_OPS) if vendor_kernels.installed() else "none",
         "cpu": bench.cpu_model(),
         "cpu_vendor": cpu_vendor(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "environment_lock": lock_status(),
     }
 

@@ -94,5 +94,38 @@ def test_unpaired_seeds_are_dropped_and_bad_input_is_named():
 def test_claims_frame_puts_the_shared_columns_first():
     rows = [dict(claims.paired_difference([1, 2, 3, 4, 5], claim="c"), sampler="random")]
     frame = claims.claims_frame(rows)
-    assert list(frame.columns) == claims.CLAIM_COLUMNS + ["sampler"]
+    assert list(frame.columns) == claims.CLAIM_COLUMNS + claims.FAMILY_COLUMNS + ["sampler"]
     assert "95% CI" in claims.describe(rows[0])
+
+
+def test_holm_adjusts_a_family_step_down_against_a_loop_transcription():
+    """Holm (1979): sort the m p-values, multiply the k-th smallest by m - k + 1, make them non-decreasing."""
+    p_values = [0.01, 0.04, 0.03, float("nan"), 0.005]
+    tested = sorted(p for p in p_values if p == p)
+    expected_sorted, running = [], 0.0
+    for k, p in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - k) * p))
+        expected_sorted.append(running)
+    adjusted = claims.holm_adjusted(p_values)
+    assert [adjusted[p_values.index(p)] for p in tested] == pytest.approx(expected_sorted)
+    assert adjusted[3] != adjusted[3]  # not tested stays NaN
+
+
+def test_claims_frame_holm_adjusts_verdicts_and_keeps_the_unadjusted_reading():
+    strong = claims.paired_difference([1.0, 2.0, 1.5, 1.2, 1.1], claim="strong")
+    marginal = claims.paired_difference([0.3, -0.2, 0.9, 0.1, 0.6], claim="marginal")
+    lone = claims.claims_frame([marginal])
+    assert lone["verdict"].iloc[0] == lone["verdict_unadjusted"].iloc[0]  # one claim: both readings agree
+    assert lone["p_holm"].iloc[0] == pytest.approx(lone["p_value"].iloc[0])
+    weak = claims.paired_difference([0.5, 0.1, 0.45, 0.2, 0.3], claim="weak but significant alone")
+    family = claims.claims_frame([strong, weak] + [claims.paired_difference([0.1, -0.1, 0.05, -0.05, 0.0])] * 8)
+    assert (family["family_size"] == 10).all()
+    weak_row = family[family["claim"] == "weak but significant alone"].iloc[0]
+    assert weak_row["verdict_unadjusted"] == "held" and weak_row["p_value"] < 0.05
+    assert weak_row["p_holm"] >= weak_row["p_value"]
+    assert weak_row["verdict"] == ("held" if weak_row["p_holm"] < 0.05 else "inconclusive")
+    assert family[family["claim"] == "strong"]["verdict"].iloc[0] == "held"
+    again = claims.claims_frame(family.to_dict("records"))
+    pd.testing.assert_frame_equal(again, family)  # idempotent
+    one_seed = claims.claims_frame([claims.paired_difference([1.0])])
+    assert one_seed["verdict"].iloc[0] == claims.NOT_TESTED and one_seed["family_size"].iloc[0] == 0
