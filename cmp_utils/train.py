@@ -604,7 +604,7 @@ def local_slice(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
     return list(batch[rank * share:(rank + 1) * share])
 
 
-class _ListBatchSampler(torch.utils.data.Sampler):
+class ListBatchSampler(torch.utils.data.Sampler):
     """Hands a DataLoader a precomputed list of index batches."""
 
     def __init__(self, batches: list[list[int]]):
@@ -735,7 +735,7 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device_type="cuda", dtype=dtype), scaler
 
 
-def _param_groups(model: models.CrossModalModel, loss_module: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+def param_groups(model: models.CrossModalModel, loss_module: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Two Adam groups: weights of the CNN and of the joint embeddings (decayed), everything else.
 
     As the release's slim arg_scopes: conv / linear kernels carry the L2 weight decay; batch-norm
@@ -817,8 +817,15 @@ def build_run_model(cfg: TrainConfig, prepared, feature_dim: int | None = None) 
     from .data import check_prepared_options, recipe_options
 
     check_prepared_options(prepared, **recipe_options(cfg))
-    return models.build_model(len(prepared.vocabulary), cfg.backbone, cfg.embedding_dim, cfg.word_dim,
-                              cfg.hidden_size, cfg.dropout, prepared.vocabulary.pad_id, cfg.padded_steps,
+    return model_of_settings(cfg, len(prepared.vocabulary), prepared.vocabulary.pad_id, feature_dim)
+
+
+def model_of_settings(cfg: TrainConfig, vocabulary_size: int, pad_id: int = 0,
+                      feature_dim: int | None = None) -> models.CrossModalModel:
+    """The network of settings ``cfg`` for a vocabulary of ``vocabulary_size`` words (padding id
+    ``pad_id``); ``feature_dim`` as :func:`build_run_model`. No prepared data needed (benchmarks)."""
+    return models.build_model(vocabulary_size, cfg.backbone, cfg.embedding_dim, cfg.word_dim,
+                              cfg.hidden_size, cfg.dropout, pad_id, cfg.padded_steps,
                               cfg.pool_grid, cfg.weights_path, cfg.pretrained, cached_feature_dim=feature_dim,
                               word_embedding_init=cfg.word_embedding_init, lstm_init=cfg.lstm_init,
                               lstm_backward=cfg.lstm_backward, joint_embedding=cfg.joint_embedding,
@@ -980,7 +987,7 @@ class _TrainingData:
 
 
 @dataclass
-class _RunState:
+class RunState:
     """Everything an epoch changes, and what ``last.pt`` holds."""
 
     model: models.CrossModalModel
@@ -1027,43 +1034,55 @@ def _prepare_training_data(cfg: TrainConfig, context: distributed.DistributedCon
     return training
 
 
-def _new_optimizer(model: models.CrossModalModel, loss_module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam over :func:`_param_groups` (the release: one learning rate, decay on the CNN and joint embeddings)."""
-    return torch.optim.Adam(_param_groups(model, loss_module, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+def new_optimizer(model: models.CrossModalModel, loss_module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam over :func:`param_groups` (the release: one learning rate, decay on the CNN and joint embeddings)."""
+    return torch.optim.Adam(param_groups(model, loss_module, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
-def _new_weight_average(model: models.CrossModalModel, cfg: TrainConfig) -> WeightAverage:
+def new_weight_average(model: models.CrossModalModel, cfg: TrainConfig) -> WeightAverage:
     """The weight average of a run (a fresh one at the start and at the stage-2 restart)."""
     return WeightAverage(model, cfg.ema_decay, cfg.ema_warmup, scope=cfg.ema_scope)
 
 
-def _build_run_state(cfg: TrainConfig, context: distributed.DistributedContext, training: _TrainingData) -> _RunState:
+def _build_run_state(cfg: TrainConfig, context: distributed.DistributedContext, training: _TrainingData) -> RunState:
     """Model, losses, optimiser, weight average and precision, seeded again (computing the
     feature cache consumed random numbers)."""
     from . import data
-    from .losses import CrossModalLoss
 
-    device, prepared = context.device, training.prepared
+    prepared = training.prepared
     config.seed_everything(cfg.seed, cfg.deterministic)
     model = build_run_model(cfg, prepared, training.feature_dim)
-    if cfg.feature_mode != "cached":
+    state = build_run_state(cfg, model, prepared.num_classes, context.device, context.world_size)
+    if cfg.feature_mode != "cached":  # building the dataset draws no random numbers
         training.pairs = data.PairDataset(prepared.frames["train"], prepared.vocabulary, prepared.image_cache("train"),
-                                          train=True, backbone=model.image_encoder.normalisation)
-    if context.world_size > 1 and device.type == "cuda":
+                                          train=True, backbone=state.model.image_encoder.normalisation)
+    return state
+
+
+def build_run_state(cfg: TrainConfig, model: models.CrossModalModel, num_classes: int, device: torch.device,
+                    world_size: int = 1) -> RunState:
+    """What :func:`train_step` needs for ``model`` under settings ``cfg``: the model on ``device``
+    (SyncBatchNorm for several CUDA processes, channels-last images on CUDA), the losses over
+    ``num_classes`` classes, :class:`TrainStep`, Adam with the weight-decay groups
+    (:func:`new_optimizer`), the weight average (:func:`new_weight_average`) and the precision
+    (``amp``). :func:`fit` and the benchmarks (:mod:`cmp_utils.bench`) both build it here."""
+    from .losses import CrossModalLoss
+
+    if world_size > 1 and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if device.type == "cuda" and cfg.channels_last and not model.takes_features:
         model.image_encoder.to(memory_format=torch.channels_last)
-    loss_module = CrossModalLoss(cfg.losses, cfg.embedding_dim, prepared.num_classes, scope=cfg.loss_scope,
+    loss_module = CrossModalLoss(cfg.losses, cfg.embedding_dim, num_classes, scope=cfg.loss_scope,
                                  **cfg.loss_options).to(device)
     step_module = TrainStep(model, loss_module)
     autocast, scaler = _autocast(cfg, device)
-    return _RunState(model=model, loss_module=loss_module, step_module=step_module,
-                     optimizer=_new_optimizer(model, loss_module, cfg), ema=_new_weight_average(model, cfg),
+    return RunState(model=model, loss_module=loss_module, step_module=step_module,
+                     optimizer=new_optimizer(model, loss_module, cfg), ema=new_weight_average(model, cfg),
                      eval_model=copy.deepcopy(model).eval(), autocast=autocast, scaler=scaler, wrapped=step_module)
 
 
-def _restore_last_checkpoint(state: _RunState, checkpoints: Path, device: torch.device, is_main: bool) -> None:
+def _restore_last_checkpoint(state: RunState, checkpoints: Path, device: torch.device, is_main: bool) -> None:
     """``resume``: load weights, optimiser, average, scaler, history and random states from ``last.pt``."""
     path = checkpoints / "last.pt"
     if not path.is_file():
@@ -1107,7 +1126,7 @@ def stage_of(cfg: TrainConfig, epoch: int) -> tuple[bool, float]:
     return (False, cfg.lr) if epoch < cfg.frozen_epochs else (True, cfg.finetune_lr)
 
 
-def _enter_stage(state: _RunState, cfg: TrainConfig, epoch: int, context: distributed.DistributedContext) -> float:
+def _enter_stage(state: RunState, cfg: TrainConfig, epoch: int, context: distributed.DistributedContext) -> float:
     """Set the learning rate and the CNN's trainability of ``epoch``; return the learning rate.
 
     At the switch to stage 2 (epoch ``frozen_epochs``) with ``stage2_restart`` the release's
@@ -1120,8 +1139,8 @@ def _enter_stage(state: _RunState, cfg: TrainConfig, epoch: int, context: distri
     """
     cnn_trainable, lr = stage_of(cfg, epoch)
     if cfg.stage2_restart and cfg.frozen_epochs > 0 and epoch == cfg.frozen_epochs:
-        state.optimizer = _new_optimizer(state.model, state.loss_module, cfg)
-        state.ema = _new_weight_average(state.model, cfg)
+        state.optimizer = new_optimizer(state.model, state.loss_module, cfg)
+        state.ema = new_weight_average(state.model, cfg)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     if cnn_trainable != state.cnn_trainable:
@@ -1134,7 +1153,7 @@ def _enter_stage(state: _RunState, cfg: TrainConfig, epoch: int, context: distri
     return lr
 
 
-def _set_training_mode(state: _RunState, cfg: TrainConfig) -> None:
+def _set_training_mode(state: RunState, cfg: TrainConfig) -> None:
     """Train mode; a frozen CNN's batch norm follows ``frozen_cnn_bn``: ``"batch_stats"`` (release
     stage 1 builds the frozen CNN with ``is_training=True``: batch statistics, moving statistics
     updated) or ``"eval"`` (the stored statistics, frozen)."""
@@ -1160,7 +1179,7 @@ def _epoch_batches(cfg: TrainConfig, training: _TrainingData, batches: list[list
     from . import data
 
     if cfg.feature_mode != "cached":
-        loader = torch.utils.data.DataLoader(training.pairs, batch_sampler=_ListBatchSampler(batches),
+        loader = torch.utils.data.DataLoader(training.pairs, batch_sampler=ListBatchSampler(batches),
                                              collate_fn=data.collate_pairs, num_workers=_loader_workers(cfg),
                                              pin_memory=context.device.type == "cuda", persistent_workers=False)
         for batch in loader:
@@ -1178,7 +1197,32 @@ def _epoch_batches(cfg: TrainConfig, training: _TrainingData, batches: list[list
         yield images, token_ids, lengths, captions["labels"][index]
 
 
-def _train_epoch(state: _RunState, cfg: TrainConfig, training: _TrainingData, epoch: int,
+def train_step(state: RunState, cfg: TrainConfig, images: torch.Tensor, token_ids: torch.Tensor,
+               lengths: torch.Tensor, labels: torch.Tensor, device: torch.device,
+               world_size: int = 1) -> dict[str, torch.Tensor]:
+    """One optimiser step of :func:`fit` on one batch (this process's rows, on any device): inputs to
+    ``device`` (channels-last images on CUDA), the losses under ``amp``'s autocast, the global-batch
+    backward (:func:`backward_global_loss`), Adam (through the gradient scaler, if any) and the
+    weight-average update. Returns ``{loss name: scalar}`` of the global batch. The benchmarks time
+    this same function."""
+    if device.type == "cuda" and cfg.channels_last and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    images = images.to(device, non_blocking=True)
+    token_ids, labels = token_ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    with state.autocast:
+        losses = state.wrapped(images, token_ids, lengths.to(device), labels)
+    state.optimizer.zero_grad(set_to_none=True)
+    backward_global_loss(losses, state.step_module, world_size, state.scaler)
+    if state.scaler is not None:
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        state.optimizer.step()
+    state.ema.update(state.model)
+    return losses
+
+
+def _train_epoch(state: RunState, cfg: TrainConfig, training: _TrainingData, epoch: int,
                  context: distributed.DistributedContext, show: bool) -> dict[str, Any]:
     """One pass over the epoch's global batches; returns its log record (losses, time, throughput)."""
     from tqdm.auto import tqdm
@@ -1192,20 +1236,7 @@ def _train_epoch(state: _RunState, cfg: TrainConfig, training: _TrainingData, ep
     bar = tqdm(_epoch_batches(cfg, training, batches, epoch, context), total=len(batches),
                desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False, unit="batch", mininterval=3.0)
     for images, token_ids, lengths, labels in bar:
-        if device.type == "cuda" and cfg.channels_last and images.dim() == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
-        images = images.to(device, non_blocking=True)
-        token_ids, labels = token_ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with state.autocast:
-            losses = state.wrapped(images, token_ids, lengths.to(device), labels)
-        state.optimizer.zero_grad(set_to_none=True)
-        backward_global_loss(losses, state.step_module, world, state.scaler)
-        if state.scaler is not None:
-            state.scaler.step(state.optimizer)
-            state.scaler.update()
-        else:
-            state.optimizer.step()
-        state.ema.update(state.model)
+        losses = train_step(state, cfg, images, token_ids, lengths, labels, device, world)
         for name, value in losses.items():
             loss_sums[name] += value.detach()
         state.trained_samples += len(labels) * world
@@ -1237,7 +1268,7 @@ def validates_in(cfg: TrainConfig, epoch: int) -> bool:
     return cfg.validate_every > 0 and ((epoch + 1) % cfg.validate_every == 0 or epoch + 1 == cfg.epochs)
 
 
-def _evaluate_epoch(state: _RunState, cfg: TrainConfig, training: _TrainingData, epoch: int,
+def _evaluate_epoch(state: RunState, cfg: TrainConfig, training: _TrainingData, epoch: int,
                     device: torch.device, record: dict[str, Any]) -> float | None:
     """Score the averaged weights (copied into ``eval_model``) on the selection split when this
     epoch validates; add ``val_<metric>`` to ``record``; return the selection score, the epoch
@@ -1258,7 +1289,7 @@ def _evaluate_epoch(state: _RunState, cfg: TrainConfig, training: _TrainingData,
     return metrics[cfg.select_metric]
 
 
-def _save_checkpoints(state: _RunState, cfg: TrainConfig, out_dir: Path, epoch: int, score: float | None) -> None:
+def _save_checkpoints(state: RunState, cfg: TrainConfig, out_dir: Path, epoch: int, score: float | None) -> None:
     """``best.pt`` (averaged weights) when ``score`` beats the best so far; ``last.pt`` (everything
     a resume needs) and ``log.jsonl`` after every epoch, each written atomically."""
     checkpoints = out_dir / "checkpoints"
@@ -1275,7 +1306,7 @@ def _save_checkpoints(state: _RunState, cfg: TrainConfig, out_dir: Path, epoch: 
     atomic.write_text(out_dir / "log.jsonl", "".join(json.dumps(line) + "\n" for line in state.history))
 
 
-def _final_result(state: _RunState, cfg: TrainConfig, training: _TrainingData, out_dir: Path,
+def _final_result(state: RunState, cfg: TrainConfig, training: _TrainingData, out_dir: Path,
                   context: distributed.DistributedContext, total_seconds: float) -> RunResult:
     """Load ``best.pt``, score the test split with it (rank 0), write ``results.json``."""
     test: dict[str, float] = {}

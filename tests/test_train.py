@@ -89,7 +89,7 @@ def test_ema_warmup_and_average():
 def test_weight_decay_groups():
     model = models.build_model(40, backbone="small_cnn", embedding_dim=8, word_dim=8, hidden_size=4, pretrained=False)
     cfg = train.make_config("smoke", "cuhk_pedes")
-    groups = train._param_groups(model, torch.nn.Linear(2, 2), cfg)
+    groups = train.param_groups(model, torch.nn.Linear(2, 2), cfg)
     decayed = {id(p) for p in groups[0]["params"]}
     assert groups[0]["weight_decay"] == 4e-5 and groups[1]["weight_decay"] == 0.0
     assert id(model.image_embedding.projection.weight) in decayed
