@@ -178,7 +178,7 @@ def measure_peak_memory(function: Callable[[], Any]) -> tuple[Any, float | None]
 # ---------------------------------------------------------------------------------------------
 
 
-class _Trainer:
+class RunTrainer:
     """The run state of a :class:`cmp_utils.train.TrainConfig` as :func:`cmp_utils.train.fit` builds it
     (model of every recipe setting, losses, Adam with the weight-decay groups, the weight average
     of ``ema_scope``), one :func:`cmp_utils.train.train_step` per call."""
@@ -251,7 +251,7 @@ def bench_training_step(rows: Rows, profile: str = "quick", dataset: str = "cuhk
     if cfg.feature_mode == "cached":
         torch.manual_seed(0)
         features = train.cached_image_features(prepared, "train", cfg, device, flips=True)  # (2, N_I, D)
-        trainer = _Trainer(cfg, prepared, features.shape[-1], device)
+        trainer = RunTrainer(cfg, prepared, features.shape[-1], device)
         batches = train.global_batches(labels_np, cfg, epoch=0)
         flip_generator = torch.Generator().manual_seed(0)
         position = {"next": 0}
@@ -279,7 +279,7 @@ def bench_training_step(rows: Rows, profile: str = "quick", dataset: str = "cuhk
         e2e = train.make_config(profile, dataset, device="cpu", cache_dir=cache_dir, progress=False,
                                 feature_mode="end_to_end", backbone=backbone)
         torch.manual_seed(0)
-        trainer = _Trainer(e2e, prepared, None, device)
+        trainer = RunTrainer(e2e, prepared, None, device)
         pairs = data.PairDataset(train_frame, prepared.vocabulary, prepared.image_cache("train"), train=True,
                                  backbone=trainer.model.image_encoder.normalisation)
         batches = train.global_batches(labels_np, e2e, epoch=0)
@@ -567,7 +567,7 @@ def paper_step_settings(device: torch.device, mode: str, dim: int = PAPER_DIM):
                              embedding_dim=dim, word_dim=dim, hidden_size=dim)
 
 
-class _PaperStep:
+class PaperStep:
     """The paper's CUHK-PEDES recipe (:func:`paper_step_settings`) over ``num_classes`` ids, built by
     :func:`cmp_utils.train.build_run_state` and stepped by :func:`cmp_utils.train.train_step`, as fit does;
     ``mode`` naming ``compile`` compiles the CNN (the packed LSTM stays eager)."""
@@ -593,7 +593,7 @@ class _PaperStep:
         train.train_step(self.state, self.cfg, images, token_ids, lengths, labels, self.device)
 
 
-def _paper_batch(batch: int, image_size: int, device: torch.device, vocabulary: int = PAPER_VOCABULARY,
+def paper_batch(batch: int, image_size: int, device: torch.device, vocabulary: int = PAPER_VOCABULARY,
                  num_classes: int = CUHK_TRAIN_IDS, caption_length: int = 24,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
     """Random inputs of the paper model: normalised images, token ids (lengths up to
@@ -636,7 +636,7 @@ def bench_gpu(rows: Rows, device: torch.device | str | None = None, batch_sizes:
     generator = torch.Generator().manual_seed(0)
     notes_base = (f"paper recipe: mobilenet_v1_tf {image_size}x{image_size} + Bi-LSTM {dim} (vocabulary {vocabulary}), "
                   f"CMPM+CMPC ({num_classes} ids), Adam with weight-decay groups, EMA; train.train_step")
-    inputs = {batch: _paper_batch(batch, image_size, device, vocabulary, num_classes, generator=generator)
+    inputs = {batch: paper_batch(batch, image_size, device, vocabulary, num_classes, generator=generator)
               for batch in batch_sizes}
     fp32_rate: dict[int, float] = {}
 
@@ -644,7 +644,7 @@ def bench_gpu(rows: Rows, device: torch.device | str | None = None, batch_sizes:
         torch.manual_seed(0)
         start = time.perf_counter()
         try:
-            runner = _PaperStep(device, mode, image_size, vocabulary, num_classes, dim)
+            runner = PaperStep(device, mode, image_size, vocabulary, num_classes, dim)
             runner.step(*inputs[batch])  # first call: compiles / autotunes
             _synchronise(device)
             first_s = time.perf_counter() - start
@@ -688,9 +688,9 @@ def _gpu_epoch(rows: Rows, device: torch.device, image_size: int, epoch_images: 
 
     pinned = device.type == "cuda"
     pool = torch.zeros(epoch_images, image_size, image_size, 3, dtype=torch.uint8, pin_memory=pinned)  # (N, H, W, 3)
-    runner = _PaperStep(device, epoch_mode, image_size, vocabulary, num_classes, dim)
+    runner = PaperStep(device, epoch_mode, image_size, vocabulary, num_classes, dim)
     scaling = runner.state.model.image_encoder.normalisation
-    _, token_ids, lengths, labels = _paper_batch(epoch_batch, image_size, device, vocabulary, num_classes,
+    _, token_ids, lengths, labels = paper_batch(epoch_batch, image_size, device, vocabulary, num_classes,
                                                  generator=generator)
     order = torch.randperm(epoch_images, generator=generator)
     n_steps = epoch_images // epoch_batch

@@ -563,11 +563,6 @@ class PreparedDataset:
     def splits(self) -> tuple[str, ...]:
         return tuple(self.frames)
 
-    @property
-    def eval_split(self) -> str | None:
-        """Alias of :attr:`validation_split`."""
-        return self.validation_split
-
     num_classes_from: str = "all_splits"
 
     @property
@@ -601,10 +596,6 @@ class PreparedDataset:
         if split not in self._caches:
             self._caches[split] = ImageCache.open(self.cache_path(split))
         return self._caches[split]
-
-    def pair_dataset(self, split: str, train: bool, backbone: str) -> "PairDataset":
-        """Shortcut: ``PairDataset(frames[split], vocabulary, image_cache(split), train, backbone)``."""
-        return PairDataset(self.frames[split], self.vocabulary, self.image_cache(split), train=train, backbone=backbone)
 
 
 def default_image_size(name: str, synthetic: bool) -> tuple[int, int]:

@@ -128,12 +128,13 @@ def evaluate_split(model: torch.nn.Module, prepared, split: str, device: torch.d
                    batch_size: int = 256, image_features: torch.Tensor | None = None,
                    ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, Any]:
     """Bidirectional retrieval on ``split``: ``{"i2t": {...}, "t2i": {...}, "rsum": float}`` with
-    R@K (percent), medr, meanr, mAP, mINP per direction (see :mod:`cmp_utils.metrics`)."""
+    R@K for each K of ``ks`` (percent; ``rsum`` sums them), medr, meanr, mAP, mINP per direction (see
+    :mod:`cmp_utils.metrics`)."""
     from . import metrics
 
     image_embeddings, image_labels, text_embeddings, text_labels = encode(model, prepared, split, device, batch_size,
                                                                           image_features)
-    return metrics.bidirectional_retrieval(image_embeddings, text_embeddings, image_labels, text_labels)
+    return metrics.bidirectional_retrieval(image_embeddings, text_embeddings, image_labels, text_labels, ks)
 
 
 def flat_metrics(result: dict[str, Any]) -> dict[str, float]:

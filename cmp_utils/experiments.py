@@ -348,7 +348,7 @@ def grid_jobs(dataset: str, profile: str, methods: Sequence[str | tuple[str, str
             for method, backbone in pairs for seed in seeds]
 
 
-def _run_job(job: tuple) -> dict[str, Any]:
+def run_job(job: tuple) -> dict[str, Any]:
     """One :func:`run_method` call in a worker process. The thread count is the run's own
     (``TrainConfig.num_threads``, applied by ``fit``), never the pool's, so a run gives the same
     numbers in a worker as in the notebook's process."""
@@ -449,13 +449,13 @@ def train_jobs(jobs: Sequence[tuple], device: str = "auto", profile: str = "quic
     pending = list(range(len(jobs)))
     parallel = workers > 1 and len(pending) > 1
     if parallel:
-        for settings in _distinct_inputs(jobs):
+        for settings in distinct_inputs(jobs):
             train.prepare_inputs(settings)
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
     if parallel:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = {pool.submit(_run_job, jobs[i]): i for i in pending}
+            futures = {pool.submit(run_job, jobs[i]): i for i in pending}
             for future in concurrent.futures.as_completed(futures):
                 records[futures[future]] = future.result()
                 bar.update()
@@ -467,7 +467,7 @@ def train_jobs(jobs: Sequence[tuple], device: str = "auto", profile: str = "quic
     return records
 
 
-def _distinct_inputs(jobs: Sequence[tuple]) -> list[Any]:
+def distinct_inputs(jobs: Sequence[tuple]) -> list[Any]:
     """The settings of the first job of each distinct :func:`cmp_utils.train.input_key` whose run is
     not memoised yet, in job order."""
     from . import train

@@ -278,7 +278,7 @@ def audit_claims(results: pd.DataFrame, plan: pd.DataFrame | None = None) -> pd.
         if deviation.name not in present:
             continue
         settings = measured_settings.get(deviation.name, deviation.overrides)
-        settings_text = deviation.evaluation or _settings_text(settings, deviation.method)
+        settings_text = deviation.evaluation or settings_text(settings, deviation.method)
         reversed_sign = _same(settings, deviation.alternative) if deviation.alternative else False
         for metric in deviation.metrics:
             text = (f"the release's setting ({settings_text}) instead of the baseline's ({deviation.label}) raises "
@@ -292,18 +292,12 @@ def audit_claims(results: pd.DataFrame, plan: pd.DataFrame | None = None) -> pd.
     return claims.claims_frame(rows)
 
 
-def _settings_text(settings: dict, method: str) -> str:
+def settings_text(settings: dict, method: str) -> str:
+    """A deviation's ``settings`` as ``key=value`` text for the audit table, its losses first unless ``method`` is the baseline."""
     parts = [f"{key}={value!r}" for key, value in settings.items()]
     if method != BASELINE_METHOD:
         parts.insert(0, f"losses={list(experiments.method_losses(method))}")
     return ", ".join(parts)
-
-
-def unmeasured(plan: pd.DataFrame) -> pd.DataFrame:
-    """Deviations of ``plan`` that could not be measured (already in the baseline), with why."""
-    if plan.empty:
-        return plan
-    return plan[plan["note"].str.endswith("not measured")]
 
 
 # ---------------------------------------------------------------------------------------------

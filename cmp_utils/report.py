@@ -247,7 +247,7 @@ def read_claims(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _paper_side(row: dict[str, Any], experiment: str | None = None) -> str:
+def paper_side(row: dict[str, Any], experiment: str | None = None) -> str:
     """What the paper reports for a claim: both values, their backbone and support, and their
     difference where both come from the same backbone; else what is known. A claim without a
     ``table`` or ``dataset`` of its own belongs to the paper table named like its ``experiment``."""
@@ -323,7 +323,7 @@ def render_scorecard(results_dir: Path, profile: str, notebooks_dir: Path) -> st
             if (row["claim"], ours) in seen:  # the same runs, tested again by another notebook
                 continue
             seen.add((row["claim"], ours))
-            rows.append([f"{row['claim']} ({experiment})", _paper_side(row, experiment), ours, f"**{row['verdict']}**",
+            rows.append([f"{row['claim']} ({experiment})", paper_side(row, experiment), ours, f"**{row['verdict']}**",
                          "" if _missing(seeds) else int(seeds)])
     if not rows and not summarised:
         return f"No claims yet: no `results/*/{profile}/claims.csv` (run `make reproduce`)."
@@ -884,7 +884,7 @@ def what_we_found(experiment: str, profile: str, results_dir: str | Path | None 
         for row in read_claims(claims_path).to_dict("records"):
             seeds = row.get("n_seeds")
             paper_side = ("not a claim of the paper" if experiment in NOT_THE_PAPERS_CLAIMS
-                          else f"paper: {_paper_side(row, experiment)}")
+                          else f"paper: {paper_side(row, experiment)}")
             lines.append(f"- {row['claim']}: **{row['verdict']}** (ours: {_our_side(row)}"
                          + ("" if _missing(seeds) else f"; {int(seeds)} seeds") + f"; {paper_side}).")
     if metrics_path.is_file():

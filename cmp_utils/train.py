@@ -717,7 +717,7 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.default_rng([seed, epoch, rank, 11]).integers(0, 2**62))
 
 
-def _autocast(cfg: TrainConfig, device: torch.device):
+def autocast_and_scaler(cfg: TrainConfig, device: torch.device):
     """(autocast context, gradient scaler or None) of ``amp``: ``"off"`` fp32 (the release and the
     paper profile); ``"auto"`` bf16 on CUDA (fp16 with a scaler where bf16 is unsupported), fp32
     elsewhere; ``"bf16"`` bf16 autocast on CUDA or, when asked explicitly, on the CPU; ``"fp16"``
@@ -1076,7 +1076,7 @@ def build_run_state(cfg: TrainConfig, model: models.CrossModalModel, num_classes
     loss_module = CrossModalLoss(cfg.losses, cfg.embedding_dim, num_classes, scope=cfg.loss_scope,
                                  **cfg.loss_options).to(device)
     step_module = TrainStep(model, loss_module)
-    autocast, scaler = _autocast(cfg, device)
+    autocast, scaler = autocast_and_scaler(cfg, device)
     return RunState(model=model, loss_module=loss_module, step_module=step_module,
                      optimizer=new_optimizer(model, loss_module, cfg), ema=new_weight_average(model, cfg),
                      eval_model=copy.deepcopy(model).eval(), autocast=autocast, scaler=scaler, wrapped=step_module)

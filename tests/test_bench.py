@@ -144,7 +144,7 @@ def test_paper_step_times_the_paper_recipe_through_train_step(monkeypatch):
     weight-decay groups, the weight average) and calls train.train_step, the step fit calls."""
     from cmp_utils import train
 
-    runner = bench._PaperStep(torch.device("cpu"), "fp32", 32, vocabulary=50, num_classes=5, dim=16)
+    runner = bench.PaperStep(torch.device("cpu"), "fp32", 32, vocabulary=50, num_classes=5, dim=16)
     paper = train.make_config("paper", "cuhk_pedes")
     assert runner.cfg.backbone == paper.backbone == "mobilenet_v1_tf"
     assert (runner.cfg.bn_style, runner.cfg.ema_scope) == (paper.bn_style, paper.ema_scope)
@@ -153,7 +153,7 @@ def test_paper_step_times_the_paper_recipe_through_train_step(monkeypatch):
     calls = []
     monkeypatch.setattr(train, "train_step", lambda *args, **kwargs: calls.append(args))
     generator = torch.Generator().manual_seed(0)
-    runner.step(*bench._paper_batch(4, 32, torch.device("cpu"), 50, 5, generator=generator))
+    runner.step(*bench.paper_batch(4, 32, torch.device("cpu"), 50, 5, generator=generator))
     assert len(calls) == 1 and calls[0][0] is runner.state
 
 
@@ -163,7 +163,7 @@ def test_training_step_benchmark_builds_fits_run_state(isolated_dirs):
 
     cfg = train.make_config("smoke", "cuhk_pedes", device="cpu", progress=False)
     prepared = data.prepare_dataset(cfg.dataset, cfg.profile, seed=cfg.data_seed, **data.recipe_options(cfg))
-    trainer = bench._Trainer(cfg, prepared, 24, torch.device("cpu"))
+    trainer = bench.RunTrainer(cfg, prepared, 24, torch.device("cpu"))
     assert isinstance(trainer.state, train.RunState)
     assert trainer.state.ema.scope == cfg.ema_scope
     assert [group["name"] for group in trainer.state.optimizer.param_groups] == ["decayed", "others"]

@@ -159,7 +159,7 @@ def _cold_smoke_run(cache_dir: str) -> dict:
     import os
 
     os.environ["CMP_CACHE_DIR"] = cache_dir
-    return experiments._run_job(("cuhk_pedes", "smoke", "CMPM", 0, "cpu", None, None))
+    return experiments.run_job(("cuhk_pedes", "smoke", "CMPM", 0, "cpu", None, None))
 
 
 @pytest.mark.slow
@@ -371,7 +371,7 @@ def test_train_jobs_builds_each_distinct_input_once_before_its_workers_start(tmp
     jobs = [("cuhk_pedes", "smoke", method, seed, "cpu", None, None) for method in ("CMPM", "ranking") for seed in (0, 1)]
     jobs += [("flickr30k", "smoke", "CMPM", 0, "cpu", None, None),
              ("cuhk_pedes", "smoke", "CMPM", 0, "cpu", None, {"batch_size": 16})]  # same caches as the first
-    chosen = experiments._distinct_inputs(jobs)
+    chosen = experiments.distinct_inputs(jobs)
     assert [(cfg.dataset, cfg.losses, cfg.seed) for cfg in chosen] == [("cuhk_pedes", ("cmpm",), 0), ("flickr30k", ("cmpm",), 0)]
     assert len({train.input_key(cfg) for cfg in chosen}) == 2
     train.prepare_inputs(chosen[0])
@@ -384,5 +384,5 @@ def test_train_jobs_builds_each_distinct_input_once_before_its_workers_start(tmp
     monkeypatch.setattr(models, "ImageEncoder", no_feature_computation)
     for job in jobs[:4]:
         experiments.run_method(*job)
-    assert [cfg.dataset for cfg in experiments._distinct_inputs(jobs)] == ["flickr30k", "cuhk_pedes"]  # batch 16: not run
-    assert experiments._distinct_inputs(jobs[:4]) == []  # every run memoised: nothing to prepare
+    assert [cfg.dataset for cfg in experiments.distinct_inputs(jobs)] == ["flickr30k", "cuhk_pedes"]  # batch 16: not run
+    assert experiments.distinct_inputs(jobs[:4]) == []  # every run memoised: nothing to prepare
