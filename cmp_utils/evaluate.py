@@ -31,12 +31,10 @@ from . import images as image_ops
 def caption_tensors(frame: pd.DataFrame, vocabulary) -> dict[str, torch.Tensor]:
     """Every caption of ``frame`` as model input: ``token_ids`` (N_T, T) padded with 0, ``lengths``,
     ``labels`` (class_index) and ``image_indices``, all long, in frame order."""
+    from .text import pad_token_ids
+
     encoded = [vocabulary.encode(tokens, for_model_input=True) for tokens in frame["tokens"]]
-    lengths = torch.tensor([len(ids) for ids in encoded], dtype=torch.long)  # (N_T,)
-    token_ids = torch.full((len(encoded), int(lengths.max()) if len(encoded) else 1), vocabulary.pad_id,
-                           dtype=torch.long)  # (N_T, T)
-    for row, ids in enumerate(encoded):
-        token_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    token_ids, lengths = pad_token_ids(encoded, vocabulary.pad_id)  # (N_T, T), (N_T,)
     return {"token_ids": token_ids, "lengths": lengths,
             "labels": torch.tensor(frame["class_index"].to_numpy(np.int64)),
             "image_indices": torch.tensor(frame["image_index"].to_numpy(np.int64))}

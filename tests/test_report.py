@@ -578,3 +578,12 @@ def test_scorecard_paper_side_compares_losses_on_one_backbone_only():
     # a baseline's own published result has no backbone of the paper's: still compared
     assert report.paper_side(dict(better="CMPM", worse="CMCE", metric="R@1", direction="t2i"), "cuhk_pedes") == (
         f"CMPM 44.02 (MobileNet, 2 sources) vs CMCE 25.94 (1 source) ({44.02 - 25.94:+.2f})")
+
+
+def test_replace_between_markers_keeps_the_markers_and_refuses_ambiguity():
+    markers = report.marker("demo")
+    text = f"head\n{markers[0]}\nold\n{markers[1]}\ntail\n"
+    assert report.replace_between_markers(text, markers, "\nnew\n") == f"head\n{markers[0]}\nnew\n{markers[1]}\ntail\n"
+    for broken in ("no markers", f"{markers[1]}\n{markers[0]}", text + markers[0]):
+        with pytest.raises(ValueError, match="demo:start"):
+            report.replace_between_markers(broken, markers, "new", "doc.md")
