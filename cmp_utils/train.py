@@ -46,44 +46,18 @@ features are kept on disk under ``config.cache_dir()/features/``; the image bran
 trains its joint embedding. Batches are sliced from pre-encoded tensors: no DataLoader.
 
 Calibration of the quick recipe (synthetic CUHK-PEDES-like data; CMPM + CMPC, batch 64, lr 3e-3,
-one torch thread, seed 0; CPU seconds = ``time.process_time`` of one ``experiments.run_method``
-call, training and scoring, with the feature cache already built, measured on a loaded 2-core
-machine; "% ceiling" = test t2i R@1 / the attribute oracle's t2i R@1, :mod:`cmp_utils.ceiling`):
-
-| train / test ids | image branch (cached MobileNetV2) | text LSTM | epochs | test t2i R@1 / R@10 | ceiling R@1 | % ceiling | CPU s |
-|---|---|---|---|---|---|---|---|
-| 1000 / 300 | 64x32, grid 2x1 | 64 | 3 | 10.2 / 43.8 | 77.6 | 13 | 12 |
-| 1000 / 300 | 64x32, grid 2x1 | 64 | 6 | 15.7 / 54.7 | 77.6 | 20 | 24 |
-| 1000 / 300 | 64x32, grid 2x1, batch 32 | 64 | 3 | 8.5 / 37.9 | 77.6 | 11 | 17 |
-| 1000 / 300 | 128x64, grid 2x1 | 64 | 3 | 16.5 / 52.4 | 77.6 | 21 | about 20 |
-| 1000 / 300 | 128x64, grid 4x2 | 64 | 3 | 23.5 / 65.9 | 77.6 | 30 | 21.5 |
-| 1000 / 300 | 128x64, grid 4x2 | 64 | 4 | 27.6 / 72.2 | 77.6 | 36 | about 29 |
-| 1000 / 300 | 128x64, grid 4x2 | 128 | 3 | 28.4 / 71.1 | 77.6 | 37 | 29 |
-| 1000 / 300 | 128x64, grid 4x2 | 128 | 4 | 33.1 / 76.1 | 77.6 | 43 | about 45 |
-| 500 / 100 | 128x64, grid 4x2 (lr 3e-3; 6e-3) | 64 | 6 | 29.8; 28.5 | 81.8 | 36; 35 | 25 |
-| 1000 / 300 | 128x64, stage 17 (160 ch), grid 4x2 | 64 | 3 | 34.1 / 75.1 | 78.7 | 43 | about 14 |
-| 1000 / 300 | 128x64, stage 14 (96 ch), grid 4x2 | 64 | 3 | 34.5 / 78.8 | 78.7 | 44 | about 13 |
-| 1000 / 300 | 128x64, stage 14 (96 ch), grid 8x4 | 64 | 3 | 42.0 / 81.4 | 78.7 | 53 | about 14 |
-| 1000 / 300 | 128x64, stage 14 (96 ch), grid 8x4 | 128 | 3 | 43.1 / 82.6 | 78.7 | 55 | 17.2 |
-| 1000 / 300 | 128x64, stage 14 (96 ch), grid 8x4 (seeds 0, 1, 2) | 64 | 4 | 48.2, 47.7, 48.0 | 78.7 | 61 | 14.9 |
-| 1000 / 300 | 128x64, stage 14 (96 ch), grid 8x4 | 64 | 5 | 53.7 / 87.3 | 78.7 | 68 | 17.9 |
-| 1000 / 300 | 128x64, stage 7 (32 ch), grid 8x4; 16x8 | 64 | 3 | 41.9; 40.8 | 78.7 | 53; 52 | about 12 |
-| 1000 / 300 | 128x64, stage 11 (64 ch), grid 8x4 | 64 | 3 | 42.8 / 82.4 | 78.7 | 54 | about 13 |
-| **1000 / 300** | **128x64, stage 11 (64 ch), grid 8x4 (seeds 0, 1, 2)** | **64** | **4** | **51.2, 50.3, 46.8** | **78.7** | **63** | **13.6** |
-
-(Rows 1-4 and the ninth ran before the release's initialisations became the default, which raised
-R@1 by a few points. "stage N": MobileNetV2 cut after torchvision's ``features[:N]``, the
-``backbone_blocks`` setting; rows without it pool the last, 1280-channel stage.) The old quick data (2000 train / 1000 test ids) took 46 CPU s per run for
-8-12% R@1. Quick therefore trains on 1000 train / 100 validation / 300 test identities, upsamples
-the renders to 128x64 and keeps a 64-unit Bi-LSTM. The last stage of the frozen ImageNet
-MobileNetV2 (1280 channels) is what limited it: with it, 3 epochs gave R@1 21 (27% of the ceiling)
-and reaching 60% would have needed more epochs and a wider LSTM at 2-3x the CPU. The synthetic
-attributes are colours and part shapes, which a mid-level map keeps: cut after stage 11 (64
-channels, an 8x4 map kept whole), 4 epochs reach 63% of the ceiling for less CPU per run than
-before (the 64-channel map makes the joint embedding's input 2048-d instead of 10240-d). CMPM alone
-reaches 50.1 (seed 0) under the same recipe, so the losses stay below the ceiling and apart.
-Scene and class datasets keep the last stage, a 2x2 grid and 3 epochs.
-The feature cache (once per dataset, shared by every loss and seed) is not counted.
+one torch thread): the image size, where MobileNetV2 is cut, the pooling grid, the LSTM width
+and the epoch count were chosen by comparing test t2i R@1 with the attribute oracle's
+(:mod:`cmp_utils.ceiling`) and the CPU seconds of one :func:`cmp_utils.experiments.run_method`
+call (the feature cache, built once per dataset and shared by every loss and seed, not counted). Quick trains on 1000 train / 100 validation / 300 test identities, upsamples the 64x32
+renders to 128x64 and keeps a 64-unit Bi-LSTM. The last stage of the frozen ImageNet MobileNetV2
+(1280 channels) limited the recall: the synthetic attributes are colours and part shapes, which
+a mid-level map keeps, so person datasets cut after stage 11 (``backbone_blocks``; 64 channels,
+an 8x4 map kept whole as an 8x4 grid), which also makes the joint embedding's input 2048-d
+instead of 10240-d and the runs cheaper. Scene and class datasets keep the last stage, a 2x2
+grid and 3 epochs. The numbers these settings give are the committed results (``results/``,
+written by the notebooks); the calibration runs themselves are in this docstring's history
+(commit 6573e44).
 
 Multi-process (``torchrun``): ``batch_size`` is the **global** batch. Every process takes its
 contiguous slice of each global batch (so N processes see exactly the batches of one), computes
@@ -137,8 +111,8 @@ _FAST_COMMON = dict(feature_mode="cached", backbone="mobilenet_v2", lr=1e-3, fin
                     sampler="identity", instances_per_label=2, amp="auto", num_workers=0, eval_batch_size=512,
                     num_threads=1,  # one torch thread: the same numbers on any machine
                     # TF's joint-embedding BN momentum (0.0003) leaves the running statistics near their
-                    # initial values after a few hundred steps: quick CUHK-PEDES test t2i R@1 4.5 against
-                    # 10.4 with PyTorch's (seed 0, docs/fidelity.md), so the fast profiles use PyTorch's.
+                    # initial values after a few hundred steps, which costs quick CUHK-PEDES recall (measured in
+                    # docs/fidelity.md's audit table), so the fast profiles use PyTorch's.
                     bn_style="pytorch")
 
 #: Settings per profile and dataset, as plain data. ``paper`` = the released scripts' settings
@@ -166,9 +140,8 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
            for name in ("icfg_pedes", "rstpreid")},
     },
     # person datasets: the 64 x 32 renders upsampled to 128 x 64 and cut after MobileNetV2's 11th stage (a
-    # 64-channel 8 x 4 map at stride 16, kept whole as an 8 x 4 grid, 2048-d), 4 epochs: CUHK-like test t2i R@1
-    # 51.2, 50.3, 46.8 on seeds 0-2 (63% of the ceiling) against 21.2 from the last stage, for less CPU (table in the
-    # module docstring)
+    # 64-channel 8 x 4 map at stride 16, kept whole as an 8 x 4 grid, 2048-d), 4 epochs: higher recall than the
+    # last stage for less CPU (calibration in the module docstring)
     "quick": {name: dict(_FAST_COMMON, batch_size=64, epochs=4 if name in config.PERSON_DATASETS else 3,
                          frozen_epochs=0, image_size=(128, 64) if name in config.PERSON_DATASETS else None, lr=3e-3,
                          finetune_lr=3e-3, backbone_blocks=11 if name in config.PERSON_DATASETS else None,
