@@ -366,7 +366,7 @@ def bench_evaluation(rows: Rows, n_queries: int = 5000, n_gallery: int = 25000, 
     similarity = torch.nn.functional.normalize(queries, dim=1) @ torch.nn.functional.normalize(gallery, dim=1).T
 
     def recall_only() -> None:
-        metrics.recall_at_k(similarity, query_labels, gallery_labels, chunk_size=1024)
+        metrics.recall_at_k(similarity, query_labels, gallery_labels, chunk_size=1024)  # noqa: F821 -- bound while timed; deleted after
 
     recall_s = median(time_interleaved({"recall": recall_only}, repeats, warmup=1)["recall"])
     _, recall_peak = measure_peak_memory(recall_only)
@@ -483,7 +483,7 @@ def bench_data(rows: Rows, photos: int = 400, photo_size: tuple[int, int] = (256
 
             def cached_epoch() -> None:  # PairDataset.__getitem__'s read: copy a memmap row, normalise
                 for index in range(len(subset)):
-                    normalise(np.array(cache.images[index]), backbone)
+                    normalise(np.array(cache.images[index]), backbone)  # noqa: F821 -- bound while timed; deleted after
 
             samples = time_interleaved({"decode": decoding_epoch, "cached": cached_epoch}, 3, warmup=1)
             decode_rate = len(subset) / median(samples["decode"])
@@ -543,7 +543,7 @@ def bench_losses(rows: Rows, batch_sizes: Sequence[int] = (16, 64, 256), dim: in
         rows.add(benchmark, "plain matmul (n x n x d)", ms["matmul"], "ms", 1.0, base, notes)
         rows.add(benchmark, "CMPM", ms["cmpm"], "ms", ms["cmpm"] / ms["matmul"], base, notes)
         rows.add(benchmark, f"CMPC ({num_classes} classes)", ms["cmpc"], "ms", ms["cmpc"] / ms["matmul"], base, notes)
-        rows.add(benchmark, f"CMPC vs its classifier matmul", ms["cmpc"], "ms", ms["cmpc"] / ms["classifier"],
+        rows.add(benchmark, "CMPC vs its classifier matmul", ms["cmpc"], "ms", ms["cmpc"] / ms["classifier"],
                  f"matmul {batch}x{dim} @ {dim}x{num_classes} (fwd+bwd) = {ms['classifier']:.3g} ms", notes)
 
 
@@ -648,7 +648,7 @@ def bench_gpu(rows: Rows, device: torch.device | str | None = None, batch_sizes:
             runner.step(*inputs[batch])  # first call: compiles / autotunes
             _synchronise(device)
             first_s = time.perf_counter() - start
-            seconds = median(time_interleaved({mode: lambda: runner.step(*inputs[batch])}, steps, warmup, device)[mode])
+            seconds = median(time_interleaved({mode: lambda: runner.step(*inputs[batch])}, steps, warmup, device)[mode])  # noqa: F821
         except Exception as error:  # noqa: BLE001 -- one failing mode must not lose the others
             rows.add(f"gpu/batch_{batch}", f"train step, {mode}", float("nan"), "images/s", None, "",
                      f"failed: {type(error).__name__}: {str(error)[:200]}")

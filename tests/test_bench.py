@@ -60,7 +60,7 @@ def test_training_step_rows(isolated_dirs):
     assert len(efficiency) == 2
     # efficiency is exactly model-only / full of the rows beside it
     for name, group in frame.groupby("benchmark"):
-        if name.endswith("cached_features") or name.endswith("small_cnn"):
+        if name.endswith(("cached_features", "small_cnn")):
             full = group.loc[group["case"].str.startswith("full step"), "value"].item()
             model = group.loc[group["case"].str.startswith("model-only"), "value"].item()
             ratio = group.loc[group["case"].str.startswith("pipeline efficiency"), "value"].item()

@@ -3,10 +3,8 @@
 import hashlib
 import itertools
 import json
-import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from cmp_utils import ceiling, synthetic
