@@ -820,6 +820,15 @@ def update_readme(
 # ---------------------------------------------------------------------------------------
 
 
+def reproduction_status_of(experiment: str, profile: str) -> str:
+    """Markdown of an experiment notebook's reproduction status: in the paper profile every value the
+    paper reports for the experiment's tables beside our run of the same row and backbone
+    (:func:`reproduction_status`); synthetic profiles are never compared with the paper's numbers."""
+    if profile == "paper":
+        return reproduction_status([experiment])
+    return f"profile {profile}: synthetic data; the reproduction status compares the paper profile's runs only"
+
+
 def about_profiles(profile: str) -> str:
     """Markdown shared by notebooks 05-11: the profiles, what ``quick`` means, how claims are decided."""
     from cmp_utils import claims, train
