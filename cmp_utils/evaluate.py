@@ -19,7 +19,7 @@ Text features do not depend on how captions are batched: the model runs in eval 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,16 @@ def caption_tensors(frame: pd.DataFrame, vocabulary) -> dict[str, torch.Tensor]:
     return {"token_ids": token_ids, "lengths": lengths,
             "labels": torch.tensor(frame["class_index"].to_numpy(np.int64)),
             "image_indices": torch.tensor(frame["image_index"].to_numpy(np.int64))}
+
+
+def sentence_tensors(sentences: Sequence[str], vocabulary) -> dict[str, torch.Tensor]:
+    """Free sentences as model input, tokenised and encoded as the captions are
+    (:func:`cmp_utils.text.tokenize`, then ``vocabulary``): ``token_ids`` (Q, T) and ``lengths`` (Q,)."""
+    from .text import pad_token_ids, tokenize
+
+    encoded = [vocabulary.encode(tokenize(sentence), for_model_input=True) for sentence in sentences]
+    token_ids, lengths = pad_token_ids(encoded, vocabulary.pad_id)  # (Q, T), (Q,)
+    return {"token_ids": token_ids, "lengths": lengths}
 
 
 def image_labels_of(frame: pd.DataFrame, num_images: int) -> torch.Tensor:

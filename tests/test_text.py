@@ -95,3 +95,13 @@ def test_pad_token_ids_pads_after_the_tokens_to_the_longest():
     assert lengths.tolist() == [3, 1, 2] and lengths.dtype == torch.long
     empty_ids, empty_lengths = pad_token_ids([], pad_id=0)
     assert empty_ids.shape == (0, 1) and empty_lengths.shape == (0,)
+
+
+def test_free_sentences_encode_as_captions_do():
+    from cmp_utils import evaluate
+
+    vocabulary = Vocabulary.build([tokenize("a man in a red shirt")] * 3, min_count=1)
+    tensors = evaluate.sentence_tensors(["A man, in red!", "a shirt"], vocabulary)
+    expected = [vocabulary.encode(tokenize(s), for_model_input=True) for s in ("A man, in red!", "a shirt")]
+    assert tensors["lengths"].tolist() == [len(ids) for ids in expected]
+    assert tensors["token_ids"][1, : len(expected[1])].tolist() == expected[1]
