@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import platform
 import re
 import statistics
 import sys
@@ -71,7 +70,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import atomic, config
+from . import atomic, config, numerics
 
 COLUMNS = ("benchmark", "case", "value", "unit", "ratio", "ratio_to", "device", "machine", "torch", "date", "notes")
 GROUPS = ("training_step", "evaluation", "data", "losses", "numerics", "gpu")
@@ -90,37 +89,13 @@ PAPER_VOCABULARY, PAPER_DIM = 12000, 512
 # ---------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        found = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-        if found:
-            return found.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
-
-
-def machine_description() -> str:
-    """``"<cpu model>, <n> cores, <t> torch threads"``."""
-    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
-def device_name(device: torch.device) -> str:
-    """``cpu`` or the CUDA device's name."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return device.type
-
-
 class Rows:
     """Collects benchmark rows stamped with the device, machine, torch version and date."""
 
     def __init__(self, device: torch.device | str = "cpu", path: str | os.PathLike | None = None):
-        self.device = device_name(torch.device(device))
+        self.device = numerics.device_name(torch.device(device))
         self.path = None if path is None else Path(path)  # rewritten after every row when given
-        self.machine = machine_description()
+        self.machine = numerics.cpu_summary()
         self.date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         self.rows: list[dict[str, Any]] = []
@@ -203,39 +178,27 @@ def measure_peak_memory(function: Callable[[], Any]) -> tuple[Any, float | None]
 # ---------------------------------------------------------------------------------------------
 
 
-class _Trainer:
-    """Model, losses, Adam and EMA of a :class:`cmp_utils.train.TrainConfig`, one optimiser step per call."""
+class RunTrainer:
+    """The run state of a :class:`cmp_utils.train.TrainConfig` as :func:`cmp_utils.train.fit` builds it
+    (model of every recipe setting, losses, Adam with the weight-decay groups, the weight average
+    of ``ema_scope``), one :func:`cmp_utils.train.train_step` per call."""
 
     def __init__(self, cfg, prepared, feature_dim: int | None, device: torch.device):
-        from . import models, train
-        from .losses import CrossModalLoss
+        from . import train
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "random init" warnings of backbones without offline weights
-            self.model = models.build_model(len(prepared.vocabulary), cfg.backbone, cfg.embedding_dim, cfg.word_dim,
-                                            cfg.hidden_size, cfg.dropout, prepared.vocabulary.pad_id,
-                                            cfg.padded_steps, cfg.pool_grid, cfg.weights_path, cfg.pretrained,
-                                            cached_feature_dim=feature_dim,
-                                            backbone_blocks=cfg.backbone_blocks).to(device)
-        self.loss_module = CrossModalLoss(cfg.losses, cfg.embedding_dim, prepared.num_classes,
-                                          **cfg.loss_options).to(device)
-        self.step_module = train.TrainStep(self.model, self.loss_module).train()
-        self.optimizer = torch.optim.Adam(train._param_groups(self.model, self.loss_module, cfg), lr=cfg.lr,
-                                          betas=tuple(cfg.betas), eps=cfg.eps)
-        self.ema = train.WeightAverage(self.model, cfg.ema_decay, cfg.ema_warmup)
-        self.device = device
+            model = train.build_run_model(cfg, prepared, feature_dim)
+        self.state = train.build_run_state(cfg, model, prepared.num_classes, device)
+        self.state.step_module.train()
+        self.model = self.state.model
+        self.cfg, self.device = cfg, device
 
     def step(self, images: torch.Tensor, token_ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> None:
-        """Forward, losses, backward, Adam, EMA: what :func:`cmp_utils.train.fit` does per batch."""
+        """Forward, losses, backward, Adam, EMA: :func:`cmp_utils.train.train_step`, as fit calls it per batch."""
         from . import train
 
-        device = self.device
-        losses = self.step_module(images.to(device, non_blocking=True), token_ids.to(device, non_blocking=True),
-                                  lengths.to(device), labels.to(device, non_blocking=True))
-        self.optimizer.zero_grad(set_to_none=True)
-        train.backward_global_loss(losses, self.step_module, 1, None)
-        self.optimizer.step()
-        self.ema.update(self.model)
+        train.train_step(self.state, self.cfg, images, token_ids, lengths, labels, self.device)
 
 
 def _cached_batch(rows: Sequence[int], captions: dict[str, torch.Tensor], train_features: torch.Tensor,
@@ -275,7 +238,7 @@ def bench_training_step(rows: Rows, profile: str = "quick", dataset: str = "cuhk
     device = torch.device("cpu")
     cfg = train.make_config(profile, dataset, device="cpu", cache_dir=cache_dir, progress=False)
     prepared = data.prepare_dataset(cfg.dataset, cfg.profile, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir,
-                                    seed=cfg.data_seed, image_size=cfg.image_size)
+                                    seed=cfg.data_seed, image_size=cfg.image_size, **data.recipe_options(cfg))
     train_frame = prepared.frames["train"]
     captions = evaluate.caption_tensors(train_frame, prepared.vocabulary)
     labels_np = captions["labels"].numpy()
@@ -288,7 +251,7 @@ def bench_training_step(rows: Rows, profile: str = "quick", dataset: str = "cuhk
     if cfg.feature_mode == "cached":
         torch.manual_seed(0)
         features = train.cached_image_features(prepared, "train", cfg, device, flips=True)  # (2, N_I, D)
-        trainer = _Trainer(cfg, prepared, features.shape[-1], device)
+        trainer = RunTrainer(cfg, prepared, features.shape[-1], device)
         batches = train.global_batches(labels_np, cfg, epoch=0)
         flip_generator = torch.Generator().manual_seed(0)
         position = {"next": 0}
@@ -316,11 +279,11 @@ def bench_training_step(rows: Rows, profile: str = "quick", dataset: str = "cuhk
         e2e = train.make_config(profile, dataset, device="cpu", cache_dir=cache_dir, progress=False,
                                 feature_mode="end_to_end", backbone=backbone)
         torch.manual_seed(0)
-        trainer = _Trainer(e2e, prepared, None, device)
+        trainer = RunTrainer(e2e, prepared, None, device)
         pairs = data.PairDataset(train_frame, prepared.vocabulary, prepared.image_cache("train"), train=True,
                                  backbone=trainer.model.image_encoder.normalisation)
         batches = train.global_batches(labels_np, e2e, epoch=0)
-        loader = torch.utils.data.DataLoader(pairs, batch_sampler=train._ListBatchSampler(batches),
+        loader = torch.utils.data.DataLoader(pairs, batch_sampler=train.ListBatchSampler(batches),
                                              collate_fn=data.collate_pairs, num_workers=e2e.num_workers)
         iterator = iter(loader)
         held = {}
@@ -403,7 +366,7 @@ def bench_evaluation(rows: Rows, n_queries: int = 5000, n_gallery: int = 25000, 
     similarity = torch.nn.functional.normalize(queries, dim=1) @ torch.nn.functional.normalize(gallery, dim=1).T
 
     def recall_only() -> None:
-        metrics.recall_at_k(similarity, query_labels, gallery_labels, chunk_size=1024)
+        metrics.recall_at_k(similarity, query_labels, gallery_labels, chunk_size=1024)  # noqa: F821 -- bound while timed; deleted after
 
     recall_s = median(time_interleaved({"recall": recall_only}, repeats, warmup=1)["recall"])
     _, recall_peak = measure_peak_memory(recall_only)
@@ -520,7 +483,7 @@ def bench_data(rows: Rows, photos: int = 400, photo_size: tuple[int, int] = (256
 
             def cached_epoch() -> None:  # PairDataset.__getitem__'s read: copy a memmap row, normalise
                 for index in range(len(subset)):
-                    normalise(np.array(cache.images[index]), backbone)
+                    normalise(np.array(cache.images[index]), backbone)  # noqa: F821 -- bound while timed; deleted after
 
             samples = time_interleaved({"decode": decoding_epoch, "cached": cached_epoch}, 3, warmup=1)
             decode_rate = len(subset) / median(samples["decode"])
@@ -580,7 +543,7 @@ def bench_losses(rows: Rows, batch_sizes: Sequence[int] = (16, 64, 256), dim: in
         rows.add(benchmark, "plain matmul (n x n x d)", ms["matmul"], "ms", 1.0, base, notes)
         rows.add(benchmark, "CMPM", ms["cmpm"], "ms", ms["cmpm"] / ms["matmul"], base, notes)
         rows.add(benchmark, f"CMPC ({num_classes} classes)", ms["cmpc"], "ms", ms["cmpc"] / ms["matmul"], base, notes)
-        rows.add(benchmark, f"CMPC vs its classifier matmul", ms["cmpc"], "ms", ms["cmpc"] / ms["classifier"],
+        rows.add(benchmark, "CMPC vs its classifier matmul", ms["cmpc"], "ms", ms["cmpc"] / ms["classifier"],
                  f"matmul {batch}x{dim} @ {dim}x{num_classes} (fwd+bwd) = {ms['classifier']:.3g} ms", notes)
 
 
@@ -591,39 +554,46 @@ def bench_losses(rows: Rows, batch_sizes: Sequence[int] = (16, 64, 256), dim: in
 GPU_MODES = ("fp32", "bf16", "channels_last", "compile", "bf16+channels_last+compile")
 
 
-class _PaperStep:
-    """The paper's CUHK-PEDES model (MobileNet v1 + Bi-LSTM 512, CMPM + CMPC over 11,003 ids) and Adam."""
+def paper_step_settings(device: torch.device, mode: str, dim: int = PAPER_DIM):
+    """The paper profile's CUHK-PEDES settings (MobileNet v1 as TF-slim builds it, Bi-LSTM, CMPM +
+    CMPC, Adam with the weight-decay groups, the weight average) in a benchmark ``mode``: bf16
+    autocast when ``mode`` names ``bf16`` (else fp32), channels-last when it names
+    ``channels_last``; random init (no ImageNet weights needed); ``dim`` for the embedding, word and
+    LSTM sizes (the paper's 512)."""
+    from . import train
+
+    return train.make_config("paper", "cuhk_pedes", device=str(device), pretrained=False,
+                             amp="bf16" if "bf16" in mode else "off", channels_last="channels_last" in mode,
+                             embedding_dim=dim, word_dim=dim, hidden_size=dim)
+
+
+class PaperStep:
+    """The paper's CUHK-PEDES recipe (:func:`paper_step_settings`) over ``num_classes`` ids, built by
+    :func:`cmp_utils.train.build_run_state` and stepped by :func:`cmp_utils.train.train_step`, as fit does;
+    ``mode`` naming ``compile`` compiles the CNN (the packed LSTM stays eager)."""
 
     def __init__(self, device: torch.device, mode: str, image_size: int, vocabulary: int = PAPER_VOCABULARY,
                  num_classes: int = CUHK_TRAIN_IDS, dim: int = PAPER_DIM):
-        from . import models
-        from .losses import CrossModalLoss
+        from . import train
 
+        self.cfg = paper_step_settings(device, mode, dim)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # mobilenet_v1 starts from random init here
-            self.model = models.build_model(vocabulary, "mobilenet_v1", dim, dim, dim, 0.3).to(device)
-        self.losses = CrossModalLoss(("cmpm", "cmpc"), dim, num_classes).to(device)
-        self.optimizer = torch.optim.Adam(list(self.model.parameters()) + list(self.losses.parameters()), lr=2e-4)
-        self.channels_last = "channels_last" in mode
-        self.bf16 = "bf16" in mode
-        if self.channels_last:
-            self.model.image_encoder.to(memory_format=torch.channels_last)
+            warnings.simplefilter("ignore")  # the CNN starts from random init here
+            model = train.model_of_settings(self.cfg, vocabulary)
+        self.state = train.build_run_state(self.cfg, model, num_classes, device)
+        self.state.step_module.train()
         if "compile" in mode:  # the CNN, where the time goes; the packed LSTM stays eager
-            self.model.image_encoder = torch.compile(self.model.image_encoder)
+            self.state.model.image_encoder = torch.compile(self.state.model.image_encoder)
         self.device, self.image_size = device, image_size
 
     def step(self, images: torch.Tensor, token_ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> None:
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            image_embeddings, text_embeddings = self.model(images, token_ids, lengths)
-            total = sum(self.losses(image_embeddings.float(), text_embeddings.float(), labels).values())
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
+        """One :func:`cmp_utils.train.train_step` of the paper recipe."""
+        from . import train
+
+        train.train_step(self.state, self.cfg, images, token_ids, lengths, labels, self.device)
 
 
-def _paper_batch(batch: int, image_size: int, device: torch.device, vocabulary: int = PAPER_VOCABULARY,
+def paper_batch(batch: int, image_size: int, device: torch.device, vocabulary: int = PAPER_VOCABULARY,
                  num_classes: int = CUHK_TRAIN_IDS, caption_length: int = 24,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
     """Random inputs of the paper model: normalised images, token ids (lengths up to
@@ -664,9 +634,9 @@ def bench_gpu(rows: Rows, device: torch.device | str | None = None, batch_sizes:
         torch.backends.cudnn.allow_tf32 = False
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(0)
-    notes_base = (f"MobileNet v1 {image_size}x{image_size} + Bi-LSTM {dim} (vocabulary {vocabulary}), "
-                  f"CMPM+CMPC ({num_classes} ids), Adam")
-    inputs = {batch: _paper_batch(batch, image_size, device, vocabulary, num_classes, generator=generator)
+    notes_base = (f"paper recipe: mobilenet_v1_tf {image_size}x{image_size} + Bi-LSTM {dim} (vocabulary {vocabulary}), "
+                  f"CMPM+CMPC ({num_classes} ids), Adam with weight-decay groups, EMA; train.train_step")
+    inputs = {batch: paper_batch(batch, image_size, device, vocabulary, num_classes, generator=generator)
               for batch in batch_sizes}
     fp32_rate: dict[int, float] = {}
 
@@ -674,11 +644,11 @@ def bench_gpu(rows: Rows, device: torch.device | str | None = None, batch_sizes:
         torch.manual_seed(0)
         start = time.perf_counter()
         try:
-            runner = _PaperStep(device, mode, image_size, vocabulary, num_classes, dim)
+            runner = PaperStep(device, mode, image_size, vocabulary, num_classes, dim)
             runner.step(*inputs[batch])  # first call: compiles / autotunes
             _synchronise(device)
             first_s = time.perf_counter() - start
-            seconds = median(time_interleaved({mode: lambda: runner.step(*inputs[batch])}, steps, warmup, device)[mode])
+            seconds = median(time_interleaved({mode: lambda: runner.step(*inputs[batch])}, steps, warmup, device)[mode])  # noqa: F821
         except Exception as error:  # noqa: BLE001 -- one failing mode must not lose the others
             rows.add(f"gpu/batch_{batch}", f"train step, {mode}", float("nan"), "images/s", None, "",
                      f"failed: {type(error).__name__}: {str(error)[:200]}")
@@ -718,8 +688,9 @@ def _gpu_epoch(rows: Rows, device: torch.device, image_size: int, epoch_images: 
 
     pinned = device.type == "cuda"
     pool = torch.zeros(epoch_images, image_size, image_size, 3, dtype=torch.uint8, pin_memory=pinned)  # (N, H, W, 3)
-    runner = _PaperStep(device, epoch_mode, image_size, vocabulary, num_classes, dim)
-    _, token_ids, lengths, labels = _paper_batch(epoch_batch, image_size, device, vocabulary, num_classes,
+    runner = PaperStep(device, epoch_mode, image_size, vocabulary, num_classes, dim)
+    scaling = runner.state.model.image_encoder.normalisation
+    _, token_ids, lengths, labels = paper_batch(epoch_batch, image_size, device, vocabulary, num_classes,
                                                  generator=generator)
     order = torch.randperm(epoch_images, generator=generator)
     n_steps = epoch_images // epoch_batch
@@ -729,7 +700,7 @@ def _gpu_epoch(rows: Rows, device: torch.device, image_size: int, epoch_images: 
         pixels = pool.index_select(0, rows_of_batch)  # (b, H, W, 3) uint8
         if pinned:
             pixels = pixels.pin_memory()
-        return normalise(pixels.to(device, non_blocking=True), "mobilenet")  # (b, 3, H, W) on the device
+        return normalise(pixels.to(device, non_blocking=True), scaling)  # (b, 3, H, W) on the device
 
     images = one_batch(0)
     model_only = median(time_interleaved({"m": lambda: runner.step(images, token_ids, lengths, labels)}, steps, 3,
@@ -803,7 +774,7 @@ def bench_numerics(rows: Rows, profile: str = "quick", dataset: str = "cuhk_pede
                  ratio_to="native (the CPU's fastest kernels)", notes=notes)
 
 
-def _settings(quick_check: bool, full: bool) -> dict[str, dict[str, Any]]:
+def group_settings(quick_check: bool, full: bool) -> dict[str, dict[str, Any]]:
     """Arguments of every group: the real sizes, or tiny ones for ``--quick-check``."""
     if quick_check:
         return {
@@ -839,7 +810,7 @@ def run(output_dir: str | os.PathLike | None = None, groups: Iterable[str] = GRO
     unknown = [group for group in groups if group not in BENCHMARKS]
     if unknown:
         raise ValueError(f"unknown benchmark group(s) {unknown}; choose from {', '.join(GROUPS)}")
-    settings = _settings(quick_check, full)
+    settings = group_settings(quick_check, full)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if progress and load > 0.75 * (os.cpu_count() or 1):
         print(f"bench: warning: load average {load:.1f} on {os.cpu_count()} cores; other work on this machine "

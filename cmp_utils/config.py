@@ -139,10 +139,3 @@ DATASET_LAYOUTS: dict[str, dict[str, tuple[str, ...]]] = {
     "icfg_pedes": {"files": ("ICFG-PEDES.json",), "folders": ("imgs",)},
     "rstpreid": {"files": ("data_captions.json",), "folders": ("imgs",)},
 }
-
-
-def describe_layout(name: str) -> str:
-    """A one-line description of the expected layout of dataset ``name`` (for error messages)."""
-    layout = DATASET_LAYOUTS[name]
-    parts = [*layout["files"], *(folder + "/" for folder in layout["folders"])]
-    return f"<data_dir>/{name}/{{{', '.join(parts)}}}"

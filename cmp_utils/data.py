@@ -68,7 +68,7 @@ import torch
 
 from . import config
 from .images import ImageCache, normalise
-from .text import TOKENISATION, Vocabulary, tokenize
+from .text import TOKENISATION, Vocabulary, pad_token_ids, tokenize
 
 logger = logging.getLogger(__name__)
 
@@ -563,11 +563,6 @@ class PreparedDataset:
     def splits(self) -> tuple[str, ...]:
         return tuple(self.frames)
 
-    @property
-    def eval_split(self) -> str | None:
-        """Alias of :attr:`validation_split`."""
-        return self.validation_split
-
     num_classes_from: str = "all_splits"
 
     @property
@@ -601,10 +596,6 @@ class PreparedDataset:
         if split not in self._caches:
             self._caches[split] = ImageCache.open(self.cache_path(split))
         return self._caches[split]
-
-    def pair_dataset(self, split: str, train: bool, backbone: str) -> "PairDataset":
-        """Shortcut: ``PairDataset(frames[split], vocabulary, image_cache(split), train, backbone)``."""
-        return PairDataset(self.frames[split], self.vocabulary, self.image_cache(split), train=train, backbone=backbone)
 
 
 def default_image_size(name: str, synthetic: bool) -> tuple[int, int]:
@@ -834,10 +825,7 @@ def collate_pairs(items: Sequence[dict[str, Any]], pad_id: int = Vocabulary.pad_
     ``lengths (B,)``, ``labels (B,)``, ``image_indices (B,)`` (all long but images)."""
     if not items:
         raise ValueError("collate_pairs got an empty batch")
-    lengths = torch.tensor([len(item["token_ids"]) for item in items], dtype=torch.long)  # (B,)
-    token_ids = torch.full((len(items), int(lengths.max())), pad_id, dtype=torch.long)  # (B, T)
-    for row, item in enumerate(items):
-        token_ids[row, : len(item["token_ids"])] = item["token_ids"]
+    token_ids, lengths = pad_token_ids([item["token_ids"] for item in items], pad_id)  # (B, T), (B,)
     return {"images": torch.stack([item["image"] for item in items]),  # (B, 3, H, W)
             "token_ids": token_ids, "lengths": lengths,
             "labels": torch.tensor([item["label"] for item in items], dtype=torch.long),

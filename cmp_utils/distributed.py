@@ -129,10 +129,3 @@ def all_gather_tensor(local: torch.Tensor) -> torch.Tensor:
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, local.contiguous())
     return torch.cat(gathered, dim=0)
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over processes in place and return it (no-op in one process)."""
-    if world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor

@@ -19,7 +19,7 @@ Text features do not depend on how captions are batched: the model runs in eval 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,15 +31,23 @@ from . import images as image_ops
 def caption_tensors(frame: pd.DataFrame, vocabulary) -> dict[str, torch.Tensor]:
     """Every caption of ``frame`` as model input: ``token_ids`` (N_T, T) padded with 0, ``lengths``,
     ``labels`` (class_index) and ``image_indices``, all long, in frame order."""
+    from .text import pad_token_ids
+
     encoded = [vocabulary.encode(tokens, for_model_input=True) for tokens in frame["tokens"]]
-    lengths = torch.tensor([len(ids) for ids in encoded], dtype=torch.long)  # (N_T,)
-    token_ids = torch.full((len(encoded), int(lengths.max()) if len(encoded) else 1), vocabulary.pad_id,
-                           dtype=torch.long)  # (N_T, T)
-    for row, ids in enumerate(encoded):
-        token_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    token_ids, lengths = pad_token_ids(encoded, vocabulary.pad_id)  # (N_T, T), (N_T,)
     return {"token_ids": token_ids, "lengths": lengths,
             "labels": torch.tensor(frame["class_index"].to_numpy(np.int64)),
             "image_indices": torch.tensor(frame["image_index"].to_numpy(np.int64))}
+
+
+def sentence_tensors(sentences: Sequence[str], vocabulary) -> dict[str, torch.Tensor]:
+    """Free sentences as model input, tokenised and encoded as the captions are
+    (:func:`cmp_utils.text.tokenize`, then ``vocabulary``): ``token_ids`` (Q, T) and ``lengths`` (Q,)."""
+    from .text import pad_token_ids, tokenize
+
+    encoded = [vocabulary.encode(tokenize(sentence), for_model_input=True) for sentence in sentences]
+    token_ids, lengths = pad_token_ids(encoded, vocabulary.pad_id)  # (Q, T), (Q,)
+    return {"token_ids": token_ids, "lengths": lengths}
 
 
 def image_labels_of(frame: pd.DataFrame, num_images: int) -> torch.Tensor:
@@ -128,12 +136,13 @@ def evaluate_split(model: torch.nn.Module, prepared, split: str, device: torch.d
                    batch_size: int = 256, image_features: torch.Tensor | None = None,
                    ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, Any]:
     """Bidirectional retrieval on ``split``: ``{"i2t": {...}, "t2i": {...}, "rsum": float}`` with
-    R@K (percent), medr, meanr, mAP, mINP per direction (see :mod:`cmp_utils.metrics`)."""
+    R@K for each K of ``ks`` (percent; ``rsum`` sums them), medr, meanr, mAP, mINP per direction (see
+    :mod:`cmp_utils.metrics`)."""
     from . import metrics
 
     image_embeddings, image_labels, text_embeddings, text_labels = encode(model, prepared, split, device, batch_size,
                                                                           image_features)
-    return metrics.bidirectional_retrieval(image_embeddings, text_embeddings, image_labels, text_labels)
+    return metrics.bidirectional_retrieval(image_embeddings, text_embeddings, image_labels, text_labels, ks)
 
 
 def flat_metrics(result: dict[str, Any]) -> dict[str, float]:

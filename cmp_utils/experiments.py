@@ -348,7 +348,7 @@ def grid_jobs(dataset: str, profile: str, methods: Sequence[str | tuple[str, str
             for method, backbone in pairs for seed in seeds]
 
 
-def _run_job(job: tuple) -> dict[str, Any]:
+def run_job(job: tuple) -> dict[str, Any]:
     """One :func:`run_method` call in a worker process. The thread count is the run's own
     (``TrainConfig.num_threads``, applied by ``fit``), never the pool's, so a run gives the same
     numbers in a worker as in the notebook's process."""
@@ -449,13 +449,13 @@ def train_jobs(jobs: Sequence[tuple], device: str = "auto", profile: str = "quic
     pending = list(range(len(jobs)))
     parallel = workers > 1 and len(pending) > 1
     if parallel:
-        for settings in _distinct_inputs(jobs):
+        for settings in distinct_inputs(jobs):
             train.prepare_inputs(settings)
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
     if parallel:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = {pool.submit(_run_job, jobs[i]): i for i in pending}
+            futures = {pool.submit(run_job, jobs[i]): i for i in pending}
             for future in concurrent.futures.as_completed(futures):
                 records[futures[future]] = future.result()
                 bar.update()
@@ -467,7 +467,7 @@ def train_jobs(jobs: Sequence[tuple], device: str = "auto", profile: str = "quic
     return records
 
 
-def _distinct_inputs(jobs: Sequence[tuple]) -> list[Any]:
+def distinct_inputs(jobs: Sequence[tuple]) -> list[Any]:
     """The settings of the first job of each distinct :func:`cmp_utils.train.input_key` whose run is
     not memoised yet, in job order."""
     from . import train
@@ -628,3 +628,64 @@ def pick_identities(labels: torch.Tensor, count: int, seed: int = 0) -> list[int
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(candidates), generator=generator)[:count]
     return sorted(int(v) for v in candidates[order])
+
+
+# ---------------------------------------------------------------------------------------------
+# What the experiment notebooks (05-11) share
+# ---------------------------------------------------------------------------------------------
+
+#: The settings a notebook shows before it trains (:func:`settings_preview`).
+PREVIEWED_SETTINGS = ("backbone", "feature_mode", "batch_size", "epochs", "lr", "embedding_dim", "hidden_size",
+                      "image_size", "pool_grid", "ema_decay")
+
+
+@dataclasses.dataclass
+class NotebookSetup:
+    """What an experiment notebook's set-up cell computes from its parameters (:func:`notebook_setup`)."""
+
+    run_overrides: dict[str, Any]  # settings every run gets on top of the profile's
+    seeds: list[int]
+    out_dir: Path  # <results>/<experiment>/<profile>
+    params: dict[str, Any]  # what params.yaml records
+
+
+def notebook_setup(experiment: str, profile: str, dataset: str, seed: int, num_seeds: int, device: str,
+                   data_dir: str, methods: Sequence[str], pretrained: bool, weights_path: str,
+                   overrides: dict[str, Any], varied: Sequence[str] = ("losses", "seed"),
+                   **extra_params: Any) -> NotebookSetup:
+    """The set-up of an experiment notebook from its parameters: the profile checked, the runs' setting
+    overrides, the seeds (one in the smoke profile, else ``num_seeds`` from ``seed``), the results folder and
+    the ``params.yaml`` record (the parameters, ``extra_params``, then
+    :func:`cmp_utils.report.training_settings` of ``dataset`` with ``varied`` settings)."""
+    from . import report
+
+    config.check_profile(profile)
+    run_overrides = {"pretrained": pretrained, "weights_path": weights_path or None, **overrides}
+    seeds = [seed + offset for offset in range(1 if profile == "smoke" else num_seeds)]
+    params = {"profile": profile, "seeds": seeds, "device": device, "data_dir": data_dir, "overrides": run_overrides,
+              "methods": methods, **extra_params}
+    params.update(report.training_settings(profile, dataset, run_overrides, varied=tuple(varied)))
+    return NotebookSetup(run_overrides, seeds, config.results_dir() / experiment / profile, params)
+
+
+def settings_preview(settings: Any) -> pd.Series:
+    """The main training settings (:data:`PREVIEWED_SETTINGS`) of a :class:`cmp_utils.train.TrainConfig`,
+    named after its dataset."""
+    values = settings.to_dict()
+    return pd.Series({key: value for key, value in values.items() if key in PREVIEWED_SETTINGS}, name=settings.dataset)
+
+
+def table_claims(results: pd.DataFrame, tables: Sequence[str], better: str = "CMPM+CMPC", worse: str = "CMPM",
+                 metric: str = "R@1") -> list[dict[str, Any]]:
+    """The claims "``better`` > ``worse``" (:func:`cmp_utils.claims.paired_claim`) per retrieval table and
+    direction, on every backbone that trained both methods (each claim names its backbone when the
+    results hold several): the claims of the image-text notebooks (06 Flickr30K, 07 MSCOCO)."""
+    from . import claims
+
+    several = results["backbone"].nunique() > 1
+    return [dict(claims.paired_claim(results[results["backbone"] == backbone], better, worse, metric, direction,
+                                     table=table, claim=f"{table}: {better} > {worse} ({direction} {metric}"
+                                     + (f", {backbone})" if several else ")")),
+                 table=table, **({"backbone": backbone} if several else {}))
+            for backbone in comparable_backbones(results, better, worse)
+            for table in tables for direction in ("i2t", "t2i")]

@@ -154,15 +154,6 @@ def run_families(grids: Sequence[dict[str, Any]], temperatures: dict[str, float]
             if len(frame) else frame for frame in frames]
 
 
-def run_family(dataset: str, profile: str, methods: Sequence[str], seeds: Sequence[int], temperatures: dict[str, float],
-               loss_scope: str = "global", device: str = "auto", data_dir: str | None = None,
-               overrides: dict[str, Any] | None = None, progress: bool = True) -> pd.DataFrame:
-    """Every method with every seed at its chosen temperature and ``loss_scope``: the tidy rows of
-    :func:`~cmp_utils.experiments.run_grid` plus the columns ``loss_scope`` and ``temperature``."""
-    grid = family_grid(dataset, profile, methods, seeds, temperatures, loss_scope, data_dir, overrides)
-    return run_families([grid], temperatures, device=device, progress=progress)[0]
-
-
 def planned_runs(methods: Sequence[str], seeds: Sequence[int], grid: dict[str, Sequence[float]],
                  scope_plan: dict[str, Sequence[str]], flickr_methods: Sequence[str],
                  reused: Sequence[str] = ("CMPM", "CMPM+CMPC")) -> dict[str, int]:
@@ -322,11 +313,6 @@ def scope_figure(scope_rows: Sequence[dict[str, Any]], profile: str):
 def percent(value: float) -> str:
     """A number for generated text: two decimals, or "n/a"."""
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
-
-
-def results_folder(profile: str, results_dir: str | Path | None = None) -> Path:
-    """``<results>/cmpm_family/<profile>``."""
-    return config.results_dir(results_dir) / "cmpm_family" / profile
 
 
 # ---------------------------------------------------------------------------------------------

@@ -278,32 +278,26 @@ def audit_claims(results: pd.DataFrame, plan: pd.DataFrame | None = None) -> pd.
         if deviation.name not in present:
             continue
         settings = measured_settings.get(deviation.name, deviation.overrides)
-        settings_text = deviation.evaluation or _settings_text(settings, deviation.method)
+        described = deviation.evaluation or settings_text(settings, deviation.method)
         reversed_sign = _same(settings, deviation.alternative) if deviation.alternative else False
         for metric in deviation.metrics:
-            text = (f"the release's setting ({settings_text}) instead of the baseline's ({deviation.label}) raises "
+            text = (f"the release's setting ({described}) instead of the baseline's ({deviation.label}) raises "
                     f"t2i {metric}" if reversed_sign else f"{deviation.label} raises t2i {metric}")
             result = claims.paired_claim(results, deviation.name, BASELINE, metric, "t2i", table=DATASET,
                                          claim=text, by="deviation")
             rows.append({**result, "deviation": deviation.name, "label": deviation.label,
-                         "implementations": deviation.implementations, "overrides": settings_text,
+                         "implementations": deviation.implementations, "overrides": described,
                          "effect": effect_of(result["verdict"], reversed_sign), "reversed_sign": reversed_sign,
                          "note": notes.get(deviation.name, "")})
     return claims.claims_frame(rows)
 
 
-def _settings_text(settings: dict, method: str) -> str:
+def settings_text(settings: dict, method: str) -> str:
+    """A deviation's ``settings`` as ``key=value`` text for the audit table, its losses first unless ``method`` is the baseline."""
     parts = [f"{key}={value!r}" for key, value in settings.items()]
     if method != BASELINE_METHOD:
         parts.insert(0, f"losses={list(experiments.method_losses(method))}")
     return ", ".join(parts)
-
-
-def unmeasured(plan: pd.DataFrame) -> pd.DataFrame:
-    """Deviations of ``plan`` that could not be measured (already in the baseline), with why."""
-    if plan.empty:
-        return plan
-    return plan[plan["note"].str.endswith("not measured")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,18 +473,6 @@ def read_audit(profile: str = "quick", results_dir: str | Path | None = None) ->
     return pd.read_csv(path, dtype={"note": str, "overrides": str}).fillna({"note": ""})
 
 
-def replace_between_markers(text: str, section: str, markers: tuple[str, str] = DOC_MARKERS,
-                            source: str = "the document") -> str:
-    """``text`` with what lies between ``markers`` replaced by ``section`` (markers kept)."""
-    start, end = markers
-    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
-        raise ValueError(f"{source} needs exactly one {start} followed by one {end}; add them where the "
-                         "measured audit table should go")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    return f"{head}{start}\n{section}\n{end}{tail}"
-
-
 def update_fidelity_doc(doc_path: str | Path = "docs/fidelity.md", profile: str = "quick",
                         results_dir: str | Path | None = None) -> Path:
     """Write the measured audit of ``profile`` into ``doc_path`` between :data:`DOC_MARKERS`."""
@@ -500,8 +482,10 @@ def update_fidelity_doc(doc_path: str | Path = "docs/fidelity.md", profile: str 
     if not doc_path.is_file():
         raise FileNotFoundError(f"{doc_path} does not exist; pass --doc with the path of docs/fidelity.md")
     text = doc_path.read_text()
-    updated = replace_between_markers(text, render_audit_section(read_audit(profile, results_dir), profile),
-                                      source=str(doc_path))
+    from . import report
+
+    updated = report.replace_between_markers(text, DOC_MARKERS, render_audit_section(read_audit(profile, results_dir),
+                                                                                      profile), doc_path)
     if updated != text:
         atomic.write_text(doc_path, updated)
     return doc_path

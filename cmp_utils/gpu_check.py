@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import atomic
+from . import atomic, numerics
 
 #: CUHK-PEDES's split sizes (images, identities) and captions per image.
 CUHK_SIZES = {"train": (34_054, 11_003), "val": (3_078, 1_000), "test": (3_074, 1_000)}
@@ -105,8 +105,9 @@ def write_synthetic_cuhk(root: Path, splits: dict[str, tuple[int, int]], words: 
     return root
 
 
-def _device_label(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type} (dry run)"
+def device_label(device: torch.device) -> str:
+    """The GPU's name, or ``"<type> (dry run)"`` for a rehearsal on the CPU."""
+    return numerics.device_name(device) if device.type == "cuda" else f"{device.type} (dry run)"
 
 
 def _run_once(settings: dict[str, Any], output_dir: Path) -> dict[str, Any]:
@@ -141,7 +142,7 @@ def paper_epoch(device: torch.device, sizes: CheckSizes, work_dir: Path) -> tupl
     captions = len(prepared.frames["train"])
     record = _run_once({**shared, "max_steps_per_epoch": sizes.epoch_steps or None}, work_dir / "runs" / "epoch")
     full_steps = captions // batch_size
-    row = {"gpu": _device_label(device), "torch": torch.__version__, "profile": "paper",
+    row = {"gpu": device_label(device), "torch": torch.__version__, "profile": "paper",
            "dataset": "cuhk_pedes (synthetic, same size)",
            "train_images": sizes.splits["train"][0], "train_captions": captions, "identities": sizes.splits["train"][1],
            "image_size": f"{sizes.image_size[0]}x{sizes.image_size[1]}", "batch_size": batch_size, "amp": "off",
@@ -161,7 +162,7 @@ def precision_comparison(device: torch.device, sizes: CheckSizes, shared: dict[s
     for amp in ("off", "bf16"):
         record = _run_once({**shared, "amp": amp, "max_steps_per_epoch": sizes.precision_steps, "validate_every": 0,
                             "evaluate_test": False}, work_dir / "runs" / f"precision_{amp}")
-        rows.append({"gpu": _device_label(device), "torch": torch.__version__, "amp": "fp32" if amp == "off" else amp,
+        rows.append({"gpu": device_label(device), "torch": torch.__version__, "amp": "fp32" if amp == "off" else amp,
                      "steps": record["steps"], "step_seconds": record["step_seconds"],
                      "images_per_second": record["images_per_second"]})
     for row in rows:
@@ -176,7 +177,7 @@ def gpu_benchmarks(device: torch.device, dry_run: bool, output_dir: Path, budget
     from . import bench
 
     rows = bench.Rows(device, path=output_dir / "bench" / "gpu.csv")
-    settings = bench._settings(quick_check=True, full=False)["gpu"] if dry_run else {}
+    settings = bench.group_settings(quick_check=True, full=False)["gpu"] if dry_run else {}
     bench.bench_gpu(rows, device=device, **{**settings, "budget_s": max(0.0, budget_s)})
     return atomic.write_csv(output_dir / "bench" / "gpu.csv", rows.frame())
 
@@ -194,7 +195,7 @@ def run_check(output_dir: Path, dry_run: bool = False, epoch_steps: int = 2000, 
     work_dir = Path(work_dir) if work_dir else output_dir / "work"
     written = []
     try:
-        print(f"gpu_check: paper epoch on {_device_label(device)} (data and cache in {work_dir}) ...", flush=True)
+        print(f"gpu_check: paper epoch on {device_label(device)} (data and cache in {work_dir}) ...", flush=True)
         epoch_row, shared = paper_epoch(device, sizes, work_dir)
         written.append(atomic.write_csv(output_dir / "paper_epoch.csv", pd.DataFrame([epoch_row])))
         print(f"gpu_check: {epoch_row['steps']} steps, {epoch_row['step_seconds'] * 1000:.1f} ms/step, "

@@ -148,7 +148,7 @@ def _count_true(mask: torch.Tensor) -> torch.Tensor:
     return counts
 
 
-def _count_at_least(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+def count_at_least(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """For each row, how many ``scores`` (c, B) are >= each threshold (c, P). ``(c, P)`` int64."""
     if thresholds.shape[1] <= _COMPARE_MAX_POSITIVES:
         columns = [_count_true(scores >= thresholds[:, j : j + 1]) for j in range(thresholds.shape[1])]
@@ -216,7 +216,7 @@ def _chunk_positive_ranks(
         # A NaN anywhere makes its row's sum NaN (so does +inf with -inf: then look closer).
         if torch.isnan(scores.sum(dim=1)).any() and torch.isnan(scores).any():
             raise ValueError("similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix")
-        at_least = _count_at_least(scores, positive_scores)  # (c, P_max), positives included
+        at_least = count_at_least(scores, positive_scores)  # (c, P_max), positives included
         positives_at_least = (scores[rows, columns][:, None] >= positive_scores[rows]).to(torch.int64)  # (m, P_max)
         at_least.index_add_(0, rows, -positives_at_least)
         negatives_above += at_least
@@ -234,7 +234,7 @@ def _summarise_ranks(ranks: torch.Tensor, n_positives: torch.Tensor) -> dict[str
     return {"first": ranks[:, 0], "ap": average_precision, "inp": inverse_negative_penalty}
 
 
-def _query_ranks(
+def query_ranks(
     score_blocks: ScoreBlocks,
     n_queries: int,
     query_labels: torch.Tensor,
@@ -258,7 +258,8 @@ def _query_ranks(
     return {key: torch.cat(values) for key, values in parts.items()}
 
 
-def _metrics_from_query_ranks(per_query: dict[str, torch.Tensor], ks: tuple[int, ...]) -> dict[str, float]:
+def metrics_from_query_ranks(per_query: dict[str, torch.Tensor], ks: tuple[int, ...]) -> dict[str, float]:
+    """R@k for each of ``ks``, median and mean first-hit rank, mAP and mINP over the queries of :func:`query_ranks`."""
     first = per_query["first"]  # (Q,) 1-based first-hit ranks
     metrics = {f"R@{k}": 100.0 * float((first <= k).to(torch.float64).mean()) for k in ks}
     first_ranks = first.to(torch.float64).cpu().numpy()
@@ -319,7 +320,7 @@ def recall_at_k(
     def score_blocks(query_start: int, query_end: int):
         yield 0, n_gallery, similarity[query_start:query_end]  # (c, G), a view
 
-    per_query = _query_ranks(score_blocks, n_queries, query_labels, gallery_labels, chunk_size)
+    per_query = query_ranks(score_blocks, n_queries, query_labels, gallery_labels, chunk_size)
     return {k: 100.0 * float((per_query["first"] <= k).to(torch.float64).mean()) for k in ks}
 
 
@@ -374,8 +375,8 @@ def retrieval_metrics(
             gallery_end = min(gallery_start + block, n_gallery)
             yield gallery_start, gallery_end, queries @ gallery_embeddings[gallery_start:gallery_end].T  # (c, B)
 
-    per_query = _query_ranks(score_blocks, n_queries, query_labels, gallery_labels, chunk_size)
-    metrics = _metrics_from_query_ranks(per_query, ks)
+    per_query = query_ranks(score_blocks, n_queries, query_labels, gallery_labels, chunk_size)
+    metrics = metrics_from_query_ranks(per_query, ks)
     metrics["n_queries"] = n_queries
     metrics["n_gallery"] = n_gallery
     return metrics

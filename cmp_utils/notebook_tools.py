@@ -85,16 +85,6 @@ def strip_outputs(path: str | Path) -> bool:
     return changed
 
 
-def parameters_of(notebook: "nbformat.NotebookNode") -> dict[str, object]:
-    """The literal values of the ``parameters`` cell, by name."""
-    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    values = {}
-    for node in ast.parse(cell.source).body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            values[node.target.id] = ast.literal_eval(node.value)
-    return values
-
-
 #: Types a parameters cell may declare, with an example value of each (as YAML / papermill text).
 _PARAMETER_EXAMPLES: dict[type, str] = {int: "3", float: "0.001", str: "some_text", bool: "True",
                                         list: "[1, 2]", dict: "{key: 1}"}

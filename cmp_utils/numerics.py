@@ -224,7 +224,7 @@ def status() -> dict[str, Any]:
     holds, each library's choice, and the CPU."""
     import torch
 
-    from . import bench, vendor_kernels
+    from . import vendor_kernels
 
     pinned = mode() == "pinned"
     return {
@@ -235,7 +235,7 @@ def status() -> dict[str, Any]:
         "aten_capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default (the CPU's best)"),
         "vml_replaced": ",".join(vendor_kernels.REPLACED_OPS) if vendor_kernels.installed() else "none",
-        "cpu": bench.cpu_model(),
+        "cpu": cpu_model(),
         "cpu_vendor": cpu_vendor(),
         "torch": str(torch.__version__),
         "environment_lock": lock_status(),
@@ -270,13 +270,64 @@ def mkl_vendor_path() -> str:
     return "Intel" if function() else "non-Intel"
 
 
-def cpu_vendor() -> str:
-    """``GenuineIntel``, ``AuthenticAMD``, ... from ``/proc/cpuinfo`` (``unknown`` elsewhere)."""
+# ---------------------------------------------------------------------------------------------
+# The machine: the one place that describes it (CPU, devices), for params.yaml, bench rows and timings
+# ---------------------------------------------------------------------------------------------
+
+
+def cpuinfo_field(name: str) -> str | None:
+    """The first value of field ``name`` (e.g. ``model name``, ``vendor_id``) in ``/proc/cpuinfo``;
+    None where the file or the field is missing."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() == name:
+                return value.strip()
     except OSError:
         pass
-    return "unknown"
+    return None
+
+
+def cpu_vendor() -> str:
+    """``GenuineIntel``, ``AuthenticAMD``, ... from ``/proc/cpuinfo`` (``unknown`` elsewhere)."""
+    return cpuinfo_field("vendor_id") or "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``)."""
+    import platform
+
+    return cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown cpu"
+
+
+def device_name(device) -> str:
+    """``cpu`` (the device type) or the CUDA device's name, for a ``torch.device``."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def cpu_summary() -> str:
+    """``"<cpu model>, <n> cores, <t> torch threads"`` (the ``machine`` column of the bench CSVs)."""
+    import torch
+
+    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def machine_description() -> str:
+    """CPU model and vendor, CPU count, operating system and architecture, torch version, the CPU
+    numerics mode, oneMKL's path where simulated, and the GPU if one is visible (the timings CSV)."""
+    import platform
+
+    import torch
+
+    parts = [f"{cpu_model()} ({cpu_vendor()})", f"{os.cpu_count()} CPUs",
+             f"{platform.system()} {platform.machine()}", f"torch {torch.__version__}", f"{mode()} numerics"]
+    if os.environ.get("MKL_ENABLE_INSTRUCTIONS"):
+        parts.append(f"MKL_ENABLE_INSTRUCTIONS={os.environ['MKL_ENABLE_INSTRUCTIONS']}")
+    if mkl_vendor_path() == "non-Intel" and cpu_vendor() == "GenuineIntel":
+        parts.append("oneMKL on its non-Intel path (simulated)")
+    if torch.cuda.is_available():
+        parts.append(torch.cuda.get_device_name(0))
+    return ", ".join(parts)
 

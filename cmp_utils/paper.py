@@ -46,7 +46,8 @@ BACKBONE_LABELS = {"mobilenet_v1": "MobileNet", "mobilenet_v1_tf": "MobileNet",
 
 
 @lru_cache(maxsize=1)
-def _load(path: str) -> pd.DataFrame:
+def read_paper_numbers_csv(path: str) -> pd.DataFrame:
+    """The paper-numbers CSV at ``path`` as strings; a ``ValueError`` naming the missing columns."""
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [column for column in COLUMNS if column not in frame.columns]
     if missing:
@@ -122,7 +123,7 @@ def third_party_reruns() -> pd.DataFrame:
 
 def paper_numbers() -> pd.DataFrame:
     """Every cell of the paper's tables; ``value`` is a float, NaN where not confirmed."""
-    return _load(str(PAPER_NUMBERS_CSV)).copy()
+    return read_paper_numbers_csv(str(PAPER_NUMBERS_CSV)).copy()
 
 
 def paper_cell(

@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import atomic, config, report
+from . import atomic, config, numerics, report
 from .notebook_tools import KERNEL_NAME, parameter_type_problem, parameter_types
 
 TIMING_COLUMNS = ["notebook", "seconds", "profile", "machine", "started_at"]
@@ -107,24 +105,6 @@ def check_output_dir(output_dir: Path, notebooks: Sequence[Path]) -> Path:
     return resolved
 
 
-def machine_description() -> str:
-    """CPU model and vendor, CPU count, operating system and architecture, torch version, the CPU
-    numerics mode (:mod:`cmp_utils.numerics`), and the GPU if one is visible."""
-    import torch
-
-    from . import bench, numerics
-
-    parts = [f"{bench.cpu_model()} ({numerics.cpu_vendor()})", f"{os.cpu_count()} CPUs",
-             f"{platform.system()} {platform.machine()}", f"torch {torch.__version__}", f"{numerics.mode()} numerics"]
-    if os.environ.get("MKL_ENABLE_INSTRUCTIONS"):
-        parts.append(f"MKL_ENABLE_INSTRUCTIONS={os.environ['MKL_ENABLE_INSTRUCTIONS']}")
-    if numerics.mkl_vendor_path() == "non-Intel" and numerics.cpu_vendor() == "GenuineIntel":
-        parts.append("oneMKL on its non-Intel path (simulated)")
-    if torch.cuda.is_available():
-        parts.append(torch.cuda.get_device_name(0))
-    return ", ".join(parts)
-
-
 def record_timing(path: Path, row: dict[str, Any]) -> Path:
     """Put ``row`` in the timings CSV at ``path`` (replacing the same notebook and profile), atomically."""
     import pandas as pd
@@ -174,7 +154,7 @@ def run_notebooks(
     output_dir = check_output_dir(Path(output_dir) if output_dir else config.results_dir() / "executed" / profile,
                                   notebooks)
     timings_path = output_dir / "timings.csv"
-    machine = machine_description()
+    machine = numerics.machine_description()
     done = []
     for notebook in notebooks:
         executed = output_dir / notebook.name

@@ -190,7 +190,7 @@ PERSON_ATTRIBUTES = ("gender", "hair_colour", "hair_length", "hat", "hat_colour"
                      "bottom_type", "bottom_colour", "shoes_colour", "bag", "bag_colour")
 
 
-def _sample_person(rng: np.random.Generator) -> dict[str, Any]:
+def sample_person(rng: np.random.Generator) -> dict[str, Any]:
     gender = _pick(rng, ("man", "woman"))
     person = {
         "gender": gender,
@@ -215,9 +215,9 @@ def _sample_person(rng: np.random.Generator) -> dict[str, Any]:
     return person
 
 
-def _vary_person(base: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+def vary_person(base: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     """A sibling identity: the same person but for one visible attribute."""
-    fresh = _sample_person(rng)
+    fresh = sample_person(rng)
     choices = ["top_colour", "bottom_colour", "shoes_colour", "bag", "bag_colour", "hair_colour", "hat", "pattern",
                "top_type", "bottom_colour", "top_colour"]
     for _ in range(10):
@@ -458,7 +458,7 @@ def person_caption(person: dict[str, Any], rng: np.random.Generator, mentions: d
     return caption
 
 
-def _families(count: int, rng: np.random.Generator, sample: Callable, vary: Callable, max_family: int = 4) -> list:
+def sample_families(count: int, rng: np.random.Generator, sample: Callable, vary: Callable, max_family: int = 4) -> list:
     """``count`` items in families: a base item and siblings each differing from it in one attribute."""
     items: list = []
     while len(items) < count:
@@ -482,7 +482,7 @@ def _generate_cuhk(root: Path, sizes: dict[str, int], seed: int) -> dict[str, An
     stats: dict[str, Any] = {}
     truth: list[dict[str, Any]] = []  # per image: its attributes and what each of its captions states
     for split in ("train", "val", "test"):
-        identities = _families(sizes[f"{split}_ids"], rng, _sample_person, _vary_person)
+        identities = sample_families(sizes[f"{split}_ids"], rng, sample_person, vary_person)
         images = 0
         for person in identities:
             person_id = next_id
@@ -550,7 +550,8 @@ def _sample_object(rng: np.random.Generator, exclude: tuple = ()) -> dict[str, A
             "size": _pick(rng, ("small", "large"))}
 
 
-def _sample_scene(rng: np.random.Generator) -> dict[str, Any]:
+def sample_scene(rng: np.random.Generator) -> dict[str, Any]:
+    """A random scene: two to four objects with their attributes and positions."""
     count = int(rng.integers(2, 5))
     objects = []
     for _ in range(count):
@@ -746,7 +747,7 @@ def _generate_karpathy(name: str, root: Path, sizes: dict[str, int], seed: int) 
     from .text import tokenize
 
     for split in splits:
-        scenes = _families(sizes[split], rng, _sample_scene, _vary_scene, max_family=3)
+        scenes = sample_families(sizes[split], rng, sample_scene, _vary_scene, max_family=3)
         for scene in scenes:
             image_id = len(images)
             item_rng = np.random.default_rng([seed, DATASET_CODES[name], image_id])
@@ -785,7 +786,8 @@ def _generate_karpathy(name: str, root: Path, sizes: dict[str, int], seed: int) 
 BIRD_COLOURS = ("red", "blue", "yellow", "black", "white", "grey", "brown", "orange", "green")
 
 
-def _sample_bird(rng: np.random.Generator) -> dict[str, Any]:
+def sample_bird(rng: np.random.Generator) -> dict[str, Any]:
+    """A random bird: the colour or shape of each of its parts."""
     return {"crown": _pick(rng, BIRD_COLOURS), "body": _pick(rng, BIRD_COLOURS), "wing": _pick(rng, BIRD_COLOURS),
             "belly": _pick(rng, BIRD_COLOURS), "beak": _pick(rng, ("short", "long", "hooked")),
             "beak_colour": _pick(rng, ("black", "orange", "yellow", "grey")), "tail": _pick(rng, ("short", "long")),
@@ -793,7 +795,7 @@ def _sample_bird(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def _vary_bird(base: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    fresh = _sample_bird(rng)
+    fresh = sample_bird(rng)
     for _ in range(10):
         key = _pick(rng, ("crown", "body", "wing", "belly", "beak", "beak_colour", "tail", "wing_bars", "size"))
         if fresh[key] != base[key]:
@@ -884,7 +886,8 @@ PETAL_COLOURS = ("red", "pink", "purple", "white", "yellow", "orange", "blue")
 COUNT_WORDS = {4: "four", 5: "five", 6: "six", 8: "eight", 12: "many"}
 
 
-def _sample_flower(rng: np.random.Generator) -> dict[str, Any]:
+def sample_flower(rng: np.random.Generator) -> dict[str, Any]:
+    """A random flower: petal colour, count and shape, and its other parts."""
     return {"petal": _pick(rng, PETAL_COLOURS), "count": _pick(rng, COUNT_WORDS),
             "shape": _pick(rng, ("round", "pointed", "long thin")),
             "centre": _pick(rng, ("yellow", "brown", "black", "green", "white", "orange")),
@@ -893,7 +896,7 @@ def _sample_flower(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def _vary_flower(base: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    fresh = _sample_flower(rng)
+    fresh = sample_flower(rng)
     for _ in range(10):
         key = _pick(rng, tuple(base))
         if fresh[key] != base[key]:
@@ -975,12 +978,12 @@ def flower_caption(flower: dict[str, Any], rng: np.random.Generator, mentions: d
 
 def _generate_class_level(name: str, root: Path, sizes: dict[str, int], seed: int) -> dict[str, Any]:
     rng = np.random.default_rng([seed, DATASET_CODES[name]])
-    sample, vary, render, caption = ((_sample_bird, _vary_bird, render_bird, bird_caption) if name == "cub"
-                                     else (_sample_flower, _vary_flower, render_flower, flower_caption))
+    sample, vary, render, caption = ((sample_bird, _vary_bird, render_bird, bird_caption) if name == "cub"
+                                     else (sample_flower, _vary_flower, render_flower, flower_caption))
     total = sizes["trainval_classes"] + sizes["test_classes"]
     kinds: list = []
     while len(kinds) < total:  # distinct classes, in families
-        for candidate in _families(total, rng, sample, vary, max_family=3):
+        for candidate in sample_families(total, rng, sample, vary, max_family=3):
             if candidate not in kinds and len(kinds) < total:
                 kinds.append(candidate)
     order = rng.permutation(total)
@@ -1107,7 +1110,7 @@ def _generate_person_json(name: str, root: Path, sizes: dict[str, int], seed: in
     stats: dict[str, Any] = {}
     next_id = 1
     for split in PERSON_JSON_SPLITS[name]:
-        identities = _families(sizes[f"{split}_ids"], rng, _sample_person, _vary_person)
+        identities = sample_families(sizes[f"{split}_ids"], rng, sample_person, vary_person)
         images = captions = 0
         for person in identities:
             person_id, next_id = next_id, next_id + 1

@@ -13,7 +13,7 @@ Facts followed (the authors' release, ``builddata/dataset_utils.py``, and the pa
   order is reproducible), and maps every other word to one ``<unk>`` id;
 * ``<start>`` and ``<end>`` wrap each sentence; the model input drops the last token
   (``<end>``): :meth:`Vocabulary.encode` with ``for_model_input=True`` returns exactly that;
-* id 0 is padding (``pad_id``); batches are padded dynamically (see ``data.collate_pairs``).
+* id 0 is padding (``pad_id``); batches are padded dynamically (:func:`pad_token_ids`).
 
 Ids: ``0 <pad>``, ``1 <start>``, ``2 <end>``, ``3 <unk>``, then the words, most frequent first.
 
@@ -31,7 +31,10 @@ import re
 import string
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 PAD, START, END, UNKNOWN = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNKNOWN)
@@ -197,3 +200,17 @@ class Vocabulary:
     def __repr__(self) -> str:
         preview = ", ".join(self.words[:5])
         return f"Vocabulary({len(self)} ids, min_count={self.min_count}: {preview}{', ...' if len(self.words) > 5 else ''})"
+
+
+def pad_token_ids(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Token-id sequences (lists or 1-d tensors) as one batch: ``token_ids`` (N, T) long, each row
+    padded with ``pad_id`` after its tokens to the longest length T (1 when ``sequences`` is
+    empty), and ``lengths`` (N,) long. The one place where captions are padded."""
+    import torch
+
+    lengths = torch.tensor([len(ids) for ids in sequences], dtype=torch.long)  # (N,)
+    token_ids = torch.full((len(sequences), int(lengths.max()) if len(sequences) else 1), pad_id,
+                           dtype=torch.long)  # (N, T)
+    for row, ids in enumerate(sequences):
+        token_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+    return token_ids, lengths

@@ -46,44 +46,18 @@ features are kept on disk under ``config.cache_dir()/features/``; the image bran
 trains its joint embedding. Batches are sliced from pre-encoded tensors: no DataLoader.
 
 Calibration of the quick recipe (synthetic CUHK-PEDES-like data; CMPM + CMPC, batch 64, lr 3e-3,
-one torch thread, seed 0; CPU seconds = ``time.process_time`` of one ``experiments.run_method``
-call, training and scoring, with the feature cache already built, measured on a loaded 2-core
-machine; "% ceiling" = test t2i R@1 / the attribute oracle's t2i R@1, :mod:`cmp_utils.ceiling`):
-
-| train / test ids | image branch (cached MobileNetV2) | text LSTM | epochs | test t2i R@1 / R@10 | ceiling R@1 | % ceiling | CPU s |
-|---|---|---|---|---|---|---|---|
-| 1000 / 300 | 64x32, grid 2x1 | 64 | 3 | 10.2 / 43.8 | 77.6 | 13 | 12 |
-| 1000 / 300 | 64x32, grid 2x1 | 64 | 6 | 15.7 / 54.7 | 77.6 | 20 | 24 |
-| 1000 / 300 | 64x32, grid 2x1, batch 32 | 64 | 3 | 8.5 / 37.9 | 77.6 | 11 | 17 |
-| 1000 / 300 | 128x64, grid 2x1 | 64 | 3 | 16.5 / 52.4 | 77.6 | 21 | about 20 |
-| 1000 / 300 | 128x64, grid 4x2 | 64 | 3 | 23.5 / 65.9 | 77.6 | 30 | 21.5 |
-| 1000 / 300 | 128x64, grid 4x2 | 64 | 4 | 27.6 / 72.2 | 77.6 | 36 | about 29 |
-| 1000 / 300 | 128x64, grid 4x2 | 128 | 3 | 28.4 / 71.1 | 77.6 | 37 | 29 |
-| 1000 / 300 | 128x64, grid 4x2 | 128 | 4 | 33.1 / 76.1 | 77.6 | 43 | about 45 |
-| 500 / 100 | 128x64, grid 4x2 (lr 3e-3; 6e-3) | 64 | 6 | 29.8; 28.5 | 81.8 | 36; 35 | 25 |
-| 1000 / 300 | 128x64, stage 17 (160 ch), grid 4x2 | 64 | 3 | 34.1 / 75.1 | 78.7 | 43 | about 14 |
-| 1000 / 300 | 128x64, stage 14 (96 ch), grid 4x2 | 64 | 3 | 34.5 / 78.8 | 78.7 | 44 | about 13 |
-| 1000 / 300 | 128x64, stage 14 (96 ch), grid 8x4 | 64 | 3 | 42.0 / 81.4 | 78.7 | 53 | about 14 |
-| 1000 / 300 | 128x64, stage 14 (96 ch), grid 8x4 | 128 | 3 | 43.1 / 82.6 | 78.7 | 55 | 17.2 |
-| 1000 / 300 | 128x64, stage 14 (96 ch), grid 8x4 (seeds 0, 1, 2) | 64 | 4 | 48.2, 47.7, 48.0 | 78.7 | 61 | 14.9 |
-| 1000 / 300 | 128x64, stage 14 (96 ch), grid 8x4 | 64 | 5 | 53.7 / 87.3 | 78.7 | 68 | 17.9 |
-| 1000 / 300 | 128x64, stage 7 (32 ch), grid 8x4; 16x8 | 64 | 3 | 41.9; 40.8 | 78.7 | 53; 52 | about 12 |
-| 1000 / 300 | 128x64, stage 11 (64 ch), grid 8x4 | 64 | 3 | 42.8 / 82.4 | 78.7 | 54 | about 13 |
-| **1000 / 300** | **128x64, stage 11 (64 ch), grid 8x4 (seeds 0, 1, 2)** | **64** | **4** | **51.2, 50.3, 46.8** | **78.7** | **63** | **13.6** |
-
-(Rows 1-4 and the ninth ran before the release's initialisations became the default, which raised
-R@1 by a few points. "stage N": MobileNetV2 cut after torchvision's ``features[:N]``, the
-``backbone_blocks`` setting; rows without it pool the last, 1280-channel stage.) The old quick data (2000 train / 1000 test ids) took 46 CPU s per run for
-8-12% R@1. Quick therefore trains on 1000 train / 100 validation / 300 test identities, upsamples
-the renders to 128x64 and keeps a 64-unit Bi-LSTM. The last stage of the frozen ImageNet
-MobileNetV2 (1280 channels) is what limited it: with it, 3 epochs gave R@1 21 (27% of the ceiling)
-and reaching 60% would have needed more epochs and a wider LSTM at 2-3x the CPU. The synthetic
-attributes are colours and part shapes, which a mid-level map keeps: cut after stage 11 (64
-channels, an 8x4 map kept whole), 4 epochs reach 63% of the ceiling for less CPU per run than
-before (the 64-channel map makes the joint embedding's input 2048-d instead of 10240-d). CMPM alone
-reaches 50.1 (seed 0) under the same recipe, so the losses stay below the ceiling and apart.
-Scene and class datasets keep the last stage, a 2x2 grid and 3 epochs.
-The feature cache (once per dataset, shared by every loss and seed) is not counted.
+one torch thread): the image size, where MobileNetV2 is cut, the pooling grid, the LSTM width
+and the epoch count were chosen by comparing test t2i R@1 with the attribute oracle's
+(:mod:`cmp_utils.ceiling`) and the CPU seconds of one :func:`cmp_utils.experiments.run_method`
+call (the feature cache, built once per dataset and shared by every loss and seed, not counted). Quick trains on 1000 train / 100 validation / 300 test identities, upsamples the 64x32
+renders to 128x64 and keeps a 64-unit Bi-LSTM. The last stage of the frozen ImageNet MobileNetV2
+(1280 channels) limited the recall: the synthetic attributes are colours and part shapes, which
+a mid-level map keeps, so person datasets cut after stage 11 (``backbone_blocks``; 64 channels,
+an 8x4 map kept whole as an 8x4 grid), which also makes the joint embedding's input 2048-d
+instead of 10240-d and the runs cheaper. Scene and class datasets keep the last stage, a 2x2
+grid and 3 epochs. The numbers these settings give are the committed results (``results/``,
+written by the notebooks); the calibration runs themselves are in this docstring's history
+(commit 6573e44).
 
 Multi-process (``torchrun``): ``batch_size`` is the **global** batch. Every process takes its
 contiguous slice of each global batch (so N processes see exactly the batches of one), computes
@@ -137,8 +111,8 @@ _FAST_COMMON = dict(feature_mode="cached", backbone="mobilenet_v2", lr=1e-3, fin
                     sampler="identity", instances_per_label=2, amp="auto", num_workers=0, eval_batch_size=512,
                     num_threads=1,  # one torch thread: the same numbers on any machine
                     # TF's joint-embedding BN momentum (0.0003) leaves the running statistics near their
-                    # initial values after a few hundred steps: quick CUHK-PEDES test t2i R@1 4.5 against
-                    # 10.4 with PyTorch's (seed 0, docs/fidelity.md), so the fast profiles use PyTorch's.
+                    # initial values after a few hundred steps, which costs quick CUHK-PEDES recall (measured in
+                    # docs/fidelity.md's audit table), so the fast profiles use PyTorch's.
                     bn_style="pytorch")
 
 #: Settings per profile and dataset, as plain data. ``paper`` = the released scripts' settings
@@ -166,9 +140,8 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
            for name in ("icfg_pedes", "rstpreid")},
     },
     # person datasets: the 64 x 32 renders upsampled to 128 x 64 and cut after MobileNetV2's 11th stage (a
-    # 64-channel 8 x 4 map at stride 16, kept whole as an 8 x 4 grid, 2048-d), 4 epochs: CUHK-like test t2i R@1
-    # 51.2, 50.3, 46.8 on seeds 0-2 (63% of the ceiling) against 21.2 from the last stage, for less CPU (table in the
-    # module docstring)
+    # 64-channel 8 x 4 map at stride 16, kept whole as an 8 x 4 grid, 2048-d), 4 epochs: higher recall than the
+    # last stage for less CPU (calibration in the module docstring)
     "quick": {name: dict(_FAST_COMMON, batch_size=64, epochs=4 if name in config.PERSON_DATASETS else 3,
                          frozen_epochs=0, image_size=(128, 64) if name in config.PERSON_DATASETS else None, lr=3e-3,
                          finetune_lr=3e-3, backbone_blocks=11 if name in config.PERSON_DATASETS else None,
@@ -604,7 +577,7 @@ def local_slice(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
     return list(batch[rank * share:(rank + 1) * share])
 
 
-class _ListBatchSampler(torch.utils.data.Sampler):
+class ListBatchSampler(torch.utils.data.Sampler):
     """Hands a DataLoader a precomputed list of index batches."""
 
     def __init__(self, batches: list[list[int]]):
@@ -717,7 +690,7 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.default_rng([seed, epoch, rank, 11]).integers(0, 2**62))
 
 
-def _autocast(cfg: TrainConfig, device: torch.device):
+def autocast_and_scaler(cfg: TrainConfig, device: torch.device):
     """(autocast context, gradient scaler or None) of ``amp``: ``"off"`` fp32 (the release and the
     paper profile); ``"auto"`` bf16 on CUDA (fp16 with a scaler where bf16 is unsupported), fp32
     elsewhere; ``"bf16"`` bf16 autocast on CUDA or, when asked explicitly, on the CPU; ``"fp16"``
@@ -735,7 +708,7 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device_type="cuda", dtype=dtype), scaler
 
 
-def _param_groups(model: models.CrossModalModel, loss_module: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+def param_groups(model: models.CrossModalModel, loss_module: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Two Adam groups: weights of the CNN and of the joint embeddings (decayed), everything else.
 
     As the release's slim arg_scopes: conv / linear kernels carry the L2 weight decay; batch-norm
@@ -817,8 +790,15 @@ def build_run_model(cfg: TrainConfig, prepared, feature_dim: int | None = None) 
     from .data import check_prepared_options, recipe_options
 
     check_prepared_options(prepared, **recipe_options(cfg))
-    return models.build_model(len(prepared.vocabulary), cfg.backbone, cfg.embedding_dim, cfg.word_dim,
-                              cfg.hidden_size, cfg.dropout, prepared.vocabulary.pad_id, cfg.padded_steps,
+    return model_of_settings(cfg, len(prepared.vocabulary), prepared.vocabulary.pad_id, feature_dim)
+
+
+def model_of_settings(cfg: TrainConfig, vocabulary_size: int, pad_id: int = 0,
+                      feature_dim: int | None = None) -> models.CrossModalModel:
+    """The network of settings ``cfg`` for a vocabulary of ``vocabulary_size`` words (padding id
+    ``pad_id``); ``feature_dim`` as :func:`build_run_model`. No prepared data needed (benchmarks)."""
+    return models.build_model(vocabulary_size, cfg.backbone, cfg.embedding_dim, cfg.word_dim,
+                              cfg.hidden_size, cfg.dropout, pad_id, cfg.padded_steps,
                               cfg.pool_grid, cfg.weights_path, cfg.pretrained, cached_feature_dim=feature_dim,
                               word_embedding_init=cfg.word_embedding_init, lstm_init=cfg.lstm_init,
                               lstm_backward=cfg.lstm_backward, joint_embedding=cfg.joint_embedding,
@@ -980,7 +960,7 @@ class _TrainingData:
 
 
 @dataclass
-class _RunState:
+class RunState:
     """Everything an epoch changes, and what ``last.pt`` holds."""
 
     model: models.CrossModalModel
@@ -1027,43 +1007,55 @@ def _prepare_training_data(cfg: TrainConfig, context: distributed.DistributedCon
     return training
 
 
-def _new_optimizer(model: models.CrossModalModel, loss_module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam over :func:`_param_groups` (the release: one learning rate, decay on the CNN and joint embeddings)."""
-    return torch.optim.Adam(_param_groups(model, loss_module, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+def new_optimizer(model: models.CrossModalModel, loss_module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam over :func:`param_groups` (the release: one learning rate, decay on the CNN and joint embeddings)."""
+    return torch.optim.Adam(param_groups(model, loss_module, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
-def _new_weight_average(model: models.CrossModalModel, cfg: TrainConfig) -> WeightAverage:
+def new_weight_average(model: models.CrossModalModel, cfg: TrainConfig) -> WeightAverage:
     """The weight average of a run (a fresh one at the start and at the stage-2 restart)."""
     return WeightAverage(model, cfg.ema_decay, cfg.ema_warmup, scope=cfg.ema_scope)
 
 
-def _build_run_state(cfg: TrainConfig, context: distributed.DistributedContext, training: _TrainingData) -> _RunState:
+def _build_run_state(cfg: TrainConfig, context: distributed.DistributedContext, training: _TrainingData) -> RunState:
     """Model, losses, optimiser, weight average and precision, seeded again (computing the
     feature cache consumed random numbers)."""
     from . import data
-    from .losses import CrossModalLoss
 
-    device, prepared = context.device, training.prepared
+    prepared = training.prepared
     config.seed_everything(cfg.seed, cfg.deterministic)
     model = build_run_model(cfg, prepared, training.feature_dim)
-    if cfg.feature_mode != "cached":
+    state = build_run_state(cfg, model, prepared.num_classes, context.device, context.world_size)
+    if cfg.feature_mode != "cached":  # building the dataset draws no random numbers
         training.pairs = data.PairDataset(prepared.frames["train"], prepared.vocabulary, prepared.image_cache("train"),
-                                          train=True, backbone=model.image_encoder.normalisation)
-    if context.world_size > 1 and device.type == "cuda":
+                                          train=True, backbone=state.model.image_encoder.normalisation)
+    return state
+
+
+def build_run_state(cfg: TrainConfig, model: models.CrossModalModel, num_classes: int, device: torch.device,
+                    world_size: int = 1) -> RunState:
+    """What :func:`train_step` needs for ``model`` under settings ``cfg``: the model on ``device``
+    (SyncBatchNorm for several CUDA processes, channels-last images on CUDA), the losses over
+    ``num_classes`` classes, :class:`TrainStep`, Adam with the weight-decay groups
+    (:func:`new_optimizer`), the weight average (:func:`new_weight_average`) and the precision
+    (``amp``). :func:`fit` and the benchmarks (:mod:`cmp_utils.bench`) both build it here."""
+    from .losses import CrossModalLoss
+
+    if world_size > 1 and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if device.type == "cuda" and cfg.channels_last and not model.takes_features:
         model.image_encoder.to(memory_format=torch.channels_last)
-    loss_module = CrossModalLoss(cfg.losses, cfg.embedding_dim, prepared.num_classes, scope=cfg.loss_scope,
+    loss_module = CrossModalLoss(cfg.losses, cfg.embedding_dim, num_classes, scope=cfg.loss_scope,
                                  **cfg.loss_options).to(device)
     step_module = TrainStep(model, loss_module)
-    autocast, scaler = _autocast(cfg, device)
-    return _RunState(model=model, loss_module=loss_module, step_module=step_module,
-                     optimizer=_new_optimizer(model, loss_module, cfg), ema=_new_weight_average(model, cfg),
+    autocast, scaler = autocast_and_scaler(cfg, device)
+    return RunState(model=model, loss_module=loss_module, step_module=step_module,
+                     optimizer=new_optimizer(model, loss_module, cfg), ema=new_weight_average(model, cfg),
                      eval_model=copy.deepcopy(model).eval(), autocast=autocast, scaler=scaler, wrapped=step_module)
 
 
-def _restore_last_checkpoint(state: _RunState, checkpoints: Path, device: torch.device, is_main: bool) -> None:
+def _restore_last_checkpoint(state: RunState, checkpoints: Path, device: torch.device, is_main: bool) -> None:
     """``resume``: load weights, optimiser, average, scaler, history and random states from ``last.pt``."""
     path = checkpoints / "last.pt"
     if not path.is_file():
@@ -1107,7 +1099,7 @@ def stage_of(cfg: TrainConfig, epoch: int) -> tuple[bool, float]:
     return (False, cfg.lr) if epoch < cfg.frozen_epochs else (True, cfg.finetune_lr)
 
 
-def _enter_stage(state: _RunState, cfg: TrainConfig, epoch: int, context: distributed.DistributedContext) -> float:
+def _enter_stage(state: RunState, cfg: TrainConfig, epoch: int, context: distributed.DistributedContext) -> float:
     """Set the learning rate and the CNN's trainability of ``epoch``; return the learning rate.
 
     At the switch to stage 2 (epoch ``frozen_epochs``) with ``stage2_restart`` the release's
@@ -1120,8 +1112,8 @@ def _enter_stage(state: _RunState, cfg: TrainConfig, epoch: int, context: distri
     """
     cnn_trainable, lr = stage_of(cfg, epoch)
     if cfg.stage2_restart and cfg.frozen_epochs > 0 and epoch == cfg.frozen_epochs:
-        state.optimizer = _new_optimizer(state.model, state.loss_module, cfg)
-        state.ema = _new_weight_average(state.model, cfg)
+        state.optimizer = new_optimizer(state.model, state.loss_module, cfg)
+        state.ema = new_weight_average(state.model, cfg)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     if cnn_trainable != state.cnn_trainable:
@@ -1134,7 +1126,7 @@ def _enter_stage(state: _RunState, cfg: TrainConfig, epoch: int, context: distri
     return lr
 
 
-def _set_training_mode(state: _RunState, cfg: TrainConfig) -> None:
+def _set_training_mode(state: RunState, cfg: TrainConfig) -> None:
     """Train mode; a frozen CNN's batch norm follows ``frozen_cnn_bn``: ``"batch_stats"`` (release
     stage 1 builds the frozen CNN with ``is_training=True``: batch statistics, moving statistics
     updated) or ``"eval"`` (the stored statistics, frozen)."""
@@ -1160,7 +1152,7 @@ def _epoch_batches(cfg: TrainConfig, training: _TrainingData, batches: list[list
     from . import data
 
     if cfg.feature_mode != "cached":
-        loader = torch.utils.data.DataLoader(training.pairs, batch_sampler=_ListBatchSampler(batches),
+        loader = torch.utils.data.DataLoader(training.pairs, batch_sampler=ListBatchSampler(batches),
                                              collate_fn=data.collate_pairs, num_workers=_loader_workers(cfg),
                                              pin_memory=context.device.type == "cuda", persistent_workers=False)
         for batch in loader:
@@ -1178,7 +1170,32 @@ def _epoch_batches(cfg: TrainConfig, training: _TrainingData, batches: list[list
         yield images, token_ids, lengths, captions["labels"][index]
 
 
-def _train_epoch(state: _RunState, cfg: TrainConfig, training: _TrainingData, epoch: int,
+def train_step(state: RunState, cfg: TrainConfig, images: torch.Tensor, token_ids: torch.Tensor,
+               lengths: torch.Tensor, labels: torch.Tensor, device: torch.device,
+               world_size: int = 1) -> dict[str, torch.Tensor]:
+    """One optimiser step of :func:`fit` on one batch (this process's rows, on any device): inputs to
+    ``device`` (channels-last images on CUDA), the losses under ``amp``'s autocast, the global-batch
+    backward (:func:`backward_global_loss`), Adam (through the gradient scaler, if any) and the
+    weight-average update. Returns ``{loss name: scalar}`` of the global batch. The benchmarks time
+    this same function."""
+    if device.type == "cuda" and cfg.channels_last and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    images = images.to(device, non_blocking=True)
+    token_ids, labels = token_ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    with state.autocast:
+        losses = state.wrapped(images, token_ids, lengths.to(device), labels)
+    state.optimizer.zero_grad(set_to_none=True)
+    backward_global_loss(losses, state.step_module, world_size, state.scaler)
+    if state.scaler is not None:
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        state.optimizer.step()
+    state.ema.update(state.model)
+    return losses
+
+
+def _train_epoch(state: RunState, cfg: TrainConfig, training: _TrainingData, epoch: int,
                  context: distributed.DistributedContext, show: bool) -> dict[str, Any]:
     """One pass over the epoch's global batches; returns its log record (losses, time, throughput)."""
     from tqdm.auto import tqdm
@@ -1192,20 +1209,7 @@ def _train_epoch(state: _RunState, cfg: TrainConfig, training: _TrainingData, ep
     bar = tqdm(_epoch_batches(cfg, training, batches, epoch, context), total=len(batches),
                desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False, unit="batch", mininterval=3.0)
     for images, token_ids, lengths, labels in bar:
-        if device.type == "cuda" and cfg.channels_last and images.dim() == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
-        images = images.to(device, non_blocking=True)
-        token_ids, labels = token_ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with state.autocast:
-            losses = state.wrapped(images, token_ids, lengths.to(device), labels)
-        state.optimizer.zero_grad(set_to_none=True)
-        backward_global_loss(losses, state.step_module, world, state.scaler)
-        if state.scaler is not None:
-            state.scaler.step(state.optimizer)
-            state.scaler.update()
-        else:
-            state.optimizer.step()
-        state.ema.update(state.model)
+        losses = train_step(state, cfg, images, token_ids, lengths, labels, device, world)
         for name, value in losses.items():
             loss_sums[name] += value.detach()
         state.trained_samples += len(labels) * world
@@ -1237,7 +1241,7 @@ def validates_in(cfg: TrainConfig, epoch: int) -> bool:
     return cfg.validate_every > 0 and ((epoch + 1) % cfg.validate_every == 0 or epoch + 1 == cfg.epochs)
 
 
-def _evaluate_epoch(state: _RunState, cfg: TrainConfig, training: _TrainingData, epoch: int,
+def _evaluate_epoch(state: RunState, cfg: TrainConfig, training: _TrainingData, epoch: int,
                     device: torch.device, record: dict[str, Any]) -> float | None:
     """Score the averaged weights (copied into ``eval_model``) on the selection split when this
     epoch validates; add ``val_<metric>`` to ``record``; return the selection score, the epoch
@@ -1258,7 +1262,7 @@ def _evaluate_epoch(state: _RunState, cfg: TrainConfig, training: _TrainingData,
     return metrics[cfg.select_metric]
 
 
-def _save_checkpoints(state: _RunState, cfg: TrainConfig, out_dir: Path, epoch: int, score: float | None) -> None:
+def _save_checkpoints(state: RunState, cfg: TrainConfig, out_dir: Path, epoch: int, score: float | None) -> None:
     """``best.pt`` (averaged weights) when ``score`` beats the best so far; ``last.pt`` (everything
     a resume needs) and ``log.jsonl`` after every epoch, each written atomically."""
     checkpoints = out_dir / "checkpoints"
@@ -1275,7 +1279,7 @@ def _save_checkpoints(state: _RunState, cfg: TrainConfig, out_dir: Path, epoch: 
     atomic.write_text(out_dir / "log.jsonl", "".join(json.dumps(line) + "\n" for line in state.history))
 
 
-def _final_result(state: _RunState, cfg: TrainConfig, training: _TrainingData, out_dir: Path,
+def _final_result(state: RunState, cfg: TrainConfig, training: _TrainingData, out_dir: Path,
                   context: distributed.DistributedContext, total_seconds: float) -> RunResult:
     """Load ``best.pt``, score the test split with it (rank 0), write ``results.json``."""
     test: dict[str, float] = {}

@@ -10,7 +10,7 @@ import torch
 
 from cmp_utils import bench
 
-TINY = bench._settings(quick_check=True, full=False)
+TINY = bench.group_settings(quick_check=True, full=False)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
@@ -60,7 +60,7 @@ def test_training_step_rows(isolated_dirs):
     assert len(efficiency) == 2
     # efficiency is exactly model-only / full of the rows beside it
     for name, group in frame.groupby("benchmark"):
-        if name.endswith("cached_features") or name.endswith("small_cnn"):
+        if name.endswith(("cached_features", "small_cnn")):
             full = group.loc[group["case"].str.startswith("full step"), "value"].item()
             model = group.loc[group["case"].str.startswith("model-only"), "value"].item()
             ratio = group.loc[group["case"].str.startswith("pipeline efficiency"), "value"].item()
@@ -137,3 +137,33 @@ def test_numerics_rows_time_the_same_runs_in_both_modes(isolated_dirs):
     native = frame[frame["case"].str.endswith(": native")]
     for (_, p), (_, n) in zip(pinned.iterrows(), native.iterrows()):
         assert p["ratio"] == pytest.approx(p["value"] / n["value"])
+
+
+def test_paper_step_times_the_paper_recipe_through_train_step(monkeypatch):
+    """The GPU benchmark's step is the paper profile's recipe (TF-slim MobileNet v1, Adam with the
+    weight-decay groups, the weight average) and calls train.train_step, the step fit calls."""
+    from cmp_utils import train
+
+    runner = bench.PaperStep(torch.device("cpu"), "fp32", 32, vocabulary=50, num_classes=5, dim=16)
+    paper = train.make_config("paper", "cuhk_pedes")
+    assert runner.cfg.backbone == paper.backbone == "mobilenet_v1_tf"
+    assert (runner.cfg.bn_style, runner.cfg.ema_scope) == (paper.bn_style, paper.ema_scope)
+    groups = {group["name"]: group["weight_decay"] for group in runner.state.optimizer.param_groups}
+    assert groups == {"decayed": paper.weight_decay, "others": 0.0}
+    calls = []
+    monkeypatch.setattr(train, "train_step", lambda *args, **kwargs: calls.append(args))
+    generator = torch.Generator().manual_seed(0)
+    runner.step(*bench.paper_batch(4, 32, torch.device("cpu"), 50, 5, generator=generator))
+    assert len(calls) == 1 and calls[0][0] is runner.state
+
+
+def test_training_step_benchmark_builds_fits_run_state(isolated_dirs):
+    """The cached-features benchmark trains the model fit builds (every recipe setting) with fit's optimiser."""
+    from cmp_utils import data, train
+
+    cfg = train.make_config("smoke", "cuhk_pedes", device="cpu", progress=False)
+    prepared = data.prepare_dataset(cfg.dataset, cfg.profile, seed=cfg.data_seed, **data.recipe_options(cfg))
+    trainer = bench.RunTrainer(cfg, prepared, 24, torch.device("cpu"))
+    assert isinstance(trainer.state, train.RunState)
+    assert trainer.state.ema.scope == cfg.ema_scope
+    assert [group["name"] for group in trainer.state.optimizer.param_groups] == ["decayed", "others"]

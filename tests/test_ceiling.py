@@ -3,10 +3,8 @@
 import hashlib
 import itertools
 import json
-import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from cmp_utils import ceiling, synthetic
@@ -52,7 +50,7 @@ def test_oracle_scores_compatible_images_equally_and_rules_out_contradictions():
 
 def test_caption_mentions_leave_the_caption_unchanged_and_are_stated_in_it():
     for item in range(40):
-        person = synthetic._sample_person(np.random.default_rng([7, item]))
+        person = synthetic.sample_person(np.random.default_rng([7, item]))
         plain = synthetic.person_caption(person, np.random.default_rng([8, item]))
         mentions: dict = {}
         recorded = synthetic.person_caption(person, np.random.default_rng([8, item]), mentions)
@@ -251,9 +249,9 @@ def test_every_generator_records_ground_truth_without_changing_the_data(tmp_path
     assert not synthetic.is_complete(root, dataset, "smoke")
 
 
-@pytest.mark.parametrize("caption, sample", [(synthetic.scene_caption, synthetic._sample_scene),
-                                             (synthetic.bird_caption, synthetic._sample_bird),
-                                             (synthetic.flower_caption, synthetic._sample_flower)])
+@pytest.mark.parametrize("caption, sample", [(synthetic.scene_caption, synthetic.sample_scene),
+                                             (synthetic.bird_caption, synthetic.sample_bird),
+                                             (synthetic.flower_caption, synthetic.sample_flower)])
 def test_recording_mentions_leaves_captions_and_the_random_stream_unchanged(caption, sample):
     for item in range(60):
         thing = sample(np.random.default_rng([3, item]))

@@ -199,7 +199,7 @@ def test_resnet_v1_matches_tf_and_loads_as_weights_path(tmp_path):
     out = tmp_path / "resnet.pt"
     torch.save({"state_dict": state, "kind": "resnet_v1_152", "backbone": "resnet152_slim"}, out)
     shallow = models.ResNetV1Slim(units)
-    models._load_state_dict(shallow, out, "resnet152_slim")
+    models.load_backbone_weights(shallow, out, "resnet152_slim")
     assert torch.equal(shallow.conv1.conv.weight, state["conv1.conv.weight"])
 
 

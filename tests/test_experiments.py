@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cmp_utils import claims, experiments
+from cmp_utils import claims, config, experiments
 
 
 def _perfect_embeddings(num_labels: int = 6, captions_per_label: int = 2, dim: int = 8):
@@ -159,7 +159,7 @@ def _cold_smoke_run(cache_dir: str) -> dict:
     import os
 
     os.environ["CMP_CACHE_DIR"] = cache_dir
-    return experiments._run_job(("cuhk_pedes", "smoke", "CMPM", 0, "cpu", None, None))
+    return experiments.run_job(("cuhk_pedes", "smoke", "CMPM", 0, "cpu", None, None))
 
 
 @pytest.mark.slow
@@ -371,7 +371,7 @@ def test_train_jobs_builds_each_distinct_input_once_before_its_workers_start(tmp
     jobs = [("cuhk_pedes", "smoke", method, seed, "cpu", None, None) for method in ("CMPM", "ranking") for seed in (0, 1)]
     jobs += [("flickr30k", "smoke", "CMPM", 0, "cpu", None, None),
              ("cuhk_pedes", "smoke", "CMPM", 0, "cpu", None, {"batch_size": 16})]  # same caches as the first
-    chosen = experiments._distinct_inputs(jobs)
+    chosen = experiments.distinct_inputs(jobs)
     assert [(cfg.dataset, cfg.losses, cfg.seed) for cfg in chosen] == [("cuhk_pedes", ("cmpm",), 0), ("flickr30k", ("cmpm",), 0)]
     assert len({train.input_key(cfg) for cfg in chosen}) == 2
     train.prepare_inputs(chosen[0])
@@ -384,5 +384,35 @@ def test_train_jobs_builds_each_distinct_input_once_before_its_workers_start(tmp
     monkeypatch.setattr(models, "ImageEncoder", no_feature_computation)
     for job in jobs[:4]:
         experiments.run_method(*job)
-    assert [cfg.dataset for cfg in experiments._distinct_inputs(jobs)] == ["flickr30k", "cuhk_pedes"]  # batch 16: not run
-    assert experiments._distinct_inputs(jobs[:4]) == []  # every run memoised: nothing to prepare
+    assert [cfg.dataset for cfg in experiments.distinct_inputs(jobs)] == ["flickr30k", "cuhk_pedes"]  # batch 16: not run
+    assert experiments.distinct_inputs(jobs[:4]) == []  # every run memoised: nothing to prepare
+
+
+def _two_loss_results(backbones):
+    """Tidy rows of CMPM and CMPM+CMPC over five seeds, two tables, both directions, per backbone."""
+    rows = [dict(method=method, backbone=backbone, table=table, direction=direction, metric="R@1", seed=seed,
+                 value=10.0 + seed + (2.0 if method == "CMPM+CMPC" else 0.0))
+            for backbone in backbones for method in ("CMPM", "CMPM+CMPC") for table in ("mscoco_1k", "mscoco_5k")
+            for direction in ("i2t", "t2i") for seed in range(5)]
+    return pd.DataFrame(rows)
+
+
+def test_table_claims_per_table_direction_and_backbone():
+    one = experiments.table_claims(_two_loss_results(["mobilenet_v2"]), ["mscoco_1k", "mscoco_5k"])
+    assert [claim["claim"] for claim in one] == [
+        "mscoco_1k: CMPM+CMPC > CMPM (i2t R@1)", "mscoco_1k: CMPM+CMPC > CMPM (t2i R@1)",
+        "mscoco_5k: CMPM+CMPC > CMPM (i2t R@1)", "mscoco_5k: CMPM+CMPC > CMPM (t2i R@1)"]
+    assert all(claim["mean_difference"] == 2.0 and "backbone" not in claim for claim in one)
+    two = experiments.table_claims(_two_loss_results(["resnet152_slim", "mobilenet_v1_tf"]), ["mscoco_5k"])
+    assert sorted(claim["backbone"] for claim in two) == ["mobilenet_v1_tf"] * 2 + ["resnet152_slim"] * 2
+    assert all(claim["claim"].endswith(f", {claim['backbone']})") for claim in two)
+
+
+def test_notebook_setup_gives_seeds_folder_and_params(isolated_dirs):
+    setup = experiments.notebook_setup("flickr30k", "smoke", "flickr30k", 3, 5, "cpu", "", ["CMPM"], True, "", {},
+                                       varied=("losses", "seed"), extra="kept")
+    assert setup.seeds == [3] and setup.out_dir == config.results_dir() / "flickr30k" / "smoke"
+    assert setup.run_overrides == {"pretrained": True, "weights_path": None}
+    assert list(setup.params)[:7] == ["profile", "seeds", "device", "data_dir", "overrides", "methods", "extra"]
+    assert "seed" not in setup.params["training"] and setup.params["varied_per_run"] == ["losses", "seed"]
+    assert experiments.notebook_setup("x", "quick", "cuhk_pedes", 3, 2, "cpu", "", [], True, "", {}).seeds == [3, 4]

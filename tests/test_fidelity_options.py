@@ -266,7 +266,7 @@ def test_no_weight_decay_on_depthwise_kernels():
         warnings.simplefilter("ignore")
         model = models.build_model(40, "mobilenet_v1", embedding_dim=6, word_dim=8, hidden_size=4)
     cfg = train.make_config("smoke", "cuhk_pedes")
-    groups = {group["name"]: group for group in train._param_groups(model, nn.Linear(2, 2), cfg)}
+    groups = {group["name"]: group for group in train.param_groups(model, nn.Linear(2, 2), cfg)}
     decayed = {id(p) for p in groups["decayed"]["params"]}
     convolutions = [m for m in model.image_encoder.backbone.modules() if isinstance(m, nn.Conv2d)]
     depthwise = [m for m in convolutions if m.groups > 1]

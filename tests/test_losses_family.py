@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -284,12 +283,6 @@ def test_loss_scope_is_a_training_setting():
 # --- K processes without a feature gather = local:K in one process (gloo) ----------------------
 
 BATCH, DIM, CLASSES, WORLD = 8, 6, 4, 2
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _scope_inputs():

@@ -139,13 +139,13 @@ def test_minp_hand_worked_two_queries():
     # mINP = (2/3 + 1/2) / 2 = 7/12; mAP = (5/6 + 1/2) / 2 = 2/3.
     similarity = torch.tensor([[0.9, 0.1, 0.5, 0.3], [0.2, 0.8, 0.9, 0.1]])
     gallery_labels = torch.tensor([0, 1, 2, 0])
-    per_query = metrics._query_ranks(
+    per_query = metrics.query_ranks(
         lambda s, e: iter([(0, 4, similarity[s:e])]), 2, torch.tensor([0, 1]), gallery_labels, chunk_size=2
     )
     assert per_query["first"].tolist() == [1, 2]
     assert per_query["inp"].tolist() == pytest.approx([2 / 3, 1 / 2])
     assert per_query["ap"].tolist() == pytest.approx([5 / 6, 1 / 2])
-    summary = metrics._metrics_from_query_ranks(per_query, (1,))
+    summary = metrics.metrics_from_query_ranks(per_query, (1,))
     assert summary["mINP"] == pytest.approx(100 * 7 / 12) and summary["mAP"] == pytest.approx(100 * 2 / 3)
 
 
@@ -187,13 +187,13 @@ def test_chunked_equals_unchunked(monkeypatch, chunk_size, gallery_chunk_size, c
 
 def test_blocks_stay_within_chunk_bounds(monkeypatch):
     seen_shapes = []
-    original = metrics._count_at_least
+    original = metrics.count_at_least
 
     def recording(negative_scores, thresholds):
         seen_shapes.append(tuple(negative_scores.shape))
         return original(negative_scores, thresholds)
 
-    monkeypatch.setattr(metrics, "_count_at_least", recording)
+    monkeypatch.setattr(metrics, "count_at_least", recording)
     queries, gallery, query_labels, gallery_labels = random_problem(4, n_query=40, n_gallery=90)
     metrics.retrieval_metrics(queries, gallery, query_labels, gallery_labels, chunk_size=8, gallery_chunk_size=16)
     assert seen_shapes and all(rows <= 8 and columns <= 16 for rows, columns in seen_shapes)

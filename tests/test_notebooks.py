@@ -8,7 +8,6 @@ must exist afterwards.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import nbformat

@@ -7,11 +7,9 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import pandas as pd
 import pytest
 import torch

@@ -348,10 +348,10 @@ def test_paper_numbers_loader_rejects_a_value_without_a_source(tmp_path):
     bad = tmp_path / "paper_numbers.csv"
     bad.write_text(header + "\n" + first.replace(",4,P;V;I;L,", ",0,,") + "\n")
     with pytest.raises(ValueError, match="no source"):
-        paper._load(str(bad))
+        paper.read_paper_numbers_csv(str(bad))
     bad.write_text(header + "\n" + first.replace(",4,P;V;I;L,", ",1,P;X,") + "\n")
     with pytest.raises(ValueError, match="unknown sources"):
-        paper._load(str(bad))
+        paper.read_paper_numbers_csv(str(bad))
 
 
 def test_paper_value_lookup():
@@ -565,16 +565,25 @@ def test_paper_comparison_shows_ours_minus_paper_only_on_real_data():
 def test_scorecard_paper_side_compares_losses_on_one_backbone_only():
     claim = dict(better="CMPM+CMPC", worse="CMPM", metric="R@1", direction="i2t")
     # MSCOCO: the paper's CMPM row is ResNet-152, its CMPM+CMPC row MobileNet: no difference is drawn
-    coco = report._paper_side({**claim, "table": "mscoco_1k"}, "mscoco")
+    coco = report.paper_side({**claim, "table": "mscoco_1k"}, "mscoco")
     assert coco == ("CMPM+CMPC 52.90 (MobileNet, 1 source (authors' lab list)) vs CMPM 56.10 (ResNet-152, 1 source "
                     "(authors' lab list)): different backbones, not this comparison")
-    flickr = report._paper_side({**claim, "table": "flickr30k"}, "flickr30k")
+    flickr = report.paper_side({**claim, "table": "flickr30k"}, "flickr30k")
     assert flickr == "CMPM+CMPC 49.60 (ResNet-152, 1 source (authors' lab list)); no value for CMPM"
-    cub = report._paper_side({**claim, "metric": "ap@50", "direction": "t2i", "dataset": "cub"}, "cub_flowers")
+    cub = report.paper_side({**claim, "metric": "ap@50", "direction": "t2i", "dataset": "cub"}, "cub_flowers")
     assert cub.endswith(f"({67.9 - 64.6:+.2f})") and cub.startswith("CMPM+CMPC 67.90 (MobileNet")
     # a paper-profile claim names its backbone: MobileNet on Flickr30K has no CMPM value either
-    assert report._paper_side({**claim, "table": "flickr30k", "backbone": "mobilenet_v1_tf"}, "flickr30k").startswith(
+    assert report.paper_side({**claim, "table": "flickr30k", "backbone": "mobilenet_v1_tf"}, "flickr30k").startswith(
         "CMPM+CMPC 40.30 (MobileNet")
     # a baseline's own published result has no backbone of the paper's: still compared
-    assert report._paper_side(dict(better="CMPM", worse="CMCE", metric="R@1", direction="t2i"), "cuhk_pedes") == (
+    assert report.paper_side(dict(better="CMPM", worse="CMCE", metric="R@1", direction="t2i"), "cuhk_pedes") == (
         f"CMPM 44.02 (MobileNet, 2 sources) vs CMCE 25.94 (1 source) ({44.02 - 25.94:+.2f})")
+
+
+def test_replace_between_markers_keeps_the_markers_and_refuses_ambiguity():
+    markers = report.marker("demo")
+    text = f"head\n{markers[0]}\nold\n{markers[1]}\ntail\n"
+    assert report.replace_between_markers(text, markers, "\nnew\n") == f"head\n{markers[0]}\nnew\n{markers[1]}\ntail\n"
+    for broken in ("no markers", f"{markers[1]}\n{markers[0]}", text + markers[0]):
+        with pytest.raises(ValueError, match="demo:start"):
+            report.replace_between_markers(broken, markers, "new", "doc.md")

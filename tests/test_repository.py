@@ -109,3 +109,100 @@ def test_readme_is_short_and_generated_where_it_holds_numbers():
         hand_written = hand_written[: hand_written.index(start)] + hand_written[hand_written.index(end):]
     # Outside the generated sections no result is typed by hand: no "12.34"-style figures.
     assert not re.findall(r"(?<![\w./-])\d+\.\d\d(?![\w./-])", hand_written)
+
+
+# ---------------------------------------------------------------------------------------------
+# No hand-typed result in prose: results are generated from results/ or not written at all
+# ---------------------------------------------------------------------------------------------
+
+#: A number as a result is typed: a decimal (``44.8``, ``46.64``) or a ratio (``x1.43``, ``1.43x``), not part of
+#: a word, a path or a longer number.
+RESULT_NUMBER = re.compile(r"(?<![\w./-])(?:[x×]\s?)?\d+\.\d+(?:\s?[x×%])?(?![\w/-]|\.\d)")
+#: A version after a software name (``TF 2.21``, ``torch >= 2.4``) or an arXiv identifier is not a result.
+VERSION_BEFORE = re.compile(r"(?:TF|TensorFlow|torch|torchvision|oneMKL|oneDNN|Python|CUDA|version|arXiv:)\s?(?:>=?\s?)?$")
+#: Numbers that are settings or constants, not results, wherever they appear (keep this short; a new entry
+#: needs a reason). The paper's published values are allowed too: they come from cmp_utils/paper_numbers.csv.
+NOT_RESULTS = {
+    # optimiser, weight-average and batch-norm settings of the paper and the release (betas, decays, momenta, lr)
+    "0.9", "0.99", "0.999", "0.9999", "0.9997", "0.997", "0.0003", "0.003", "0.0002", "0.94",
+    # dropout and probabilities / fractions of the recipes and of the synthetic data (flip 0.5, validation 0.2)
+    "0.0", "0.1", "0.2", "0.3", "0.5", "0.7", "1.0",
+    # temperatures of the CMPM family (settings chosen in notebook 14's plan)
+    "0.01", "0.015", "0.02", "0.04", "0.07",
+    # the ImageNet RGB mean of slim's ResNet preprocessing
+    "123.68", "116.78", "103.94",
+    # the two-sided 95% normal quantile; the memory of metrics' default score block (2^25 scores x 10 / 22 bytes)
+    "0.975", "0.35", "0.75",
+}
+CODE_SPAN = re.compile(r"```.*?```|``.*?``|`[^`\n]*`", re.S)
+GENERATED_SECTION = re.compile(r"<!-- (\S+):start -->.*?<!-- \1:end -->", re.S)
+
+
+def paper_values() -> set[str]:
+    """The paper's published values as written in ``cmp_utils/paper_numbers.csv``."""
+    import pandas as pd
+
+    frame = pd.read_csv(ROOT / "cmp_utils" / "paper_numbers.csv", dtype=str, keep_default_na=False)
+    return {value for value in frame["value"] if value}
+
+
+def hand_typed_numbers(prose: str, allowed: set[str]) -> list[str]:
+    """The result-like numbers of ``prose`` outside code spans and generated sections, less ``allowed``
+    ones and versions."""
+    text = CODE_SPAN.sub(" ", GENERATED_SECTION.sub(" ", prose))
+    found = []
+    for match in RESULT_NUMBER.finditer(text):
+        number = re.sub(r"[x×%\s]", "", match.group())
+        if number not in allowed and not VERSION_BEFORE.search(text[max(0, match.start() - 16): match.start()]):
+            found.append(match.group())
+    return found
+
+
+def python_prose(source: str) -> list[tuple[int, str]]:
+    """(line, text) of every comment and docstring of a Python source."""
+    import ast
+    import io
+    import tokenize
+
+    prose = [(token.start[0], token.string) for token in tokenize.generate_tokens(io.StringIO(source).readline)
+             if token.type == tokenize.COMMENT]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            docstring = ast.get_docstring(node, clean=False)
+            if docstring:
+                prose.append((node.body[0].lineno, docstring))
+    return prose
+
+
+def prose_of_the_repository() -> list[tuple[str, str]]:
+    """(where, text) of what a reader takes for written-down prose: the package's comments and docstrings,
+    docs/*.md, README.md and the notebooks' Markdown cells."""
+    import json
+
+    prose = [(f"{path.relative_to(ROOT)}:{line}", text) for path in sorted((ROOT / "cmp_utils").glob("*.py"))
+             for line, text in python_prose(path.read_text(encoding="utf-8"))]
+    prose += [(str(path.relative_to(ROOT)), path.read_text(encoding="utf-8"))
+              for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]]
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        prose += [(f"{path.relative_to(ROOT)} cell {index}", "".join(cell["source"]))
+                  for index, cell in enumerate(cells) if cell["cell_type"] == "markdown"]
+    return prose
+
+
+def test_the_number_check_catches_typed_results_and_passes_settings():
+    allowed = NOT_RESULTS | {"49.37"}
+    assert hand_typed_numbers("took 44.8 minutes; R@1 46.64, x1.43 and 2.5x faster", allowed) == [
+        "44.8", "46.64", "x1.43", "2.5x"]
+    assert hand_typed_numbers("decay 0.9999, TF 2.21, the paper's 49.37, `-p seed 1.5`, v1.2.3, "
+                              "<!-- a:start -->51.2<!-- a:end -->", allowed) == []
+
+
+def test_no_hand_typed_result_number_in_prose():
+    """Results in prose are generated from results/ (between markers, by cmp_utils.report / fidelity) or
+    not written: a typed number goes stale when the code changes (issue 26)."""
+    allowed = NOT_RESULTS | paper_values()
+    typed = {where: numbers for where, text in prose_of_the_repository()
+             if (numbers := hand_typed_numbers(text, allowed))}
+    assert not typed, ("hand-typed result numbers (generate them from results/, delete them, or add a setting "
+                       f"to NOT_RESULTS with its reason): {typed}")

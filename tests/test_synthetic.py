@@ -89,7 +89,7 @@ def test_same_seed_writes_identical_files_and_another_seed_differs(tmp_path, smo
 
 def test_identities_are_confusable_families():
     rng = np.random.default_rng(0)
-    people = synthetic._families(200, rng, synthetic._sample_person, synthetic._vary_person)
+    people = synthetic.sample_families(200, rng, synthetic.sample_person, synthetic.vary_person)
     keys = [k for k in synthetic.PERSON_ATTRIBUTES]
     close = 0
     for index in range(1, len(people)):

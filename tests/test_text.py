@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cmp_utils.text import SPECIAL_TOKENS, Vocabulary, tokenize
+from cmp_utils.text import SPECIAL_TOKENS, Vocabulary, pad_token_ids, tokenize
 
 
 def test_tokenize_lowercases_deletes_punctuation_and_splits():
@@ -85,3 +85,23 @@ def test_pad_shares_most_frequent_option_gives_that_word_the_padding_id(tmp_path
     shared.save(path)
     loaded = Vocabulary.load(path)
     assert loaded == shared and loaded.options == {"case_sensitive": False, "pad_shares_most_frequent": True}
+
+
+def test_pad_token_ids_pads_after_the_tokens_to_the_longest():
+    import torch
+
+    token_ids, lengths = pad_token_ids([[5, 6, 7], [8], torch.tensor([9, 10])], pad_id=0)
+    assert token_ids.tolist() == [[5, 6, 7], [8, 0, 0], [9, 10, 0]] and token_ids.dtype == torch.long
+    assert lengths.tolist() == [3, 1, 2] and lengths.dtype == torch.long
+    empty_ids, empty_lengths = pad_token_ids([], pad_id=0)
+    assert empty_ids.shape == (0, 1) and empty_lengths.shape == (0,)
+
+
+def test_free_sentences_encode_as_captions_do():
+    from cmp_utils import evaluate
+
+    vocabulary = Vocabulary.build([tokenize("a man in a red shirt")] * 3, min_count=1)
+    tensors = evaluate.sentence_tensors(["A man, in red!", "a shirt"], vocabulary)
+    expected = [vocabulary.encode(tokenize(s), for_model_input=True) for s in ("A man, in red!", "a shirt")]
+    assert tensors["lengths"].tolist() == [len(ids) for ids in expected]
+    assert tensors["token_ids"][1, : len(expected[1])].tolist() == expected[1]

@@ -89,7 +89,7 @@ def test_ema_warmup_and_average():
 def test_weight_decay_groups():
     model = models.build_model(40, backbone="small_cnn", embedding_dim=8, word_dim=8, hidden_size=4, pretrained=False)
     cfg = train.make_config("smoke", "cuhk_pedes")
-    groups = train._param_groups(model, torch.nn.Linear(2, 2), cfg)
+    groups = train.param_groups(model, torch.nn.Linear(2, 2), cfg)
     decayed = {id(p) for p in groups[0]["params"]}
     assert groups[0]["weight_decay"] == 4e-5 and groups[1]["weight_decay"] == 0.0
     assert id(model.image_embedding.projection.weight) in decayed
@@ -98,6 +98,21 @@ def test_weight_decay_groups():
     assert id(model.image_embedding.batch_norm.weight) not in decayed
     total = sum(len(g["params"]) for g in groups)
     assert total == len(list(model.parameters())) + 2
+
+
+def test_evaluate_split_scores_the_ranks_it_is_asked_for(isolated_dirs):
+    """``ks`` reaches the metrics: R@K for exactly those K, and rsum their sum over both directions."""
+    prepared = data.prepare_dataset("cuhk_pedes", "smoke")
+    torch.manual_seed(0)
+    model = models.build_model(len(prepared.vocabulary), backbone="small_cnn", embedding_dim=16, word_dim=8,
+                               hidden_size=4, pretrained=False)
+    result = evaluate.evaluate_split(model, prepared, "val", "cpu", batch_size=64, ks=(2, 3))
+    for direction in ("i2t", "t2i"):
+        assert sorted(key for key in result[direction] if key.startswith("R@")) == ["R@2", "R@3"]
+    expected_rsum = sum(result[d][f"R@{k}"] for d in ("i2t", "t2i") for k in (2, 3))
+    assert result["rsum"] == pytest.approx(expected_rsum)
+    default = evaluate.evaluate_split(model, prepared, "val", "cpu", batch_size=64)
+    assert sorted(key for key in default["t2i"] if key.startswith("R@")) == ["R@1", "R@10", "R@5"]
 
 
 def test_gallery_holds_each_image_once(isolated_dirs):
@@ -282,11 +297,11 @@ def test_validation_schedule_and_selection_split(isolated_dirs, tmp_path):
 
 def test_bf16_on_the_cpu_when_asked(isolated_dirs, tmp_path):
     cpu = torch.device("cpu")
-    autocast, scaler = train._autocast(train.make_config("smoke", "cuhk_pedes", amp="bf16"), cpu)
+    autocast, scaler = train.autocast_and_scaler(train.make_config("smoke", "cuhk_pedes", amp="bf16"), cpu)
     assert autocast.fast_dtype == torch.bfloat16 and autocast._enabled and scaler is None
-    assert not train._autocast(train.make_config("smoke", "cuhk_pedes", amp="auto"), cpu)[0]._enabled
+    assert not train.autocast_and_scaler(train.make_config("smoke", "cuhk_pedes", amp="auto"), cpu)[0]._enabled
     with pytest.raises(ValueError, match="amp='fp16' needs CUDA"):
-        train._autocast(train.make_config("smoke", "cuhk_pedes", amp="fp16"), cpu)
+        train.autocast_and_scaler(train.make_config("smoke", "cuhk_pedes", amp="fp16"), cpu)
     result = train.fit(dict(END_TO_END, epochs=1, amp="bf16", output_dir=str(tmp_path)))
     assert math.isfinite(result.history[0]["loss"]) and result.history[0]["loss"] > 0
 
