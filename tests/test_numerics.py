@@ -11,7 +11,6 @@ the pinning.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import math
 import os
 import subprocess
