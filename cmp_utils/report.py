@@ -65,8 +65,6 @@ SCORECARD_SUMMARISED = {"fidelity_audit": "What the deviations of public ports c
                                        "loss costs each (notebook 14)"}
 #: Summarised experiments whose scorecard line also links their table (``summary.csv``).
 SCORECARD_TABLES = ("cmpm_family",)
-#: Experiments whose claims compare losses published after the paper: no paper side to show.
-NOT_THE_PAPERS_CLAIMS = ("cmpm_family",)
 #: The README's figures: (experiment folder, file stem, caption).
 README_FIGURES = (
     ("cuhk_pedes", "recall", "CUHK-PEDES-like data: text-to-image recall per loss"),
@@ -255,7 +253,7 @@ def paper_side(row: dict[str, Any], experiment: str | None = None) -> str:
 
     better, worse, metric = row.get("better"), row.get("worse"), row.get("metric")
     if any(_missing(value) for value in (better, worse, metric)):
-        return "claimed; no confirmed numbers"
+        return "no paper value (none confirmed)"
     numbers = paper.paper_numbers()
     chosen = numbers[(numbers["metric"] == metric) & (numbers["direction"] == (row.get("direction") or "t2i"))
                      & numbers["value"].notna()]
@@ -273,7 +271,7 @@ def paper_side(row: dict[str, Any], experiment: str | None = None) -> str:
         if len(found) == 1:
             cells[method] = found.iloc[0]
     if not cells:
-        return "claimed; no confirmed numbers"
+        return "no paper value (none confirmed)"
 
     def described(method: str) -> str:
         cell = cells[method]
@@ -281,9 +279,9 @@ def paper_side(row: dict[str, Any], experiment: str | None = None) -> str:
 
     if len(cells) == 1:
         [(method, _)] = cells.items()
-        return f"{described(method)}; no value for {worse if method == better else better}"
+        return f"no paper value for this comparison (only {described(method)}; none for {worse if method == better else better})"
     if cells[better]["backbone"] and cells[worse]["backbone"] and cells[better]["backbone"] != cells[worse]["backbone"]:
-        return f"{described(better)} vs {described(worse)}: different backbones, not this comparison"
+        return f"no paper value for this comparison ({described(better)} vs {described(worse)}: different backbones)"
     difference = cells[better]["value"] - cells[worse]["value"]
     second_hand = any(cell["status"] == "confirmed second-hand" for cell in cells.values())
     return (f"{described(better)} vs {described(worse)} ({difference:+.2f})"
@@ -303,15 +301,48 @@ def _our_side(row: dict[str, Any]) -> str:
     return ", ".join(f"{key} {_cell(value)}" for key, value in row.items() if key not in known)
 
 
+#: The comparisons the paper itself makes, per experiment folder: (better, worse). Every other claim
+#: of a ``claims.csv`` (a port's deviation, another paper's system, the CMPM family, the audit) is one
+#: of "Our checks", never set under the paper's name.
+PAPER_COMPARISONS: dict[str, frozenset[tuple[str, str]]] = {
+    "cuhk_pedes": frozenset({("CMPM+CMPC", "CMPM"), ("CMPM", "ranking")}),
+    "ablation": frozenset({("norm-softmax", "softmax"), ("CMPC", "norm-softmax"), ("CMPM+CMPC", "CMPM"),
+                           ("CMPM+CMPC", "CMPC")}),
+    "batch_size": frozenset({("CMPM", "ranking")}),
+    "feature_distribution": frozenset({("CMPC", "softmax"), ("CMPC", "norm-softmax")}),
+    "flickr30k": frozenset({("CMPM+CMPC", "CMPM")}),
+    "mscoco": frozenset({("CMPM+CMPC", "CMPM")}),
+    "cub_flowers": frozenset({("CMPM+CMPC", "CMPM")}),
+}
+
+
+def is_papers_claim(row: dict[str, Any], experiment: str) -> bool:
+    """Whether a claim row is a comparison the paper makes (:data:`PAPER_COMPARISONS`)."""
+    return (row.get("better"), row.get("worse")) in PAPER_COMPARISONS.get(experiment, frozenset())
+
+
+def _verdict_cell(row: dict[str, Any]) -> str:
+    verdict = f"**{row['verdict']}**"
+    unadjusted = row.get("verdict_unadjusted")
+    if not _missing(unadjusted) and unadjusted != row["verdict"]:
+        verdict += f" (alone: {unadjusted})"
+    return verdict
+
+
 def render_scorecard(results_dir: Path, profile: str, notebooks_dir: Path) -> str:
-    """claim | paper | ours | verdict | seeds, for every claim of every ``claims.csv``."""
-    rows, seen, summarised = [], set(), []
+    """Two scorecards from every ``claims.csv``: "The paper's claims" (only comparisons the paper makes,
+    with the paper's values for that exact comparison and backbone, or "no paper value") and "Our checks"
+    (deviations of ports, another paper's system, the CMPM family, the audit)."""
+    from cmp_utils import claims as claims_module
+
+    papers, ours_rows, seen, summarised = [], [], set(), []
     for path in experiment_files(results_dir, profile, "claims.csv", notebooks_dir):
         experiment = path.parent.parent.name
         if experiment in SCORECARD_SUMMARISED:
-            verdicts = read_claims(path)["verdict"].value_counts()
+            table = read_claims(path)
+            verdicts = table["verdict"].value_counts()
             counts = ", ".join(f"{verdict} {count}" for verdict, count in verdicts.items())
-            summarised.append(f"{SCORECARD_SUMMARISED[experiment]}: {len(read_claims(path))} claims ({counts}); every row in "
+            summarised.append(f"- {SCORECARD_SUMMARISED[experiment]}: {len(table)} checks ({counts}); every row in "
                               f"[results/{experiment}/{profile}/claims.csv](results/{experiment}/{profile}/claims.csv)"
                               + (f"; the table: [results/{experiment}/{profile}/summary.csv](results/{experiment}/{profile}/summary.csv)"
                                  if experiment in SCORECARD_TABLES and (path.parent / "summary.csv").is_file() else "")
@@ -323,17 +354,33 @@ def render_scorecard(results_dir: Path, profile: str, notebooks_dir: Path) -> st
             if (row["claim"], ours) in seen:  # the same runs, tested again by another notebook
                 continue
             seen.add((row["claim"], ours))
-            rows.append([f"{row['claim']} ({experiment})", paper_side(row, experiment), ours, f"**{row['verdict']}**",
-                         "" if _missing(seeds) else int(seeds)])
-    if not rows and not summarised:
+            family = row.get("family_size")
+            cells = [f"{row['claim']} ({experiment})", ours, _verdict_cell(row),
+                     "" if _missing(seeds) else int(seeds), "" if _missing(family) else int(family)]
+            if is_papers_claim(row, experiment):
+                papers.append([cells[0], paper_side(row, experiment), *cells[1:]])
+            else:
+                ours_rows.append(cells)
+    if not papers and not ours_rows and not summarised:
         return f"No claims yet: no `results/*/{profile}/claims.csv` (run `make reproduce`)."
-    header = ["claim (experiment)", "paper", f"ours ({_data_label(profile)}): difference [95% CI]", "verdict", "seeds"]
-    intro = (f"_Each claim of the paper, from `results/*/{profile}/claims.csv`: **held** when the 95% CI of the paired "
-             "difference over seeds lies above zero, **did not hold** below, else **inconclusive** (older files: sd, "
-             f"not CI). Notebook 13 measures what the deviations of public ports cost: "
-             f"[results/fidelity_audit/{profile}](results/fidelity_audit/{profile})._")
-    table = markdown_table(header, rows) if rows else "No claims of the paper's tables yet."
-    return "\n\n".join([intro, table, *summarised])
+    ours_header = f"ours ({_data_label(profile)}): difference [95% CI]"
+    rule = (f"_From `results/*/{profile}/claims.csv`. Each claim compares two methods on paired seeds (at least "
+            f"{claims_module.MIN_SEEDS}); the difference is shown with its own 95% confidence interval. The verdict is "
+            "corrected for the number of claims a notebook tests together (Holm-Bonferroni, family size in the last "
+            "column): **held** when the adjusted p-value is below 0.05 and the difference positive, **did not hold** "
+            "when below 0.05 and negative, else **inconclusive**; \"alone\" gives the reading of the claim's own "
+            "interval where it differs._")
+    parts = ["### The paper's claims", "",
+             rule + " _The paper column holds the paper's values for that exact comparison and backbone, as "
+             "reported on the real data; they are not comparable in level with the synthetic differences._", ""]
+    parts.append(markdown_table(["claim (experiment)", "paper (real data)", ours_header, "verdict", "seeds", "family"], papers)
+                 if papers else "No claim of the paper's tables yet.")
+    parts += ["", "### Our checks", "", "_Comparisons the paper does not make: deviations of public ports, another "
+              "paper's system, losses published later, and what the deviations of ports cost (notebook 13). Same rule._", ""]
+    if ours_rows:
+        parts.append(markdown_table(["check (experiment)", ours_header, "verdict", "seeds", "family"], ours_rows))
+    parts += ["", *summarised] if summarised else []
+    return "\n".join(parts)
 
 
 # ---------------------------------------------------------------------------------------
@@ -418,8 +465,8 @@ def render_headline(results_dir: Path, profile: str, notebooks_dir: Path) -> str
             if column in frame and (frame[column] == value).any() and frame[column].nunique() > 1:
                 frame = frame[frame[column] == value]
                 shown.append(f"{column} {value}")
-        if experiment in WITHOUT_PAPER_VALUES:
-            frame = frame.assign(paper_value=float("nan"))
+        if experiment in WITHOUT_PAPER_VALUES or profile in config.SYNTHETIC_PROFILES:
+            frame = frame.assign(paper_value=float("nan"))  # never a paper value beside a synthetic number
         seeds = frame["seed"].nunique()
         if "ceiling" in frame and frame["ceiling"].notna().any():
             subset, keys = frame[frame["metric"].isin(metrics)], []
@@ -432,13 +479,17 @@ def render_headline(results_dir: Path, profile: str, notebooks_dir: Path) -> str
                 for key, value in ((k if isinstance(k, tuple) else (k,), v) for k, v in ceilings.items())))
         caption = f"**{experiment}** ({', '.join([f'{seeds} seed' + 's' * (seeds != 1), *shown])})"
         parts.append(headline_table(frame, metrics, caption=caption))
+    if profile in config.SYNTHETIC_PROFILES:
+        paper_note = ("The paper's values are not set beside these synthetic numbers, which are not comparable with "
+                      "them in level: they have their own table, as reported on the real data, with the paper "
+                      "profile's results beside them ([results/README.md](results/README.md#reproduction-status-paper-profile-real-data)).")
+    else:
+        paper_note = ("\"(paper X)\" where `cmp_utils/paper_numbers.csv` has a value confirmed from a public source, "
+                      "with the backbone it was reported for and how many public sources give it. Full tables: "
+                      "[results/README.md](results/README.md).")
     intro = (f"_Generated from `results/*/{profile}/metrics.csv` ({_data_label(profile)}): mean ± sd over seeds; "
              "[x%] = share of the ceiling, the best score the synthetic captions allow (an attribute oracle, "
-             "notebook 01); \"(paper X)\" where "
-             "`cmp_utils/paper_numbers.csv` has a value confirmed from a public source (the other cells of the "
-             "paper's tables are left empty rather than filled from memory), with the backbone it was reported for and how "
-             "many public sources give it (\"lab list only\": one list kept near the authors, docs/fidelity.md). Full "
-             "tables and the reproduction status of the paper profile: [results/README.md](results/README.md)._")
+             f"notebook 01). {paper_note}_")
     return intro + "\n\n" + "\n\n".join(parts)
 
 
@@ -481,7 +532,8 @@ def render_full_tables(results_dir: Path, profile: str, notebooks_dir: Path, lin
                  *([_number(row["ceiling"]), "" if _missing(row["ceiling"]) else f"{row['percent_of_ceiling']:.0f}%"]
                    if has_ceiling else [])]
                 for row in summary.to_dict("records")]
-        header = [*names, "paper", "support", f"ours ({_data_label(profile)})", "seeds", *([] if synthetic else ["ours − paper"]),
+        header = [*names, "paper (real data)" if synthetic else "paper", "support", f"ours ({_data_label(profile)})", "seeds",
+                  *([] if synthetic else ["ours − paper"]),
                   *(["ceiling of the test set", "share of the ceiling"] if has_ceiling else [])]
         section = f"## {experiment}\n\nMade by: {made_by}\n\n" + markdown_table(header, rows)
         claims_path = path.parent / "claims.csv"
@@ -512,7 +564,16 @@ def paper_comparison(summary: pd.DataFrame, profile: str) -> pd.DataFrame:
             if key in summary and (key in ("method", "metric") or summary[key].nunique(dropna=False) > 1)]
     measured = ["mean", "std", "n_seeds", "paper_value", "paper_support"]
     measured += ["difference"] if profile not in config.SYNTHETIC_PROFILES else ["ceiling", "percent_of_ceiling"]
-    return summary[[column for column in keys + measured if column in summary]].round(2)
+    table = summary[[column for column in keys + measured if column in summary]].round(2)
+    return synthetic_summary(table) if profile in config.SYNTHETIC_PROFILES else table
+
+
+def synthetic_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """A summary of synthetic results as it may be shown: no ``difference`` to a paper value, and the
+    paper's value and support renamed ``paper_value_real_data`` / ``paper_support_real_data``, so no
+    column reads as comparable with the synthetic mean."""
+    renamed = {"paper_value": "paper_value_real_data", "paper_support": "paper_support_real_data"}
+    return summary.drop(columns=["difference"], errors="ignore").rename(columns=renamed)
 
 
 def reproduction_status(experiments: Sequence[str] = tuple(EXPERIMENT_PAPER_TABLES), results_dir: str | Path | None = None,
@@ -896,10 +957,12 @@ def what_we_found(experiment: str, profile: str, results_dir: str | Path | None 
     if claims_path.is_file():
         for row in read_claims(claims_path).to_dict("records"):
             seeds = row.get("n_seeds")
-            paper_text = ("not a claim of the paper" if experiment in NOT_THE_PAPERS_CLAIMS
-                          else f"paper: {paper_side(row, experiment)}")
-            lines.append(f"- {row['claim']}: **{row['verdict']}** (ours: {_our_side(row)}"
-                         + ("" if _missing(seeds) else f"; {int(seeds)} seeds") + f"; {paper_text}).")
+            paper_text = (f"paper (real data): {paper_side(row, experiment)}" if is_papers_claim(row, experiment)
+                          else "not a comparison the paper makes")
+            lines.append(f"- {row['claim']}: {_verdict_cell(row)} (ours: {_our_side(row)}"
+                         + ("" if _missing(seeds) else f"; {int(seeds)} seeds")
+                         + ("" if _missing(row.get("family_size")) else f"; Holm-adjusted over {int(row['family_size'])} claims")
+                         + f"; {paper_text}).")
     if metrics_path.is_file():
         frame = with_current_paper_values(read_metrics(metrics_path))
         metric = next((m for m in ("R@1", "top1_accuracy", "cosine_gap") if m in set(frame["metric"])), None)
@@ -908,9 +971,11 @@ def what_we_found(experiment: str, profile: str, results_dir: str | Path | None 
             best = summary.loc[summary["mean"].idxmax()]
             where = ", ".join(f"{key} {best[key]}" for key in grouping_columns(summary)
                               if key not in ("metric", "backbone", "dataset") and summary[key].nunique() > 1)
-            lines.append(f"- Highest mean {metric}: {_ours(best['mean'], best['std'], best['n_seeds'])} ({where}); "
-                         + (f"the paper reports {_paper_with_support(best)} for that cell."
-                            if not _missing(best["paper_value"]) else "no confirmed paper value for that cell."))
+            paper_clause = ("" if profile in config.SYNTHETIC_PROFILES  # never a paper value beside a synthetic one
+                            else f"; the paper reports {_paper_with_support(best)} for that cell."
+                            if not _missing(best["paper_value"]) else "; no confirmed paper value for that cell.")
+            lines.append(f"- Highest mean {metric}: {_ours(best['mean'], best['std'], best['n_seeds'])} ({where})"
+                         + (paper_clause or "."))
     if len(lines) == 2:
         lines.append(f"- No results yet under `results/{experiment}/{profile}/`: run the cells above.")
     lines += ["", "**What not to conclude.**", ""]

@@ -150,7 +150,7 @@ def test_save_experiment_writes_every_file(tmp_path):
     names = sorted(path.name for path in written)
     assert names == ["claims.csv", "fig.png", "fig.svg", "metrics.csv", "params.yaml", "summary.csv"]
     assert pd.read_csv(tmp_path / "metrics.csv").shape[0] == 4
-    assert list(pd.read_csv(tmp_path / "claims.csv").columns) == claims.CLAIM_COLUMNS
+    assert list(pd.read_csv(tmp_path / "claims.csv").columns) == claims.CLAIM_COLUMNS + claims.FAMILY_COLUMNS
     plt.close(fig)
 
 

@@ -119,11 +119,10 @@ def test_readme_sections_are_generated_from_the_csvs(project):
     assert "Intro text that must survive." in text and "Footer that must survive." in text
     assert "old scorecard" not in text and "old tables" not in text
     headline = section(text, "headline")
-    # paper value looked up again in paper_numbers.csv (44.02 for CMPM R@1), not taken from the CSV (NaN)
+    # synthetic (quick) numbers: never a paper value in the same cell; the paper's values have their own table
     std10 = statistics.stdev([30.0, 31.0, 35.0])
-    # with how many public sources give it (44.02: the authors' lab list and a port's issue threads)
-    assert (f"| CMPM | 12.00 ± 2.00 (paper {paper.paper_value('cuhk_pedes', 'CMPM', 'R@1'):.2f}; MobileNet, 2 sources) "
-            f"| 32.00 ± {std10:.2f} (paper 77.00; MobileNet, lab list only) |") in headline
+    assert f"| CMPM | 12.00 ± 2.00 | 32.00 ± {std10:.2f} |" in headline
+    assert "(paper " not in headline and "results/README.md#reproduction-status" in headline
     # the batch sizes spread into columns, one row per method
     assert "| **batch_size** (2 seeds): method | R@1, batch_size 16 | R@1, batch_size 64 |" in headline
     # the paper's CUHK-PEDES value belongs to its own batch size: not repeated under every batch size
@@ -131,7 +130,7 @@ def test_readme_sections_are_generated_from_the_csvs(project):
     assert "no `results/flickr30k/quick/metrics.csv` yet" in headline
     # results/README.md: the full table keeps batch_size, with the real number of seeds
     full = (results / "README.md").read_text(encoding="utf-8")
-    assert "| dataset | table | method | backbone | direction | metric | batch_size | paper | support |" in full
+    assert "| dataset | table | method | backbone | direction | metric | batch_size | paper (real data) | support |" in full
     assert "| cuhk_pedes | cuhk_pedes | CMPM | mobilenet_v2 | t2i | R@1 | 16 | 44.02 | MobileNet, 2 sources | 6.00 ± 1.41 | 2 |\n" in full
     assert "`python -m cmp_utils.run_notebooks --profile quick notebooks/09_batch_size.ipynb`" in full
     assert readme.stat().st_mode & 0o777 == 0o644  # permissions kept through the atomic replace
@@ -152,7 +151,10 @@ def test_scorecard_reads_new_and_old_claims_files(project):
     difference = paper.paper_value("cuhk_pedes", "CMPM+CMPC", "R@1") - paper.paper_value("cuhk_pedes", "CMPM", "R@1")
     assert (f"| CMPM+CMPC > CMPM (t2i R@1) (cuhk_pedes) | CMPM+CMPC 49.37 (MobileNet, 4 sources) vs CMPM 44.02 "
             f"(MobileNet, 2 sources) ({difference:+.2f}) | +0.80 [+0.20, +1.40] | **held** | 5 |") in scorecard
-    assert "| CMPM varies less (batch_size) | claimed; no confirmed numbers | cmpm_range 2, other_range 3.5 | **inconclusive** |  |" in scorecard
+    # an old file without better/worse is not a comparison the paper makes: it goes to "Our checks"
+    papers, ours = scorecard.split("### Our checks")
+    assert "| CMPM varies less (batch_size) | cmpm_range 2, other_range 3.5 | **inconclusive** |  |  |" in ours
+    assert "CMPM+CMPC > CMPM" in papers and "Holm-Bonferroni" in papers
     # notebook order: 05 before 09
     assert scorecard.index("cuhk_pedes") < scorecard.index("batch_size")
 
@@ -556,7 +558,8 @@ def test_paper_comparison_shows_ours_minus_paper_only_on_real_data():
     frame = pd.DataFrame([row("R@1", 40.0 + seed, seed, paper_value=49.37, ceiling=80.0) for seed in range(2)])
     summary = report.summarise(paper.with_paper_values(frame))
     quick = report.paper_comparison(summary, "quick")
-    assert "difference" not in quick and {"ceiling", "percent_of_ceiling", "paper_value", "paper_support"} <= set(quick)
+    assert "difference" not in quick and "paper_value" not in quick  # nothing reads as comparable with synthetic numbers
+    assert {"ceiling", "percent_of_ceiling", "paper_value_real_data", "paper_support_real_data"} <= set(quick)
     real = report.paper_comparison(summary.drop(columns=["ceiling", "percent_of_ceiling"]), "paper")
     assert real["difference"].iloc[0] == pytest.approx(40.5 - 49.37, abs=0.01)
     assert real["paper_support"].iloc[0] == "MobileNet, 4 sources"
@@ -566,15 +569,16 @@ def test_scorecard_paper_side_compares_losses_on_one_backbone_only():
     claim = dict(better="CMPM+CMPC", worse="CMPM", metric="R@1", direction="i2t")
     # MSCOCO: the paper's CMPM row is ResNet-152, its CMPM+CMPC row MobileNet: no difference is drawn
     coco = report.paper_side({**claim, "table": "mscoco_1k"}, "mscoco")
-    assert coco == ("CMPM+CMPC 52.90 (MobileNet, 1 source (authors' lab list)) vs CMPM 56.10 (ResNet-152, 1 source "
-                    "(authors' lab list)): different backbones, not this comparison")
+    assert coco == ("no paper value for this comparison (CMPM+CMPC 52.90 (MobileNet, 1 source (authors' lab list)) vs "
+                    "CMPM 56.10 (ResNet-152, 1 source (authors' lab list)): different backbones)")
     flickr = report.paper_side({**claim, "table": "flickr30k"}, "flickr30k")
-    assert flickr == "CMPM+CMPC 49.60 (ResNet-152, 1 source (authors' lab list)); no value for CMPM"
+    assert flickr == ("no paper value for this comparison (only CMPM+CMPC 49.60 (ResNet-152, 1 source (authors' lab list)); "
+                      "none for CMPM)")
     cub = report.paper_side({**claim, "metric": "ap@50", "direction": "t2i", "dataset": "cub"}, "cub_flowers")
     assert cub.endswith(f"({67.9 - 64.6:+.2f})") and cub.startswith("CMPM+CMPC 67.90 (MobileNet")
     # a paper-profile claim names its backbone: MobileNet on Flickr30K has no CMPM value either
     assert report.paper_side({**claim, "table": "flickr30k", "backbone": "mobilenet_v1_tf"}, "flickr30k").startswith(
-        "CMPM+CMPC 40.30 (MobileNet")
+        "no paper value for this comparison (only CMPM+CMPC 40.30 (MobileNet")
     # a baseline's own published result has no backbone of the paper's: still compared
     assert report.paper_side(dict(better="CMPM", worse="CMCE", metric="R@1", direction="t2i"), "cuhk_pedes") == (
         f"CMPM 44.02 (MobileNet, 2 sources) vs CMCE 25.94 (1 source) ({44.02 - 25.94:+.2f})")
