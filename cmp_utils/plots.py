@@ -56,6 +56,17 @@ def mark_synthetic(fig: "plt.Figure", profile: str) -> "plt.Figure":
     return fig
 
 
+#: What every interval of :func:`plot_methods` and :func:`batch_size_figure` shows, printed on the figure.
+INTERVAL_NOTE = ("intervals: 95% CI of each mean over seeds (unpaired); the verdicts test the paired "
+                 "difference between two methods (claims.csv)")
+
+
+def note_intervals(fig: "plt.Figure") -> "plt.Figure":
+    """Print :data:`INTERVAL_NOTE` in the figure's lower left corner."""
+    fig.text(0.005, 0.005, INTERVAL_NOTE, ha="left", va="bottom", fontsize=7, color="#555555")
+    return fig
+
+
 def axis_label(metric: str, direction: str | None = None) -> str:
     """``text-to-image R@1 (%)`` from ``R@1`` and ``t2i``."""
     label = METRIC_LABELS.get(metric, metric)
@@ -189,8 +200,8 @@ def methods_figure(frame: pd.DataFrame, panels: Sequence[dict[str, Any]], profil
         ax.set_visible(False)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
-    return mark_synthetic(fig, profile)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return mark_synthetic(note_intervals(fig), profile)
 
 
 def batch_size_figure(frame: pd.DataFrame, profile: str, metric: str = "R@1", direction: str = "t2i") -> "plt.Figure":
@@ -227,8 +238,8 @@ def batch_size_figure(frame: pd.DataFrame, profile: str, metric: str = "R@1", di
         ax_absolute.set_ylabel(axis_label(metric, direction))
         ax_absolute.set_title(f"Mean and 95% interval over seeds{named}", fontsize=10)
         ax_relative.legend(fontsize=8)
-    fig.tight_layout()
-    return mark_synthetic(fig, profile)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return mark_synthetic(note_intervals(fig), profile)
 
 
 def run_log(run_dir: str | os.PathLike) -> pd.DataFrame:
