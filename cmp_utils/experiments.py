@@ -605,6 +605,17 @@ def save_experiment(out_dir: str | Path, frame: pd.DataFrame, params: dict[str, 
     return [out_dir / path.relative_to(staging) for path in written]
 
 
+def relative_drop(recall: pd.DataFrame, over: str = "batch_size") -> pd.DataFrame:
+    """Per seed (rows) and method (columns): how far a method's score falls across the values of
+    ``over``, relative to its own best, ``100 (max - min) / max`` (%). Scale-free: a loss that scores
+    higher is not penalised for it, as an absolute range would. ``recall``: tidy rows of one metric."""
+    grouped = recall.groupby(["seed", "method"])["value"]
+    drop = 100.0 * (grouped.max() - grouped.min()) / grouped.max()
+    if recall.groupby(["seed", "method"])[over].nunique().min() < 2:
+        raise ValueError(f"relative_drop needs at least two values of {over!r} per seed and method")
+    return drop.unstack("method")
+
+
 # ---------------------------------------------------------------------------------------------
 # Feature distribution
 # ---------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ PAPER_TABLES = {
     "ablation": ("R@1", "R@10"),
 }
 #: Rows kept out of a headline table (full tables keep them): column -> the one value shown.
-HEADLINE_ONLY = {"batch_size": {"schedule": "equal_epochs"}}  # and, where a sampler column varies, the profile's sampler
+HEADLINE_ONLY: dict[str, dict[str, Any]] = {}  # where a sampler column varies: the profile's sampler
 #: Experiments whose claims are many and not the paper's own: one summary line in the scorecard.
 SCORECARD_SUMMARISED = {"fidelity_audit": "What the deviations of public ports cost (notebook 13)",
                         "cmpm_family": "The CMPM family (SDM, InfoNCE, R-ITC, TAL) on one network, and what a per-GPU "
@@ -928,9 +928,9 @@ CAVEATS: dict[str, tuple[str, ...]] = {
                "of the 5K numbers.",),
     "cub_flowers": ("AP@50 cannot exceed the share of a class's images among the top 50: with the few test images "
                     "per synthetic class its ceiling is far below 100 (see the figure).",),
-    "batch_size": ("Under `equal_epochs` small batches take more steps; under `equal_updates` every batch size "
-                   "takes the largest batch's number of steps, so small batches see less data. The comparison is "
-                   "of each loss's sensitivity (its curve relative to its own best batch size), not of levels.",),
+    "batch_size": ("Only the batch size varies: every batch size sees the same data for the same epochs, so "
+                   "small batches take more steps. The comparison is of each loss's sensitivity (its drop relative "
+                   "to its own best batch size), not of levels.",),
     "ablation": ("CMPC alone can lower its loss by growing the feature norms while image and text stay apart "
                  "(notebook 03's toy measures this: compact classes per modality, poor alignment across them); "
                  "the paper trains CMPC with CMPM.",),
