@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -623,18 +624,39 @@ def relative_drop(recall: pd.DataFrame, over: str = "batch_size") -> pd.DataFram
 
 def cosine_statistics(image_embeddings: torch.Tensor, image_labels: torch.Tensor, text_embeddings: torch.Tensor,
                       text_labels: torch.Tensor) -> dict[str, float]:
-    """Mean cross-modal cosine similarity of matching (intra) and non-matching (inter) pairs.
+    """How well the cross-modal cosine similarity separates identities; every image-text pair counts once.
 
-    ``image_embeddings`` (N_I, d), ``text_embeddings`` (N_T, d); every image-text pair counts once.
-    Returns ``intra_cosine``, ``inter_cosine`` and ``cosine_gap`` = intra − inter.
-    """
+    ``image_embeddings`` (N_I, d), ``text_embeddings`` (N_T, d). Returns the mean cosine of matching
+    (``intra_cosine``) and non-matching (``inter_cosine``) pairs and their difference ``cosine_gap``
+    (not scale-free: a loss whose cosines spread more gets a larger gap), and two scale-free measures:
+    ``separation_auc``, the probability that a matching pair scores above a non-matching one (the
+    area under the ROC curve, ties counted half; 0.5 = no separation), and ``d_prime``, the difference
+    of the two means over their pooled standard deviation."""
     images = torch.nn.functional.normalize(image_embeddings.double(), dim=1)  # (N_I, d)
     texts = torch.nn.functional.normalize(text_embeddings.double(), dim=1)  # (N_T, d)
     cosine = images @ texts.T  # (N_I, N_T)
     same = image_labels[:, None] == text_labels[None, :]  # (N_I, N_T)
-    intra = float(cosine[same].mean())
-    inter = float(cosine[~same].mean())
-    return {"intra_cosine": intra, "inter_cosine": inter, "cosine_gap": intra - inter}
+    matching, other = cosine[same], cosine[~same]  # (P,), (Q,)
+    intra, inter = float(matching.mean()), float(other.mean())
+    pooled = math.sqrt((float(matching.var()) + float(other.var())) / 2.0)
+    return {"intra_cosine": intra, "inter_cosine": inter, "cosine_gap": intra - inter,
+            "separation_auc": separation_auc(matching, other), "d_prime": (intra - inter) / pooled if pooled > 0 else float("nan")}
+
+
+def separation_auc(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> float:
+    """P(a positive scores above a negative) + P(tie) / 2: the Mann-Whitney form of the ROC AUC, from ranks."""
+    scores = torch.cat([positive_scores.ravel(), negative_scores.ravel()]).double()  # (P + Q,)
+    order = torch.argsort(scores, stable=True)
+    sorted_scores = scores[order]
+    ranks = torch.empty_like(scores)
+    # average ranks (1-based) over runs of equal scores
+    unique, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()
+    average = ends - (counts.double() - 1) / 2  # (U,)
+    ranks[order] = average[inverse]
+    positives, negatives = positive_scores.numel(), negative_scores.numel()
+    rank_sum = float(ranks[:positives].sum())
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
 def pick_identities(labels: torch.Tensor, count: int, seed: int = 0) -> list[int]:

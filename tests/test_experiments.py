@@ -416,3 +416,17 @@ def test_notebook_setup_gives_seeds_folder_and_params(isolated_dirs):
     assert list(setup.params)[:7] == ["profile", "seeds", "device", "data_dir", "overrides", "methods", "extra"]
     assert "seed" not in setup.params["training"] and setup.params["varied_per_run"] == ["losses", "seed"]
     assert experiments.notebook_setup("x", "quick", "cuhk_pedes", 3, 2, "cpu", "", [], True, "", {}).seeds == [3, 4]
+
+
+def test_separation_auc_matches_a_loop_over_pairs_and_is_scale_free():
+    generator = torch.Generator().manual_seed(0)
+    positives = torch.randint(0, 6, (30,), generator=generator).double() / 5  # ties on purpose
+    negatives = torch.randint(0, 6, (40,), generator=generator).double() / 7
+    naive = sum((1.0 if a > b else 0.5 if a == b else 0.0) for a in positives for b in negatives) / (30 * 40)
+    assert experiments.separation_auc(positives, negatives) == pytest.approx(naive)
+    # spreading every score (a larger cosine gap) leaves the AUC unchanged
+    assert experiments.separation_auc(3 * positives, 3 * negatives) == pytest.approx(naive)
+    images, texts = torch.randn(20, 8, generator=generator), torch.randn(30, 8, generator=generator)
+    labels_i, labels_t = torch.arange(20) % 5, torch.arange(30) % 5
+    statistics = experiments.cosine_statistics(images, labels_i, texts, labels_t)
+    assert {"cosine_gap", "separation_auc", "d_prime"} <= set(statistics) and 0 <= statistics["separation_auc"] <= 1
