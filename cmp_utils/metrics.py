@@ -158,6 +158,32 @@ def _count_at_least(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Ten
     return scores.shape[1] - below
 
 
+def _positives_at_least(pair_scores: torch.Tensor, rows: torch.Tensor, chunk: int,
+                        thresholds: torch.Tensor) -> torch.Tensor:
+    """For each query row, how many of its positives in a block score >= each threshold. ``(c, P)`` int64.
+
+    ``pair_scores`` ``(m,)`` are the block's positive scores, ``rows`` ``(m,)`` their query rows in
+    ascending (row-major) order, ``thresholds`` ``(c, P)``. The positives of each row are sorted
+    once and every threshold is placed with ``torch.searchsorted``: O(m log m + c P log P),
+    linear in the positives per query up to the log (comparing every positive with every
+    threshold cost $c P^2$: 36.7 s and 3.9 GiB at 1,000 x 5,000 with 1,000 positives each).
+    The counts are the same integers the direct comparison gives.
+    """
+    device = thresholds.device
+    in_block = torch.bincount(rows, minlength=chunk)  # (c,) positives of each row in this block
+    width = int(in_block.max()) if rows.numel() else 0
+    if width == 0:
+        return torch.zeros_like(thresholds, dtype=torch.int64)
+    row_start = torch.cumsum(in_block, dim=0) - in_block  # (c,)
+    slot = torch.arange(rows.numel(), device=device) - row_start[rows]  # (m,) position within its row
+    padded = torch.full((chunk, width), -math.inf, dtype=pair_scores.dtype, device=device)  # (c, width)
+    padded[rows, slot] = pair_scores
+    ascending = torch.sort(padded, dim=1).values  # the -inf padding first
+    below = torch.searchsorted(ascending, thresholds.contiguous(), side="left")  # (c, P): entries < threshold
+    # The padding counts as ">= -inf" only for -inf thresholds (padding columns); cap at the real count.
+    return torch.minimum(width - below, in_block[:, None])
+
+
 def _chunk_positive_ranks(
     score_blocks: ScoreBlocks,
     query_start: int,
@@ -217,9 +243,7 @@ def _chunk_positive_ranks(
         if torch.isnan(scores.sum(dim=1)).any() and torch.isnan(scores).any():
             raise ValueError("similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix")
         at_least = _count_at_least(scores, positive_scores)  # (c, P_max), positives included
-        positives_at_least = (scores[rows, columns][:, None] >= positive_scores[rows]).to(torch.int64)  # (m, P_max)
-        at_least.index_add_(0, rows, -positives_at_least)
-        negatives_above += at_least
+        negatives_above += at_least - _positives_at_least(scores[rows, columns], rows, chunk, positive_scores)
     return position[None, :] + negatives_above  # (c, P_max) = r_j
 
 

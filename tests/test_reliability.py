@@ -365,3 +365,95 @@ def test_reliability_table_names_only_existing_tests():
     missing = [f"{file_name}::{test_name}" for file_name, test_name in named
                if test_name not in (defined.get(file_name, set()) if file_name else set().union(*defined.values()))]
     assert not missing, missing
+
+
+# ---------------------------------------------------------------------- issue 30: ranking cost linear in positives
+def _old_positives_at_least(pair_scores, rows, chunk, thresholds):
+    """The tie correction as it was on 6573e44: every positive against every threshold, (m, P) at once."""
+    at_least = torch.zeros(chunk, thresholds.shape[1], dtype=torch.int64)
+    at_least.index_add_(0, rows, (pair_scores[:, None] >= thresholds[rows]).to(torch.int64))
+    return at_least
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tie_correction_counts_equal_the_old_quadratic_ones(seed):
+    from cmp_utils import metrics
+
+    generator = torch.Generator().manual_seed(seed)
+    chunk, width = 7, 40
+    scores = torch.randint(-3, 4, (chunk, width), generator=generator).to(torch.float32) / 2  # many exact ties
+    is_positive = torch.rand(chunk, width, generator=generator) < 0.4
+    is_positive[:, 0] = True
+    if seed % 2:
+        is_positive[3] = False  # a row without positives in this block
+    rows, columns = is_positive.nonzero(as_tuple=True)
+    per_row = torch.bincount(rows, minlength=chunk)
+    thresholds = torch.full((chunk, int(per_row.max()) + 3), -float("inf"))  # -inf padding as the caller pads
+    thresholds[:, : int(per_row.max())] = torch.randint(-3, 4, (chunk, int(per_row.max())), generator=generator) / 2
+    thresholds = torch.sort(thresholds, dim=1, descending=True).values
+    new = metrics._positives_at_least(scores[rows, columns], rows, chunk, thresholds)
+    assert torch.equal(new, _old_positives_at_least(scores[rows, columns], rows, chunk, thresholds))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_retrieval_metrics_with_ties_and_many_positives_are_unchanged(seed, monkeypatch):
+    """Whole metrics with ties, few and many positives, one and several gallery blocks: equal to the
+    old tie correction, bit for bit."""
+    from cmp_utils import metrics
+
+    generator = torch.Generator().manual_seed(seed)
+    queries = torch.randint(-1, 2, (30, 4), generator=generator).float()
+    gallery = torch.randint(-1, 2, (300, 4), generator=generator).float()
+    query_labels = torch.arange(30) % 3
+    gallery_labels = torch.randint(0, 3, (300,), generator=generator)
+    for gallery_chunk_size in (None, 70):
+        new = metrics.retrieval_metrics(queries, gallery, query_labels, gallery_labels, chunk_size=8,
+                                        gallery_chunk_size=gallery_chunk_size)
+        with monkeypatch.context() as patch:
+            patch.setattr(metrics, "_positives_at_least", _old_positives_at_least)
+            old = metrics.retrieval_metrics(queries, gallery, query_labels, gallery_labels, chunk_size=8,
+                                            gallery_chunk_size=gallery_chunk_size)
+        assert new == old
+
+
+# ---------------------------------------------------------------------- issue 30: notebook parameters are plain JSON
+NOTEBOOK_10 = config.project_root() / "notebooks" / "10_ablation.ipynb"
+_INJECTION = "x\", __import__('os').system('touch PWNED'), \""
+
+
+@pytest.mark.parametrize("text, refused", [
+    ("methods=[!!binary " + __import__("base64").b64encode(_INJECTION.encode()).decode() + "]", "bytes"),
+    ("methods=[!!set {a: null}]", "set"),
+    ("methods=[2024-01-02]", "date"),
+    ("overrides={lr: [2024-01-02]}", "date"),
+    ("overrides={1: 2}", "key 1"),
+])
+def test_run_notebooks_refuses_parameters_that_are_not_plain_json(text, refused, no_execution, tmp_path, capsys):
+    code = run_notebooks.main([str(NOTEBOOK_10), "--profile", "smoke", "-p", text,
+                               "--output-dir", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 1 and refused in error and ("plain JSON" in error or "only str keys" in error)
+    assert not (tmp_path / "out").exists()
+
+
+def test_notebook_check_refuses_non_plain_values_inside_a_list():
+    problem = notebook_tools.parameter_type_problem("methods", ["cmpm", b"x"], "list")
+    assert problem and "methods[1]" in problem and "bytes" in problem
+
+
+ACCEPTED_VALUES = [0, -7, 2**40, 1.5, -0.0, 1e-300, True, False, None, "", "plain", 'quote " and \\ backslash',
+                   "new\nline", "tab\tand ünïcode ☃", "{braces} and 'single'", [], [1, "a", None, [True, 2.5]],
+                   {}, {"lr": 0.001, "nested": {"a": ["b", {"c": None}]}, "k\"ey": "v'al"}]
+
+
+def test_injected_cell_round_trips_every_accepted_value():
+    """What papermill writes into the injected cell, executed, gives back each accepted value exactly."""
+    from papermill.translators import PythonTranslator
+
+    parameters = {f"p{index}": value for index, value in enumerate(ACCEPTED_VALUES)}
+    for name, value in parameters.items():
+        assert notebook_tools.plain_value_problem(name, value) is None
+    namespace: dict = {}
+    exec(PythonTranslator.codify(parameters), namespace)  # noqa: S102 -- the values are the test's own
+    for name, value in parameters.items():
+        assert namespace[name] == value and type(namespace[name]) is type(value), name
