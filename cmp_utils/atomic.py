@@ -163,6 +163,89 @@ def replace_folder(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+#: Name of the lock file that marks a folder as being written by one process (:func:`hold_folder`).
+LOCK_NAME = ".writer.lock"
+
+
+class FolderLockedError(RuntimeError):
+    """Another live process holds the folder's lock (:func:`hold_folder`)."""
+
+
+def _read_lock(lock: Path) -> dict[str, Any]:
+    """The holder recorded in ``lock`` (``pid``, ``host``, ``started``); empty when unreadable."""
+    import json
+
+    try:
+        holder = json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _lock_is_stale(holder: dict[str, Any]) -> bool:
+    """A lock of this machine whose process has ended (another machine's cannot be checked)."""
+    pid = holder.get("pid")
+    return holder.get("host") == HOST and isinstance(pid, int) and not _process_is_running(pid)
+
+
+def _create_lock(lock: Path, purpose: str) -> bool:
+    """Create ``lock`` holding this process's pid and host; False when it already exists."""
+    import datetime
+    import json
+
+    try:
+        handle = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        json.dump({"pid": os.getpid(), "host": HOST, "started": started, "purpose": purpose}, stream)
+    return True
+
+
+@contextlib.contextmanager
+def hold_folder(folder: str | os.PathLike, purpose: str = "a run") -> Iterator[Path]:
+    """Own ``folder`` while the block runs: one writer at a time, every file it holds from that writer.
+
+    The lock is ``<folder>/.writer.lock`` (the holder's pid, host and start time), created with
+    ``O_EXCL`` so two processes cannot both take it. A second writer gets
+    :class:`FolderLockedError` naming the folder and the holder. A lock left by a process of this
+    machine that has ended (kill -9) is taken over, with a message on stderr. The lock is removed
+    when the block ends, however it ends.
+    """
+    import sys
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    while not _create_lock(lock, purpose):
+        holder = _read_lock(lock)
+        if _lock_is_stale(holder):
+            print(f"taking over the stale lock {lock}: its process {holder.get('pid')} on {holder.get('host')} "
+                  f"(started {holder.get('started', '?')}) no longer runs", file=sys.stderr, flush=True)
+            lock.unlink(missing_ok=True)
+            continue
+        if not holder and lock.exists():  # being written this instant, or damaged: look once more
+            import time
+
+            time.sleep(0.2)
+            holder = _read_lock(lock)
+            if not holder and lock.exists():
+                raise FolderLockedError(f"{folder} is locked by {lock}, which cannot be read; if no process writes "
+                                        f"into {folder}, delete {lock} and start again")
+            continue
+        raise FolderLockedError(
+            f"{folder} is being written by process {holder.get('pid')} on {holder.get('host')} "
+            f"({holder.get('purpose', 'a run')}, started {holder.get('started', '?')}): two writers would mix their "
+            f"files. Wait for it to end, or write elsewhere (another --output-dir). If that process is gone "
+            f"(another machine), delete {lock}")
+    try:
+        yield lock
+    finally:
+        if _read_lock(lock).get("pid") == os.getpid():
+            lock.unlink(missing_ok=True)
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as temporary:

@@ -100,6 +100,7 @@ on the CPU (SyncBatchNorm is CUDA-only) and SyncBatchNorm on CUDA.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -835,7 +836,9 @@ def fit(settings: TrainConfig | dict) -> RunResult:
 
     Refused before any data is prepared: an unknown device, a paper run without its weights, an
     output folder that is a file or cannot be written, another run's folder without ``resume``,
-    and ``resume`` with settings that differ from the run's ``params.yaml``. Refused before the
+    a folder another live process is writing (its ``.writer.lock``: one run owns a folder, so
+    its ``results.json``, ``best.pt`` and ``last.pt`` come from that run), and ``resume`` with
+    settings that differ from the run's ``params.yaml``. Refused before the
     first step: a batch larger than the training split.
     """
     cfg = resolve_weights_path(as_config(settings))
@@ -843,7 +846,22 @@ def fit(settings: TrainConfig | dict) -> RunResult:
     _check_paper_inputs(cfg)
     out_dir = resolve_output_dir(cfg)
     check_output_dir(out_dir, cfg.resume)
-    check_resume_settings(cfg, out_dir)
+    with _own_run_folder(out_dir):
+        check_output_dir(out_dir, cfg.resume)  # again under the lock: a writer that just ended left a run
+        check_resume_settings(cfg, out_dir)
+        return _fit_in_threads(cfg, out_dir)
+
+
+def _own_run_folder(out_dir: Path):
+    """The run folder's lock (:func:`cmp_utils.atomic.hold_folder`), taken by the main process only
+    (``RANK`` 0 or unset); the other processes of a torchrun job write nothing there."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return atomic.hold_folder(out_dir, purpose="cmp_utils.train run")
+
+
+def _fit_in_threads(cfg: TrainConfig, out_dir: Path) -> RunResult:
+    """:func:`_fit` with the run's torch threads and its process group set up and torn down."""
     with config.torch_threads(cfg.num_threads):
         context = distributed.setup(cfg.device)
         try:
@@ -1392,7 +1410,11 @@ def main(argv: list[str] | None = None) -> int:
         config.resolve_device(settings.device)
     except (TypeError, ValueError) as error:
         parser.error(str(error))
-    result = fit(settings)
+    try:
+        result = fit(settings)
+    except atomic.FolderLockedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if distributed.is_main_process() and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"output_dir": str(result.output_dir), "best_epoch": result.best_epoch,
                           "test": result.test, "seconds": round(result.seconds, 1)}))

@@ -457,3 +457,46 @@ def test_injected_cell_round_trips_every_accepted_value():
     exec(PythonTranslator.codify(parameters), namespace)  # noqa: S102 -- the values are the test's own
     for name, value in parameters.items():
         assert namespace[name] == value and type(namespace[name]) is type(value), name
+
+
+# ---------------------------------------------------------------------- issue 30: one run owns a run folder
+def _hold_lock_in_another_process(folder: Path) -> subprocess.Popen:
+    """A live process holding ``folder``'s writer lock until its stdin closes."""
+    code = ("import sys; from cmp_utils import atomic\n"
+            f"with atomic.hold_folder({str(folder)!r}):\n    print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(config.project_root())})
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_training_run_into_a_locked_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = _hold_lock_in_another_process(out)
+    try:
+        code = train.main(["--profile", "smoke", "--epochs", "1", "--seed", "1", "--output-dir", str(out),
+                           "--no-progress"])
+        error = capsys.readouterr().err
+        assert code == 1 and str(out) in error and f"process {holder.pid}" in error and atomic.HOST in error
+        with pytest.raises(atomic.FolderLockedError, match="another --output-dir"):
+            train.fit(train.make_config("smoke", "cuhk_pedes", output_dir=str(out), progress=False))
+        assert sorted(path.name for path in out.iterdir()) == [atomic.LOCK_NAME]  # nothing written by the refused runs
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert not (out / atomic.LOCK_NAME).exists()  # the holder removed its lock
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    dead = _dead_pid()
+    (folder / atomic.LOCK_NAME).write_text(json.dumps({"pid": dead, "host": atomic.HOST, "started": "x"}))
+    with atomic.hold_folder(folder) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert f"taking over the stale lock {folder / atomic.LOCK_NAME}: its process {dead}" in capsys.readouterr().err
+    assert not (folder / atomic.LOCK_NAME).exists()
+    (folder / atomic.LOCK_NAME).write_text(json.dumps({"pid": dead, "host": "another-machine"}))
+    with pytest.raises(atomic.FolderLockedError, match="another-machine"):  # cannot tell: refused, named
+        with atomic.hold_folder(folder):
+            pass
