@@ -500,3 +500,43 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path, c
     with pytest.raises(atomic.FolderLockedError, match="another-machine"):  # cannot tell: refused, named
         with atomic.hold_folder(folder):
             pass
+
+
+# ---------------------------------------------------------------------- issue 30: check_results certifies only what it compared
+def _committed_quick_copy(tmp_path: Path) -> Path:
+    """A --rerun-dir copy of every committed results/<experiment>/quick/{metrics,claims}.csv."""
+    from cmp_utils import check_results
+
+    rerun = tmp_path / "rerun"
+    for experiment in check_results.committed_experiments("HEAD", "quick"):
+        for name in ("metrics.csv", "claims.csv"):
+            completed = subprocess.run(["git", "show", f"HEAD:results/{experiment}/quick/{name}"],
+                                       cwd=config.project_root(), capture_output=True)
+            if completed.returncode == 0:
+                (rerun / experiment / "quick").mkdir(parents=True, exist_ok=True)
+                (rerun / experiment / "quick" / name).write_bytes(completed.stdout)
+    return rerun
+
+
+def test_check_results_fails_on_missing_garbled_or_no_results(tmp_path, capsys):
+    from cmp_utils import check_results
+
+    rerun = _committed_quick_copy(tmp_path)
+    experiments = check_results.committed_experiments("HEAD", "quick")
+    assert check_results.main(["--rerun-dir", str(rerun)]) == 0
+    out = capsys.readouterr().out
+    assert f"({len(experiments)} experiments" in out and " numbers and " in out
+    (rerun / "ablation" / "quick" / "metrics.csv").unlink()
+    (rerun / "batch_size" / "quick" / "claims.csv").unlink()
+    (rerun / "cuhk_pedes" / "quick" / "metrics.csv").write_bytes(b"dataset,value\n\xff\xfe\x00garbled\n")
+    assert check_results.main(["--rerun-dir", str(rerun)]) == 1
+    out = capsys.readouterr().out
+    assert str(rerun / "ablation" / "quick" / "metrics.csv") in out
+    assert str(rerun / "batch_size" / "quick" / "claims.csv") in out
+    assert "UnicodeDecodeError" in out and "cuhk_pedes" in out
+    assert f"{len(experiments)} experiments compared" in out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert check_results.main(["--rerun-dir", str(empty)]) == 1  # every experiment missing
+    assert check_results.main(["--rerun-dir", str(empty), "--profile", "paper"]) == 1  # nothing to compare at all
+    assert "nothing was compared" in capsys.readouterr().err
