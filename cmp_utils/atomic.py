@@ -16,6 +16,7 @@ shared file system) are left alone: whether their process runs cannot be seen fr
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -105,24 +106,58 @@ def _restore_retired(destination: Path) -> None:
             return
 
 
+#: errno values that mean "this place cannot take the write" (full disk, quota, read-only, no
+#: permission, file too large, I/O error): re-raised by :func:`write_failure` naming the file.
+WRITE_FAILURES = frozenset(getattr(errno, name) for name in
+                           ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG", "EIO") if hasattr(errno, name))
+
+
+def write_failure(destination: Path, error: OSError) -> OSError:
+    """An ``OSError`` of the same errno (and class) whose message names ``destination``, the cause
+    (``No space left on device``, ``Read-only file system``, ...), that the old file is kept, and the fix."""
+    while isinstance(error.__cause__, OSError):  # an inner write already named its temporary file
+        error = error.__cause__
+    cause = error.strerror or os.strerror(error.errno or 0)
+    kept = "its previous version is kept unchanged" if destination.exists() else "nothing was written there"
+    return OSError(error.errno, f"cannot write {destination}: {cause} ({kept}); free space on that disk, make the "
+                                f"folder writable, or write elsewhere (another --output-dir / CMP_RESULTS_DIR / "
+                                f"CMP_CACHE_DIR)")
+
+
+@contextlib.contextmanager
+def _naming_write_failures(destination: Path) -> Iterator[None]:
+    """Re-raise a full-disk / read-only / permission ``OSError`` as :func:`write_failure` of ``destination``."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in WRITE_FAILURES:
+            raise
+        raise write_failure(destination, error) from error
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success move it over ``path``, on error remove it."""
+    """Yield a temporary path beside ``path``; on success move it over ``path``, on error remove it.
+
+    A write that meets a full disk, a quota, a read-only or unwritable folder fails with an
+    ``OSError`` naming ``path`` and the cause (:func:`write_failure`); ``path`` keeps what it held.
+    """
     destination = Path(path)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    remove_orphans(destination.parent)
-    handle, temporary = tempfile.mkstemp(prefix=temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
-                                         dir=destination.parent)
-    os.close(handle)
-    temporary_path = Path(temporary)
-    try:
-        yield temporary_path
-        # mkstemp makes owner-only files; give the result the old file's mode, or the umask's default.
-        os.chmod(temporary_path, _ordinary_mode(destination))
-        os.replace(temporary_path, destination)
-    finally:
-        if temporary_path.exists():
-            temporary_path.unlink()
+    with _naming_write_failures(destination):
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        remove_orphans(destination.parent)
+        handle, temporary = tempfile.mkstemp(prefix=temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
+                                             dir=destination.parent)
+        os.close(handle)
+        temporary_path = Path(temporary)
+        try:
+            yield temporary_path
+            # mkstemp makes owner-only files; give the result the old file's mode, or the umask's default.
+            os.chmod(temporary_path, _ordinary_mode(destination))
+            os.replace(temporary_path, destination)
+        finally:
+            if temporary_path.exists():
+                temporary_path.unlink()
 
 
 @contextlib.contextmanager
@@ -142,13 +177,15 @@ def replace_folder(path: str | os.PathLike) -> Iterator[Path]:
         raise IsADirectoryError(f"{destination} holds sub-folders; replace_folder replaces a folder of files as a whole "
                                 f"and refuses to delete sub-folders: pass the result set's own folder "
                                 f"(e.g. results/<experiment>/<profile>)")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    _restore_retired(destination)
-    remove_orphans(destination.parent)
-    staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
-                                    dir=destination.parent))
+    with _naming_write_failures(destination):
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        _restore_retired(destination)
+        remove_orphans(destination.parent)
+        staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
+                                        dir=destination.parent))
     try:
-        yield staging
+        with _naming_write_failures(destination):
+            yield staging
         os.chmod(staging, _ordinary_mode(destination, folder=True))  # mkdtemp makes owner-only folders
         if destination.exists():
             retired = Path(tempfile.mkdtemp(prefix=temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
@@ -269,12 +306,36 @@ def write_yaml(path: str | os.PathLike, data: Any) -> Path:
 
 
 def torch_save(path: str | os.PathLike, obj: Any) -> Path:
-    """``torch.save`` atomically, so an interrupted checkpoint never replaces a good one."""
+    """``torch.save`` atomically, so an interrupted checkpoint never replaces a good one.
+
+    torch writes through a Python file object here: given a path, its C++ writer reports a full
+    disk as ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``, naming neither
+    the file nor the cause; a file object's write raises ``OSError: No space left on device``,
+    which :func:`atomic_path` names with the checkpoint's path."""
     import torch
 
     with atomic_path(path) as temporary:
-        torch.save(obj, temporary)
+        with open(temporary, "wb") as stream:
+            try:
+                torch.save(obj, stream)
+            except RuntimeError as error:  # torch's writer may mask the write's OSError while closing
+                cause = _os_error_in_chain(error)
+                if cause is None:
+                    raise
+                raise cause from error
     return Path(path)
+
+
+def _os_error_in_chain(error: BaseException) -> OSError | None:
+    """The first ``OSError`` among ``error``'s causes and contexts (None when there is none)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def load_torch_cache(path: str | os.PathLike) -> Any | None:

@@ -540,3 +540,46 @@ def test_check_results_fails_on_missing_garbled_or_no_results(tmp_path, capsys):
     assert check_results.main(["--rerun-dir", str(empty)]) == 1  # every experiment missing
     assert check_results.main(["--rerun-dir", str(empty), "--profile", "paper"]) == 1  # nothing to compare at all
     assert "nothing was compared" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- issue 30: a full disk names the file and keeps the old one
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 256 KiB tmpfs (needs root and mount; skipped elsewhere)."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_checkpoint_on_a_full_disk_names_the_file_and_keeps_the_old_one(tiny_disk):
+    checkpoint = tiny_disk / "checkpoints" / "last.pt"
+    atomic.torch_save(checkpoint, {"w": torch.ones(10)})
+    with pytest.raises(OSError, match=r"cannot write .*last\.pt: No space left on device \(its previous version is "
+                                      r"kept unchanged\)") as raised:
+        atomic.torch_save(checkpoint, {"w": torch.zeros(200_000)})  # 800 KB on a 256 KiB disk
+    assert raised.value.errno == 28 and "enforce fail" not in str(raised.value)
+    assert torch.equal(train.load_checkpoint(checkpoint)["w"], torch.ones(10))
+    assert sorted(path.name for path in checkpoint.parent.iterdir()) == ["last.pt"]  # no temporary left
+    with pytest.raises(OSError, match=r"cannot write .*big\.csv: No space left on device \(nothing was written"):
+        atomic.write_csv(tiny_disk / "big.csv", pd.DataFrame({"x": np.arange(100_000)}))
+    experiment = tiny_disk / "exp"
+    atomic.write_text(experiment / "a.txt", "old")
+    with pytest.raises(OSError, match=r"cannot write .*exp: No space left on device \(its previous version is kept"):
+        with atomic.replace_folder(experiment) as staging:
+            atomic.write_text(staging / "a.txt", "new")
+            atomic.write_text(staging / "b.txt", "x" * 400_000)
+    assert (experiment / "a.txt").read_text() == "old" and not (experiment / "b.txt").exists()
+
+
+def test_a_read_only_folder_names_the_file_and_the_cause(tiny_disk):
+    atomic.write_text(tiny_disk / "kept.txt", "old")
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+    with pytest.raises(OSError, match=r"cannot write .*kept\.txt: Read-only file system \(its previous version"):
+        atomic.write_text(tiny_disk / "kept.txt", "new")
+    assert (tiny_disk / "kept.txt").read_text() == "old"
