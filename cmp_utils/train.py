@@ -953,14 +953,31 @@ def check_resume_settings(cfg: TrainConfig, out_dir: Path) -> None:
                          "Resume with the run's settings, or start a new run in another --output-dir")
 
 
+def refused_by_weights_only(error: BaseException) -> bool:
+    """Whether ``error`` is torch's weights-only refusal (the file holds objects other than tensors
+    and plain containers), not damage."""
+    import pickle
+
+    return isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower()
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` with an error naming the file and the fix when it is
-    empty or truncated (a run killed while a disk was full, a partial copy)."""
+    empty or truncated (a run killed while a disk was full, a partial copy), or when it holds
+    objects a weights-only load refuses (another program's checkpoint, or a crafted file)."""
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as error:  # torch raises RuntimeError, EOFError or UnpicklingError here
+        if refused_by_weights_only(error):
+            detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:200]
+            raise ValueError(
+                f"checkpoint {path} holds disallowed objects (not only tensors and plain containers: {detail}), so the "
+                f"safe weights-only load refused it. cmp_utils never writes such checkpoints: this file comes from "
+                f"another program or was crafted, and unpickling it could run code. Do not load it with "
+                f"weights_only=False unless you trust its source; retrain, or get the run folder again from its "
+                f"author (docs/security.md)") from error
         raise ValueError(
             f"checkpoint {path} is empty or truncated and cannot be read ({type(error).__name__}: {error}). "
             f"Delete {path.name} (resuming then starts the run from scratch) or copy back an intact one; "

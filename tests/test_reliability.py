@@ -583,3 +583,50 @@ def test_a_read_only_folder_names_the_file_and_the_cause(tiny_disk):
     with pytest.raises(OSError, match=r"cannot write .*kept\.txt: Read-only file system \(its previous version"):
         atomic.write_text(tiny_disk / "kept.txt", "new")
     assert (tiny_disk / "kept.txt").read_text() == "old"
+
+
+# ---------------------------------------------------------------------- issue 30: security (torch version, run folders, checkpoints)
+def test_importing_cmp_utils_with_torch_older_than_2_6_is_refused(tmp_path):
+    import cmp_utils
+
+    assert cmp_utils.torch_version_problem("2.6.0+cpu") is None and cmp_utils.torch_version_problem("2.14.1") is None
+    fake = tmp_path / "site"
+    (fake / "torch-2.5.1.dist-info").mkdir(parents=True)
+    (fake / "torch-2.5.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.5.1\n")
+    completed = subprocess.run([sys.executable, "-c", "import cmp_utils"], capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{config.project_root()}"})
+    assert completed.returncode != 0
+    assert "ImportError: cmp_utils needs torch >= 2.6, found torch 2.5.1" in completed.stderr
+    assert "CVE-2025-32434" in completed.stderr
+
+
+class _NotAWeight:
+    """An object a weights-only load refuses (a pickled class instance)."""
+
+
+def test_a_checkpoint_with_disallowed_objects_is_not_called_truncated(tmp_path):
+    path = tmp_path / "best.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "extra": _NotAWeight()}, path)
+    with pytest.raises(ValueError, match=r"best\.pt holds disallowed objects") as raised:
+        train.load_checkpoint(path)
+    assert "empty or truncated" not in str(raised.value) and "weights_only=False" in str(raised.value)
+
+
+def test_load_trained_ignores_the_machine_local_paths_of_a_run_folder(isolated_dirs, tmp_path):
+    import yaml
+
+    from cmp_utils import experiments
+
+    run = tmp_path / "received_run"
+    train.fit(train.make_config("smoke", "cuhk_pedes", epochs=1, output_dir=str(run), progress=False))
+    params = yaml.safe_load((run / "params.yaml").read_text())
+    elsewhere = tmp_path / "chosen_by_the_sender"
+    params.update(cache_dir=str(elsewhere / "cache"), data_dir=str(elsewhere / "data"))
+    (run / "params.yaml").write_text(yaml.safe_dump(params))
+    model, prepared, features, cfg = experiments.load_trained(run)
+    assert not elsewhere.exists()  # nothing read or written where the folder said
+    assert cfg.cache_dir is None and cfg.data_dir is None and cfg.weights_path is None
+    params["weights_path"] = str(elsewhere / "weights.pth")
+    (run / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.warns(UserWarning, match="trained with weights_path=.*pass weights_path= this machine's copy"):
+        experiments.load_trained(run)
