@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -630,3 +631,66 @@ def test_load_trained_ignores_the_machine_local_paths_of_a_run_folder(isolated_d
     (run / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.warns(UserWarning, match="trained with weights_path=.*pass weights_path= this machine's copy"):
         experiments.load_trained(run)
+
+
+# ---------------------------------------------------------------------- issue 30: strict readers
+def _rewrite(path: Path, change) -> None:
+    payload = json.loads(path.read_text())
+    change(payload)
+    path.write_text(json.dumps(payload))
+
+
+def test_karpathy_sentences_as_a_string_is_an_error_naming_file_and_record(tmp_path):
+    root = write_flickr(tmp_path / "flickr30k")
+    _rewrite(root / "dataset_flickr30k.json", lambda p: p["images"][1].update(sentences="A dog runs."))
+    with pytest.raises(ValueError, match=r"dataset_flickr30k.json: image record 1 \(1001.jpg\) has \"sentences\" as a str"):
+        data.read_dataset("flickr30k", root, "train")
+    root = write_flickr(tmp_path / "flickr_tokens")
+    _rewrite(root / "dataset_flickr30k.json", lambda p: p["images"][0]["sentences"][0].update(tokens="a dog"))
+    with pytest.raises(ValueError, match=r"image record 0 \(1000.jpg\) has a sentence .*tokens a list"):
+        data.read_dataset("flickr30k", root, "train")
+
+
+def test_an_unknown_split_label_is_an_error_not_a_skipped_record(tmp_path):
+    from test_datasets_new import write_rstp
+
+    root = write_rstp(tmp_path / "rstpreid")
+    _rewrite(root / "data_captions.json", lambda records: records[0].update(split="Train"))
+    with pytest.raises(ValueError, match=r"data_captions.json: record 0 \(.*\) has split 'Train', which is not a split "
+                                         r"label of rstpreid \(train, val, test\); did you mean 'train'\?"):
+        data.read_dataset("rstpreid", root, "test")  # even when reading another split
+    cuhk = write_cuhk(tmp_path / "cuhk_pedes")
+    _rewrite(cuhk / "reid_raw.json", lambda records: records[2].update(split="validation"))
+    with pytest.raises(ValueError, match=r"reid_raw.json: record 2 .* has split 'validation'"):
+        data.read_dataset("cuhk_pedes", cuhk, "train")
+
+
+def test_one_image_under_two_ids_is_an_error_naming_both_records(tmp_path):
+    root = write_cuhk(tmp_path / "cuhk_pedes")
+    records = json.loads((root / "reid_raw.json").read_text())
+    duplicate = dict(records[0], id=records[0]["id"] + 100, split="test")  # the same file, another person
+    (root / "reid_raw.json").write_text(json.dumps(records + [duplicate]))
+    with pytest.raises(ValueError, match=rf"image {records[0]['file_path']} is listed under id {records[0]['id']} "
+                                         rf"\(record 0 .*\) and id {records[0]['id'] + 100} \(record {len(records)} "):
+        data.read_dataset("cuhk_pedes", root, "train")
+    flickr = write_flickr(tmp_path / "flickr30k")
+    _rewrite(flickr / "dataset_flickr30k.json", lambda p: p["images"][4].update(filename="1000.jpg"))
+    with pytest.raises(ValueError, match=r"image flickr30k-images/1000.jpg is listed under id 0 .* and id 4"):
+        data.read_dataset("flickr30k", flickr, "test")
+
+
+@pytest.mark.parametrize("bad_path", ["../outside.png", "/etc/hostname", "CUHK01/../../outside.png"])
+def test_an_image_path_outside_the_dataset_folder_is_an_error(bad_path, tmp_path):
+    root = write_cuhk(tmp_path / "cuhk_pedes")
+    write_image(tmp_path / "outside.png", (1, 2, 3))
+    _rewrite(root / "reid_raw.json", lambda records: records[1].update(file_path=bad_path))
+    with pytest.raises(ValueError, match=rf"reid_raw.json: record 1 \({re.escape(bad_path)}\) has file_path .* points "
+                                         r"outside the dataset folder"):
+        data.read_dataset("cuhk_pedes", root, "train")
+    coco = tmp_path / "mscoco"
+    from data_fixtures import write_coco
+
+    write_coco(coco)
+    _rewrite(coco / "dataset_coco.json", lambda p: p["images"][0].update(filepath="../elsewhere"))
+    with pytest.raises(ValueError, match=r"image record 0 .* has filepath '../elsewhere', which points outside"):
+        data.read_dataset("mscoco", coco, "train")
