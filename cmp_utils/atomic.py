@@ -4,7 +4,9 @@ Each writer writes to a temporary file in the destination folder, flushes it, th
 ``os.replace``-s it over the destination (atomic on POSIX and Windows). A set of files that
 belong together (an experiment's metrics, summary, claims, parameters and figures) is written
 into a temporary sibling folder and swapped in with renames by :func:`replace_folder`, so a
-reader never sees an old file beside a new one.
+reader never sees an old file beside a new one. A notebook's outputs in a folder shared with
+other notebooks (``results/figures/<profile>``) are staged and moved in together at its end by
+:class:`OutputSet`.
 
 Temporaries are named ``.<name>.<host>-<pid>.<random>.cmp-partial``. A write that is killed
 (kill -9, power loss) leaves its temporary behind; the next write into the same folder removes
@@ -198,6 +200,83 @@ def replace_folder(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+class OutputSet:
+    """The files one notebook writes into a folder it may share with other notebooks, written as one set.
+
+    ``outputs = OutputSet(folder, "02_cmpm_derivation")`` makes a hidden staging folder inside
+    ``folder``; every output goes to ``outputs.path(name)`` (figures via
+    :func:`cmp_utils.plots.save_figure`, tables via :func:`write_csv`); the notebook's last step,
+    ``outputs.commit()``, moves them all into ``folder`` with renames, then deletes the files of
+    the owner's previous set that the new one lacks (the owner's manifest,
+    ``.<owner>.outputs.json``, lists its set). Until ``commit`` nothing in ``folder`` changes: a
+    run that fails midway leaves the previous complete set untouched (its staging folder is
+    deleted by the next write into ``folder`` once its process has ended), and says so when it
+    starts. Other owners' files in ``folder`` are never touched.
+    """
+
+    def __init__(self, folder: str | os.PathLike, owner: str, announce: bool = True):
+        self.folder = Path(folder)
+        self.owner = owner
+        with _naming_write_failures(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            remove_orphans(self.folder)
+            self.staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(owner), suffix=TEMPORARY_SUFFIX,
+                                                 dir=self.folder))
+        self.committed: list[Path] | None = None
+        if announce:
+            print(f"outputs of {owner} are staged and replace its files in {self.folder} together at the end "
+                  f"(outputs.commit()); if this run fails before, the previous complete set stays as it was")
+
+    @property
+    def manifest(self) -> Path:
+        """``<folder>/.<owner>.outputs.json``: the names of the owner's last committed set."""
+        return self.folder / f".{self.owner}.outputs.json"
+
+    def path(self, name: str) -> Path:
+        """Where to write output ``name`` (a file name, no folders) until :meth:`commit`."""
+        if self.committed is not None:
+            raise RuntimeError(f"the output set of {self.owner} in {self.folder} was already committed; make a new "
+                               f"OutputSet for another set")
+        if Path(name).name != name or name.startswith("."):
+            raise ValueError(f"output name {name!r} must be a plain file name (no folder, not hidden)")
+        return self.staging / name
+
+    def previous_names(self) -> list[str]:
+        """The names of the owner's last committed set (empty when none was recorded)."""
+        import json
+
+        try:
+            names = json.loads(self.manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        return [name for name in names if isinstance(name, str) and Path(name).name == name] \
+            if isinstance(names, list) else []
+
+    def commit(self) -> list[Path]:
+        """Move every staged file into the folder (renames), drop the owner's old files the new set
+        lacks, record the new set; return the paths. An empty set is refused (nothing was written)."""
+        import json
+
+        names = sorted(entry.name for entry in self.staging.iterdir() if entry.is_file())
+        if not names:
+            raise RuntimeError(f"the output set of {self.owner} is empty: nothing was written to outputs.path(...); "
+                               f"the previous set in {self.folder} is kept")
+        stale = [name for name in self.previous_names() if name not in names]
+        with _naming_write_failures(self.folder):
+            write_text(self.manifest, json.dumps(names) + "\n")
+            for name in names:
+                staged = self.staging / name
+                os.chmod(staged, _ordinary_mode(self.folder / name))
+                os.replace(staged, self.folder / name)
+            for name in stale:
+                (self.folder / name).unlink(missing_ok=True)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.committed = [self.folder / name for name in names]
+        print(f"{self.owner}: {len(names)} output files replaced in {self.folder} as one set"
+              + (f" ({len(stale)} of its old files it no longer makes removed)" if stale else ""))
+        return self.committed
 
 
 #: Name of the lock file that marks a folder as being written by one process (:func:`hold_folder`).

@@ -694,3 +694,62 @@ def test_an_image_path_outside_the_dataset_folder_is_an_error(bad_path, tmp_path
     _rewrite(coco / "dataset_coco.json", lambda p: p["images"][0].update(filepath="../elsewhere"))
     with pytest.raises(ValueError, match=r"image record 0 .* has filepath '../elsewhere', which points outside"):
         data.read_dataset("mscoco", coco, "train")
+
+
+# ---------------------------------------------------------------------- issue 30: a notebook's outputs as one set
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def test_output_set_replaces_one_owners_files_together_and_keeps_others(tmp_path, capsys):
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    (folder / "other_notebook.png").write_bytes(b"not mine")
+    first = atomic.OutputSet(folder, "02_demo")
+    for name in ("a.png", "b.svg", "gone.csv"):
+        first.path(name).write_text(f"run 1 {name}")
+    assert not (folder / "a.png").exists()  # nothing in place before commit
+    first.commit()
+    assert _folder_bytes(folder)["a.png"] == b"run 1 a.png"
+    second = atomic.OutputSet(folder, "02_demo")
+    for name in ("a.png", "b.svg"):
+        second.path(name).write_text(f"run 2 {name}")
+    second.commit()
+    files = _folder_bytes(folder)
+    assert files["a.png"] == b"run 2 a.png" and "gone.csv" not in files  # the owner's old file it no longer makes
+    assert files["other_notebook.png"] == b"not mine"  # another owner's file is never touched
+    assert [p.name for p in folder.iterdir() if p.name.endswith(atomic.TEMPORARY_SUFFIX)] == []
+    assert "2 output files replaced" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="plain file name"):
+        atomic.OutputSet(folder, "02_demo", announce=False).path("../escape.png")
+
+
+def test_a_notebook_run_that_fails_midway_leaves_the_previous_set_untouched(tmp_path):
+    folder = tmp_path / "figures"
+    complete = atomic.OutputSet(folder, "02_demo", announce=False)
+    for name in ("a.png", "b.png", "c.png"):
+        complete.path(name).write_text(f"seed 0 {name}")
+    complete.commit()
+    before = _folder_bytes(folder)
+    code = ("from cmp_utils import atomic\n"
+            f"outputs = atomic.OutputSet({str(folder)!r}, '02_demo')\n"
+            "outputs.path('a.png').write_text('seed 1 a'); outputs.path('b.png').write_text('seed 1 b')\n"
+            "raise RuntimeError('the third figure failed')\n")
+    failed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(config.project_root())})
+    assert failed.returncode != 0 and "the previous complete set stays as it was" in failed.stdout
+    assert _folder_bytes(folder) == before  # no seed-1 file beside seed-0 ones
+    atomic.OutputSet(folder, "03_other", announce=False)  # the next write into the folder
+    assert [p.name for p in folder.iterdir() if "02_demo" in p.name and p.is_dir()] == []  # the dead run's staging removed
+
+
+@pytest.mark.parametrize("notebook", ["02_cmpm_derivation", "03_cmpc_derivation", "04_training"])
+def test_notebooks_write_their_figures_and_tables_as_one_set(notebook):
+    cells = [cell.source for cell in nbformat.read(config.project_root() / "notebooks" / f"{notebook}.ipynb",
+                                                  as_version=4).cells if cell.cell_type == "code"]
+    source = "\n".join(cells)
+    assert f'atomic.OutputSet(figure_dir, "{notebook}")' in source
+    assert "save_figure(fig, figure_dir" not in source and "write_csv(figure_dir" not in source
+    assert source.count("outputs.path(") >= 1 and source.count("outputs.commit()") == 1
+    after_commit = source.split("outputs.commit()")[1]
+    assert "outputs.path(" not in after_commit  # nothing written after the set is committed
