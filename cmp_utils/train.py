@@ -1354,6 +1354,8 @@ def _fit(cfg: TrainConfig, context: distributed.DistributedContext, out_dir: Pat
     if cfg.resume:
         _restore_last_checkpoint(state, out_dir / "checkpoints", context.device, context.is_main)
     if context.is_main:
+        if cfg.resume:  # the finished part's results no longer describe best.pt / last.pt once training goes on
+            (out_dir / "results.json").unlink(missing_ok=True)
         _write_params(cfg, out_dir, context, training.prepared)
 
     run_start = time.perf_counter()

@@ -759,3 +759,21 @@ def test_notebooks_write_their_figures_and_tables_as_one_set(notebook):
     assert source.count("outputs.path(") >= 1 and source.count("outputs.commit()") == 1
     after_commit = source.split("outputs.commit()")[1]
     assert "outputs.path(" not in after_commit  # nothing written after the set is committed
+
+
+def test_a_resumed_run_that_fails_leaves_no_results_json_of_its_earlier_part(isolated_dirs, tmp_path, monkeypatch):
+    """results.json, best.pt and last.pt come from the same run state: a resume drops the earlier
+    results.json before training on, and a new one is written only when the run ends."""
+    out = tmp_path / "run"
+    train.fit(train.make_config("smoke", "cuhk_pedes", epochs=1, output_dir=str(out), progress=False))
+    assert (out / "results.json").is_file()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("killed before the end")
+
+    monkeypatch.setattr(train, "_final_result", fail)
+    with pytest.raises(RuntimeError, match="killed before the end"):
+        train.fit(train.make_config("smoke", "cuhk_pedes", epochs=2, output_dir=str(out), progress=False, resume=True))
+    assert not (out / "results.json").exists()
+    assert train.load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
+    assert not (out / atomic.LOCK_NAME).exists()  # the lock goes with the run, however it ends
