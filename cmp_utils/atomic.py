@@ -362,6 +362,17 @@ def hold_folder(folder: str | os.PathLike, purpose: str = "a run") -> Iterator[P
             lock.unlink(missing_ok=True)
 
 
+def remove_run_folder(folder: str | os.PathLike) -> None:
+    """Delete ``folder`` and everything in it, unless a live process holds its writer lock
+    (:func:`hold_folder`): then :class:`FolderLockedError` names the folder and the holder, and
+    nothing is deleted. A new run that replaces an old one calls this, never a bare ``rmtree``."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    with hold_folder(folder, purpose="deleting the folder"):
+        shutil.rmtree(folder)
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as temporary:

@@ -335,9 +335,7 @@ def run_method(
     if memoised is not None:
         return memoised
     if run_dir.exists():  # an interrupted or refreshed run of this key: train it again from scratch
-        import shutil
-
-        shutil.rmtree(run_dir)
+        atomic.remove_run_folder(run_dir)  # refused while another process trains into it
     cfg.output_dir = str(run_dir)
     cfg.resume = False
     result = train.fit(cfg)

@@ -777,3 +777,18 @@ def test_a_resumed_run_that_fails_leaves_no_results_json_of_its_earlier_part(iso
     assert not (out / "results.json").exists()
     assert train.load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
     assert not (out / atomic.LOCK_NAME).exists()  # the lock goes with the run, however it ends
+
+
+def test_a_run_folder_another_process_writes_is_not_deleted(tmp_path):
+    out = tmp_path / "run"
+    holder = _hold_lock_in_another_process(out)
+    (out / "last.pt").write_text("being written")
+    try:
+        with pytest.raises(atomic.FolderLockedError, match=f"process {holder.pid}"):
+            atomic.remove_run_folder(out)
+        assert (out / "last.pt").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    atomic.remove_run_folder(out)
+    assert not out.exists()
