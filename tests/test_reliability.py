@@ -792,3 +792,16 @@ def test_a_run_folder_another_process_writes_is_not_deleted(tmp_path):
         holder.wait()
     atomic.remove_run_folder(out)
     assert not out.exists()
+
+
+def test_an_image_cache_on_a_full_disk_names_the_file_instead_of_dying(tiny_disk, tmp_path):
+    """The memory-mapped cache was a sparse file: a full disk killed the process with SIGBUS on a write."""
+    paths = [str(write_image(tmp_path / f"{k}.png", (10 * k, 0, 0), size=(8, 8))) for k in range(10)]
+    code = ("import sys; from cmp_utils import images\n"
+            f"try:\n    images.ImageCache.build({paths!r}, (128, 128), {str(tiny_disk / 'images.npy')!r}, progress=False)\n"
+            "except OSError as error:\n    print(error); sys.exit(3)\n")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(config.project_root())})
+    assert completed.returncode == 3, completed.stderr[-500:]  # not -7 (SIGBUS)
+    assert f"cannot write {tiny_disk / 'images.npy'}: No space left on device" in completed.stdout
+    assert not any(tiny_disk.iterdir())  # no partial cache left
