@@ -38,7 +38,10 @@ positives' scores are gathered first (one pass over the gallery blocks), sorted 
 and then, for the $j$-th best positive, the number of negatives scoring at least as high,
 $n_j$, is counted block by block: $r_j = j + n_j$. Counting is exact (integer counts over
 exact score comparisons, no approximation), either by direct comparison (few positives per
-query) or by sorting each block's negatives and ``torch.searchsorted`` (many positives).
+query) or by sorting each block once and a binary search per positive (many positives; on the
+CPU NumPy's vectorised sort and ``searchsorted``, elsewhere torch's). The positives' own
+scores above each positive are counted the same way, from each row's sorted positives, so the
+cost is linear in the positives per query (up to a log), not quadratic.
 Negatives are counted as (items scoring at least $s_j$) minus (positives scoring at least
 $s_j$), both read from the same block, so no masked copy of a block is made.
 Peak memory is about ``10 * chunk_size * gallery_chunk_size`` bytes (the score block, a

@@ -418,6 +418,8 @@ def test_retrieval_metrics_with_ties_and_many_positives_are_unchanged(seed, monk
         with monkeypatch.context() as patch:
             patch.setattr(metrics, "_positives_at_least", _old_positives_at_least)
             patch.setattr(metrics, "_sorted_rows", lambda values: torch.sort(values, dim=1).values)
+            patch.setattr(metrics, "_count_below",
+                          lambda ascending, thresholds: torch.searchsorted(ascending, thresholds.contiguous(), side="left"))
             old = metrics.retrieval_metrics(queries, gallery, query_labels, gallery_labels, chunk_size=8,
                                             gallery_chunk_size=gallery_chunk_size)
         assert new == old
