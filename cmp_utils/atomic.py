@@ -127,8 +127,10 @@ def write_failure(destination: Path, error: OSError) -> OSError:
 
 
 @contextlib.contextmanager
-def _naming_write_failures(destination: Path) -> Iterator[None]:
-    """Re-raise a full-disk / read-only / permission ``OSError`` as :func:`write_failure` of ``destination``."""
+def naming_write_failures(destination: Path) -> Iterator[None]:
+    """Re-raise a full-disk / read-only / permission ``OSError`` raised in the block as
+    :func:`write_failure` of ``destination`` (other errors pass unchanged). For writes that are not
+    made through this module (e.g. generated data sets)."""
     try:
         yield
     except OSError as error:
@@ -145,7 +147,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ``OSError`` naming ``path`` and the cause (:func:`write_failure`); ``path`` keeps what it held.
     """
     destination = Path(path)
-    with _naming_write_failures(destination):
+    with naming_write_failures(destination):
         destination.parent.mkdir(parents=True, exist_ok=True)
         remove_orphans(destination.parent)
         handle, temporary = tempfile.mkstemp(prefix=temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
@@ -179,14 +181,14 @@ def replace_folder(path: str | os.PathLike) -> Iterator[Path]:
         raise IsADirectoryError(f"{destination} holds sub-folders; replace_folder replaces a folder of files as a whole "
                                 f"and refuses to delete sub-folders: pass the result set's own folder "
                                 f"(e.g. results/<experiment>/<profile>)")
-    with _naming_write_failures(destination):
+    with naming_write_failures(destination):
         destination.parent.mkdir(parents=True, exist_ok=True)
         _restore_retired(destination)
         remove_orphans(destination.parent)
         staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
                                         dir=destination.parent))
     try:
-        with _naming_write_failures(destination):
+        with naming_write_failures(destination):
             yield staging
         os.chmod(staging, _ordinary_mode(destination, folder=True))  # mkdtemp makes owner-only folders
         if destination.exists():
@@ -219,7 +221,7 @@ class OutputSet:
     def __init__(self, folder: str | os.PathLike, owner: str, announce: bool = True):
         self.folder = Path(folder)
         self.owner = owner
-        with _naming_write_failures(self.folder):
+        with naming_write_failures(self.folder):
             self.folder.mkdir(parents=True, exist_ok=True)
             remove_orphans(self.folder)
             self.staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(owner), suffix=TEMPORARY_SUFFIX,
@@ -264,7 +266,7 @@ class OutputSet:
             raise RuntimeError(f"the output set of {self.owner} is empty: nothing was written to outputs.path(...); "
                                f"the previous set in {self.folder} is kept")
         stale = [name for name in self.previous_names() if name not in names]
-        with _naming_write_failures(self.folder):
+        with naming_write_failures(self.folder):
             write_text(self.manifest, json.dumps(names) + "\n")
             for name in names:
                 staged = self.staging / name

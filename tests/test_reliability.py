@@ -807,3 +807,11 @@ def test_an_image_cache_on_a_full_disk_names_the_file_instead_of_dying(tiny_disk
     assert completed.returncode == 3, completed.stderr[-500:]  # not -7 (SIGBUS)
     assert f"cannot write {tiny_disk / 'images.npy'}: No space left on device" in completed.stdout
     assert not any(tiny_disk.iterdir())  # no partial cache left
+
+
+def test_generating_synthetic_data_on_a_full_disk_names_the_folder(tiny_disk):
+    from cmp_utils import synthetic
+
+    with pytest.raises(OSError, match=r"cannot write .*tiny/cuhk_pedes: No space left on device \(nothing was written"):
+        synthetic.generate("cuhk_pedes", tiny_disk / "cuhk_pedes", "quick")
+    assert not any(tiny_disk.iterdir())  # the temporary folder is gone too
