@@ -167,6 +167,18 @@ def committed_experiments(source: str | Path, profile: str) -> list[str]:
 
 def _compare_experiment(committed: str | Path, rerun_root: Path, profile: str, experiment: str,
                         tolerance: float) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """:func:`_compare_tables` of one experiment; a table that is not tidy (a repeated key, a
+    column of the wrong kind) is itself a difference naming the experiment, not a traceback."""
+    try:
+        return _compare_tables(committed, rerun_root, profile, experiment, tolerance)
+    except (ValueError, KeyError, TypeError) as error:
+        row = _problem_row(experiment, "metrics.csv / claims.csv", "comparable", f"not comparable: {error}")
+        count = {"experiment": experiment, "numbers": 0, "numbers_changed": 1, "claims": 0, "verdicts_changed": 0}
+        return pd.DataFrame([row]), pd.DataFrame(columns=VERDICT_COLUMNS), count
+
+
+def _compare_tables(committed: str | Path, rerun_root: Path, profile: str, experiment: str,
+                    tolerance: float) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """One experiment's number differences, verdict differences and counts. A file expected on
     either side (the committed one exists) that is missing or unreadable is itself a difference,
     and all its numbers count as changed."""

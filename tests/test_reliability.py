@@ -544,6 +544,10 @@ def test_check_results_fails_on_missing_garbled_or_no_results(tmp_path, capsys):
     assert str(rerun / "batch_size" / "quick" / "claims.csv") in out
     assert "UnicodeDecodeError" in out and "cuhk_pedes" in out
     assert f"{len(experiments)} experiments compared" in out
+    metrics_csv = rerun / "batch_size" / "quick" / "metrics.csv"
+    metrics_csv.write_text(metrics_csv.read_text() + metrics_csv.read_text().splitlines()[1] + "\n")  # a repeated row
+    assert check_results.main(["--rerun-dir", str(rerun), "--experiments", "batch_size"]) == 1
+    assert "not comparable: batch_size: the rerun metrics.csv has several rows" in capsys.readouterr().out
     empty = tmp_path / "empty"
     empty.mkdir()
     assert check_results.main(["--rerun-dir", str(empty)]) == 1  # every experiment missing
