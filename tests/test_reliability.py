@@ -819,3 +819,15 @@ def test_generating_synthetic_data_on_a_full_disk_names_the_folder(tiny_disk):
     with pytest.raises(OSError, match=r"cannot write .*tiny/cuhk_pedes: No space left on device \(nothing was written"):
         synthetic.generate("cuhk_pedes", tiny_disk / "cuhk_pedes", "quick")
     assert not any(tiny_disk.iterdir())  # the temporary folder is gone too
+
+
+def test_every_notebook_parameter_default_is_plain_json():
+    """The in-notebook check (check_parameters) refuses non-plain values, so the defaults must be plain too."""
+    for path in sorted((config.project_root() / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+        namespace: dict = {}
+        exec(cell.source, namespace)  # noqa: S102 -- the project's own parameters cells
+        problems = [notebook_tools.plain_value_problem(name, namespace[name])
+                    for name in notebook_tools.parameter_types(notebook)]
+        assert not any(problems), (path.name, problems)
