@@ -300,68 +300,76 @@ def _read_lock(lock: Path) -> dict[str, Any]:
     return holder if isinstance(holder, dict) else {}
 
 
-def _lock_is_stale(holder: dict[str, Any]) -> bool:
-    """A lock of this machine whose process has ended (another machine's cannot be checked)."""
-    pid = holder.get("pid")
-    return holder.get("host") == HOST and isinstance(pid, int) and not _process_is_running(pid)
+def _locked_error(folder: Path, lock: Path, holder: dict[str, Any]) -> FolderLockedError:
+    """The refusal of a second writer, naming the folder, the holder and what to do."""
+    return FolderLockedError(
+        f"{folder} is being written by process {holder.get('pid', '?')} on {holder.get('host', '?')} "
+        f"({holder.get('purpose', 'a run')}, started {holder.get('started', '?')}): two writers would mix their files. "
+        f"Wait for it to end, or write elsewhere (another --output-dir)")
 
 
-def _create_lock(lock: Path, purpose: str) -> bool:
-    """Create ``lock`` holding this process's pid and host; False when it already exists."""
-    import datetime
-    import json
+def _open_locked(lock: Path) -> int | None:
+    """Open (create) ``lock`` and take its exclusive ``flock`` without waiting; the descriptor, or
+    None when another open file holds it. Retries when the file was replaced meanwhile (a holder
+    that ended deletes it), so the lock taken is always the file at ``lock``."""
+    import fcntl
 
-    try:
-        handle = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump({"pid": os.getpid(), "host": HOST, "started": started, "purpose": purpose}, stream)
-    return True
+    while True:
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(handle)
+            return None
+        try:
+            same_file = os.stat(lock).st_ino == os.fstat(handle).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            return handle
+        os.close(handle)
 
 
 @contextlib.contextmanager
 def hold_folder(folder: str | os.PathLike, purpose: str = "a run") -> Iterator[Path]:
     """Own ``folder`` while the block runs: one writer at a time, every file it holds from that writer.
 
-    The lock is ``<folder>/.writer.lock`` (the holder's pid, host and start time), created with
-    ``O_EXCL`` so two processes cannot both take it. A second writer gets
-    :class:`FolderLockedError` naming the folder and the holder. A lock left by a process of this
-    machine that has ended (kill -9) is taken over, with a message on stderr. The lock is removed
-    when the block ends, however it ends.
+    The lock is ``<folder>/.writer.lock``, held with an exclusive ``flock`` for the whole block and
+    holding the holder's pid, host, start time and purpose. A second writer gets
+    :class:`FolderLockedError` naming the folder and the holder. The kernel releases the ``flock``
+    of a process that ends however it ends (kill -9 included), so a lock file left behind by a
+    process of this machine is taken over, with a message on stderr. A lock file written by another
+    machine (a shared file system, where ``flock`` may not reach) is refused, with how to clear it.
+    The lock file is removed when the block ends.
     """
+    import datetime
+    import json
     import sys
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK_NAME
-    while not _create_lock(lock, purpose):
-        holder = _read_lock(lock)
-        if _lock_is_stale(holder):
-            print(f"taking over the stale lock {lock}: its process {holder.get('pid')} on {holder.get('host')} "
-                  f"(started {holder.get('started', '?')}) no longer runs", file=sys.stderr, flush=True)
-            lock.unlink(missing_ok=True)
-            continue
-        if not holder and lock.exists():  # being written this instant, or damaged: look once more
-            import time
-
-            time.sleep(0.2)
-            holder = _read_lock(lock)
-            if not holder and lock.exists():
-                raise FolderLockedError(f"{folder} is locked by {lock}, which cannot be read; if no process writes "
-                                        f"into {folder}, delete {lock} and start again")
-            continue
-        raise FolderLockedError(
-            f"{folder} is being written by process {holder.get('pid')} on {holder.get('host')} "
-            f"({holder.get('purpose', 'a run')}, started {holder.get('started', '?')}): two writers would mix their "
-            f"files. Wait for it to end, or write elsewhere (another --output-dir). If that process is gone "
-            f"(another machine), delete {lock}")
+    with naming_write_failures(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = folder / LOCK_NAME
+        handle = _open_locked(lock)
+    if handle is None:
+        raise _locked_error(folder, lock, _read_lock(lock))
     try:
+        left = _read_lock(lock)
+        if left and left.get("host") != HOST:
+            raise FolderLockedError(f"{_locked_error(folder, lock, left)}. That machine's process cannot be checked "
+                                    f"from here: if it no longer writes into {folder}, delete {lock}")
+        if left:
+            print(f"taking over the stale lock {lock}: its process {left.get('pid')} on {left.get('host')} (started "
+                  f"{left.get('started', '?')}) no longer holds it", file=sys.stderr, flush=True)
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        os.ftruncate(handle, 0)
+        os.write(handle, json.dumps({"pid": os.getpid(), "host": HOST, "started": started,
+                                     "purpose": purpose}).encode("utf-8"))
         yield lock
     finally:
         if _read_lock(lock).get("pid") == os.getpid():
             lock.unlink(missing_ok=True)
+        os.close(handle)  # releases the flock
 
 
 def remove_run_folder(folder: str | os.PathLike) -> None:

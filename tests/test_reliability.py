@@ -505,6 +505,14 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path, c
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert f"taking over the stale lock {folder / atomic.LOCK_NAME}: its process {dead}" in capsys.readouterr().err
     assert not (folder / atomic.LOCK_NAME).exists()
+    killed_run = tmp_path / "killed_run"
+    holder = _hold_lock_in_another_process(killed_run)
+    holder.kill()  # kill -9: the lock file stays, the kernel releases its flock
+    holder.wait()
+    assert (killed_run / atomic.LOCK_NAME).exists()
+    with atomic.hold_folder(killed_run):
+        pass
+    assert f"its process {holder.pid} on {atomic.HOST}" in capsys.readouterr().err
     (folder / atomic.LOCK_NAME).write_text(json.dumps({"pid": dead, "host": "another-machine"}))
     with pytest.raises(atomic.FolderLockedError, match="another-machine"):  # cannot tell: refused, named
         with atomic.hold_folder(folder):
