@@ -11,8 +11,12 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 # Extra arguments of `make lab`, e.g. LAB_ARGS="--no-browser --port 8899 --IdentityProvider.token=secret"
 LAB_ARGS ?=
-# JupyterLab refuses to run as root unless told; containers often run as root.
+# JupyterLab refuses to run as root unless told; containers often run as root. `make lab` says so when it adds it.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+# JupyterLab's terminals are a shell for whoever holds the token: off unless LAB_TERMINALS=yes.
+LAB_TERMINALS ?= no
+LAB_TERMINALS_OPTION := $(if $(filter yes,$(LAB_TERMINALS)),,--ServerApp.terminals_enabled=False)
+ALLOW_ROOT_NOTE := make lab: running as root, so JupyterLab gets --allow-root: its kernels (and terminals, if enabled) run as root for whoever holds the token; run make lab as an ordinary user to avoid it
 
 .PHONY: lock setup reproduce test bench gpu-check lab clean-notebooks results-readme help git-filter conda-setup
 
@@ -22,7 +26,7 @@ help:
 	@echo "make bench       run the benchmarks, write results/bench/*.csv"
 	@echo "make gpu-check   on a CUDA machine: benchmarks, a paper-profile epoch, fp32 vs bf16 -> results/gpu/"
 	@echo "make reproduce PROFILE=paper DATA_DIR=/data/cmp WEIGHTS=mobilenet_v1.pth   the paper profile on real data"
-	@echo "make lab         start JupyterLab with the project kernel (LAB_ARGS=... for port, token, --no-browser)"
+	@echo "make lab         start JupyterLab with the project kernel (LAB_ARGS=... for port, token, --no-browser; terminals off unless LAB_TERMINALS=yes)"
 	@echo "make conda-setup in an active conda env: weights, kernel and git filter (see environment.yml)"
 	@echo "make clean-notebooks  strip outputs from notebooks/*.ipynb"
 
@@ -99,8 +103,10 @@ gpu-check:
 	PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),python3) -m cmp_utils.gpu_check --output-dir results/gpu
 
 lab: $(STAMP)
+	@$(if $(ALLOW_ROOT),echo "$(ALLOW_ROOT_NOTE)" >&2,true)
+	@$(if $(LAB_TERMINALS_OPTION),echo "make lab: terminals are disabled (LAB_TERMINALS=yes enables them)" >&2,echo "make lab: terminals are enabled (LAB_TERMINALS=yes): a shell for whoever holds the token" >&2)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ContentsManager.pre_save_hook=cmp_utils.lab.pre_save_hook \
-	  $(ALLOW_ROOT) $(LAB_ARGS)
+	  $(LAB_TERMINALS_OPTION) $(ALLOW_ROOT) $(LAB_ARGS)
 
 clean-notebooks: $(STAMP)
 	$(PY) -m cmp_utils.notebook_tools strip notebooks/*.ipynb

@@ -34,7 +34,8 @@ Groups (each a function returning rows; the CLI runs them all):
   :func:`~cmp_utils.metrics.recall_at_k` on a precomputed matrix) at 5K x 25K (MSCOCO 5K test,
   image to text) against a bare matrix product of the same size; 100K x 500K measured on a
   slice of the queries and extrapolated (``--full`` measures it whole); peak memory is the
-  growth of the process's resident set (``VmHWM``, reset before each measurement).
+  growth of the process's resident set (``VmHWM``, reset before each measurement); then
+  :func:`bench_positives_per_query`: 1,000 x 5,000 with 3, 100 and 1,000 positives per query.
 * :func:`bench_data` -- decoding + resizing into :class:`cmp_utils.images.ImageCache`
   (images/s), and an epoch's image reads decoding every file against reading the memmap.
 * :func:`bench_losses` -- CMPM and CMPC forward + backward against a plain matrix product of
@@ -334,9 +335,10 @@ def _memory_bound_mib(chunk_size: int, n_gallery: int, positives: int) -> float:
 
 def bench_evaluation(rows: Rows, n_queries: int = 5000, n_gallery: int = 25000, dim: int = 512, repeats: int = 3,
                      large: tuple[int, int] = (100_000, 500_000), large_slice_queries: int | None = 1000,
-                     chunk_size: int = 256) -> None:
+                     chunk_size: int = 256, positives_settings: dict[str, Any] | None = None) -> None:
     """Retrieval metrics at ``n_queries x n_gallery`` (against the bare matrix product) and at
-    ``large`` (measured on ``large_slice_queries`` queries and extrapolated, or whole with ``None``)."""
+    ``large`` (measured on ``large_slice_queries`` queries and extrapolated, or whole with ``None``);
+    then :func:`bench_positives_per_query` with ``positives_settings``."""
     from . import metrics
 
     queries, gallery, query_labels, gallery_labels = _retrieval_inputs(n_queries, n_gallery, dim)
@@ -420,6 +422,41 @@ def bench_evaluation(rows: Rows, n_queries: int = 5000, n_gallery: int = 25000, 
                  "bound: 10 bytes x block budget (2^25 scores) + a normalised gallery copy",
                  f"{min(measured_queries, 2 * chunk_size)} queries x {big_gallery}; bound {bound:.0f} MiB + gallery "
                  f"copy {gallery_mib:.0f} MiB; the bound does not grow with the number of queries")
+    bench_positives_per_query(rows, **(positives_settings or {}))
+
+
+def bench_positives_per_query(rows: Rows, n_queries: int = 1000, n_gallery: int = 5000, dim: int = 512,
+                              positives: Sequence[int] = (3, 100, 1000), repeats: int = 3,
+                              chunk_size: int = 256) -> None:
+    """:func:`cmp_utils.metrics.retrieval_metrics` at ``n_queries x n_gallery`` with each count of
+    ``positives`` per query (class-level protocols: CUB / Flowers-like labels), beside the bare
+    normalise + matrix product of the same size. The tie correction is linear in the positives per
+    query, so the ratio to the product should stay small (goal: within 2x at 1,000 positives)."""
+    from . import metrics
+
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(n_queries, dim, generator=generator)  # (Q, d)
+    gallery = torch.randn(n_gallery, dim, generator=generator)  # (G, d)
+
+    def bare_matmul() -> None:
+        torch.nn.functional.normalize(queries, dim=1) @ torch.nn.functional.normalize(gallery, dim=1).T
+
+    for count in positives:
+        classes = max(1, n_gallery // count)
+        gallery_labels = (torch.arange(n_gallery) // count).clamp(max=classes - 1)  # (G,) `count` items per class
+        query_labels = torch.arange(n_queries) % classes  # (Q,)
+
+        def full_metrics() -> None:
+            metrics.retrieval_metrics(queries, gallery, query_labels, gallery_labels, chunk_size=chunk_size)
+
+        samples = time_interleaved({"matmul": bare_matmul, "metrics": full_metrics}, repeats, warmup=1)
+        matmul_s, metrics_s = median(samples["matmul"]), median(samples["metrics"])
+        benchmark = f"evaluation/positives_{n_queries}x{n_gallery}"
+        size = f"{n_queries} x {n_gallery}, d={dim}, {count} positives per query, chunk {chunk_size}"
+        rows.add(benchmark, f"retrieval_metrics, {count} positives per query", metrics_s, "s", metrics_s / matmul_s,
+                 "bare normalise + matmul (Q x G x d)", size)
+        rows.add(benchmark, f"bare normalise + matmul ({count} positives case)", matmul_s, "s", 1.0,
+                 "bare normalise + matmul (Q x G x d)", size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -780,7 +817,9 @@ def group_settings(quick_check: bool, full: bool) -> dict[str, dict[str, Any]]:
         return {
             "training_step": dict(profile="smoke", steps=3, warmup=1, backbones=("small_cnn",)),
             "evaluation": dict(n_queries=200, n_gallery=1000, dim=64, repeats=1, large=(2000, 10000),
-                               large_slice_queries=None if full else 200),
+                               large_slice_queries=None if full else 200,
+                               positives_settings=dict(n_queries=100, n_gallery=500, dim=64, positives=(3, 100),
+                                                       repeats=1)),
             "data": dict(photos=16, photo_size=(64, 32), cache_size=(32, 32), synthetic_images=16, profile="smoke"),
             "losses": dict(batch_sizes=(8,), repeats=2, num_classes=100),
             "gpu": dict(batch_sizes=(2,), modes=("fp32", "bf16"), image_size=64, steps=2, warmup=1, epoch_images=8,

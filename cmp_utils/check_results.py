@@ -10,7 +10,11 @@ is (after ``make reproduce``) with HEAD instead of rerunning. Numbers: rows are 
 their text and integer columns (dataset, table, method, direction, metric, seed, batch_size, ...)
 and every float column (value, paper_value, ceiling, ...) must be **equal**, bit for bit (NaN
 equals NaN); timing columns (``seconds``) and the memo bookkeeping (``run_key``) are left out. Every difference, and every row that
-is only on one side, is listed; the exit status is 1 if there is any.
+is only on one side, is listed; the exit status is 1 if there is any. Every committed experiment
+is expected in a ``--rerun-dir``: a ``metrics.csv`` or ``claims.csv`` that is missing there, or
+unreadable (not UTF-8, not CSV) on either side, is a difference naming the file, and a check that
+compares no experiment at all fails. The last line says how many experiments and numbers were
+compared.
 """
 
 from __future__ import annotations
@@ -85,8 +89,32 @@ def compare_metrics(committed: pd.DataFrame, rerun: pd.DataFrame, experiment: st
     return pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)
 
 
+class UnreadableTableError(ValueError):
+    """A results CSV that exists but cannot be read (not UTF-8, not CSV, empty, a folder)."""
+
+
 def _read(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path)  # pandas reads back the exact float64 it wrote (shortest round-trip repr)
+    """``pd.read_csv(path)`` (pandas reads back the exact float64 it wrote); an unreadable or garbled
+    file raises :class:`UnreadableTableError` naming it."""
+    try:
+        return pd.read_csv(path)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as error:
+        raise UnreadableTableError(f"{path} cannot be read as a results table ({type(error).__name__}: "
+                                   f"{str(error).splitlines()[0][:160] if str(error) else ''}); regenerate it "
+                                   f"(rerun its notebook) or restore it with git checkout") from error
+
+
+def _problem_row(experiment: str, file_name: str, committed: str, rerun: str) -> dict:
+    """A difference row for a whole file that is missing or unreadable on one side."""
+    return {"experiment": experiment, "row": "", "column": file_name, "committed": committed, "rerun": rerun}
+
+
+def _read_side(source: str | Path, relative: str, label: str) -> tuple[pd.DataFrame | None, str | None]:
+    """(table, None), (None, None) when absent, or (None, why) when unreadable; ``label`` names the side."""
+    try:
+        return committed_table(source, relative), None
+    except UnreadableTableError as error:
+        return None, f"unreadable ({label}): {error}"
 
 
 def count_numbers(frame: pd.DataFrame) -> int:
@@ -117,7 +145,11 @@ def committed_table(source: str | Path, relative: str) -> pd.DataFrame | None:
                                capture_output=True)
     if completed.returncode != 0:
         return None
-    return pd.read_csv(io.BytesIO(completed.stdout))
+    try:
+        return pd.read_csv(io.BytesIO(completed.stdout))
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise UnreadableTableError(f"results/{relative} at git {source} cannot be read as a results table "
+                                   f"({type(error).__name__}); fix the commit or compare --against another") from error
 
 
 def committed_experiments(source: str | Path, profile: str) -> list[str]:
@@ -133,6 +165,59 @@ def committed_experiments(source: str | Path, profile: str) -> list[str]:
     return sorted(p[1] for p in parts if len(p) == 4 and p[2] == profile and p[3] == "metrics.csv")
 
 
+def _compare_experiment(committed: str | Path, rerun_root: Path, profile: str, experiment: str,
+                        tolerance: float) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """:func:`_compare_tables` of one experiment; a table that is not tidy (a repeated key, a
+    column of the wrong kind) is itself a difference naming the experiment, not a traceback."""
+    try:
+        return _compare_tables(committed, rerun_root, profile, experiment, tolerance)
+    except (ValueError, KeyError, TypeError) as error:
+        row = _problem_row(experiment, "metrics.csv / claims.csv", "comparable", f"not comparable: {error}")
+        count = {"experiment": experiment, "numbers": 0, "numbers_changed": 1, "claims": 0, "verdicts_changed": 0}
+        return pd.DataFrame([row]), pd.DataFrame(columns=VERDICT_COLUMNS), count
+
+
+def _compare_tables(committed: str | Path, rerun_root: Path, profile: str, experiment: str,
+                    tolerance: float) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """One experiment's number differences, verdict differences and counts. A file expected on
+    either side (the committed one exists) that is missing or unreadable is itself a difference,
+    and all its numbers count as changed."""
+    base = f"{experiment}/{profile}"
+    verdicts = pd.DataFrame(columns=VERDICT_COLUMNS)
+    old, old_problem = _read_side(committed, f"{base}/metrics.csv", "committed")
+    if old is None and not old_problem:
+        old_problem = f"missing: results/{base}/metrics.csv"
+    if old_problem:
+        count = {"experiment": experiment, "numbers": 0, "numbers_changed": 1, "claims": 0, "verdicts_changed": 0}
+        return pd.DataFrame([_problem_row(experiment, "metrics.csv", old_problem, "")]), verdicts, count
+    new, new_problem = _read_side(rerun_root, f"{base}/metrics.csv", "rerun")
+    numbers = count_numbers(old)
+    if new is None:
+        count = {"experiment": experiment, "numbers": numbers, "numbers_changed": numbers, "claims": 0,
+                 "verdicts_changed": 0}
+        problem = new_problem or f"missing: {rerun_root / base / 'metrics.csv'}"
+        return pd.DataFrame([_problem_row(experiment, "metrics.csv", "present", problem)]), verdicts, count
+    differences = compare_metrics(old, new, experiment, tolerance)
+    old_claims, old_claims_problem = _read_side(committed, f"{base}/claims.csv", "committed")
+    new_claims, new_claims_problem = _read_side(rerun_root, f"{base}/claims.csv", "rerun")
+    claims = 0 if old_claims is None else len(old_claims)
+    if old_claims_problem or (old_claims is not None and new_claims is None):
+        problem = old_claims_problem or new_claims_problem or f"missing: {rerun_root / base / 'claims.csv'}"
+        row = _problem_row(experiment, "claims.csv", old_claims_problem or "present",
+                           "" if old_claims_problem else problem)
+        differences = pd.concat([differences, pd.DataFrame([row])], ignore_index=True)
+    elif old_claims is not None:
+        verdicts = compare_claims(old_claims, new_claims, experiment)
+        without = ["verdict"] if "verdict" in old_claims.columns else []
+        claim_numbers = compare_metrics(old_claims.drop(columns=without),
+                                        new_claims.drop(columns=[c for c in without if c in new_claims.columns]),
+                                        f"{experiment} (claims)", tolerance)
+        differences = pd.concat([differences, claim_numbers], ignore_index=True)
+        numbers += count_numbers(old_claims.drop(columns=without))
+    return differences, verdicts, {"experiment": experiment, "numbers": numbers, "numbers_changed": len(differences),
+                                   "claims": claims, "verdicts_changed": len(verdicts)}
+
+
 def compare_folders(committed: str | Path, rerun_root: Path, profile: str, experiments: Sequence[str],
                     tolerance: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Over every ``<experiment>/<profile>/{metrics,claims}.csv`` of ``experiments``: the number
@@ -141,39 +226,15 @@ def compare_folders(committed: str | Path, rerun_root: Path, profile: str, exper
     claims compared, changed)."""
     number_parts, verdict_parts, counts = [], [], []
     for experiment in experiments:
-        old = committed_table(committed, f"{experiment}/{profile}/metrics.csv")
-        if old is None:
-            continue
-        new_path = rerun_root / experiment / profile / "metrics.csv"
-        if not new_path.is_file():
-            differences = pd.DataFrame([{"experiment": experiment, "row": "", "column": "metrics.csv",
-                                         "committed": "present", "rerun": "missing"}])
-            number_parts.append(differences)
-            counts.append({"experiment": experiment, "numbers": count_numbers(old), "numbers_changed": count_numbers(old),
-                           "claims": 0, "verdicts_changed": 0})
-            continue
-        differences = compare_metrics(old, _read(new_path), experiment, tolerance)
-        numbers = count_numbers(old)
-        old_claims = committed_table(committed, f"{experiment}/{profile}/claims.csv")
-        new_claims_path = rerun_root / experiment / profile / "claims.csv"
-        verdicts = pd.DataFrame(columns=VERDICT_COLUMNS)
-        if old_claims is not None and new_claims_path.is_file():
-            new_claims = _read(new_claims_path)
-            verdicts = compare_claims(old_claims, new_claims, experiment)
-            verdict_parts.append(verdicts)
-            without = ["verdict"] if "verdict" in old_claims.columns else []
-            claim_numbers = compare_metrics(old_claims.drop(columns=without),
-                                            new_claims.drop(columns=[c for c in without if c in new_claims.columns]),
-                                            f"{experiment} (claims)", tolerance)
-            differences = pd.concat([differences, claim_numbers], ignore_index=True)
-            numbers += count_numbers(old_claims.drop(columns=without))
+        differences, verdicts, count = _compare_experiment(committed, rerun_root, profile, experiment, tolerance)
         number_parts.append(differences)
-        counts.append({"experiment": experiment, "numbers": numbers, "numbers_changed": len(differences),
-                       "claims": 0 if old_claims is None else len(old_claims), "verdicts_changed": len(verdicts)})
+        verdict_parts.append(verdicts)
+        counts.append(count)
 
     def concat(parts, columns):
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
+    verdict_parts = [part for part in verdict_parts if not part.empty]
     return (concat(number_parts, DIFFERENCE_COLUMNS), concat(verdict_parts, VERDICT_COLUMNS),
             pd.DataFrame(counts, columns=COUNT_COLUMNS))
 
@@ -206,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="compare this folder of results instead of rerunning (it must hold <experiment>/<profile>/)")
     parser.add_argument("--no-rerun", action="store_true",
                         help="compare the results folder as it is now (e.g. after make reproduce) with --against")
+    parser.add_argument("--experiments", default=None,
+                        help="comma-separated experiments to compare (default: every committed one; with --rerun-dir "
+                             "each must be in that folder, so a partial folder fails unless named here)")
     parser.add_argument("--tolerance", type=float, default=0.0,
                         help="largest absolute difference counted as equal (default 0: bit for bit)")
     parser.add_argument("--report", default=None, help="write every difference to this CSV")
@@ -219,17 +283,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         experiments = committed_experiments(committed, args.profile)
     except ValueError as error:
         parser.error(str(error))
+    if args.experiments:
+        chosen = [name.strip() for name in args.experiments.split(",") if name.strip()]
+        unknown = [name for name in chosen if name not in experiments]
+        if unknown:
+            parser.error(f"--experiments {', '.join(unknown)}: no committed results/<experiment>/{args.profile}/"
+                         f"metrics.csv; choose among {', '.join(experiments)}")
+        experiments = chosen
     with tempfile.TemporaryDirectory(prefix="cmp-check-") as scratch:
         if args.rerun_dir or args.no_rerun:
             rerun_root = Path(args.rerun_dir) if args.rerun_dir else config.results_dir()
         else:
             rerun_root = Path(scratch) / "results"
             rerun_notebooks(notebooks, args.profile, rerun_root, Path(scratch) / "cache" if args.cold else None)
-        if args.notebooks or args.rerun_dir:  # a subset: check what it made
-            experiments = [e for e in experiments if (rerun_root / e / args.profile / "metrics.csv").is_file()]
+        if args.notebooks and not args.rerun_dir:  # a subset of notebooks: check what it made
+            experiments = [e for e in experiments if (rerun_root / e / args.profile / "metrics.csv").exists()]
         differences, verdicts, counts = compare_folders(committed, rerun_root, args.profile, experiments,
                                                          args.tolerance)
     where = "the results folder" if isinstance(committed, Path) else f"git {committed}"
+    if not experiments:
+        print(f"error: nothing was compared: no <experiment>/{args.profile}/metrics.csv "
+              f"{'made by the notebooks given' if args.notebooks else f'at {where}'} (rerun folder {rerun_root}); "
+              f"a check that compares nothing certifies nothing. Check --profile, --against and --rerun-dir",
+              file=sys.stderr)
+        return 1
     if args.report:
         from . import atomic
 
@@ -251,8 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\nverdicts that changed:")
             print(verdicts.to_string(index=False))
         print("\n" + counts.to_string(index=False))
-    print(f"{len(differences)} difference(s) from the committed results/*/{args.profile}/metrics.csv ({where}): "
-          f"{changed} of {numbers} numbers changed ({100 * changed / max(numbers, 1):.1f}%), "
+    print(f"{len(differences)} difference(s) from the committed results/*/{args.profile}/metrics.csv ({where}), "
+          f"{len(experiments)} experiments compared: {changed} of {numbers} numbers changed ({100 * changed / max(numbers, 1):.1f}%), "
           f"{flipped} of {claims} verdicts changed")
     return 1
 

@@ -225,6 +225,70 @@ def _caption_list(captions: Any, annotation: Path, where: str) -> list[str]:
     return captions
 
 
+#: The split labels each JSON annotation file holds (the readers' derived splits, ``trainval`` and
+#: ICFG-PEDES's ``val``, are not in the files). A record with another label would be skipped by every split.
+FILE_SPLITS = {"cuhk_pedes": ("train", "val", "test"), "flickr30k": ("train", "val", "test"),
+               "mscoco": ("train", "restval", "val", "test"), "icfg_pedes": ("train", "test"),
+               "rstpreid": ("train", "val", "test")}
+
+
+def _check_split_label(name: str, annotation: Path, where: str, label: Any) -> str:
+    """``label`` if it is one of :data:`FILE_SPLITS` of ``name``; else an error naming the file, the
+    record and the labels (a record with an unknown label would vanish from every split)."""
+    if isinstance(label, str) and label in FILE_SPLITS[name]:
+        return label
+    known = FILE_SPLITS[name]
+    hint = f"; did you mean {label.strip().lower()!r}?" if isinstance(label, str) and label.strip().lower() in known else ""
+    raise ValueError(f"annotation file {annotation}: {where} has split {label!r}, which is not a split label of "
+                     f"{name} ({', '.join(known)}){hint} Its captions would be silently left out of every split: fix "
+                     f"the label in the file")
+
+
+def _image_path_inside(annotation: Path, where: str, key: str, value: Any) -> str:
+    """``value`` (an image path from the annotations) if it is a non-empty relative path without
+    ``..``; else an error: an absolute path or one with ``..`` would read an image from outside the
+    dataset folder (which the data fingerprint does not cover)."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"annotation file {annotation}: {where} has {key} {value!r}; it must be a non-empty path "
+                         f"string relative to the dataset's image folder")
+    posix = PurePosixPath(value.replace("\\", "/"))
+    if posix.is_absolute() or PureWindowsPath(value).drive or ".." in posix.parts:
+        raise ValueError(f"annotation file {annotation}: {where} has {key} {value!r}, which points outside the dataset "
+                         f"folder; image paths must be relative to the dataset's image folder, without '..' or a "
+                         f"leading '/': move the image into that folder and give its path relative to it")
+    return value
+
+
+def _check_one_label_per_image(annotation: Path, entries: Sequence[tuple[str, int, str]]) -> None:
+    """``entries`` ``(image path, label, where)`` of every record of ``annotation`` (all splits): an
+    image listed under two labels (ids) is an error naming both records (it would become one image
+    with two identities)."""
+    first: dict[str, tuple[int, str]] = {}
+    for path, label, where in entries:
+        seen_label, seen_where = first.setdefault(path, (label, where))
+        if seen_label != label:
+            raise ValueError(f"annotation file {annotation}: image {path} is listed under id {seen_label} ({seen_where}) "
+                             f"and id {label} ({where}); one image cannot have two identities. Keep one of the "
+                             f"records, or give both the same id")
+
+
+def _sentence_list(sentences: Any, annotation: Path, where: str) -> list:
+    """A Karpathy record's ``sentences``: a list of ``{raw, tokens}`` objects or strings (a bare
+    string is refused: iterating it would make every character a caption)."""
+    if not isinstance(sentences, list):
+        raise ValueError(f"annotation file {annotation}: {where} has \"sentences\" as a {type(sentences).__name__} "
+                         f"({str(sentences)[:60]!r}); it must be a list, e.g. \"sentences\": [{{\"raw\": \"A dog ...\", "
+                         f"\"tokens\": [\"a\", \"dog\"]}}]")
+    for sentence in sentences:
+        tokens = sentence.get("tokens") if isinstance(sentence, dict) else None
+        if not isinstance(sentence, (dict, str)) or (tokens is not None and not isinstance(tokens, list)):
+            raise ValueError(f"annotation file {annotation}: {where} has a sentence {str(sentence)[:60]!r}; each must "
+                             f"be a string or an object {{\"raw\": str, \"tokens\": [str, ...]}} (tokens a list)")
+    return sentences
+
+
 # ---------------------------------------------------------------------- readers
 def _rows_cuhk(root: Path, split: str) -> list[dict]:
     annotation = root / "reid_raw.json"
@@ -233,18 +297,23 @@ def _rows_cuhk(root: Path, split: str) -> list[dict]:
     records = _load_json(annotation)
     if not isinstance(records, list):
         raise ValueError(f"annotation file {annotation} must hold a JSON list of image records, got {type(records).__name__}")
-    rows = []
+    rows, entries = [], []
     for image_id, record in enumerate(records):
         try:
-            if record["split"] != split:
-                continue
-            captions, file_path, person_id = record["captions"], record["file_path"], int(record["id"])
+            record_split, captions, file_path, person_id = (record["split"], record["captions"], record["file_path"],
+                                                            int(record["id"]))
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"annotation file {annotation}: record {image_id} lacks split/captions/file_path/id "
                              f"({error!r})") from error
-        for caption in _caption_list(captions, annotation, f"record {image_id} ({file_path})"):
+        where = f"record {image_id} ({file_path})"
+        _check_split_label("cuhk_pedes", annotation, where, record_split)
+        entries.append((_image_path_inside(annotation, where, "file_path", file_path), person_id, where))
+        if record_split != split:
+            continue
+        for caption in _caption_list(captions, annotation, where):
             rows.append({"image_path": str(root / "imgs" / file_path), "caption": caption, "label": person_id,
                          "image_id": image_id})
+    _check_one_label_per_image(annotation, entries)
     return rows
 
 
@@ -255,25 +324,33 @@ def _rows_karpathy(name: str, root: Path, split: str) -> list[dict]:
     payload = _load_json(annotation)
     if not isinstance(payload, dict) or "images" not in payload:
         raise ValueError(f"annotation file {annotation} must hold a JSON object with an 'images' list (Karpathy split)")
-    rows = []
+    rows, entries = [], []
     image_ids = _karpathy_image_ids(payload["images"], annotation)
     for position, record in enumerate(payload["images"]):
         try:
-            if record["split"] != split:
-                continue
+            record_split, filename, sentences = record["split"], record["filename"], record["sentences"]
             image_id = image_ids[position]
-            folder = root / record["filepath"] if name == "mscoco" else root / "flickr30k-images"
-            image_path = str(folder / record["filename"])
-            sentences = record["sentences"]
+            folder = record["filepath"] if name == "mscoco" else "flickr30k-images"
         except (KeyError, TypeError, ValueError) as error:
             need = "filepath, filename" if name == "mscoco" else "filename"
             raise ValueError(f"annotation file {annotation}: image record {position} lacks split/{need}/sentences "
                              f"({error!r})") from error
-        for sentence in sentences:
+        where = f"image record {position} ({filename})"
+        _check_split_label(name, annotation, where, record_split)
+        if name == "mscoco":
+            _image_path_inside(annotation, where, "filepath", folder)
+        relative = f"{folder}/{_image_path_inside(annotation, where, 'filename', filename)}"
+        _image_path_inside(annotation, where, "filepath/filename", relative)
+        entries.append((relative, image_id, where))
+        if record_split != split:
+            continue
+        image_path = str(root / folder / filename)
+        for sentence in _sentence_list(sentences, annotation, where):
             caption = sentence.get("raw", " ".join(sentence.get("tokens", []))) if isinstance(sentence, dict) else str(sentence)
             given = sentence.get("tokens") if isinstance(sentence, dict) else None  # used as given (release)
             rows.append({"image_path": image_path, "caption": caption, "label": image_id, "image_id": image_id,
                          "tokens": [str(token) for token in given] if given else None})
+    _check_one_label_per_image(annotation, entries)
     return rows
 
 
@@ -321,9 +398,16 @@ def _rows_person_json(name: str, root: Path, split: str) -> list[dict]:
         raise ValueError(f"annotation file {annotation} must hold a JSON list of image records, got {type(records).__name__}")
     try:
         record_splits = [(record["split"], int(record["id"])) for record in records]
+        relative_paths = [record[path_key] for record in records]
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"annotation file {annotation}: a record lacks split/id ({error!r}); expected records "
-                         f"{{id, {path_key}, captions, split}}") from error
+        raise ValueError(f"annotation file {annotation}: a record lacks split/id/{path_key} ({error!r}); expected "
+                         f"records {{id, {path_key}, captions, split}}") from error
+    entries = []
+    for position, ((record_split, person_id), relative) in enumerate(zip(record_splits, relative_paths)):
+        where = f"record {position} ({relative})"
+        _check_split_label(name, annotation, where, record_split)
+        entries.append((_image_path_inside(annotation, where, path_key, relative), person_id, where))
+    _check_one_label_per_image(annotation, entries)
     held_out: set[int] = set()
     file_split = split
     if name == "icfg_pedes":

@@ -229,9 +229,25 @@ def protocol_metrics(
     return rows
 
 
-def load_trained(run_dir: str | Path, device: str | torch.device = "cpu"):
+#: Settings of a run folder's params.yaml that name places on the machine that made the run: when a
+#: run is rebuilt (:func:`load_trained`) they come from the caller, never from the folder.
+MACHINE_LOCAL_SETTINGS = ("data_dir", "cache_dir", "weights_path", "output_dir")
+
+
+def load_trained(run_dir: str | Path, device: str | torch.device = "cpu", data_dir: str | None = None,
+                 cache_dir: str | None = None, weights_path: str | None = None):
     """Rebuild a finished run from its folder: ``(model with best weights, prepared data,
-    cached image features by split, TrainConfig)``. The model is in eval mode on ``device``."""
+    cached image features by split, TrainConfig)``. The model is in eval mode on ``device``.
+
+    The folder's ``params.yaml`` gives the recipe; the places on this machine where data is read,
+    caches are written and backbone weights are found (:data:`MACHINE_LOCAL_SETTINGS`) are this
+    call's ``data_dir``, ``cache_dir`` and ``weights_path`` (None: this machine's defaults,
+    ``$CMP_DATA_DIR``, ``$CMP_CACHE_DIR``, no weights file), never the folder's: a run folder
+    received from someone else must not choose where this machine writes. A run trained from a
+    weights file, rebuilt without one, gets a warning naming the file.
+    """
+    import warnings
+
     import yaml
 
     from . import data, train
@@ -241,9 +257,16 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "cpu"):
     if not params_path.is_file():
         raise FileNotFoundError(f"{params_path} is missing: {run_dir} is not a finished run folder")
     settings = yaml.safe_load(params_path.read_text())
+    if not isinstance(settings, dict):
+        raise ValueError(f"{params_path} does not hold a mapping of settings; {run_dir} is not a run folder")
     known = {field.name for field in dataclasses.fields(train.TrainConfig)}
     settings = {k: v for k, v in settings.items() if k in known}
-    cfg = train.as_config(settings)
+    if settings.get("weights_path") and weights_path is None:
+        warnings.warn(f"{params_path}: the run was trained with weights_path={settings['weights_path']!r} (a path on "
+                      f"the machine that made it, not used here); pass weights_path= this machine's copy of that "
+                      f"file, or the rebuilt image branch differs from the run's", stacklevel=2)
+    settings.update(data_dir=data_dir, cache_dir=cache_dir, weights_path=weights_path, output_dir=None)
+    cfg = train.resolve_weights_path(train.as_config(settings))
     resolved = config.resolve_device(device)
     prepared = data.prepare_dataset(cfg.dataset, cfg.profile, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir,
                                     seed=cfg.data_seed, image_size=cfg.image_size, **data.recipe_options(cfg))
@@ -258,15 +281,23 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "cpu"):
     return model.to(resolved).eval(), prepared, features, cfg
 
 
-def test_embeddings(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
+def record_paths(record: dict[str, Any]) -> dict[str, Any]:
+    """``data_dir``, ``cache_dir`` and ``weights_path`` of a run record of this machine's memo
+    (:func:`run_method`): the keyword arguments that rebuild its run (:func:`load_trained`) here."""
+    settings = record.get("settings", {})
+    return {name: settings.get(name) for name in ("data_dir", "cache_dir", "weights_path")}
+
+
+def test_embeddings(run_dir: str | Path, device: str | torch.device = "cpu", data_dir: str | None = None,
+                    cache_dir: str | None = None, weights_path: str | None = None) -> tuple[torch.Tensor, ...]:
     """Embeddings of the test split by the best (EMA) weights of the run in ``run_dir``.
 
     Returns ``(image_embeddings, image_labels, text_embeddings, text_labels)`` (see
-    :func:`cmp_utils.evaluate.encode`).
+    :func:`cmp_utils.evaluate.encode`). The paths are this machine's (:func:`load_trained`).
     """
     from . import evaluate
 
-    model, prepared, features, cfg = load_trained(run_dir, device=device)
+    model, prepared, features, cfg = load_trained(run_dir, device, data_dir, cache_dir, weights_path)
     split = prepared.test_split
     with config.torch_threads(cfg.num_threads):  # the run's own thread count, as in training
         return evaluate.encode(model, prepared, split, config.resolve_device(device), cfg.eval_batch_size,
@@ -305,14 +336,13 @@ def run_method(
     if memoised is not None:
         return memoised
     if run_dir.exists():  # an interrupted or refreshed run of this key: train it again from scratch
-        import shutil
-
-        shutil.rmtree(run_dir)
+        atomic.remove_run_folder(run_dir)  # refused while another process trains into it
     cfg.output_dir = str(run_dir)
     cfg.resume = False
     result = train.fit(cfg)
     with config.torch_threads(cfg.num_threads):  # scored with the run's thread count wherever it runs
-        rows = protocol_metrics(dataset, *test_embeddings(run_dir, device))
+        rows = protocol_metrics(dataset, *test_embeddings(run_dir, device, cfg.data_dir, cfg.cache_dir,
+                                                          cfg.weights_path))
     record = {
         "key": key,
         "input_fingerprint": inputs,

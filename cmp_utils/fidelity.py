@@ -187,13 +187,15 @@ def _same(left: Any, right: Any) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def per_caption_rows(run_dir: str | Path, device: str = "cpu", ks: Sequence[int] = (1, 5, 10)) -> list[dict[str, Any]]:
+def per_caption_rows(run_dir: str | Path, device: str = "cpu", ks: Sequence[int] = (1, 5, 10),
+                     **paths: Any) -> list[dict[str, Any]]:
     """t2i metrics of a finished run scored against the per-caption gallery
     (:func:`cmp_utils.metrics.per_caption_gallery`) with its own test embeddings; rows
-    ``{table, direction, metric, value}`` as :func:`cmp_utils.experiments.protocol_metrics`."""
+    ``{table, direction, metric, value}`` as :func:`cmp_utils.experiments.protocol_metrics`.
+    ``paths``: this machine's ``data_dir`` / ``cache_dir`` / ``weights_path`` (:func:`cmp_utils.experiments.load_trained`)."""
     from . import evaluate, metrics
 
-    model, prepared, features, cfg = experiments.load_trained(run_dir, device=device)
+    model, prepared, features, cfg = experiments.load_trained(run_dir, device=device, **paths)
     split = prepared.test_split
     image_embeddings, image_labels, text_embeddings, text_labels = evaluate.encode(
         model, prepared, split, config.resolve_device(device), cfg.eval_batch_size, features.get(split))
@@ -247,7 +249,8 @@ def _per_caption_results(profile, seeds, device, data_dir, base_overrides, name)
     for seed in seeds:
         record = experiments.run_method(DATASET, profile, BASELINE_METHOD, seed, device, data_dir or None,
                                         base_overrides)  # memoised by run_grid above
-        for row in per_caption_rows(record["run_dir"], config.resolve_device(device).type):
+        for row in per_caption_rows(record["run_dir"], config.resolve_device(device).type,
+                                    **experiments.record_paths(record)):
             rows.append({"dataset": DATASET, "method": BASELINE_METHOD, "backbone": record["settings"]["backbone"],
                          "seed": seed, "seconds": 0.0, "deviation": name, **row})
     return experiments.attach_paper_values(pd.DataFrame(rows))

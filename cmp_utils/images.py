@@ -17,6 +17,7 @@ metadata), with a warning naming the file. The feature caches of
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -123,6 +124,22 @@ def fingerprint(paths: Sequence[str], size: tuple[int, int]) -> str:
 
 def _metadata_path(cache_path: Path) -> Path:
     return cache_path.with_name(cache_path.name + ".json")
+
+
+def _reserve_disk_space(path: Path) -> None:
+    """Allocate the blocks of the (sparse) file at ``path`` now, so a disk too small for an image
+    cache fails here with ``OSError: No space left on device`` instead of killing the process with
+    SIGBUS when a memory-mapped page is first written. Where ``posix_fallocate`` is missing or the
+    file system does not support it, nothing is reserved."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as stream:
+        try:
+            os.posix_fallocate(stream.fileno(), 0, os.fstat(stream.fileno()).st_size)
+        except OSError as error:
+            if error.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return
+            raise
 
 
 class ImageCache:
@@ -236,6 +253,7 @@ class ImageCache:
             iterator_progress = tqdm(total=len(paths), desc=f"decoding {cache_path.name}", unit="img", leave=False)
         with atomic_path(cache_path) as temporary:
             array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(len(paths), size[0], size[1], 3))
+            _reserve_disk_space(temporary)
             workers = workers or min(8, os.cpu_count() or 1)
             chunk = 256
             with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -101,13 +101,47 @@ def _with_article(type_name: str) -> str:
     return f"an {type_name}" if type_name[0] in "aeiou" else f"a {type_name}"
 
 
+#: The only value types a notebook parameter may hold, at any depth (what JSON can say).
+PLAIN_SCALAR_TYPES = (str, int, float, bool, type(None))
+
+
+def plain_value_problem(name: str, value: object) -> str | None:
+    """Why ``value`` of parameter ``name`` is not plain JSON (None when it is), checked at every depth.
+
+    Plain: str, int, float, bool, None, and lists and str-keyed dicts of them. Anything else
+    (bytes from YAML ``!!binary``, a set from ``!!set``, a date, a tuple, an object) is refused:
+    papermill writes such an element into the injected cell as quoted but unescaped text, which
+    can close the quote and run code.
+    """
+    stack: list[tuple[str, object]] = [(name, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, list):
+            stack.extend((f"{where}[{index}]", element) for index, element in enumerate(item))
+        elif isinstance(item, dict):
+            for key, element in item.items():
+                if not isinstance(key, str):
+                    return (f"parameter {name}: key {key!r} of {where} is {_with_article(type(key).__name__)}; "
+                            f"only str keys are accepted (quote it, e.g. {{'{key}': ...}})")
+                stack.append((f"{where}[{key!r}]", element))
+        elif not isinstance(item, PLAIN_SCALAR_TYPES):
+            return (f"parameter {name}: {where} = {item!r} is {_with_article(type(item).__name__)}; notebook "
+                    f"parameters accept only plain JSON values (str, int, float, bool, None, and lists and str-keyed "
+                    f"dicts of them). Write it as a quoted string or a number, e.g. -p '{name}=[\"text\"]'")
+    return None
+
+
 def parameter_type_problem(name: str, value: object, annotation: object) -> str | None:
     """Why ``value`` does not fit the declared type of parameter ``name`` (None when it fits).
 
     int: an int, not a bool; float: an int or a float, not a bool; str, bool, list, dict: that
-    type exactly (a subclass is fine). Annotations other than these are not checked. The
-    message names the parameter, the value, both types and a correct command-line form.
+    type exactly (a subclass is fine). Annotations other than these are not checked. Whatever
+    the annotation, the value must be plain JSON at every depth (:func:`plain_value_problem`).
+    The message names the parameter, the value, both types and a correct command-line form.
     """
+    plain = plain_value_problem(name, value)
+    if plain:
+        return plain
     declared = _declared_type(annotation)
     if declared is None:
         return None

@@ -9,8 +9,10 @@ Before anything runs it refuses, with a message that names the setting and the f
 
 * a notebook that does not exist, or two notebooks with the same file name;
 * an output folder that is a file, is not writable, or would overwrite a source notebook;
-* ``-p`` parameters that no given notebook declares, or whose value does not fit the declared
-  type (:func:`cmp_utils.notebook_tools.parameter_type_problem`);
+* ``-p`` parameters that no given notebook declares, whose value does not fit the declared
+  type (:func:`cmp_utils.notebook_tools.parameter_type_problem`), or that hold anything but plain
+  JSON values at any depth (YAML ``!!binary``, ``!!set``, dates: papermill would inject them
+  unescaped; :func:`cmp_utils.notebook_tools.plain_value_problem`);
 * parameters that contradict the profile it runs and prints (:func:`check_profile_parameters`):
   ``-p profile=smoke`` beside ``--profile quick``, ``num_seeds`` other than 1 in the smoke
   profile, ``source=real`` in the smoke or quick profile (those label synthetic-data results).
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import atomic, config, numerics, report
-from .notebook_tools import KERNEL_NAME, parameter_type_problem, parameter_types
+from .notebook_tools import KERNEL_NAME, parameter_type_problem, parameter_types, plain_value_problem
 
 TIMING_COLUMNS = ["notebook", "seconds", "profile", "machine", "started_at"]
 
@@ -146,6 +148,10 @@ def run_notebooks(
     if unknown:
         raise ValueError(f"parameter(s) {', '.join(unknown)} are declared by none of the notebooks given; "
                          f"`papermill --help-notebook <notebook>` lists a notebook's parameters")
+    for name, value in parameters.items():
+        problem = plain_value_problem(name, value)
+        if problem:
+            raise ValueError(problem)
     for notebook, declared in types.items():
         for name, value in parameters.items():
             problem = parameter_type_problem(name, value, declared.get(name))

@@ -1062,6 +1062,15 @@ def generate(name: str, root: str | os.PathLike, profile: str, seed: int = 0,
                   "icfg_pedes": _generate_person_json, "rstpreid": _generate_person_json}
     if name not in generators:
         raise ValueError(f"parameter name={name!r} is not one of {', '.join(generators)}")
+    from .atomic import naming_write_failures
+
+    with naming_write_failures(root):  # a full disk / read-only folder: an error naming root and the cause
+        return _generate_into(name, root, profile, seed, sizes, generators)
+
+
+def _generate_into(name: str, root: Path, profile: str, seed: int, sizes: dict[str, int],
+                   generators: dict[str, Callable[..., dict]]) -> Path:
+    """:func:`generate` after its checks: a temporary sibling folder, renamed into place when complete."""
     root.parent.mkdir(parents=True, exist_ok=True)
     temporary = root.parent / f".{root.name}.tmp-{os.getpid()}"
     if temporary.exists():

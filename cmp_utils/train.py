@@ -74,6 +74,7 @@ on the CPU (SyncBatchNorm is CUDA-only) and SyncBatchNorm on CUDA.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -815,7 +816,9 @@ def fit(settings: TrainConfig | dict) -> RunResult:
 
     Refused before any data is prepared: an unknown device, a paper run without its weights, an
     output folder that is a file or cannot be written, another run's folder without ``resume``,
-    and ``resume`` with settings that differ from the run's ``params.yaml``. Refused before the
+    a folder another live process is writing (its ``.writer.lock``: one run owns a folder, so
+    its ``results.json``, ``best.pt`` and ``last.pt`` come from that run), and ``resume`` with
+    settings that differ from the run's ``params.yaml``. Refused before the
     first step: a batch larger than the training split.
     """
     cfg = resolve_weights_path(as_config(settings))
@@ -823,7 +826,22 @@ def fit(settings: TrainConfig | dict) -> RunResult:
     _check_paper_inputs(cfg)
     out_dir = resolve_output_dir(cfg)
     check_output_dir(out_dir, cfg.resume)
-    check_resume_settings(cfg, out_dir)
+    with _own_run_folder(out_dir):
+        check_output_dir(out_dir, cfg.resume)  # again under the lock: a writer that just ended left a run
+        check_resume_settings(cfg, out_dir)
+        return _fit_in_threads(cfg, out_dir)
+
+
+def _own_run_folder(out_dir: Path):
+    """The run folder's lock (:func:`cmp_utils.atomic.hold_folder`), taken by the main process only
+    (``RANK`` 0 or unset); the other processes of a torchrun job write nothing there."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return atomic.hold_folder(out_dir, purpose="cmp_utils.train run")
+
+
+def _fit_in_threads(cfg: TrainConfig, out_dir: Path) -> RunResult:
+    """:func:`_fit` with the run's torch threads and its process group set up and torn down."""
     with config.torch_threads(cfg.num_threads):
         context = distributed.setup(cfg.device)
         try:
@@ -915,14 +933,31 @@ def check_resume_settings(cfg: TrainConfig, out_dir: Path) -> None:
                          "Resume with the run's settings, or start a new run in another --output-dir")
 
 
+def refused_by_weights_only(error: BaseException) -> bool:
+    """Whether ``error`` is torch's weights-only refusal (the file holds objects other than tensors
+    and plain containers), not damage."""
+    import pickle
+
+    return isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower()
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` with an error naming the file and the fix when it is
-    empty or truncated (a run killed while a disk was full, a partial copy)."""
+    empty or truncated (a run killed while a disk was full, a partial copy), or when it holds
+    objects a weights-only load refuses (another program's checkpoint, or a crafted file)."""
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as error:  # torch raises RuntimeError, EOFError or UnpicklingError here
+        if refused_by_weights_only(error):
+            detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:200]
+            raise ValueError(
+                f"checkpoint {path} holds disallowed objects (not only tensors and plain containers: {detail}), so the "
+                f"safe weights-only load refused it. cmp_utils never writes such checkpoints: this file comes from "
+                f"another program or was crafted, and unpickling it could run code. Do not load it with "
+                f"weights_only=False unless you trust its source; retrain, or get the run folder again from its "
+                f"author (docs/security.md)") from error
         raise ValueError(
             f"checkpoint {path} is empty or truncated and cannot be read ({type(error).__name__}: {error}). "
             f"Delete {path.name} (resuming then starts the run from scratch) or copy back an intact one; "
@@ -1323,6 +1358,8 @@ def _fit(cfg: TrainConfig, context: distributed.DistributedContext, out_dir: Pat
     if cfg.resume:
         _restore_last_checkpoint(state, out_dir / "checkpoints", context.device, context.is_main)
     if context.is_main:
+        if cfg.resume:  # the finished part's results no longer describe best.pt / last.pt once training goes on
+            (out_dir / "results.json").unlink(missing_ok=True)
         _write_params(cfg, out_dir, context, training.prepared)
 
     run_start = time.perf_counter()
@@ -1396,7 +1433,11 @@ def main(argv: list[str] | None = None) -> int:
         config.resolve_device(settings.device)
     except (TypeError, ValueError) as error:
         parser.error(str(error))
-    result = fit(settings)
+    try:
+        result = fit(settings)
+    except atomic.FolderLockedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if distributed.is_main_process() and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"output_dir": str(result.output_dir), "best_epoch": result.best_epoch,
                           "test": result.test, "seconds": round(result.seconds, 1)}))

@@ -232,7 +232,7 @@ def test_check_results_compares_with_the_files_committed_at_head(tmp_path, monke
     atomic.write_csv(rerun / experiment / "quick" / "metrics.csv", committed)
     atomic.write_csv(rerun / experiment / "quick" / "claims.csv", committed_claims)
     monkeypatch.setenv("CMP_RESULTS_DIR", str(tmp_path / "empty"))  # the folder is not what is compared with
-    assert check_results.main(["--rerun-dir", str(rerun)]) == 0
+    assert check_results.main(["--rerun-dir", str(rerun), "--experiments", experiment]) == 0
     assert "equal to git HEAD" in capsys.readouterr().out
     changed, changed_claims = committed.copy(), committed_claims.copy()
     changed.loc[0, "value"] += 1e-9
@@ -240,7 +240,7 @@ def test_check_results_compares_with_the_files_committed_at_head(tmp_path, monke
     changed_claims.loc[0, "verdict"] = flipped.get(changed_claims.loc[0, "verdict"], "held")
     atomic.write_csv(rerun / experiment / "quick" / "metrics.csv", changed)
     atomic.write_csv(rerun / experiment / "quick" / "claims.csv", changed_claims)
-    assert check_results.main(["--rerun-dir", str(rerun)]) == 1
+    assert check_results.main(["--rerun-dir", str(rerun), "--experiments", experiment]) == 1
     report = capsys.readouterr().out
     numbers = check_results.count_numbers(committed) + check_results.count_numbers(committed_claims.drop(columns="verdict"))
     assert f"1 of {numbers} numbers changed" in report

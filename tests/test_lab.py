@@ -122,9 +122,21 @@ def test_make_lab_takes_lab_args_and_allows_root():
     printed = subprocess.run(["make", "-n", "--no-print-directory", "-o", ".venv/.cmp-installed", "lab",
                               f"LAB_ARGS={lab_args}"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     command = printed.strip().splitlines()[-1].strip()
-    assert command.startswith("--allow-root" if os.getuid() == 0 else lab_args) and command.endswith(lab_args)
+    assert command.startswith("--ServerApp.terminals_enabled=False") and command.endswith(lab_args)
     assert "jupyter lab --ServerApp.root_dir=notebooks --ContentsManager.pre_save_hook=cmp_utils.lab.pre_save_hook" in printed
     assert ("--allow-root" in command) == (os.getuid() == 0)
+
+
+def test_make_lab_says_when_it_adds_allow_root_and_disables_terminals_unless_asked():
+    def dry_run(*extra):
+        return subprocess.run(["make", "-n", "--no-print-directory", "-o", ".venv/.cmp-installed", "lab", *extra],
+                              cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    printed = dry_run()
+    assert "--ServerApp.terminals_enabled=False" in printed and "terminals are disabled" in printed
+    assert ("gets --allow-root" in printed) == (os.getuid() == 0)
+    enabled = dry_run("LAB_TERMINALS=yes")
+    assert "terminals_enabled" not in enabled and "terminals are enabled" in enabled
 
 
 def _requirement_name(requirement: str) -> str:
