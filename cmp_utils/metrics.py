@@ -190,7 +190,7 @@ def count_at_least(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tens
     return scores.shape[1] - below
 
 
-def _positives_at_least(pair_scores: torch.Tensor, rows: torch.Tensor, chunk: int,
+def positives_at_least(pair_scores: torch.Tensor, rows: torch.Tensor, chunk: int,
                         thresholds: torch.Tensor) -> torch.Tensor:
     """For each query row, how many of its positives in a block score >= each threshold. ``(c, P)`` int64.
 
@@ -276,7 +276,7 @@ def _chunk_positive_ranks(
             raise ValueError("similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix")
         at_least = count_at_least(scores, positive_scores)  # (c, P_max), positives included
         pair_scores = scores.reshape(-1)[rows * scores.shape[1] + columns]  # = scores[rows, columns], one flat gather
-        negatives_above += at_least - _positives_at_least(pair_scores, rows, chunk, positive_scores)
+        negatives_above += at_least - positives_at_least(pair_scores, rows, chunk, positive_scores)
     return position[None, :] + negatives_above  # (c, P_max) = r_j
 
 

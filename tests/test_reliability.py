@@ -391,7 +391,7 @@ def test_tie_correction_counts_equal_the_old_quadratic_ones(seed):
     thresholds = torch.full((chunk, int(per_row.max()) + 3), -float("inf"))  # -inf padding as the caller pads
     thresholds[:, : int(per_row.max())] = torch.randint(-3, 4, (chunk, int(per_row.max())), generator=generator) / 2
     thresholds = torch.sort(thresholds, dim=1, descending=True).values
-    new = metrics._positives_at_least(scores[rows, columns], rows, chunk, thresholds)
+    new = metrics.positives_at_least(scores[rows, columns], rows, chunk, thresholds)
     assert torch.equal(new, _old_positives_at_least(scores[rows, columns], rows, chunk, thresholds))
 
 
@@ -415,7 +415,7 @@ def test_retrieval_metrics_with_ties_and_many_positives_are_unchanged(seed, monk
         new = metrics.retrieval_metrics(queries, gallery, query_labels, gallery_labels, chunk_size=8,
                                         gallery_chunk_size=gallery_chunk_size)
         with monkeypatch.context() as patch:
-            patch.setattr(metrics, "_positives_at_least", _old_positives_at_least)
+            patch.setattr(metrics, "positives_at_least", _old_positives_at_least)
             patch.setattr(metrics, "_sorted_rows", lambda values: torch.sort(values, dim=1).values)
             patch.setattr(metrics, "_count_below",
                           lambda ascending, thresholds: torch.searchsorted(ascending, thresholds.contiguous(), side="left"))
