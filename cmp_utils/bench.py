@@ -338,8 +338,10 @@ def bench_evaluation(rows: Rows, n_queries: int = 5000, n_gallery: int = 25000, 
                      chunk_size: int = 256, positives_settings: dict[str, Any] | None = None) -> None:
     """Retrieval metrics at ``n_queries x n_gallery`` (against the bare matrix product) and at
     ``large`` (measured on ``large_slice_queries`` queries and extrapolated, or whole with ``None``);
-    then :func:`bench_positives_per_query` with ``positives_settings``."""
+    before them :func:`bench_positives_per_query` with ``positives_settings``."""
     from . import metrics
+
+    bench_positives_per_query(rows, **(positives_settings or {}))
 
     queries, gallery, query_labels, gallery_labels = _retrieval_inputs(n_queries, n_gallery, dim)
     positives = max(1, n_gallery // n_queries)
@@ -422,7 +424,6 @@ def bench_evaluation(rows: Rows, n_queries: int = 5000, n_gallery: int = 25000, 
                  "bound: 10 bytes x block budget (2^25 scores) + a normalised gallery copy",
                  f"{min(measured_queries, 2 * chunk_size)} queries x {big_gallery}; bound {bound:.0f} MiB + gallery "
                  f"copy {gallery_mib:.0f} MiB; the bound does not grow with the number of queries")
-    bench_positives_per_query(rows, **(positives_settings or {}))
 
 
 def bench_positives_per_query(rows: Rows, n_queries: int = 1000, n_gallery: int = 5000, dim: int = 512,
