@@ -810,6 +810,29 @@ def bench_numerics(rows: Rows, profile: str = "quick", dataset: str = "cuhk_pede
         rows.add("numerics/quick_run", f"{case}: native", native, "s", notes=notes)
         rows.add("numerics/quick_run", f"{case}: pinned", pinned, "s", ratio=pinned / native if native else None,
                  ratio_to="native (the CPU's fastest kernels)", notes=notes)
+    bench_vendor_kernels(rows)
+
+
+def bench_vendor_kernels(rows: Rows, sizes: Sequence[int] = (12 * 2, 256 * 2048, 4_000_000), repeats: int = 5) -> None:
+    """Each op of :mod:`cmp_utils.vendor_kernels` (what the pinning computes) against oneMKL VML's own
+    kernel (``aten::<op>.out``, which the pinning leaves alone) on float32 vectors: the toy's Adam
+    moment, the quick joint embedding's weights, and a whole quick model's parameters. One torch thread."""
+    from . import vendor_kernels
+
+    generator = torch.Generator().manual_seed(0)
+    with config.torch_threads(1):
+        for size in sizes:
+            values = torch.rand(size, generator=generator) + 1e-3  # (size,) positive: every op is defined
+            for name in vendor_kernels.REPLACED_OPS:
+                replaced, original = vendor_kernels.FLOAT32_KERNELS[name], getattr(torch.ops.aten, name).out
+                buffer = torch.empty_like(values)
+                samples = time_interleaved({"vml": lambda: original(values, out=buffer),
+                                            "replaced": lambda: replaced(values)}, repeats, warmup=1)
+                vml, ours = median(samples["vml"]), median(samples["replaced"])
+                notes = "float32, one torch thread; VML: aten::<op>.out, the vendor-dependent kernel the pinning replaces"
+                rows.add(f"numerics/{name}", f"{size} values: oneMKL VML", 1e6 * vml, "us", notes=notes)
+                rows.add(f"numerics/{name}", f"{size} values: vendor-independent", 1e6 * ours, "us",
+                         ratio=ours / vml if vml else None, ratio_to="oneMKL VML", notes=notes)
 
 
 def group_settings(quick_check: bool, full: bool) -> dict[str, dict[str, Any]]:

@@ -12,13 +12,15 @@ is why the committed quick numbers changed on an AMD EPYC.
 
 :func:`install` replaces the CPU kernels of ``aten::sqrt``, ``exp``, ``log`` and ``tanh`` (and their
 in-place forms) for float32 with compositions of ATen kernels that use no VML and no approximate
-instruction (``rsqrtps``-like estimates differ between vendors), so only IEEE-exact arithmetic and
-ATen's own AVX2 vector code (SLEEF) remain, which give the same bits on every x86-64 CPU with AVX2:
+instruction (``rsqrtps``-like estimates differ between vendors) to decide a float32 bit, so only
+IEEE-exact arithmetic, ATen's own AVX2 vector code (SLEEF) and one provably harmless float64 VML
+call remain, which give the same bits on every x86-64 CPU with AVX2:
 
-* ``sqrt(x) = round32(x * rsqrt(x))``, the product in float64. ATen's float64 ``rsqrt`` is
-  ``1 / sqrt`` with the exact hardware square root, so the float64 product is within 3 float64 ulps
-  of the root, and the true root of a float32 is never within 4 float64 ulps of a float32 rounding
-  midpoint: the result is the **correctly rounded** float32 root (the IEEE ``sqrtss`` answer).
+* ``sqrt(x) = round32(sqrt64(x))``: the float64 root (VML's ``vmdSqrt``, within one float64 ulp in
+  its high-accuracy mode) rounded once to float32. The true root of a float32 is never within 4
+  float64 ulps of a float32 rounding midpoint (``x - m^2`` is a non-zero multiple of ``2^(2e-48)``
+  for a midpoint ``m`` of exponent ``e``), so the result is the **correctly rounded** float32 root
+  (the IEEE ``sqrtss`` answer), whatever the vendor's float64 code, as long as it is within 4 ulps.
 * ``exp(x) = round32(exp2(x * log2 e))`` in float64 (SLEEF's ``exp2``).
 * ``log(x) = round32(log1p(m - 1) + k ln 2)`` in float64, with ``x = m 2^k``, ``m`` in [√½, √2)
   from ``frexp`` (``m - 1`` is exact there).
@@ -60,11 +62,9 @@ def _float64(values: torch.Tensor) -> torch.Tensor:
 
 
 def sqrt_float32(values: torch.Tensor) -> torch.Tensor:
-    """Correctly rounded float32 square root, from float64 ``x * rsqrt(x)`` (see the module docstring)."""
+    """Correctly rounded float32 square root: the float64 root rounded once (see the module docstring)."""
     wide = _float64(values)
-    root = (wide * torch.rsqrt(wide)).to(torch.float32)
-    # x * rsqrt(x) is 0 * inf = nan at +-0 and inf * 0 at +inf: there the root is x itself.
-    return torch.where((values == 0) | (values == math.inf), values, root)
+    return torch.ops.aten.sqrt.out(wide, out=torch.empty_like(wide)).to(torch.float32)  # .out: PyTorch's own kernel
 
 
 def exp_float32(values: torch.Tensor) -> torch.Tensor:
