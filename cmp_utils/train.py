@@ -37,7 +37,8 @@ Recipe (released scripts; settings per profile in :data:`PROFILE_SETTINGS`):
 ``fit`` reads as its stages: checks before anything runs (:func:`check_output_dir`,
 :func:`check_resume_settings`, :func:`check_batches`), setup (:func:`_prepare_training_data`,
 :func:`_build_run_state`), then per epoch the stage switch (:func:`_enter_stage`), one epoch
-(:func:`_train_epoch`), evaluation and selection (:func:`_evaluate_epoch`) and checkpoints
+(:func:`_train_epoch`, one :func:`train_step` per batch: the step the benchmarks time too), evaluation
+and selection (:func:`_evaluate_epoch`) and checkpoints
 (:func:`_save_checkpoints`), and the final test (:func:`_final_result`).
 
 Frozen cached features (``feature_mode="cached"``, smoke / quick): the frozen ImageNet backbone
