@@ -139,7 +139,12 @@ _FAST_COMMON = dict(feature_mode="cached", backbone="mobilenet_v2", lr=1e-3, fin
                     # TF's joint-embedding BN momentum (0.0003) leaves the running statistics near their
                     # initial values after a few hundred steps: quick CUHK-PEDES test t2i R@1 4.5 against
                     # 10.4 with PyTorch's (seed 0, docs/fidelity.md), so the fast profiles use PyTorch's.
-                    bn_style="pytorch")
+                    bn_style="pytorch",
+                    # The fast profiles keep the settings their committed numbers were measured with; the paper
+                    # profile takes the release's (the TrainConfig defaults; docs/fidelity.md, one row each).
+                    joint_embedding_init="pytorch", initial_state_init="zeros", lstm_bias="two",
+                    lstm_input_dropout="shared", word_embedding_init_rows=None, image_resize="pil_antialias",
+                    cuda_tf32="torch_default", checkpoint_choice="best_validation")
 
 #: Settings per profile and dataset, as plain data. ``paper`` = the released scripts' settings
 #: (CUB / Flowers: no script was released; the Flickr30K recipe is assumed and marked so).
@@ -155,9 +160,9 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
                           image_size=(224, 224), select_metric="rsum"),
         "mscoco": dict(_PAPER_COMMON, backbone="resnet152_slim", batch_size=64, epochs=45, frozen_epochs=15,
                        image_size=(224, 224), select_metric="rsum"),
-        "cub": dict(_PAPER_COMMON, backbone="resnet152_slim", batch_size=32, epochs=45, frozen_epochs=15,
+        "cub": dict(_PAPER_COMMON, backbone="mobilenet_v1_tf", batch_size=32, epochs=45, frozen_epochs=15,
                     image_size=(224, 224), select_metric="rsum", note="assumed: no released script"),
-        "flowers": dict(_PAPER_COMMON, backbone="resnet152_slim", batch_size=32, epochs=45, frozen_epochs=15,
+        "flowers": dict(_PAPER_COMMON, backbone="mobilenet_v1_tf", batch_size=32, epochs=45, frozen_epochs=15,
                         image_size=(224, 224), select_metric="rsum", note="assumed: no released script"),
         # Published after the paper: its CUHK-PEDES recipe, unchanged (no paper numbers exist for them).
         **{name: dict(_PAPER_COMMON, backbone="mobilenet_v1_tf", batch_size=16, epochs=50, frozen_epochs=0,
@@ -221,6 +226,14 @@ class TrainConfig:
     vocab_case_sensitive: bool = False  # True: a port's vocabulary keeps case ("A" and "a" apart)
     pad_shares_most_frequent: bool = False  # True: a port: padding id = the most frequent word's id
     num_classes_from: str = "all_splits"  # all_splits (release: the dataset's id range) | train (train ids only)
+    joint_embedding_init: str = "release"  # release (CNN arg_scope: trunc. normal 0.09 / He) | pytorch (nn.Linear)
+    initial_state_init: str = "glorot"  # glorot (release: tf.get_variable default) | zeros
+    lstm_bias: str = "single"  # single (TF: one bias per gate, bias_hh frozen at 0) | two (nn.LSTM's two biases)
+    lstm_input_dropout: str = "per_direction"  # per_direction (release: a DropoutWrapper each) | shared (one mask)
+    word_embedding_init_rows: int | None = 12000  # Xavier bound from the release's 12000-row table | None: len(vocab)
+    image_resize: str = "tf1_bilinear"  # tf1_bilinear (release: float, no antialiasing) | pil_antialias (PIL)
+    cuda_tf32: str = "off"  # off (fp32 is fp32, as the release) | torch_default (cuDNN convolutions in TF32)
+    checkpoint_choice: str = "last"  # last (release: the last epoch is tested) | best_validation (best.pt)
     # optimisation
     batch_size: int = 16  # global batch (all processes together)
     epochs: int = 50
@@ -260,6 +273,12 @@ class TrainConfig:
                 plain[key] = list(value)
         return plain
 
+
+#: ``TrainConfig.checkpoint_choice``: which weights the test split scores. ``"last"`` = the last
+#: epoch's (averaged) weights, as the release (its scripts score the latest checkpoint); when
+#: validation ran, ``best.pt`` is scored too and reported beside it (``test_best_validation``).
+#: ``"best_validation"`` = ``best.pt``, the epoch best on the selection split.
+CHECKPOINT_CHOICES = ("last", "best_validation")
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _FIELD_TYPES = typing.get_type_hints(TrainConfig)
@@ -399,7 +418,13 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"settings epochs={cfg.epochs}, frozen_epochs={cfg.frozen_epochs}: need 0 <= frozen <= epochs, epochs >= 1")
     if cfg.batch_size < 2:
         raise ValueError(f"setting batch_size={cfg.batch_size} must be at least 2")
-    choices = {"select_split": ("validation", "test"), "frozen_cnn_bn": ("batch_stats", "eval")}
+    from .images import IMAGE_RESIZES
+
+    choices = {"select_split": ("validation", "test"), "frozen_cnn_bn": ("batch_stats", "eval"),
+               "joint_embedding_init": models.JOINT_EMBEDDING_INITS, "initial_state_init": models.INITIAL_STATE_INITS,
+               "lstm_bias": models.LSTM_BIASES, "lstm_input_dropout": models.LSTM_INPUT_DROPOUTS,
+               "image_resize": IMAGE_RESIZES, "cuda_tf32": numerics.CUDA_TF32_CHOICES,
+               "checkpoint_choice": CHECKPOINT_CHOICES}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"setting {name}={getattr(cfg, name)!r} must be one of {allowed}")
@@ -685,10 +710,13 @@ class RunResult:
     seconds: float
     samples_per_second: float
     settings: dict[str, Any]
+    #: test metrics of ``best.pt`` when ``checkpoint_choice="last"`` and validation ran (else empty)
+    test_best_validation: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"output_dir": str(self.output_dir), "best_epoch": self.best_epoch,
-                "best_validation": self.best_validation, "test": self.test, "seconds": self.seconds,
+                "best_validation": self.best_validation, "test": self.test,
+                "test_best_validation": self.test_best_validation, "seconds": self.seconds,
                 "samples_per_second": self.samples_per_second, "history": self.history}
 
 
@@ -822,7 +850,10 @@ def build_run_model(cfg: TrainConfig, prepared, feature_dim: int | None = None) 
                               cfg.pool_grid, cfg.weights_path, cfg.pretrained, cached_feature_dim=feature_dim,
                               word_embedding_init=cfg.word_embedding_init, lstm_init=cfg.lstm_init,
                               lstm_backward=cfg.lstm_backward, joint_embedding=cfg.joint_embedding,
-                              bn_style=cfg.bn_style, ema_scope=cfg.ema_scope, backbone_blocks=cfg.backbone_blocks)
+                              bn_style=cfg.bn_style, ema_scope=cfg.ema_scope, backbone_blocks=cfg.backbone_blocks,
+                              joint_embedding_init=cfg.joint_embedding_init, initial_state_init=cfg.initial_state_init,
+                              lstm_bias=cfg.lstm_bias, lstm_input_dropout=cfg.lstm_input_dropout,
+                              word_embedding_init_rows=cfg.word_embedding_init_rows)
 
 
 def fit(settings: TrainConfig | dict) -> RunResult:
@@ -1277,23 +1308,44 @@ def _save_checkpoints(state: _RunState, cfg: TrainConfig, out_dir: Path, epoch: 
 
 def _final_result(state: _RunState, cfg: TrainConfig, training: _TrainingData, out_dir: Path,
                   context: distributed.DistributedContext, total_seconds: float) -> RunResult:
-    """Load ``best.pt``, score the test split with it (rank 0), write ``results.json``."""
+    """Score the test split (rank 0) with the weights ``checkpoint_choice`` names, write ``results.json``.
+
+    ``"last"``: the last epoch's averaged weights (``eval_model`` holds them after the last epoch),
+    and ``best.pt`` too when validation chose one (``test_best_validation``); ``"best_validation"``:
+    ``best.pt``."""
     test: dict[str, float] = {}
+    test_best_validation: dict[str, float] = {}
     best_validation: dict[str, float] = {}
     prepared = training.prepared
+
+    def score_test() -> dict[str, float]:
+        return evaluate.flat_metrics(evaluate.evaluate_split(
+            state.eval_model, prepared, prepared.test_split, context.device, cfg.eval_batch_size,
+            training.features.get(prepared.test_split)))
+
     if context.is_main:
         best_path = out_dir / "checkpoints" / "best.pt"
-        if best_path.is_file():
+        validated = any(key.startswith("val_") for record in state.history for key in record)
+        if cfg.checkpoint_choice == "last":
+            state.ema.copy_to(state.eval_model, state.model)
+            if cfg.evaluate_test:
+                test = score_test()
+        if best_path.is_file() and (cfg.checkpoint_choice == "best_validation" or validated):
             state.eval_model.load_state_dict(load_checkpoint(best_path, context.device)["model"])
-        if cfg.evaluate_test:
-            test = evaluate.flat_metrics(evaluate.evaluate_split(
-                state.eval_model, prepared, prepared.test_split, context.device, cfg.eval_batch_size,
-                training.features.get(prepared.test_split)))
+            if cfg.evaluate_test:
+                scores = score_test()
+                if cfg.checkpoint_choice == "best_validation":
+                    test = scores
+                else:
+                    test_best_validation = scores
+        elif cfg.checkpoint_choice == "best_validation" and cfg.evaluate_test:
+            test = score_test()
         best_validation = next(({k[4:]: v for k, v in r.items() if k.startswith("val_")}
                                 for r in state.history if r["epoch"] == state.best_epoch), {})
     trained_seconds = sum(r["seconds"] for r in state.history[state.start_epoch:])
     result = RunResult(output_dir=out_dir, history=state.history, best_epoch=state.best_epoch,
-                       best_validation=best_validation, test=test, seconds=total_seconds,
+                       best_validation=best_validation, test=test, test_best_validation=test_best_validation,
+                       seconds=total_seconds,
                        samples_per_second=state.trained_samples / trained_seconds if trained_seconds else 0.0,
                        settings=cfg.to_dict())
     if context.is_main:
@@ -1312,6 +1364,8 @@ def _fit(cfg: TrainConfig, context: distributed.DistributedContext, out_dir: Pat
 
     show = cfg.progress and context.is_main
     config.seed_everything(cfg.seed, cfg.deterministic)
+    if context.device.type == "cuda":
+        numerics.set_cuda_tf32(cfg.cuda_tf32)
     training = _prepare_training_data(cfg, context, show)
     steps = len(global_batches(training.labels, cfg, 0))
     check_batches(cfg, len(training.labels), context.world_size, steps)
