@@ -1209,6 +1209,27 @@ def _epoch_batches(cfg: TrainConfig, training: _TrainingData, batches: list[list
         yield images, token_ids, lengths, captions["labels"][index]
 
 
+def optimisation_step(state: _RunState, images: torch.Tensor, token_ids: torch.Tensor, lengths: torch.Tensor,
+                      labels: torch.Tensor, world_size: int = 1) -> dict[str, torch.Tensor]:
+    """One training step on a batch: losses of the global batch, their gradients, Adam's update
+    (weight decay included), then the weight average of the updated weights. Returns the losses
+    ``{name: scalar}``. The release's step (``train_models.py``) groups its batch-norm updates, the
+    EMA update and Adam's update in one ``tf.group`` with no order between them; here the EMA
+    reads the weights after the update, with TF's step count after its increment
+    (``tests/test_step_equivalence.py`` pins the TF graph to this order)."""
+    with state.autocast:
+        losses = state.wrapped(images, token_ids, lengths, labels)
+    state.optimizer.zero_grad(set_to_none=True)
+    backward_global_loss(losses, state.step_module, world_size, state.scaler)
+    if state.scaler is not None:
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        state.optimizer.step()
+    state.ema.update(state.model)
+    return losses
+
+
 def _train_epoch(state: _RunState, cfg: TrainConfig, training: _TrainingData, epoch: int,
                  context: distributed.DistributedContext, show: bool) -> dict[str, Any]:
     """One pass over the epoch's global batches; returns its log record (losses, time, throughput)."""
@@ -1227,16 +1248,7 @@ def _train_epoch(state: _RunState, cfg: TrainConfig, training: _TrainingData, ep
             images = images.contiguous(memory_format=torch.channels_last)
         images = images.to(device, non_blocking=True)
         token_ids, labels = token_ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with state.autocast:
-            losses = state.wrapped(images, token_ids, lengths.to(device), labels)
-        state.optimizer.zero_grad(set_to_none=True)
-        backward_global_loss(losses, state.step_module, world, state.scaler)
-        if state.scaler is not None:
-            state.scaler.step(state.optimizer)
-            state.scaler.update()
-        else:
-            state.optimizer.step()
-        state.ema.update(state.model)
+        losses = optimisation_step(state, images, token_ids, lengths.to(device), labels, world)
         for name, value in losses.items():
             loss_sums[name] += value.detach()
         state.trained_samples += len(labels) * world
