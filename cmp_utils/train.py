@@ -144,7 +144,7 @@ _FAST_COMMON = dict(feature_mode="cached", backbone="mobilenet_v2", lr=1e-3, fin
                     # profile takes the release's (the TrainConfig defaults; docs/fidelity.md, one row each).
                     joint_embedding_init="pytorch", initial_state_init="zeros", lstm_bias="two",
                     lstm_input_dropout="shared", word_embedding_init_rows=None, image_resize="pil_antialias",
-                    cuda_tf32="torch_default", checkpoint_choice="best_validation")
+                    cuda_tf32="torch_default", checkpoint_choice="best_validation", adam_epsilon="pytorch")
 
 #: Settings per profile and dataset, as plain data. ``paper`` = the released scripts' settings
 #: (CUB / Flowers: no script was released; the Flickr30K recipe is assumed and marked so).
@@ -234,6 +234,7 @@ class TrainConfig:
     image_resize: str = "tf1_bilinear"  # tf1_bilinear (release: float, no antialiasing) | pil_antialias (PIL)
     cuda_tf32: str = "off"  # off (fp32 is fp32, as the release) | torch_default (cuDNN convolutions in TF32)
     checkpoint_choice: str = "last"  # last (release: the last epoch is tested) | best_validation (best.pt)
+    adam_epsilon: str = "tf"  # tf (TF's epsilon-hat: eps added to the uncorrected sqrt(v)) | pytorch (torch.optim.Adam's)
     # optimisation
     batch_size: int = 16  # global batch (all processes together)
     epochs: int = 50
@@ -279,6 +280,14 @@ class TrainConfig:
 #: validation ran, ``best.pt`` is scored too and reported beside it (``test_best_validation``).
 #: ``"best_validation"`` = ``best.pt``, the epoch best on the selection split.
 CHECKPOINT_CHOICES = ("last", "best_validation")
+
+#: ``TrainConfig.adam_epsilon``: where Adam's epsilon sits. TF's ``AdamOptimizer`` (the release)
+#: computes $\theta \leftarrow \theta - \eta\sqrt{1-\beta_2^t}/(1-\beta_1^t)\; m/(\sqrt v + \epsilon)$,
+#: ``torch.optim.Adam`` $\theta \leftarrow \theta - \eta/(1-\beta_1^t)\; m/(\sqrt{v/(1-\beta_2^t)} + \epsilon)$:
+#: TF's is PyTorch's with $\epsilon_t = \epsilon/\sqrt{1-\beta_2^t}$ (31.6x larger at step 1, equal
+#: after some thousand steps), which matters for gradients near $10^{-7}$. ``"tf"`` sets that
+#: $\epsilon_t$ before every step (:func:`set_tf_adam_epsilon`); ``"pytorch"`` keeps PyTorch's.
+ADAM_EPSILONS = ("tf", "pytorch")
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _FIELD_TYPES = typing.get_type_hints(TrainConfig)
@@ -424,7 +433,7 @@ def _check_config(cfg: TrainConfig) -> None:
                "joint_embedding_init": models.JOINT_EMBEDDING_INITS, "initial_state_init": models.INITIAL_STATE_INITS,
                "lstm_bias": models.LSTM_BIASES, "lstm_input_dropout": models.LSTM_INPUT_DROPOUTS,
                "image_resize": IMAGE_RESIZES, "cuda_tf32": numerics.CUDA_TF32_CHOICES,
-               "checkpoint_choice": CHECKPOINT_CHOICES}
+               "checkpoint_choice": CHECKPOINT_CHOICES, "adam_epsilon": ADAM_EPSILONS}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"setting {name}={getattr(cfg, name)!r} must be one of {allowed}")
@@ -671,7 +680,8 @@ class TrainStep(nn.Module):
         global_labels = distributed.all_gather_tensor(labels)  # (B,)
         image_embeddings = self.model.image_embedding(image_features)  # x: (B, d)
         text_embeddings = self.model.text_embedding(text_features)  # z: (B, d)
-        return self.loss_module(image_embeddings.float(), text_embeddings.float(), global_labels)
+        loss_dtype = torch.promote_types(image_embeddings.dtype, torch.float32)  # autocast's bf16/fp16 -> fp32; fp64 stays
+        return self.loss_module(image_embeddings.to(loss_dtype), text_embeddings.to(loss_dtype), global_labels)
 
 
 def backward_global_loss(losses: dict[str, torch.Tensor], step_module: TrainStep, world_size: int,
@@ -845,8 +855,15 @@ def build_run_model(cfg: TrainConfig, prepared, feature_dim: int | None = None) 
     from .data import check_prepared_options, recipe_options
 
     check_prepared_options(prepared, **recipe_options(cfg))
-    return models.build_model(len(prepared.vocabulary), cfg.backbone, cfg.embedding_dim, cfg.word_dim,
-                              cfg.hidden_size, cfg.dropout, prepared.vocabulary.pad_id, cfg.padded_steps,
+    return model_from_settings(cfg, len(prepared.vocabulary), prepared.vocabulary.pad_id, feature_dim)
+
+
+def model_from_settings(cfg: TrainConfig, vocab_size: int, pad_id: int,
+                        feature_dim: int | None = None) -> models.CrossModalModel:
+    """:func:`cmp_utils.models.build_model` with every model setting of ``cfg`` (a vocabulary of
+    ``vocab_size`` words, padding id ``pad_id``; ``feature_dim`` as in :func:`build_run_model`)."""
+    return models.build_model(vocab_size, cfg.backbone, cfg.embedding_dim, cfg.word_dim,
+                              cfg.hidden_size, cfg.dropout, pad_id, cfg.padded_steps,
                               cfg.pool_grid, cfg.weights_path, cfg.pretrained, cached_feature_dim=feature_dim,
                               word_embedding_init=cfg.word_embedding_init, lstm_init=cfg.lstm_init,
                               lstm_backward=cfg.lstm_backward, joint_embedding=cfg.joint_embedding,
@@ -1059,8 +1076,25 @@ def _prepare_training_data(cfg: TrainConfig, context: distributed.DistributedCon
 
 
 def _new_optimizer(model: models.CrossModalModel, loss_module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam over :func:`_param_groups` (the release: one learning rate, decay on the CNN and joint embeddings)."""
-    return torch.optim.Adam(_param_groups(model, loss_module, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    """Adam over :func:`_param_groups` (the release: one learning rate, decay on the CNN and joint embeddings).
+
+    ``adam_epsilon="tf"``: every group also holds ``tf_epsilon`` (the configured epsilon) and
+    ``tf_steps`` (steps taken, TF's shared ``beta1_power`` / ``beta2_power`` count), read by
+    :func:`set_tf_adam_epsilon`; both travel in the optimizer's state dict (resume)."""
+    groups = _param_groups(model, loss_module, cfg)
+    if cfg.adam_epsilon == "tf":
+        groups = [{**group, "tf_epsilon": cfg.eps, "tf_steps": 0} for group in groups]
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def set_tf_adam_epsilon(optimizer: torch.optim.Optimizer) -> None:
+    """Before step $t$ of an optimizer made with ``adam_epsilon="tf"``: ``eps`` = $\epsilon/\sqrt{1-\beta_2^t}$
+    in every group that holds ``tf_epsilon`` (:data:`ADAM_EPSILONS`), so that ``torch.optim.Adam``
+    takes TF's step; groups without it are left alone."""
+    for group in optimizer.param_groups:
+        if "tf_epsilon" in group:
+            group["tf_steps"] += 1
+            group["eps"] = group["tf_epsilon"] / math.sqrt(1.0 - group["betas"][1] ** group["tf_steps"])
 
 
 def _new_weight_average(model: models.CrossModalModel, cfg: TrainConfig) -> WeightAverage:
@@ -1221,6 +1255,7 @@ def optimisation_step(state: _RunState, images: torch.Tensor, token_ids: torch.T
         losses = state.wrapped(images, token_ids, lengths, labels)
     state.optimizer.zero_grad(set_to_none=True)
     backward_global_loss(losses, state.step_module, world_size, state.scaler)
+    set_tf_adam_epsilon(state.optimizer)
     if state.scaler is not None:
         state.scaler.step(state.optimizer)
         state.scaler.update()
