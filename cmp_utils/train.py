@@ -280,6 +280,15 @@ class TrainConfig:
 #: validation ran, ``best.pt`` is scored too and reported beside it (``test_best_validation``).
 #: ``"best_validation"`` = ``best.pt``, the epoch best on the selection split.
 CHECKPOINT_CHOICES = ("last", "best_validation")
+#: The file under ``checkpoints/`` holding the weights each choice tests (averaged weights, ``{"model": ...}``).
+CHECKPOINT_FILES = {"last": "last_averaged.pt", "best_validation": "best.pt"}
+
+
+def selected_checkpoint(run_dir: str | Path, cfg: "TrainConfig") -> Path:
+    """The checkpoint a finished run's test scores come from (:data:`CHECKPOINT_FILES`); ``best.pt``
+    for runs written before ``checkpoint_choice`` existed (they tested it)."""
+    chosen = Path(run_dir) / "checkpoints" / CHECKPOINT_FILES[cfg.checkpoint_choice]
+    return chosen if chosen.is_file() else Path(run_dir) / "checkpoints" / "best.pt"
 
 #: ``TrainConfig.adam_epsilon``: where Adam's epsilon sits. TF's ``AdamOptimizer`` (the release)
 #: computes $\theta \leftarrow \theta - \eta\sqrt{1-\beta_2^t}/(1-\beta_1^t)\; m/(\sqrt v + \epsilon)$,
@@ -1375,6 +1384,8 @@ def _final_result(state: _RunState, cfg: TrainConfig, training: _TrainingData, o
         validated = any(key.startswith("val_") for record in state.history for key in record)
         if cfg.checkpoint_choice == "last":
             state.ema.copy_to(state.eval_model, state.model)
+            atomic.torch_save(out_dir / "checkpoints" / CHECKPOINT_FILES["last"],
+                              {"model": state.eval_model.state_dict(), "epoch": cfg.epochs})
             if cfg.evaluate_test:
                 test = score_test()
         if best_path.is_file() and (cfg.checkpoint_choice == "best_validation" or validated):
