@@ -1433,6 +1433,9 @@ def _fit(cfg: TrainConfig, context: distributed.DistributedContext, out_dir: Pat
     if context.is_main:
         _write_params(cfg, out_dir, context, training.prepared)
 
+    from .tensorboard_log import EpochScalars
+
+    scalars = EpochScalars(out_dir) if context.is_main else None  # <run>/tensorboard/: the epoch records' scalars
     run_start = time.perf_counter()
     epoch_bar = tqdm(total=cfg.epochs, initial=state.start_epoch, desc=f"train {cfg.dataset}/{cfg.profile}",
                      unit="epoch", disable=not show)
@@ -1444,12 +1447,15 @@ def _fit(cfg: TrainConfig, context: distributed.DistributedContext, out_dir: Pat
             score = _evaluate_epoch(state, cfg, training, epoch, context.device, record)
             state.history.append(record)
             _save_checkpoints(state, cfg, out_dir, epoch, score)
+            scalars.write(record)
             epoch_bar.set_postfix(loss=f"{record['loss']:.3f}", images_per_s=f"{record['images_per_second']:.0f}",
                                   **({"val": f"{record[f'val_{cfg.select_metric}']:.1f}"}
                                      if f"val_{cfg.select_metric}" in record else {}))
         epoch_bar.update(1)
         distributed.barrier()
     epoch_bar.close()
+    if scalars is not None:
+        scalars.close()
     return _final_result(state, cfg, training, out_dir, context, time.perf_counter() - run_start)
 
 

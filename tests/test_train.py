@@ -335,3 +335,16 @@ def test_last_epoch_checkpoint_reports_best_on_validation_beside_it(smoke_run, t
     steps = saved[0]["tf_steps"]
     assert steps == sum(record["steps"] for record in last.history)
     assert saved[0]["eps"] == pytest.approx(1e-8 / math.sqrt(1 - 0.999 ** steps))
+
+
+def test_run_folder_has_tensorboard_scalars(smoke_run):
+    """Every epoch's losses, learning rate and validation metrics, readable by TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(smoke_run.output_dir / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/loss_cmpm", "train/loss_cmpc", "train/lr", "validation/t2i_R@1"} <= tags
+    losses = [event.value for event in events.Scalars("train/loss")]
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3]
+    assert losses == pytest.approx([record["loss"] for record in smoke_run.history])
