@@ -2,8 +2,8 @@
 
 Recipe (released scripts; settings per profile in :data:`PROFILE_SETTINGS`):
 
-* Adam, $\\beta = (0.9, 0.999)$, $\\epsilon = 10^{-8}$, one learning rate $2\\cdot10^{-4}$ for every
-  parameter, no decay of it;
+* Adam, $\\beta = (0.9, 0.999)$, $\\epsilon = 10^{-8}$ placed as TF places it (``adam_epsilon="tf"``,
+  :func:`set_tf_adam_epsilon`), one learning rate $2\\cdot10^{-4}$ for every parameter, no decay of it;
 * weight decay $4\\cdot10^{-5}$ on the CNN's and the joint-embedding layers' weights only, as
   Adam's (coupled) ``weight_decay`` on their parameter group: it adds $\\lambda\\theta$ to their
   gradient, which is exactly the gradient of TF-slim's L2 regulariser
@@ -24,10 +24,13 @@ Recipe (released scripts; settings per profile in :data:`PROFILE_SETTINGS`):
 * loss = sum of the named losses of :class:`cmp_utils.losses.CrossModalLoss`, on the global batch
   (``loss_scope="global"``) or averaged over K sub-batches of it (``"local:K"``: K GPUs without a gather);
 * validation every ``validate_every`` epochs (and the last) on the validation split; ``best.pt``
-  is chosen on it (``select_metric``), the test split is only scored at the end, with the best
-  weights. ``validate_every=0`` keeps the last epoch (the release has no validation loop);
-  ``select_split="test"`` selects on the test split (a port's optimistic choice);
-* precision: fp32 in the paper profile (``amp="off"``, as the release); ``amp="auto"`` = bf16
+  is chosen on it (``select_metric``). The test split is only scored at the end, with the weights
+  ``checkpoint_choice`` names: ``"last"`` (paper: the release tests its latest checkpoint), with
+  ``best.pt``'s test scores reported beside them, or ``"best_validation"`` (fast profiles).
+  ``validate_every=0`` skips validation; ``select_split="test"`` selects on the test split (a
+  port's optimistic choice);
+* precision: fp32 in the paper profile (``amp="off"``, as the release; ``cuda_tf32="off"`` keeps
+  cuDNN's convolutions out of TF32 on CUDA, :func:`cmp_utils.numerics.set_cuda_tf32`); ``amp="auto"`` = bf16
   autocast on CUDA (fp16 with a gradient scaler where bf16 is unsupported) and fp32 on the CPU;
   ``amp="bf16"`` also autocasts on the CPU. CUDA: channels-last images;
 * ``num_threads``: the run's torch threads (1 in smoke / quick, so numbers do not depend on the
@@ -886,7 +889,8 @@ def fit(settings: TrainConfig | dict) -> RunResult:
     """Train one model as ``settings`` say; write the run folder; return its :class:`RunResult`.
 
     Run folder: ``params.yaml`` (settings, git commit, torch threads), ``log.jsonl`` (one line per
-    epoch: losses, step time, images/s, validation metrics), ``checkpoints/last.pt`` and
+    epoch: losses, step time, images/s, validation metrics) and the same scalars as TensorBoard
+    events in ``tensorboard/`` (:mod:`cmp_utils.tensorboard_log`), ``checkpoints/last.pt`` and
     ``checkpoints/best.pt``, ``results.json``. With ``resume`` the run continues from ``last.pt``
     and ends where an uninterrupted run ends.
 
