@@ -18,7 +18,7 @@ LAB_TERMINALS ?= no
 LAB_TERMINALS_OPTION := $(if $(filter yes,$(LAB_TERMINALS)),,--ServerApp.terminals_enabled=False)
 ALLOW_ROOT_NOTE := make lab: running as root, so JupyterLab gets --allow-root: its kernels (and terminals, if enabled) run as root for whoever holds the token; run make lab as an ordinary user to avoid it
 
-.PHONY: lock setup reproduce test bench gpu-check lab clean-notebooks results-readme help git-filter conda-setup
+.PHONY: lock setup reproduce paper-headline test bench gpu-check lab clean-notebooks results-readme help git-filter conda-setup
 
 help:
 	@echo "make reproduce   run every notebook (profile=$(PROFILE)) with papermill into results/"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench       run the benchmarks, write results/bench/*.csv"
 	@echo "make gpu-check   on a CUDA machine: benchmarks, a paper-profile epoch, fp32 vs bf16 -> results/gpu/"
 	@echo "make reproduce PROFILE=paper DATA_DIR=/data/cmp WEIGHTS=mobilenet_v1.pth   the paper profile on real data"
+	@echo "make paper-headline DATA_DIR=/data/cmp WEIGHTS=mobilenet_v1.pth   only the headline rows (CUHK-PEDES CMPM, CMPM+CMPC, one seed)"
 	@echo "make lab         start JupyterLab with the project kernel (LAB_ARGS=... for port, token, --no-browser; terminals off unless LAB_TERMINALS=yes)"
 	@echo "make conda-setup in an active conda env: weights, kernel and git filter (see environment.yml)"
 	@echo "make clean-notebooks  strip outputs from notebooks/*.ipynb"
@@ -90,6 +91,12 @@ NOTEBOOK_PARAMETERS := $(if $(DATA_DIR),-p "data_dir=$(DATA_DIR)") $(if $(WEIGHT
 reproduce: $(STAMP)
 	$(PY) -m cmp_utils.run_notebooks --profile $(PROFILE) --kernel $(KERNEL) $(NOTEBOOK_PARAMETERS) $(NOTEBOOKS)
 	$(PY) -m cmp_utils.report --readme README.md
+
+# The headline rows alone (CUHK-PEDES CMPM and CMPM+CMPC, one seed) -> results/headline/<profile>/metrics.csv.
+# HEADLINE_PROFILE=smoke runs the same path on synthetic data.
+HEADLINE_PROFILE ?= paper
+paper-headline: $(STAMP)
+	$(PY) -m cmp_utils.headline --profile $(HEADLINE_PROFILE) $(if $(DATA_DIR),--data-dir "$(DATA_DIR)") $(if $(WEIGHTS),--weights "$(WEIGHTS)")
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -33,8 +33,14 @@ How TF's tensors map (the layouts are TF's, the targets PyTorch's):
   shape (units,), tiled over the batch by the release -> ``initial_cell`` / ``initial_hidden``
   (2, 1, units), row 0 forward, row 1 backward: the same thing, stored once;
 * the release evaluates the exponential moving averages of its model variables (CNN, joint
-  embeddings, their batch-norm statistics): with ``--ema auto`` (default) the
-  ``<variable>/ExponentialMovingAverage`` shadow is taken wherever the checkpoint has one.
+  embeddings, their batch-norm statistics): for a trained model (``cmpm_model``) ``--ema auto``
+  (its default) takes the ``<variable>/ExponentialMovingAverage`` shadow wherever the checkpoint
+  has one;
+* an ImageNet start (``mobilenet_v1``, ``resnet_v1_152``) is what the release's training restores:
+  its trainable variables only (``configuration.py``, ``get_init_fn``: raw weights, never EMA
+  shadows, and no batch-norm moving statistics, which start at TF's 0 / 1). So for these kinds
+  ``--ema raw`` and ``--bn-statistics reset`` are the defaults; ``--bn-statistics checkpoint``
+  (and ``--ema auto``) take the checkpoint's values instead (inference with the ImageNet network).
 
 Text features: the release max-pools the Bi-LSTM outputs over time including padded steps
 (zeros) but encodes test captions one at a time, so at test time no padding enters the max;
@@ -66,6 +72,13 @@ from . import atomic, models
 KINDS = ("mobilenet_v1", "resnet_v1_152", "cmpm_model")
 EMA_CHOICES = ("auto", "raw")
 EMA_SUFFIX = "/ExponentialMovingAverage"
+BN_STATISTICS_CHOICES = ("reset", "checkpoint")
+#: TF's initial batch-norm moving statistics (``moving_mean`` zeros, ``moving_variance`` ones).
+RESET_STATISTICS = {"running_mean": 0.0, "running_var": 1.0}
+#: (ema, bn_statistics) per kind when not given: a trained model as the release tests it, an
+#: ImageNet backbone as the release's training restores it.
+KIND_DEFAULTS = {"cmpm_model": ("auto", "checkpoint"), "mobilenet_v1": ("raw", "reset"),
+                 "resnet_v1_152": ("raw", "reset")}
 #: Backbone name (``models.BACKBONES``) whose network reproduces each TF CNN exactly.
 EXACT_BACKBONE = {"mobilenet_v1": "mobilenet_v1_tf", "resnet_v1": "resnet152_slim"}
 BATCH_NORM_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
@@ -154,10 +167,13 @@ def plain(value: np.ndarray) -> torch.Tensor:
 class Conversion:
     """Fills a target state dict from TF variables, recording what was taken, filled and left out."""
 
-    def __init__(self, variables: dict[str, np.ndarray], target: dict[str, torch.Tensor], ema: str = "auto"):
+    def __init__(self, variables: dict[str, np.ndarray], target: dict[str, torch.Tensor], ema: str = "auto",
+                 bn_statistics: str = "checkpoint"):
         if ema not in EMA_CHOICES:
             raise ValueError(f"parameter ema={ema!r} must be one of {EMA_CHOICES}")
-        self.variables, self.target, self.ema = variables, target, ema
+        if bn_statistics not in BN_STATISTICS_CHOICES:
+            raise ValueError(f"parameter bn_statistics={bn_statistics!r} must be one of {BN_STATISTICS_CHOICES}")
+        self.variables, self.target, self.ema, self.bn_statistics = variables, target, ema, bn_statistics
         self.state: dict[str, torch.Tensor] = {}
         self.mapped: list[tuple[str, str, tuple[int, ...]]] = []  # (tf name, torch key, shape)
         self.filled: list[tuple[str, str]] = []  # (torch key, why)
@@ -207,6 +223,12 @@ class Conversion:
                 key = f"{torch_prefix}.{torch_name}"
                 self.put(key, torch.ones_like(self.target[key]), name)
                 self.filled.append((key, f"ones: TF batch norm {tf_scope} has no gamma (scale=False)"))
+                continue
+            if self.bn_statistics == "reset" and torch_name in RESET_STATISTICS:
+                key = f"{torch_prefix}.{torch_name}"
+                self.put(key, torch.full_like(self.target[key], RESET_STATISTICS[torch_name]), name)
+                self.filled.append((key, f"{RESET_STATISTICS[torch_name]:g}: moving statistics start as TF's "
+                                         "(the release restores trainable variables only)"))
                 continue
             self.take(name, f"{torch_prefix}.{torch_name}")
         tracked = f"{torch_prefix}.num_batches_tracked"
@@ -286,21 +308,25 @@ def resnet_units(variables: dict[str, np.ndarray], scope: str) -> tuple[int, ...
     return tuple(counts[block] for block in (1, 2, 3, 4))
 
 
-def convert_backbone(variables: dict[str, np.ndarray], kind: str, scope: str | None = None, ema: str = "auto",
-                     units: Sequence[int] | None = None) -> tuple[dict[str, torch.Tensor], Conversion, nn.Module]:
+def convert_backbone(variables: dict[str, np.ndarray], kind: str, scope: str | None = None, ema: str = "raw",
+                     units: Sequence[int] | None = None, bn_statistics: str = "reset",
+                     ) -> tuple[dict[str, torch.Tensor], Conversion, nn.Module]:
     """Convert TF-slim ImageNet weights of ``kind`` (``mobilenet_v1`` / ``resnet_v1_152``).
 
-    ``units``: ResNet layout (default: the 152-layer one; the checkpoint must hold every unit).
+    Defaults are the release's ImageNet start: raw trainable weights (``ema="raw"``) and batch-norm
+    moving statistics at 0 / 1 (``bn_statistics="reset"``); ``bn_statistics="checkpoint"`` takes the
+    checkpoint's statistics (the ImageNet network's own outputs). ``units``: ResNet layout (default:
+    the 152-layer one; the checkpoint must hold every unit).
     Returns ``(state_dict, conversion record, the target module loaded with it)``.
     """
     if kind == "mobilenet_v1":
         module: nn.Module = models.MobileNetV1(tf_same_padding=True)
-        conversion = Conversion(variables, module.state_dict(), ema)
+        conversion = Conversion(variables, module.state_dict(), ema, bn_statistics)
         map_mobilenet_v1(conversion, scope or "MobilenetV1")
     elif kind == "resnet_v1_152":
         units = tuple(units or models.RESNET_V1_152_UNITS)
         module = models.ResNetV1Slim(units)
-        conversion = Conversion(variables, module.state_dict(), ema)
+        conversion = Conversion(variables, module.state_dict(), ema, bn_statistics)
         map_resnet_v1(conversion, units, scope or "resnet_v1_152")
     else:
         raise ValueError(f"parameter kind={kind!r} is not a backbone kind; use mobilenet_v1 or resnet_v1_152")
@@ -463,17 +489,25 @@ def read_word_counts(path: str | os.PathLike) -> list[str]:
 
 
 def convert(checkpoint: str | os.PathLike, out_path: str | os.PathLike, kind: str | None = None,
-            scope: str | None = None, ema: str = "auto", word_counts: str | os.PathLike | None = None,
-            out=None) -> dict[str, Any]:
+            scope: str | None = None, ema: str | None = None, word_counts: str | os.PathLike | None = None,
+            out=None, bn_statistics: str | None = None) -> dict[str, Any]:
     """Convert ``checkpoint`` and write ``out_path`` (torch.save, atomic); print the mapping to ``out``
     (default stdout). Returns what was saved.
+
+    ``ema`` / ``bn_statistics``: ``None`` = the kind's default (:data:`KIND_DEFAULTS`): a trained
+    ``cmpm_model`` as the release's test evaluates it (EMA shadows, its statistics), an ImageNet
+    backbone as the release's training starts from it (raw weights, statistics 0 / 1).
     """
     out = out or sys.stdout
     variables = read_checkpoint(checkpoint)
     kind = kind or guess_kind(variables)
     if kind not in KINDS:
         raise ValueError(f"parameter kind={kind!r} is not known; use one of {KINDS}")
+    default_ema, default_statistics = KIND_DEFAULTS[kind]
+    ema, bn_statistics = ema or default_ema, bn_statistics or default_statistics
     if kind == "cmpm_model":
+        if bn_statistics != "checkpoint":
+            raise ValueError("--bn-statistics reset applies to ImageNet backbones (a trained model needs its statistics)")
         result = convert_cmpm_model(variables, scope, ema)
         conversion = result.pop("conversion")
         result["source_words"] = read_word_counts(word_counts) if word_counts else None
@@ -484,7 +518,7 @@ def convert(checkpoint: str | os.PathLike, out_path: str | os.PathLike, kind: st
     else:
         if word_counts:
             raise ValueError("--word-counts applies to --kind cmpm_model only")
-        state, conversion, _ = convert_backbone(variables, kind, scope, ema)
+        state, conversion, _ = convert_backbone(variables, kind, scope, ema, bn_statistics=bn_statistics)
         backbone = EXACT_BACKBONE["mobilenet_v1" if kind == "mobilenet_v1" else "resnet_v1"]
         saved = {"state_dict": state, "kind": kind, "backbone": backbone, "source": str(checkpoint)}
     conversion.report(out)
@@ -566,14 +600,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", help="output .pt file")
     parser.add_argument("--kind", choices=KINDS, help="what the checkpoint holds (guessed when left out)")
     parser.add_argument("--scope", help="CNN variable scope (default MobilenetV1 / resnet_v1_152)")
-    parser.add_argument("--ema", choices=EMA_CHOICES, default="auto",
-                        help="auto: take <variable>/ExponentialMovingAverage where present (the release's test); "
-                             "raw: the trained variables")
+    parser.add_argument("--ema", choices=EMA_CHOICES, default=None,
+                        help="auto: take <variable>/ExponentialMovingAverage where present (the release's test; "
+                             "default of cmpm_model); raw: the trained variables (default of the ImageNet kinds, "
+                             "what the release's training restores)")
+    parser.add_argument("--bn-statistics", choices=BN_STATISTICS_CHOICES, default=None,
+                        help="ImageNet kinds: reset (default: moving mean 0, variance 1, as the release's training "
+                             "starts) or checkpoint (the ImageNet statistics); cmpm_model: checkpoint")
     parser.add_argument("--word-counts", help="cmpm_model: the release's word_counts.txt (its word ids)")
     args = parser.parse_args(argv)
     try:
-        convert(args.checkpoint, args.out, args.kind, args.scope, args.ema, args.word_counts)
-    except (CheckpointMismatch, FileNotFoundError, ImportError) as error:
+        convert(args.checkpoint, args.out, args.kind, args.scope, args.ema, args.word_counts,
+                bn_statistics=args.bn_statistics)
+    except (CheckpointMismatch, FileNotFoundError, ImportError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

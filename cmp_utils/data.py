@@ -648,6 +648,7 @@ class PreparedDataset:
         return tuple(self.frames)
 
     num_classes_from: str = "all_splits"
+    image_resize: str = "pil_antialias"  # how the image caches were resized (cmp_utils.images.IMAGE_RESIZES)
 
     @property
     def num_classes(self) -> int:
@@ -671,7 +672,8 @@ class PreparedDataset:
 
     def cache_path(self, split: str) -> Path:
         height, width = self.image_size
-        return self.prepared_dir / f"images_{split}_{height}x{width}.npy"
+        method = "" if self.image_resize == "pil_antialias" else f"_{self.image_resize}"
+        return self.prepared_dir / f"images_{split}_{height}x{width}{method}.npy"
 
     def image_cache(self, split: str) -> ImageCache:
         """The split's image cache (opened once, memory-mapped)."""
@@ -760,7 +762,8 @@ def prepare_dataset(name: str, profile: str, data_dir: str | os.PathLike | None 
                     image_size: tuple[int, int] | None = None, source: str = "auto", *,
                     missing_images: str = "error", val_class_fraction: float | None = None,
                     min_count: int = 3, progress: bool = False, vocab_case_sensitive: bool = False,
-                    pad_shares_most_frequent: bool = False, num_classes_from: str = "all_splits") -> PreparedDataset:
+                    pad_shares_most_frequent: bool = False, num_classes_from: str = "all_splits",
+                    image_resize: str = "pil_antialias") -> PreparedDataset:
     """Find or generate dataset ``name``, read its splits, build or reload the vocabulary and the image caches.
 
     ``source``: ``"auto"`` = the real data under ``config.data_dir(data_dir)/<name>`` for
@@ -778,7 +781,8 @@ def prepare_dataset(name: str, profile: str, data_dir: str | os.PathLike | None 
     Recipe options (release default first): ``vocab_case_sensitive`` (tokens keep case and the
     vocabulary tells "A" from "a", a port), ``pad_shares_most_frequent`` (see
     :class:`cmp_utils.text.Vocabulary`), ``num_classes_from`` (``"all_splits"`` | ``"train"``,
-    see :attr:`PreparedDataset.num_classes`).
+    see :attr:`PreparedDataset.num_classes`), ``image_resize`` (:data:`cmp_utils.images.IMAGE_RESIZES`:
+    how images are resized into the caches; the paper profile uses the release's ``"tf1_bilinear"``).
     """
     root, use_synthetic = dataset_root(name, profile, data_dir, cache_dir, seed, source)
     if use_synthetic:
@@ -822,14 +826,16 @@ def prepare_dataset(name: str, profile: str, data_dir: str | os.PathLike | None 
             vocabulary = Vocabulary.load(vocabulary_path)
         prepared = PreparedDataset(name=name, root=root, synthetic=use_synthetic, frames=frames, vocabulary=vocabulary,
                                    image_size=size, prepared_dir=prepared_dir, validation_split=validation_split,
-                                   test_split=TEST_SPLIT[name], num_classes_from=num_classes_from)
+                                   test_split=TEST_SPLIT[name], num_classes_from=num_classes_from,
+                                   image_resize=image_resize)
         for split, frame in frames.items():
             paths = image_paths_of(frame)
-            if not use_synthetic and not ImageCache.is_current(prepared.cache_path(split), paths, size):
+            if not use_synthetic and not ImageCache.is_current(prepared.cache_path(split), paths, size, image_resize):
                 print(f"image cache of {name}/{split}: {len(paths)} images x {size[0]} x {size[1]} x 3 bytes = "
                       f"{len(paths) * size[0] * size[1] * 3 / 1e9:.2f} GB, written once to {prepared.cache_path(split)} "
                       "(set CMP_CACHE_DIR to put it elsewhere)", file=sys.stderr, flush=True)
-            prepared._caches[split] = ImageCache.build(paths, size, prepared.cache_path(split), progress=progress)
+            prepared._caches[split] = ImageCache.build(paths, size, prepared.cache_path(split), progress=progress,
+                                                       resize=image_resize)
     return prepared
 
 
@@ -839,7 +845,7 @@ def vocabulary_file_name(case_sensitive: bool = False, pad_shares_most_frequent:
     return f"vocabulary{suffix}.json"
 
 
-RECIPE_OPTIONS = ("vocab_case_sensitive", "pad_shares_most_frequent", "num_classes_from")
+RECIPE_OPTIONS = ("vocab_case_sensitive", "pad_shares_most_frequent", "num_classes_from", "image_resize")
 
 
 def recipe_options(settings: Any) -> dict[str, Any]:
@@ -849,13 +855,14 @@ def recipe_options(settings: Any) -> dict[str, Any]:
 
 
 def check_prepared_options(prepared: PreparedDataset, *, vocab_case_sensitive: bool, pad_shares_most_frequent: bool,
-                           num_classes_from: str) -> None:
+                           num_classes_from: str, image_resize: str = "pil_antialias") -> None:
     """Raise ``ValueError`` when ``prepared`` was made with other recipe options than a run's settings."""
     wanted = {"vocab_case_sensitive": bool(vocab_case_sensitive),
-              "pad_shares_most_frequent": bool(pad_shares_most_frequent), "num_classes_from": num_classes_from}
+              "pad_shares_most_frequent": bool(pad_shares_most_frequent), "num_classes_from": num_classes_from,
+              "image_resize": image_resize}
     found = {"vocab_case_sensitive": prepared.vocabulary.case_sensitive,
              "pad_shares_most_frequent": prepared.vocabulary.pad_shares_most_frequent,
-             "num_classes_from": prepared.num_classes_from}
+             "num_classes_from": prepared.num_classes_from, "image_resize": prepared.image_resize}
     differ = {key: (found[key], wanted[key]) for key in wanted if found[key] != wanted[key]}
     if differ:
         details = ", ".join(f"{key}: prepared {have!r}, settings {want!r}" for key, (have, want) in differ.items())

@@ -236,8 +236,9 @@ MACHINE_LOCAL_SETTINGS = ("data_dir", "cache_dir", "weights_path", "output_dir")
 
 def load_trained(run_dir: str | Path, device: str | torch.device = "cpu", data_dir: str | None = None,
                  cache_dir: str | None = None, weights_path: str | None = None):
-    """Rebuild a finished run from its folder: ``(model with best weights, prepared data,
-    cached image features by split, TrainConfig)``. The model is in eval mode on ``device``.
+    """Rebuild a finished run from its folder: ``(model with the tested weights, prepared data,
+    cached image features by split, TrainConfig)``. The tested weights are those ``checkpoint_choice``
+    names (:func:`cmp_utils.train.selected_checkpoint`). The model is in eval mode on ``device``.
 
     The folder's ``params.yaml`` gives the recipe; the places on this machine where data is read,
     caches are written and backbone weights are found (:data:`MACHINE_LOCAL_SETTINGS`) are this
@@ -276,8 +277,8 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "cpu", data_d
             features[split] = train.cached_image_features(prepared, split, cfg, resolved)
     feature_dim = next(iter(features.values())).shape[-1] if features else None
     model = train.build_run_model(cfg, prepared, feature_dim)
-    best = train.load_checkpoint(run_dir / "checkpoints" / "best.pt", resolved)  # clear error if damaged
-    model.load_state_dict(best["model"])
+    tested = train.load_checkpoint(train.selected_checkpoint(run_dir, cfg), resolved)  # clear error if damaged
+    model.load_state_dict(tested["model"])
     return model.to(resolved).eval(), prepared, features, cfg
 
 
@@ -290,7 +291,7 @@ def record_paths(record: dict[str, Any]) -> dict[str, Any]:
 
 def test_embeddings(run_dir: str | Path, device: str | torch.device = "cpu", data_dir: str | None = None,
                     cache_dir: str | None = None, weights_path: str | None = None) -> tuple[torch.Tensor, ...]:
-    """Embeddings of the test split by the best (EMA) weights of the run in ``run_dir``.
+    """Embeddings of the test split by the tested (EMA) weights of the run in ``run_dir``.
 
     Returns ``(image_embeddings, image_labels, text_embeddings, text_labels)`` (see
     :func:`cmp_utils.evaluate.encode`). The paths are this machine's (:func:`load_trained`).

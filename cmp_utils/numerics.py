@@ -331,3 +331,20 @@ def machine_description() -> str:
         parts.append(torch.cuda.get_device_name(0))
     return ", ".join(parts)
 
+
+
+#: ``TrainConfig.cuda_tf32``: ``"off"`` = fp32 convolutions and matrix products really in fp32 (the
+#: release's precision); ``"torch_default"`` = PyTorch's defaults (cuDNN convolutions in TF32 on
+#: Ampere and later, matrix products in fp32).
+CUDA_TF32_CHOICES = ("off", "torch_default")
+
+
+def set_cuda_tf32(choice: str) -> None:
+    """Apply ``choice`` (:data:`CUDA_TF32_CHOICES`) to PyTorch's CUDA TF32 switches (process-wide;
+    no effect on the CPU)."""
+    if choice not in CUDA_TF32_CHOICES:
+        raise ValueError(f"parameter cuda_tf32={choice!r} must be one of {CUDA_TF32_CHOICES}")
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = choice == "torch_default"
+    torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's default and the release's: fp32 products

@@ -2,8 +2,8 @@
 
 Recipe (released scripts; settings per profile in :data:`PROFILE_SETTINGS`):
 
-* Adam, $\\beta = (0.9, 0.999)$, $\\epsilon = 10^{-8}$, one learning rate $2\\cdot10^{-4}$ for every
-  parameter, no decay of it;
+* Adam, $\\beta = (0.9, 0.999)$, $\\epsilon = 10^{-8}$ placed as TF places it (``adam_epsilon="tf"``,
+  :func:`set_tf_adam_epsilon`), one learning rate $2\\cdot10^{-4}$ for every parameter, no decay of it;
 * weight decay $4\\cdot10^{-5}$ on the CNN's and the joint-embedding layers' weights only, as
   Adam's (coupled) ``weight_decay`` on their parameter group: it adds $\\lambda\\theta$ to their
   gradient, which is exactly the gradient of TF-slim's L2 regulariser
@@ -24,10 +24,13 @@ Recipe (released scripts; settings per profile in :data:`PROFILE_SETTINGS`):
 * loss = sum of the named losses of :class:`cmp_utils.losses.CrossModalLoss`, on the global batch
   (``loss_scope="global"``) or averaged over K sub-batches of it (``"local:K"``: K GPUs without a gather);
 * validation every ``validate_every`` epochs (and the last) on the validation split; ``best.pt``
-  is chosen on it (``select_metric``), the test split is only scored at the end, with the best
-  weights. ``validate_every=0`` keeps the last epoch (the release has no validation loop);
-  ``select_split="test"`` selects on the test split (a port's optimistic choice);
-* precision: fp32 in the paper profile (``amp="off"``, as the release); ``amp="auto"`` = bf16
+  is chosen on it (``select_metric``). The test split is only scored at the end, with the weights
+  ``checkpoint_choice`` names: ``"last"`` (paper: the release tests its latest checkpoint), with
+  ``best.pt``'s test scores reported beside them, or ``"best_validation"`` (fast profiles).
+  ``validate_every=0`` skips validation; ``select_split="test"`` selects on the test split (a
+  port's optimistic choice);
+* precision: fp32 in the paper profile (``amp="off"``, as the release; ``cuda_tf32="off"`` keeps
+  cuDNN's convolutions out of TF32 on CUDA, :func:`cmp_utils.numerics.set_cuda_tf32`); ``amp="auto"`` = bf16
   autocast on CUDA (fp16 with a gradient scaler where bf16 is unsupported) and fp32 on the CPU;
   ``amp="bf16"`` also autocasts on the CPU. CUDA: channels-last images;
 * ``num_threads``: the run's torch threads (1 in smoke / quick, so numbers do not depend on the
@@ -115,7 +118,12 @@ _FAST_COMMON = dict(feature_mode="cached", backbone="mobilenet_v2", lr=1e-3, fin
                     # TF's joint-embedding BN momentum (0.0003) leaves the running statistics near their
                     # initial values after a few hundred steps, which costs quick CUHK-PEDES recall (measured in
                     # docs/fidelity.md's audit table), so the fast profiles use PyTorch's.
-                    bn_style="pytorch")
+                    bn_style="pytorch",
+                    # The fast profiles keep the settings their committed numbers were measured with; the paper
+                    # profile takes the release's (the TrainConfig defaults; docs/fidelity.md, one row each).
+                    joint_embedding_init="pytorch", initial_state_init="zeros", lstm_bias="two",
+                    lstm_input_dropout="shared", word_embedding_init_rows=None, image_resize="pil_antialias",
+                    cuda_tf32="torch_default", checkpoint_choice="best_validation", adam_epsilon="pytorch")
 
 #: Settings per profile and dataset, as plain data. ``paper`` = the released scripts' settings
 #: (CUB / Flowers: no script was released; the Flickr30K recipe is assumed and marked so).
@@ -131,9 +139,9 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
                           image_size=(224, 224), select_metric="rsum"),
         "mscoco": dict(_PAPER_COMMON, backbone="resnet152_slim", batch_size=64, epochs=45, frozen_epochs=15,
                        image_size=(224, 224), select_metric="rsum"),
-        "cub": dict(_PAPER_COMMON, backbone="resnet152_slim", batch_size=32, epochs=45, frozen_epochs=15,
+        "cub": dict(_PAPER_COMMON, backbone="mobilenet_v1_tf", batch_size=32, epochs=45, frozen_epochs=15,
                     image_size=(224, 224), select_metric="rsum", note="assumed: no released script"),
-        "flowers": dict(_PAPER_COMMON, backbone="resnet152_slim", batch_size=32, epochs=45, frozen_epochs=15,
+        "flowers": dict(_PAPER_COMMON, backbone="mobilenet_v1_tf", batch_size=32, epochs=45, frozen_epochs=15,
                         image_size=(224, 224), select_metric="rsum", note="assumed: no released script"),
         # Published after the paper: its CUHK-PEDES recipe, unchanged (no paper numbers exist for them).
         **{name: dict(_PAPER_COMMON, backbone="mobilenet_v1_tf", batch_size=16, epochs=50, frozen_epochs=0,
@@ -196,6 +204,15 @@ class TrainConfig:
     vocab_case_sensitive: bool = False  # True: a port's vocabulary keeps case ("A" and "a" apart)
     pad_shares_most_frequent: bool = False  # True: a port: padding id = the most frequent word's id
     num_classes_from: str = "all_splits"  # all_splits (release: the dataset's id range) | train (train ids only)
+    joint_embedding_init: str = "release"  # release (CNN arg_scope: trunc. normal 0.09 / He) | pytorch (nn.Linear)
+    initial_state_init: str = "glorot"  # glorot (release: tf.get_variable default) | zeros
+    lstm_bias: str = "single"  # single (TF: one bias per gate, bias_hh frozen at 0) | two (nn.LSTM's two biases)
+    lstm_input_dropout: str = "per_direction"  # per_direction (release: a DropoutWrapper each) | shared (one mask)
+    word_embedding_init_rows: int | None = 12000  # Xavier bound from the release's 12000-row table | None: len(vocab)
+    image_resize: str = "tf1_bilinear"  # tf1_bilinear (release: float, no antialiasing) | pil_antialias (PIL)
+    cuda_tf32: str = "off"  # off (fp32 is fp32, as the release) | torch_default (cuDNN convolutions in TF32)
+    checkpoint_choice: str = "last"  # last (release: the last epoch is tested) | best_validation (best.pt)
+    adam_epsilon: str = "tf"  # tf (TF's epsilon-hat: eps added to the uncorrected sqrt(v)) | pytorch (torch.optim.Adam's)
     # optimisation
     batch_size: int = 16  # global batch (all processes together)
     epochs: int = 50
@@ -235,6 +252,29 @@ class TrainConfig:
                 plain[key] = list(value)
         return plain
 
+
+#: ``TrainConfig.checkpoint_choice``: which weights the test split scores. ``"last"`` = the last
+#: epoch's (averaged) weights, as the release (its scripts score the latest checkpoint); when
+#: validation ran, ``best.pt`` is scored too and reported beside it (``test_best_validation``).
+#: ``"best_validation"`` = ``best.pt``, the epoch best on the selection split.
+CHECKPOINT_CHOICES = ("last", "best_validation")
+#: The file under ``checkpoints/`` holding the weights each choice tests (averaged weights, ``{"model": ...}``).
+CHECKPOINT_FILES = {"last": "last_averaged.pt", "best_validation": "best.pt"}
+
+
+def selected_checkpoint(run_dir: str | Path, cfg: "TrainConfig") -> Path:
+    """The checkpoint a finished run's test scores come from (:data:`CHECKPOINT_FILES`); ``best.pt``
+    for runs written before ``checkpoint_choice`` existed (they tested it)."""
+    chosen = Path(run_dir) / "checkpoints" / CHECKPOINT_FILES[cfg.checkpoint_choice]
+    return chosen if chosen.is_file() else Path(run_dir) / "checkpoints" / "best.pt"
+
+#: ``TrainConfig.adam_epsilon``: where Adam's epsilon sits. TF's ``AdamOptimizer`` (the release)
+#: computes $\theta \leftarrow \theta - \eta\sqrt{1-\beta_2^t}/(1-\beta_1^t)\; m/(\sqrt v + \epsilon)$,
+#: ``torch.optim.Adam`` $\theta \leftarrow \theta - \eta/(1-\beta_1^t)\; m/(\sqrt{v/(1-\beta_2^t)} + \epsilon)$:
+#: TF's is PyTorch's with $\epsilon_t = \epsilon/\sqrt{1-\beta_2^t}$ (31.6x larger at step 1, equal
+#: after some thousand steps), which matters for gradients near $10^{-7}$. ``"tf"`` sets that
+#: $\epsilon_t$ before every step (:func:`set_tf_adam_epsilon`); ``"pytorch"`` keeps PyTorch's.
+ADAM_EPSILONS = ("tf", "pytorch")
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _FIELD_TYPES = typing.get_type_hints(TrainConfig)
@@ -374,7 +414,13 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"settings epochs={cfg.epochs}, frozen_epochs={cfg.frozen_epochs}: need 0 <= frozen <= epochs, epochs >= 1")
     if cfg.batch_size < 2:
         raise ValueError(f"setting batch_size={cfg.batch_size} must be at least 2")
-    choices = {"select_split": ("validation", "test"), "frozen_cnn_bn": ("batch_stats", "eval")}
+    from .images import IMAGE_RESIZES
+
+    choices = {"select_split": ("validation", "test"), "frozen_cnn_bn": ("batch_stats", "eval"),
+               "joint_embedding_init": models.JOINT_EMBEDDING_INITS, "initial_state_init": models.INITIAL_STATE_INITS,
+               "lstm_bias": models.LSTM_BIASES, "lstm_input_dropout": models.LSTM_INPUT_DROPOUTS,
+               "image_resize": IMAGE_RESIZES, "cuda_tf32": numerics.CUDA_TF32_CHOICES,
+               "checkpoint_choice": CHECKPOINT_CHOICES, "adam_epsilon": ADAM_EPSILONS}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"setting {name}={getattr(cfg, name)!r} must be one of {allowed}")
@@ -621,7 +667,8 @@ class TrainStep(nn.Module):
         global_labels = distributed.all_gather_tensor(labels)  # (B,)
         image_embeddings = self.model.image_embedding(image_features)  # x: (B, d)
         text_embeddings = self.model.text_embedding(text_features)  # z: (B, d)
-        return self.loss_module(image_embeddings.float(), text_embeddings.float(), global_labels)
+        loss_dtype = torch.promote_types(image_embeddings.dtype, torch.float32)  # autocast's bf16/fp16 -> fp32; fp64 stays
+        return self.loss_module(image_embeddings.to(loss_dtype), text_embeddings.to(loss_dtype), global_labels)
 
 
 def backward_global_loss(losses: dict[str, torch.Tensor], step_module: TrainStep, world_size: int,
@@ -660,10 +707,13 @@ class RunResult:
     seconds: float
     samples_per_second: float
     settings: dict[str, Any]
+    #: test metrics of ``best.pt`` when ``checkpoint_choice="last"`` and validation ran (else empty)
+    test_best_validation: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"output_dir": str(self.output_dir), "best_epoch": self.best_epoch,
-                "best_validation": self.best_validation, "test": self.test, "seconds": self.seconds,
+                "best_validation": self.best_validation, "test": self.test,
+                "test_best_validation": self.test_best_validation, "seconds": self.seconds,
                 "samples_per_second": self.samples_per_second, "history": self.history}
 
 
@@ -804,14 +854,18 @@ def model_of_settings(cfg: TrainConfig, vocabulary_size: int, pad_id: int = 0,
                               cfg.pool_grid, cfg.weights_path, cfg.pretrained, cached_feature_dim=feature_dim,
                               word_embedding_init=cfg.word_embedding_init, lstm_init=cfg.lstm_init,
                               lstm_backward=cfg.lstm_backward, joint_embedding=cfg.joint_embedding,
-                              bn_style=cfg.bn_style, ema_scope=cfg.ema_scope, backbone_blocks=cfg.backbone_blocks)
+                              bn_style=cfg.bn_style, ema_scope=cfg.ema_scope, backbone_blocks=cfg.backbone_blocks,
+                              joint_embedding_init=cfg.joint_embedding_init, initial_state_init=cfg.initial_state_init,
+                              lstm_bias=cfg.lstm_bias, lstm_input_dropout=cfg.lstm_input_dropout,
+                              word_embedding_init_rows=cfg.word_embedding_init_rows)
 
 
 def fit(settings: TrainConfig | dict) -> RunResult:
     """Train one model as ``settings`` say; write the run folder; return its :class:`RunResult`.
 
     Run folder: ``params.yaml`` (settings, git commit, torch threads), ``log.jsonl`` (one line per
-    epoch: losses, step time, images/s, validation metrics), ``checkpoints/last.pt`` and
+    epoch: losses, step time, images/s, validation metrics) and the same scalars as TensorBoard
+    events in ``tensorboard/`` (:mod:`cmp_utils.tensorboard_log`), ``checkpoints/last.pt`` and
     ``checkpoints/best.pt``, ``results.json``. With ``resume`` the run continues from ``last.pt``
     and ends where an uninterrupted run ends.
 
@@ -1044,8 +1098,25 @@ def _prepare_training_data(cfg: TrainConfig, context: distributed.DistributedCon
 
 
 def new_optimizer(model: models.CrossModalModel, loss_module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam over :func:`param_groups` (the release: one learning rate, decay on the CNN and joint embeddings)."""
-    return torch.optim.Adam(param_groups(model, loss_module, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    """Adam over :func:`param_groups` (the release: one learning rate, decay on the CNN and joint embeddings).
+
+    ``adam_epsilon="tf"``: every group also holds ``tf_epsilon`` (the configured epsilon) and
+    ``tf_steps`` (steps taken, TF's shared ``beta1_power`` / ``beta2_power`` count), read by
+    :func:`set_tf_adam_epsilon`; both travel in the optimizer's state dict (resume)."""
+    groups = param_groups(model, loss_module, cfg)
+    if cfg.adam_epsilon == "tf":
+        groups = [{**group, "tf_epsilon": cfg.eps, "tf_steps": 0} for group in groups]
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def set_tf_adam_epsilon(optimizer: torch.optim.Optimizer) -> None:
+    """Before step $t$ of an optimizer made with ``adam_epsilon="tf"``: ``eps`` = $\\epsilon/\\sqrt{1-\\beta_2^t}$
+    in every group that holds ``tf_epsilon`` (:data:`ADAM_EPSILONS`), so that ``torch.optim.Adam``
+    takes TF's step; groups without it are left alone."""
+    for group in optimizer.param_groups:
+        if "tf_epsilon" in group:
+            group["tf_steps"] += 1
+            group["eps"] = group["tf_epsilon"] / math.sqrt(1.0 - group["betas"][1] ** group["tf_steps"])
 
 
 def new_weight_average(model: models.CrossModalModel, cfg: TrainConfig) -> WeightAverage:
@@ -1213,7 +1284,9 @@ def train_step(state: RunState, cfg: TrainConfig, images: torch.Tensor, token_id
     ``device`` (channels-last images on CUDA), the losses under ``amp``'s autocast, the global-batch
     backward (:func:`backward_global_loss`), Adam (through the gradient scaler, if any) and the
     weight-average update. Returns ``{loss name: scalar}`` of the global batch. The benchmarks time
-    this same function."""
+    this same function. The release's step (``train_models.py``) groups its batch-norm updates, the
+    EMA update and Adam's update in one ``tf.group`` with no order between them; here the EMA reads
+    the weights after the update (``tests/test_step_equivalence.py`` pins the TF graph to this order)."""
     if device.type == "cuda" and cfg.channels_last and images.dim() == 4:
         images = images.contiguous(memory_format=torch.channels_last)
     images = images.to(device, non_blocking=True)
@@ -1222,6 +1295,7 @@ def train_step(state: RunState, cfg: TrainConfig, images: torch.Tensor, token_id
         losses = state.wrapped(images, token_ids, lengths.to(device), labels)
     state.optimizer.zero_grad(set_to_none=True)
     backward_global_loss(losses, state.step_module, world_size, state.scaler)
+    set_tf_adam_epsilon(state.optimizer)  # adam_epsilon="tf": TF's epsilon placement; else nothing
     if state.scaler is not None:
         state.scaler.step(state.optimizer)
         state.scaler.update()
@@ -1317,23 +1391,46 @@ def _save_checkpoints(state: RunState, cfg: TrainConfig, out_dir: Path, epoch: i
 
 def _final_result(state: RunState, cfg: TrainConfig, training: _TrainingData, out_dir: Path,
                   context: distributed.DistributedContext, total_seconds: float) -> RunResult:
-    """Load ``best.pt``, score the test split with it (rank 0), write ``results.json``."""
+    """Score the test split (rank 0) with the weights ``checkpoint_choice`` names, write ``results.json``.
+
+    ``"last"``: the last epoch's averaged weights (``eval_model`` holds them after the last epoch),
+    and ``best.pt`` too when validation chose one (``test_best_validation``); ``"best_validation"``:
+    ``best.pt``."""
     test: dict[str, float] = {}
+    test_best_validation: dict[str, float] = {}
     best_validation: dict[str, float] = {}
     prepared = training.prepared
+
+    def score_test() -> dict[str, float]:
+        return evaluate.flat_metrics(evaluate.evaluate_split(
+            state.eval_model, prepared, prepared.test_split, context.device, cfg.eval_batch_size,
+            training.features.get(prepared.test_split)))
+
     if context.is_main:
         best_path = out_dir / "checkpoints" / "best.pt"
-        if best_path.is_file():
+        validated = any(key.startswith("val_") for record in state.history for key in record)
+        if cfg.checkpoint_choice == "last":
+            state.ema.copy_to(state.eval_model, state.model)
+            atomic.torch_save(out_dir / "checkpoints" / CHECKPOINT_FILES["last"],
+                              {"model": state.eval_model.state_dict(), "epoch": cfg.epochs})
+            if cfg.evaluate_test:
+                test = score_test()
+        if best_path.is_file() and (cfg.checkpoint_choice == "best_validation" or validated):
             state.eval_model.load_state_dict(load_checkpoint(best_path, context.device)["model"])
-        if cfg.evaluate_test:
-            test = evaluate.flat_metrics(evaluate.evaluate_split(
-                state.eval_model, prepared, prepared.test_split, context.device, cfg.eval_batch_size,
-                training.features.get(prepared.test_split)))
+            if cfg.evaluate_test:
+                scores = score_test()
+                if cfg.checkpoint_choice == "best_validation":
+                    test = scores
+                else:
+                    test_best_validation = scores
+        elif cfg.checkpoint_choice == "best_validation" and cfg.evaluate_test:
+            test = score_test()
         best_validation = next(({k[4:]: v for k, v in r.items() if k.startswith("val_")}
                                 for r in state.history if r["epoch"] == state.best_epoch), {})
     trained_seconds = sum(r["seconds"] for r in state.history[state.start_epoch:])
     result = RunResult(output_dir=out_dir, history=state.history, best_epoch=state.best_epoch,
-                       best_validation=best_validation, test=test, seconds=total_seconds,
+                       best_validation=best_validation, test=test, test_best_validation=test_best_validation,
+                       seconds=total_seconds,
                        samples_per_second=state.trained_samples / trained_seconds if trained_seconds else 0.0,
                        settings=cfg.to_dict())
     if context.is_main:
@@ -1352,6 +1449,8 @@ def _fit(cfg: TrainConfig, context: distributed.DistributedContext, out_dir: Pat
 
     show = cfg.progress and context.is_main
     config.seed_everything(cfg.seed, cfg.deterministic)
+    if context.device.type == "cuda":
+        numerics.set_cuda_tf32(cfg.cuda_tf32)
     training = _prepare_training_data(cfg, context, show)
     steps = len(global_batches(training.labels, cfg, 0))
     check_batches(cfg, len(training.labels), context.world_size, steps)
@@ -1363,6 +1462,9 @@ def _fit(cfg: TrainConfig, context: distributed.DistributedContext, out_dir: Pat
             (out_dir / "results.json").unlink(missing_ok=True)
         _write_params(cfg, out_dir, context, training.prepared)
 
+    from .tensorboard_log import EpochScalars
+
+    scalars = EpochScalars(out_dir) if context.is_main else None  # <run>/tensorboard/: the epoch records' scalars
     run_start = time.perf_counter()
     epoch_bar = tqdm(total=cfg.epochs, initial=state.start_epoch, desc=f"train {cfg.dataset}/{cfg.profile}",
                      unit="epoch", disable=not show)
@@ -1374,12 +1476,15 @@ def _fit(cfg: TrainConfig, context: distributed.DistributedContext, out_dir: Pat
             score = _evaluate_epoch(state, cfg, training, epoch, context.device, record)
             state.history.append(record)
             _save_checkpoints(state, cfg, out_dir, epoch, score)
+            scalars.write(record)
             epoch_bar.set_postfix(loss=f"{record['loss']:.3f}", images_per_s=f"{record['images_per_second']:.0f}",
                                   **({"val": f"{record[f'val_{cfg.select_metric}']:.1f}"}
                                      if f"val_{cfg.select_metric}" in record else {}))
         epoch_bar.update(1)
         distributed.barrier()
     epoch_bar.close()
+    if scalars is not None:
+        scalars.close()
     return _final_result(state, cfg, training, out_dir, context, time.perf_counter() - run_start)
 
 

@@ -166,7 +166,7 @@ def _run_backbone_case(tmp_path, build, kind, units=None, size=(64, 64)):
         expected = session.run(feature_map, {inputs: images})
         prefix = _save(session, tmp_path)
     variables = convert_tf.read_checkpoint(prefix)
-    state, conversion, module = convert_tf.convert_backbone(variables, kind, units=units)
+    state, conversion, module = convert_tf.convert_backbone(variables, kind, units=units, bn_statistics="checkpoint")
     with torch.no_grad():
         ours = module.eval()(torch.from_numpy(images).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
     assert ours.shape == expected.shape
@@ -346,7 +346,8 @@ def test_cli_refuses_a_mismatch_and_guesses_the_kind(tmp_path, capsys):
     assert convert_tf.main([prefix, str(tmp_path / "ok.pt")]) == 0
     assert "mapped    BiLSTM/token_embedding_weights [11, 6]" in capsys.readouterr().out
     # A CNN-only conversion of the same checkpoint leaves the text branch out, printed.
-    assert convert_tf.main([prefix, str(tmp_path / "cnn.pt"), "--kind", "mobilenet_v1"]) == 0
+    assert convert_tf.main([prefix, str(tmp_path / "cnn.pt"), "--kind", "mobilenet_v1", "--ema", "auto",
+                            "--bn-statistics", "checkpoint"]) == 0
     printed = capsys.readouterr().out
     assert "left out  BiLSTM/token_embedding_weights" in printed and "left out  Wfc" in printed
     with warnings.catch_warnings():

@@ -87,7 +87,11 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
         assert saved["loss"] == pytest.approx(reference_loss, rel=1e-5)
         assert set(saved["gradients"]) == set(reference_gradients)
         for name, gradient in reference_gradients.items():
-            torch.testing.assert_close(saved["gradients"][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+            # sums accumulated in another order across the two processes: float32 rounding of the order of
+            # 1e-5 of the tensor's largest entry (measured 7e-6 on the learned initial cell), so the absolute
+            # tolerance scales with the tensor
+            scale = max(1.0, float(gradient.abs().max()))
+            torch.testing.assert_close(saved["gradients"][name], gradient, rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 
 def test_local_slice_needs_an_even_split():

@@ -223,3 +223,16 @@ def test_fused_padded_lstm_equals_a_loop_over_each_sentence_alone():
             torch.testing.assert_close(outputs[row, :len(sentence)], torch.cat([forward, backward], dim=1),
                                        rtol=1e-5, atol=1e-6)
             assert torch.all(outputs[row, len(sentence):] == 0)
+
+
+def test_mobilenet_v2_weights_match_torchvisions_published_hash(tmp_path):
+    """The offline MobileNetV2 file is torchvision's: its SHA-256 starts with the prefix in torchvision's URL."""
+    import hashlib
+
+    path = models.mobilenet_v2_weights_path()  # checks the hash itself
+    assert models.torchvision_published_hash() == "b0353104"
+    assert hashlib.sha256(path.read_bytes()).hexdigest().startswith("b0353104")
+    fake = tmp_path / models.MOBILENET_V2_WEIGHTS_FILE
+    fake.write_bytes(b"not the weights")
+    with pytest.raises(ValueError, match="does not start with torchvision's published b0353104"):
+        models.check_torchvision_hash(fake)

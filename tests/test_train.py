@@ -331,3 +331,35 @@ def test_weights_folder_gives_each_backbone_its_file(tmp_path):
     a_file = tmp_path / "resnet152.pth"
     assert train.resolve_weights_path(train.make_config("paper", "cuhk_pedes", weights_path=str(a_file))).weights_path \
         == str(a_file)
+
+
+def test_last_epoch_checkpoint_reports_best_on_validation_beside_it(smoke_run, tmp_path):
+    """``checkpoint_choice="last"`` (the release's, paper default) tests the last epoch's averaged
+    weights and reports ``best.pt``'s test scores beside them; the smoke default tests ``best.pt``."""
+    last = train.fit(dict(FAST, epochs=3, output_dir=str(tmp_path), checkpoint_choice="last", adam_epsilon="tf"))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["test_best_validation"]) == set(results["test"])
+    assert smoke_run.test_best_validation == {}  # best_validation: one set of test scores
+    # without validation the last epoch is all there is
+    plain = train.fit(dict(FAST, epochs=2, output_dir=str(tmp_path / "plain"), checkpoint_choice="last",
+                           validate_every=0))
+    assert plain.test and plain.test_best_validation == {}
+    assert last.test != {}
+    # TF's epsilon: eps / sqrt(1 - beta2^t) before step t, its step count in the optimizer state (resume)
+    saved = _weights(tmp_path / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
+    steps = saved[0]["tf_steps"]
+    assert steps == sum(record["steps"] for record in last.history)
+    assert saved[0]["eps"] == pytest.approx(1e-8 / math.sqrt(1 - 0.999 ** steps))
+
+
+def test_run_folder_has_tensorboard_scalars(smoke_run):
+    """Every epoch's losses, learning rate and validation metrics, readable by TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(smoke_run.output_dir / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/loss_cmpm", "train/loss_cmpc", "train/lr", "validation/t2i_R@1"} <= tags
+    losses = [event.value for event in events.Scalars("train/loss")]
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3]
+    assert losses == pytest.approx([record["loss"] for record in smoke_run.history])
