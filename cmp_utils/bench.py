@@ -779,11 +779,13 @@ print(json.dumps({"timings": timings, "numerics": numerics.fingerprint()}))
 """
 
 
-def bench_numerics(rows: Rows, profile: str = "quick", dataset: str = "cuhk_pedes") -> None:
+def bench_numerics(rows: Rows, profile: str = "quick", dataset: str = "cuhk_pedes",
+                   kernel_sizes: Sequence[int] = (12 * 2, 256 * 2048, 4_000_000)) -> None:
     """What the pinned CPU numerics (:mod:`cmp_utils.numerics`) cost: the same two runs of ``profile``
     (seeds 0 and 1; the first builds the frozen-feature cache, the second reuses it) in a process of
     each mode, each with its own cache, CPU seconds (``time.process_time``, one torch thread as the
-    fast profiles train). The synthetic data is made once, before the clocks start."""
+    fast profiles train). The synthetic data is made once, before the clocks start. Then
+    :func:`bench_vendor_kernels` at ``kernel_sizes``."""
     import json
     import shutil
     import subprocess
@@ -810,7 +812,7 @@ def bench_numerics(rows: Rows, profile: str = "quick", dataset: str = "cuhk_pede
         rows.add("numerics/quick_run", f"{case}: native", native, "s", notes=notes)
         rows.add("numerics/quick_run", f"{case}: pinned", pinned, "s", ratio=pinned / native if native else None,
                  ratio_to="native (the CPU's fastest kernels)", notes=notes)
-    bench_vendor_kernels(rows)
+    bench_vendor_kernels(rows, kernel_sizes)
 
 
 def bench_vendor_kernels(rows: Rows, sizes: Sequence[int] = (12 * 2, 256 * 2048, 4_000_000), repeats: int = 5) -> None:
@@ -848,7 +850,7 @@ def group_settings(quick_check: bool, full: bool) -> dict[str, dict[str, Any]]:
             "losses": dict(batch_sizes=(8,), repeats=2, num_classes=100),
             "gpu": dict(batch_sizes=(2,), modes=("fp32", "bf16"), image_size=64, steps=2, warmup=1, epoch_images=8,
                         epoch_batch=2, vocabulary=100, num_classes=50, dim=32),
-            "numerics": dict(profile="smoke"),
+            "numerics": dict(profile="smoke", kernel_sizes=(24, 4096)),
         }
     return {
         "training_step": dict(profile="quick"),

@@ -609,10 +609,10 @@ class TextEncoder(nn.Module):
         self.word_embedding_init, self.lstm_init, self.lstm_backward = word_embedding_init, lstm_init, lstm_backward
         self.output_dim = 2 * hidden_size
         # A one-direction template that runs each direction with that direction's weights swapped in at
-        # call time (:meth:`_run_direction_fused`); kept out of the module tree so it owns no parameters.
+        # call time (:meth:`run_direction_fused`); kept out of the module tree so it owns no parameters.
         self._forward_template = [nn.LSTM(word_dim, hidden_size, num_layers=1, batch_first=True)]
 
-    def _run_direction_fused(self, words: torch.Tensor, suffix: str, direction: int) -> torch.Tensor:
+    def run_direction_fused(self, words: torch.Tensor, suffix: str, direction: int) -> torch.Tensor:
         """One LSTM direction over the padded ``words`` (batch, T, word_dim), read forwards in time with
         the weights ``*_l0{suffix}``: (batch, T, hidden); steps past a sentence's end are not meaningful."""
         template = self._forward_template[0]
@@ -649,8 +649,8 @@ class TextEncoder(nn.Module):
         lengths_here = lengths_cpu.to(words.device)
         valid = steps[None, :] < lengths_here[:, None]  # (batch, T)
         if self.lstm_backward == "batch_reversed":  # a second forward LSTM, on the batch in reversed order
-            forward = self._run_direction_fused(words, "", 0)  # (batch, T, hidden)
-            flipped = self._run_direction_fused(words_backward.flip(0), "_reverse", 1)
+            forward = self.run_direction_fused(words, "", 0)  # (batch, T, hidden)
+            flipped = self.run_direction_fused(words_backward.flip(0), "_reverse", 1)
             return torch.cat([forward, flipped.flip(0)], dim=-1).masked_fill(~valid[:, :, None], 0.0)
         # Each direction runs as one fused LSTM over the padded batch (oneDNN on the CPU, cuDNN on CUDA),
         # which is 2-3x faster than a packed sequence stepped by ATen, and exactly the same recurrence:
@@ -658,8 +658,8 @@ class TextEncoder(nn.Module):
         # each sentence reversed within its own length (its padding moved behind it), and its outputs
         # are put back in time order. Outputs of padded steps are set to 0, as a packed LSTM leaves them.
         reverse_order = torch.where(valid, lengths_here[:, None] - 1 - steps[None, :], steps[None, :])  # (batch, T)
-        forward = self._run_direction_fused(words, "", 0)  # (batch, T, hidden)
-        backward = self._run_direction_fused(_gather_steps(words_backward, reverse_order), "_reverse", 1)
+        forward = self.run_direction_fused(words, "", 0)  # (batch, T, hidden)
+        backward = self.run_direction_fused(_gather_steps(words_backward, reverse_order), "_reverse", 1)
         outputs = torch.cat([forward, _gather_steps(backward, reverse_order)], dim=-1)  # (batch, T, 2·hidden)
         return outputs.masked_fill(~valid[:, :, None], 0.0)  # zeros past each length
 

@@ -126,13 +126,13 @@ def test_input_dropout_masks_per_direction():
     torch.manual_seed(1)
     text = models.TextEncoder(20, word_dim=64, hidden_size=8, dropout=0.5).train()
     seen = []
-    text._run_direction_fused = lambda words, suffix, direction: seen.append(words.clone()) or words[..., :8]
+    text.run_direction_fused = lambda words, suffix, direction: seen.append(words.clone()) or words[..., :8]
     text.step_outputs(torch.randint(1, 20, (3, 5)), torch.full((3,), 5))
     forward_zeros, backward_zeros = seen[0] == 0, seen[1].flip(1) == 0  # backward input: each row reversed in time
     assert not torch.equal(forward_zeros, backward_zeros)
     shared = models.TextEncoder(20, word_dim=64, hidden_size=8, dropout=0.5, lstm_input_dropout="shared").train()
     seen.clear()
-    shared._run_direction_fused = lambda words, suffix, direction: seen.append(words.clone()) or words[..., :8]
+    shared.run_direction_fused = lambda words, suffix, direction: seen.append(words.clone()) or words[..., :8]
     shared.step_outputs(torch.randint(1, 20, (3, 5)), torch.full((3,), 5))
     assert torch.equal(seen[0] == 0, seen[1].flip(1) == 0)
 

@@ -135,6 +135,13 @@ NOT_RESULTS = {
     "0.975", "0.35", "0.75",
     # the first torch release whose weights_only loading is safe (CVE-2025-32434)
     "2.6",
+    # the release's initialisers: MobileNet arg_scope stddev, TF variance scaling's truncation factor, the std of a
+    # +-2 sd truncated normal, the Glorot bound of 512-unit LSTM states, the 12,000-row against a 5k-word Xavier bound
+    "0.09", "1.3", "0.88", "0.077", "1.5",
+    # TF's Adam epsilon at step 1 against PyTorch's: 1 / sqrt(1 - 0.999)
+    "31.6",
+    # the networks' multiply-adds (MobileNet v1 at 224 px, ResNet-152) and a GPU-hour figure of the labelled estimate
+    "0.57", "11.5", "4.5",
 }
 CODE_SPAN = re.compile(r"```.*?```|``.*?``|`[^`\n]*`", re.S)
 GENERATED_SECTION = re.compile(r"<!-- (\S+):start -->.*?<!-- \1:end -->", re.S)
