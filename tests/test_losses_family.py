@@ -356,14 +356,20 @@ def test_local_scope_in_one_process_equals_ranks_without_a_gather_and_the_global
     for part in saved:
         assert set(part["gradients"]) == set(reference_gradients)
         for name, gradient in reference_gradients.items():
-            torch.testing.assert_close(part["gradients"][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+            # sums in another order across processes: float32 rounding up to a few 1e-5 of the tensor's largest
+            # entry (the learned initial states), so the absolute tolerance scales with the tensor
+            torch.testing.assert_close(part["gradients"][name], gradient, rtol=1e-4,
+                                       atol=1e-4 * max(1.0, float(gradient.abs().max())),
+                                       msg=lambda m, name=name, gradient=gradient: f"{name}: {m}")
     # and with the gather (the trainer's global scope), the family's losses on 2 ranks = 1 process
     one_loss, one_gradients = _gathered_loss_and_gradients()
     for part in saved:
         assert part["gathered_loss"] == pytest.approx(one_loss, rel=1e-5)
         assert set(part["gathered_gradients"]) == set(one_gradients)
         for name, gradient in one_gradients.items():
-            torch.testing.assert_close(part["gathered_gradients"][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+            torch.testing.assert_close(part["gathered_gradients"][name], gradient, rtol=1e-4,
+                                       atol=1e-4 * max(1.0, float(gradient.abs().max())),
+                                       msg=lambda m, name=name, gradient=gradient: f"{name}: {m}")
 
 
 def test_module_exports_the_family():
