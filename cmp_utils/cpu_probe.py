@@ -120,45 +120,45 @@ def optimiser_fingerprints(generator: "Any") -> dict[str, str]:
     Intel Xeon and an AMD EPYC (results/numerics/fingerprints.csv has both)."""
     import torch
 
-    from . import losses, toy
+    from . import config, losses, toy
 
     def digest(tensor: "torch.Tensor") -> str:
         return hashlib.sha256(tensor.detach().contiguous().numpy().tobytes()).hexdigest()[:12]
 
-    torch.set_num_threads(1)  # as every quick and smoke run
     out: dict[str, str] = {}
-    images, texts, labels = toy.toy_start(0)
-    images.requires_grad_(True), texts.requires_grad_(True)
-    optimiser = torch.optim.Adam([images, texts], lr=0.05)
-    losses.cmpm_loss(images, texts, labels).backward()
-    optimiser.step()
-    moment = optimiser.state[images]["exp_avg_sq"]  # (12, 2): (1 - beta2) g^2 after the first step
-    out["oneMKL VML sqrt (raw), toy Adam moment (12, 2)"] = digest(torch.ops.aten.sqrt.out(moment, out=torch.empty(0)))
-    out["sqrt, toy Adam moment (12, 2)"] = digest(moment.sqrt())
-    out["Adam step, toy (12, 2)"] = digest(torch.cat([images.detach(), texts.detach()]))
-    weights = torch.nn.Parameter(torch.randn(256, 2048, generator=generator) * 0.02)  # the quick joint embedding
-    optimiser = torch.optim.Adam([weights], lr=2e-4)
-    for _ in range(3):
-        optimiser.zero_grad()
-        weights.grad = torch.randn(256, 2048, generator=generator) * 1e-3
+    with config.torch_threads(1):  # as every quick and smoke run
+        images, texts, labels = toy.toy_start(0)
+        images.requires_grad_(True), texts.requires_grad_(True)
+        optimiser = torch.optim.Adam([images, texts], lr=0.05)
+        losses.cmpm_loss(images, texts, labels).backward()
         optimiser.step()
-    out["Adam steps, (256, 2048)"] = digest(weights)
-    embeddings = torch.randn(64, 256, generator=generator, requires_grad=True)  # (batch, dim) at the quick batch
-    partners = torch.randn(64, 256, generator=generator, requires_grad=True)
-    quick_labels = torch.randint(0, 16, (64,), generator=generator)
-    loss = losses.cmpm_loss(embeddings, partners, quick_labels)
-    loss.backward()
-    out["CMPM loss forward and backward, (64, 256)"] = digest(torch.cat([loss.reshape(1), embeddings.grad.ravel(),
-                                                                          partners.grad.ravel()]))
-    return out
+        moment = optimiser.state[images]["exp_avg_sq"]  # (12, 2): (1 - beta2) g^2 after the first step
+        out["oneMKL VML sqrt (raw), toy Adam moment (12, 2)"] = digest(torch.ops.aten.sqrt.out(moment, out=torch.empty(0)))
+        out["sqrt, toy Adam moment (12, 2)"] = digest(moment.sqrt())
+        out["Adam step, toy (12, 2)"] = digest(torch.cat([images.detach(), texts.detach()]))
+        weights = torch.nn.Parameter(torch.randn(256, 2048, generator=generator) * 0.02)  # the quick joint embedding
+        optimiser = torch.optim.Adam([weights], lr=2e-4)
+        for _ in range(3):
+            optimiser.zero_grad()
+            weights.grad = torch.randn(256, 2048, generator=generator) * 1e-3
+            optimiser.step()
+        out["Adam steps, (256, 2048)"] = digest(weights)
+        embeddings = torch.randn(64, 256, generator=generator, requires_grad=True)  # (batch, dim) at the quick batch
+        partners = torch.randn(64, 256, generator=generator, requires_grad=True)
+        quick_labels = torch.randint(0, 16, (64,), generator=generator)
+        loss = losses.cmpm_loss(embeddings, partners, quick_labels)
+        loss.backward()
+        out["CMPM loss forward and backward, (64, 256)"] = digest(torch.cat([loss.reshape(1), embeddings.grad.ravel(),
+                                                                              partners.grad.ravel()]))
+        return out
 
 
 #: Checks whose bits depend on the CPU vendor by design, with the bits measured on another vendor's CPU
 #: than this repository's recording machine: ``(check, vendor) -> (bits, cpu)``. The AMD value was
-#: measured on an AMD EPYC (Zen 4, family 25 model 17), torch 2.14.1, pinned numerics, from an op-level
-#: trace of the same computation (the toy's first Adam step).
-MEASURED_ON_OTHER_VENDORS: dict[tuple[str, str], tuple[str, str]] = {
-    ("oneMKL VML sqrt (raw), toy Adam moment (12, 2)", "AuthenticAMD"): ("cde0b1f3ccbf", "AMD EPYC (Zen 4)"),
+#: measured on an AMD EPYC (Zen 4, family 25 model 17), pinned numerics, from an op-level trace of the
+#: same computation (the toy's first Adam step). ``(check, vendor) -> (bits, cpu, torch)``.
+MEASURED_ON_OTHER_VENDORS: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("oneMKL VML sqrt (raw), toy Adam moment (12, 2)", "AuthenticAMD"): ("cde0b1f3ccbf", "AMD EPYC (Zen 4)", "2.14.1"),
 }
 VENDOR_DEPENDENT_CHECKS = frozenset(check for check, _ in MEASURED_ON_OTHER_VENDORS)
 
@@ -225,9 +225,9 @@ def fingerprint_table(checks: Mapping[str, str]) -> "Any":
     state = status()
     rows = [dict(check=name, bits=bits, vendor_independent=name not in VENDOR_DEPENDENT_CHECKS, cpu=state["cpu"],
                  vendor=state["cpu_vendor"], torch=torch.__version__) for name, bits in checks.items()]
-    for (name, vendor), (bits, cpu) in MEASURED_ON_OTHER_VENDORS.items():
+    for (name, vendor), (bits, cpu, torch_version) in MEASURED_ON_OTHER_VENDORS.items():
         if vendor != state["cpu_vendor"]:
-            rows.append(dict(check=name, bits=bits, vendor_independent=False, cpu=cpu, vendor=vendor, torch="2.14.1"))
+            rows.append(dict(check=name, bits=bits, vendor_independent=False, cpu=cpu, vendor=vendor, torch=torch_version))
     return pd.DataFrame(rows)
 
 

@@ -681,7 +681,7 @@ def separation_auc(positive_scores: torch.Tensor, negative_scores: torch.Tensor)
     sorted_scores = scores[order]
     ranks = torch.empty_like(scores)
     # average ranks (1-based) over runs of equal scores
-    unique, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
     ends = torch.cumsum(counts, 0).double()
     average = ends - (counts.double() - 1) / 2  # (U,)
     ranks[order] = average[inverse]

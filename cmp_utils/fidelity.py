@@ -424,10 +424,6 @@ def _format_effect(row: pd.Series) -> str:
     return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
-def _missing_number(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def render_audit_section(audit: pd.DataFrame | None, profile: str = "quick") -> str:
     """Markdown for the docs: one row per claim from ``claims.csv`` (None: "not measured yet")."""
     command = "papermill notebooks/13_fidelity_audit.ipynb - -p profile " + profile
@@ -447,7 +443,7 @@ def render_audit_section(audit: pd.DataFrame | None, profile: str = "quick") -> 
         "|---|---|---|---|---|---|",
     ]
     for _, row in audit.iterrows():
-        p_column = "p_holm" if "p_holm" in row and not _missing_number(row.get("p_holm")) else "p_value"
+        p_column = "p_holm" if "p_holm" in row and not pd.isna(row.get("p_holm")) else "p_value"
         p_value = "" if math.isnan(row[p_column]) else f"{row[p_column]:.2g}"
         note = f" ({row['note']})" if isinstance(row.get("note"), str) and row["note"] else ""
         artefact = (" (an artefact of the short schedule: the release's setting needs a long run)"

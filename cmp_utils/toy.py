@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 
+from .config import torch_threads
+
 #: Four identities of three points each (image and text sides), as in notebook 02.
 TOY_POINTS, TOY_IDENTITY_SIZE = 12, 3
 
@@ -35,15 +37,11 @@ def train_toy(loss_fn: LossFunction, images: torch.Tensor, texts: torch.Tensor, 
     images, texts = images.clone().requires_grad_(True), texts.clone().requires_grad_(True)
     optimiser = torch.optim.Adam([images, texts], lr=lr)
     history: list[float] = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         for _ in tqdm(range(steps), leave=False, disable=not progress):
             optimiser.zero_grad()
             loss = loss_fn(images, texts, labels)
             loss.backward()
             optimiser.step()
             history.append(loss.item())
-    finally:
-        torch.set_num_threads(threads)
     return images.detach(), texts.detach(), history
