@@ -42,8 +42,8 @@ def _check_torch_version() -> None:
 _check_torch_version()
 
 # Before anything imports torch: the same CPU kernels on every x86-64 CPU with AVX2 (see
-# cmp_utils.numerics; CMP_CPU_NUMERICS=native opts out).
-from . import numerics as _numerics  # noqa: E402
+# cmp_utils.core.numerics; CMP_CPU_NUMERICS=native opts out).
+from .core import numerics as _numerics  # noqa: E402
 
 _numerics.pin()
 _numerics.warn_on_lock_mismatch()

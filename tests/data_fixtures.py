@@ -167,3 +167,43 @@ def write_mini_cuhk(root: Path, image_size: tuple[int, int] = (16, 32)) -> Path:
                                 "processed_tokens": [c.lower().split() for c in captions], "id": person_id})
     (root / "reid_raw.json").write_text(json.dumps(records), encoding="utf-8")
     return root
+
+
+# The two person-search sets published after the paper (tests/data/test_datasets_new.py, tests/test_reliability.py).
+
+# ICFG-PEDES: ids 1-10 in train (2 images each, one caption an image), ids 11-12 in test (3 images each).
+ICFG_TRAIN_IDS, ICFG_TEST_IDS = list(range(1, 11)), [11, 12]
+
+
+def write_icfg(root: Path) -> Path:
+    """``ICFG-PEDES.json`` + ``imgs/<split>/<id>/<file>.jpg``, records {id, file_path, captions, processed_tokens, split}."""
+    records = []
+    for split, ids, views in (("train", ICFG_TRAIN_IDS, 2), ("test", ICFG_TEST_IDS, 3)):
+        for person_id in ids:
+            for view in range(views):
+                file_path = f"{split}/{person_id:04d}/{person_id:04d}_c{view}_{view:04d}.jpg"
+                write_image(root / "imgs" / file_path, _colour(person_id * 10 + view))
+                caption = f"The person {person_id} wears a coat with {view} buttons and carries a bag."
+                records.append({"id": person_id, "file_path": file_path, "captions": [caption],
+                                "processed_tokens": [caption.lower().split()], "split": split})
+    (root / "ICFG-PEDES.json").write_text(json.dumps(records), encoding="utf-8")
+    return root
+
+
+# RSTPReid: train ids 1-4, val id 5, test ids 6-7; 5 images an identity, 2 captions an image.
+RSTP_SPLITS = {"train": [1, 2, 3, 4], "val": [5], "test": [6, 7]}
+
+
+def write_rstp(root: Path) -> Path:
+    """``data_captions.json`` + ``imgs/<img_path>``, records {id, img_path, captions, split}."""
+    records = []
+    for split, ids in RSTP_SPLITS.items():
+        for person_id in ids:
+            for camera in range(5):
+                img_path = f"{person_id:04d}_c{camera + 3}_{camera:04d}.jpg"
+                write_image(root / "imgs" / img_path, _colour(person_id * 7 + camera))
+                records.append({"id": person_id, "img_path": img_path, "split": split,
+                                "captions": [f"A woman {person_id} in a red skirt seen by camera {camera}.",
+                                             f"She {person_id} carries a black handbag, view {camera}."]})
+    (root / "data_captions.json").write_text(json.dumps(records), encoding="utf-8")
+    return root

@@ -41,7 +41,7 @@ AFTER = {
 # and answers each with one line: the executed copy, or the traceback.
 WORKER = """
 import json, sys, traceback
-from cmp_utils.run_notebooks import run_notebooks
+from cmp_utils.tools.run_notebooks import run_notebooks
 for line in sys.stdin:
     job = json.loads(line)
     try:
@@ -157,7 +157,7 @@ class SmokeNotebookRuns:
 
     def _check_results(self) -> dict:
         """``make check-results`` in the smoke profile, cold, for notebook 10 alone."""
-        process = subprocess.Popen([sys.executable, "-m", "cmp_utils.check_results", "--profile", "smoke", "--cold", "--against", "files",
+        process = subprocess.Popen([sys.executable, "-m", "cmp_utils.tools.check_results", "--profile", "smoke", "--cold", "--against", "files",
                                     "--notebooks", str(self.paths["10_ablation"])], cwd=ROOT, env=self.env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         self.processes.append(process)

@@ -13,8 +13,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cmp_utils import config
-from cmp_utils.notebook_tools import build_notebook, check_notebook, strip_outputs
+from cmp_utils.core import config
+from cmp_utils.reporting.notebook_tools import build_notebook, check_notebook, strip_outputs
 
 from notebook_runs import AFTER, CHECK_RESULTS, ORDER, SmokeNotebookRuns
 

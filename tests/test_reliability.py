@@ -16,7 +16,11 @@ import pandas as pd
 import pytest
 import torch
 
-from cmp_utils import atomic, config, data, experiments, images, notebook_tools, run_notebooks, train
+from cmp_utils.core import atomic, config
+from cmp_utils import data, experiments, training
+from cmp_utils.data import images
+from cmp_utils.reporting import notebook_tools
+from cmp_utils.tools import run_notebooks
 
 from data_fixtures import write_cub, write_cuhk, write_flickr, write_image
 
@@ -49,29 +53,29 @@ def test_image_replaced_at_same_path_rebuilds_the_image_cache(tmp_path):
 def test_feature_cache_key_follows_a_replaced_image(tmp_path):
     root = write_cuhk(tmp_path / "data" / "cuhk_pedes")
     cache_dir = tmp_path / "cache"
-    cfg = train.make_config("paper", "cuhk_pedes", data_dir=str(tmp_path / "data"), cache_dir=str(cache_dir))
+    cfg = training.make_config("paper", "cuhk_pedes", data_dir=str(tmp_path / "data"), cache_dir=str(cache_dir))
     prepared = data.prepare_dataset("cuhk_pedes", "paper", data_dir=tmp_path / "data", cache_dir=cache_dir,
                                     image_size=(8, 4))
-    before = train.feature_cache_path(prepared, "test", cfg, flips=False)
+    before = training.feature_cache_path(prepared, "test", cfg, flips=False)
     _replace_image(root / "imgs" / "test_query" / "p5_s1.jpg", (1, 2, 3), size=(20, 12))
     again = data.prepare_dataset("cuhk_pedes", "paper", data_dir=tmp_path / "data", cache_dir=cache_dir,
                                  image_size=(8, 4))
-    assert train.feature_cache_path(again, "test", cfg, flips=False) != before
-    assert train.feature_cache_path(again, "train", cfg, flips=False) == train.feature_cache_path(
+    assert training.feature_cache_path(again, "test", cfg, flips=False) != before
+    assert training.feature_cache_path(again, "train", cfg, flips=False) == training.feature_cache_path(
         prepared, "train", cfg, flips=False)  # the train images did not change
     weights = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(1)}, weights)
-    with_weights = train.make_config("paper", "cuhk_pedes", cache_dir=str(cache_dir), weights_path=str(weights))
-    old_weights_key = train.feature_cache_path(again, "train", with_weights, flips=False)
+    with_weights = training.make_config("paper", "cuhk_pedes", cache_dir=str(cache_dir), weights_path=str(weights))
+    old_weights_key = training.feature_cache_path(again, "train", with_weights, flips=False)
     torch.save({"w": torch.ones(3)}, weights)  # other weights at the same path
-    assert train.feature_cache_path(again, "train", with_weights, flips=False) != old_weights_key
+    assert training.feature_cache_path(again, "train", with_weights, flips=False) != old_weights_key
 
 
 def test_memoised_run_key_follows_images_annotations_and_weights(tmp_path):
     root = write_flickr(tmp_path / "data" / "flickr30k")
     weights = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(1)}, weights)
-    cfg = train.make_config("paper", "flickr30k", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "c"),
+    cfg = training.make_config("paper", "flickr30k", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "c"),
                             weights_path=str(weights))
     settings = cfg.to_dict()
     first = experiments.run_key(settings, experiments.input_fingerprint(cfg))
@@ -341,13 +345,14 @@ def test_checkpoints_and_settings_load_without_code_execution():
 
     package = config.project_root() / "cmp_utils"
     unsafe, calls = [], 0
-    for path in sorted(package.glob("*.py")):
+    for path in sorted(package.rglob("*.py")):
         source = path.read_text(encoding="utf-8")
+        name = path.relative_to(package).as_posix()
         for match in re.finditer(r"torch\.load\(([^()]*(\([^()]*\))?)*\)", source):
             calls += 1
             if "weights_only=True" not in match.group(0):
-                unsafe.append(f"{path.name}: {match.group(0)}")
-        unsafe += [f"{path.name}: yaml.{call}" for call in re.findall(r"yaml\.(load|unsafe_load|full_load)\(", source)]
+                unsafe.append(f"{name}: {match.group(0)}")
+        unsafe += [f"{name}: yaml.{call}" for call in re.findall(r"yaml\.(load|unsafe_load|full_load)\(", source)]
     assert calls >= 3 and not unsafe, unsafe  # checkpoints, feature caches and weights are all loaded
 
 
@@ -358,10 +363,10 @@ def test_reliability_table_names_only_existing_tests():
 
     root = config.project_root()
     table = (root / "docs" / "reliability.md").read_text(encoding="utf-8")
-    named = re.findall(r"`(?:tests/(test_\w+)\.py)?(?:::)?(test_\w+)`", table)
+    named = re.findall(r"`(?:tests/(?:\w+/)?(test_\w+)\.py)?(?:::)?(test_\w+)`", table)
     assert len(named) >= 30
     defined = {path.stem: set(re.findall(r"^def (test_\w+)\(", path.read_text(encoding="utf-8"), re.M))
-               for path in (root / "tests").glob("test_*.py")}
+               for path in (root / "tests").rglob("test_*.py")}
     missing = [f"{file_name}::{test_name}" for file_name, test_name in named
                if test_name not in (defined.get(file_name, set()) if file_name else set().union(*defined.values()))]
     assert not missing, missing
@@ -377,7 +382,7 @@ def _old_positives_at_least(pair_scores, rows, chunk, thresholds):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_tie_correction_counts_equal_the_old_quadratic_ones(seed):
-    from cmp_utils import metrics
+    from cmp_utils.evaluation import metrics
 
     generator = torch.Generator().manual_seed(seed)
     chunk, width = 7, 40
@@ -399,7 +404,7 @@ def test_tie_correction_counts_equal_the_old_quadratic_ones(seed):
 def test_retrieval_metrics_with_ties_and_many_positives_are_unchanged(seed, monkeypatch):
     """Whole metrics with ties, few and many positives, one and several gallery blocks: equal to the
     old tie correction, bit for bit."""
-    from cmp_utils import metrics
+    from cmp_utils.evaluation import metrics
 
     generator = torch.Generator().manual_seed(seed)
     if seed % 2:  # exactly representable scores: many ties
@@ -482,12 +487,12 @@ def test_a_second_training_run_into_a_locked_folder_is_refused(tmp_path, capsys)
     out = tmp_path / "run"
     holder = _hold_lock_in_another_process(out)
     try:
-        code = train.main(["--profile", "smoke", "--epochs", "1", "--seed", "1", "--output-dir", str(out),
+        code = training.main(["--profile", "smoke", "--epochs", "1", "--seed", "1", "--output-dir", str(out),
                            "--no-progress"])
         error = capsys.readouterr().err
         assert code == 1 and str(out) in error and f"process {holder.pid}" in error and atomic.HOST in error
         with pytest.raises(atomic.FolderLockedError, match="another --output-dir"):
-            train.fit(train.make_config("smoke", "cuhk_pedes", output_dir=str(out), progress=False))
+            training.fit(training.make_config("smoke", "cuhk_pedes", output_dir=str(out), progress=False))
         assert sorted(path.name for path in out.iterdir()) == [atomic.LOCK_NAME]  # nothing written by the refused runs
     finally:
         holder.stdin.close()
@@ -521,7 +526,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path, c
 # ---------------------------------------------------------------------- issue 30: check_results certifies only what it compared
 def _committed_quick_copy(tmp_path: Path) -> Path:
     """A --rerun-dir copy of every committed results/<experiment>/quick/{metrics,claims}.csv."""
-    from cmp_utils import check_results
+    from cmp_utils.tools import check_results
 
     rerun = tmp_path / "rerun"
     for experiment in check_results.committed_experiments("HEAD", "quick"):
@@ -535,7 +540,7 @@ def _committed_quick_copy(tmp_path: Path) -> Path:
 
 
 def test_check_results_fails_on_missing_garbled_or_no_results(tmp_path, capsys):
-    from cmp_utils import check_results
+    from cmp_utils.tools import check_results
 
     rerun = _committed_quick_copy(tmp_path)
     experiments = check_results.committed_experiments("HEAD", "quick")
@@ -584,7 +589,7 @@ def test_a_checkpoint_on_a_full_disk_names_the_file_and_keeps_the_old_one(tiny_d
                                       r"kept unchanged\)") as raised:
         atomic.torch_save(checkpoint, {"w": torch.zeros(200_000)})  # 800 KB on a 256 KiB disk
     assert raised.value.errno == 28 and "enforce fail" not in str(raised.value)
-    assert torch.equal(train.load_checkpoint(checkpoint)["w"], torch.ones(10))
+    assert torch.equal(training.load_checkpoint(checkpoint)["w"], torch.ones(10))
     assert sorted(path.name for path in checkpoint.parent.iterdir()) == ["last.pt"]  # no temporary left
     with pytest.raises(OSError, match=r"cannot write .*big\.csv: No space left on device \(nothing was written"):
         atomic.write_csv(tiny_disk / "big.csv", pd.DataFrame({"x": np.arange(100_000)}))
@@ -628,7 +633,7 @@ def test_a_checkpoint_with_disallowed_objects_is_not_called_truncated(tmp_path):
     path = tmp_path / "best.pt"
     torch.save({"model": {"w": torch.ones(2)}, "extra": _NotAWeight()}, path)
     with pytest.raises(ValueError, match=r"best\.pt holds disallowed objects") as raised:
-        train.load_checkpoint(path)
+        training.load_checkpoint(path)
     assert "empty or truncated" not in str(raised.value) and "weights_only=False" in str(raised.value)
 
 
@@ -638,7 +643,7 @@ def test_load_trained_ignores_the_machine_local_paths_of_a_run_folder(isolated_d
     from cmp_utils import experiments
 
     run = tmp_path / "received_run"
-    train.fit(train.make_config("smoke", "cuhk_pedes", epochs=1, output_dir=str(run), progress=False))
+    training.fit(training.make_config("smoke", "cuhk_pedes", epochs=1, output_dir=str(run), progress=False))
     params = yaml.safe_load((run / "params.yaml").read_text())
     elsewhere = tmp_path / "chosen_by_the_sender"
     params.update(cache_dir=str(elsewhere / "cache"), data_dir=str(elsewhere / "data"))
@@ -671,7 +676,7 @@ def test_karpathy_sentences_as_a_string_is_an_error_naming_file_and_record(tmp_p
 
 
 def test_an_unknown_split_label_is_an_error_not_a_skipped_record(tmp_path):
-    from test_datasets_new import write_rstp
+    from data_fixtures import write_rstp
 
     root = write_rstp(tmp_path / "rstpreid")
     _rewrite(root / "data_captions.json", lambda records: records[0].update(split="Train"))
@@ -778,17 +783,19 @@ def test_a_resumed_run_that_fails_leaves_no_results_json_of_its_earlier_part(iso
     """results.json, best.pt and last.pt come from the same run state: a resume drops the earlier
     results.json before training on, and a new one is written only when the run ends."""
     out = tmp_path / "run"
-    train.fit(train.make_config("smoke", "cuhk_pedes", epochs=1, output_dir=str(out), progress=False))
+    training.fit(training.make_config("smoke", "cuhk_pedes", epochs=1, output_dir=str(out), progress=False))
     assert (out / "results.json").is_file()
 
     def fail(*args, **kwargs):
         raise RuntimeError("killed before the end")
 
-    monkeypatch.setattr(train, "_final_result", fail)
+    from cmp_utils.training import loop
+
+    monkeypatch.setattr(loop, "_final_result", fail)
     with pytest.raises(RuntimeError, match="killed before the end"):
-        train.fit(train.make_config("smoke", "cuhk_pedes", epochs=2, output_dir=str(out), progress=False, resume=True))
+        training.fit(training.make_config("smoke", "cuhk_pedes", epochs=2, output_dir=str(out), progress=False, resume=True))
     assert not (out / "results.json").exists()
-    assert train.load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
+    assert training.load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
     assert not (out / atomic.LOCK_NAME).exists()  # the lock goes with the run, however it ends
 
 
@@ -821,7 +828,7 @@ def test_an_image_cache_on_a_full_disk_names_the_file_instead_of_dying(tiny_disk
 
 
 def test_generating_synthetic_data_on_a_full_disk_names_the_folder(tiny_disk):
-    from cmp_utils import synthetic
+    from cmp_utils.data import synthetic
 
     with pytest.raises(OSError, match=r"cannot write .*tiny/cuhk_pedes: No space left on device \(nothing was written"):
         synthetic.generate("cuhk_pedes", tiny_disk / "cuhk_pedes", "quick")

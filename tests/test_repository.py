@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cmp_utils import config
+from cmp_utils.core import config
 
 ROOT = config.project_root()
 # The patterns are assembled from pieces so that this file does not match itself.
@@ -96,16 +96,16 @@ def test_license_and_citation_exist():
 
 
 def test_readme_is_short_and_generated_where_it_holds_numbers():
-    from cmp_utils import report
+    from cmp_utils import reporting
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(text.splitlines()) < 200, "README.md must stay under 200 lines: move detail to results/README.md or docs/"
-    for name in report.README_SECTIONS:
-        start, end = report.marker(name)
+    for name in reporting.README_SECTIONS:
+        start, end = reporting.marker(name)
         assert start in text and end in text, f"README.md lacks the generated section {name}"
     hand_written = text
-    for name in report.README_SECTIONS:
-        start, end = report.marker(name)
+    for name in reporting.README_SECTIONS:
+        start, end = reporting.marker(name)
         hand_written = hand_written[: hand_written.index(start)] + hand_written[hand_written.index(end):]
     # Outside the generated sections no result is typed by hand: no "12.34"-style figures.
     assert not re.findall(r"(?<![\w./-])\d+\.\d\d(?![\w./-])", hand_written)
@@ -121,7 +121,7 @@ RESULT_NUMBER = re.compile(r"(?<![\w./-])(?:[x×]\s?)?\d+\.\d+(?:\s?[x×%])?(?![
 #: A version after a software name (``TF 2.21``, ``torch >= 2.4``) or an arXiv identifier is not a result.
 VERSION_BEFORE = re.compile(r"(?:TF|TensorFlow|torch|torchvision|oneMKL|oneDNN|Python|CUDA|version|arXiv:)\s?(?:>=?\s?)?$")
 #: Numbers that are settings or constants, not results, wherever they appear (keep this short; a new entry
-#: needs a reason). The paper's published values are allowed too: they come from cmp_utils/paper_numbers.csv.
+#: needs a reason). The paper's published values are allowed too: they come from cmp_utils/evaluation/paper_numbers.csv.
 NOT_RESULTS = {
     # optimiser, weight-average and batch-norm settings of the paper and the release (betas, decays, momenta, lr)
     "0.9", "0.99", "0.999", "0.9999", "0.9997", "0.997", "0.0003", "0.003", "0.0002", "0.94",
@@ -148,10 +148,10 @@ GENERATED_SECTION = re.compile(r"<!-- (\S+):start -->.*?<!-- \1:end -->", re.S)
 
 
 def paper_values() -> set[str]:
-    """The paper's published values as written in ``cmp_utils/paper_numbers.csv``."""
+    """The paper's published values as written in ``cmp_utils/evaluation/paper_numbers.csv``."""
     import pandas as pd
 
-    frame = pd.read_csv(ROOT / "cmp_utils" / "paper_numbers.csv", dtype=str, keep_default_na=False)
+    frame = pd.read_csv(ROOT / "cmp_utils" / "evaluation" / "paper_numbers.csv", dtype=str, keep_default_na=False)
     return {value for value in frame["value"] if value}
 
 
@@ -188,7 +188,7 @@ def prose_of_the_repository() -> list[tuple[str, str]]:
     docs/*.md, README.md and the notebooks' Markdown cells."""
     import json
 
-    prose = [(f"{path.relative_to(ROOT)}:{line}", text) for path in sorted((ROOT / "cmp_utils").glob("*.py"))
+    prose = [(f"{path.relative_to(ROOT)}:{line}", text) for path in sorted((ROOT / "cmp_utils").rglob("*.py"))
              for line, text in python_prose(path.read_text(encoding="utf-8"))]
     prose += [(str(path.relative_to(ROOT)), path.read_text(encoding="utf-8"))
               for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]]
@@ -208,7 +208,7 @@ def test_the_number_check_catches_typed_results_and_passes_settings():
 
 
 def test_no_hand_typed_result_number_in_prose():
-    """Results in prose are generated from results/ (between markers, by cmp_utils.report / fidelity) or
+    """Results in prose are generated from results/ (between markers, by cmp_utils.reporting / fidelity) or
     not written: a typed number goes stale when the code changes (issue 26)."""
     allowed = NOT_RESULTS | paper_values()
     typed = {where: numbers for where, text in prose_of_the_repository()

@@ -26,7 +26,7 @@ Two choices of this transcription, both where the release leaves something open:
 * the release groups the batch-norm updates, the EMA update and Adam's update in one ``tf.group``
   with no order between them, so whether the EMA reads the weights (and the step count) before or
   after the update is up to TF's scheduler. Here the EMA runs after both, as ours does
-  (:func:`cmp_utils.train.train_step`);
+  (:func:`cmp_utils.training.train_step`);
 * TF-slim's ``batch_norm`` does not import on TF 2.21, so batch norm is written out as slim's
   fused kernel (TF 1.4's default for these 4-D maps) computes it (``_batch_norm``), with slim's
   variable names; written out, it also runs in float64. Dropout is left out (keep probability 1: the test compares
