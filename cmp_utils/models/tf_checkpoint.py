@@ -67,7 +67,6 @@ from torch import nn
 
 from . import backbones
 
-
 KINDS = ("mobilenet_v1", "resnet_v1_152", "cmpm_model")
 EMA_CHOICES = ("auto", "raw")
 EMA_SUFFIX = "/ExponentialMovingAverage"

@@ -12,15 +12,14 @@ import os
 import sys
 from typing import Any, Sequence
 
-
 from ..core import atomic
 from ..models.tf_checkpoint import (
     BN_STATISTICS_CHOICES,
-    CheckpointMismatch,
     EMA_CHOICES,
     EXACT_BACKBONE,
-    KINDS,
     KIND_DEFAULTS,
+    KINDS,
+    CheckpointMismatch,
     convert_backbone,
     convert_cmpm_model,
     guess_kind,
