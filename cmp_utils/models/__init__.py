@@ -1,6 +1,15 @@
-"""The networks: image backbones (TF-exact MobileNet v1 and ResNet-152, torchvision trunks), the Bi-LSTM text
-branch, the joint embedding and the full cross-modal model; ``tf_checkpoint`` reads the authors' TensorFlow
-checkpoints into them.
+"""The two branches of the CMPM/CMPC network and their joint embedding.
+
+Image branch: a CNN $f_{img}$ maps an image to a feature map; average pooling (global, as in
+the paper, or over a small grid) turns it into a vector $\\phi(I)$; a joint-embedding layer
+(linear without bias + batch norm, no activation) gives the image embedding $x_i \\in R^d$.
+
+Text branch: a word embedding, a Bi-LSTM over time and max pooling over time give $\\psi(T)$;
+the text joint-embedding layer gives $z_j \\in R^d$. The losses (:mod:`cmp_utils.losses`) work on
+$x$ and $z$ directly (not L2-normalised).
+
+Modules: ``backbones`` (the CNNs and their weights), ``text_branch`` (the Bi-LSTM), ``network`` (pooling,
+joint embedding, :class:`CrossModalModel`), ``tf_checkpoint`` (the authors' TensorFlow checkpoints read into them).
 """
 
 from .backbones import (
@@ -24,9 +33,8 @@ from .backbones import (
     check_torchvision_hash,
     load_backbone_weights,
     build_backbone,
-    grid_average_pool,
-    ImageEncoder,
-    CachedFeatureEncoder,
+)
+from .text_branch import (
     PADDED_STEPS,
     WORD_EMBEDDING_INITS,
     LSTM_INITS,
@@ -40,6 +48,11 @@ from .backbones import (
     tf_lstm_kernel_to_torch,
     tf_lstm_init_,
     TextEncoder,
+)
+from .network import (
+    grid_average_pool,
+    ImageEncoder,
+    CachedFeatureEncoder,
     JOINT_EMBEDDINGS,
     BN_STYLES,
     JOINT_EMBEDDING_INITS,
@@ -79,9 +92,6 @@ __all__ = [
     "check_torchvision_hash",
     "load_backbone_weights",
     "build_backbone",
-    "grid_average_pool",
-    "ImageEncoder",
-    "CachedFeatureEncoder",
     "PADDED_STEPS",
     "WORD_EMBEDDING_INITS",
     "LSTM_INITS",
@@ -95,6 +105,9 @@ __all__ = [
     "tf_lstm_kernel_to_torch",
     "tf_lstm_init_",
     "TextEncoder",
+    "grid_average_pool",
+    "ImageEncoder",
+    "CachedFeatureEncoder",
     "JOINT_EMBEDDINGS",
     "BN_STYLES",
     "JOINT_EMBEDDING_INITS",

@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import backbones
+from . import backbones, network, text_branch
 
 KINDS = ("mobilenet_v1", "resnet_v1_152", "cmpm_model")
 EMA_CHOICES = ("auto", "raw")
@@ -382,19 +382,19 @@ def model_settings(variables: dict[str, np.ndarray], scope: str | None = None) -
             "units": resnet_units(variables, scope) if backbone == "resnet152_slim" else None}
 
 
-def build_target_model(settings: dict[str, Any]) -> backbones.CrossModalModel:
+def build_target_model(settings: dict[str, Any]) -> network.CrossModalModel:
     """The :class:`models.CrossModalModel` that a converted release checkpoint fills (random init)."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no weights_path": the weights come from the checkpoint
-        model = backbones.build_model(settings["vocab_size"], settings["backbone"], settings["embedding_dim"],
+        model = network.build_model(settings["vocab_size"], settings["backbone"], settings["embedding_dim"],
                                    settings["word_dim"], settings["hidden_size"], pad_id=0,
                                    pool_grid=tuple(settings.get("pool_grid", (1, 1))), pretrained=False,
                                    joint_embedding=settings["joint_embedding"], bn_style=settings["bn_style"])
     units = settings.get("units")
     if settings["backbone"] == "resnet152_slim" and units and tuple(units) != backbones.RESNET_V1_152_UNITS:
-        model.image_encoder = backbones.ImageEncoder(backbones.ResNetV1Slim(units), model.image_encoder.grid)
+        model.image_encoder = network.ImageEncoder(backbones.ResNetV1Slim(units), model.image_encoder.grid)
     return model.eval()
 
 
@@ -426,7 +426,7 @@ def convert_cmpm_model(variables: dict[str, np.ndarray], scope: str | None = Non
         if kernel.shape != (word_dim + hidden, 4 * hidden) or bias.shape != (4 * hidden,):
             raise CheckpointMismatch(f"variable {kernel_name!r} {kernel.shape} / {bias_name!r} {bias.shape} do not fit "
                                      f"an LSTM of {hidden} units on {word_dim}-d words")
-        mapped = backbones.tf_lstm_kernel_to_torch(torch.from_numpy(kernel), torch.from_numpy(bias), word_dim,
+        mapped = text_branch.tf_lstm_kernel_to_torch(torch.from_numpy(kernel), torch.from_numpy(bias), word_dim,
                                                 LSTM_FORGET_BIAS)
         for torch_name, value in mapped.items():
             conversion.put(f"text_encoder.lstm.{torch_name}_l0{suffix}", value, kernel_name)
@@ -519,7 +519,7 @@ def remap_word_embedding(table: torch.Tensor, source_words: Sequence[str], vocab
     return remapped, {"known": len(vocabulary) - len(missing) - 2, "unknown": missing}
 
 
-def load_converted_model(path: str | os.PathLike, vocabulary=None) -> backbones.CrossModalModel:
+def load_converted_model(path: str | os.PathLike, vocabulary=None) -> network.CrossModalModel:
     """Rebuild a converted ``cmpm_model`` file as a :class:`models.CrossModalModel` in eval mode.
 
     ``vocabulary``: the prepared data's :class:`cmp_utils.data.text.Vocabulary`. With the release's
