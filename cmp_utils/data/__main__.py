@@ -2,7 +2,7 @@
 
 import sys
 
-from .readers import main
+from .check import main
 
 if __name__ == "__main__":
     sys.exit(main())
