@@ -1,14 +1,41 @@
-"""Reporting: result tables and the README's generated sections (``python -m cmp_utils.reporting --readme
-README.md``), figures (``plots``), notebook file tools (``notebook_tools``) and the environment report
-(``environment``).
+"""Everything a reader sees of the results, generated from the CSVs the notebooks wrote.
+
+``python -m cmp_utils.reporting --readme README.md [--results results] [--profile quick]``
+
+Notebooks use :func:`summarise` (the one way to average over seeds), :func:`what_we_found`
+(their closing "What we found" cell), :func:`about_profiles` (the shared explanation of the
+profiles and of how claims are decided) and :func:`training_settings` (resolved settings for
+``params.yaml``); :func:`scrub_notebook` removes machine paths from executed notebooks.
+
+Modules: ``tables`` (metrics and claims summarised, beside the paper's values), ``readme`` (the
+generated sections), ``prose`` (the notebooks' generated text), ``scrub`` (executed notebooks made fit to commit),
+``plots`` (figures), ``notebook_tools`` (notebook files: parameters, stripping), ``environment`` (the
+environment report).
 """
 
-from .readme import (
+from .tables import (
     METRICS_COLUMNS,
     REQUIRED_METRICS_COLUMNS,
     PER_RUN_COLUMNS,
     SUMMARY_COLUMNS,
     CELL_ATTRIBUTES,
+    METRIC_LABELS,
+    read_metrics,
+    grouping_columns,
+    summarise,
+    with_current_paper_values,
+    markdown_table,
+    read_claims,
+    paper_side,
+    PAPER_COMPARISONS,
+    is_papers_claim,
+    headline_table,
+    EXPERIMENT_PAPER_TABLES,
+    paper_comparison,
+    synthetic_summary,
+    reproduction_status,
+)
+from .readme import (
     SECTIONS,
     README_SECTIONS,
     PAPER_TABLES,
@@ -16,30 +43,15 @@ from .readme import (
     SCORECARD_SUMMARISED,
     SCORECARD_TABLES,
     README_FIGURES,
-    METRIC_LABELS,
     marker,
-    read_metrics,
-    grouping_columns,
-    summarise,
-    with_current_paper_values,
     notebook_for,
     experiment_files,
-    markdown_table,
-    read_claims,
-    paper_side,
-    PAPER_COMPARISONS,
-    is_papers_claim,
     render_scorecard,
-    headline_table,
     WITHOUT_PAPER_VALUES,
     render_headline,
     render_reproduction,
     render_third_party,
     render_full_tables,
-    EXPERIMENT_PAPER_TABLES,
-    paper_comparison,
-    synthetic_summary,
-    reproduction_status,
     render_figures,
     PROFILE_ROWS,
     render_profiles,
@@ -51,17 +63,21 @@ from .readme import (
     replace_between_markers,
     render_section,
     update_readme,
+    main,
+)
+from .prose import (
     reproduction_status_of,
     about_profiles,
     CAVEATS,
     GENERAL_CAVEAT,
     what_we_found,
     training_settings,
+)
+from .scrub import (
     scrub_text,
     MAX_INLINE_WIDTH,
     shrink_png,
     scrub_notebook,
-    main,
 )
 
 __all__ = [
@@ -70,6 +86,21 @@ __all__ = [
     "PER_RUN_COLUMNS",
     "SUMMARY_COLUMNS",
     "CELL_ATTRIBUTES",
+    "METRIC_LABELS",
+    "read_metrics",
+    "grouping_columns",
+    "summarise",
+    "with_current_paper_values",
+    "markdown_table",
+    "read_claims",
+    "paper_side",
+    "PAPER_COMPARISONS",
+    "is_papers_claim",
+    "headline_table",
+    "EXPERIMENT_PAPER_TABLES",
+    "paper_comparison",
+    "synthetic_summary",
+    "reproduction_status",
     "SECTIONS",
     "README_SECTIONS",
     "PAPER_TABLES",
@@ -77,30 +108,15 @@ __all__ = [
     "SCORECARD_SUMMARISED",
     "SCORECARD_TABLES",
     "README_FIGURES",
-    "METRIC_LABELS",
     "marker",
-    "read_metrics",
-    "grouping_columns",
-    "summarise",
-    "with_current_paper_values",
     "notebook_for",
     "experiment_files",
-    "markdown_table",
-    "read_claims",
-    "paper_side",
-    "PAPER_COMPARISONS",
-    "is_papers_claim",
     "render_scorecard",
-    "headline_table",
     "WITHOUT_PAPER_VALUES",
     "render_headline",
     "render_reproduction",
     "render_third_party",
     "render_full_tables",
-    "EXPERIMENT_PAPER_TABLES",
-    "paper_comparison",
-    "synthetic_summary",
-    "reproduction_status",
     "render_figures",
     "PROFILE_ROWS",
     "render_profiles",
@@ -112,6 +128,7 @@ __all__ = [
     "replace_between_markers",
     "render_section",
     "update_readme",
+    "main",
     "reproduction_status_of",
     "about_profiles",
     "CAVEATS",
@@ -122,5 +139,4 @@ __all__ = [
     "MAX_INLINE_WIDTH",
     "shrink_png",
     "scrub_notebook",
-    "main",
 ]
