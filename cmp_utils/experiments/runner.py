@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -50,62 +49,6 @@ METHODS: dict[str, tuple[str, ...]] = {
     "TAL": ("tal",),
 }
 
-#: Name of each experiment's results folder and the notebook that makes it.
-EXPERIMENT_NOTEBOOKS = {
-    "cuhk_pedes": "05_cuhk_pedes",
-    "flickr30k": "06_flickr30k",
-    "mscoco": "07_mscoco",
-    "cub_flowers": "08_cub_flowers",
-    "batch_size": "09_batch_size",
-    "ablation": "10_ablation",
-    "feature_distribution": "11_feature_distribution",
-    "cmpm_family": "14_cmpm_family",
-}
-
-#: The paper profile's grid of notebooks 06-08: the rows the paper reports, each with the backbone it
-#: reports it for (our name of that network, :data:`cmp_utils.models.BACKBONES`); each row is compared
-#: with the paper's value of its own backbone (:func:`cmp_utils.evaluation.paper.paper_cell`). Flickr30K CMPM with
-#: ResNet-152 has no public value but is trained by the authors' release scripts. Other settings are the
-#: dataset's paper recipe (:data:`cmp_utils.training.PROFILE_SETTINGS`); the smoke and quick profiles train
-#: every method with their own (fast) backbone instead.
-PAPER_ROWS: dict[str, tuple[tuple[str, str], ...]] = {
-    "flickr30k": (("CMPM+CMPC", "resnet152_slim"), ("CMPM+CMPC", "mobilenet_v1_tf"), ("CMPM", "resnet152_slim")),
-    "mscoco": (("CMPM", "resnet152_slim"), ("CMPM+CMPC", "mobilenet_v1_tf")),
-    "cub": (("CMPM", "mobilenet_v1_tf"), ("CMPM+CMPC", "mobilenet_v1_tf")),
-    "flowers": (("CMPM", "mobilenet_v1_tf"), ("CMPM+CMPC", "mobilenet_v1_tf")),
-}
-
-
-def grid_rows(dataset: str, profile: str, methods: Sequence[str]) -> list[tuple[str, str | None]]:
-    """The ``(method, backbone)`` runs of an experiment: in the paper profile, the rows of
-    :data:`PAPER_ROWS` for ``dataset`` whose method is among ``methods`` (a method the paper
-    does not report for ``dataset`` runs with the profile's backbone); otherwise every method with
-    the profile's backbone (``None``)."""
-    for method in methods:
-        method_losses(method)
-    if profile != "paper" or dataset not in PAPER_ROWS:
-        return [(method, None) for method in methods]
-    rows = [(method, backbone) for method, backbone in PAPER_ROWS[dataset] if method in methods]
-    reported = {method for method, _ in PAPER_ROWS[dataset]}
-    return rows + [(method, None) for method in methods if method not in reported]
-
-
-def comparable_backbones(results: pd.DataFrame, better: str, worse: str) -> list[str]:
-    """The backbones with which both ``better`` and ``worse`` ran (a claim compares losses, never
-    a loss on one backbone with another loss on another)."""
-    per_method = results.groupby("method")["backbone"].unique()
-    if better not in per_method or worse not in per_method:
-        return []
-    return [backbone for backbone in per_method[better] if backbone in set(per_method[worse])]
-
-
-def by_row(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` for figures that group by method: where it holds several backbones (the paper
-    profile's grid) each method label names its backbone, ``"CMPM+CMPC (mobilenet_v1_tf)"``."""
-    if "backbone" not in frame or frame["backbone"].nunique() <= 1:
-        return frame
-    return frame.assign(method=frame["method"] + " (" + frame["backbone"].astype(str) + ")")
-
 
 RESULT_COLUMNS = ["dataset", "table", "method", "backbone", "direction", "metric", "value", "paper_value", "seed"]
 
@@ -120,7 +63,8 @@ def method_losses(method: str) -> tuple[str, ...]:
 #: The modules whose code decides a run's numbers (benchmarks, reports and notebook tooling do not), as
 #: patterns under ``cmp_utils/``.
 RESULT_MODULES = ("core/config.py", "core/numerics.py", "data/**/*.py", "models/*.py", "losses/*.py", "training/*.py",
-                  "evaluation/evaluate.py", "evaluation/metrics.py", "experiments/runner.py")
+                  "evaluation/evaluate.py", "evaluation/metrics.py", "experiments/runner.py",
+                  "experiments/grids.py", "experiments/notebook.py")
 
 
 def _code_fingerprint() -> str:
@@ -361,180 +305,6 @@ def run_method(
     return record
 
 
-def grid_jobs(dataset: str, profile: str, methods: Sequence[str | tuple[str, str | None]], seeds: Sequence[int],
-              device: str = "auto", data_dir: str | None = None,
-              overrides: dict[str, Any] | None = None,
-              method_overrides: dict[str, dict[str, Any]] | None = None) -> list[tuple]:
-    """The :func:`run_method` arguments of every run of :func:`run_grid`, method by method, seed by seed:
-    ``(dataset, profile, method, seed, device, data_dir, overrides)``; a method named in
-    ``method_overrides`` gets its settings on top of ``overrides``, and a ``(method, backbone)`` pair
-    gets ``backbone`` on top of those."""
-    pairs = [(item, None) if isinstance(item, str) else tuple(item) for item in methods]
-    for method, _ in pairs:
-        method_losses(method)  # fail before training anything
-
-    def row_overrides(method: str, backbone: str | None) -> dict[str, Any] | None:
-        settings = overrides
-        if method_overrides and method in method_overrides:
-            settings = {**(overrides or {}), **method_overrides[method]}
-        return settings if backbone is None else {**(settings or {}), "backbone": backbone}
-
-    return [(dataset, profile, method, seed, device, data_dir, row_overrides(method, backbone))
-            for method, backbone in pairs for seed in seeds]
-
-
-def run_job(job: tuple) -> dict[str, Any]:
-    """One :func:`run_method` call in a worker process. The thread count is the run's own
-    (``TrainConfig.num_threads``, applied by ``fit``), never the pool's, so a run gives the same
-    numbers in a worker as in the notebook's process."""
-    return run_method(*job)
-
-
-def default_workers(device: str = "auto", profile: str = "quick") -> int:
-    """Parallel training processes for :func:`run_grid`: on a CPU one per core (up to 8), each with
-    one thread, since the small quick-profile models use one core well and several poorly; on a
-    GPU one; in the smoke profile one (its runs last less than starting a worker)."""
-    import os
-
-    if profile == "smoke" or config.resolve_device(device).type != "cpu":
-        return 1
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-def run_grid(
-    dataset: str,
-    profile: str,
-    methods: Sequence[str | tuple[str, str | None]],
-    seeds: Sequence[int],
-    device: str = "auto",
-    data_dir: str | None = None,
-    overrides: dict[str, Any] | None = None,
-    extra_columns: dict[str, Any] | None = None,
-    progress: bool = True,
-    workers: int | None = None,
-    method_overrides: dict[str, dict[str, Any]] | None = None,
-) -> pd.DataFrame:
-    """Every method with every seed: tidy rows (see :data:`RESULT_COLUMNS`) plus ``seconds``.
-
-    A method may be a ``(method, backbone)`` pair (:func:`grid_rows`): that run trains ``backbone``
-    whatever ``overrides`` says (``None``: the profile's or the overrides' backbone).
-
-    ``extra_columns`` are constant columns added to every row (e.g. ``{"batch_size": 32}``).
-    ``workers`` > 1 trains that many runs at once in separate processes (default:
-    :func:`default_workers`), each with the run's own thread count (``num_threads``: 1 in the
-    smoke and quick profiles), so results do not depend on ``workers``. The data and feature
-    caches are built once, before the workers start (:func:`train_jobs`). On
-    synthetic data (smoke, quick) the rows carry the dataset's ``ceiling`` where one is known
-    (:func:`attach_ceiling`). ``method_overrides`` maps a method label to settings of its runs only,
-    on top of ``overrides`` (e.g. each loss's own temperature in ``loss_options``).
-    """
-    jobs = grid_jobs(dataset, profile, methods, seeds, device, data_dir, overrides, method_overrides)
-    records = train_jobs(jobs, device, profile, workers, progress, desc=f"{dataset} runs")
-    return grid_frame(dataset, profile, jobs, records, extra_columns)
-
-
-def run_grids(grids: Sequence[dict[str, Any]], device: str = "auto", progress: bool = True,
-              workers: int | None = None) -> list[pd.DataFrame]:
-    """Several :func:`run_grid` calls trained in **one** pool: ``grids`` holds each call's keyword
-    arguments (``dataset``, ``profile``, ``methods``, ``seeds`` and any of ``data_dir``,
-    ``overrides``, ``method_overrides``, ``extra_columns``); returns one frame per grid, as
-    :func:`run_grid` would. With 2 workers, 5 seeds per grid leave a core idle for one run of every
-    grid (and each grid's pool starts its workers again); pooled, only the last run of all waits.
-    A run that two grids share is trained once. Numbers do not depend on the pooling: every run is
-    the same function of its settings wherever it trains."""
-    if not grids:
-        return []
-    profiles = {grid["profile"] for grid in grids}
-    if len(profiles) != 1:
-        raise ValueError(f"run_grids pools runs of one profile; got {sorted(profiles)}")
-    profile = profiles.pop()
-    per_grid = [grid_jobs(g["dataset"], g["profile"], g["methods"], g["seeds"], device, g.get("data_dir"),
-                          g.get("overrides"), g.get("method_overrides")) for g in grids]
-    unique: dict[str, int] = {}
-    jobs: list[tuple] = []
-    for job in (job for grid in per_grid for job in grid):
-        key = json.dumps(job, sort_keys=True, default=str)
-        if key not in unique:
-            unique[key] = len(jobs)
-            jobs.append(job)
-    records = train_jobs(jobs, device, profile, workers, progress, desc=f"{len(grids)} grids")
-    frames = []
-    for grid, grid_job_list in zip(grids, per_grid):
-        mine = {index: records[unique[json.dumps(job, sort_keys=True, default=str)]]
-                for index, job in enumerate(grid_job_list)}
-        frames.append(grid_frame(grid["dataset"], profile, grid_job_list, mine, grid.get("extra_columns")))
-    return frames
-
-
-def train_jobs(jobs: Sequence[tuple], device: str = "auto", profile: str = "quick", workers: int | None = None,
-               progress: bool = True, desc: str = "runs") -> dict[int, dict[str, Any]]:
-    """Train (or read from the memo) every :func:`run_method` job; ``{job index: run record}``.
-    ``workers`` > 1 trains that many at once in spawned processes. Before they start, this process
-    builds the data and feature caches of each distinct input (:func:`cmp_utils.training.prepare_inputs`,
-    one torch thread as in the runs), so that the workers only read them."""
-    import concurrent.futures
-    import multiprocessing
-
-    from tqdm.auto import tqdm
-
-    from .. import training
-
-    workers = default_workers(device, profile) if workers is None else max(1, int(workers))
-    records: dict[int, dict[str, Any]] = {}
-    pending = list(range(len(jobs)))
-    parallel = workers > 1 and len(pending) > 1
-    if parallel:
-        for settings in distinct_inputs(jobs):
-            training.prepare_inputs(settings)
-    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
-    if parallel:
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = {pool.submit(run_job, jobs[i]): i for i in pending}
-            for future in concurrent.futures.as_completed(futures):
-                records[futures[future]] = future.result()
-                bar.update()
-    else:
-        for index in pending:
-            records[index] = run_method(*jobs[index])
-            bar.update()
-    bar.close()
-    return records
-
-
-def distinct_inputs(jobs: Sequence[tuple]) -> list[Any]:
-    """The settings of the first job of each distinct :func:`cmp_utils.training.input_key` whose run is
-    not memoised yet, in job order."""
-    from .. import training
-
-    chosen: dict[str, Any] = {}
-    fingerprints: dict[str, str] = {}  # input_fingerprint reads only input fields: once per input key
-    for job in jobs:
-        cfg = _job_config(*job)
-        key = training.input_key(cfg)
-        if key in chosen:
-            continue
-        if key not in fingerprints:
-            fingerprints[key] = input_fingerprint(cfg)
-        if not (_run_location(cfg, fingerprints[key])[2] / "protocol.json").is_file():
-            chosen[key] = cfg
-    return list(chosen.values())
-
-
-def grid_frame(dataset: str, profile: str, jobs: Sequence[tuple], records: dict[int, dict[str, Any]],
-               extra_columns: dict[str, Any] | None = None) -> pd.DataFrame:
-    """The tidy rows of a grid's runs (:func:`run_grid`'s return value) from their records."""
-    rows = []
-    for index, (_, _, method, seed, *_rest) in enumerate(jobs):
-        record = records[index]
-        for row in record["rows"]:
-            rows.append({"dataset": dataset, "method": method, "backbone": record["settings"]["backbone"],
-                         "seed": seed, "seconds": record["seconds"], "run_key": record["key"],  # the run's folder name
-                         **(extra_columns or {}), **row})
-    frame = attach_paper_values(pd.DataFrame(rows))
-    return attach_ceiling(frame, profile) if profile in config.SYNTHETIC_PROFILES else frame
-
-
 def attach_ceiling(frame: pd.DataFrame, profile: str) -> pd.DataFrame:
     """Add ``ceiling``: the attribute oracle's value (:mod:`cmp_utils.evaluation.ceiling`) of each row's
     dataset (or protocol table, where the ceiling has one per table: ``mscoco_1k`` / ``mscoco_5k``),
@@ -568,9 +338,9 @@ def score_checkpoint(path: str | Path, dataset: str, profile: str, device: str =
     ``overrides`` (image size, data folder), so the test split and vocabulary are those a trained
     run of this profile would see.
     """
-    from ..models import tf_checkpoint
     from .. import data, training
     from ..evaluation import evaluate
+    from ..models import tf_checkpoint
 
     settings = training.make_config(profile, dataset, **(overrides or {}))
     prepared = data.prepare_dataset(dataset, profile, data_dir=data_dir or None, cache_dir=settings.cache_dir,
@@ -640,126 +410,3 @@ def save_experiment(out_dir: str | Path, frame: pd.DataFrame, params: dict[str, 
         for name, figure in (figures or {}).items():
             written.extend(plots.save_figure(figure, staging / name))
     return [out_dir / path.relative_to(staging) for path in written]
-
-
-def relative_drop(recall: pd.DataFrame, over: str = "batch_size") -> pd.DataFrame:
-    """Per seed (rows) and method (columns): how far a method's score falls across the values of
-    ``over``, relative to its own best, ``100 (max - min) / max`` (%). Scale-free: a loss that scores
-    higher is not penalised for it, as an absolute range would. ``recall``: tidy rows of one metric."""
-    grouped = recall.groupby(["seed", "method"])["value"]
-    drop = 100.0 * (grouped.max() - grouped.min()) / grouped.max()
-    if recall.groupby(["seed", "method"])[over].nunique().min() < 2:
-        raise ValueError(f"relative_drop needs at least two values of {over!r} per seed and method")
-    return drop.unstack("method")
-
-
-# ---------------------------------------------------------------------------------------------
-# Feature distribution
-# ---------------------------------------------------------------------------------------------
-
-
-def cosine_statistics(image_embeddings: torch.Tensor, image_labels: torch.Tensor, text_embeddings: torch.Tensor,
-                      text_labels: torch.Tensor) -> dict[str, float]:
-    """How well the cross-modal cosine similarity separates identities; every image-text pair counts once.
-
-    ``image_embeddings`` (N_I, d), ``text_embeddings`` (N_T, d). Returns the mean cosine of matching
-    (``intra_cosine``) and non-matching (``inter_cosine``) pairs and their difference ``cosine_gap``
-    (not scale-free: a loss whose cosines spread more gets a larger gap), and two scale-free measures:
-    ``separation_auc``, the probability that a matching pair scores above a non-matching one (the
-    area under the ROC curve, ties counted half; 0.5 = no separation), and ``d_prime``, the difference
-    of the two means over their pooled standard deviation."""
-    images = torch.nn.functional.normalize(image_embeddings.double(), dim=1)  # (N_I, d)
-    texts = torch.nn.functional.normalize(text_embeddings.double(), dim=1)  # (N_T, d)
-    cosine = images @ texts.T  # (N_I, N_T)
-    same = image_labels[:, None] == text_labels[None, :]  # (N_I, N_T)
-    matching, other = cosine[same], cosine[~same]  # (P,), (Q,)
-    intra, inter = float(matching.mean()), float(other.mean())
-    pooled = math.sqrt((float(matching.var()) + float(other.var())) / 2.0)
-    return {"intra_cosine": intra, "inter_cosine": inter, "cosine_gap": intra - inter,
-            "separation_auc": separation_auc(matching, other), "d_prime": (intra - inter) / pooled if pooled > 0 else float("nan")}
-
-
-def separation_auc(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> float:
-    """P(a positive scores above a negative) + P(tie) / 2: the Mann-Whitney form of the ROC AUC, from ranks."""
-    scores = torch.cat([positive_scores.ravel(), negative_scores.ravel()]).double()  # (P + Q,)
-    order = torch.argsort(scores, stable=True)
-    sorted_scores = scores[order]
-    ranks = torch.empty_like(scores)
-    # average ranks (1-based) over runs of equal scores
-    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    average = ends - (counts.double() - 1) / 2  # (U,)
-    ranks[order] = average[inverse]
-    positives, negatives = positive_scores.numel(), negative_scores.numel()
-    rank_sum = float(ranks[:positives].sum())
-    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
-
-
-def pick_identities(labels: torch.Tensor, count: int, seed: int = 0) -> list[int]:
-    """``count`` distinct labels drawn reproducibly (among those with at least two images)."""
-    values, counts = torch.unique(labels, return_counts=True)
-    candidates = values[counts >= 2] if (counts >= 2).sum() >= count else values
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(candidates), generator=generator)[:count]
-    return sorted(int(v) for v in candidates[order])
-
-
-# ---------------------------------------------------------------------------------------------
-# What the experiment notebooks (05-11) share
-# ---------------------------------------------------------------------------------------------
-
-#: The settings a notebook shows before it trains (:func:`settings_preview`).
-PREVIEWED_SETTINGS = ("backbone", "feature_mode", "batch_size", "epochs", "lr", "embedding_dim", "hidden_size",
-                      "image_size", "pool_grid", "ema_decay")
-
-
-@dataclasses.dataclass
-class NotebookSetup:
-    """What an experiment notebook's set-up cell computes from its parameters (:func:`notebook_setup`)."""
-
-    run_overrides: dict[str, Any]  # settings every run gets on top of the profile's
-    seeds: list[int]
-    out_dir: Path  # <results>/<experiment>/<profile>
-    params: dict[str, Any]  # what params.yaml records
-
-
-def notebook_setup(experiment: str, profile: str, dataset: str, seed: int, num_seeds: int, device: str,
-                   data_dir: str, methods: Sequence[str], pretrained: bool, weights_path: str,
-                   overrides: dict[str, Any], varied: Sequence[str] = ("losses", "seed"),
-                   **extra_params: Any) -> NotebookSetup:
-    """The set-up of an experiment notebook from its parameters: the profile checked, the runs' setting
-    overrides, the seeds (one in the smoke profile, else ``num_seeds`` from ``seed``), the results folder and
-    the ``params.yaml`` record (the parameters, ``extra_params``, then
-    :func:`cmp_utils.reporting.training_settings` of ``dataset`` with ``varied`` settings)."""
-    from .. import reporting
-
-    config.check_profile(profile)
-    run_overrides = {"pretrained": pretrained, "weights_path": weights_path or None, **overrides}
-    seeds = [seed + offset for offset in range(1 if profile == "smoke" else num_seeds)]
-    params = {"profile": profile, "seeds": seeds, "device": device, "data_dir": data_dir, "overrides": run_overrides,
-              "methods": methods, **extra_params}
-    params.update(reporting.training_settings(profile, dataset, run_overrides, varied=tuple(varied)))
-    return NotebookSetup(run_overrides, seeds, config.results_dir() / experiment / profile, params)
-
-
-def settings_preview(settings: Any) -> pd.Series:
-    """The main training settings (:data:`PREVIEWED_SETTINGS`) of a :class:`cmp_utils.training.TrainConfig`,
-    named after its dataset."""
-    values = settings.to_dict()
-    return pd.Series({key: value for key, value in values.items() if key in PREVIEWED_SETTINGS}, name=settings.dataset)
-
-
-def table_claims(results: pd.DataFrame, tables: Sequence[str], better: str = "CMPM+CMPC", worse: str = "CMPM",
-                 metric: str = "R@1") -> list[dict[str, Any]]:
-    """The claims "``better`` > ``worse``" (:func:`cmp_utils.evaluation.claims.paired_claim`) per retrieval table and
-    direction, on every backbone that trained both methods (each claim names its backbone when the
-    results hold several): the claims of the image-text notebooks (06 Flickr30K, 07 MSCOCO)."""
-    from ..evaluation import claims
-
-    several = results["backbone"].nunique() > 1
-    return [dict(claims.paired_claim(results[results["backbone"] == backbone], better, worse, metric, direction,
-                                     table=table, claim=f"{table}: {better} > {worse} ({direction} {metric}"
-                                     + (f", {backbone})" if several else ")")),
-                 table=table, **({"backbone": backbone} if several else {}))
-            for backbone in comparable_backbones(results, better, worse)
-            for table in tables for direction in ("i2t", "t2i")]
