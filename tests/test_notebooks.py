@@ -41,7 +41,7 @@ def test_notebook_conventions(path):
 def _valid_cells():
     return [
         ("md", "# Title\n\nPurpose.\n\nProduces: nothing."),
-        ("code", "import math\n\nfrom cmp_utils import notebook_tools"),
+        ("code", "import math\n\nfrom cmp_utils.reporting import notebook_tools"),
         ("parameters", 'profile: str = "quick"  # p\nseed: int = 0  # s\ndevice: str = "auto"  # d\ndata_dir: str = ""  # r'),
         ("code", "notebook_tools.check_parameters(globals())\nx = math.pi"),
     ]

@@ -318,7 +318,7 @@ def test_cli_parameters_declared_str_stay_strings():
 def test_run_notebooks_records_timings_and_keeps_str_parameters(tmp_path, isolated_dirs):
     notebook = notebook_tools.build_notebook([
         ("md", "# Probe\n\nChecks what run_notebooks injects.\n\nProduces: nothing."),
-        ("code", "from cmp_utils import notebook_tools"),
+        ("code", "from cmp_utils.reporting import notebook_tools"),
         ("parameters", 'profile: str = "quick"  # p\nseed: int = 0  # s\ndevice: str = "auto"  # d\n'
                        'data_dir: str = ""  # r'),
         ("code", "notebook_tools.check_parameters(globals())\nassert data_dir == '2024' and profile == 'smoke'"),
@@ -475,7 +475,7 @@ def test_injected_cell_round_trips_every_accepted_value():
 # ---------------------------------------------------------------------- issue 30: one run owns a run folder
 def _hold_lock_in_another_process(folder: Path) -> subprocess.Popen:
     """A live process holding ``folder``'s writer lock until its stdin closes."""
-    code = ("import sys; from cmp_utils import atomic\n"
+    code = ("import sys; from cmp_utils.core import atomic\n"
             f"with atomic.hold_folder({str(folder)!r}):\n    print('held', flush=True); sys.stdin.read()")
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(config.project_root())})
@@ -755,7 +755,7 @@ def test_a_notebook_run_that_fails_midway_leaves_the_previous_set_untouched(tmp_
         complete.path(name).write_text(f"seed 0 {name}")
     complete.commit()
     before = _folder_bytes(folder)
-    code = ("from cmp_utils import atomic\n"
+    code = ("from cmp_utils.core import atomic\n"
             f"outputs = atomic.OutputSet({str(folder)!r}, '02_demo')\n"
             "outputs.path('a.png').write_text('seed 1 a'); outputs.path('b.png').write_text('seed 1 b')\n"
             "raise RuntimeError('the third figure failed')\n")
@@ -817,7 +817,7 @@ def test_a_run_folder_another_process_writes_is_not_deleted(tmp_path):
 def test_an_image_cache_on_a_full_disk_names_the_file_instead_of_dying(tiny_disk, tmp_path):
     """The memory-mapped cache was a sparse file: a full disk killed the process with SIGBUS on a write."""
     paths = [str(write_image(tmp_path / f"{k}.png", (10 * k, 0, 0), size=(8, 8))) for k in range(10)]
-    code = ("import sys; from cmp_utils import images\n"
+    code = ("import sys; from cmp_utils.data import images\n"
             f"try:\n    images.ImageCache.build({paths!r}, (128, 128), {str(tiny_disk / 'images.npy')!r}, progress=False)\n"
             "except OSError as error:\n    print(error); sys.exit(3)\n")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

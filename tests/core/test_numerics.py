@@ -125,7 +125,7 @@ def test_a_process_that_computed_before_the_pinning_is_reported_unpinned():
     """torch computing before ``import cmp_utils``: oneMKL can no longer change branch; pin warns."""
     script = ("import torch, warnings\n(torch.randn(64, 512) @ torch.randn(512, 64)).sum()\n"
               "with warnings.catch_warnings(record=True) as caught:\n    warnings.simplefilter('always')\n"
-              "    import cmp_utils\nfrom cmp_utils import numerics\n"
+              "    import cmp_utils\nfrom cmp_utils.core import numerics\n"
               "print(numerics.status()['pinned'], numerics.fingerprint().split(':')[0], len(caught),\n"
               "      'restart the kernel and import cmp_utils before running torch code' in str(caught[0].message))")
     completed = subprocess.run([sys.executable, "-c", script], env=_clean_environment(PYTHONPATH=str(ROOT)),
