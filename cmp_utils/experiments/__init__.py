@@ -23,7 +23,7 @@ from .runner import (
     summarise,
     save_experiment,
 )
-from .grids import (
+from .grid_runs import (
     PAPER_ROWS,
     grid_rows,
     grid_jobs,

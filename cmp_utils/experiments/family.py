@@ -36,7 +36,7 @@ import pandas as pd
 
 from ..evaluation import claims
 from ..core import config
-from . import grids
+from . import grid_runs
 
 #: The losses compared, as method labels of :data:`cmp_utils.experiments.METHODS`.
 FAMILY_METHODS = ("CMPM", "CMPM+CMPC", "SDM", "InfoNCE", "R-ITC", "TAL")
@@ -107,7 +107,7 @@ def temperature_sweep(dataset: str, profile: str, grid: dict[str, Sequence[float
     for position in range(longest):
         methods = [method for method, values in grid.items() if position < len(values)]
         positions.append({method: grid[method][position] for method in methods})
-    frames = grids.run_grids(
+    frames = grid_runs.run_grids(
         [dict(dataset=dataset, profile=profile, methods=list(temperatures), seeds=[seed], data_dir=data_dir,
               overrides=overrides, method_overrides=method_overrides(list(temperatures), temperatures))
          for temperatures in positions], device=device, progress=progress)
@@ -150,7 +150,7 @@ def run_families(grids: Sequence[dict[str, Any]], temperatures: dict[str, float]
                  progress: bool = True) -> list[pd.DataFrame]:
     """Train several :func:`family_grid` grids in one pool; per grid its tidy rows plus a
     ``temperature`` column (:func:`temperature_label`). An empty grid gives an empty frame."""
-    trained = iter(grids.run_grids([grid for grid in grids if grid["methods"]], device=device, progress=progress))
+    trained = iter(grid_runs.run_grids([grid for grid in grids if grid["methods"]], device=device, progress=progress))
     frames = [next(trained) if grid["methods"] else pd.DataFrame() for grid in grids]
     return [frame.assign(temperature=[temperature_label(method, temperatures) for method in frame["method"]])
             if len(frame) else frame for frame in frames]

@@ -43,7 +43,7 @@ import torch
 
 from ..core import atomic, config
 from ..evaluation import claims
-from . import runner
+from . import grid_runs, runner
 
 DATASET = "cuhk_pedes"
 BASELINE = "baseline"
@@ -239,7 +239,7 @@ def run_audit(profile: str, seeds: Sequence[int], device: str = "auto", data_dir
             grids.append(dict(grid, methods=[deviation.method], overrides={**base_overrides, **settings},
                               extra_columns={"deviation": deviation.name}))
     # every training run of the audit in one pool (experiments.run_grids); evaluation-only rows score the baseline
-    trained = grids.run_grids(grids, device=device, progress=progress)
+    trained = grid_runs.run_grids(grids, device=device, progress=progress)
     parts = [trained[slot] if isinstance(slot, int) else
              _per_caption_results(profile, seeds, device, data_dir, base_overrides, slot) for slot in order]
     results = pd.concat(parts, ignore_index=True)

@@ -64,7 +64,7 @@ def method_losses(method: str) -> tuple[str, ...]:
 #: patterns under ``cmp_utils/``.
 RESULT_MODULES = ("core/config.py", "core/numerics.py", "data/**/*.py", "models/*.py", "losses/*.py", "training/*.py",
                   "evaluation/evaluate.py", "evaluation/metrics.py", "experiments/runner.py",
-                  "experiments/grids.py", "experiments/notebook.py")
+                  "experiments/grid_runs.py", "experiments/notebook.py")
 
 
 def _code_fingerprint() -> str:

@@ -343,16 +343,16 @@ def test_run_grids_pools_the_runs_of_several_grids_and_trains_a_shared_run_once(
     """run_grids returns what each run_grid call would (same rows, same order, each grid's extra columns),
     and a run two grids share is trained once."""
     from cmp_utils import experiments
-    from cmp_utils.experiments import grids
+    from cmp_utils.experiments import grid_runs
 
     calls = []
-    real = grids.run_method
+    real = grid_runs.run_method
 
     def counted(*job):
         calls.append(job)
         return real(*job)
 
-    monkeypatch.setattr(grids, "run_method", counted)
+    monkeypatch.setattr(grid_runs, "run_method", counted)
     grids = [dict(dataset="cuhk_pedes", profile="smoke", methods=["CMPM"], seeds=[0, 1], extra_columns={"part": "a"}),
              dict(dataset="cuhk_pedes", profile="smoke", methods=["CMPM", "ranking"], seeds=[1],
                   extra_columns={"part": "b"})]
