@@ -21,9 +21,11 @@ def torch_version_problem(version: str, minimum: tuple[int, int] = MINIMUM_TORCH
     if match is None or (int(match.group(1)), int(match.group(2))) >= minimum:
         return None
     wanted = ".".join(map(str, minimum))
-    return (f"cmp_utils needs torch >= {wanted}, found torch {version}: in older torch, torch.load(weights_only=True) "
-            f"can be made to execute code from a checkpoint file (CVE-2025-32434). Upgrade it, e.g. "
-            f"`pip install 'torch>={wanted}'` (or `make setup`)")
+    return (
+        f"cmp_utils needs torch >= {wanted}, found torch {version}: in older torch, torch.load(weights_only=True) "
+        f"can be made to execute code from a checkpoint file (CVE-2025-32434). Upgrade it, e.g. "
+        f"`pip install 'torch>={wanted}'` (or `make setup`)"
+    )
 
 
 def _check_torch_version() -> None:

@@ -30,8 +30,12 @@ def layers() -> dict[str, int]:
 def named_modules() -> set[str]:
     """The modules the table names, as dotted paths under cmp_utils (``training.loop``)."""
     text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
-    return {f"{package}.{module.strip().strip('`')}" for _, package, modules in LAYER_ROW.findall(text)
-            for module in modules.split(",") if module.strip()}
+    return {
+        f"{package}.{module.strip().strip('`')}"
+        for _, package, modules in LAYER_ROW.findall(text)
+        for module in modules.split(",")
+        if module.strip()
+    }
 
 
 def module_name(path: Path) -> str:
@@ -49,8 +53,11 @@ def package_files() -> dict[str, Path]:
 
 def plain_modules() -> set[str]:
     """The modules a layer must name: all but the packages' ``__init__`` and ``__main__`` files."""
-    return {name for name, path in package_files().items()
-            if path.name not in ("__init__.py", "__main__.py") and "." in name}
+    return {
+        name
+        for name, path in package_files().items()
+        if path.name not in ("__init__.py", "__main__.py") and "." in name
+    }
 
 
 def package_of(module: str) -> str:
@@ -71,7 +78,9 @@ def resolve(node: ast.ImportFrom, module: str, is_package: bool) -> str | None:
     return None
 
 
-def imported_modules(source: str, module: str = "", is_package: bool = False, known: set[str] | None = None) -> set[str]:
+def imported_modules(
+    source: str, module: str = "", is_package: bool = False, known: set[str] | None = None
+) -> set[str]:
     """The package modules a module's source imports, at the top or inside functions (``from . import x``,
     ``from .x import y``, ``from ..data import text``, ``from cmp_utils import x``, ``import cmp_utils.x``):
     ``from P import n`` counts as importing ``P.n`` where that is a module, else ``P``."""
@@ -86,43 +95,59 @@ def imported_modules(source: str, module: str = "", is_package: bool = False, kn
                 candidate = f"{base}.{alias.name}" if base else alias.name
                 found.add(candidate if candidate in known else base)
         elif isinstance(node, ast.Import):
-            found.update(alias.name.removeprefix("cmp_utils.") for alias in node.names
-                         if alias.name.startswith("cmp_utils."))
+            found.update(
+                alias.name.removeprefix("cmp_utils.") for alias in node.names if alias.name.startswith("cmp_utils.")
+            )
     return {name for name in found if name}
 
 
 def import_graph() -> dict[str, set[str]]:
     files = package_files()
     known = set(files)
-    return {name: imported_modules(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", known) - {name}
-            for name, path in files.items()}
+    return {
+        name: imported_modules(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", known) - {name}
+        for name, path in files.items()
+    }
 
 
 def test_every_module_has_a_layer():
     placed, named = layers(), named_modules()
     packages = {package_of(name) for name in package_files()}
-    assert packages == set(placed), (f"docs/architecture.md's table lacks the packages {sorted(packages - set(placed))} "
-                                     f"and names missing ones {sorted(set(placed) - packages)}")
-    assert named == plain_modules(), (f"docs/architecture.md's table lacks the modules {sorted(plain_modules() - named)} "
-                                      f"and names missing ones {sorted(named - plain_modules())}")
+    assert packages == set(placed), (
+        f"docs/architecture.md's table lacks the packages {sorted(packages - set(placed))} "
+        f"and names missing ones {sorted(set(placed) - packages)}"
+    )
+    assert named == plain_modules(), (
+        f"docs/architecture.md's table lacks the modules {sorted(plain_modules() - named)} "
+        f"and names missing ones {sorted(named - plain_modules())}"
+    )
 
 
 def test_imports_follow_the_layers():
     placed = layers()
-    upward = [f"{name} (layer {placed[package_of(name)]}) imports {other} (layer {placed[package_of(other)]})"
-              for name, imported in import_graph().items()
-              for other in sorted(imported) if placed[package_of(other)] > placed[package_of(name)]]
+    upward = [
+        f"{name} (layer {placed[package_of(name)]}) imports {other} (layer {placed[package_of(other)]})"
+        for name, imported in import_graph().items()
+        for other in sorted(imported)
+        if placed[package_of(other)] > placed[package_of(name)]
+    ]
     assert not upward, "imports against the layers of docs/architecture.md: " + "; ".join(upward)
     top = imported_modules((PACKAGE / "__init__.py").read_text(encoding="utf-8"), "", True)
     assert {package_of(name) for name in top} <= {"core"}, f"cmp_utils/__init__.py imports more than core: {top}"
 
 
 def test_the_layers_check_sees_a_lazy_upward_import():
-    source = ("def f():\n    from .. import training\n    from ..reporting.readme import x\n"
-              "    import cmp_utils.tools.bench\n    from . import images\n")
+    source = (
+        "def f():\n    from .. import training\n    from ..reporting.readme import x\n"
+        "    import cmp_utils.tools.bench\n    from . import images\n"
+    )
     known = {"training", "reporting", "reporting.readme", "tools", "tools.bench", "data", "data.images"}
-    assert imported_modules(source, "data.readers", False, known) == {"training", "reporting.readme", "tools.bench",
-                                                                      "data.images"}
+    assert imported_modules(source, "data.readers", False, known) == {
+        "training",
+        "reporting.readme",
+        "tools.bench",
+        "data.images",
+    }
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
@@ -137,8 +162,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
                     stack.append(other)
         return False
 
-    return sorted({tuple(sorted((name, other))) for name, imported in graph.items() for other in imported
-                   if reaches(other, name)})
+    return sorted(
+        {tuple(sorted((name, other))) for name, imported in graph.items() for other in imported if reaches(other, name)}
+    )
 
 
 def test_no_import_cycle():
@@ -146,8 +172,9 @@ def test_no_import_cycle():
     assert not (cycles := _cycles(graph)), f"import cycles through modules: {cycles}"
     packages: dict[str, set[str]] = {}
     for name, imported in graph.items():
-        packages.setdefault(package_of(name), set()).update(package_of(other) for other in imported
-                                                             if package_of(other) != package_of(name))
+        packages.setdefault(package_of(name), set()).update(
+            package_of(other) for other in imported if package_of(other) != package_of(name)
+        )
     assert not (cycles := _cycles(packages)), f"import cycles through packages: {cycles}"
 
 
@@ -180,9 +207,14 @@ def private_uses(source: str, module: str | None, is_package: bool = False) -> l
                 if alias.name.startswith("cmp_utils.") and alias.asname:
                     bound[alias.asname] = alias.name.removeprefix("cmp_utils.")
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-                and isinstance(node.value, ast.Name) and node.value.id in bound
-                and package_of(bound[node.value.id]) != own):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+            and package_of(bound[node.value.id]) != own
+        ):
             found.append(f"{node.value.id}.{node.attr}")
     return found
 
@@ -190,12 +222,21 @@ def private_uses(source: str, module: str | None, is_package: bool = False) -> l
 def test_no_private_name_used_across_packages():
     """A private name of a package module (an attribute ``module._name``, or a from-import of one) used
     outside its package: in another package, the tests or the notebooks."""
-    found = [f"cmp_utils/{path.relative_to(PACKAGE)}: {use}" for name, path in package_files().items()
-             for use in private_uses(path.read_text(encoding="utf-8"), name, path.name == "__init__.py")]
-    found += [f"{path.relative_to(ROOT)}: {use}" for path in sorted((ROOT / "tests").rglob("*.py"))
-              for use in private_uses(path.read_text(encoding="utf-8"), None)]
-    found += [f"{path.relative_to(ROOT)}: {use}" for path in sorted((ROOT / "notebooks").glob("*.ipynb"))
-              for use in private_uses(_code_cells(path), None)]
+    found = [
+        f"cmp_utils/{path.relative_to(PACKAGE)}: {use}"
+        for name, path in package_files().items()
+        for use in private_uses(path.read_text(encoding="utf-8"), name, path.name == "__init__.py")
+    ]
+    found += [
+        f"{path.relative_to(ROOT)}: {use}"
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        for use in private_uses(path.read_text(encoding="utf-8"), None)
+    ]
+    found += [
+        f"{path.relative_to(ROOT)}: {use}"
+        for path in sorted((ROOT / "notebooks").glob("*.ipynb"))
+        for use in private_uses(_code_cells(path), None)
+    ]
     assert not found, f"private names used across packages: {found}"
     _the_private_name_check_sees_imports_and_attributes()
 
@@ -216,13 +257,21 @@ def ruff_command() -> list[str] | None:
     return [found] if found else None
 
 
-def test_ruff_check_passes():
+def test_ruff_check_and_format_pass():
+    """``ruff check`` finds nothing and ``ruff format --check`` would change nothing (pyproject.toml [tool.ruff])."""
     command = ruff_command()
     if command is None:
         pytest.skip("ruff is not installed here: `pip install -e .[test]` (make setup) installs it")
-    completed = subprocess.run([*command, "check", "--no-cache", "--output-format", "concise", "."], cwd=ROOT,
-                               capture_output=True, text=True)
+    completed = subprocess.run(
+        [*command, "check", "--no-cache", "--output-format", "concise", "."], cwd=ROOT, capture_output=True, text=True
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr
+    formatted = subprocess.run(
+        [*command, "format", "--check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True
+    )
+    assert formatted.returncode == 0, (
+        "run `ruff format` (the pre-commit hook does): " + formatted.stdout + formatted.stderr
+    )
 
 
 #: The longest code cell a notebook may hold: longer logic is a cmp_utils function the notebook calls.
@@ -237,8 +286,11 @@ def test_notebook_code_cells_stay_short():
         if path.stem in LONG_CELLS_LEFT:
             continue
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-        lines = {index: len("".join(cell["source"]).splitlines()) for index, cell in enumerate(cells)
-                 if cell["cell_type"] == "code"}
+        lines = {
+            index: len("".join(cell["source"]).splitlines())
+            for index, cell in enumerate(cells)
+            if cell["cell_type"] == "code"
+        }
         if over := {index: count for index, count in lines.items() if count > MAX_CODE_CELL_LINES}:
             long_cells[path.name] = over
     assert not long_cells, f"code cells over {MAX_CODE_CELL_LINES} lines (cell: lines): {long_cells}"

@@ -54,15 +54,18 @@ def test_feature_cache_key_follows_a_replaced_image(tmp_path):
     root = write_cuhk(tmp_path / "data" / "cuhk_pedes")
     cache_dir = tmp_path / "cache"
     cfg = training.make_config("paper", "cuhk_pedes", data_dir=str(tmp_path / "data"), cache_dir=str(cache_dir))
-    prepared = data.prepare_dataset("cuhk_pedes", "paper", data_dir=tmp_path / "data", cache_dir=cache_dir,
-                                    image_size=(8, 4))
+    prepared = data.prepare_dataset(
+        "cuhk_pedes", "paper", data_dir=tmp_path / "data", cache_dir=cache_dir, image_size=(8, 4)
+    )
     before = training.feature_cache_path(prepared, "test", cfg, flips=False)
     _replace_image(root / "imgs" / "test_query" / "p5_s1.jpg", (1, 2, 3), size=(20, 12))
-    again = data.prepare_dataset("cuhk_pedes", "paper", data_dir=tmp_path / "data", cache_dir=cache_dir,
-                                 image_size=(8, 4))
+    again = data.prepare_dataset(
+        "cuhk_pedes", "paper", data_dir=tmp_path / "data", cache_dir=cache_dir, image_size=(8, 4)
+    )
     assert training.feature_cache_path(again, "test", cfg, flips=False) != before
     assert training.feature_cache_path(again, "train", cfg, flips=False) == training.feature_cache_path(
-        prepared, "train", cfg, flips=False)  # the train images did not change
+        prepared, "train", cfg, flips=False
+    )  # the train images did not change
     weights = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(1)}, weights)
     with_weights = training.make_config("paper", "cuhk_pedes", cache_dir=str(cache_dir), weights_path=str(weights))
@@ -75,8 +78,9 @@ def test_memoised_run_key_follows_images_annotations_and_weights(tmp_path):
     root = write_flickr(tmp_path / "data" / "flickr30k")
     weights = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(1)}, weights)
-    cfg = training.make_config("paper", "flickr30k", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "c"),
-                            weights_path=str(weights))
+    cfg = training.make_config(
+        "paper", "flickr30k", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "c"), weights_path=str(weights)
+    )
     settings = cfg.to_dict()
     first = experiments.run_key(settings, experiments.input_fingerprint(cfg))
     assert experiments.run_key(settings, experiments.input_fingerprint(cfg)) == first  # nothing changed
@@ -105,7 +109,9 @@ def test_karpathy_record_without_imgid_or_with_a_shared_one_is_an_error(tmp_path
     payload = json.loads((root / "dataset_flickr30k.json").read_text())
     del payload["images"][2]["imgid"]
     (root / "dataset_flickr30k.json").write_text(json.dumps(payload))
-    with pytest.raises(ValueError, match=r"dataset_flickr30k.json: image record 2 \(1002.jpg\) has no integer \"imgid\""):
+    with pytest.raises(
+        ValueError, match=r"dataset_flickr30k.json: image record 2 \(1002.jpg\) has no integer \"imgid\""
+    ):
         data.read_dataset("flickr30k", root, "train")
     payload["images"][2]["imgid"] = 0
     (root / "dataset_flickr30k.json").write_text(json.dumps(payload))
@@ -170,14 +176,29 @@ def test_save_experiment_replaces_the_whole_set(tmp_path):
     import matplotlib.pyplot as plt
 
     out_dir = tmp_path / "ablation" / "quick"
-    frame = pd.DataFrame({"dataset": "d", "table": "t", "method": ["A", "B"], "direction": "t2i", "metric": "R@1",
-                          "value": [1.0, 2.0], "seed": 0})
+    frame = pd.DataFrame(
+        {
+            "dataset": "d",
+            "table": "t",
+            "method": ["A", "B"],
+            "direction": "t2i",
+            "metric": "R@1",
+            "value": [1.0, 2.0],
+            "seed": 0,
+        }
+    )
     figure, _ = plt.subplots()
     experiments.save_experiment(out_dir, frame, {"profile": "quick", "run": 1}, {"old_figure": figure})
-    experiments.save_experiment(out_dir, frame.assign(value=[3.0, 4.0]), {"profile": "quick", "run": 2},
-                                {"new_figure": figure})
-    assert sorted(p.name for p in out_dir.iterdir()) == ["metrics.csv", "new_figure.png", "new_figure.svg",
-                                                         "params.yaml", "summary.csv"]
+    experiments.save_experiment(
+        out_dir, frame.assign(value=[3.0, 4.0]), {"profile": "quick", "run": 2}, {"new_figure": figure}
+    )
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "metrics.csv",
+        "new_figure.png",
+        "new_figure.svg",
+        "params.yaml",
+        "summary.csv",
+    ]
     assert pd.read_csv(out_dir / "metrics.csv")["value"].tolist() == [3.0, 4.0]
 
     class BrokenFigure:
@@ -227,12 +248,27 @@ def test_a_result_folder_moved_aside_by_a_killed_swap_is_restored(tmp_path):
 
 
 # ---------------------------------------------------------------------- 3. notebook parameter types
-@pytest.mark.parametrize("value, declared, fits", [
-    (3, int, True), (True, int, False), (1.5, int, False), ("abc", int, False),
-    (2, float, True), (0.5, float, True), (False, float, False), ("x", str, True), (2024, str, False),
-    (True, bool, True), (1, bool, False), ([1], list, True), ("[1]", list, False), ({"a": 1}, dict, True),
-    ({"a": 1}, "dict", True), ("x", "str | None", True),
-])
+@pytest.mark.parametrize(
+    "value, declared, fits",
+    [
+        (3, int, True),
+        (True, int, False),
+        (1.5, int, False),
+        ("abc", int, False),
+        (2, float, True),
+        (0.5, float, True),
+        (False, float, False),
+        ("x", str, True),
+        (2024, str, False),
+        (True, bool, True),
+        (1, bool, False),
+        ([1], list, True),
+        ("[1]", list, False),
+        ({"a": 1}, dict, True),
+        ({"a": 1}, "dict", True),
+        ("x", "str | None", True),
+    ],
+)
 def test_parameter_type_rules(value, declared, fits):
     assert (notebook_tools.parameter_type_problem("p", value, declared) is None) is fits
 
@@ -254,8 +290,14 @@ def test_papermill_run_with_a_wrong_seed_type_stops_at_the_check(value, tmp_path
 
     notebook = config.project_root() / "notebooks" / "00_environment.ipynb"
     with pytest.raises(papermill.PapermillExecutionError) as error:
-        papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), parameters={"seed": value},
-                                   kernel_name=notebook_tools.KERNEL_NAME, cwd=str(notebook.parent), progress_bar=False)
+        papermill.execute_notebook(
+            str(notebook),
+            str(tmp_path / "out.ipynb"),
+            parameters={"seed": value},
+            kernel_name=notebook_tools.KERNEL_NAME,
+            cwd=str(notebook.parent),
+            progress_bar=False,
+        )
     assert f"parameter seed={value!r} is a {type(value).__name__}" in str(error.value)
     assert "declares seed: int" in str(error.value)
 
@@ -276,17 +318,21 @@ NOTEBOOK_00 = config.project_root() / "notebooks" / "00_environment.ipynb"
 NOTEBOOK_05 = config.project_root() / "notebooks" / "05_cuhk_pedes.ipynb"
 
 
-@pytest.mark.parametrize("parameters, profile, expected", [
-    ({"profile": "smoke"}, "quick", "-p profile=smoke contradicts --profile quick"),
-    ({"num_seeds": 5}, "smoke", "the smoke profile runs one seed"),
-    ({"source": "real"}, "quick", "labels results of synthetic data"),
-    ({"seeds": 3}, "quick", "seeds are declared by none of the notebooks"),
-    ({"seed": 1.5}, "quick", "parameter seed=1.5 is a float"),
-])
+@pytest.mark.parametrize(
+    "parameters, profile, expected",
+    [
+        ({"profile": "smoke"}, "quick", "-p profile=smoke contradicts --profile quick"),
+        ({"num_seeds": 5}, "smoke", "the smoke profile runs one seed"),
+        ({"source": "real"}, "quick", "labels results of synthetic data"),
+        ({"seeds": 3}, "quick", "seeds are declared by none of the notebooks"),
+        ({"seed": 1.5}, "quick", "parameter seed=1.5 is a float"),
+    ],
+)
 def test_run_notebooks_refuses_contradicting_parameters(parameters, profile, expected, no_execution, tmp_path):
     with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace("+", r"\+")):
-        run_notebooks.run_notebooks([NOTEBOOK_00, NOTEBOOK_05], profile, parameters=parameters,
-                                    output_dir=tmp_path / "out")
+        run_notebooks.run_notebooks(
+            [NOTEBOOK_00, NOTEBOOK_05], profile, parameters=parameters, output_dir=tmp_path / "out"
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -316,17 +362,25 @@ def test_cli_parameters_declared_str_stay_strings():
 
 @pytest.mark.slow
 def test_run_notebooks_records_timings_and_keeps_str_parameters(tmp_path, isolated_dirs):
-    notebook = notebook_tools.build_notebook([
-        ("md", "# Probe\n\nChecks what run_notebooks injects.\n\nProduces: nothing."),
-        ("code", "from cmp_utils.reporting import notebook_tools"),
-        ("parameters", 'profile: str = "quick"  # p\nseed: int = 0  # s\ndevice: str = "auto"  # d\n'
-                       'data_dir: str = ""  # r'),
-        ("code", "notebook_tools.check_parameters(globals())\nassert data_dir == '2024' and profile == 'smoke'"),
-    ], [], tmp_path / "notebooks" / "99_probe.ipynb")
+    notebook = notebook_tools.build_notebook(
+        [
+            ("md", "# Probe\n\nChecks what run_notebooks injects.\n\nProduces: nothing."),
+            ("code", "from cmp_utils.reporting import notebook_tools"),
+            (
+                "parameters",
+                'profile: str = "quick"  # p\nseed: int = 0  # s\ndevice: str = "auto"  # d\ndata_dir: str = ""  # r',
+            ),
+            ("code", "notebook_tools.check_parameters(globals())\nassert data_dir == '2024' and profile == 'smoke'"),
+        ],
+        [],
+        tmp_path / "notebooks" / "99_probe.ipynb",
+    )
     out = tmp_path / "executed"
     for _ in range(2):
-        assert run_notebooks.main([str(notebook), "--profile", "smoke", "-p", "data_dir=2024",
-                                   "--output-dir", str(out)]) == 0
+        assert (
+            run_notebooks.main([str(notebook), "--profile", "smoke", "-p", "data_dir=2024", "--output-dir", str(out)])
+            == 0
+        )
     timings = pd.read_csv(out / "timings.csv")
     assert list(timings.columns) == run_notebooks.TIMING_COLUMNS
     assert timings["notebook"].tolist() == ["99_probe"]  # the rerun replaced its row
@@ -356,7 +410,6 @@ def test_checkpoints_and_settings_load_without_code_execution():
     assert calls >= 3 and not unsafe, unsafe  # checkpoints, feature caches and weights are all loaded
 
 
-
 def test_reliability_table_names_only_existing_tests():
     """Every test named in docs/reliability.md exists (in the file it names, when it names one)."""
     import re
@@ -365,10 +418,15 @@ def test_reliability_table_names_only_existing_tests():
     table = (root / "docs" / "reliability.md").read_text(encoding="utf-8")
     named = re.findall(r"`(?:tests/(?:\w+/)?(test_\w+)\.py)?(?:::)?(test_\w+)`", table)
     assert len(named) >= 30
-    defined = {path.stem: set(re.findall(r"^def (test_\w+)\(", path.read_text(encoding="utf-8"), re.M))
-               for path in (root / "tests").rglob("test_*.py")}
-    missing = [f"{file_name}::{test_name}" for file_name, test_name in named
-               if test_name not in (defined.get(file_name, set()) if file_name else set().union(*defined.values()))]
+    defined = {
+        path.stem: set(re.findall(r"^def (test_\w+)\(", path.read_text(encoding="utf-8"), re.M))
+        for path in (root / "tests").rglob("test_*.py")
+    }
+    missing = [
+        f"{file_name}::{test_name}"
+        for file_name, test_name in named
+        if test_name not in (defined.get(file_name, set()) if file_name else set().union(*defined.values()))
+    ]
     assert not missing, missing
 
 
@@ -417,15 +475,20 @@ def test_retrieval_metrics_with_ties_and_many_positives_are_unchanged(seed, monk
     query_labels = torch.arange(30) % 3
     gallery_labels = torch.randint(0, 3, (300,), generator=generator)
     for gallery_chunk_size in (None, 70):
-        new = metrics.retrieval_metrics(queries, gallery, query_labels, gallery_labels, chunk_size=8,
-                                        gallery_chunk_size=gallery_chunk_size)
+        new = metrics.retrieval_metrics(
+            queries, gallery, query_labels, gallery_labels, chunk_size=8, gallery_chunk_size=gallery_chunk_size
+        )
         with monkeypatch.context() as patch:
             patch.setattr(metrics, "positives_at_least", _old_positives_at_least)
             patch.setattr(metrics, "_sorted_rows", lambda values: torch.sort(values, dim=1).values)
-            patch.setattr(metrics, "_count_below",
-                          lambda ascending, thresholds: torch.searchsorted(ascending, thresholds.contiguous(), side="left"))
-            old = metrics.retrieval_metrics(queries, gallery, query_labels, gallery_labels, chunk_size=8,
-                                            gallery_chunk_size=gallery_chunk_size)
+            patch.setattr(
+                metrics,
+                "_count_below",
+                lambda ascending, thresholds: torch.searchsorted(ascending, thresholds.contiguous(), side="left"),
+            )
+            old = metrics.retrieval_metrics(
+                queries, gallery, query_labels, gallery_labels, chunk_size=8, gallery_chunk_size=gallery_chunk_size
+            )
         assert new == old
 
 
@@ -434,16 +497,20 @@ NOTEBOOK_10 = config.project_root() / "notebooks" / "10_ablation.ipynb"
 _INJECTION = "x\", __import__('os').system('touch PWNED'), \""
 
 
-@pytest.mark.parametrize("text, refused", [
-    ("methods=[!!binary " + __import__("base64").b64encode(_INJECTION.encode()).decode() + "]", "bytes"),
-    ("methods=[!!set {a: null}]", "set"),
-    ("methods=[2024-01-02]", "date"),
-    ("overrides={lr: [2024-01-02]}", "date"),
-    ("overrides={1: 2}", "key 1"),
-])
+@pytest.mark.parametrize(
+    "text, refused",
+    [
+        ("methods=[!!binary " + __import__("base64").b64encode(_INJECTION.encode()).decode() + "]", "bytes"),
+        ("methods=[!!set {a: null}]", "set"),
+        ("methods=[2024-01-02]", "date"),
+        ("overrides={lr: [2024-01-02]}", "date"),
+        ("overrides={1: 2}", "key 1"),
+    ],
+)
 def test_run_notebooks_refuses_parameters_that_are_not_plain_json(text, refused, no_execution, tmp_path, capsys):
-    code = run_notebooks.main([str(NOTEBOOK_10), "--profile", "smoke", "-p", text,
-                               "--output-dir", str(tmp_path / "out")])
+    code = run_notebooks.main(
+        [str(NOTEBOOK_10), "--profile", "smoke", "-p", text, "--output-dir", str(tmp_path / "out")]
+    )
     error = capsys.readouterr().err
     assert code == 1 and refused in error and ("plain JSON" in error or "only str keys" in error)
     assert not (tmp_path / "out").exists()
@@ -454,9 +521,27 @@ def test_notebook_check_refuses_non_plain_values_inside_a_list():
     assert problem and "methods[1]" in problem and "bytes" in problem
 
 
-ACCEPTED_VALUES = [0, -7, 2**40, 1.5, -0.0, 1e-300, True, False, None, "", "plain", 'quote " and \\ backslash',
-                   "new\nline", "tab\tand ünïcode ☃", "{braces} and 'single'", [], [1, "a", None, [True, 2.5]],
-                   {}, {"lr": 0.001, "nested": {"a": ["b", {"c": None}]}, "k\"ey": "v'al"}]
+ACCEPTED_VALUES = [
+    0,
+    -7,
+    2**40,
+    1.5,
+    -0.0,
+    1e-300,
+    True,
+    False,
+    None,
+    "",
+    "plain",
+    'quote " and \\ backslash',
+    "new\nline",
+    "tab\tand ünïcode ☃",
+    "{braces} and 'single'",
+    [],
+    [1, "a", None, [True, 2.5]],
+    {},
+    {"lr": 0.001, "nested": {"a": ["b", {"c": None}]}, 'k"ey': "v'al"},
+]
 
 
 def test_injected_cell_round_trips_every_accepted_value():
@@ -475,10 +560,17 @@ def test_injected_cell_round_trips_every_accepted_value():
 # ---------------------------------------------------------------------- issue 30: one run owns a run folder
 def _hold_lock_in_another_process(folder: Path) -> subprocess.Popen:
     """A live process holding ``folder``'s writer lock until its stdin closes."""
-    code = ("import sys; from cmp_utils.core import atomic\n"
-            f"with atomic.hold_folder({str(folder)!r}):\n    print('held', flush=True); sys.stdin.read()")
-    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(config.project_root())})
+    code = (
+        "import sys; from cmp_utils.core import atomic\n"
+        f"with atomic.hold_folder({str(folder)!r}):\n    print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(config.project_root())},
+    )
     assert holder.stdout.readline().strip() == "held"
     return holder
 
@@ -487,8 +579,9 @@ def test_a_second_training_run_into_a_locked_folder_is_refused(tmp_path, capsys)
     out = tmp_path / "run"
     holder = _hold_lock_in_another_process(out)
     try:
-        code = training.main(["--profile", "smoke", "--epochs", "1", "--seed", "1", "--output-dir", str(out),
-                           "--no-progress"])
+        code = training.main(
+            ["--profile", "smoke", "--epochs", "1", "--seed", "1", "--output-dir", str(out), "--no-progress"]
+        )
         error = capsys.readouterr().err
         assert code == 1 and str(out) in error and f"process {holder.pid}" in error and atomic.HOST in error
         with pytest.raises(atomic.FolderLockedError, match="another --output-dir"):
@@ -531,8 +624,11 @@ def _committed_quick_copy(tmp_path: Path) -> Path:
     rerun = tmp_path / "rerun"
     for experiment in check_results.committed_experiments("HEAD", "quick"):
         for name in ("metrics.csv", "claims.csv"):
-            completed = subprocess.run(["git", "show", f"HEAD:results/{experiment}/quick/{name}"],
-                                       cwd=config.project_root(), capture_output=True)
+            completed = subprocess.run(
+                ["git", "show", f"HEAD:results/{experiment}/quick/{name}"],
+                cwd=config.project_root(),
+                capture_output=True,
+            )
             if completed.returncode == 0:
                 (rerun / experiment / "quick").mkdir(parents=True, exist_ok=True)
                 (rerun / experiment / "quick" / name).write_bytes(completed.stdout)
@@ -585,8 +681,11 @@ def tiny_disk(tmp_path):
 def test_a_checkpoint_on_a_full_disk_names_the_file_and_keeps_the_old_one(tiny_disk):
     checkpoint = tiny_disk / "checkpoints" / "last.pt"
     atomic.torch_save(checkpoint, {"w": torch.ones(10)})
-    with pytest.raises(OSError, match=r"cannot write .*last\.pt: No space left on device \(its previous version is "
-                                      r"kept unchanged\)") as raised:
+    with pytest.raises(
+        OSError,
+        match=r"cannot write .*last\.pt: No space left on device \(its previous version is "
+        r"kept unchanged\)",
+    ) as raised:
         atomic.torch_save(checkpoint, {"w": torch.zeros(200_000)})  # 800 KB on a 256 KiB disk
     assert raised.value.errno == 28 and "enforce fail" not in str(raised.value)
     assert torch.equal(training.load_checkpoint(checkpoint)["w"], torch.ones(10))
@@ -618,8 +717,12 @@ def test_importing_cmp_utils_with_torch_older_than_2_6_is_refused(tmp_path):
     fake = tmp_path / "site"
     (fake / "torch-2.5.1.dist-info").mkdir(parents=True)
     (fake / "torch-2.5.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.5.1\n")
-    completed = subprocess.run([sys.executable, "-c", "import cmp_utils"], capture_output=True, text=True,
-                               env={**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{config.project_root()}"})
+    completed = subprocess.run(
+        [sys.executable, "-c", "import cmp_utils"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{config.project_root()}"},
+    )
     assert completed.returncode != 0
     assert "ImportError: cmp_utils needs torch >= 2.6, found torch 2.5.1" in completed.stderr
     assert "CVE-2025-32434" in completed.stderr
@@ -667,7 +770,9 @@ def _rewrite(path: Path, change) -> None:
 def test_karpathy_sentences_as_a_string_is_an_error_naming_file_and_record(tmp_path):
     root = write_flickr(tmp_path / "flickr30k")
     _rewrite(root / "dataset_flickr30k.json", lambda p: p["images"][1].update(sentences="A dog runs."))
-    with pytest.raises(ValueError, match=r"dataset_flickr30k.json: image record 1 \(1001.jpg\) has \"sentences\" as a str"):
+    with pytest.raises(
+        ValueError, match=r"dataset_flickr30k.json: image record 1 \(1001.jpg\) has \"sentences\" as a str"
+    ):
         data.read_dataset("flickr30k", root, "train")
     root = write_flickr(tmp_path / "flickr_tokens")
     _rewrite(root / "dataset_flickr30k.json", lambda p: p["images"][0]["sentences"][0].update(tokens="a dog"))
@@ -680,8 +785,11 @@ def test_an_unknown_split_label_is_an_error_not_a_skipped_record(tmp_path):
 
     root = write_rstp(tmp_path / "rstpreid")
     _rewrite(root / "data_captions.json", lambda records: records[0].update(split="Train"))
-    with pytest.raises(ValueError, match=r"data_captions.json: record 0 \(.*\) has split 'Train', which is not a split "
-                                         r"label of rstpreid \(train, val, test\); did you mean 'train'\?"):
+    with pytest.raises(
+        ValueError,
+        match=r"data_captions.json: record 0 \(.*\) has split 'Train', which is not a split "
+        r"label of rstpreid \(train, val, test\); did you mean 'train'\?",
+    ):
         data.read_dataset("rstpreid", root, "test")  # even when reading another split
     cuhk = write_cuhk(tmp_path / "cuhk_pedes")
     _rewrite(cuhk / "reid_raw.json", lambda records: records[2].update(split="validation"))
@@ -694,8 +802,11 @@ def test_one_image_under_two_ids_is_an_error_naming_both_records(tmp_path):
     records = json.loads((root / "reid_raw.json").read_text())
     duplicate = dict(records[0], id=records[0]["id"] + 100, split="test")  # the same file, another person
     (root / "reid_raw.json").write_text(json.dumps(records + [duplicate]))
-    with pytest.raises(ValueError, match=rf"image {records[0]['file_path']} is listed under id {records[0]['id']} "
-                                         rf"\(record 0 .*\) and id {records[0]['id'] + 100} \(record {len(records)} "):
+    with pytest.raises(
+        ValueError,
+        match=rf"image {records[0]['file_path']} is listed under id {records[0]['id']} "
+        rf"\(record 0 .*\) and id {records[0]['id'] + 100} \(record {len(records)} ",
+    ):
         data.read_dataset("cuhk_pedes", root, "train")
     flickr = write_flickr(tmp_path / "flickr30k")
     _rewrite(flickr / "dataset_flickr30k.json", lambda p: p["images"][4].update(filename="1000.jpg"))
@@ -708,8 +819,11 @@ def test_an_image_path_outside_the_dataset_folder_is_an_error(bad_path, tmp_path
     root = write_cuhk(tmp_path / "cuhk_pedes")
     write_image(tmp_path / "outside.png", (1, 2, 3))
     _rewrite(root / "reid_raw.json", lambda records: records[1].update(file_path=bad_path))
-    with pytest.raises(ValueError, match=rf"reid_raw.json: record 1 \({re.escape(bad_path)}\) has file_path .* points "
-                                         r"outside the dataset folder"):
+    with pytest.raises(
+        ValueError,
+        match=rf"reid_raw.json: record 1 \({re.escape(bad_path)}\) has file_path .* points "
+        r"outside the dataset folder",
+    ):
         data.read_dataset("cuhk_pedes", root, "train")
     coco = tmp_path / "mscoco"
     from data_fixtures import write_coco
@@ -755,22 +869,33 @@ def test_a_notebook_run_that_fails_midway_leaves_the_previous_set_untouched(tmp_
         complete.path(name).write_text(f"seed 0 {name}")
     complete.commit()
     before = _folder_bytes(folder)
-    code = ("from cmp_utils.core import atomic\n"
-            f"outputs = atomic.OutputSet({str(folder)!r}, '02_demo')\n"
-            "outputs.path('a.png').write_text('seed 1 a'); outputs.path('b.png').write_text('seed 1 b')\n"
-            "raise RuntimeError('the third figure failed')\n")
-    failed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(config.project_root())})
+    code = (
+        "from cmp_utils.core import atomic\n"
+        f"outputs = atomic.OutputSet({str(folder)!r}, '02_demo')\n"
+        "outputs.path('a.png').write_text('seed 1 a'); outputs.path('b.png').write_text('seed 1 b')\n"
+        "raise RuntimeError('the third figure failed')\n"
+    )
+    failed = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(config.project_root())},
+    )
     assert failed.returncode != 0 and "the previous complete set stays as it was" in failed.stdout
     assert _folder_bytes(folder) == before  # no seed-1 file beside seed-0 ones
     atomic.OutputSet(folder, "03_other", announce=False)  # the next write into the folder
-    assert [p.name for p in folder.iterdir() if "02_demo" in p.name and p.is_dir()] == []  # the dead run's staging removed
+    assert [
+        p.name for p in folder.iterdir() if "02_demo" in p.name and p.is_dir()
+    ] == []  # the dead run's staging removed
 
 
 @pytest.mark.parametrize("notebook", ["02_cmpm_derivation", "03_cmpc_derivation", "04_training"])
 def test_notebooks_write_their_figures_and_tables_as_one_set(notebook):
-    cells = [cell.source for cell in nbformat.read(config.project_root() / "notebooks" / f"{notebook}.ipynb",
-                                                  as_version=4).cells if cell.cell_type == "code"]
+    cells = [
+        cell.source
+        for cell in nbformat.read(config.project_root() / "notebooks" / f"{notebook}.ipynb", as_version=4).cells
+        if cell.cell_type == "code"
+    ]
     source = "\n".join(cells)
     assert f'atomic.OutputSet(figure_dir, "{notebook}")' in source
     assert "save_figure(fig, figure_dir" not in source and "write_csv(figure_dir" not in source
@@ -793,7 +918,9 @@ def test_a_resumed_run_that_fails_leaves_no_results_json_of_its_earlier_part(iso
 
     monkeypatch.setattr(loop, "_final_result", fail)
     with pytest.raises(RuntimeError, match="killed before the end"):
-        training.fit(training.make_config("smoke", "cuhk_pedes", epochs=2, output_dir=str(out), progress=False, resume=True))
+        training.fit(
+            training.make_config("smoke", "cuhk_pedes", epochs=2, output_dir=str(out), progress=False, resume=True)
+        )
     assert not (out / "results.json").exists()
     assert training.load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
     assert not (out / atomic.LOCK_NAME).exists()  # the lock goes with the run, however it ends
@@ -817,11 +944,17 @@ def test_a_run_folder_another_process_writes_is_not_deleted(tmp_path):
 def test_an_image_cache_on_a_full_disk_names_the_file_instead_of_dying(tiny_disk, tmp_path):
     """The memory-mapped cache was a sparse file: a full disk killed the process with SIGBUS on a write."""
     paths = [str(write_image(tmp_path / f"{k}.png", (10 * k, 0, 0), size=(8, 8))) for k in range(10)]
-    code = ("import sys; from cmp_utils.data import images\n"
-            f"try:\n    images.ImageCache.build({paths!r}, (128, 128), {str(tiny_disk / 'images.npy')!r}, progress=False)\n"
-            "except OSError as error:\n    print(error); sys.exit(3)\n")
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                               env={**os.environ, "PYTHONPATH": str(config.project_root())})
+    code = (
+        "import sys; from cmp_utils.data import images\n"
+        f"try:\n    images.ImageCache.build({paths!r}, (128, 128), {str(tiny_disk / 'images.npy')!r}, progress=False)\n"
+        "except OSError as error:\n    print(error); sys.exit(3)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(config.project_root())},
+    )
     assert completed.returncode == 3, completed.stderr[-500:]  # not -7 (SIGBUS)
     assert f"cannot write {tiny_disk / 'images.npy'}: No space left on device" in completed.stdout
     assert not any(tiny_disk.iterdir())  # no partial cache left
@@ -842,6 +975,8 @@ def test_every_notebook_parameter_default_is_plain_json():
         cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
         namespace: dict = {}
         exec(cell.source, namespace)  # noqa: S102 -- the project's own parameters cells
-        problems = [notebook_tools.plain_value_problem(name, namespace[name])
-                    for name in notebook_tools.parameter_types(notebook)]
+        problems = [
+            notebook_tools.plain_value_problem(name, namespace[name])
+            for name in notebook_tools.parameter_types(notebook)
+        ]
         assert not any(problems), (path.name, problems)

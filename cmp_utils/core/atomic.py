@@ -102,16 +102,23 @@ def _restore_retired(destination: Path) -> None:
     for candidate in destination.parent.glob(f".{destination.name}.*{TEMPORARY_SUFFIX}"):
         match = _TEMPORARY_NAME.match(candidate.name)
         retired = candidate / destination.name
-        if match and match.group("host") == HOST and not _process_is_running(int(match.group("pid"))) \
-                and retired.is_dir():
+        if (
+            match
+            and match.group("host") == HOST
+            and not _process_is_running(int(match.group("pid")))
+            and retired.is_dir()
+        ):
             os.replace(retired, destination)
             return
 
 
 #: errno values that mean "this place cannot take the write" (full disk, quota, read-only, no
 #: permission, file too large, I/O error): re-raised by :func:`write_failure` naming the file.
-WRITE_FAILURES = frozenset(getattr(errno, name) for name in
-                           ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG", "EIO") if hasattr(errno, name))
+WRITE_FAILURES = frozenset(
+    getattr(errno, name)
+    for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG", "EIO")
+    if hasattr(errno, name)
+)
 
 
 def write_failure(destination: Path, error: OSError) -> OSError:
@@ -121,9 +128,12 @@ def write_failure(destination: Path, error: OSError) -> OSError:
         error = error.__cause__
     cause = error.strerror or os.strerror(error.errno or 0)
     kept = "its previous version is kept unchanged" if destination.exists() else "nothing was written there"
-    return OSError(error.errno, f"cannot write {destination}: {cause} ({kept}); free space on that disk, make the "
-                                f"folder writable, or write elsewhere (another --output-dir / CMP_RESULTS_DIR / "
-                                f"CMP_CACHE_DIR)")
+    return OSError(
+        error.errno,
+        f"cannot write {destination}: {cause} ({kept}); free space on that disk, make the "
+        f"folder writable, or write elsewhere (another --output-dir / CMP_RESULTS_DIR / "
+        f"CMP_CACHE_DIR)",
+    )
 
 
 @contextlib.contextmanager
@@ -150,8 +160,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     with naming_write_failures(destination):
         destination.parent.mkdir(parents=True, exist_ok=True)
         remove_orphans(destination.parent)
-        handle, temporary = tempfile.mkstemp(prefix=temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
-                                             dir=destination.parent)
+        handle, temporary = tempfile.mkstemp(
+            prefix=temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX, dir=destination.parent
+        )
         os.close(handle)
         temporary_path = Path(temporary)
         try:
@@ -177,23 +188,31 @@ def replace_folder(path: str | os.PathLike) -> Iterator[Path]:
     destination = Path(path)
     if destination.exists() and not destination.is_dir():
         raise NotADirectoryError(f"{destination} is a file; results need a folder there: move or delete the file")
-    if destination.is_dir() and any(entry.is_dir() and not entry.name.startswith(".") for entry in destination.iterdir()):
-        raise IsADirectoryError(f"{destination} holds sub-folders; replace_folder replaces a folder of files as a whole "
-                                f"and refuses to delete sub-folders: pass the result set's own folder "
-                                f"(e.g. results/<experiment>/<profile>)")
+    if destination.is_dir() and any(
+        entry.is_dir() and not entry.name.startswith(".") for entry in destination.iterdir()
+    ):
+        raise IsADirectoryError(
+            f"{destination} holds sub-folders; replace_folder replaces a folder of files as a whole "
+            f"and refuses to delete sub-folders: pass the result set's own folder "
+            f"(e.g. results/<experiment>/<profile>)"
+        )
     with naming_write_failures(destination):
         destination.parent.mkdir(parents=True, exist_ok=True)
         _restore_retired(destination)
         remove_orphans(destination.parent)
-        staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
-                                        dir=destination.parent))
+        staging = Path(
+            tempfile.mkdtemp(prefix=temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX, dir=destination.parent)
+        )
     try:
         with naming_write_failures(destination):
             yield staging
         os.chmod(staging, _ordinary_mode(destination, folder=True))  # mkdtemp makes owner-only folders
         if destination.exists():
-            retired = Path(tempfile.mkdtemp(prefix=temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX,
-                                            dir=destination.parent))
+            retired = Path(
+                tempfile.mkdtemp(
+                    prefix=temporary_prefix(destination.name), suffix=TEMPORARY_SUFFIX, dir=destination.parent
+                )
+            )
             os.replace(destination, retired / destination.name)  # the old set, kept whole until the swap
             os.replace(staging, destination)
             shutil.rmtree(retired, ignore_errors=True)
@@ -224,12 +243,15 @@ class OutputSet:
         with naming_write_failures(self.folder):
             self.folder.mkdir(parents=True, exist_ok=True)
             remove_orphans(self.folder)
-            self.staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(owner), suffix=TEMPORARY_SUFFIX,
-                                                 dir=self.folder))
+            self.staging = Path(
+                tempfile.mkdtemp(prefix=temporary_prefix(owner), suffix=TEMPORARY_SUFFIX, dir=self.folder)
+            )
         self.committed: list[Path] | None = None
         if announce:
-            print(f"outputs of {owner} are staged and replace its files in {self.folder} together at the end "
-                  f"(outputs.commit()); if this run fails before, the previous complete set stays as it was")
+            print(
+                f"outputs of {owner} are staged and replace its files in {self.folder} together at the end "
+                f"(outputs.commit()); if this run fails before, the previous complete set stays as it was"
+            )
 
     @property
     def manifest(self) -> Path:
@@ -239,8 +261,10 @@ class OutputSet:
     def path(self, name: str) -> Path:
         """Where to write output ``name`` (a file name, no folders) until :meth:`commit`."""
         if self.committed is not None:
-            raise RuntimeError(f"the output set of {self.owner} in {self.folder} was already committed; make a new "
-                               f"OutputSet for another set")
+            raise RuntimeError(
+                f"the output set of {self.owner} in {self.folder} was already committed; make a new "
+                f"OutputSet for another set"
+            )
         if Path(name).name != name or name.startswith("."):
             raise ValueError(f"output name {name!r} must be a plain file name (no folder, not hidden)")
         return self.staging / name
@@ -253,8 +277,11 @@ class OutputSet:
             names = json.loads(self.manifest.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return []
-        return [name for name in names if isinstance(name, str) and Path(name).name == name] \
-            if isinstance(names, list) else []
+        return (
+            [name for name in names if isinstance(name, str) and Path(name).name == name]
+            if isinstance(names, list)
+            else []
+        )
 
     def commit(self) -> list[Path]:
         """Move every staged file into the folder (renames), drop the owner's old files the new set
@@ -263,8 +290,10 @@ class OutputSet:
 
         names = sorted(entry.name for entry in self.staging.iterdir() if entry.is_file())
         if not names:
-            raise RuntimeError(f"the output set of {self.owner} is empty: nothing was written to outputs.path(...); "
-                               f"the previous set in {self.folder} is kept")
+            raise RuntimeError(
+                f"the output set of {self.owner} is empty: nothing was written to outputs.path(...); "
+                f"the previous set in {self.folder} is kept"
+            )
         stale = [name for name in self.previous_names() if name not in names]
         with naming_write_failures(self.folder):
             write_text(self.manifest, json.dumps(names) + "\n")
@@ -276,8 +305,10 @@ class OutputSet:
                 (self.folder / name).unlink(missing_ok=True)
         shutil.rmtree(self.staging, ignore_errors=True)
         self.committed = [self.folder / name for name in names]
-        print(f"{self.owner}: {len(names)} output files replaced in {self.folder} as one set"
-              + (f" ({len(stale)} of its old files it no longer makes removed)" if stale else ""))
+        print(
+            f"{self.owner}: {len(names)} output files replaced in {self.folder} as one set"
+            + (f" ({len(stale)} of its old files it no longer makes removed)" if stale else "")
+        )
         return self.committed
 
 
@@ -305,7 +336,8 @@ def _locked_error(folder: Path, lock: Path, holder: dict[str, Any]) -> FolderLoc
     return FolderLockedError(
         f"{folder} is being written by process {holder.get('pid', '?')} on {holder.get('host', '?')} "
         f"({holder.get('purpose', 'a run')}, started {holder.get('started', '?')}): two writers would mix their files. "
-        f"Wait for it to end, or write elsewhere (another --output-dir)")
+        f"Wait for it to end, or write elsewhere (another --output-dir)"
+    )
 
 
 def _open_locked(lock: Path) -> int | None:
@@ -356,15 +388,23 @@ def hold_folder(folder: str | os.PathLike, purpose: str = "a run") -> Iterator[P
     try:
         left = _read_lock(lock)
         if left and left.get("host") != HOST:
-            raise FolderLockedError(f"{_locked_error(folder, lock, left)}. That machine's process cannot be checked "
-                                    f"from here: if it no longer writes into {folder}, delete {lock}")
+            raise FolderLockedError(
+                f"{_locked_error(folder, lock, left)}. That machine's process cannot be checked "
+                f"from here: if it no longer writes into {folder}, delete {lock}"
+            )
         if left:
-            print(f"taking over the stale lock {lock}: its process {left.get('pid')} on {left.get('host')} (started "
-                  f"{left.get('started', '?')}) no longer holds it", file=sys.stderr, flush=True)
+            print(
+                f"taking over the stale lock {lock}: its process {left.get('pid')} on {left.get('host')} (started "
+                f"{left.get('started', '?')}) no longer holds it",
+                file=sys.stderr,
+                flush=True,
+            )
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         os.ftruncate(handle, 0)
-        os.write(handle, json.dumps({"pid": os.getpid(), "host": HOST, "started": started,
-                                     "purpose": purpose}).encode("utf-8"))
+        os.write(
+            handle,
+            json.dumps({"pid": os.getpid(), "host": HOST, "started": started, "purpose": purpose}).encode("utf-8"),
+        )
         yield lock
     finally:
         if _read_lock(lock).get("pid") == os.getpid():
@@ -455,7 +495,9 @@ def load_torch_cache(path: str | os.PathLike) -> Any | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
-        warnings.warn(f"cache file {path} is damaged ({str(error).splitlines()[0][:200]}); deleting it to "
-                      f"rebuild it", stacklevel=2)
+        warnings.warn(
+            f"cache file {path} is damaged ({str(error).splitlines()[0][:200]}); deleting it to rebuild it",
+            stacklevel=2,
+        )
         path.unlink(missing_ok=True)
         return None

@@ -77,9 +77,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"parameter device={device!r} is not a device; use one of {', '.join(VALID_DEVICES)}") from None
+        raise ValueError(
+            f"parameter device={device!r} is not a device; use one of {', '.join(VALID_DEVICES)}"
+        ) from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"parameter device={device!r} asks for CUDA, but no GPU is visible; use device='auto' or 'cpu'")
+        raise ValueError(
+            f"parameter device={device!r} asks for CUDA, but no GPU is visible; use device='auto' or 'cpu'"
+        )
     return resolved
 
 

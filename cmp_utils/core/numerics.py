@@ -76,16 +76,31 @@ PINNED_ENVIRONMENT: dict[str, str] = {
 #: oneMKL's code for the COMPATIBLE branch (``mkl_cbwr_get``'s answer; MKL_CBWR_COMPATIBLE = 3).
 MKL_CBWR_COMPATIBLE = 3
 #: oneMKL's branch codes, for reports (``mkl.h``: MKL_CBWR_*).
-MKL_BRANCHES = {1: "OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX",
-                10: "AVX2", 11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1"}
+MKL_BRANCHES = {
+    1: "OFF",
+    2: "AUTO",
+    3: "COMPATIBLE",
+    4: "SSE2",
+    6: "SSSE3",
+    7: "SSE4_1",
+    8: "SSE4_2",
+    9: "AVX",
+    10: "AVX2",
+    11: "AVX512_MIC",
+    12: "AVX512",
+    13: "AVX512_MIC_E1",
+    14: "AVX512_E1",
+}
 
 
 def mode(environ: Mapping[str, str] | None = None) -> str:
     """``pinned`` or ``native``, from ``$CMP_CPU_NUMERICS`` (default ``pinned``); a clear error otherwise."""
     value = (os.environ if environ is None else environ).get(MODE_VARIABLE, "pinned").strip().lower() or "pinned"
     if value not in MODES:
-        raise ValueError(f"environment variable {MODE_VARIABLE}={value!r} is not known; use 'pinned' (the same bits "
-                         f"on any x86-64 CPU with AVX2, the default) or 'native' (each CPU's fastest kernels)")
+        raise ValueError(
+            f"environment variable {MODE_VARIABLE}={value!r} is not known; use 'pinned' (the same bits "
+            f"on any x86-64 CPU with AVX2, the default) or 'native' (each CPU's fastest kernels)"
+        )
     return value
 
 
@@ -139,9 +154,13 @@ def pin(environ: MutableMapping[str, str] | None = None) -> bool:
         library.mkl_serv_cbwr_set(MKL_CBWR_COMPATIBLE)
     problems = pin_problems()
     if problems:
-        warnings.warn("CPU numerics could not be pinned: " + "; ".join(problems) + ". Numbers of this process may "
-                      "differ from another CPU's: restart the kernel and import cmp_utils before running torch code "
-                      f"(or set {MODE_VARIABLE}=native to accept that).", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            "CPU numerics could not be pinned: " + "; ".join(problems) + ". Numbers of this process may "
+            "differ from another CPU's: restart the kernel and import cmp_utils before running torch code "
+            f"(or set {MODE_VARIABLE}=native to accept that).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return not problems
 
 
@@ -154,13 +173,17 @@ def pin_problems() -> list[str]:
     from . import vendor_kernels
 
     if mode() == "pinned" and not vendor_kernels.installed():
-        problems.append("the vendor-independent sqrt/exp/log/tanh kernels are not installed (cmp_utils.core.vendor_kernels)")
+        problems.append(
+            "the vendor-independent sqrt/exp/log/tanh kernels are not installed (cmp_utils.core.vendor_kernels)"
+        )
     branch = mkl_branch()
     if branch not in ("COMPATIBLE", "n/a"):
         problems.append(f"oneMKL runs branch {branch}, not COMPATIBLE (MKL computed before the pinning)")
     if torch.backends.cpu.get_cpu_capability() != "AVX2":
         capability = torch.backends.cpu.get_cpu_capability()
-        reason = "this CPU has no AVX2" if capability in ("DEFAULT", "NO AVX") else "ATen fixed its width before the pinning"
+        reason = (
+            "this CPU has no AVX2" if capability in ("DEFAULT", "NO AVX") else "ATen fixed its width before the pinning"
+        )
         problems.append(f"ATen kernels run at {capability}, not AVX2 ({reason})")
     return problems
 
@@ -207,16 +230,24 @@ def lock_status() -> str:
     if not LOCK_FILE.is_file():
         return "no lock file (not a checkout)"
     problems = lock_mismatches()
-    return "matches requirements-lock.txt" if not problems else "DIFFERS from requirements-lock.txt: " + "; ".join(problems)
+    return (
+        "matches requirements-lock.txt"
+        if not problems
+        else "DIFFERS from requirements-lock.txt: " + "; ".join(problems)
+    )
 
 
 def warn_on_lock_mismatch() -> None:
     """Warn, naming each package, when the bit-relevant packages differ from the lock file."""
     problems = lock_mismatches()
     if problems:
-        warnings.warn("installed packages differ from requirements-lock.txt: " + "; ".join(problems) + ". The quick "
-                      "and smoke numbers are only reproduced bit for bit with the locked versions: run `make setup` "
-                      "in a fresh .venv (or pip install -r requirements-lock.txt).", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            "installed packages differ from requirements-lock.txt: " + "; ".join(problems) + ". The quick "
+            "and smoke numbers are only reproduced bit for bit with the locked versions: run `make setup` "
+            "in a fresh .venv (or pip install -r requirements-lock.txt).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def status() -> dict[str, Any]:
@@ -249,8 +280,12 @@ def fingerprint() -> str:
 
     state = status()
     if state["pinned"]:
-        return ("pinned:" + ",".join(f"{k}={v}" for k, v in sorted(PINNED_ENVIRONMENT.items()))
-                + ";vendor-independent:" + ",".join(vendor_kernels.REPLACED_OPS))
+        return (
+            "pinned:"
+            + ",".join(f"{k}={v}" for k, v in sorted(PINNED_ENVIRONMENT.items()))
+            + ";vendor-independent:"
+            + ",".join(vendor_kernels.REPLACED_OPS)
+        )
     text = json.dumps({k: v for k, v in state.items() if k not in ("cpu_vendor", "environment_lock")}, sort_keys=True)
     return "native:" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -321,8 +356,13 @@ def machine_description() -> str:
 
     import torch
 
-    parts = [f"{cpu_model()} ({cpu_vendor()})", f"{os.cpu_count()} CPUs",
-             f"{platform.system()} {platform.machine()}", f"torch {torch.__version__}", f"{mode()} numerics"]
+    parts = [
+        f"{cpu_model()} ({cpu_vendor()})",
+        f"{os.cpu_count()} CPUs",
+        f"{platform.system()} {platform.machine()}",
+        f"torch {torch.__version__}",
+        f"{mode()} numerics",
+    ]
     if os.environ.get("MKL_ENABLE_INSTRUCTIONS"):
         parts.append(f"MKL_ENABLE_INSTRUCTIONS={os.environ['MKL_ENABLE_INSTRUCTIONS']}")
     if mkl_vendor_path() == "non-Intel" and cpu_vendor() == "GenuineIntel":
@@ -330,7 +370,6 @@ def machine_description() -> str:
     if torch.cuda.is_available():
         parts.append(torch.cuda.get_device_name(0))
     return ", ".join(parts)
-
 
 
 #: ``TrainConfig.cuda_tf32``: ``"off"`` = fp32 convolutions and matrix products really in fp32 (the

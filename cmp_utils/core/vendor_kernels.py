@@ -48,8 +48,27 @@ REPLACED_OPS = ("sqrt", "exp", "log", "tanh")
 #: ATen ops whose float CPU kernel calls oneMKL VML in torch 2.x (``aten/src/ATen/cpu/vml.h``):
 #: those of :data:`REPLACED_OPS` are replaced; a run that calls one of the others computes with a
 #: vendor-dependent kernel (the tests fail on that).
-VML_OPS = frozenset({"sqrt", "exp", "log", "tanh", "log2", "log10", "sin", "cos", "tan", "asin", "acos", "atan",
-                     "erf", "erfc", "erfinv", "trunc", "logsumexp"})
+VML_OPS = frozenset(
+    {
+        "sqrt",
+        "exp",
+        "log",
+        "tanh",
+        "log2",
+        "log10",
+        "sin",
+        "cos",
+        "tan",
+        "asin",
+        "acos",
+        "atan",
+        "erf",
+        "erfc",
+        "erfinv",
+        "trunc",
+        "logsumexp",
+    }
+)
 LOG2_E = 1.0 / math.log(2.0)
 LN_2 = math.log(2.0)
 SQRT_HALF = math.sqrt(0.5)
@@ -89,7 +108,11 @@ def tanh_float32(values: torch.Tensor) -> torch.Tensor:
 
 
 FLOAT32_KERNELS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "sqrt": sqrt_float32, "exp": exp_float32, "log": log_float32, "tanh": tanh_float32}
+    "sqrt": sqrt_float32,
+    "exp": exp_float32,
+    "log": log_float32,
+    "tanh": tanh_float32,
+}
 
 
 def _functional(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

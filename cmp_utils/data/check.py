@@ -29,8 +29,10 @@ def expected_sizes(name: str, root: str | os.PathLike) -> pd.DataFrame:
     if (root / synthetic.MARKER).is_file():
         rows = synthetic.recorded_sizes(root)
         if rows and rows[0][0] != name:
-            raise ValueError(f"{root / synthetic.MARKER} describes dataset {rows[0][0]!r}, but the folder is "
-                             f"checked as {name!r}; rename the folder or regenerate it")
+            raise ValueError(
+                f"{root / synthetic.MARKER} describes dataset {rows[0][0]!r}, but the folder is "
+                f"checked as {name!r}; rename the folder or regenerate it"
+            )
         frame = pd.DataFrame(rows, columns=["dataset", "split", "images", "captions", "ids_or_classes"])
         frame["source"] = f"synthetic generator record ({synthetic.MARKER})"
         return frame.astype({"images": "Int64", "captions": "Int64", "ids_or_classes": "Int64"})
@@ -58,9 +60,12 @@ def check_dataset(name: str, root: str | os.PathLike) -> dict[str, Any]:
     root = Path(root).expanduser()
     layout = config.DATASET_LAYOUTS[name]
     missing_layout = [str(root / item) for item in (*layout["files"], *layout["folders"]) if not (root / item).exists()]
-    result: dict[str, Any] = {"sizes": pd.DataFrame(columns=["dataset", "split", "quantity", "expected", "found", "ok",
-                                                             "source"]),
-                              "missing_files": missing_layout, "extra_files": [], "problems": []}
+    result: dict[str, Any] = {
+        "sizes": pd.DataFrame(columns=["dataset", "split", "quantity", "expected", "found", "ok", "source"]),
+        "missing_files": missing_layout,
+        "extra_files": [],
+        "problems": [],
+    }
     if missing_layout:
         result["problems"] = [f"{name}: missing {path} (expected layout: {LAYOUTS[name]})" for path in missing_layout]
         return result
@@ -76,8 +81,11 @@ def check_dataset(name: str, root: str | os.PathLike) -> dict[str, Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             frame = read_dataset(name, root, split, missing_images="drop")
-        measured[split] = {"images": int(frame["image_path"].nunique()), "captions": int(len(frame)),
-                           "ids_or_classes": int(frame["label"].nunique())}
+        measured[split] = {
+            "images": int(frame["image_path"].nunique()),
+            "captions": int(len(frame)),
+            "ids_or_classes": int(frame["label"].nunique()),
+        }
     if "all" in set(expected["split"]) and {"trainval", "test"} <= set(measured):
         measured["all"] = {key: measured["trainval"][key] + measured["test"][key] for key in SIZE_QUANTITIES}
     rows = []
@@ -87,17 +95,34 @@ def check_dataset(name: str, root: str | os.PathLike) -> dict[str, Any]:
             if pd.isna(wanted):
                 continue
             found = measured.get(record.split, {}).get(quantity)
-            rows.append({"dataset": name, "split": record.split, "quantity": quantity, "expected": int(wanted),
-                         "found": found, "ok": found == int(wanted), "source": record.source})
+            rows.append(
+                {
+                    "dataset": name,
+                    "split": record.split,
+                    "quantity": quantity,
+                    "expected": int(wanted),
+                    "found": found,
+                    "ok": found == int(wanted),
+                    "source": record.source,
+                }
+            )
             if found != int(wanted):
-                result["problems"].append(f"{name}/{record.split}: {found if found is not None else 'no'} {quantity} "
-                                          f"found, {int(wanted):,} expected ({record.source})")
+                result["problems"].append(
+                    f"{name}/{record.split}: {found if found is not None else 'no'} {quantity} "
+                    f"found, {int(wanted):,} expected ({record.source})"
+                )
     result["sizes"] = pd.DataFrame(rows, columns=list(result["sizes"].columns))
-    on_disk = {str(path) for folder in _image_folders(name, root) for path in folder.rglob("*")
-               if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES}
+    on_disk = {
+        str(path)
+        for folder in _image_folders(name, root)
+        for path in folder.rglob("*")
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    }
     result["missing_files"] = sorted(missing_images)
     result["extra_files"] = sorted(on_disk - referenced)
-    result["problems"] += [f"{name}: missing image {path} (named in the annotations)" for path in result["missing_files"]]
+    result["problems"] += [
+        f"{name}: missing image {path} (named in the annotations)" for path in result["missing_files"]
+    ]
     return result
 
 
@@ -107,12 +132,16 @@ def check_data_dir(data_dir: str | os.PathLike, datasets: Sequence[str] | None =
     :class:`DatasetLayoutError` when ``data_dir`` holds none of them."""
     data_dir = Path(data_dir).expanduser()
     if not data_dir.is_dir():
-        raise DatasetLayoutError(f"data folder {data_dir} does not exist; pass the folder that holds "
-                                 f"<name>/ sub-folders ({', '.join(config.DATASETS)})")
+        raise DatasetLayoutError(
+            f"data folder {data_dir} does not exist; pass the folder that holds "
+            f"<name>/ sub-folders ({', '.join(config.DATASETS)})"
+        )
     names = list(datasets) if datasets else [name for name in config.DATASETS if (data_dir / name).is_dir()]
     if not names:
-        raise DatasetLayoutError(f"{data_dir} holds none of the dataset folders {', '.join(config.DATASETS)}; "
-                                 f"put each dataset in <data_dir>/<name>/ as it is distributed (docs/datasets.md)")
+        raise DatasetLayoutError(
+            f"{data_dir} holds none of the dataset folders {', '.join(config.DATASETS)}; "
+            f"put each dataset in <data_dir>/<name>/ as it is distributed (docs/datasets.md)"
+        )
     return {name: check_dataset(name, data_dir / name) for name in names}
 
 
@@ -141,14 +170,22 @@ def _check_main(data_dir: str, datasets: Sequence[str] | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m cmp_utils.data",
-                                     description="Check a data folder against the datasets' published sizes.")
+    parser = argparse.ArgumentParser(
+        prog="python -m cmp_utils.data", description="Check a data folder against the datasets' published sizes."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="validate DATA_DIR/<name>/ for each dataset found there; exit 1 "
-                                              "when any size differs or a file is missing (extra images are listed)")
+    check = commands.add_parser(
+        "check",
+        help="validate DATA_DIR/<name>/ for each dataset found there; exit 1 "
+        "when any size differs or a file is missing (extra images are listed)",
+    )
     check.add_argument("data_dir", help="the folder holding <name>/ dataset folders (like $CMP_DATA_DIR)")
-    check.add_argument("--dataset", action="append", choices=config.DATASETS,
-                       help="check only this dataset (repeatable); its folder must exist")
+    check.add_argument(
+        "--dataset",
+        action="append",
+        choices=config.DATASETS,
+        help="check only this dataset (repeatable); its folder must exist",
+    )
     args = parser.parse_args(argv)
     try:
         return _check_main(args.data_dir, args.dataset)

@@ -72,7 +72,9 @@ def normalise(images: np.ndarray | torch.Tensor, backbone: str) -> torch.Tensor:
     Layout ``(B, H, W, 3)`` or ``(B, 3, H, W)`` is accepted; a ``(H, W, 3)`` image gets B = 1.
     """
     if backbone not in BACKBONE_NORMALISATION:
-        raise ValueError(f"parameter backbone={backbone!r} is not known; use one of {', '.join(BACKBONE_NORMALISATION)}")
+        raise ValueError(
+            f"parameter backbone={backbone!r} is not known; use one of {', '.join(BACKBONE_NORMALISATION)}"
+        )
     tensor = to_channels_first(images)
     if tensor.dtype != torch.uint8:
         raise TypeError(f"normalise expects uint8 images (0..255), got {tensor.dtype}")
@@ -85,8 +87,9 @@ def normalise(images: np.ndarray | torch.Tensor, backbone: str) -> torch.Tensor:
     return pixels / 255.0
 
 
-def random_horizontal_flip(images: torch.Tensor, probability: float = 0.5,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+def random_horizontal_flip(
+    images: torch.Tensor, probability: float = 0.5, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Flip each image of ``(B, 3, H, W)`` left-right with ``probability`` (training augmentation)."""
     if images.dim() != 4:
         raise ValueError(f"random_horizontal_flip expects (B, C, H, W), got {tuple(images.shape)}")
@@ -137,8 +140,10 @@ def decode_image(path: str | os.PathLike, size: tuple[int, int], resize: str = "
     except FileNotFoundError as error:
         raise FileNotFoundError(f"image file {path} does not exist") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"could not decode image {path}: {error}. Replace or remove the file, "
-                         "or drop its rows before building the cache") from error
+        raise ValueError(
+            f"could not decode image {path}: {error}. Replace or remove the file, "
+            "or drop its rows before building the cache"
+        ) from error
 
 
 def fingerprint(paths: Sequence[str], size: tuple[int, int], resize: str = "pil_antialias") -> str:
@@ -221,30 +226,44 @@ class ImageCache:
         cache_path = Path(cache_path)
         meta_path = _metadata_path(cache_path)
         if not cache_path.is_file() or not meta_path.is_file():
-            raise FileNotFoundError(f"no complete image cache at {cache_path} (needs {cache_path.name} and "
-                                    f"{meta_path.name}); build it with ImageCache.build(paths, size, cache_path)")
+            raise FileNotFoundError(
+                f"no complete image cache at {cache_path} (needs {cache_path.name} and "
+                f"{meta_path.name}); build it with ImageCache.build(paths, size, cache_path)"
+            )
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
-            raise ValueError(f"image cache metadata {meta_path} is not valid JSON ({error}); delete it to rebuild") from error
+            raise ValueError(
+                f"image cache metadata {meta_path} is not valid JSON ({error}); delete it to rebuild"
+            ) from error
         try:
             images = np.load(cache_path, mmap_mode="r")
         except (ValueError, OSError, EOFError) as error:  # truncated or overwritten .npy
-            raise ValueError(f"image cache {cache_path} is damaged ({error}); ImageCache.build rebuilds it, or "
-                             f"delete {cache_path} and {meta_path}") from error
+            raise ValueError(
+                f"image cache {cache_path} is damaged ({error}); ImageCache.build rebuilds it, or "
+                f"delete {cache_path} and {meta_path}"
+            ) from error
         if not isinstance(meta, dict) or not {"size", "paths", "fingerprint"} <= set(meta):
-            raise ValueError(f"image cache metadata {meta_path} lacks size/paths/fingerprint; delete it and "
-                             f"{cache_path} to rebuild")
+            raise ValueError(
+                f"image cache metadata {meta_path} lacks size/paths/fingerprint; delete it and {cache_path} to rebuild"
+            )
         size = tuple(meta["size"])
         expected_shape = (len(meta["paths"]), size[0], size[1], 3)
         if images.shape != expected_shape or images.dtype != np.uint8:
-            raise ValueError(f"image cache {cache_path} holds {images.shape} {images.dtype}, its metadata says "
-                             f"{expected_shape} uint8; delete both files to rebuild")
+            raise ValueError(
+                f"image cache {cache_path} holds {images.shape} {images.dtype}, its metadata says "
+                f"{expected_shape} uint8; delete both files to rebuild"
+            )
         return cls(images, meta["paths"], size, cache_path, meta["fingerprint"])
 
     @classmethod
-    def is_current(cls, cache_path: str | os.PathLike, image_paths: Sequence[str], size: tuple[int, int],
-                   resize: str = "pil_antialias") -> bool:
+    def is_current(
+        cls,
+        cache_path: str | os.PathLike,
+        image_paths: Sequence[str],
+        size: tuple[int, int],
+        resize: str = "pil_antialias",
+    ) -> bool:
         """True when a cache at ``cache_path`` exists and was built from exactly these paths at this size."""
         meta_path = _metadata_path(Path(cache_path))
         if not Path(cache_path).is_file() or not meta_path.is_file():
@@ -256,8 +275,15 @@ class ImageCache:
         return meta.get("fingerprint") == fingerprint([str(p) for p in image_paths], size, resize)
 
     @classmethod
-    def build(cls, image_paths: Sequence[str | os.PathLike], size: tuple[int, int], cache_path: str | os.PathLike,
-              progress: bool = True, workers: int | None = None, resize: str = "pil_antialias") -> "ImageCache":
+    def build(
+        cls,
+        image_paths: Sequence[str | os.PathLike],
+        size: tuple[int, int],
+        cache_path: str | os.PathLike,
+        progress: bool = True,
+        workers: int | None = None,
+        resize: str = "pil_antialias",
+    ) -> "ImageCache":
         """Decode ``image_paths`` resized to ``size = (H, W)`` into ``cache_path`` (``.npy``) and open it.
 
         A cache already there with the same fingerprint (paths + size) is reopened without
@@ -289,13 +315,15 @@ class ImageCache:
 
             iterator_progress = tqdm(total=len(paths), desc=f"decoding {cache_path.name}", unit="img", leave=False)
         with atomic_path(cache_path) as temporary:
-            array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(len(paths), size[0], size[1], 3))
+            array = np.lib.format.open_memmap(
+                temporary, mode="w+", dtype=np.uint8, shape=(len(paths), size[0], size[1], 3)
+            )
             _reserve_disk_space(temporary)
             workers = workers or min(8, os.cpu_count() or 1)
             chunk = 256
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for start in range(0, len(paths), chunk):
-                    batch = paths[start:start + chunk]
+                    batch = paths[start : start + chunk]
                     for offset, pixels in enumerate(pool.map(lambda p: decode_image(p, size, resize), batch)):
                         array[start + offset] = pixels
                     if iterator_progress is not None:
@@ -304,6 +332,16 @@ class ImageCache:
             del array
         if iterator_progress is not None:
             iterator_progress.close()
-        write_text(meta_path, json.dumps({"format": CACHE_FORMAT, "fingerprint": key, "size": list(size),
-                                          "num_images": len(paths), "paths": paths}))
+        write_text(
+            meta_path,
+            json.dumps(
+                {
+                    "format": CACHE_FORMAT,
+                    "fingerprint": key,
+                    "size": list(size),
+                    "num_images": len(paths),
+                    "paths": paths,
+                }
+            ),
+        )
         return cls.open(cache_path)

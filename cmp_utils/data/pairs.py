@@ -22,21 +22,28 @@ class PairDataset(torch.utils.data.Dataset):
     decoding per step); training flips left-right with probability 0.5.
     """
 
-    def __init__(self, frame: pd.DataFrame, vocabulary: Vocabulary, image_cache: ImageCache, train: bool,
-                 backbone: str):
+    def __init__(
+        self, frame: pd.DataFrame, vocabulary: Vocabulary, image_cache: ImageCache, train: bool, backbone: str
+    ):
         for column in ("tokens", "class_index", "image_index"):
             if column not in frame.columns:
-                raise ValueError(f"PairDataset needs a frame with column {column!r} (use prepare_dataset or add_indices)")
+                raise ValueError(
+                    f"PairDataset needs a frame with column {column!r} (use prepare_dataset or add_indices)"
+                )
         if len(frame) and int(frame["image_index"].max()) >= len(image_cache):
-            raise ValueError(f"frame image_index goes up to {int(frame['image_index'].max())} but the cache "
-                             f"{image_cache.cache_path} holds {len(image_cache)} images: they are of different splits")
+            raise ValueError(
+                f"frame image_index goes up to {int(frame['image_index'].max())} but the cache "
+                f"{image_cache.cache_path} holds {len(image_cache)} images: they are of different splits"
+            )
         normalise(np.zeros((1, 1, 1, 3), dtype=np.uint8), backbone)  # validates the backbone name early
         self.vocabulary = vocabulary
         self.image_cache = image_cache
         self.train = bool(train)
         self.backbone = backbone
-        self.token_ids = [torch.tensor(vocabulary.encode(tokens, for_model_input=True), dtype=torch.long)
-                          for tokens in frame["tokens"]]
+        self.token_ids = [
+            torch.tensor(vocabulary.encode(tokens, for_model_input=True), dtype=torch.long)
+            for tokens in frame["tokens"]
+        ]
         self.labels = frame["class_index"].to_numpy(dtype=np.int64)
         self.image_indices = frame["image_index"].to_numpy(dtype=np.int64)
 
@@ -49,8 +56,12 @@ class PairDataset(torch.utils.data.Dataset):
         image = normalise(pixels, self.backbone)[0]  # (3, H, W) float32
         if self.train and torch.rand(()) < 0.5:
             image = image.flip(-1)
-        return {"image": image, "token_ids": self.token_ids[index], "label": int(self.labels[index]),
-                "image_index": image_index}
+        return {
+            "image": image,
+            "token_ids": self.token_ids[index],
+            "label": int(self.labels[index]),
+            "image_index": image_index,
+        }
 
 
 def collate_pairs(items: Sequence[dict[str, Any]], pad_id: int = Vocabulary.pad_id) -> dict[str, torch.Tensor]:
@@ -59,10 +70,13 @@ def collate_pairs(items: Sequence[dict[str, Any]], pad_id: int = Vocabulary.pad_
     if not items:
         raise ValueError("collate_pairs got an empty batch")
     token_ids, lengths = pad_token_ids([item["token_ids"] for item in items], pad_id)  # (B, T), (B,)
-    return {"images": torch.stack([item["image"] for item in items]),  # (B, 3, H, W)
-            "token_ids": token_ids, "lengths": lengths,
-            "labels": torch.tensor([item["label"] for item in items], dtype=torch.long),
-            "image_indices": torch.tensor([item["image_index"] for item in items], dtype=torch.long)}
+    return {
+        "images": torch.stack([item["image"] for item in items]),  # (B, 3, H, W)
+        "token_ids": token_ids,
+        "lengths": lengths,
+        "labels": torch.tensor([item["label"] for item in items], dtype=torch.long),
+        "image_indices": torch.tensor([item["image_index"] for item in items], dtype=torch.long),
+    }
 
 
 class IdentityBatchSampler(torch.utils.data.Sampler):
@@ -76,8 +90,16 @@ class IdentityBatchSampler(torch.utils.data.Sampler):
     ``num_replicas``-th batch (same count on every rank).
     """
 
-    def __init__(self, labels: Sequence[int], batch_size: int, instances_per_label: int = 2, seed: int = 0,
-                 drop_last: bool = True, num_replicas: int = 1, rank: int = 0):
+    def __init__(
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        instances_per_label: int = 2,
+        seed: int = 0,
+        drop_last: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
         if batch_size < 1 or instances_per_label < 1:
             raise ValueError(f"batch_size={batch_size} and instances_per_label={instances_per_label} must be >= 1")
         if not 0 <= rank < num_replicas:
@@ -101,10 +123,12 @@ class IdentityBatchSampler(torch.utils.data.Sampler):
         groups = []
         for members in self._groups_by_label:
             shuffled = rng.permutation(members)
-            groups.extend(shuffled[start:start + self.instances_per_label]
-                          for start in range(0, len(shuffled), self.instances_per_label))
+            groups.extend(
+                shuffled[start : start + self.instances_per_label]
+                for start in range(0, len(shuffled), self.instances_per_label)
+            )
         flat = np.concatenate([groups[i] for i in rng.permutation(len(groups))]) if groups else np.array([], np.int64)
-        batches = [flat[start:start + self.batch_size].tolist() for start in range(0, len(flat), self.batch_size)]
+        batches = [flat[start : start + self.batch_size].tolist() for start in range(0, len(flat), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         if self.num_replicas > 1:
@@ -113,7 +137,7 @@ class IdentityBatchSampler(torch.utils.data.Sampler):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._all_batches()[self.rank::self.num_replicas])
+        return iter(self._all_batches()[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
         total = len(self.labels) // self.batch_size if self.drop_last else -(-len(self.labels) // self.batch_size)

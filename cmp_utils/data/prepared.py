@@ -131,8 +131,14 @@ def ensure_synthetic(name: str, profile: str, seed: int = 0, cache_dir: str | os
     return root
 
 
-def dataset_root(name: str, profile: str, data_dir: str | os.PathLike | None = None,
-                 cache_dir: str | os.PathLike | None = None, seed: int = 0, source: str = "auto") -> tuple[Path, bool]:
+def dataset_root(
+    name: str,
+    profile: str,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    source: str = "auto",
+) -> tuple[Path, bool]:
     """``(root, synthetic)``: the folder dataset ``name`` is read from, as :func:`prepare_dataset` chooses it.
 
     ``source="auto"``: real data under ``config.data_dir(data_dir)/<name>`` for the paper profile,
@@ -177,13 +183,24 @@ def _frames_fingerprint(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def prepare_dataset(name: str, profile: str, data_dir: str | os.PathLike | None = None,
-                    cache_dir: str | os.PathLike | None = None, seed: int = 0,
-                    image_size: tuple[int, int] | None = None, source: str = "auto", *,
-                    missing_images: str = "error", val_class_fraction: float | None = None,
-                    min_count: int = 3, progress: bool = False, vocab_case_sensitive: bool = False,
-                    pad_shares_most_frequent: bool = False, num_classes_from: str = "all_splits",
-                    image_resize: str = "pil_antialias") -> PreparedDataset:
+def prepare_dataset(
+    name: str,
+    profile: str,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    image_size: tuple[int, int] | None = None,
+    source: str = "auto",
+    *,
+    missing_images: str = "error",
+    val_class_fraction: float | None = None,
+    min_count: int = 3,
+    progress: bool = False,
+    vocab_case_sensitive: bool = False,
+    pad_shares_most_frequent: bool = False,
+    num_classes_from: str = "all_splits",
+    image_resize: str = "pil_antialias",
+) -> PreparedDataset:
     """Find or generate dataset ``name``, read its splits, build or reload the vocabulary and the image caches.
 
     ``source``: ``"auto"`` = the real data under ``config.data_dir(data_dir)/<name>`` for
@@ -219,43 +236,81 @@ def prepare_dataset(name: str, profile: str, data_dir: str | os.PathLike | None 
         fraction = 0.0
         split_names = [split for split in SPLITS[name] if split != "trainval"]  # icfg_pedes: trainval = train + val
         validation_split = VALIDATION_SPLIT[name]
-    frames = {split: add_indices(read_dataset(name, root, split, missing_images=missing_images,
-                                              val_class_fraction=fraction, lowercase=not vocab_case_sensitive))
-              for split in split_names}
+    frames = {
+        split: add_indices(
+            read_dataset(
+                name,
+                root,
+                split,
+                missing_images=missing_images,
+                val_class_fraction=fraction,
+                lowercase=not vocab_case_sensitive,
+            )
+        )
+        for split in split_names
+    }
     for split, frame in frames.items():
         if frame.empty:
             raise ValueError(f"{name}/{split} under {root} has no captions; check the annotation files")
     size = tuple(image_size) if image_size is not None else default_image_size(name, use_synthetic)
     with _file_lock(prepared_dir / ".prepare.lock"):
-        options = {"case_sensitive": bool(vocab_case_sensitive),
-                   "pad_shares_most_frequent": bool(pad_shares_most_frequent)}
+        options = {
+            "case_sensitive": bool(vocab_case_sensitive),
+            "pad_shares_most_frequent": bool(pad_shares_most_frequent),
+        }
         vocabulary_path = prepared_dir / vocabulary_file_name(**options)
         train_key = _frames_fingerprint(frames["train"])
         vocabulary = None
         if vocabulary_path.is_file():
             loaded = Vocabulary.load(vocabulary_path)
-            if (loaded.meta.get("train_fingerprint") == train_key and loaded.min_count == min_count
-                    and loaded.meta.get("tokenisation") == TOKENISATION and loaded.options == options):
+            if (
+                loaded.meta.get("train_fingerprint") == train_key
+                and loaded.min_count == min_count
+                and loaded.meta.get("tokenisation") == TOKENISATION
+                and loaded.options == options
+            ):
                 vocabulary = loaded
         if vocabulary is None:
-            vocabulary = Vocabulary.build(frames["train"]["tokens"], min_count=min_count,
-                                          meta={"dataset": name, "built_from": "train", "root": str(root),
-                                                "train_fingerprint": train_key, "tokenisation": TOKENISATION},
-                                          **options)
+            vocabulary = Vocabulary.build(
+                frames["train"]["tokens"],
+                min_count=min_count,
+                meta={
+                    "dataset": name,
+                    "built_from": "train",
+                    "root": str(root),
+                    "train_fingerprint": train_key,
+                    "tokenisation": TOKENISATION,
+                },
+                **options,
+            )
             vocabulary.save(vocabulary_path)
             vocabulary = Vocabulary.load(vocabulary_path)
-        prepared = PreparedDataset(name=name, root=root, synthetic=use_synthetic, frames=frames, vocabulary=vocabulary,
-                                   image_size=size, prepared_dir=prepared_dir, validation_split=validation_split,
-                                   test_split=TEST_SPLIT[name], num_classes_from=num_classes_from,
-                                   image_resize=image_resize)
+        prepared = PreparedDataset(
+            name=name,
+            root=root,
+            synthetic=use_synthetic,
+            frames=frames,
+            vocabulary=vocabulary,
+            image_size=size,
+            prepared_dir=prepared_dir,
+            validation_split=validation_split,
+            test_split=TEST_SPLIT[name],
+            num_classes_from=num_classes_from,
+            image_resize=image_resize,
+        )
         for split, frame in frames.items():
             paths = image_paths_of(frame)
             if not use_synthetic and not ImageCache.is_current(prepared.cache_path(split), paths, size, image_resize):
-                print(f"image cache of {name}/{split}: {len(paths)} images x {size[0]} x {size[1]} x 3 bytes = "
-                      f"{len(paths) * size[0] * size[1] * 3 / 1e9:.2f} GB, written once to {prepared.cache_path(split)} "
-                      "(set CMP_CACHE_DIR to put it elsewhere)", file=sys.stderr, flush=True)
-            prepared._caches[split] = ImageCache.build(paths, size, prepared.cache_path(split), progress=progress,
-                                                       resize=image_resize)
+                print(
+                    f"image cache of {name}/{split}: {len(paths)} images x {size[0]} x {size[1]} x 3 bytes = "
+                    f"{len(paths) * size[0] * size[1] * 3 / 1e9:.2f} GB, written once to {prepared.cache_path(split)} "
+                    "(set CMP_CACHE_DIR to put it elsewhere)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            prepared._caches[split] = ImageCache.build(
+                paths, size, prepared.cache_path(split), progress=progress, resize=image_resize
+            )
     return prepared
 
 
@@ -274,17 +329,31 @@ def recipe_options(settings: Any) -> dict[str, Any]:
     return {name: getattr(settings, name) for name in RECIPE_OPTIONS}
 
 
-def check_prepared_options(prepared: PreparedDataset, *, vocab_case_sensitive: bool, pad_shares_most_frequent: bool,
-                           num_classes_from: str, image_resize: str = "pil_antialias") -> None:
+def check_prepared_options(
+    prepared: PreparedDataset,
+    *,
+    vocab_case_sensitive: bool,
+    pad_shares_most_frequent: bool,
+    num_classes_from: str,
+    image_resize: str = "pil_antialias",
+) -> None:
     """Raise ``ValueError`` when ``prepared`` was made with other recipe options than a run's settings."""
-    wanted = {"vocab_case_sensitive": bool(vocab_case_sensitive),
-              "pad_shares_most_frequent": bool(pad_shares_most_frequent), "num_classes_from": num_classes_from,
-              "image_resize": image_resize}
-    found = {"vocab_case_sensitive": prepared.vocabulary.case_sensitive,
-             "pad_shares_most_frequent": prepared.vocabulary.pad_shares_most_frequent,
-             "num_classes_from": prepared.num_classes_from, "image_resize": prepared.image_resize}
+    wanted = {
+        "vocab_case_sensitive": bool(vocab_case_sensitive),
+        "pad_shares_most_frequent": bool(pad_shares_most_frequent),
+        "num_classes_from": num_classes_from,
+        "image_resize": image_resize,
+    }
+    found = {
+        "vocab_case_sensitive": prepared.vocabulary.case_sensitive,
+        "pad_shares_most_frequent": prepared.vocabulary.pad_shares_most_frequent,
+        "num_classes_from": prepared.num_classes_from,
+        "image_resize": prepared.image_resize,
+    }
     differ = {key: (found[key], wanted[key]) for key in wanted if found[key] != wanted[key]}
     if differ:
         details = ", ".join(f"{key}: prepared {have!r}, settings {want!r}" for key, (have, want) in differ.items())
-        raise ValueError(f"the prepared {prepared.name} data does not match the run's settings ({details}); "
-                         f"prepare it with data.prepare_dataset(..., {', '.join(f'{k}={v!r}' for k, v in wanted.items())})")
+        raise ValueError(
+            f"the prepared {prepared.name} data does not match the run's settings ({details}); "
+            f"prepare it with data.prepare_dataset(..., {', '.join(f'{k}={v!r}' for k, v in wanted.items())})"
+        )

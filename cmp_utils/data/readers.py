@@ -48,9 +48,10 @@ def read_utf8(path: Path) -> str:
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
         raise AnnotationEncodingError(
-            f"{path} is not UTF-8: line {line}, byte {error.start} ({raw[error.start:error.end]!r}) cannot be decoded. "
+            f"{path} is not UTF-8: line {line}, byte {error.start} ({raw[error.start : error.end]!r}) cannot be decoded. "
             f"Convert the file to UTF-8 (e.g. `iconv -f latin1 -t utf-8 {Path(path).name} > fixed && mv fixed "
-            f"{Path(path).name}`, if it is Latin-1) and run again") from None
+            f"{Path(path).name}`, if it is Latin-1) and run again"
+        ) from None
 
 
 def _load_json(path: Path) -> Any:
@@ -64,12 +65,16 @@ def _caption_list(captions: Any, annotation: Path, where: str) -> list[str]:
     """``captions`` of one record, checked to be a list of strings (a bare string is refused:
     iterating it would make every character a caption)."""
     if isinstance(captions, str) or not isinstance(captions, list):
-        raise ValueError(f"annotation file {annotation}: {where} has \"captions\" as a {type(captions).__name__} "
-                         f"({str(captions)[:60]!r}); it must be a list of strings, e.g. \"captions\": [\"a man in ...\"]")
+        raise ValueError(
+            f'annotation file {annotation}: {where} has "captions" as a {type(captions).__name__} '
+            f'({str(captions)[:60]!r}); it must be a list of strings, e.g. "captions": ["a man in ..."]'
+        )
     for caption in captions:
         if not isinstance(caption, str):
-            raise ValueError(f"annotation file {annotation}: {where} has a caption that is a {type(caption).__name__} "
-                             f"({caption!r}); every caption must be a string")
+            raise ValueError(
+                f"annotation file {annotation}: {where} has a caption that is a {type(caption).__name__} "
+                f"({caption!r}); every caption must be a string"
+            )
     return captions
 
 
@@ -79,10 +84,16 @@ def _check_split_label(name: str, annotation: Path, where: str, label: Any) -> s
     if isinstance(label, str) and label in FILE_SPLITS[name]:
         return label
     known = FILE_SPLITS[name]
-    hint = f"; did you mean {label.strip().lower()!r}?" if isinstance(label, str) and label.strip().lower() in known else ""
-    raise ValueError(f"annotation file {annotation}: {where} has split {label!r}, which is not a split label of "
-                     f"{name} ({', '.join(known)}){hint} Its captions would be silently left out of every split: fix "
-                     f"the label in the file")
+    hint = (
+        f"; did you mean {label.strip().lower()!r}?"
+        if isinstance(label, str) and label.strip().lower() in known
+        else ""
+    )
+    raise ValueError(
+        f"annotation file {annotation}: {where} has split {label!r}, which is not a split label of "
+        f"{name} ({', '.join(known)}){hint} Its captions would be silently left out of every split: fix "
+        f"the label in the file"
+    )
 
 
 def _image_path_inside(annotation: Path, where: str, key: str, value: Any) -> str:
@@ -92,13 +103,17 @@ def _image_path_inside(annotation: Path, where: str, key: str, value: Any) -> st
     from pathlib import PurePosixPath, PureWindowsPath
 
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"annotation file {annotation}: {where} has {key} {value!r}; it must be a non-empty path "
-                         f"string relative to the dataset's image folder")
+        raise ValueError(
+            f"annotation file {annotation}: {where} has {key} {value!r}; it must be a non-empty path "
+            f"string relative to the dataset's image folder"
+        )
     posix = PurePosixPath(value.replace("\\", "/"))
     if posix.is_absolute() or PureWindowsPath(value).drive or ".." in posix.parts:
-        raise ValueError(f"annotation file {annotation}: {where} has {key} {value!r}, which points outside the dataset "
-                         f"folder; image paths must be relative to the dataset's image folder, without '..' or a "
-                         f"leading '/': move the image into that folder and give its path relative to it")
+        raise ValueError(
+            f"annotation file {annotation}: {where} has {key} {value!r}, which points outside the dataset "
+            f"folder; image paths must be relative to the dataset's image folder, without '..' or a "
+            f"leading '/': move the image into that folder and give its path relative to it"
+        )
     return value
 
 
@@ -110,23 +125,29 @@ def _check_one_label_per_image(annotation: Path, entries: Sequence[tuple[str, in
     for path, label, where in entries:
         seen_label, seen_where = first.setdefault(path, (label, where))
         if seen_label != label:
-            raise ValueError(f"annotation file {annotation}: image {path} is listed under id {seen_label} ({seen_where}) "
-                             f"and id {label} ({where}); one image cannot have two identities. Keep one of the "
-                             f"records, or give both the same id")
+            raise ValueError(
+                f"annotation file {annotation}: image {path} is listed under id {seen_label} ({seen_where}) "
+                f"and id {label} ({where}); one image cannot have two identities. Keep one of the "
+                f"records, or give both the same id"
+            )
 
 
 def _sentence_list(sentences: Any, annotation: Path, where: str) -> list:
     """A Karpathy record's ``sentences``: a list of ``{raw, tokens}`` objects or strings (a bare
     string is refused: iterating it would make every character a caption)."""
     if not isinstance(sentences, list):
-        raise ValueError(f"annotation file {annotation}: {where} has \"sentences\" as a {type(sentences).__name__} "
-                         f"({str(sentences)[:60]!r}); it must be a list, e.g. \"sentences\": [{{\"raw\": \"A dog ...\", "
-                         f"\"tokens\": [\"a\", \"dog\"]}}]")
+        raise ValueError(
+            f'annotation file {annotation}: {where} has "sentences" as a {type(sentences).__name__} '
+            f'({str(sentences)[:60]!r}); it must be a list, e.g. "sentences": [{{"raw": "A dog ...", '
+            f'"tokens": ["a", "dog"]}}]'
+        )
     for sentence in sentences:
         tokens = sentence.get("tokens") if isinstance(sentence, dict) else None
         if not isinstance(sentence, (dict, str)) or (tokens is not None and not isinstance(tokens, list)):
-            raise ValueError(f"annotation file {annotation}: {where} has a sentence {str(sentence)[:60]!r}; each must "
-                             f"be a string or an object {{\"raw\": str, \"tokens\": [str, ...]}} (tokens a list)")
+            raise ValueError(
+                f"annotation file {annotation}: {where} has a sentence {str(sentence)[:60]!r}; each must "
+                f'be a string or an object {{"raw": str, "tokens": [str, ...]}} (tokens a list)'
+            )
     return sentences
 
 
@@ -137,23 +158,36 @@ def _rows_cuhk(root: Path, split: str) -> list[dict]:
         raise _layout_error("cuhk_pedes", root, annotation)
     records = _load_json(annotation)
     if not isinstance(records, list):
-        raise ValueError(f"annotation file {annotation} must hold a JSON list of image records, got {type(records).__name__}")
+        raise ValueError(
+            f"annotation file {annotation} must hold a JSON list of image records, got {type(records).__name__}"
+        )
     rows, entries = [], []
     for image_id, record in enumerate(records):
         try:
-            record_split, captions, file_path, person_id = (record["split"], record["captions"], record["file_path"],
-                                                            int(record["id"]))
+            record_split, captions, file_path, person_id = (
+                record["split"],
+                record["captions"],
+                record["file_path"],
+                int(record["id"]),
+            )
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"annotation file {annotation}: record {image_id} lacks split/captions/file_path/id "
-                             f"({error!r})") from error
+            raise ValueError(
+                f"annotation file {annotation}: record {image_id} lacks split/captions/file_path/id ({error!r})"
+            ) from error
         where = f"record {image_id} ({file_path})"
         _check_split_label("cuhk_pedes", annotation, where, record_split)
         entries.append((_image_path_inside(annotation, where, "file_path", file_path), person_id, where))
         if record_split != split:
             continue
         for caption in _caption_list(captions, annotation, where):
-            rows.append({"image_path": str(root / "imgs" / file_path), "caption": caption, "label": person_id,
-                         "image_id": image_id})
+            rows.append(
+                {
+                    "image_path": str(root / "imgs" / file_path),
+                    "caption": caption,
+                    "label": person_id,
+                    "image_id": image_id,
+                }
+            )
     _check_one_label_per_image(annotation, entries)
     return rows
 
@@ -174,8 +208,9 @@ def _rows_karpathy(name: str, root: Path, split: str) -> list[dict]:
             folder = record["filepath"] if name == "mscoco" else "flickr30k-images"
         except (KeyError, TypeError, ValueError) as error:
             need = "filepath, filename" if name == "mscoco" else "filename"
-            raise ValueError(f"annotation file {annotation}: image record {position} lacks split/{need}/sentences "
-                             f"({error!r})") from error
+            raise ValueError(
+                f"annotation file {annotation}: image record {position} lacks split/{need}/sentences ({error!r})"
+            ) from error
         where = f"image record {position} ({filename})"
         _check_split_label(name, annotation, where, record_split)
         if name == "mscoco":
@@ -187,10 +222,21 @@ def _rows_karpathy(name: str, root: Path, split: str) -> list[dict]:
             continue
         image_path = str(root / folder / filename)
         for sentence in _sentence_list(sentences, annotation, where):
-            caption = sentence.get("raw", " ".join(sentence.get("tokens", []))) if isinstance(sentence, dict) else str(sentence)
+            caption = (
+                sentence.get("raw", " ".join(sentence.get("tokens", [])))
+                if isinstance(sentence, dict)
+                else str(sentence)
+            )
             given = sentence.get("tokens") if isinstance(sentence, dict) else None  # used as given (release)
-            rows.append({"image_path": image_path, "caption": caption, "label": image_id, "image_id": image_id,
-                         "tokens": [str(token) for token in given] if given else None})
+            rows.append(
+                {
+                    "image_path": image_path,
+                    "caption": caption,
+                    "label": image_id,
+                    "image_id": image_id,
+                    "tokens": [str(token) for token in given] if given else None,
+                }
+            )
     _check_one_label_per_image(annotation, entries)
     return rows
 
@@ -204,11 +250,15 @@ def _karpathy_image_ids(records: list, annotation: Path) -> list[int]:
         try:
             image_id = int(record["imgid"])
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"annotation file {annotation}: image record {position} ({name}) has no integer "
-                             f"\"imgid\" ({error!r}); every record of a Karpathy split file needs its own imgid") from error
+            raise ValueError(
+                f"annotation file {annotation}: image record {position} ({name}) has no integer "
+                f'"imgid" ({error!r}); every record of a Karpathy split file needs its own imgid'
+            ) from error
         if image_id in seen:
-            raise ValueError(f"annotation file {annotation}: image records {seen[image_id]} and {position} ({name}) "
-                             f"share imgid {image_id}; every image needs its own imgid")
+            raise ValueError(
+                f"annotation file {annotation}: image records {seen[image_id]} and {position} ({name}) "
+                f"share imgid {image_id}; every image needs its own imgid"
+            )
         seen[image_id] = position
         ids.append(image_id)
     return ids
@@ -225,7 +275,7 @@ HELD_OUT_EVERY = 10
 def held_out_identities(train_ids: Sequence[int], every: int = HELD_OUT_EVERY) -> set[int]:
     """The train identities ICFG-PEDES holds out as its validation split (deterministic, see above)."""
     ordered = sorted(set(int(i) for i in train_ids))
-    return set(ordered[every // 2::every])
+    return set(ordered[every // 2 :: every])
 
 
 def _rows_person_json(name: str, root: Path, split: str) -> list[dict]:
@@ -236,13 +286,17 @@ def _rows_person_json(name: str, root: Path, split: str) -> list[dict]:
         raise _layout_error(name, root, annotation)
     records = _load_json(annotation)
     if not isinstance(records, list):
-        raise ValueError(f"annotation file {annotation} must hold a JSON list of image records, got {type(records).__name__}")
+        raise ValueError(
+            f"annotation file {annotation} must hold a JSON list of image records, got {type(records).__name__}"
+        )
     try:
         record_splits = [(record["split"], int(record["id"])) for record in records]
         relative_paths = [record[path_key] for record in records]
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"annotation file {annotation}: a record lacks split/id/{path_key} ({error!r}); expected "
-                         f"records {{id, {path_key}, captions, split}}") from error
+        raise ValueError(
+            f"annotation file {annotation}: a record lacks split/id/{path_key} ({error!r}); expected "
+            f"records {{id, {path_key}, captions, split}}"
+        ) from error
     entries = []
     for position, ((record_split, person_id), relative) in enumerate(zip(record_splits, relative_paths)):
         where = f"record {position} ({relative})"
@@ -252,18 +306,24 @@ def _rows_person_json(name: str, root: Path, split: str) -> list[dict]:
     held_out: set[int] = set()
     file_split = split
     if name == "icfg_pedes":
-        held_out = held_out_identities([person_id for record_split, person_id in record_splits if record_split == "train"])
+        held_out = held_out_identities(
+            [person_id for record_split, person_id in record_splits if record_split == "train"]
+        )
         file_split = "test" if split == "test" else "train"
     rows = []
     for image_id, (record, (record_split, person_id)) in enumerate(zip(records, record_splits)):
         if record_split != file_split:
             continue
-        if (split == "train" and person_id in held_out) or (split == "val" and name == "icfg_pedes" and person_id not in held_out):
+        if (split == "train" and person_id in held_out) or (
+            split == "val" and name == "icfg_pedes" and person_id not in held_out
+        ):
             continue
         try:
             captions, image_path = record["captions"], str(root / "imgs" / record[path_key])
         except (KeyError, TypeError) as error:
-            raise ValueError(f"annotation file {annotation}: record {image_id} lacks {path_key}/captions ({error!r})") from error
+            raise ValueError(
+                f"annotation file {annotation}: record {image_id} lacks {path_key}/captions ({error!r})"
+            ) from error
         for caption in _caption_list(captions, annotation, f"record {image_id} ({record[path_key]})"):
             rows.append({"image_path": image_path, "caption": caption, "label": person_id, "image_id": image_id})
     return rows
@@ -293,7 +353,7 @@ def class_splits(name: str, root: Path, val_class_fraction: float = 0.0) -> dict
         raise ValueError(f"parameter val_class_fraction={val_class_fraction} must be in [0, 1)")
     if val_class_fraction > 0:
         step = max(2, int(round(1.0 / val_class_fraction)))
-        val = trainval[step // 2::step]
+        val = trainval[step // 2 :: step]
         train = [c for c in trainval if c not in set(val)]
     else:
         val, train = [], trainval
@@ -303,8 +363,10 @@ def class_splits(name: str, root: Path, val_class_fraction: float = 0.0) -> dict
 def _rows_class_level(name: str, root: Path, split: str, val_class_fraction: float) -> list[dict]:
     splits = class_splits(name, root, val_class_fraction)
     if split == "val" and not splits["val"]:
-        raise ValueError(f"{name} has no 'val' split unless val_class_fraction > 0 (classes carved from trainval); "
-                         f"use split='train' / 'test', or pass val_class_fraction=0.2")
+        raise ValueError(
+            f"{name} has no 'val' split unless val_class_fraction > 0 (classes carved from trainval); "
+            f"use split='train' / 'test', or pass val_class_fraction=0.2"
+        )
     text_root = root / TEXT_FOLDER[name] / "text_c10"
     if not text_root.is_dir():
         raise _layout_error(name, root, text_root)
@@ -316,8 +378,10 @@ def _rows_class_level(name: str, root: Path, split: str, val_class_fraction: flo
         label = class_label(class_name)
         text_files = sorted(class_folder.glob("*.txt"))
         if not text_files:
-            raise ValueError(f"{name}: class folder {class_folder} holds no caption files (<stem>.txt); restore them, "
-                             f"or remove {class_name} from {TEXT_FOLDER[name]}/trainvalclasses.txt / testclasses.txt")
+            raise ValueError(
+                f"{name}: class folder {class_folder} holds no caption files (<stem>.txt); restore them, "
+                f"or remove {class_name} from {TEXT_FOLDER[name]}/trainvalclasses.txt / testclasses.txt"
+            )
         for text_file in text_files:
             stem = text_file.stem
             if name == "cub":
@@ -327,8 +391,9 @@ def _rows_class_level(name: str, root: Path, split: str, val_class_fraction: flo
             image_id = int("".join(ch for ch in stem if ch.isdigit()) or 0) if name == "flowers" else None
             for line in read_utf8(text_file).splitlines():
                 if line.strip():
-                    rows.append({"image_path": str(image_path), "caption": line.strip(), "label": label,
-                                 "image_id": image_id})
+                    rows.append(
+                        {"image_path": str(image_path), "caption": line.strip(), "label": label, "image_id": image_id}
+                    )
     if name == "cub" or any(row["image_id"] is None for row in rows):
         # CUB stems carry no global number: number the images in sorted path order.
         ids = {path: index for index, path in enumerate(sorted({row["image_path"] for row in rows}))}
@@ -342,8 +407,10 @@ def class_label(class_name: str) -> int:
     head = class_name.split(".")[0] if "." in class_name else class_name.rsplit("_", 1)[-1]
     digits = "".join(ch for ch in head if ch.isdigit())
     if not digits:
-        raise ValueError(f"class folder name {class_name!r} carries no class number (expected like "
-                         f"'001.Black_footed_Albatross' or 'class_00001')")
+        raise ValueError(
+            f"class folder name {class_name!r} carries no class number (expected like "
+            f"'001.Black_footed_Albatross' or 'class_00001')"
+        )
     return int(digits)
 
 
@@ -381,8 +448,15 @@ def _parse_annotation_rows(name: str, root: Path, split: str, val_class_fraction
     return _rows_class_level(name, root, split, val_class_fraction)
 
 
-def read_dataset(name: str, root: str | os.PathLike, split: str, *, missing_images: str = "error",
-                 val_class_fraction: float = 0.0, lowercase: bool = True) -> pd.DataFrame:
+def read_dataset(
+    name: str,
+    root: str | os.PathLike,
+    split: str,
+    *,
+    missing_images: str = "error",
+    val_class_fraction: float = 0.0,
+    lowercase: bool = True,
+) -> pd.DataFrame:
     """Read one split of dataset ``name`` stored under ``root``: one row per caption.
 
     Columns: ``image_path`` (str, an existing file), ``caption`` (raw text), ``tokens``
@@ -408,20 +482,26 @@ def read_dataset(name: str, root: str | os.PathLike, split: str, *, missing_imag
     # Tokens (release): the Karpathy JSON's ``tokens`` as given; otherwise text.tokenize (punctuation deleted);
     # ``lowercase=False`` keeps case (a port's case-sensitive vocabulary).
     given_tokens = [row.get("tokens") for row in rows]
-    frame["tokens"] = [given if given else tokenize(caption, lowercase=lowercase)
-                       for given, caption in zip(given_tokens, frame["caption"])]
+    frame["tokens"] = [
+        given if given else tokenize(caption, lowercase=lowercase)
+        for given, caption in zip(given_tokens, frame["caption"])
+    ]
     empty = frame["tokens"].map(len) == 0
     if empty.any():
-        message = (f"{name}/{split}: dropped {int(empty.sum())} empty caption(s) (e.g. for "
-                   f"{frame.loc[empty, 'image_path'].iloc[0]})")
+        message = (
+            f"{name}/{split}: dropped {int(empty.sum())} empty caption(s) (e.g. for "
+            f"{frame.loc[empty, 'image_path'].iloc[0]})"
+        )
         logger.warning(message)
         warnings.warn(message, stacklevel=2)
         frame = frame.loc[~empty]
     unique_paths = pd.unique(frame["image_path"])
     missing = [path for path in unique_paths if not os.path.isfile(path)]
     if missing:
-        message = (f"{name}/{split}: {len(missing)} of {len(unique_paths)} image files named in the annotations "
-                   f"are missing under {root}, e.g. {', '.join(missing[:3])}")
+        message = (
+            f"{name}/{split}: {len(missing)} of {len(unique_paths)} image files named in the annotations "
+            f"are missing under {root}, e.g. {', '.join(missing[:3])}"
+        )
         if missing_images == "error":
             raise MissingImagesError(message + ". Restore them, or pass missing_images='drop' to drop their captions.")
         logger.warning(message + "; their captions are dropped")

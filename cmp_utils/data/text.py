@@ -80,9 +80,15 @@ class Vocabulary:
     end_id = 2
     unknown_id = 3
 
-    def __init__(self, words: Sequence[str], min_count: int = 3, counts: Sequence[int] | None = None,
-                 meta: dict[str, Any] | None = None, case_sensitive: bool = False,
-                 pad_shares_most_frequent: bool = False):
+    def __init__(
+        self,
+        words: Sequence[str],
+        min_count: int = 3,
+        counts: Sequence[int] | None = None,
+        meta: dict[str, Any] | None = None,
+        case_sensitive: bool = False,
+        pad_shares_most_frequent: bool = False,
+    ):
         words = list(words)
         clash = [w for w in words if w in SPECIAL_TOKENS]
         if clash:
@@ -110,8 +116,14 @@ class Vocabulary:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def build(cls, token_lists: Iterable[Sequence[str]], min_count: int = 3, meta: dict[str, Any] | None = None,
-              case_sensitive: bool = False, pad_shares_most_frequent: bool = False) -> "Vocabulary":
+    def build(
+        cls,
+        token_lists: Iterable[Sequence[str]],
+        min_count: int = 3,
+        meta: dict[str, Any] | None = None,
+        case_sensitive: bool = False,
+        pad_shares_most_frequent: bool = False,
+    ) -> "Vocabulary":
         """Count words over ``token_lists`` (training captions only) and keep those seen ``>= min_count`` times.
 
         Order: descending frequency, ties alphabetical.
@@ -125,8 +137,14 @@ class Vocabulary:
             counter.update(tokens if case_sensitive else (token.lower() for token in tokens))
         kept = [(word, count) for word, count in counter.items() if count >= min_count and word not in SPECIAL_TOKENS]
         kept.sort(key=lambda item: (-item[1], item[0]))
-        return cls([w for w, _ in kept], min_count=min_count, counts=[c for _, c in kept], meta=meta,
-                   case_sensitive=case_sensitive, pad_shares_most_frequent=pad_shares_most_frequent)
+        return cls(
+            [w for w, _ in kept],
+            min_count=min_count,
+            counts=[c for _, c in kept],
+            meta=meta,
+            case_sensitive=case_sensitive,
+            pad_shares_most_frequent=pad_shares_most_frequent,
+        )
 
     # ------------------------------------------------------------------ encoding
     def __len__(self) -> int:
@@ -166,8 +184,15 @@ class Vocabulary:
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
-        return {"format": "cmp-repro-vocabulary-1", "special_tokens": list(SPECIAL_TOKENS), "min_count": self.min_count,
-                "words": self.words, "counts": self.counts, "meta": self.meta, **self.options}
+        return {
+            "format": "cmp-repro-vocabulary-1",
+            "special_tokens": list(SPECIAL_TOKENS),
+            "min_count": self.min_count,
+            "words": self.words,
+            "counts": self.counts,
+            "meta": self.meta,
+            **self.options,
+        }
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the vocabulary as JSON, atomically."""
@@ -180,22 +205,36 @@ class Vocabulary:
         """Read a vocabulary written by :meth:`save`."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no vocabulary file at {path}; build one with Vocabulary.build(...).save(path) "
-                                    "or let data.prepare_dataset create it")
+            raise FileNotFoundError(
+                f"no vocabulary file at {path}; build one with Vocabulary.build(...).save(path) "
+                "or let data.prepare_dataset create it"
+            )
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise ValueError(f"vocabulary file {path} is not valid JSON ({error}); delete it to rebuild") from error
         if payload.get("special_tokens") != list(SPECIAL_TOKENS):
-            raise ValueError(f"vocabulary file {path} uses special tokens {payload.get('special_tokens')}, "
-                             f"expected {list(SPECIAL_TOKENS)}; delete it to rebuild")
-        return cls(payload["words"], min_count=payload.get("min_count", 3), counts=payload.get("counts"),
-                   meta=payload.get("meta"), case_sensitive=bool(payload.get("case_sensitive", False)),
-                   pad_shares_most_frequent=bool(payload.get("pad_shares_most_frequent", False)))
+            raise ValueError(
+                f"vocabulary file {path} uses special tokens {payload.get('special_tokens')}, "
+                f"expected {list(SPECIAL_TOKENS)}; delete it to rebuild"
+            )
+        return cls(
+            payload["words"],
+            min_count=payload.get("min_count", 3),
+            counts=payload.get("counts"),
+            meta=payload.get("meta"),
+            case_sensitive=bool(payload.get("case_sensitive", False)),
+            pad_shares_most_frequent=bool(payload.get("pad_shares_most_frequent", False)),
+        )
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, Vocabulary) and self.itos == other.itos and self.min_count == other.min_count
-                and self.options == other.options and self.stoi == other.stoi)
+        return (
+            isinstance(other, Vocabulary)
+            and self.itos == other.itos
+            and self.min_count == other.min_count
+            and self.options == other.options
+            and self.stoi == other.stoi
+        )
 
     def __repr__(self) -> str:
         preview = ", ".join(self.words[:5])
@@ -209,8 +248,9 @@ def pad_token_ids(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[
     import torch
 
     lengths = torch.tensor([len(ids) for ids in sequences], dtype=torch.long)  # (N,)
-    token_ids = torch.full((len(sequences), int(lengths.max()) if len(sequences) else 1), pad_id,
-                           dtype=torch.long)  # (N, T)
+    token_ids = torch.full(
+        (len(sequences), int(lengths.max()) if len(sequences) else 1), pad_id, dtype=torch.long
+    )  # (N, T)
     for row, ids in enumerate(sequences):
         token_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
     return token_ids, lengths

@@ -68,8 +68,10 @@ def load_ground_truth(root: str | os.PathLike, split: str = "test") -> list[dict
 
     path = Path(root) / GROUND_TRUTH
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: regenerate the synthetic data (cmp_utils.data.synthetic.generate) "
-                                "with a generator that records ground truth")
+        raise FileNotFoundError(
+            f"{path} is missing: regenerate the synthetic data (cmp_utils.data.synthetic.generate) "
+            "with a generator that records ground truth"
+        )
     records = [r for r in json.loads(path.read_text(encoding="utf-8")) if r["split"] == split]
     if not records:
         raise ValueError(f"{path} has no records of split {split!r}")
@@ -144,7 +146,10 @@ def expected_precision(scores: np.ndarray, correct: np.ndarray, k: int = AP_AT) 
 
 
 def _rows(dataset: str, direction: str, values: dict[str, float]) -> list[dict[str, Any]]:
-    return [{"dataset": dataset, "direction": direction, "metric": metric, "value": value} for metric, value in values.items()]
+    return [
+        {"dataset": dataset, "direction": direction, "metric": metric, "value": value}
+        for metric, value in values.items()
+    ]
 
 
 def _queries(records: Sequence[dict[str, Any]], dataset: str) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -166,10 +171,14 @@ def _protocol_rows(records: Sequence[dict[str, Any]], dataset: str, table: str) 
     scores = oracle_scores([r["attributes"] for r in records], queries)  # (N_T or C, N_I)
     correct = query_labels[:, None] == np.array([r["id"] for r in records])[None, :]  # same identity / image / class
     if dataset in CLASS_LEVEL:
-        return (_rows(table, "i2t", {"top1_accuracy": expected_recall(scores.T, correct.T, (1,))[1]})
-                + _rows(table, "t2i", {f"ap@{AP_AT}": expected_precision(scores, correct, AP_AT)}))
-    return [row for direction, (s, c) in {"t2i": (scores, correct), "i2t": (scores.T, correct.T)}.items()
-            for row in _rows(table, direction, {f"R@{k}": v for k, v in expected_recall(s, c).items()})]
+        return _rows(table, "i2t", {"top1_accuracy": expected_recall(scores.T, correct.T, (1,))[1]}) + _rows(
+            table, "t2i", {f"ap@{AP_AT}": expected_precision(scores, correct, AP_AT)}
+        )
+    return [
+        row
+        for direction, (s, c) in {"t2i": (scores, correct), "i2t": (scores.T, correct.T)}.items()
+        for row in _rows(table, direction, {f"R@{k}": v for k, v in expected_recall(s, c).items()})
+    ]
 
 
 def ceiling_from_ground_truth(records: Sequence[dict[str, Any]], dataset: str = "cuhk_pedes") -> pd.DataFrame:
@@ -178,10 +187,14 @@ def ceiling_from_ground_truth(records: Sequence[dict[str, Any]], dataset: str = 
     if dataset != "mscoco":
         return pd.DataFrame(_protocol_rows(records, dataset, dataset), columns=CEILING_COLUMNS)
     fold_size = 1000 if len(records) >= COCO_FOLDS * 1000 else len(records) // COCO_FOLDS
-    folds = [pd.DataFrame(_protocol_rows(records[f * fold_size:(f + 1) * fold_size], dataset, "mscoco_1k"))
-             for f in range(COCO_FOLDS)]
+    folds = [
+        pd.DataFrame(_protocol_rows(records[f * fold_size : (f + 1) * fold_size], dataset, "mscoco_1k"))
+        for f in range(COCO_FOLDS)
+    ]
     one_k = pd.concat(folds).groupby(["dataset", "direction", "metric"], sort=False, as_index=False)["value"].mean()
-    return pd.DataFrame([*one_k.to_dict("records"), *_protocol_rows(records, dataset, "mscoco_5k")], columns=CEILING_COLUMNS)
+    return pd.DataFrame(
+        [*one_k.to_dict("records"), *_protocol_rows(records, dataset, "mscoco_5k")], columns=CEILING_COLUMNS
+    )
 
 
 def dataset_ceiling(dataset: str, profile: str, seed: int = 0) -> pd.DataFrame:
@@ -189,7 +202,9 @@ def dataset_ceiling(dataset: str, profile: str, seed: int = 0) -> pd.DataFrame:
     from .. import data
 
     if dataset not in DATASETS_WITH_CEILING:
-        raise ValueError(f"dataset {dataset!r} has no recorded ground truth; ceilings exist for {DATASETS_WITH_CEILING}")
+        raise ValueError(
+            f"dataset {dataset!r} has no recorded ground truth; ceilings exist for {DATASETS_WITH_CEILING}"
+        )
     from ..data.synthetic import GROUND_TRUTH
 
     root = data.ensure_synthetic(dataset, profile, seed)

@@ -45,8 +45,20 @@ NOT_TESTED = f"not tested (fewer than {MIN_SEEDS} seeds)"
 VERDICTS = ("held", "did not hold", "inconclusive", NOT_TESTED)
 
 #: Columns of every claims.csv (a notebook may add more after these, e.g. ``sampler`` or ``table``).
-CLAIM_COLUMNS = ["claim", "better", "worse", "metric", "direction", "n_seeds", "mean_difference",
-                 "ci_low", "ci_high", "p_value", "test", "verdict"]
+CLAIM_COLUMNS = [
+    "claim",
+    "better",
+    "worse",
+    "metric",
+    "direction",
+    "n_seeds",
+    "mean_difference",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "test",
+    "verdict",
+]
 #: Columns :func:`claims_frame` adds for the family of claims tested together.
 FAMILY_COLUMNS = ["p_holm", "family_size", "verdict_unadjusted"]
 #: The family-wise error rate Holm's procedure keeps.
@@ -54,8 +66,14 @@ ALPHA = 1 - CONFIDENCE
 ADJUSTMENT = "Holm-Bonferroni within the notebook's claims"
 
 
-def paired_difference(differences: Sequence[float] | np.ndarray | pd.Series, claim: str = "",
-                      better: str = "", worse: str = "", metric: str = "", direction: str = "") -> dict[str, Any]:
+def paired_difference(
+    differences: Sequence[float] | np.ndarray | pd.Series,
+    claim: str = "",
+    better: str = "",
+    worse: str = "",
+    metric: str = "",
+    direction: str = "",
+) -> dict[str, Any]:
     """Test "the mean of the paired ``differences`` (better - worse, one per seed) is above 0".
 
     Returns a dict with the keys :data:`CLAIM_COLUMNS`. NaN differences are an error (a missing
@@ -81,13 +99,31 @@ def paired_difference(differences: Sequence[float] | np.ndarray | pd.Series, cla
         else:
             p_value = float(stats.ttest_1samp(values, 0.0).pvalue)
         verdict = "held" if ci_low > 0 else "did not hold" if ci_high < 0 else "inconclusive"
-    return {"claim": claim, "better": better, "worse": worse, "metric": metric, "direction": direction,
-            "n_seeds": n_seeds, "mean_difference": mean, "ci_low": ci_low, "ci_high": ci_high,
-            "p_value": p_value, "test": TEST_NAME, "verdict": verdict}
+    return {
+        "claim": claim,
+        "better": better,
+        "worse": worse,
+        "metric": metric,
+        "direction": direction,
+        "n_seeds": n_seeds,
+        "mean_difference": mean,
+        "ci_low": ci_low,
+        "ci_high": ci_high,
+        "p_value": p_value,
+        "test": TEST_NAME,
+        "verdict": verdict,
+    }
 
 
-def paired_values(frame: pd.DataFrame, better: str, worse: str, metric: str, direction: str,
-                  table: str | None = None, by: str = "method") -> pd.DataFrame:
+def paired_values(
+    frame: pd.DataFrame,
+    better: str,
+    worse: str,
+    metric: str,
+    direction: str,
+    table: str | None = None,
+    by: str = "method",
+) -> pd.DataFrame:
     """The ``value`` of ``better`` and ``worse`` (levels of column ``by``) per seed, seeds that have
     both only: a frame indexed by ``seed`` with the columns ``better`` and ``worse``."""
     needed = {"seed", "value", "metric", "direction", by} | ({"table"} if table is not None else set())
@@ -99,18 +135,29 @@ def paired_values(frame: pd.DataFrame, better: str, worse: str, metric: str, dir
         chosen = chosen[chosen["table"] == table]
     duplicated = chosen.duplicated(["seed", by])
     if duplicated.any():
-        raise ValueError(f"paired_claim: several rows per (seed, {by}) for {direction} {metric}"
-                         f"{'' if table is None else ' in table ' + table}; filter the frame (e.g. by table, sampler) first")
+        raise ValueError(
+            f"paired_claim: several rows per (seed, {by}) for {direction} {metric}"
+            f"{'' if table is None else ' in table ' + table}; filter the frame (e.g. by table, sampler) first"
+        )
     pivot = chosen.pivot(index="seed", columns=by, values="value")
     for name in (better, worse):
         if name not in pivot.columns:
-            raise ValueError(f"paired_claim: no rows with {by} == {name!r} for {direction} {metric}; "
-                             f"have {list(pivot.columns)}")
+            raise ValueError(
+                f"paired_claim: no rows with {by} == {name!r} for {direction} {metric}; have {list(pivot.columns)}"
+            )
     return pivot[[better, worse]].dropna()
 
 
-def paired_claim(frame: pd.DataFrame, better: str, worse: str, metric: str, direction: str,
-                 table: str | None = None, claim: str | None = None, by: str = "method") -> dict[str, Any]:
+def paired_claim(
+    frame: pd.DataFrame,
+    better: str,
+    worse: str,
+    metric: str,
+    direction: str,
+    table: str | None = None,
+    claim: str | None = None,
+    by: str = "method",
+) -> dict[str, Any]:
     """Test the claim "``better`` beats ``worse`` on ``direction`` ``metric``" on tidy result rows.
 
     ``frame`` has the columns ``seed``, ``value``, ``metric``, ``direction``, ``by`` (and ``table``
@@ -118,8 +165,14 @@ def paired_claim(frame: pd.DataFrame, better: str, worse: str, metric: str, dire
     """
     pairs = paired_values(frame, better, worse, metric, direction, table=table, by=by)
     text = claim or f"{better} > {worse} ({direction} {metric}{'' if table is None else ', ' + table})"
-    return paired_difference((pairs[better] - pairs[worse]).to_numpy(), claim=text, better=better, worse=worse,
-                             metric=metric, direction=direction)
+    return paired_difference(
+        (pairs[better] - pairs[worse]).to_numpy(),
+        claim=text,
+        better=better,
+        worse=worse,
+        metric=metric,
+        direction=direction,
+    )
 
 
 def describe(result: dict[str, Any]) -> str:
@@ -127,9 +180,11 @@ def describe(result: dict[str, Any]) -> str:
     head = f"{result['claim']}: {result['verdict']}"
     if result["verdict"] == NOT_TESTED:
         return f"{head} (mean difference {result['mean_difference']:+.2f} over {result['n_seeds']} seed(s))"
-    return (f"{head} on this data (mean difference {result['mean_difference']:+.2f}, 95% CI "
-            f"[{result['ci_low']:+.2f}, {result['ci_high']:+.2f}], p = {result['p_value']:.3g}, "
-            f"{result['n_seeds']} paired seeds)")
+    return (
+        f"{head} on this data (mean difference {result['mean_difference']:+.2f}, 95% CI "
+        f"[{result['ci_low']:+.2f}, {result['ci_high']:+.2f}], p = {result['p_value']:.3g}, "
+        f"{result['n_seeds']} paired seeds)"
+    )
 
 
 def holm_adjusted(p_values: Sequence[float]) -> list[float]:
@@ -169,7 +224,9 @@ def claims_frame(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     frame["verdict_unadjusted"] = unadjusted
     frame["p_holm"] = holm_adjusted(p_values.tolist())
     frame["family_size"] = int(tested.sum())
-    frame["verdict"] = [adjusted_verdict(mean, p, verdict) for mean, p, verdict
-                        in zip(frame["mean_difference"], frame["p_holm"], frame["verdict_unadjusted"])]
+    frame["verdict"] = [
+        adjusted_verdict(mean, p, verdict)
+        for mean, p, verdict in zip(frame["mean_difference"], frame["p_holm"], frame["verdict_unadjusted"])
+    ]
     extra = [c for c in frame.columns if c not in CLAIM_COLUMNS + FAMILY_COLUMNS]
     return frame[CLAIM_COLUMNS + FAMILY_COLUMNS + extra]

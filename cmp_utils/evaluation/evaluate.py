@@ -35,9 +35,12 @@ def caption_tensors(frame: pd.DataFrame, vocabulary) -> dict[str, torch.Tensor]:
 
     encoded = [vocabulary.encode(tokens, for_model_input=True) for tokens in frame["tokens"]]
     token_ids, lengths = pad_token_ids(encoded, vocabulary.pad_id)  # (N_T, T), (N_T,)
-    return {"token_ids": token_ids, "lengths": lengths,
-            "labels": torch.tensor(frame["class_index"].to_numpy(np.int64)),
-            "image_indices": torch.tensor(frame["image_index"].to_numpy(np.int64))}
+    return {
+        "token_ids": token_ids,
+        "lengths": lengths,
+        "labels": torch.tensor(frame["class_index"].to_numpy(np.int64)),
+        "image_indices": torch.tensor(frame["image_index"].to_numpy(np.int64)),
+    }
 
 
 def sentence_tensors(sentences: Sequence[str], vocabulary) -> dict[str, torch.Tensor]:
@@ -54,8 +57,10 @@ def image_labels_of(frame: pd.DataFrame, num_images: int) -> torch.Tensor:
     """(N_I,) class_index of each image of the split's cache, from any of its captions."""
     first = frame.drop_duplicates("image_index").sort_values("image_index")
     if len(first) != num_images or int(first["image_index"].iloc[-1]) != num_images - 1:
-        raise ValueError(f"the frame names {len(first)} images but the image cache holds {num_images}; "
-                         "frame and cache come from different splits or preparations")
+        raise ValueError(
+            f"the frame names {len(first)} images but the image cache holds {num_images}; "
+            "frame and cache come from different splits or preparations"
+        )
     return torch.tensor(first["class_index"].to_numpy(np.int64))
 
 
@@ -64,14 +69,15 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def encode_texts(model: torch.nn.Module, captions: dict[str, torch.Tensor], device: torch.device | str,
-                 batch_size: int = 256) -> torch.Tensor:
+def encode_texts(
+    model: torch.nn.Module, captions: dict[str, torch.Tensor], device: torch.device | str, batch_size: int = 256
+) -> torch.Tensor:
     """Text embeddings (N_T, d) of ``caption_tensors(...)``, batched by length (order restored)."""
     model = _unwrap(model)
     order = torch.argsort(captions["lengths"], descending=True, stable=True)
     outputs = torch.empty(len(order), model.embedding_dim)
     for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         lengths = captions["lengths"][rows]
         token_ids = captions["token_ids"][rows, : int(lengths.max())]
         outputs[rows] = model.embed_texts(token_ids.to(device), lengths.to(device)).float().cpu()
@@ -79,15 +85,22 @@ def encode_texts(model: torch.nn.Module, captions: dict[str, torch.Tensor], devi
 
 
 @torch.no_grad()
-def encode_images(model: torch.nn.Module, pixels: np.ndarray | None, device: torch.device | str,
-                  batch_size: int = 256, image_features: torch.Tensor | None = None) -> torch.Tensor:
+def encode_images(
+    model: torch.nn.Module,
+    pixels: np.ndarray | None,
+    device: torch.device | str,
+    batch_size: int = 256,
+    image_features: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Image embeddings (N_I, d): from uint8 ``pixels`` (N_I, H, W, 3), or from cached
     ``image_features`` (N_I, D) when the model's image branch takes features."""
     model = _unwrap(model)
     if model.takes_features:
         if image_features is None:
-            raise ValueError("this model's image branch takes cached features: pass image_features "
-                             "(see cmp_utils.training.cached_image_features)")
+            raise ValueError(
+                "this model's image branch takes cached features: pass image_features "
+                "(see cmp_utils.training.cached_image_features)"
+            )
         source, total = image_features, len(image_features)
     else:
         if pixels is None:
@@ -97,18 +110,24 @@ def encode_images(model: torch.nn.Module, pixels: np.ndarray | None, device: tor
     outputs = torch.empty(total, model.embedding_dim)
     for start in range(0, total, batch_size):
         if model.takes_features:
-            batch = source[start:start + batch_size].to(device)
+            batch = source[start : start + batch_size].to(device)
         else:
-            batch = image_ops.normalise(np.asarray(source[start:start + batch_size]), normalisation).to(device)
+            batch = image_ops.normalise(np.asarray(source[start : start + batch_size]), normalisation).to(device)
             if torch.device(device).type == "cuda":
                 batch = batch.contiguous(memory_format=torch.channels_last)
-        outputs[start:start + batch_size] = model.embed_images(batch).float().cpu()
+        outputs[start : start + batch_size] = model.embed_images(batch).float().cpu()
     return outputs
 
 
 @torch.no_grad()
-def encode(model: torch.nn.Module, prepared, split: str, device: torch.device | str = "cpu", batch_size: int = 256,
-           image_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode(
+    model: torch.nn.Module,
+    prepared,
+    split: str,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    image_features: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Embed split ``split`` of ``prepared`` (a :class:`cmp_utils.data.PreparedDataset`) in eval mode.
 
     Returns ``(image_embeddings (N_I, d), image_labels (N_I,), text_embeddings (N_T, d),
@@ -123,8 +142,9 @@ def encode(model: torch.nn.Module, prepared, split: str, device: torch.device | 
         cache = None if model.takes_features else prepared.image_cache(split)
         num_images = len(image_features) if model.takes_features else len(cache)
         image_labels = image_labels_of(frame, num_images)
-        image_embeddings = encode_images(model, None if cache is None else cache.images, device, batch_size,
-                                         image_features)
+        image_embeddings = encode_images(
+            model, None if cache is None else cache.images, device, batch_size, image_features
+        )
         captions = caption_tensors(frame, prepared.vocabulary)
         text_embeddings = encode_texts(model, captions, device, batch_size)
     finally:
@@ -132,16 +152,23 @@ def encode(model: torch.nn.Module, prepared, split: str, device: torch.device | 
     return image_embeddings, image_labels, text_embeddings, captions["labels"]
 
 
-def evaluate_split(model: torch.nn.Module, prepared, split: str, device: torch.device | str = "cpu",
-                   batch_size: int = 256, image_features: torch.Tensor | None = None,
-                   ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, Any]:
+def evaluate_split(
+    model: torch.nn.Module,
+    prepared,
+    split: str,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    image_features: torch.Tensor | None = None,
+    ks: tuple[int, ...] = (1, 5, 10),
+) -> dict[str, Any]:
     """Bidirectional retrieval on ``split``: ``{"i2t": {...}, "t2i": {...}, "rsum": float}`` with
     R@K for each K of ``ks`` (percent; ``rsum`` sums them), medr, meanr, mAP, mINP per direction (see
     :mod:`cmp_utils.evaluation.metrics`)."""
     from . import metrics
 
-    image_embeddings, image_labels, text_embeddings, text_labels = encode(model, prepared, split, device, batch_size,
-                                                                          image_features)
+    image_embeddings, image_labels, text_embeddings, text_labels = encode(
+        model, prepared, split, device, batch_size, image_features
+    )
     return metrics.bidirectional_retrieval(image_embeddings, text_embeddings, image_labels, text_labels, ks)
 
 

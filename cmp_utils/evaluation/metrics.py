@@ -170,8 +170,11 @@ def _count_below(ascending: torch.Tensor, thresholds: torch.Tensor) -> torch.Ten
     ``torch.searchsorted(side="left")``; on the CPU with float32 / float64 one ``numpy.searchsorted``
     per row, the same integers about 30% faster (``cmp_utils.bench.bench_positives_per_query``).
     """
-    if ascending.device.type != "cpu" or ascending.dtype not in (torch.float32, torch.float64) \
-            or thresholds.dtype != ascending.dtype:
+    if (
+        ascending.device.type != "cpu"
+        or ascending.dtype not in (torch.float32, torch.float64)
+        or thresholds.dtype != ascending.dtype
+    ):
         return torch.searchsorted(ascending, thresholds.contiguous(), side="left")
     sorted_rows, needles = ascending.detach().numpy(), thresholds.detach().numpy()
     below = np.empty(needles.shape, dtype=np.int64)
@@ -190,8 +193,9 @@ def count_at_least(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tens
     return scores.shape[1] - below
 
 
-def positives_at_least(pair_scores: torch.Tensor, rows: torch.Tensor, chunk: int,
-                        thresholds: torch.Tensor) -> torch.Tensor:
+def positives_at_least(
+    pair_scores: torch.Tensor, rows: torch.Tensor, chunk: int, thresholds: torch.Tensor
+) -> torch.Tensor:
     """For each query row, how many of its positives in a block score >= each threshold. ``(c, P)`` int64.
 
     ``pair_scores`` ``(m,)`` are the block's positive scores, ``rows`` ``(m,)`` their query rows in
@@ -254,7 +258,9 @@ def _chunk_positive_ranks(
     position = torch.arange(1, max_positives + 1, device=device)  # (P_max,) = j
     valid = position[None, :] <= counts[:, None]  # (c, P_max)
     if not torch.isfinite(positive_scores[valid]).all():
-        raise ValueError("similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix")
+        raise ValueError(
+            "similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix"
+        )
     # Best first; the -inf padding sorts last, so column j < P_q holds the (j+1)-th best positive.
     positive_scores = _sorted_rows(positive_scores).flip(1)
 
@@ -273,7 +279,9 @@ def _chunk_positive_ranks(
         rows, columns = pairs  # (m,) each: the positive (query, gallery item) pairs of this block
         # A NaN anywhere makes its row's sum NaN (so does +inf with -inf: then look closer).
         if torch.isnan(scores.sum(dim=1)).any() and torch.isnan(scores).any():
-            raise ValueError("similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix")
+            raise ValueError(
+                "similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix"
+            )
         at_least = count_at_least(scores, positive_scores)  # (c, P_max), positives included
         pair_scores = scores.reshape(-1)[rows * scores.shape[1] + columns]  # = scores[rows, columns], one flat gather
         negatives_above += at_least - positives_at_least(pair_scores, rows, chunk, positive_scores)
@@ -459,14 +467,19 @@ def bidirectional_retrieval(
     :func:`retrieval_metrics`.
     """
     ks = _check_ks(ks)
-    i2t = retrieval_metrics(image_embeddings, text_embeddings, image_labels, text_labels, ks, chunk_size, gallery_chunk_size)
-    t2i = retrieval_metrics(text_embeddings, image_embeddings, text_labels, image_labels, ks, chunk_size, gallery_chunk_size)
+    i2t = retrieval_metrics(
+        image_embeddings, text_embeddings, image_labels, text_labels, ks, chunk_size, gallery_chunk_size
+    )
+    t2i = retrieval_metrics(
+        text_embeddings, image_embeddings, text_labels, image_labels, ks, chunk_size, gallery_chunk_size
+    )
     rsum = sum(i2t[f"R@{k}"] + t2i[f"R@{k}"] for k in ks)
     return {"i2t": i2t, "t2i": t2i, "rsum": rsum}
 
 
-def per_caption_gallery(image_embeddings: torch.Tensor, image_labels: torch.Tensor,
-                        caption_image_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def per_caption_gallery(
+    image_embeddings: torch.Tensor, image_labels: torch.Tensor, caption_image_indices: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The gallery of a port's test loop: each image repeated once per caption of it.
 
     ``image_embeddings`` $x$ (N_I, d) and ``image_labels`` (N_I,) hold each test image once;
@@ -483,12 +496,16 @@ def per_caption_gallery(image_embeddings: torch.Tensor, image_labels: torch.Tens
     image_labels = _as_labels(image_labels, "image_labels", n_images, image_embeddings.device)
     indices = torch.as_tensor(caption_image_indices, device=image_embeddings.device)
     if indices.dim() != 1 or indices.numel() == 0 or indices.is_floating_point() or indices.dtype == torch.bool:
-        raise ValueError("parameter caption_image_indices must be a non-empty 1-D integer tensor (the image_index "
-                         f"of each caption), got shape {tuple(indices.shape)} and dtype {indices.dtype}")
+        raise ValueError(
+            "parameter caption_image_indices must be a non-empty 1-D integer tensor (the image_index "
+            f"of each caption), got shape {tuple(indices.shape)} and dtype {indices.dtype}"
+        )
     indices = indices.to(torch.int64)
     if int(indices.min()) < 0 or int(indices.max()) >= n_images:
-        raise ValueError(f"parameter caption_image_indices holds indices outside [0, {n_images}): the captions and "
-                         "image_embeddings come from different splits")
+        raise ValueError(
+            f"parameter caption_image_indices holds indices outside [0, {n_images}): the captions and "
+            "image_embeddings come from different splits"
+        )
     return image_embeddings.index_select(0, indices), image_labels.index_select(0, indices)
 
 
@@ -531,9 +548,13 @@ def coco_1k_5k(
     device = image_embeddings.device
     n_images = image_embeddings.shape[0]
     image_labels = _as_labels(image_labels, "image_labels", n_images, device)
-    text_labels = _as_labels(text_labels, "text_labels", _check_embeddings(text_embeddings, "text_embeddings").shape[0], device)
+    text_labels = _as_labels(
+        text_labels, "text_labels", _check_embeddings(text_embeddings, "text_embeddings").shape[0], device
+    )
     if torch.unique(image_labels).numel() != n_images:
-        raise ValueError("image_labels must be unique for the MSCOCO protocols (one embedding per image, label = image id)")
+        raise ValueError(
+            "image_labels must be unique for the MSCOCO protocols (one embedding per image, label = image id)"
+        )
     if n_folds < 1:
         raise ValueError(f"parameter n_folds={n_folds} must be >= 1")
     if fold_size is None:
@@ -548,8 +569,12 @@ def coco_1k_5k(
         fold_texts = torch.nonzero(torch.isin(text_labels, image_labels[fold_images])).squeeze(1)  # (T_f,)
         folds.append(
             bidirectional_retrieval(
-                image_embeddings[fold_images], text_embeddings[fold_texts],
-                image_labels[fold_images], text_labels[fold_texts], ks, chunk_size,
+                image_embeddings[fold_images],
+                text_embeddings[fold_texts],
+                image_labels[fold_images],
+                text_labels[fold_texts],
+                ks,
+                chunk_size,
             )
         )
     one_k = _average_results(folds)
@@ -559,7 +584,9 @@ def coco_1k_5k(
     return {"1k": one_k, "5k": five_k}
 
 
-def class_text_embeddings(text_embeddings: torch.Tensor, text_classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def class_text_embeddings(
+    text_embeddings: torch.Tensor, text_classes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One embedding per class: the mean of its L2-normalised text embeddings, renormalised.
 
     $\\bar t_c = \\mathrm{normalise}\\big(\\frac{1}{|T_c|}\\sum_{t \\in T_c} t/\\lVert t\\rVert\\big)$.
@@ -599,7 +626,9 @@ def zero_shot_class_metrics(
     image_embeddings = _check_embeddings(image_embeddings, "image_embeddings")
     device = image_embeddings.device
     image_classes = _as_labels(image_classes, "image_classes", image_embeddings.shape[0], device)
-    text_embeddings = _check_embeddings(text_embeddings, "text_embeddings").to(device=device, dtype=image_embeddings.dtype)
+    text_embeddings = _check_embeddings(text_embeddings, "text_embeddings").to(
+        device=device, dtype=image_embeddings.dtype
+    )
     if int(ap_at) < 1:
         raise ValueError(f"parameter ap_at={ap_at} must be a positive integer")
     classes, class_embeddings = class_text_embeddings(text_embeddings, text_classes)  # (C,), (C, d)

@@ -33,16 +33,32 @@ import pandas as pd
 PAPER_NUMBERS_CSV = Path(__file__).with_name("paper_numbers.csv")
 PAPER_SOURCES_CSV = Path(__file__).with_name("paper_sources.csv")
 THIRD_PARTY_CSV = Path(__file__).with_name("third_party_reruns.csv")
-COLUMNS = ("table", "dataset", "method", "backbone", "test_set", "direction", "metric", "value", "status", "support",
-           "sources", "source")
+COLUMNS = (
+    "table",
+    "dataset",
+    "method",
+    "backbone",
+    "test_set",
+    "direction",
+    "metric",
+    "value",
+    "status",
+    "support",
+    "sources",
+    "source",
+)
 SOURCE_COLUMNS = ("key", "repository", "file", "commit", "independent_of_authors", "what")
 THIRD_PARTY_COLUMNS = ("dataset", "label", "backbone", "direction", "metric", "value", "who", "note")
 STATUSES = ("confirmed", "confirmed second-hand", "not confirmed")
 #: Our backbone names (:data:`cmp_utils.models.BACKBONES`) -> the paper's label of the same network.
 #: A run of another backbone (the synthetic profiles' MobileNetV2, the tests' small CNN) is
 #: compared with the paper's first-listed row of its cell (see :func:`paper_cell`).
-BACKBONE_LABELS = {"mobilenet_v1": "MobileNet", "mobilenet_v1_tf": "MobileNet",
-                   "resnet152": "ResNet-152", "resnet152_slim": "ResNet-152"}
+BACKBONE_LABELS = {
+    "mobilenet_v1": "MobileNet",
+    "mobilenet_v1_tf": "MobileNet",
+    "resnet152": "ResNet-152",
+    "resnet152_slim": "ResNet-152",
+}
 
 
 @lru_cache(maxsize=1)
@@ -66,11 +82,15 @@ def read_paper_numbers_csv(path: str) -> pd.DataFrame:
     for row in frame.itertuples(index=False):
         keys = source_keys(row.sources)
         if sorted(set(keys) - known):
-            raise ValueError(f"{path}: {row.table}/{row.method}/{row.metric} names unknown sources "
-                             f"{sorted(set(keys) - known)}; add them to {PAPER_SOURCES_CSV.name}")
+            raise ValueError(
+                f"{path}: {row.table}/{row.method}/{row.metric} names unknown sources "
+                f"{sorted(set(keys) - known)}; add them to {PAPER_SOURCES_CSV.name}"
+            )
         if int(row.support or 0) != len(keys):
-            raise ValueError(f"{path}: {row.table}/{row.method}/{row.metric} has support {row.support!r} but "
-                             f"{len(keys)} sources {keys}; support counts the sources")
+            raise ValueError(
+                f"{path}: {row.table}/{row.method}/{row.metric} has support {row.support!r} but "
+                f"{len(keys)} sources {keys}; support counts the sources"
+            )
         if not pd.isna(row.value) and not keys:
             raise ValueError(f"{path}: {row.table}/{row.method}/{row.metric} has a value but no source")
     frame["support"] = frame["support"].replace("", "0").astype(int)
@@ -192,11 +212,22 @@ def with_paper_values(results: pd.DataFrame, table: str | None = None) -> pd.Dat
         raise ValueError(f"results frame lacks the columns {missing} needed to look up the paper's values")
     out = results.copy()
     backbones = out["backbone"] if "backbone" in out.columns else pd.Series([None] * len(out), index=out.index)
-    cells = [paper_cell(row.dataset, row.method, row.metric, row.direction, table,
-                        backbone if isinstance(backbone, str) and backbone else None)
-             for row, backbone in zip(out.itertuples(index=False), backbones)]
-    out["paper_value"] = pd.Series([float("nan") if cell is None else cell["value"] for cell in cells],
-                                   index=out.index, dtype=float)
-    out["paper_support"] = [("" if cell is None else ", ".join(filter(None, [cell["backbone"], support_label(cell["sources"])])))
-                            for cell in cells]
+    cells = [
+        paper_cell(
+            row.dataset,
+            row.method,
+            row.metric,
+            row.direction,
+            table,
+            backbone if isinstance(backbone, str) and backbone else None,
+        )
+        for row, backbone in zip(out.itertuples(index=False), backbones)
+    ]
+    out["paper_value"] = pd.Series(
+        [float("nan") if cell is None else cell["value"] for cell in cells], index=out.index, dtype=float
+    )
+    out["paper_support"] = [
+        ("" if cell is None else ", ".join(filter(None, [cell["backbone"], support_label(cell["sources"])])))
+        for cell in cells
+    ]
     return out

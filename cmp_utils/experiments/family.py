@@ -94,9 +94,17 @@ def learned_temperature(run_key: str) -> float:
     return 1.0 / min(math.exp(float(state["ritc.log_logit_scale"])), 100.0)
 
 
-def temperature_sweep(dataset: str, profile: str, grid: dict[str, Sequence[float]], seed: int, device: str = "auto",
-                      data_dir: str | None = None, overrides: dict[str, Any] | None = None, select_metric: str = "t2i_R@1",
-                      progress: bool = True) -> pd.DataFrame:
+def temperature_sweep(
+    dataset: str,
+    profile: str,
+    grid: dict[str, Sequence[float]],
+    seed: int,
+    device: str = "auto",
+    data_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    select_metric: str = "t2i_R@1",
+    progress: bool = True,
+) -> pd.DataFrame:
     """Train each method of ``grid`` at each of its temperatures with one seed; one row per run:
     ``method, temperature, validation (select_metric of the kept epoch), test_t2i_R@1, run_key``.
 
@@ -108,19 +116,40 @@ def temperature_sweep(dataset: str, profile: str, grid: dict[str, Sequence[float
         methods = [method for method, values in grid.items() if position < len(values)]
         positions.append({method: grid[method][position] for method in methods})
     frames = grid_runs.run_grids(
-        [dict(dataset=dataset, profile=profile, methods=list(temperatures), seeds=[seed], data_dir=data_dir,
-              overrides=overrides, method_overrides=method_overrides(list(temperatures), temperatures))
-         for temperatures in positions], device=device, progress=progress)
+        [
+            dict(
+                dataset=dataset,
+                profile=profile,
+                methods=list(temperatures),
+                seeds=[seed],
+                data_dir=data_dir,
+                overrides=overrides,
+                method_overrides=method_overrides(list(temperatures), temperatures),
+            )
+            for temperatures in positions
+        ],
+        device=device,
+        progress=progress,
+    )
     rows = []
     for temperatures, frame in zip(positions, frames):
         for method, temperature in temperatures.items():
             mine = frame[frame["method"] == method]
             key = mine["run_key"].iloc[0]
             test = mine[(mine["metric"] == "R@1") & (mine["direction"] == "t2i")]["value"]
-            rows.append({"dataset": dataset, "method": method, "temperature": float(temperature),
-                         "select_metric": select_metric, "validation": validation_score(key, select_metric),
-                         "test_t2i_R@1": float(test.iloc[0]) if len(test) else float("nan"), "seed": seed,
-                         "seconds": float(mine["seconds"].iloc[0]), "run_key": key})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "method": method,
+                    "temperature": float(temperature),
+                    "select_metric": select_metric,
+                    "validation": validation_score(key, select_metric),
+                    "test_t2i_R@1": float(test.iloc[0]) if len(test) else float("nan"),
+                    "seed": seed,
+                    "seconds": float(mine["seconds"].iloc[0]),
+                    "run_key": key,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -133,32 +162,56 @@ def chosen_temperatures(sweep: pd.DataFrame) -> dict[str, float]:
     return chosen
 
 
-def family_grid(dataset: str, profile: str, methods: Sequence[str], seeds: Sequence[int], temperatures: dict[str, float],
-                loss_scope: str = "global", data_dir: str | None = None,
-                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def family_grid(
+    dataset: str,
+    profile: str,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    temperatures: dict[str, float],
+    loss_scope: str = "global",
+    data_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The :func:`cmp_utils.experiments.run_grids` grid of every method with every seed at its chosen
     temperature and ``loss_scope`` (the rows get a ``loss_scope`` column)."""
     base = dict(overrides or {})
     if loss_scope != "global":
         base["loss_scope"] = loss_scope
-    return dict(dataset=dataset, profile=profile, methods=list(methods), seeds=list(seeds), data_dir=data_dir,
-                overrides=base, method_overrides=method_overrides(methods, temperatures),
-                extra_columns={SCOPE_COLUMN: loss_scope})
+    return dict(
+        dataset=dataset,
+        profile=profile,
+        methods=list(methods),
+        seeds=list(seeds),
+        data_dir=data_dir,
+        overrides=base,
+        method_overrides=method_overrides(methods, temperatures),
+        extra_columns={SCOPE_COLUMN: loss_scope},
+    )
 
 
-def run_families(grids: Sequence[dict[str, Any]], temperatures: dict[str, float], device: str = "auto",
-                 progress: bool = True) -> list[pd.DataFrame]:
+def run_families(
+    grids: Sequence[dict[str, Any]], temperatures: dict[str, float], device: str = "auto", progress: bool = True
+) -> list[pd.DataFrame]:
     """Train several :func:`family_grid` grids in one pool; per grid its tidy rows plus a
     ``temperature`` column (:func:`temperature_label`). An empty grid gives an empty frame."""
     trained = iter(grid_runs.run_grids([grid for grid in grids if grid["methods"]], device=device, progress=progress))
     frames = [next(trained) if grid["methods"] else pd.DataFrame() for grid in grids]
-    return [frame.assign(temperature=[temperature_label(method, temperatures) for method in frame["method"]])
-            if len(frame) else frame for frame in frames]
+    return [
+        frame.assign(temperature=[temperature_label(method, temperatures) for method in frame["method"]])
+        if len(frame)
+        else frame
+        for frame in frames
+    ]
 
 
-def planned_runs(methods: Sequence[str], seeds: Sequence[int], grid: dict[str, Sequence[float]],
-                 scope_plan: dict[str, Sequence[str]], flickr_methods: Sequence[str],
-                 reused: Sequence[str] = ("CMPM", "CMPM+CMPC")) -> dict[str, int]:
+def planned_runs(
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    grid: dict[str, Sequence[float]],
+    scope_plan: dict[str, Sequence[str]],
+    flickr_methods: Sequence[str],
+    reused: Sequence[str] = ("CMPM", "CMPM+CMPC"),
+) -> dict[str, int]:
     """How many runs a plan trains that no earlier notebook trained (``reused`` methods at the
     global scope are notebook 05's / 06's): per part and in all. The sweep's seed-``seeds[0]`` run
     at the chosen temperature is a run of the main table too (counted once, in the sweep)."""
@@ -175,8 +228,13 @@ def planned_runs(methods: Sequence[str], seeds: Sequence[int], grid: dict[str, S
 # ---------------------------------------------------------------------------------------------
 
 
-def family_claims(frame: pd.DataFrame, pairs: Sequence[tuple[str, str]], metric: str = "R@1", direction: str = "t2i",
-                  table: str | None = None) -> list[dict[str, Any]]:
+def family_claims(
+    frame: pd.DataFrame,
+    pairs: Sequence[tuple[str, str]],
+    metric: str = "R@1",
+    direction: str = "t2i",
+    table: str | None = None,
+) -> list[dict[str, Any]]:
     """The claims rule for "``better`` > ``worse``" on global-scope rows; pairs whose methods did
     not run are left out. Each row also names its ``dataset`` and ``loss_scope``."""
     chosen = frame[frame[SCOPE_COLUMN] == "global"] if SCOPE_COLUMN in frame else frame
@@ -189,8 +247,9 @@ def family_claims(frame: pd.DataFrame, pairs: Sequence[tuple[str, str]], metric:
     return rows
 
 
-def scope_claims(frame: pd.DataFrame, scopes: Sequence[str], metric: str = "R@1", direction: str = "t2i"
-                 ) -> list[dict[str, Any]]:
+def scope_claims(
+    frame: pd.DataFrame, scopes: Sequence[str], metric: str = "R@1", direction: str = "t2i"
+) -> list[dict[str, Any]]:
     """Per method with local-scope runs: "global > local:K" (paired seeds; ``mean_difference`` is
     what the local sub-batch costs, in points of ``metric``)."""
     rows = []
@@ -198,8 +257,15 @@ def scope_claims(frame: pd.DataFrame, scopes: Sequence[str], metric: str = "R@1"
         have = set(mine[SCOPE_COLUMN])
         for scope in scopes:
             if scope in have and "global" in have:
-                row = claims.paired_claim(mine, "global", scope, metric, direction, by=SCOPE_COLUMN,
-                                          claim=f"{method}: global batch > {scope} ({direction} {metric})")
+                row = claims.paired_claim(
+                    mine,
+                    "global",
+                    scope,
+                    metric,
+                    direction,
+                    by=SCOPE_COLUMN,
+                    claim=f"{method}: global batch > {scope} ({direction} {metric})",
+                )
                 rows.append({**row, "dataset": mine["dataset"].iloc[0], "method": method, SCOPE_COLUMN: scope})
     return rows
 
@@ -209,8 +275,9 @@ def scope_claims(frame: pd.DataFrame, scopes: Sequence[str], metric: str = "R@1"
 # ---------------------------------------------------------------------------------------------
 
 
-def geometry_figure(image_norm: float = 3.0, text_angles_deg: Sequence[float] = (20.0, 60.0, 115.0),
-                    sdm_temperature: float = 0.02):
+def geometry_figure(
+    image_norm: float = 3.0, text_angles_deg: Sequence[float] = (20.0, 60.0, 115.0), sdm_temperature: float = 0.02
+):
     """Left: an image embedding $x$ and three unit text directions $\\bar z_j$; CMPM's logit is the
     scalar projection $x^\\top \\bar z_j = \\lVert x\\rVert\\cos\\theta_j$ (dashed feet), SDM's
     $\\cos\\theta_j / \\tau$ (on the unit circle). Right: the softmax over the three texts for CMPM,
@@ -235,26 +302,40 @@ def geometry_figure(image_norm: float = 3.0, text_angles_deg: Sequence[float] = 
     colours = ("tab:green", "tab:orange", "tab:red")
     for j, (direction, colour) in enumerate(zip(directions, colours)):
         reach = max(1.0, cmpm_logits[j] + 0.3) if cmpm_logits[j] > 0 else 1.0
-        left.annotate("", xy=direction * reach, xytext=(0, 0), arrowprops=dict(arrowstyle="-", lw=1, color=colour, alpha=0.5))
+        left.annotate(
+            "", xy=direction * reach, xytext=(0, 0), arrowprops=dict(arrowstyle="-", lw=1, color=colour, alpha=0.5)
+        )
         left.annotate("", xy=direction, xytext=(0, 0), arrowprops=dict(arrowstyle="->", lw=1.6, color=colour))
         foot = direction * cmpm_logits[j]  # the vector projection of x on z_bar_j
         left.plot([image[0], foot[0]], [image[1], foot[1]], ls="--", color=colour, lw=1)
         left.plot(*foot, "o", color=colour, ms=4)
-        left.text(*(direction * 1.12), f"$\\bar z_{j + 1}$: $x^\\top\\bar z_{j + 1}$={cmpm_logits[j]:.2f}, "
-                  f"$\\cos\\theta$={cosine[j]:.2f}", color=colour, fontsize=8,
-                  ha="left" if direction[0] >= 0 else "right")
+        left.text(
+            *(direction * 1.12),
+            f"$\\bar z_{j + 1}$: $x^\\top\\bar z_{j + 1}$={cmpm_logits[j]:.2f}, $\\cos\\theta$={cosine[j]:.2f}",
+            color=colour,
+            fontsize=8,
+            ha="left" if direction[0] >= 0 else "right",
+        )
     left.set_aspect("equal")
     left.set_xlim(-2.3, image_norm + 0.6)
     left.set_ylim(-1.45, 1.7)
     left.set_title("CMPM's logit: the scalar projection $\\|x\\|\\cos\\theta_j$")
     left.axis("off")
-    rows = {"CMPM: softmax($\\|x\\|\\cos\\theta$)": softmax(cmpm_logits),
-            f"SDM, $\\tau$={sdm_temperature:g}": softmax(cosine / sdm_temperature),
-            f"SDM, $\\tau=1/\\|x\\|$={1 / image_norm:.3g}": softmax(cosine * image_norm)}
+    rows = {
+        "CMPM: softmax($\\|x\\|\\cos\\theta$)": softmax(cmpm_logits),
+        f"SDM, $\\tau$={sdm_temperature:g}": softmax(cosine / sdm_temperature),
+        f"SDM, $\\tau=1/\\|x\\|$={1 / image_norm:.3g}": softmax(cosine * image_norm),
+    }
     width = 0.8 / len(rows)
     for index, (label, probabilities) in enumerate(rows.items()):
-        right.bar(np.arange(len(angles)) + (index - 1) * width, probabilities, width, label=label,
-                  hatch="//" if index == 2 else None, alpha=0.85)
+        right.bar(
+            np.arange(len(angles)) + (index - 1) * width,
+            probabilities,
+            width,
+            label=label,
+            hatch="//" if index == 2 else None,
+            alpha=0.85,
+        )
     right.set_xticks(np.arange(len(angles)), [f"text {j + 1}" for j in range(len(angles))])
     right.set_ylabel("compatibility $p_{j}$ (image to text)")
     right.set_title("SDM is CMPM when $\\tau = 1/\\|x\\|$ and only $z$ is normalised")
@@ -347,15 +428,21 @@ def budget_markdown(out_dir: str | Path) -> str:
     count = len(runs) + (len(extra) if extra is not None else 0)
     params = yaml.safe_load((out_dir / "params.yaml").read_text()) if (out_dir / "params.yaml").is_file() else {}
     planned = params.get("planned_new_runs") or {}
-    lines = [f"- Runs behind these results: {count}, {total:.0f} s of training in all (each run's own seconds, one "
-             f"torch thread per run; {', '.join(parts)})."]
+    lines = [
+        f"- Runs behind these results: {count}, {total:.0f} s of training in all (each run's own seconds, one "
+        f"torch thread per run; {', '.join(parts)})."
+    ]
     if planned:
-        lines.append(f"- Of these, the runs no earlier notebook trains: {planned.get('total')} (sweep {planned.get('sweep')}, "
-                     f"CUHK table {planned.get('main')}, local scopes {planned.get('scope')}, Flickr {planned.get('flickr')}); "
-                     "CMPM and CMPM+CMPC at the global scope are notebook 05's and 06's runs, reused from the memo.")
+        lines.append(
+            f"- Of these, the runs no earlier notebook trains: {planned.get('total')} (sweep {planned.get('sweep')}, "
+            f"CUHK table {planned.get('main')}, local scopes {planned.get('scope')}, Flickr {planned.get('flickr')}); "
+            "CMPM and CMPM+CMPC at the global scope are notebook 05's and 06's runs, reused from the memo."
+        )
     if params.get("wall_seconds") is not None:
-        lines.append(f"- Wall time of the execution that wrote these results, up to saving them: {float(params['wall_seconds']):.0f} s "
-                     "(memoised runs cost nothing; parallel runs overlap).")
+        lines.append(
+            f"- Wall time of the execution that wrote these results, up to saving them: {float(params['wall_seconds']):.0f} s "
+            "(memoised runs cost nothing; parallel runs overlap)."
+        )
     return "\n".join(lines)
 
 
@@ -363,7 +450,11 @@ def findings_markdown(out_dir: str | Path) -> str:
     """The family table (mean ± sd over seeds, the ceiling and the share of it beside every number),
     the chosen temperatures and the cost of the local scopes, from ``summary.csv`` and ``claims.csv``."""
     out_dir = Path(out_dir)
-    summary, claim_table, sweep = _read(out_dir, "summary.csv"), _read(out_dir, "claims.csv"), _read(out_dir, "sweep.csv")
+    summary, claim_table, sweep = (
+        _read(out_dir, "summary.csv"),
+        _read(out_dir, "claims.csv"),
+        _read(out_dir, "sweep.csv"),
+    )
     if summary is None:
         return "No results yet: run the cells above."
     lines = ["### The family on one network", ""]
@@ -374,29 +465,48 @@ def findings_markdown(out_dir: str | Path) -> str:
         std = "" if pd.isna(row.std) else f" ± {row.std:.2f}"
         ceiling = percent(getattr(row, "ceiling", float("nan")))
         share = getattr(row, "percent_of_ceiling", float("nan"))
-        lines.append(f"| {row.dataset} | {row.method} | {row.temperature} | {row.direction} | {row.mean:.2f}{std} "
-                     f"({int(row.n_seeds)}) | {ceiling} | {percent(share)} |")
+        lines.append(
+            f"| {row.dataset} | {row.method} | {row.temperature} | {row.direction} | {row.mean:.2f}{std} "
+            f"({int(row.n_seeds)}) | {ceiling} | {percent(share)} |"
+        )
     if sweep is not None and len(sweep):
         picked = sweep[sweep["chosen"]] if "chosen" in sweep else sweep.iloc[0:0]
-        lines += ["", "Temperatures chosen on validation t2i R@1 (seed "
-                  f"{int(sweep['seed'].iloc[0])}): " + ", ".join(
-                      f"{row.method} {row.temperature:g} (validation {row.validation:.2f}; tried "
-                      + ", ".join(f"{t:g}" for t in sweep[sweep['method'] == row.method]['temperature']) + ")"
-                      for row in picked.itertuples()) + "."]
+        lines += [
+            "",
+            "Temperatures chosen on validation t2i R@1 (seed "
+            f"{int(sweep['seed'].iloc[0])}): "
+            + ", ".join(
+                f"{row.method} {row.temperature:g} (validation {row.validation:.2f}; tried "
+                + ", ".join(f"{t:g}" for t in sweep[sweep["method"] == row.method]["temperature"])
+                + ")"
+                for row in picked.itertuples()
+            )
+            + ".",
+        ]
     params_path = out_dir / "params.yaml"
     if params_path.is_file():
         import yaml
 
         learned = (yaml.safe_load(params_path.read_text()) or {}).get("ritc_learned_temperatures") or []
         if learned:
-            lines += ["", "R-ITC's temperature, learned from " f"{RELEASE_TEMPERATURES['R-ITC']:g}, at the last epoch of each seed: "
-                      + ", ".join(f"{float(value):.3g}" for value in learned) + "."]
+            lines += [
+                "",
+                "R-ITC's temperature, learned from "
+                f"{RELEASE_TEMPERATURES['R-ITC']:g}, at the last epoch of each seed: "
+                + ", ".join(f"{float(value):.3g}" for value in learned)
+                + ".",
+            ]
     if claim_table is not None and SCOPE_COLUMN in claim_table:
         scoped = claim_table[claim_table[SCOPE_COLUMN] != "global"]
         if len(scoped):
-            lines += ["", "What the local sub-batch costs (global − local, t2i R@1 points, mean [95% CI], paired seeds):"]
+            lines += [
+                "",
+                "What the local sub-batch costs (global − local, t2i R@1 points, mean [95% CI], paired seeds):",
+            ]
             for row in scoped.itertuples():
-                interval = ("" if pd.isna(row.ci_low) else f" [{row.ci_low:+.2f}, {row.ci_high:+.2f}]")
-                lines.append(f"- {row.method} at `{row.loss_scope}`: {row.mean_difference:+.2f}{interval}, "
-                             f"**{row.verdict}** ({int(row.n_seeds)} seeds).")
+                interval = "" if pd.isna(row.ci_low) else f" [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
+                lines.append(
+                    f"- {row.method} at `{row.loss_scope}`: {row.mean_difference:+.2f}{interval}, "
+                    f"**{row.verdict}** ({int(row.n_seeds)} seeds)."
+                )
     return "\n".join(lines)

@@ -52,8 +52,12 @@ EXPERIMENT = "fidelity_audit"
 #: Marks a deviation that changes only the test protocol (no training of its own).
 PER_CAPTION_GALLERY = "per_caption_gallery"
 DOC_MARKERS = ("<!-- audit:start -->", "<!-- audit:end -->")
-EFFECT_WORDS = {"held": "helps", "did not hold": "costs", "inconclusive": "no measurable effect",
-                claims.NOT_TESTED: "not tested (fewer than 5 seeds)"}
+EFFECT_WORDS = {
+    "held": "helps",
+    "did not hold": "costs",
+    "inconclusive": "no measurable effect",
+    claims.NOT_TESTED: "not tested (fewer than 5 seeds)",
+}
 PORT_A = "port A (a public PyTorch port, read and run)"
 PYTORCH_DEFAULTS = "PyTorch ports keeping the library default"
 
@@ -85,68 +89,127 @@ class Deviation:
 
 
 DEVIATIONS: list[Deviation] = [
-    Deviation("cmpm_l2_target", "CMPM target L2-normalised",
-              "The CMPM target distribution q is y / ||y||_2 instead of y / ||y||_1: equal when no identity "
-              "repeats in the batch, a target that no longer sums to 1 when one does (the identity sampler "
-              "always puts two captions of a person in a batch).",
-              PORT_A, method="CMPM (L2 target)+CMPC"),
-    Deviation("lstm_backward_batch_reversed", "backward LSTM reverses the batch",
-              "The 'backward' half of the Bi-LSTM reads the batch in reverse order instead of each caption "
-              "from its last word to its first: it is a second forward LSTM fed other captions' lengths.",
-              PORT_A, overrides={"lstm_backward": "batch_reversed"}),
-    Deviation("pad_shares_most_frequent", "most frequent word = padding id",
-              "The padding id 0 is also the id of the most frequent word, so that word reads as padding "
-              "(its embedding stays zero and it is dropped from the max-pool).",
-              PORT_A, overrides={"pad_shares_most_frequent": True}),
-    Deviation("vocab_case_sensitive", "case-sensitive vocabulary",
-              "Captions are not lower-cased: 'A' and 'a' are separate words, each seen less often.",
-              PORT_A, overrides={"vocab_case_sensitive": True}),
-    Deviation("select_on_test", "model selection on the test split",
-              "The best epoch is chosen by its test-split score, then reported on that split: optimistic.",
-              PORT_A, overrides={"select_split": "test"}),
-    Deviation("test_gallery_per_caption", "test gallery repeats each image per caption",
-              "Evaluation only: the gallery holds each test image once per caption of it. R@1 cannot move "
-              "(copies tie), R@10 falls: each wrong image above the first hit takes several ranks. Measured "
-              "on the baseline's own embeddings, no training.",
-              PORT_A, evaluation=PER_CAPTION_GALLERY, metrics=("R@1", "R@10")),
-    Deviation("padded_steps_zeros", "padded LSTM steps in the max-pool",
-              "Padded time steps enter the max-pool over the Bi-LSTM outputs as zeros (a batch's shorter "
-              "captions see zeros the longer ones do not).",
-              "the release (training at batch > 1; its test-time batch of 1 has no padding)",
-              overrides={"padded_steps": "zeros"}, alternative={"padded_steps": "exclude"}),
-    Deviation("no_ema", "no moving average of the weights",
-              "Evaluation with the live weights instead of their exponential moving average.",
-              "port A (averages once per epoch, decay 0.9, not per step); PyTorch re-implementations without EMA",
-              overrides={"ema_decay": 0.0}),
-    Deviation("amp_bf16", "bf16 autocast instead of fp32",
-              "Mixed precision (bfloat16 autocast) in training; the release trains in fp32. On the CPU the "
-              "LSTM recurrence stays fp32 (oneDNN has no bf16 LSTM at the pinned AVX2 ISA).",
-              "this project on GPUs (amp='auto' picks bf16 on CUDA)", overrides={"amp": "bf16"}),
-    Deviation("word_embedding_normal", "word embedding init N(0, 1)",
-              "nn.Embedding's default N(0, 1) init instead of the release's Glorot uniform (about 80x "
-              "larger at 512 dims).",
-              PYTORCH_DEFAULTS + " (nn.Embedding)", overrides={"word_embedding_init": "normal"}),
-    Deviation("bn_pytorch", "PyTorch BN eps / momentum in the joint embedding",
-              "Batch norm of the joint embedding with PyTorch's eps 1e-5 and momentum 0.1 instead of the "
-              "backbone's TF settings (MobileNet: eps 1e-3, decay 0.9997).",
-              PYTORCH_DEFAULTS + " (nn.BatchNorm1d)", overrides={"bn_style": "pytorch"},
-              alternative={"bn_style": "tf"}),
-    Deviation("lstm_init_pytorch", "PyTorch LSTM init",
-              "nn.LSTM's uniform(±1/sqrt(hidden)) init and zero forget-gate bias instead of TF's Glorot-uniform "
-              "kernels and forget bias 1.0.",
-              PYTORCH_DEFAULTS + " (nn.LSTM)", overrides={"lstm_init": "pytorch"}),
-    Deviation("joint_embedding_linear_bias", "joint embedding with bias, no BN",
-              "The joint embedding is a linear layer with a bias and no batch norm instead of a bias-free "
-              "1x1 convolution followed by batch norm.",
-              "a public PyTorch port", overrides={"joint_embedding": "linear_bias"}),
-    Deviation("no_lstm_dropout", "no dropout in the text branch",
-              "No dropout on the LSTM's inputs and outputs (the release keeps 70%). A dropout handed to a "
-              "one-layer nn.LSTM is never applied by PyTorch, which gives exactly this.",
-              "PyTorch re-implementations passing dropout to a one-layer nn.LSTM", overrides={"dropout": 0.0}),
-    Deviation("ema_scope_all", "EMA over every weight",
-              "The moving average covers every parameter (LSTM, word embedding, CMPC weights too), not only "
-              "the release's CNN and joint embeddings with their BN.",
-              "PyTorch re-implementations averaging the whole model", overrides={"ema_scope": "all"}),
+    Deviation(
+        "cmpm_l2_target",
+        "CMPM target L2-normalised",
+        "The CMPM target distribution q is y / ||y||_2 instead of y / ||y||_1: equal when no identity "
+        "repeats in the batch, a target that no longer sums to 1 when one does (the identity sampler "
+        "always puts two captions of a person in a batch).",
+        PORT_A,
+        method="CMPM (L2 target)+CMPC",
+    ),
+    Deviation(
+        "lstm_backward_batch_reversed",
+        "backward LSTM reverses the batch",
+        "The 'backward' half of the Bi-LSTM reads the batch in reverse order instead of each caption "
+        "from its last word to its first: it is a second forward LSTM fed other captions' lengths.",
+        PORT_A,
+        overrides={"lstm_backward": "batch_reversed"},
+    ),
+    Deviation(
+        "pad_shares_most_frequent",
+        "most frequent word = padding id",
+        "The padding id 0 is also the id of the most frequent word, so that word reads as padding "
+        "(its embedding stays zero and it is dropped from the max-pool).",
+        PORT_A,
+        overrides={"pad_shares_most_frequent": True},
+    ),
+    Deviation(
+        "vocab_case_sensitive",
+        "case-sensitive vocabulary",
+        "Captions are not lower-cased: 'A' and 'a' are separate words, each seen less often.",
+        PORT_A,
+        overrides={"vocab_case_sensitive": True},
+    ),
+    Deviation(
+        "select_on_test",
+        "model selection on the test split",
+        "The best epoch is chosen by its test-split score, then reported on that split: optimistic.",
+        PORT_A,
+        overrides={"select_split": "test"},
+    ),
+    Deviation(
+        "test_gallery_per_caption",
+        "test gallery repeats each image per caption",
+        "Evaluation only: the gallery holds each test image once per caption of it. R@1 cannot move "
+        "(copies tie), R@10 falls: each wrong image above the first hit takes several ranks. Measured "
+        "on the baseline's own embeddings, no training.",
+        PORT_A,
+        evaluation=PER_CAPTION_GALLERY,
+        metrics=("R@1", "R@10"),
+    ),
+    Deviation(
+        "padded_steps_zeros",
+        "padded LSTM steps in the max-pool",
+        "Padded time steps enter the max-pool over the Bi-LSTM outputs as zeros (a batch's shorter "
+        "captions see zeros the longer ones do not).",
+        "the release (training at batch > 1; its test-time batch of 1 has no padding)",
+        overrides={"padded_steps": "zeros"},
+        alternative={"padded_steps": "exclude"},
+    ),
+    Deviation(
+        "no_ema",
+        "no moving average of the weights",
+        "Evaluation with the live weights instead of their exponential moving average.",
+        "port A (averages once per epoch, decay 0.9, not per step); PyTorch re-implementations without EMA",
+        overrides={"ema_decay": 0.0},
+    ),
+    Deviation(
+        "amp_bf16",
+        "bf16 autocast instead of fp32",
+        "Mixed precision (bfloat16 autocast) in training; the release trains in fp32. On the CPU the "
+        "LSTM recurrence stays fp32 (oneDNN has no bf16 LSTM at the pinned AVX2 ISA).",
+        "this project on GPUs (amp='auto' picks bf16 on CUDA)",
+        overrides={"amp": "bf16"},
+    ),
+    Deviation(
+        "word_embedding_normal",
+        "word embedding init N(0, 1)",
+        "nn.Embedding's default N(0, 1) init instead of the release's Glorot uniform (about 80x larger at 512 dims).",
+        PYTORCH_DEFAULTS + " (nn.Embedding)",
+        overrides={"word_embedding_init": "normal"},
+    ),
+    Deviation(
+        "bn_pytorch",
+        "PyTorch BN eps / momentum in the joint embedding",
+        "Batch norm of the joint embedding with PyTorch's eps 1e-5 and momentum 0.1 instead of the "
+        "backbone's TF settings (MobileNet: eps 1e-3, decay 0.9997).",
+        PYTORCH_DEFAULTS + " (nn.BatchNorm1d)",
+        overrides={"bn_style": "pytorch"},
+        alternative={"bn_style": "tf"},
+    ),
+    Deviation(
+        "lstm_init_pytorch",
+        "PyTorch LSTM init",
+        "nn.LSTM's uniform(±1/sqrt(hidden)) init and zero forget-gate bias instead of TF's Glorot-uniform "
+        "kernels and forget bias 1.0.",
+        PYTORCH_DEFAULTS + " (nn.LSTM)",
+        overrides={"lstm_init": "pytorch"},
+    ),
+    Deviation(
+        "joint_embedding_linear_bias",
+        "joint embedding with bias, no BN",
+        "The joint embedding is a linear layer with a bias and no batch norm instead of a bias-free "
+        "1x1 convolution followed by batch norm.",
+        "a public PyTorch port",
+        overrides={"joint_embedding": "linear_bias"},
+    ),
+    Deviation(
+        "no_lstm_dropout",
+        "no dropout in the text branch",
+        "No dropout on the LSTM's inputs and outputs (the release keeps 70%). A dropout handed to a "
+        "one-layer nn.LSTM is never applied by PyTorch, which gives exactly this.",
+        "PyTorch re-implementations passing dropout to a one-layer nn.LSTM",
+        overrides={"dropout": 0.0},
+    ),
+    Deviation(
+        "ema_scope_all",
+        "EMA over every weight",
+        "The moving average covers every parameter (LSTM, word embedding, CMPC weights too), not only "
+        "the release's CNN and joint embeddings with their BN.",
+        "PyTorch re-implementations averaging the whole model",
+        overrides={"ema_scope": "all"},
+    ),
 ]
 
 
@@ -164,6 +227,7 @@ def deviations_by_name(names: Sequence[str] | None = None) -> list[Deviation]:
 def effective_overrides(deviation: Deviation, baseline_settings: dict[str, Any]) -> tuple[dict, str]:
     """The settings that switch ``deviation`` on against a baseline with ``baseline_settings``
     (``TrainConfig.to_dict()``), and a note. Returns ``({}, note)`` when it cannot be measured."""
+
     def already(settings: dict) -> bool:
         return all(_same(baseline_settings.get(key), value) for key, value in settings.items())
 
@@ -173,8 +237,10 @@ def effective_overrides(deviation: Deviation, baseline_settings: dict[str, Any])
         return dict(deviation.overrides), ""
     if deviation.alternative and not already(deviation.alternative):
         shown = ", ".join(f"{key}={value!r}" for key, value in deviation.alternative.items())
-        return dict(deviation.alternative), (f"the baseline already has {deviation.overrides}; measured {shown} "
-                                             "against it instead (sign reversed: effects are shown as deviation − release setting)")
+        return dict(deviation.alternative), (
+            f"the baseline already has {deviation.overrides}; measured {shown} "
+            "against it instead (sign reversed: effects are shown as deviation − release setting)"
+        )
     return {}, f"the baseline already has {deviation.overrides}: not measured"
 
 
@@ -189,8 +255,9 @@ def _same(left: Any, right: Any) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def per_caption_rows(run_dir: str | Path, device: str = "cpu", ks: Sequence[int] = (1, 5, 10),
-                     **paths: Any) -> list[dict[str, Any]]:
+def per_caption_rows(
+    run_dir: str | Path, device: str = "cpu", ks: Sequence[int] = (1, 5, 10), **paths: Any
+) -> list[dict[str, Any]]:
     """t2i metrics of a finished run scored against the per-caption gallery
     (:func:`cmp_utils.evaluation.metrics.per_caption_gallery`) with its own test embeddings; rows
     ``{table, direction, metric, value}`` as :func:`cmp_utils.experiments.protocol_metrics`.
@@ -200,18 +267,28 @@ def per_caption_rows(run_dir: str | Path, device: str = "cpu", ks: Sequence[int]
     model, prepared, features, cfg = runner.load_trained(run_dir, device=device, **paths)
     split = prepared.test_split
     image_embeddings, image_labels, text_embeddings, text_labels = evaluate.encode(
-        model, prepared, split, config.resolve_device(device), cfg.eval_batch_size, features.get(split))
+        model, prepared, split, config.resolve_device(device), cfg.eval_batch_size, features.get(split)
+    )
     caption_image_indices = torch.tensor(prepared.frames[split]["image_index"].to_numpy())  # (N_T,)
-    gallery_embeddings, gallery_labels = metrics.per_caption_gallery(image_embeddings, image_labels,
-                                                                     caption_image_indices)
+    gallery_embeddings, gallery_labels = metrics.per_caption_gallery(
+        image_embeddings, image_labels, caption_image_indices
+    )
     scores = metrics.retrieval_metrics(text_embeddings, gallery_embeddings, text_labels, gallery_labels, ks=ks)
-    return [{"table": DATASET, "direction": "t2i", "metric": name, "value": float(scores[name])}
-            for name in (*(f"R@{k}" for k in ks), "mAP", "mINP")]
+    return [
+        {"table": DATASET, "direction": "t2i", "metric": name, "value": float(scores[name])}
+        for name in (*(f"R@{k}" for k in ks), "mAP", "mINP")
+    ]
 
 
-def run_audit(profile: str, seeds: Sequence[int], device: str = "auto", data_dir: str | None = None,
-              overrides: dict[str, Any] | None = None, deviations: Sequence[str] | None = None,
-              progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_audit(
+    profile: str,
+    seeds: Sequence[int],
+    device: str = "auto",
+    data_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    deviations: Sequence[str] | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train the baseline and each deviation alone over ``seeds``; score them on the test split.
 
     Returns ``(results, plan)``: ``results`` are tidy rows (:data:`cmp_utils.experiments.RESULT_COLUMNS`
@@ -222,26 +299,44 @@ def run_audit(profile: str, seeds: Sequence[int], device: str = "auto", data_dir
 
     base_overrides = dict(overrides or {})
     chosen = deviations_by_name(deviations)
-    baseline_settings = training.make_config(profile, DATASET, losses=runner.method_losses(BASELINE_METHOD),
-                                          **base_overrides).to_dict()
+    baseline_settings = training.make_config(
+        profile, DATASET, losses=runner.method_losses(BASELINE_METHOD), **base_overrides
+    ).to_dict()
     seeds = list(seeds)
     grid = dict(dataset=DATASET, profile=profile, seeds=seeds, data_dir=data_dir or None)
     grids = [dict(grid, methods=[BASELINE_METHOD], overrides=base_overrides, extra_columns={"deviation": BASELINE})]
     plan, order = [], [0]  # order: the baseline's grid, then each deviation's grid index or its name
     for deviation in chosen:
         settings, note = effective_overrides(deviation, baseline_settings)
-        plan.append({"deviation": deviation.name, "method": deviation.method, "overrides": settings,
-                     "evaluation": deviation.evaluation or "", "note": note})
+        plan.append(
+            {
+                "deviation": deviation.name,
+                "method": deviation.method,
+                "overrides": settings,
+                "evaluation": deviation.evaluation or "",
+                "note": note,
+            }
+        )
         if deviation.evaluation == PER_CAPTION_GALLERY:
             order.append(deviation.name)
         elif settings or deviation.method != BASELINE_METHOD:
             order.append(len(grids))
-            grids.append(dict(grid, methods=[deviation.method], overrides={**base_overrides, **settings},
-                              extra_columns={"deviation": deviation.name}))
+            grids.append(
+                dict(
+                    grid,
+                    methods=[deviation.method],
+                    overrides={**base_overrides, **settings},
+                    extra_columns={"deviation": deviation.name},
+                )
+            )
     # every training run of the audit in one pool (experiments.run_grids); evaluation-only rows score the baseline
     trained = grid_runs.run_grids(grids, device=device, progress=progress)
-    parts = [trained[slot] if isinstance(slot, int) else
-             _per_caption_results(profile, seeds, device, data_dir, base_overrides, slot) for slot in order]
+    parts = [
+        trained[slot]
+        if isinstance(slot, int)
+        else _per_caption_results(profile, seeds, device, data_dir, base_overrides, slot)
+        for slot in order
+    ]
     results = pd.concat(parts, ignore_index=True)
     return results, pd.DataFrame(plan)
 
@@ -249,12 +344,23 @@ def run_audit(profile: str, seeds: Sequence[int], device: str = "auto", data_dir
 def _per_caption_results(profile, seeds, device, data_dir, base_overrides, name) -> pd.DataFrame:
     rows = []
     for seed in seeds:
-        record = runner.run_method(DATASET, profile, BASELINE_METHOD, seed, device, data_dir or None,
-                                        base_overrides)  # memoised by run_grid above
-        for row in per_caption_rows(record["run_dir"], config.resolve_device(device).type,
-                                    **runner.record_paths(record)):
-            rows.append({"dataset": DATASET, "method": BASELINE_METHOD, "backbone": record["settings"]["backbone"],
-                         "seed": seed, "seconds": 0.0, "deviation": name, **row})
+        record = runner.run_method(
+            DATASET, profile, BASELINE_METHOD, seed, device, data_dir or None, base_overrides
+        )  # memoised by run_grid above
+        for row in per_caption_rows(
+            record["run_dir"], config.resolve_device(device).type, **runner.record_paths(record)
+        ):
+            rows.append(
+                {
+                    "dataset": DATASET,
+                    "method": BASELINE_METHOD,
+                    "backbone": record["settings"]["backbone"],
+                    "seed": seed,
+                    "seconds": 0.0,
+                    "deviation": name,
+                    **row,
+                }
+            )
     return runner.attach_paper_values(pd.DataFrame(rows))
 
 
@@ -294,16 +400,28 @@ def audit_claims(results: pd.DataFrame, plan: pd.DataFrame | None = None) -> pd.
         reversed_sign = _same(settings, deviation.alternative) if deviation.alternative else False
         for metric in deviation.metrics:
             if reversed_sign:  # the baseline carries the deviation; the deviation's run has the release's setting
-                text = (f"{deviation.label} raises t2i {metric} (the baseline has it; measured against the release's "
-                        f"setting, {described})")
+                text = (
+                    f"{deviation.label} raises t2i {metric} (the baseline has it; measured against the release's "
+                    f"setting, {described})"
+                )
                 better, worse = BASELINE, deviation.name
             else:
                 text, better, worse = f"{deviation.label} raises t2i {metric}", deviation.name, BASELINE
-            result = claims.paired_claim(results, better, worse, metric, "t2i", table=DATASET, claim=text, by="deviation")
-            rows.append({**result, "deviation": deviation.name, "label": deviation.label,
-                         "implementations": deviation.implementations, "overrides": described,
-                         "reversed_sign": reversed_sign, "schedule_artefact": deviation.name in SCHEDULE_ARTEFACTS,
-                         "note": notes.get(deviation.name, "")})
+            result = claims.paired_claim(
+                results, better, worse, metric, "t2i", table=DATASET, claim=text, by="deviation"
+            )
+            rows.append(
+                {
+                    **result,
+                    "deviation": deviation.name,
+                    "label": deviation.label,
+                    "implementations": deviation.implementations,
+                    "overrides": described,
+                    "reversed_sign": reversed_sign,
+                    "schedule_artefact": deviation.name in SCHEDULE_ARTEFACTS,
+                    "note": notes.get(deviation.name, ""),
+                }
+            )
     frame = claims.claims_frame(rows)  # Holm-adjusted over the audit's claims
     frame["effect"] = [effect_of(verdict) for verdict in frame["verdict"]]
     return frame
@@ -342,22 +460,32 @@ def plot_audit(audit: pd.DataFrame, profile: str):
     colours = {"helps": "#2a9d4b", "costs": "#c0392b"}
     for position, (_, row) in zip(positions, audit.iterrows()):
         metric_text = "" if row["metric"] == "R@1" else f" ({row['metric']})"
-        names_axis.text(0.0, position, f"{row['label']}{metric_text}", va="bottom", ha="left", fontsize=8.5,
-                        weight="bold")
-        names_axis.text(0.0, position, _shorten(row["implementations"], 70), va="top", ha="left", fontsize=7.5,
-                        color="#555555")
+        names_axis.text(
+            0.0, position, f"{row['label']}{metric_text}", va="bottom", ha="left", fontsize=8.5, weight="bold"
+        )
+        names_axis.text(
+            0.0, position, _shorten(row["implementations"], 70), va="top", ha="left", fontsize=7.5, color="#555555"
+        )
         colour = colours.get(row["effect"], "#444444")
         mean, low, high = oriented_effect(row)
         if low_limit <= mean <= high_limit:
             if not (math.isnan(low) or math.isnan(high)):
-                effect_axis.plot([max(low, low_limit), min(high, high_limit)], [position, position], color=colour,
-                                 linewidth=2)
+                effect_axis.plot(
+                    [max(low, low_limit), min(high, high_limit)], [position, position], color=colour, linewidth=2
+                )
             effect_axis.plot([mean], [position], "o", color=colour, markersize=5)
         else:  # off the R@1 zoom: an arrow at the edge and the numbers
             edge = low_limit if mean < low_limit else high_limit
             effect_axis.plot([edge], [position], "<" if mean < low_limit else ">", color=colour, markersize=7)
-            effect_axis.text(edge, position + 0.3, f"{row['metric']}: {_format_effect(row)}", fontsize=7.5,
-                             color=colour, ha="left" if mean < low_limit else "right", va="center")
+            effect_axis.text(
+                edge,
+                position + 0.3,
+                f"{row['metric']}: {_format_effect(row)}",
+                fontsize=7.5,
+                color=colour,
+                ha="left" if mean < low_limit else "right",
+                va="center",
+            )
         verdict_axis.text(0.03, position, row["effect"], va="center", ha="left", fontsize=8.5, color=colour)
     for axis in (names_axis, verdict_axis):
         axis.set_xlim(0, 1)
@@ -373,8 +501,10 @@ def plot_audit(audit: pd.DataFrame, profile: str):
     verdict_axis.set_title("verdict", loc="left", fontsize=9)
     effect_axis.set_title("effect on t2i R@1", fontsize=9)
     data = "real data" if profile == "paper" else "synthetic data"
-    fig.suptitle(f"Fidelity audit: each deviation alone against CMPM+CMPC on CUHK-PEDES ({data}, {profile} profile)",
-                 fontsize=10.5)
+    fig.suptitle(
+        f"Fidelity audit: each deviation alone against CMPM+CMPC on CUHK-PEDES ({data}, {profile} profile)",
+        fontsize=10.5,
+    )
     return fig
 
 
@@ -402,8 +532,9 @@ def _zoom(audit: pd.DataFrame) -> tuple[float, float]:
 # ---------------------------------------------------------------------------------------------
 
 
-def save_audit(out_dir: str | Path, results: pd.DataFrame, audit: pd.DataFrame, params: dict[str, Any],
-               figure=None) -> list[Path]:
+def save_audit(
+    out_dir: str | Path, results: pd.DataFrame, audit: pd.DataFrame, params: dict[str, Any], figure=None
+) -> list[Path]:
     """``metrics.csv`` (tidy, with ``deviation``), ``claims.csv``, ``params.yaml`` and the figure
     ``fidelity_audit.png/.svg`` in ``out_dir``, atomically. Returns the paths written."""
     from ..reporting import plots
@@ -411,9 +542,11 @@ def save_audit(out_dir: str | Path, results: pd.DataFrame, audit: pd.DataFrame, 
     out_dir = Path(out_dir)
     ordered = [c for c in runner.RESULT_COLUMNS if c in results.columns]
     results = results[["deviation"] + ordered + [c for c in results.columns if c not in ordered + ["deviation"]]]
-    written = [atomic.write_csv(out_dir / "metrics.csv", results),
-               atomic.write_csv(out_dir / "claims.csv", audit),
-               atomic.write_yaml(out_dir / "params.yaml", params)]
+    written = [
+        atomic.write_csv(out_dir / "metrics.csv", results),
+        atomic.write_csv(out_dir / "claims.csv", audit),
+        atomic.write_yaml(out_dir / "params.yaml", params),
+    ]
     if figure is not None:
         written.extend(plots.save_figure(figure, out_dir / EXPERIMENT))
     return written
@@ -430,8 +563,10 @@ def render_audit_section(audit: pd.DataFrame | None, profile: str = "quick") -> 
     """Markdown for the docs: one row per claim from ``claims.csv`` (None: "not measured yet")."""
     command = "papermill notebooks/13_fidelity_audit.ipynb - -p profile " + profile
     if audit is None or audit.empty:
-        return (f"Measured effects: not measured yet (run `{command}`, then "
-                f"`python -m cmp_utils.experiments.fidelity --doc docs/fidelity.md --profile {profile}`).")
+        return (
+            f"Measured effects: not measured yet (run `{command}`, then "
+            f"`python -m cmp_utils.experiments.fidelity --doc docs/fidelity.md --profile {profile}`)."
+        )
     seeds = sorted(set(int(n) for n in audit["n_seeds"]))
     lines = [
         f"Measured in the quick regime (synthetic CUHK-PEDES-like data, {profile} profile, frozen features, a "
@@ -448,14 +583,22 @@ def render_audit_section(audit: pd.DataFrame | None, profile: str = "quick") -> 
         p_column = "p_holm" if "p_holm" in row and not pd.isna(row.get("p_holm")) else "p_value"
         p_value = "" if math.isnan(row[p_column]) else f"{row[p_column]:.2g}"
         note = f" ({row['note']})" if isinstance(row.get("note"), str) and row["note"] else ""
-        artefact = (" (an artefact of the short schedule: the release's setting needs a long run)"
-                    if bool(row.get("schedule_artefact", False)) else "")
-        lines.append(f"| {row['label']}{note}{artefact} | {row['implementations']} | t2i {row['metric']} | "
-                     f"{_format_effect(row)} | {p_value} | {row['effect']} |")
+        artefact = (
+            " (an artefact of the short schedule: the release's setting needs a long run)"
+            if bool(row.get("schedule_artefact", False))
+            else ""
+        )
+        lines.append(
+            f"| {row['label']}{note}{artefact} | {row['implementations']} | t2i {row['metric']} | "
+            f"{_format_effect(row)} | {p_value} | {row['effect']} |"
+        )
     absent = [deviation.label for deviation in DEVIATIONS if deviation.name not in set(audit["deviation"])]
     if absent:
-        lines += ["", f"Not measured in this run: {'; '.join(absent)} (notebook 13 measures them with "
-                      "`-p deviations '[...]'`, or all with the default)."]
+        lines += [
+            "",
+            f"Not measured in this run: {'; '.join(absent)} (notebook 13 measures them with "
+            "`-p deviations '[...]'`, or all with the default).",
+        ]
     return "\n".join(lines)
 
 
@@ -467,15 +610,22 @@ def findings_text(audit: pd.DataFrame | None) -> str:
     def listed(effect: str) -> str:
         chosen = audit[audit["effect"] == effect]
         chosen = chosen.iloc[sorted(range(len(chosen)), key=lambda i: oriented_effect(chosen.iloc[i])[0])]
-        return "; ".join(f"{row['label']} (t2i {row['metric']} {_format_effect(row)} pp)" for _, row in chosen.iterrows())
+        return "; ".join(
+            f"{row['label']} (t2i {row['metric']} {_format_effect(row)} pp)" for _, row in chosen.iterrows()
+        )
 
     tested = audit[audit["verdict"] != claims.NOT_TESTED]
     if tested.empty:
-        return (f"No claim was tested: {int(audit['n_seeds'].max())} seed(s) per deviation, fewer than the "
-                f"{claims.MIN_SEEDS} the claims rule needs (the smoke profile only checks that everything runs).")
+        return (
+            f"No claim was tested: {int(audit['n_seeds'].max())} seed(s) per deviation, fewer than the "
+            f"{claims.MIN_SEEDS} the claims rule needs (the smoke profile only checks that everything runs)."
+        )
     parts = [f"Of {len(tested)} measured effects ({int(tested['n_seeds'].min())} paired seeds each):"]
-    for effect, heading in (("costs", "Costs recall"), ("helps", "Raises recall"),
-                            ("no measurable effect", "No effect measurable at this number of seeds")):
+    for effect, heading in (
+        ("costs", "Costs recall"),
+        ("helps", "Raises recall"),
+        ("no measurable effect", "No effect measurable at this number of seeds"),
+    ):
         text = listed(effect)
         parts.append(f"\n* **{heading}** ({int((audit['effect'] == effect).sum())}): {text or 'none'}.")
     reversed_notes = audit[audit["note"].astype(str).str.contains("sign reversed")]
@@ -492,8 +642,9 @@ def read_audit(profile: str = "quick", results_dir: str | Path | None = None) ->
     return pd.read_csv(path, dtype={"note": str, "overrides": str}).fillna({"note": ""})
 
 
-def update_fidelity_doc(doc_path: str | Path = "docs/fidelity.md", profile: str = "quick",
-                        results_dir: str | Path | None = None) -> Path:
+def update_fidelity_doc(
+    doc_path: str | Path = "docs/fidelity.md", profile: str = "quick", results_dir: str | Path | None = None
+) -> Path:
     """Write the measured audit of ``profile`` into ``doc_path`` between :data:`DOC_MARKERS`."""
     doc_path = Path(doc_path)
     if not doc_path.is_absolute():
@@ -503,8 +654,9 @@ def update_fidelity_doc(doc_path: str | Path = "docs/fidelity.md", profile: str 
     text = doc_path.read_text()
     from .. import reporting
 
-    updated = reporting.replace_between_markers(text, DOC_MARKERS, render_audit_section(read_audit(profile, results_dir),
-                                                                                      profile), doc_path)
+    updated = reporting.replace_between_markers(
+        text, DOC_MARKERS, render_audit_section(read_audit(profile, results_dir), profile), doc_path
+    )
     if updated != text:
         atomic.write_text(doc_path, updated)
     return doc_path

@@ -47,10 +47,16 @@ def grid_rows(dataset: str, profile: str, methods: Sequence[str]) -> list[tuple[
     return rows + [(method, None) for method in methods if method not in reported]
 
 
-def grid_jobs(dataset: str, profile: str, methods: Sequence[str | tuple[str, str | None]], seeds: Sequence[int],
-              device: str = "auto", data_dir: str | None = None,
-              overrides: dict[str, Any] | None = None,
-              method_overrides: dict[str, dict[str, Any]] | None = None) -> list[tuple]:
+def grid_jobs(
+    dataset: str,
+    profile: str,
+    methods: Sequence[str | tuple[str, str | None]],
+    seeds: Sequence[int],
+    device: str = "auto",
+    data_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    method_overrides: dict[str, dict[str, Any]] | None = None,
+) -> list[tuple]:
     """The :func:`run_method` arguments of every run of :func:`run_grid`, method by method, seed by seed:
     ``(dataset, profile, method, seed, device, data_dir, overrides)``; a method named in
     ``method_overrides`` gets its settings on top of ``overrides``, and a ``(method, backbone)`` pair
@@ -65,8 +71,11 @@ def grid_jobs(dataset: str, profile: str, methods: Sequence[str | tuple[str, str
             settings = {**(overrides or {}), **method_overrides[method]}
         return settings if backbone is None else {**(settings or {}), "backbone": backbone}
 
-    return [(dataset, profile, method, seed, device, data_dir, row_overrides(method, backbone))
-            for method, backbone in pairs for seed in seeds]
+    return [
+        (dataset, profile, method, seed, device, data_dir, row_overrides(method, backbone))
+        for method, backbone in pairs
+        for seed in seeds
+    ]
 
 
 def run_job(job: tuple) -> dict[str, Any]:
@@ -119,8 +128,9 @@ def run_grid(
     return grid_frame(dataset, profile, jobs, records, extra_columns)
 
 
-def run_grids(grids: Sequence[dict[str, Any]], device: str = "auto", progress: bool = True,
-              workers: int | None = None) -> list[pd.DataFrame]:
+def run_grids(
+    grids: Sequence[dict[str, Any]], device: str = "auto", progress: bool = True, workers: int | None = None
+) -> list[pd.DataFrame]:
     """Several :func:`run_grid` calls trained in **one** pool: ``grids`` holds each call's keyword
     arguments (``dataset``, ``profile``, ``methods``, ``seeds`` and any of ``data_dir``,
     ``overrides``, ``method_overrides``, ``extra_columns``); returns one frame per grid, as
@@ -134,8 +144,19 @@ def run_grids(grids: Sequence[dict[str, Any]], device: str = "auto", progress: b
     if len(profiles) != 1:
         raise ValueError(f"run_grids pools runs of one profile; got {sorted(profiles)}")
     profile = profiles.pop()
-    per_grid = [grid_jobs(g["dataset"], g["profile"], g["methods"], g["seeds"], device, g.get("data_dir"),
-                          g.get("overrides"), g.get("method_overrides")) for g in grids]
+    per_grid = [
+        grid_jobs(
+            g["dataset"],
+            g["profile"],
+            g["methods"],
+            g["seeds"],
+            device,
+            g.get("data_dir"),
+            g.get("overrides"),
+            g.get("method_overrides"),
+        )
+        for g in grids
+    ]
     unique: dict[str, int] = {}
     jobs: list[tuple] = []
     for job in (job for grid in per_grid for job in grid):
@@ -146,14 +167,22 @@ def run_grids(grids: Sequence[dict[str, Any]], device: str = "auto", progress: b
     records = train_jobs(jobs, device, profile, workers, progress, desc=f"{len(grids)} grids")
     frames = []
     for grid, grid_job_list in zip(grids, per_grid):
-        mine = {index: records[unique[json.dumps(job, sort_keys=True, default=str)]]
-                for index, job in enumerate(grid_job_list)}
+        mine = {
+            index: records[unique[json.dumps(job, sort_keys=True, default=str)]]
+            for index, job in enumerate(grid_job_list)
+        }
         frames.append(grid_frame(grid["dataset"], profile, grid_job_list, mine, grid.get("extra_columns")))
     return frames
 
 
-def train_jobs(jobs: Sequence[tuple], device: str = "auto", profile: str = "quick", workers: int | None = None,
-               progress: bool = True, desc: str = "runs") -> dict[int, dict[str, Any]]:
+def train_jobs(
+    jobs: Sequence[tuple],
+    device: str = "auto",
+    profile: str = "quick",
+    workers: int | None = None,
+    progress: bool = True,
+    desc: str = "runs",
+) -> dict[int, dict[str, Any]]:
     """Train (or read from the memo) every :func:`run_method` job; ``{job index: run record}``.
     ``workers`` > 1 trains that many at once in spawned processes. Before they start, this process
     builds the data and feature caches of each distinct input (:func:`cmp_utils.training.prepare_inputs`,
@@ -207,15 +236,29 @@ def distinct_inputs(jobs: Sequence[tuple]) -> list[Any]:
     return list(chosen.values())
 
 
-def grid_frame(dataset: str, profile: str, jobs: Sequence[tuple], records: dict[int, dict[str, Any]],
-               extra_columns: dict[str, Any] | None = None) -> pd.DataFrame:
+def grid_frame(
+    dataset: str,
+    profile: str,
+    jobs: Sequence[tuple],
+    records: dict[int, dict[str, Any]],
+    extra_columns: dict[str, Any] | None = None,
+) -> pd.DataFrame:
     """The tidy rows of a grid's runs (:func:`run_grid`'s return value) from their records."""
     rows = []
     for index, (_, _, method, seed, *_rest) in enumerate(jobs):
         record = records[index]
         for row in record["rows"]:
-            rows.append({"dataset": dataset, "method": method, "backbone": record["settings"]["backbone"],
-                         "seed": seed, "seconds": record["seconds"], "run_key": record["key"],  # the run's folder name
-                         **(extra_columns or {}), **row})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "method": method,
+                    "backbone": record["settings"]["backbone"],
+                    "seed": seed,
+                    "seconds": record["seconds"],
+                    "run_key": record["key"],  # the run's folder name
+                    **(extra_columns or {}),
+                    **row,
+                }
+            )
     frame = attach_paper_values(pd.DataFrame(rows))
     return attach_ceiling(frame, profile) if profile in config.SYNTHETIC_PROFILES else frame

@@ -26,8 +26,9 @@ DATASET = "cuhk_pedes"
 METHODS = ("CMPM", "CMPM+CMPC")
 
 
-def headline_frame(profile: str, seed: int = 0, device: str = "auto", data_dir: str | None = None,
-                   weights_path: str | None = None) -> pd.DataFrame:
+def headline_frame(
+    profile: str, seed: int = 0, device: str = "auto", data_dir: str | None = None, weights_path: str | None = None
+) -> pd.DataFrame:
     """Train (or reuse) and score the two headline runs; one row per (method, metric) with ``paper`` values."""
     from . import runner
     from ..evaluation import paper
@@ -39,8 +40,16 @@ def headline_frame(profile: str, seed: int = 0, device: str = "auto", data_dir: 
         backbone = record["settings"]["backbone"]
         for row in record["rows"]:
             cell = paper.paper_cell(DATASET, method, row["metric"], row["direction"], backbone=backbone)
-            rows.append({"method": method, "backbone": backbone, "seed": seed, **row,
-                         "paper": None if cell is None else cell["value"], "run_dir": record["run_dir"]})
+            rows.append(
+                {
+                    "method": method,
+                    "backbone": backbone,
+                    "seed": seed,
+                    **row,
+                    "paper": None if cell is None else cell["value"],
+                    "run_dir": record["run_dir"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -52,7 +61,9 @@ def write_headline(profile: str, frame: pd.DataFrame, results_dir: str | Path | 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cmp_utils.experiments.headline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m cmp_utils.experiments.headline", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--profile", default="paper", choices=config.PROFILES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")

@@ -59,8 +59,9 @@ def relative_drop(recall: pd.DataFrame, over: str = "batch_size") -> pd.DataFram
 # ---------------------------------------------------------------------------------------------
 
 
-def cosine_statistics(image_embeddings: torch.Tensor, image_labels: torch.Tensor, text_embeddings: torch.Tensor,
-                      text_labels: torch.Tensor) -> dict[str, float]:
+def cosine_statistics(
+    image_embeddings: torch.Tensor, image_labels: torch.Tensor, text_embeddings: torch.Tensor, text_labels: torch.Tensor
+) -> dict[str, float]:
     """How well the cross-modal cosine similarity separates identities; every image-text pair counts once.
 
     ``image_embeddings`` (N_I, d), ``text_embeddings`` (N_T, d). Returns the mean cosine of matching
@@ -76,8 +77,13 @@ def cosine_statistics(image_embeddings: torch.Tensor, image_labels: torch.Tensor
     matching, other = cosine[same], cosine[~same]  # (P,), (Q,)
     intra, inter = float(matching.mean()), float(other.mean())
     pooled = math.sqrt((float(matching.var()) + float(other.var())) / 2.0)
-    return {"intra_cosine": intra, "inter_cosine": inter, "cosine_gap": intra - inter,
-            "separation_auc": separation_auc(matching, other), "d_prime": (intra - inter) / pooled if pooled > 0 else float("nan")}
+    return {
+        "intra_cosine": intra,
+        "inter_cosine": inter,
+        "cosine_gap": intra - inter,
+        "separation_auc": separation_auc(matching, other),
+        "d_prime": (intra - inter) / pooled if pooled > 0 else float("nan"),
+    }
 
 
 def separation_auc(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> float:
@@ -110,8 +116,18 @@ def pick_identities(labels: torch.Tensor, count: int, seed: int = 0) -> list[int
 # ---------------------------------------------------------------------------------------------
 
 #: The settings a notebook shows before it trains (:func:`settings_preview`).
-PREVIEWED_SETTINGS = ("backbone", "feature_mode", "batch_size", "epochs", "lr", "embedding_dim", "hidden_size",
-                      "image_size", "pool_grid", "ema_decay")
+PREVIEWED_SETTINGS = (
+    "backbone",
+    "feature_mode",
+    "batch_size",
+    "epochs",
+    "lr",
+    "embedding_dim",
+    "hidden_size",
+    "image_size",
+    "pool_grid",
+    "ema_decay",
+)
 
 
 @dataclasses.dataclass
@@ -124,10 +140,21 @@ class NotebookSetup:
     params: dict[str, Any]  # what params.yaml records
 
 
-def notebook_setup(experiment: str, profile: str, dataset: str, seed: int, num_seeds: int, device: str,
-                   data_dir: str, methods: Sequence[str], pretrained: bool, weights_path: str,
-                   overrides: dict[str, Any], varied: Sequence[str] = ("losses", "seed"),
-                   **extra_params: Any) -> NotebookSetup:
+def notebook_setup(
+    experiment: str,
+    profile: str,
+    dataset: str,
+    seed: int,
+    num_seeds: int,
+    device: str,
+    data_dir: str,
+    methods: Sequence[str],
+    pretrained: bool,
+    weights_path: str,
+    overrides: dict[str, Any],
+    varied: Sequence[str] = ("losses", "seed"),
+    **extra_params: Any,
+) -> NotebookSetup:
     """The set-up of an experiment notebook from its parameters: the profile checked, the runs' setting
     overrides, the seeds (one in the smoke profile, else ``num_seeds`` from ``seed``), the results folder and
     the ``params.yaml`` record (the parameters, ``extra_params``, then
@@ -137,8 +164,15 @@ def notebook_setup(experiment: str, profile: str, dataset: str, seed: int, num_s
     config.check_profile(profile)
     run_overrides = {"pretrained": pretrained, "weights_path": weights_path or None, **overrides}
     seeds = [seed + offset for offset in range(1 if profile == "smoke" else num_seeds)]
-    params = {"profile": profile, "seeds": seeds, "device": device, "data_dir": data_dir, "overrides": run_overrides,
-              "methods": methods, **extra_params}
+    params = {
+        "profile": profile,
+        "seeds": seeds,
+        "device": device,
+        "data_dir": data_dir,
+        "overrides": run_overrides,
+        "methods": methods,
+        **extra_params,
+    }
     params.update(reporting.training_settings(profile, dataset, run_overrides, varied=tuple(varied)))
     return NotebookSetup(run_overrides, seeds, config.results_dir() / experiment / profile, params)
 
@@ -150,17 +184,30 @@ def settings_preview(settings: Any) -> pd.Series:
     return pd.Series({key: value for key, value in values.items() if key in PREVIEWED_SETTINGS}, name=settings.dataset)
 
 
-def table_claims(results: pd.DataFrame, tables: Sequence[str], better: str = "CMPM+CMPC", worse: str = "CMPM",
-                 metric: str = "R@1") -> list[dict[str, Any]]:
+def table_claims(
+    results: pd.DataFrame, tables: Sequence[str], better: str = "CMPM+CMPC", worse: str = "CMPM", metric: str = "R@1"
+) -> list[dict[str, Any]]:
     """The claims "``better`` > ``worse``" (:func:`cmp_utils.evaluation.claims.paired_claim`) per retrieval table and
     direction, on every backbone that trained both methods (each claim names its backbone when the
     results hold several): the claims of the image-text notebooks (06 Flickr30K, 07 MSCOCO)."""
     from ..evaluation import claims
 
     several = results["backbone"].nunique() > 1
-    return [dict(claims.paired_claim(results[results["backbone"] == backbone], better, worse, metric, direction,
-                                     table=table, claim=f"{table}: {better} > {worse} ({direction} {metric}"
-                                     + (f", {backbone})" if several else ")")),
-                 table=table, **({"backbone": backbone} if several else {}))
-            for backbone in comparable_backbones(results, better, worse)
-            for table in tables for direction in ("i2t", "t2i")]
+    return [
+        dict(
+            claims.paired_claim(
+                results[results["backbone"] == backbone],
+                better,
+                worse,
+                metric,
+                direction,
+                table=table,
+                claim=f"{table}: {better} > {worse} ({direction} {metric}" + (f", {backbone})" if several else ")"),
+            ),
+            table=table,
+            **({"backbone": backbone} if several else {}),
+        )
+        for backbone in comparable_backbones(results, better, worse)
+        for table in tables
+        for direction in ("i2t", "t2i")
+    ]

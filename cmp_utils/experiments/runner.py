@@ -62,9 +62,19 @@ def method_losses(method: str) -> tuple[str, ...]:
 
 #: The modules whose code decides a run's numbers (benchmarks, reports and notebook tooling do not), as
 #: patterns under ``cmp_utils/``.
-RESULT_MODULES = ("core/config.py", "core/numerics.py", "data/**/*.py", "models/*.py", "losses/*.py", "training/*.py",
-                  "evaluation/evaluate.py", "evaluation/metrics.py", "experiments/runner.py",
-                  "experiments/grid_runs.py", "experiments/notebook.py")
+RESULT_MODULES = (
+    "core/config.py",
+    "core/numerics.py",
+    "data/**/*.py",
+    "models/*.py",
+    "losses/*.py",
+    "training/*.py",
+    "evaluation/evaluate.py",
+    "evaluation/metrics.py",
+    "experiments/runner.py",
+    "experiments/grid_runs.py",
+    "experiments/notebook.py",
+)
 
 
 def _code_fingerprint() -> str:
@@ -83,8 +93,12 @@ def run_key(settings: dict[str, Any], content_fingerprint: str = "") -> str:
     image or annotation file or weights file trains again instead of reusing a stale result; and the
     CPU numerics (:func:`cmp_utils.core.numerics.fingerprint`), so a run made unpinned is never reused pinned."""
     relevant = {k: v for k, v in settings.items() if k not in ("output_dir", "progress", "resume", "device")}
-    text = (json.dumps(relevant, sort_keys=True, default=str) + _code_fingerprint() + content_fingerprint
-            + numerics.fingerprint())
+    text = (
+        json.dumps(relevant, sort_keys=True, default=str)
+        + _code_fingerprint()
+        + content_fingerprint
+        + numerics.fingerprint()
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -98,13 +112,29 @@ def input_fingerprint(cfg: Any) -> str:
     return hashlib.sha256("|".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _job_config(dataset: str, profile: str, method: str, seed: int, device: str, data_dir: str | None,
-                overrides: dict[str, Any] | None) -> Any:
+def _job_config(
+    dataset: str,
+    profile: str,
+    method: str,
+    seed: int,
+    device: str,
+    data_dir: str | None,
+    overrides: dict[str, Any] | None,
+) -> Any:
     """The TrainConfig of a :func:`run_method` job (the test split is scored by run_method itself)."""
     from .. import training
 
-    return training.make_config(profile, dataset, losses=method_losses(method), seed=seed, device=device,
-                             data_dir=data_dir or None, progress=False, evaluate_test=False, **(overrides or {}))
+    return training.make_config(
+        profile,
+        dataset,
+        losses=method_losses(method),
+        seed=seed,
+        device=device,
+        data_dir=data_dir or None,
+        progress=False,
+        evaluate_test=False,
+        **(overrides or {}),
+    )
 
 
 def _run_location(cfg: Any, inputs: str | None = None) -> tuple[str, str, Path]:
@@ -181,8 +211,13 @@ def protocol_metrics(
 MACHINE_LOCAL_SETTINGS = ("data_dir", "cache_dir", "weights_path", "output_dir")
 
 
-def load_trained(run_dir: str | Path, device: str | torch.device = "cpu", data_dir: str | None = None,
-                 cache_dir: str | None = None, weights_path: str | None = None):
+def load_trained(
+    run_dir: str | Path,
+    device: str | torch.device = "cpu",
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+    weights_path: str | None = None,
+):
     """Rebuild a finished run from its folder: ``(model with the tested weights, prepared data,
     cached image features by split, TrainConfig)``. The tested weights are those ``checkpoint_choice``
     names (:func:`cmp_utils.training.selected_checkpoint`). The model is in eval mode on ``device``.
@@ -210,14 +245,24 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "cpu", data_d
     known = {field.name for field in dataclasses.fields(training.TrainConfig)}
     settings = {k: v for k, v in settings.items() if k in known}
     if settings.get("weights_path") and weights_path is None:
-        warnings.warn(f"{params_path}: the run was trained with weights_path={settings['weights_path']!r} (a path on "
-                      f"the machine that made it, not used here); pass weights_path= this machine's copy of that "
-                      f"file, or the rebuilt image branch differs from the run's", stacklevel=2)
+        warnings.warn(
+            f"{params_path}: the run was trained with weights_path={settings['weights_path']!r} (a path on "
+            f"the machine that made it, not used here); pass weights_path= this machine's copy of that "
+            f"file, or the rebuilt image branch differs from the run's",
+            stacklevel=2,
+        )
     settings.update(data_dir=data_dir, cache_dir=cache_dir, weights_path=weights_path, output_dir=None)
     cfg = training.resolve_weights_path(training.as_config(settings))
     resolved = config.resolve_device(device)
-    prepared = data.prepare_dataset(cfg.dataset, cfg.profile, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir,
-                                    seed=cfg.data_seed, image_size=cfg.image_size, **data.recipe_options(cfg))
+    prepared = data.prepare_dataset(
+        cfg.dataset,
+        cfg.profile,
+        data_dir=cfg.data_dir,
+        cache_dir=cfg.cache_dir,
+        seed=cfg.data_seed,
+        image_size=cfg.image_size,
+        **data.recipe_options(cfg),
+    )
     features: dict[str, torch.Tensor] = {}
     if cfg.feature_mode == "cached":
         for split in {prepared.validation_split, prepared.test_split} - {None}:
@@ -236,8 +281,13 @@ def record_paths(record: dict[str, Any]) -> dict[str, Any]:
     return {name: settings.get(name) for name in ("data_dir", "cache_dir", "weights_path")}
 
 
-def test_embeddings(run_dir: str | Path, device: str | torch.device = "cpu", data_dir: str | None = None,
-                    cache_dir: str | None = None, weights_path: str | None = None) -> tuple[torch.Tensor, ...]:
+def test_embeddings(
+    run_dir: str | Path,
+    device: str | torch.device = "cpu",
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+    weights_path: str | None = None,
+) -> tuple[torch.Tensor, ...]:
     """Embeddings of the test split by the tested (EMA) weights of the run in ``run_dir``.
 
     Returns ``(image_embeddings, image_labels, text_embeddings, text_labels)`` (see
@@ -248,8 +298,9 @@ def test_embeddings(run_dir: str | Path, device: str | torch.device = "cpu", dat
     model, prepared, features, cfg = load_trained(run_dir, device, data_dir, cache_dir, weights_path)
     split = prepared.test_split
     with config.torch_threads(cfg.num_threads):  # the run's own thread count, as in training
-        return evaluate.encode(model, prepared, split, config.resolve_device(device), cfg.eval_batch_size,
-                               features.get(split))
+        return evaluate.encode(
+            model, prepared, split, config.resolve_device(device), cfg.eval_batch_size, features.get(split)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,8 +340,9 @@ def run_method(
     cfg.resume = False
     result = training.fit(cfg)
     with config.torch_threads(cfg.num_threads):  # scored with the run's thread count wherever it runs
-        rows = protocol_metrics(dataset, *test_embeddings(run_dir, device, cfg.data_dir, cfg.cache_dir,
-                                                          cfg.weights_path))
+        rows = protocol_metrics(
+            dataset, *test_embeddings(run_dir, device, cfg.data_dir, cfg.cache_dir, cfg.weights_path)
+        )
     record = {
         "key": key,
         "input_fingerprint": inputs,
@@ -311,24 +363,37 @@ def attach_ceiling(frame: pd.DataFrame, profile: str) -> pd.DataFrame:
     direction and metric on the synthetic test set of ``profile``; NaN where none."""
     from ..evaluation import ceiling
 
-    parts = [ceiling.dataset_ceiling(name, profile) for name in frame["dataset"].unique()
-             if name in ceiling.DATASETS_WITH_CEILING]
+    parts = [
+        ceiling.dataset_ceiling(name, profile)
+        for name in frame["dataset"].unique()
+        if name in ceiling.DATASETS_WITH_CEILING
+    ]
     if not parts:
         return frame.assign(ceiling=float("nan"))
     table = pd.concat(parts).rename(columns={"value": "ceiling", "dataset": "ceiling_of"})
     ceiling_of = frame["dataset"]
     if "table" in frame:
         ceiling_of = frame["table"].where(frame["table"].isin(set(table["ceiling_of"])), frame["dataset"])
-    return (frame.drop(columns=["ceiling"], errors="ignore").assign(ceiling_of=ceiling_of)
-            .merge(table, on=["ceiling_of", "direction", "metric"], how="left").drop(columns="ceiling_of"))
+    return (
+        frame.drop(columns=["ceiling"], errors="ignore")
+        .assign(ceiling_of=ceiling_of)
+        .merge(table, on=["ceiling_of", "direction", "metric"], how="left")
+        .drop(columns="ceiling_of")
+    )
 
 
 #: Method label of a converted checkpoint's rows (:func:`score_checkpoint`).
 CONVERTED_METHOD = "converted checkpoint"
 
 
-def score_checkpoint(path: str | Path, dataset: str, profile: str, device: str = "auto", data_dir: str | None = None,
-                     overrides: dict[str, Any] | None = None) -> pd.DataFrame:
+def score_checkpoint(
+    path: str | Path,
+    dataset: str,
+    profile: str,
+    device: str = "auto",
+    data_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> pd.DataFrame:
     """Score a converted ``cmpm_model`` file (``python -m cmp_utils.tools.convert_tf CHECKPOINT OUT.pt
     --kind cmpm_model``, e.g. the authors' trained model) on the test split of ``dataset`` with
     its protocol, without training.
@@ -343,14 +408,29 @@ def score_checkpoint(path: str | Path, dataset: str, profile: str, device: str =
     from ..models import tf_checkpoint
 
     settings = training.make_config(profile, dataset, **(overrides or {}))
-    prepared = data.prepare_dataset(dataset, profile, data_dir=data_dir or None, cache_dir=settings.cache_dir,
-                                    seed=settings.data_seed, image_size=settings.image_size)
+    prepared = data.prepare_dataset(
+        dataset,
+        profile,
+        data_dir=data_dir or None,
+        cache_dir=settings.cache_dir,
+        seed=settings.data_seed,
+        image_size=settings.image_size,
+    )
     resolved = config.resolve_device(device)
     model = tf_checkpoint.load_converted_model(path, prepared.vocabulary).to(resolved)
     embeddings = evaluate.encode(model, prepared, prepared.test_split, resolved, settings.eval_batch_size)
     backbone = type(model.image_encoder.backbone).__name__
-    rows = [{"dataset": dataset, "method": CONVERTED_METHOD, "backbone": backbone, "seed": 0, "checkpoint": str(path),
-             **row} for row in protocol_metrics(dataset, *embeddings)]
+    rows = [
+        {
+            "dataset": dataset,
+            "method": CONVERTED_METHOD,
+            "backbone": backbone,
+            "seed": 0,
+            "checkpoint": str(path),
+            **row,
+        }
+        for row in protocol_metrics(dataset, *embeddings)
+    ]
     return attach_paper_values(pd.DataFrame(rows))
 
 
@@ -382,8 +462,13 @@ def summarise(frame: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFr
 # ---------------------------------------------------------------------------------------------
 
 
-def save_experiment(out_dir: str | Path, frame: pd.DataFrame, params: dict[str, Any],
-                    figures: dict[str, Any] | None = None, claims: Sequence[dict[str, Any]] = ()) -> list[Path]:
+def save_experiment(
+    out_dir: str | Path,
+    frame: pd.DataFrame,
+    params: dict[str, Any],
+    figures: dict[str, Any] | None = None,
+    claims: Sequence[dict[str, Any]] = (),
+) -> list[Path]:
     """Write ``metrics.csv`` (tidy), ``summary.csv``, ``claims.csv`` (the notebook's claims as one
     Holm-adjusted family, :func:`cmp_utils.evaluation.claims.claims_frame`), ``params.yaml`` and each figure
     as PNG and SVG as the new content of ``out_dir``, all together. Returns the paths written.

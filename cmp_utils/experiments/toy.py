@@ -27,8 +27,15 @@ def toy_start(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return images, texts, labels
 
 
-def train_toy(loss_fn: LossFunction, images: torch.Tensor, texts: torch.Tensor, labels: torch.Tensor, steps: int,
-              lr: float = 0.05, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+def train_toy(
+    loss_fn: LossFunction,
+    images: torch.Tensor,
+    texts: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    lr: float = 0.05,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Adam (``lr``) on the points themselves for ``steps`` steps, one torch thread (tiny tensors).
 
     Returns the trained ``(images, texts)``, each ``(12, 2)``, and the loss before each step."""

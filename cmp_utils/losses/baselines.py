@@ -11,8 +11,14 @@ from .cmpc import _classify_both
 from .common import NORM_EPS, _check_pair, _check_weight, _compute_dtype, _full_precision, match_mask
 
 
-def softmax_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor,
-                 weight: torch.Tensor, bias: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
+def softmax_loss(
+    image_embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """Plain softmax (identity classification) baseline on the raw features of both modalities.
 
     $\\mathrm{CE}(x_i^\\top W + b,\\ y_i) + \\mathrm{CE}(z_i^\\top W + b,\\ y_i)$, means over the batch;
@@ -25,12 +31,24 @@ def softmax_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, 
     _check_weight(weight, image_embeddings.shape[1], "softmax_loss")
     dtype = _compute_dtype(image_embeddings, text_embeddings, weight)
     with _full_precision(image_embeddings):
-        return _classify_both(image_embeddings.to(dtype), text_embeddings.to(dtype), labels, weight.to(dtype),
-                              None if bias is None else bias.to(dtype), label_smoothing)
+        return _classify_both(
+            image_embeddings.to(dtype),
+            text_embeddings.to(dtype),
+            labels,
+            weight.to(dtype),
+            None if bias is None else bias.to(dtype),
+            label_smoothing,
+        )
 
 
-def norm_softmax_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor,
-                      weight: torch.Tensor, temperature: float = 1.0, label_smoothing: float = 0.0) -> torch.Tensor:
+def norm_softmax_loss(
+    image_embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    temperature: float = 1.0,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """Norm-softmax baseline: columns of $W$ L2-normalised, no bias, raw features, both modalities.
 
     $\\mathrm{CE}(x_i^\\top \\bar W / \\tau,\\ y_i) + \\mathrm{CE}(z_i^\\top \\bar W / \\tau,\\ y_i)$ -- the
@@ -47,8 +65,9 @@ def norm_softmax_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Ten
     dtype = _compute_dtype(image_embeddings, text_embeddings, weight)
     with _full_precision(image_embeddings):
         unit_weight = F.normalize(weight.to(dtype), dim=0, eps=NORM_EPS) / temperature  # (d, C)
-        return _classify_both(image_embeddings.to(dtype), text_embeddings.to(dtype), labels, unit_weight, None,
-                              label_smoothing)
+        return _classify_both(
+            image_embeddings.to(dtype), text_embeddings.to(dtype), labels, unit_weight, None, label_smoothing
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,8 +75,13 @@ def norm_softmax_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Ten
 # ---------------------------------------------------------------------------------------------
 
 
-def ranking_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor,
-                 margin: float = 0.2, hardest: bool = False) -> torch.Tensor:
+def ranking_loss(
+    image_embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 0.2,
+    hardest: bool = False,
+) -> torch.Tensor:
     """Bidirectional ranking (triplet) loss on cosine similarity; VSE++ with ``hardest=True``.
 
     With $s_{ij} = \\bar x_i^\\top \\bar z_j$ and negatives $N_i = \\{j : \\text{label}_j \\ne \\text{label}_i\\}$
@@ -129,10 +153,14 @@ class CMCELoss(nn.Module):
         self.register_buffer("image_buffer", torch.zeros(num_classes, embedding_dim))  # V: (C, d)
         self.register_buffer("text_buffer", torch.zeros(num_classes, embedding_dim))  # S: (C, d)
 
-    def forward(self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         _check_pair(image_embeddings, text_embeddings, labels, "CMCELoss")
         if image_embeddings.shape[1] != self.embedding_dim:
-            raise ValueError(f"CMCELoss: embeddings have dim {image_embeddings.shape[1]}, the buffers {self.embedding_dim}")
+            raise ValueError(
+                f"CMCELoss: embeddings have dim {image_embeddings.shape[1]}, the buffers {self.embedding_dim}"
+            )
         dtype = _compute_dtype(image_embeddings, text_embeddings)
         with _full_precision(image_embeddings):
             images = F.normalize(image_embeddings.to(dtype), dim=1, eps=NORM_EPS)  # (n, d)
@@ -161,5 +189,7 @@ class CMCELoss(nn.Module):
             setattr(self, name, buffer.index_copy(0, present, rows))
 
     def extra_repr(self) -> str:
-        return (f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, "
-                f"temperature={self.temperature}, momentum={self.momentum}")
+        return (
+            f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, "
+            f"temperature={self.temperature}, momentum={self.momentum}"
+        )

@@ -13,20 +13,32 @@ from .common import NORM_EPS, _check_pair, _check_weight, _compute_dtype, _full_
 # ---------------------------------------------------------------------------------------------
 
 
-def _classify_both(image_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor,
-                   weight: torch.Tensor, bias: torch.Tensor | None, label_smoothing: float) -> torch.Tensor:
+def _classify_both(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    label_smoothing: float,
+) -> torch.Tensor:
     """$\\mathrm{CE}(\\text{image} \\cdot W + b) + \\mathrm{CE}(\\text{text} \\cdot W + b)$, each averaged over the batch."""
     labels = labels.long()
     image_logits = image_features @ weight  # (n, C)
     text_logits = text_features @ weight  # (n, C)
     if bias is not None:
         image_logits, text_logits = image_logits + bias, text_logits + bias
-    return (F.cross_entropy(image_logits, labels, label_smoothing=label_smoothing)
-            + F.cross_entropy(text_logits, labels, label_smoothing=label_smoothing))
+    return F.cross_entropy(image_logits, labels, label_smoothing=label_smoothing) + F.cross_entropy(
+        text_logits, labels, label_smoothing=label_smoothing
+    )
 
 
-def cmpc_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor,
-              weight: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+def cmpc_loss(
+    image_embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """Cross-Modal Projection Classification loss, $\\mathcal L_{cmpc} = \\mathcal L_{ipt} + \\mathcal L_{tpi}$.
 
     A norm-softmax (columns of $W$ L2-normalised, no bias, no scale) applied to cross-modal
@@ -61,12 +73,16 @@ class CMPCClassifier(nn.Module):
     def __init__(self, embedding_dim: int, num_classes: int, label_smoothing: float = 0.0):
         super().__init__()
         if embedding_dim < 1 or num_classes < 1:
-            raise ValueError(f"CMPCClassifier: embedding_dim ({embedding_dim}) and num_classes ({num_classes}) must be >= 1")
+            raise ValueError(
+                f"CMPCClassifier: embedding_dim ({embedding_dim}) and num_classes ({num_classes}) must be >= 1"
+            )
         self.embedding_dim, self.num_classes, self.label_smoothing = embedding_dim, num_classes, label_smoothing
         self.weight = nn.Parameter(torch.empty(embedding_dim, num_classes))  # (d, C)
         nn.init.xavier_uniform_(self.weight)
 
-    def forward(self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         return cmpc_loss(image_embeddings, text_embeddings, labels, self.weight, self.label_smoothing)
 
     def extra_repr(self) -> str:

@@ -8,7 +8,9 @@ import torch
 from .common import _check_pair, _compute_dtype, _full_precision, scalar_projection, true_distribution
 
 
-def compatibility_distribution(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def compatibility_distribution(
+    image_embeddings: torch.Tensor, text_embeddings: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The two compatibility distributions of CMPM, each ``(n, n)`` with rows summing to one.
 
     $p_{ij} = \\mathrm{softmax}_j(x_i^\\top \\bar z_j)$ (image to text) and
@@ -17,8 +19,10 @@ def compatibility_distribution(image_embeddings: torch.Tensor, text_embeddings: 
     dtype = _compute_dtype(image_embeddings, text_embeddings)
     with _full_precision(image_embeddings):
         images, texts = image_embeddings.to(dtype), text_embeddings.to(dtype)
-        return (torch.softmax(scalar_projection(images, texts), dim=1),
-                torch.softmax(scalar_projection(texts, images), dim=1))
+        return (
+            torch.softmax(scalar_projection(images, texts), dim=1),
+            torch.softmax(scalar_projection(texts, images), dim=1),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -26,7 +30,9 @@ def compatibility_distribution(image_embeddings: torch.Tensor, text_embeddings: 
 # ---------------------------------------------------------------------------------------------
 
 
-def _cmpm_direction(queries: torch.Tensor, gallery: torch.Tensor, target_q: torch.Tensor, epsilon: float) -> torch.Tensor:
+def _cmpm_direction(
+    queries: torch.Tensor, gallery: torch.Tensor, target_q: torch.Tensor, epsilon: float
+) -> torch.Tensor:
     """$\\frac1n \\sum_i \\sum_j p_{ij} \\log\\big(\\epsilon + p_{ij} / (q_{ij} + \\epsilon)\\big)$ for one direction."""
     logits = scalar_projection(queries, gallery)  # (n, n): x_i . z_bar_j
     p = torch.softmax(logits, dim=1)  # (n, n) compatibility distribution
@@ -34,9 +40,14 @@ def _cmpm_direction(queries: torch.Tensor, gallery: torch.Tensor, target_q: torc
     return kl_terms.sum(dim=1).mean()
 
 
-def cmpm_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor,
-              epsilon: float = 1e-8, target: str = "l1", return_directions: bool = False
-              ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def cmpm_loss(
+    image_embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    epsilon: float = 1e-8,
+    target: str = "l1",
+    return_directions: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Cross-Modal Projection Matching loss, $\\mathcal L_{cmpm} = \\mathcal L_{i2t} + \\mathcal L_{t2i}$.
 
     As the released code computes it (``modules.py``), for a batch of $n$ pairs:

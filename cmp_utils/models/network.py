@@ -89,12 +89,18 @@ def release_joint_embedding_stddev(backbone: str, input_dim: int) -> float:
         factor, truncation_correction = RESNET_VARIANCE_SCALING
         return (truncation_correction * factor / input_dim) ** 0.5
     return MOBILENET_V1_INIT_STDDEV
+
+
 #: TF-slim batch norm (epsilon, decay) of the release's backbones' arg_scopes, which also cover the
 #: joint-embedding convolutions: MobileNet v1 ``mobilenet_v1_arg_scope`` and ResNet v1
 #: ``resnet_arg_scope``. Backbones the release never used take the MobileNet v1 values (its
 #: CUHK-PEDES setting). PyTorch's ``momentum`` is ``1 - decay``.
-TF_BATCH_NORM = {"mobilenet_v1": (1e-3, 0.9997), "resnet152": (1e-5, 0.997), "mobilenet_v1_tf": (1e-3, 0.9997),
-                 "resnet152_slim": (1e-5, 0.997)}
+TF_BATCH_NORM = {
+    "mobilenet_v1": (1e-3, 0.9997),
+    "resnet152": (1e-5, 0.997),
+    "mobilenet_v1_tf": (1e-3, 0.9997),
+    "resnet152_slim": (1e-5, 0.997),
+}
 PYTORCH_BATCH_NORM = (1e-5, 0.1)  # nn.BatchNorm default (eps, momentum)
 
 
@@ -119,8 +125,15 @@ class JointEmbedding(nn.Module):
     ``nn.Linear``'s default uniform(+-1/sqrt(input_dim)) (option ``joint_embedding_init="pytorch"``).
     """
 
-    def __init__(self, input_dim: int, embedding_dim: int = 512, kind: str = "linear_bn", eps: float = 1e-5,
-                 momentum: float = 0.1, init_stddev: float | None = None):
+    def __init__(
+        self,
+        input_dim: int,
+        embedding_dim: int = 512,
+        kind: str = "linear_bn",
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        init_stddev: float | None = None,
+    ):
         super().__init__()
         _check_choice("joint_embedding", kind, JOINT_EMBEDDINGS)
         self.kind = kind
@@ -128,8 +141,9 @@ class JointEmbedding(nn.Module):
         if init_stddev is not None:
             with torch.no_grad():
                 truncated_normal_(self.projection.weight, init_stddev)
-        self.batch_norm: nn.Module = (nn.BatchNorm1d(embedding_dim, eps=eps, momentum=momentum)
-                                      if kind == "linear_bn" else nn.Identity())
+        self.batch_norm: nn.Module = (
+            nn.BatchNorm1d(embedding_dim, eps=eps, momentum=momentum) if kind == "linear_bn" else nn.Identity()
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(batch, input_dim) -> (batch, embedding_dim)."""
@@ -156,20 +170,35 @@ class CrossModalModel(nn.Module):
     (:meth:`averaged_tensor_names`; :class:`cmp_utils.training.WeightAverage` reads it).
     """
 
-    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, embedding_dim: int = 512,
-                 joint_embedding: str = "linear_bn", bn_eps: float = 1e-5, bn_momentum: float = 0.1,
-                 ema_scope: str = "release", joint_init_backbone: str | None = None):
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        text_encoder: nn.Module,
+        embedding_dim: int = 512,
+        joint_embedding: str = "linear_bn",
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+        ema_scope: str = "release",
+        joint_init_backbone: str | None = None,
+    ):
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         # joint_init_backbone: draw both projections as the release under that backbone's arg_scope; None: nn.Linear's
-        image_stddev, text_stddev = ((release_joint_embedding_stddev(joint_init_backbone, image_encoder.output_dim),
-                                      release_joint_embedding_stddev(joint_init_backbone, text_encoder.output_dim))
-                                     if joint_init_backbone is not None else (None, None))
-        self.image_embedding = JointEmbedding(image_encoder.output_dim, embedding_dim, joint_embedding, bn_eps,
-                                              bn_momentum, image_stddev)
-        self.text_embedding = JointEmbedding(text_encoder.output_dim, embedding_dim, joint_embedding, bn_eps,
-                                             bn_momentum, text_stddev)
+        image_stddev, text_stddev = (
+            (
+                release_joint_embedding_stddev(joint_init_backbone, image_encoder.output_dim),
+                release_joint_embedding_stddev(joint_init_backbone, text_encoder.output_dim),
+            )
+            if joint_init_backbone is not None
+            else (None, None)
+        )
+        self.image_embedding = JointEmbedding(
+            image_encoder.output_dim, embedding_dim, joint_embedding, bn_eps, bn_momentum, image_stddev
+        )
+        self.text_embedding = JointEmbedding(
+            text_encoder.output_dim, embedding_dim, joint_embedding, bn_eps, bn_momentum, text_stddev
+        )
         self.embedding_dim = embedding_dim
         self.ema_scope = _check_choice("ema_scope", ema_scope, EMA_SCOPES)
 
@@ -185,8 +214,11 @@ class CrossModalModel(nn.Module):
         scope = _check_choice("ema_scope", scope or self.ema_scope, EMA_SCOPES)
         if scope == "all":
             return [name for name, _ in self.named_parameters()]
-        return [name for name, tensor in self.state_dict(keep_vars=True).items()
-                if name.startswith(RELEASE_EMA_PREFIXES) and tensor.is_floating_point()]
+        return [
+            name
+            for name, tensor in self.state_dict(keep_vars=True).items()
+            if name.startswith(RELEASE_EMA_PREFIXES) and tensor.is_floating_point()
+        ]
 
     @property
     def takes_features(self) -> bool:
@@ -214,16 +246,33 @@ class CrossModalModel(nn.Module):
         return self.embed_images(images), self.embed_texts(token_ids, lengths)
 
 
-def build_model(vocab_size: int, backbone: str = "mobilenet_v1", embedding_dim: int = 512, word_dim: int = 512,
-                hidden_size: int = 512, dropout: float = 0.3, pad_id: int = 0, padded_steps: str = "exclude",
-                pool_grid: Sequence[int] = (1, 1), weights_path: str | Path | None = None,
-                pretrained: bool = True, cached_feature_dim: int | None = None, *,
-                word_embedding_init: str = "xavier", lstm_init: str = "tf", lstm_backward: str = "time",
-                joint_embedding: str = "linear_bn", bn_style: str = "tf",
-                ema_scope: str = "release", backbone_blocks: int | None = None,
-                joint_embedding_init: str = "release", initial_state_init: str = "glorot", lstm_bias: str = "single",
-                lstm_input_dropout: str = "per_direction",
-                word_embedding_init_rows: int | None = RELEASE_VOCABULARY_ROWS) -> CrossModalModel:
+def build_model(
+    vocab_size: int,
+    backbone: str = "mobilenet_v1",
+    embedding_dim: int = 512,
+    word_dim: int = 512,
+    hidden_size: int = 512,
+    dropout: float = 0.3,
+    pad_id: int = 0,
+    padded_steps: str = "exclude",
+    pool_grid: Sequence[int] = (1, 1),
+    weights_path: str | Path | None = None,
+    pretrained: bool = True,
+    cached_feature_dim: int | None = None,
+    *,
+    word_embedding_init: str = "xavier",
+    lstm_init: str = "tf",
+    lstm_backward: str = "time",
+    joint_embedding: str = "linear_bn",
+    bn_style: str = "tf",
+    ema_scope: str = "release",
+    backbone_blocks: int | None = None,
+    joint_embedding_init: str = "release",
+    initial_state_init: str = "glorot",
+    lstm_bias: str = "single",
+    lstm_input_dropout: str = "per_direction",
+    word_embedding_init_rows: int | None = RELEASE_VOCABULARY_ROWS,
+) -> CrossModalModel:
     """The full CMP network. With ``cached_feature_dim`` the image branch takes cached features.
 
     The keyword options default to the release (see :class:`TextEncoder`, :class:`JointEmbedding`,
@@ -237,10 +286,28 @@ def build_model(vocab_size: int, backbone: str = "mobilenet_v1", embedding_dim: 
         image_encoder: nn.Module = CachedFeatureEncoder(cached_feature_dim)
     else:
         image_encoder = ImageEncoder(build_backbone(backbone, weights_path, pretrained, backbone_blocks), pool_grid)
-    text_encoder = TextEncoder(vocab_size, word_dim, hidden_size, dropout, pad_id, padded_steps,
-                               word_embedding_init=word_embedding_init, lstm_init=lstm_init,
-                               lstm_backward=lstm_backward, initial_state_init=initial_state_init, lstm_bias=lstm_bias,
-                               lstm_input_dropout=lstm_input_dropout,
-                               word_embedding_init_rows=word_embedding_init_rows)
-    return CrossModalModel(image_encoder, text_encoder, embedding_dim, joint_embedding, bn_eps, bn_momentum,
-                           ema_scope, backbone if joint_embedding_init == "release" else None)
+    text_encoder = TextEncoder(
+        vocab_size,
+        word_dim,
+        hidden_size,
+        dropout,
+        pad_id,
+        padded_steps,
+        word_embedding_init=word_embedding_init,
+        lstm_init=lstm_init,
+        lstm_backward=lstm_backward,
+        initial_state_init=initial_state_init,
+        lstm_bias=lstm_bias,
+        lstm_input_dropout=lstm_input_dropout,
+        word_embedding_init_rows=word_embedding_init_rows,
+    )
+    return CrossModalModel(
+        image_encoder,
+        text_encoder,
+        embedding_dim,
+        joint_embedding,
+        bn_eps,
+        bn_momentum,
+        ema_scope,
+        backbone if joint_embedding_init == "release" else None,
+    )

@@ -36,8 +36,9 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     return value
 
 
-def tf_lstm_kernel_to_torch(kernel: torch.Tensor, bias: torch.Tensor, input_size: int,
-                            forget_bias: float = TF_FORGET_BIAS) -> dict[str, torch.Tensor]:
+def tf_lstm_kernel_to_torch(
+    kernel: torch.Tensor, bias: torch.Tensor, input_size: int, forget_bias: float = TF_FORGET_BIAS
+) -> dict[str, torch.Tensor]:
     """TF ``BasicLSTMCell`` variables -> one direction of a PyTorch ``nn.LSTM``.
 
     TF keeps one fused ``kernel`` of shape (input + units, 4·units), rows = [input; hidden],
@@ -49,14 +50,19 @@ def tf_lstm_kernel_to_torch(kernel: torch.Tensor, bias: torch.Tensor, input_size
     """
     units = kernel.shape[1] // 4
     if kernel.shape != (input_size + units, 4 * units) or bias.shape != (4 * units,):
-        raise ValueError(f"TF LSTM kernel {tuple(kernel.shape)} / bias {tuple(bias.shape)} do not fit "
-                         f"input_size={input_size}: expected ({input_size} + units, 4·units) and (4·units,)")
+        raise ValueError(
+            f"TF LSTM kernel {tuple(kernel.shape)} / bias {tuple(bias.shape)} do not fit "
+            f"input_size={input_size}: expected ({input_size} + units, 4·units) and (4·units,)"
+        )
     gate_i, gate_j, gate_f, gate_o = kernel.t().chunk(4, dim=0)  # each (units, input + units)
     bias_i, bias_j, bias_f, bias_o = bias.chunk(4)
     weights = torch.cat([gate_i, gate_f, gate_j, gate_o], dim=0)  # PyTorch order i, f, g, o
-    return {"weight_ih": weights[:, :input_size].contiguous(), "weight_hh": weights[:, input_size:].contiguous(),
-            "bias_ih": torch.cat([bias_i, bias_f + forget_bias, bias_j, bias_o]),
-            "bias_hh": torch.zeros_like(bias)}
+    return {
+        "weight_ih": weights[:, :input_size].contiguous(),
+        "weight_hh": weights[:, input_size:].contiguous(),
+        "bias_ih": torch.cat([bias_i, bias_f + forget_bias, bias_j, bias_o]),
+        "bias_hh": torch.zeros_like(bias),
+    }
 
 
 def tf_lstm_init_(lstm: nn.LSTM) -> nn.LSTM:
@@ -125,19 +131,32 @@ class TextEncoder(nn.Module):
       captions one at a time (batch 1, no padding), so its test features never see padding.
     """
 
-    def __init__(self, vocab_size: int, word_dim: int = 512, hidden_size: int = 512, dropout: float = 0.3,
-                 pad_id: int = 0, padded_steps: str = "exclude", word_embedding_init: str = "xavier",
-                 lstm_init: str = "tf", lstm_backward: str = "time", initial_state_init: str = "glorot",
-                 lstm_bias: str = "single", lstm_input_dropout: str = "per_direction",
-                 word_embedding_init_rows: int | None = RELEASE_VOCABULARY_ROWS):
+    def __init__(
+        self,
+        vocab_size: int,
+        word_dim: int = 512,
+        hidden_size: int = 512,
+        dropout: float = 0.3,
+        pad_id: int = 0,
+        padded_steps: str = "exclude",
+        word_embedding_init: str = "xavier",
+        lstm_init: str = "tf",
+        lstm_backward: str = "time",
+        initial_state_init: str = "glorot",
+        lstm_bias: str = "single",
+        lstm_input_dropout: str = "per_direction",
+        word_embedding_init_rows: int | None = RELEASE_VOCABULARY_ROWS,
+    ):
         super().__init__()
         _check_choice("padded_steps", padded_steps, PADDED_STEPS)
         _check_choice("initial_state_init", initial_state_init, INITIAL_STATE_INITS)
         _check_choice("lstm_bias", lstm_bias, LSTM_BIASES)
         _check_choice("lstm_input_dropout", lstm_input_dropout, LSTM_INPUT_DROPOUTS)
         if word_embedding_init_rows is not None and word_embedding_init_rows < 1:
-            raise ValueError(f"parameter word_embedding_init_rows={word_embedding_init_rows!r} must be a positive "
-                             "row count or None (the vocabulary's size)")
+            raise ValueError(
+                f"parameter word_embedding_init_rows={word_embedding_init_rows!r} must be a positive "
+                "row count or None (the vocabulary's size)"
+            )
         _check_choice("word_embedding_init", word_embedding_init, WORD_EMBEDDING_INITS)
         _check_choice("lstm_init", lstm_init, LSTM_INITS)
         _check_choice("lstm_backward", lstm_backward, LSTM_BACKWARDS)
@@ -176,11 +195,15 @@ class TextEncoder(nn.Module):
         """One LSTM direction over the padded ``words`` (batch, T, word_dim), read forwards in time with
         the weights ``*_l0{suffix}``: (batch, T, hidden); steps past a sentence's end are not meaningful."""
         template = self._forward_template[0]
-        parameters = {f"{name}_l0": getattr(self.lstm, f"{name}_l0{suffix}")
-                      for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+        parameters = {
+            f"{name}_l0": getattr(self.lstm, f"{name}_l0{suffix}")
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        }
         batch = words.shape[0]
-        initial = (self.initial_hidden[direction:direction + 1].expand(-1, batch, -1).contiguous(),
-                   self.initial_cell[direction:direction + 1].expand(-1, batch, -1).contiguous())
+        initial = (
+            self.initial_hidden[direction : direction + 1].expand(-1, batch, -1).contiguous(),
+            self.initial_cell[direction : direction + 1].expand(-1, batch, -1).contiguous(),
+        )
         if words.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # oneDNN has no bf16 LSTM at the pinned AVX2 ISA (cmp_utils.core.numerics): on the CPU the
             # recurrence stays fp32 under bf16 autocast; on CUDA, cuDNN runs it in the autocast dtype.

@@ -75,12 +75,14 @@ BN_STATISTICS_CHOICES = ("reset", "checkpoint")
 RESET_STATISTICS = {"running_mean": 0.0, "running_var": 1.0}
 #: (ema, bn_statistics) per kind when not given: a trained model as the release tests it, an
 #: ImageNet backbone as the release's training restores it.
-KIND_DEFAULTS = {"cmpm_model": ("auto", "checkpoint"), "mobilenet_v1": ("raw", "reset"),
-                 "resnet_v1_152": ("raw", "reset")}
+KIND_DEFAULTS = {
+    "cmpm_model": ("auto", "checkpoint"),
+    "mobilenet_v1": ("raw", "reset"),
+    "resnet_v1_152": ("raw", "reset"),
+}
 #: Backbone name (``models.BACKBONES``) whose network reproduces each TF CNN exactly.
 EXACT_BACKBONE = {"mobilenet_v1": "mobilenet_v1_tf", "resnet_v1": "resnet152_slim"}
-BATCH_NORM_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
-                    "running_var": "moving_variance"}
+BATCH_NORM_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 LSTM_FORGET_BIAS = 1.0  # tf.contrib.rnn.BasicLSTMCell's default, the release's setting
 RELEASE_SPECIAL_WORDS = {"<start>": "<START>", "<end>": "<END>"}  # ours -> the release's (builddata)
 
@@ -106,8 +108,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         import tensorflow as tf
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("reading TF checkpoints needs TensorFlow: `.venv/bin/python -m pip install "
-                          "tensorflow-cpu` (or `pip install -e '.[test]'`)") from error
+        raise ImportError(
+            "reading TF checkpoints needs TensorFlow: `.venv/bin/python -m pip install "
+            "tensorflow-cpu` (or `pip install -e '.[test]'`)"
+        ) from error
     prefix = str(Path(path).expanduser())
     if Path(prefix).is_dir():
         latest = tf.train.latest_checkpoint(prefix)
@@ -115,8 +119,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise FileNotFoundError(f"checkpoint folder {prefix} holds no TF checkpoint (no `checkpoint` index file)")
         prefix = latest
     if not Path(prefix + ".index").is_file() and not Path(prefix).is_file():
-        raise FileNotFoundError(f"TF checkpoint {prefix!r} not found: pass the prefix (e.g. "
-                                "mobilenet_v1_1.0_224.ckpt, without .index/.data-*) or its folder")
+        raise FileNotFoundError(
+            f"TF checkpoint {prefix!r} not found: pass the prefix (e.g. "
+            "mobilenet_v1_1.0_224.ckpt, without .index/.data-*) or its folder"
+        )
     reader = tf.train.load_checkpoint(prefix)
     return {name: np.asarray(reader.get_tensor(name)) for name in sorted(reader.get_variable_to_shape_map())}
 
@@ -130,8 +136,9 @@ def guess_kind(variables: dict[str, np.ndarray]) -> str:
         return "mobilenet_v1"
     if any(name.startswith("resnet_v1_152/") for name in names):
         return "resnet_v1_152"
-    raise CheckpointMismatch(f"cannot tell what the checkpoint holds (first variables: {names[:5]}); "
-                             f"pass --kind, one of {KINDS}")
+    raise CheckpointMismatch(
+        f"cannot tell what the checkpoint holds (first variables: {names[:5]}); pass --kind, one of {KINDS}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +154,9 @@ def conv_weight(value: np.ndarray) -> torch.Tensor:
 def depthwise_weight(value: np.ndarray) -> torch.Tensor:
     """TF depthwise kernel (kh, kw, in, multiplier) -> PyTorch grouped conv (in·multiplier, 1, kh, kw)."""
     kh, kw, channels, multiplier = value.shape
-    return torch.from_numpy(np.ascontiguousarray(value.reshape(kh, kw, channels * multiplier).transpose(2, 0, 1)))[:, None]
+    return torch.from_numpy(np.ascontiguousarray(value.reshape(kh, kw, channels * multiplier).transpose(2, 0, 1)))[
+        :, None
+    ]
 
 
 def linear_from_1x1(value: np.ndarray) -> torch.Tensor:
@@ -165,8 +174,13 @@ def plain(value: np.ndarray) -> torch.Tensor:
 class Conversion:
     """Fills a target state dict from TF variables, recording what was taken, filled and left out."""
 
-    def __init__(self, variables: dict[str, np.ndarray], target: dict[str, torch.Tensor], ema: str = "auto",
-                 bn_statistics: str = "checkpoint"):
+    def __init__(
+        self,
+        variables: dict[str, np.ndarray],
+        target: dict[str, torch.Tensor],
+        ema: str = "auto",
+        bn_statistics: str = "checkpoint",
+    ):
         if ema not in EMA_CHOICES:
             raise ValueError(f"parameter ema={ema!r} must be one of {EMA_CHOICES}")
         if bn_statistics not in BN_STATISTICS_CHOICES:
@@ -183,9 +197,11 @@ class Conversion:
             return shadow
         if name not in self.variables:
             close = [n for n in self.variables if n.rsplit("/", 1)[0] == name.rsplit("/", 1)[0]][:4]
-            raise CheckpointMismatch(f"the checkpoint lacks variable {name!r}"
-                                     + (f" (its scope holds {close})" if close else "")
-                                     + "; is --kind/--scope right for this checkpoint?")
+            raise CheckpointMismatch(
+                f"the checkpoint lacks variable {name!r}"
+                + (f" (its scope holds {close})" if close else "")
+                + "; is --kind/--scope right for this checkpoint?"
+            )
         return name
 
     def put(self, key: str, value: torch.Tensor, source: str) -> None:
@@ -194,8 +210,10 @@ class Conversion:
             raise KeyError(f"internal: {key!r} is not a tensor of the target network")
         expected = tuple(self.target[key].shape)
         if tuple(value.shape) != expected:
-            raise CheckpointMismatch(f"variable {source!r} has shape {tuple(value.shape)} after conversion, but "
-                                     f"{key} needs {expected}: the checkpoint does not fit this network")
+            raise CheckpointMismatch(
+                f"variable {source!r} has shape {tuple(value.shape)} after conversion, but "
+                f"{key} needs {expected}: the checkpoint does not fit this network"
+            )
         self.state[key] = value.to(self.target[key].dtype).contiguous()
 
     def take(self, name: str, key: str, layout: Callable[[np.ndarray], torch.Tensor] = plain) -> None:
@@ -225,8 +243,13 @@ class Conversion:
             if self.bn_statistics == "reset" and torch_name in RESET_STATISTICS:
                 key = f"{torch_prefix}.{torch_name}"
                 self.put(key, torch.full_like(self.target[key], RESET_STATISTICS[torch_name]), name)
-                self.filled.append((key, f"{RESET_STATISTICS[torch_name]:g}: moving statistics start as TF's "
-                                         "(the release restores trainable variables only)"))
+                self.filled.append(
+                    (
+                        key,
+                        f"{RESET_STATISTICS[torch_name]:g}: moving statistics start as TF's "
+                        "(the release restores trainable variables only)",
+                    )
+                )
                 continue
             self.take(name, f"{torch_prefix}.{torch_name}")
         tracked = f"{torch_prefix}.num_batches_tracked"
@@ -253,8 +276,10 @@ class Conversion:
             print(f"filled    {key}: {why}", file=out)
         for name in self.left_out():
             print(f"left out  {name} {list(self.variables[name].shape)}", file=out)
-        print(f"{len(self.mapped)} tensors mapped, {len(self.filled)} filled, {len(self.left_out())} variables "
-              "left out", file=out)
+        print(
+            f"{len(self.mapped)} tensors mapped, {len(self.filled)} filled, {len(self.left_out())} variables left out",
+            file=out,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,9 +331,14 @@ def resnet_units(variables: dict[str, np.ndarray], scope: str) -> tuple[int, ...
     return tuple(counts[block] for block in (1, 2, 3, 4))
 
 
-def convert_backbone(variables: dict[str, np.ndarray], kind: str, scope: str | None = None, ema: str = "raw",
-                     units: Sequence[int] | None = None, bn_statistics: str = "reset",
-                     ) -> tuple[dict[str, torch.Tensor], Conversion, nn.Module]:
+def convert_backbone(
+    variables: dict[str, np.ndarray],
+    kind: str,
+    scope: str | None = None,
+    ema: str = "raw",
+    units: Sequence[int] | None = None,
+    bn_statistics: str = "reset",
+) -> tuple[dict[str, torch.Tensor], Conversion, nn.Module]:
     """Convert TF-slim ImageNet weights of ``kind`` (``mobilenet_v1`` / ``resnet_v1_152``).
 
     Defaults are the release's ImageNet start: raw trainable weights (``ema="raw"``) and batch-norm
@@ -348,8 +378,10 @@ def _lstm_variable(variables: dict[str, np.ndarray], cell: str, kind: str) -> st
     for name in names:
         if name in variables:
             return name
-    raise CheckpointMismatch(f"the checkpoint lacks the Bi-LSTM variable {names[0]!r}; is it a checkpoint of the "
-                             "authors' CMPM/CMPC training scripts?")
+    raise CheckpointMismatch(
+        f"the checkpoint lacks the Bi-LSTM variable {names[0]!r}; is it a checkpoint of the "
+        "authors' CMPM/CMPC training scripts?"
+    )
 
 
 def model_settings(variables: dict[str, np.ndarray], scope: str | None = None) -> dict[str, Any]:
@@ -360,8 +392,10 @@ def model_settings(variables: dict[str, np.ndarray], scope: str | None = None) -
     ``bn_style``, ``pool_grid``) plus ``vocab_size``, ``num_classes`` (None without CMPC), ``units``.
     """
     if "BiLSTM/token_embedding_weights" not in variables:
-        raise CheckpointMismatch("the checkpoint lacks 'BiLSTM/token_embedding_weights': it is not a checkpoint of "
-                                 "the authors' training scripts (pass --kind mobilenet_v1/resnet_v1_152 for CNNs)")
+        raise CheckpointMismatch(
+            "the checkpoint lacks 'BiLSTM/token_embedding_weights': it is not a checkpoint of "
+            "the authors' training scripts (pass --kind mobilenet_v1/resnet_v1_152 for CNNs)"
+        )
     vocab_size, word_dim = variables["BiLSTM/token_embedding_weights"].shape
     kernel = variables[_lstm_variable(variables, "fw", "kernel")]
     hidden_size = kernel.shape[1] // 4
@@ -371,15 +405,25 @@ def model_settings(variables: dict[str, np.ndarray], scope: str | None = None) -
     embedding_dim = image_joint.shape[-1]
     wfc = variables.get("Wfc")
     if scope is None:
-        scope = next((s for s in ("MobilenetV1", "resnet_v1_152") if any(n.startswith(s + "/") for n in variables)), None)
+        scope = next(
+            (s for s in ("MobilenetV1", "resnet_v1_152") if any(n.startswith(s + "/") for n in variables)), None
+        )
         if scope is None:
             raise CheckpointMismatch("no CNN scope MobilenetV1/ or resnet_v1_152/ in the checkpoint; pass --scope")
     backbone = "mobilenet_v1_tf" if scope.lower().startswith("mobilenet") else "resnet152_slim"
-    return {"backbone": backbone, "scope": scope, "embedding_dim": int(embedding_dim), "word_dim": int(word_dim),
-            "hidden_size": int(hidden_size), "vocab_size": int(vocab_size),
-            "num_classes": None if wfc is None else int(wfc.shape[1]),
-            "joint_embedding": "linear_bn", "bn_style": "tf", "pool_grid": (1, 1),
-            "units": resnet_units(variables, scope) if backbone == "resnet152_slim" else None}
+    return {
+        "backbone": backbone,
+        "scope": scope,
+        "embedding_dim": int(embedding_dim),
+        "word_dim": int(word_dim),
+        "hidden_size": int(hidden_size),
+        "vocab_size": int(vocab_size),
+        "num_classes": None if wfc is None else int(wfc.shape[1]),
+        "joint_embedding": "linear_bn",
+        "bn_style": "tf",
+        "pool_grid": (1, 1),
+        "units": resnet_units(variables, scope) if backbone == "resnet152_slim" else None,
+    }
 
 
 def build_target_model(settings: dict[str, Any]) -> network.CrossModalModel:
@@ -388,10 +432,18 @@ def build_target_model(settings: dict[str, Any]) -> network.CrossModalModel:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no weights_path": the weights come from the checkpoint
-        model = network.build_model(settings["vocab_size"], settings["backbone"], settings["embedding_dim"],
-                                   settings["word_dim"], settings["hidden_size"], pad_id=0,
-                                   pool_grid=tuple(settings.get("pool_grid", (1, 1))), pretrained=False,
-                                   joint_embedding=settings["joint_embedding"], bn_style=settings["bn_style"])
+        model = network.build_model(
+            settings["vocab_size"],
+            settings["backbone"],
+            settings["embedding_dim"],
+            settings["word_dim"],
+            settings["hidden_size"],
+            pad_id=0,
+            pool_grid=tuple(settings.get("pool_grid", (1, 1))),
+            pretrained=False,
+            joint_embedding=settings["joint_embedding"],
+            bn_style=settings["bn_style"],
+        )
     units = settings.get("units")
     if settings["backbone"] == "resnet152_slim" and units and tuple(units) != backbones.RESNET_V1_152_UNITS:
         model.image_encoder = network.ImageEncoder(backbones.ResNetV1Slim(units), model.image_encoder.grid)
@@ -424,17 +476,30 @@ def convert_cmpm_model(variables: dict[str, np.ndarray], scope: str | None = Non
         kernel_name, bias_name = _lstm_variable(variables, cell, "kernel"), _lstm_variable(variables, cell, "bias")
         kernel, bias = variables[kernel_name], variables[bias_name]
         if kernel.shape != (word_dim + hidden, 4 * hidden) or bias.shape != (4 * hidden,):
-            raise CheckpointMismatch(f"variable {kernel_name!r} {kernel.shape} / {bias_name!r} {bias.shape} do not fit "
-                                     f"an LSTM of {hidden} units on {word_dim}-d words")
-        mapped = text_branch.tf_lstm_kernel_to_torch(torch.from_numpy(kernel), torch.from_numpy(bias), word_dim,
-                                                LSTM_FORGET_BIAS)
+            raise CheckpointMismatch(
+                f"variable {kernel_name!r} {kernel.shape} / {bias_name!r} {bias.shape} do not fit "
+                f"an LSTM of {hidden} units on {word_dim}-d words"
+            )
+        mapped = text_branch.tf_lstm_kernel_to_torch(
+            torch.from_numpy(kernel), torch.from_numpy(bias), word_dim, LSTM_FORGET_BIAS
+        )
         for torch_name, value in mapped.items():
             conversion.put(f"text_encoder.lstm.{torch_name}_l0{suffix}", value, kernel_name)
         conversion.used.update({kernel_name, bias_name})
-        conversion.mapped.append((kernel_name, f"text_encoder.lstm.weight_ih_l0{suffix} + weight_hh_l0{suffix} "
-                                  f"(gates i,j,f,o -> i,f,g,o)", tuple(kernel.shape)))
-        conversion.mapped.append((bias_name, f"text_encoder.lstm.bias_ih_l0{suffix} (+ forget_bias "
-                                  f"{LSTM_FORGET_BIAS}), bias_hh_l0{suffix} = 0", tuple(bias.shape)))
+        conversion.mapped.append(
+            (
+                kernel_name,
+                f"text_encoder.lstm.weight_ih_l0{suffix} + weight_hh_l0{suffix} (gates i,j,f,o -> i,f,g,o)",
+                tuple(kernel.shape),
+            )
+        )
+        conversion.mapped.append(
+            (
+                bias_name,
+                f"text_encoder.lstm.bias_ih_l0{suffix} (+ forget_bias {LSTM_FORGET_BIAS}), bias_hh_l0{suffix} = 0",
+                tuple(bias.shape),
+            )
+        )
     _map_initial_states(conversion, hidden)
     _joint_embedding(conversion, "image_joint_embedding", "image_embedding")
     _joint_embedding(conversion, "text_joint_embedding", "text_embedding")
@@ -442,8 +507,10 @@ def convert_cmpm_model(variables: dict[str, np.ndarray], scope: str | None = Non
     if settings["num_classes"] is not None:
         wfc = variables["Wfc"]
         if wfc.shape[0] != settings["embedding_dim"]:
-            raise CheckpointMismatch(f"variable 'Wfc' has shape {wfc.shape}; its first dimension must be the joint "
-                                     f"embedding size {settings['embedding_dim']}")
+            raise CheckpointMismatch(
+                f"variable 'Wfc' has shape {wfc.shape}; its first dimension must be the joint "
+                f"embedding size {settings['embedding_dim']}"
+            )
         cmpc_weight = plain(wfc).float()
         conversion.used.add("Wfc")
         conversion.mapped.append(("Wfc", "cmpc_weight (CMPCClassifier.weight, (d, C))", tuple(wfc.shape)))
@@ -479,8 +546,11 @@ def _map_initial_states(conversion: Conversion, hidden: int) -> None:
 def read_word_counts(path: str | os.PathLike) -> list[str]:
     """The release's ``word_counts.txt`` (two header lines, then ``word count`` a line) -> words by id."""
     lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
-    words = [line.rsplit(" ", 1)[0] for line in lines if line.strip() and not line.startswith(("Total words:",
-                                                                                                 "Words in vocabulary:"))]
+    words = [
+        line.rsplit(" ", 1)[0]
+        for line in lines
+        if line.strip() and not line.startswith(("Total words:", "Words in vocabulary:"))
+    ]
     if not words:
         raise ValueError(f"--word-counts {path}: no `word count` lines found (expected the release's word_counts.txt)")
     return words
@@ -528,12 +598,16 @@ def load_converted_model(path: str | os.PathLike, vocabulary=None) -> network.Cr
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"evaluate_checkpoint={str(path)!r} does not exist; make it with "
-                                "`python -m cmp_utils.tools.convert_tf CHECKPOINT OUT.pt --kind cmpm_model`")
+        raise FileNotFoundError(
+            f"evaluate_checkpoint={str(path)!r} does not exist; make it with "
+            "`python -m cmp_utils.tools.convert_tf CHECKPOINT OUT.pt --kind cmpm_model`"
+        )
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or saved.get("kind") != "cmpm_model":
-        raise ValueError(f"{path} is not a converted cmpm_model file (kind={saved.get('kind') if isinstance(saved, dict) else None!r}); "
-                         "convert the authors' checkpoint with --kind cmpm_model")
+        raise ValueError(
+            f"{path} is not a converted cmpm_model file (kind={saved.get('kind') if isinstance(saved, dict) else None!r}); "
+            "convert the authors' checkpoint with --kind cmpm_model"
+        )
     settings = dict(saved["settings"])
     state = dict(saved["model"])
     table_key = "text_encoder.word_embedding.weight"
@@ -541,12 +615,16 @@ def load_converted_model(path: str | os.PathLike, vocabulary=None) -> network.Cr
         state[table_key], coverage = remap_word_embedding(state[table_key], saved["source_words"], vocabulary)
         settings["vocab_size"] = len(vocabulary)
         if coverage["unknown"]:
-            print(f"{len(coverage['unknown'])} words of this vocabulary are unknown to the checkpoint's "
-                  f"(e.g. {coverage['unknown'][:5]}); they take its unknown-word row")
+            print(
+                f"{len(coverage['unknown'])} words of this vocabulary are unknown to the checkpoint's "
+                f"(e.g. {coverage['unknown'][:5]}); they take its unknown-word row"
+            )
     elif vocabulary is not None and len(vocabulary) != settings["vocab_size"]:
-        raise ValueError(f"{path}: the checkpoint's word embedding has {settings['vocab_size']} rows but the data's "
-                         f"vocabulary has {len(vocabulary)} words; convert again with --word-counts <the release's "
-                         "word_counts.txt> so that words can be matched")
+        raise ValueError(
+            f"{path}: the checkpoint's word embedding has {settings['vocab_size']} rows but the data's "
+            f"vocabulary has {len(vocabulary)} words; convert again with --word-counts <the release's "
+            "word_counts.txt> so that words can be matched"
+        )
     model = build_target_model(settings)
     model.load_state_dict(state)
     return model.eval()

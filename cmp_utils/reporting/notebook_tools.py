@@ -86,8 +86,14 @@ def strip_outputs(path: str | Path) -> bool:
 
 
 #: Types a parameters cell may declare, with an example value of each (as YAML / papermill text).
-_PARAMETER_EXAMPLES: dict[type, str] = {int: "3", float: "0.001", str: "some_text", bool: "True",
-                                        list: "[1, 2]", dict: "{key: 1}"}
+_PARAMETER_EXAMPLES: dict[type, str] = {
+    int: "3",
+    float: "0.001",
+    str: "some_text",
+    bool: "True",
+    list: "[1, 2]",
+    dict: "{key: 1}",
+}
 
 
 def _declared_type(annotation: object) -> type | None:
@@ -121,13 +127,17 @@ def plain_value_problem(name: str, value: object) -> str | None:
         elif isinstance(item, dict):
             for key, element in item.items():
                 if not isinstance(key, str):
-                    return (f"parameter {name}: key {key!r} of {where} is {_with_article(type(key).__name__)}; "
-                            f"only str keys are accepted (quote it, e.g. {{'{key}': ...}})")
+                    return (
+                        f"parameter {name}: key {key!r} of {where} is {_with_article(type(key).__name__)}; "
+                        f"only str keys are accepted (quote it, e.g. {{'{key}': ...}})"
+                    )
                 stack.append((f"{where}[{key!r}]", element))
         elif not isinstance(item, PLAIN_SCALAR_TYPES):
-            return (f"parameter {name}: {where} = {item!r} is {_with_article(type(item).__name__)}; notebook "
-                    f"parameters accept only plain JSON values (str, int, float, bool, None, and lists and str-keyed "
-                    f"dicts of them). Write it as a quoted string or a number, e.g. -p '{name}=[\"text\"]'")
+            return (
+                f"parameter {name}: {where} = {item!r} is {_with_article(type(item).__name__)}; notebook "
+                f"parameters accept only plain JSON values (str, int, float, bool, None, and lists and str-keyed "
+                f"dicts of them). Write it as a quoted string or a number, e.g. -p '{name}=[\"text\"]'"
+            )
     return None
 
 
@@ -160,9 +170,11 @@ def parameter_type_problem(name: str, value: object, annotation: object) -> str 
         papermill_form = f"-y '{name}: {example}'`"
     else:
         papermill_form = f"-p {name} {example}`"
-    return (f"parameter {name}={value!r} is {_with_article(type(value).__name__)}, but the parameters cell declares "
-            f"{name}: {declared.__name__}. Pass {_with_article(declared.__name__)}, e.g. papermill `{papermill_form} "
-            f"or cmp_utils.tools.run_notebooks `-p {name}={example}`")
+    return (
+        f"parameter {name}={value!r} is {_with_article(type(value).__name__)}, but the parameters cell declares "
+        f"{name}: {declared.__name__}. Pass {_with_article(declared.__name__)}, e.g. papermill `{papermill_form} "
+        f"or cmp_utils.tools.run_notebooks `-p {name}={example}`"
+    )
 
 
 def check_parameters(namespace: dict) -> None:
@@ -175,8 +187,13 @@ def check_parameters(namespace: dict) -> None:
     names the parameter, the value, the expected type and an example of a correct value.
     """
     annotations = namespace.get("__annotations__", {})
-    problems = [problem for name, annotation in annotations.items() if name in namespace
-                for problem in [parameter_type_problem(name, namespace[name], annotation)] if problem]
+    problems = [
+        problem
+        for name, annotation in annotations.items()
+        if name in namespace
+        for problem in [parameter_type_problem(name, namespace[name], annotation)]
+        if problem
+    ]
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -184,8 +201,11 @@ def check_parameters(namespace: dict) -> None:
 def parameter_types(notebook: "nbformat.NotebookNode") -> dict[str, str]:
     """The declared type (as written, e.g. ``"int"``) of each parameter of the ``parameters`` cell."""
     cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    return {node.target.id: ast.unparse(node.annotation) for node in ast.parse(cell.source).body
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
+    return {
+        node.target.id: ast.unparse(node.annotation)
+        for node in ast.parse(cell.source).body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
 
 
 CHECK_PARAMETERS_CALL = "notebook_tools.check_parameters(globals())"
@@ -225,7 +245,9 @@ def check_notebook(path: str | Path) -> list[str]:
     names = []
     for node in tree.body:
         if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
-            problems.append(f"{path.name}: parameters cell line {node.lineno} must be `name: type = literal  # comment`")
+            problems.append(
+                f"{path.name}: parameters cell line {node.lineno} must be `name: type = literal  # comment`"
+            )
             continue
         names.append(node.target.id)
         try:
@@ -240,16 +262,20 @@ def check_notebook(path: str | Path) -> list[str]:
     inspected = {parameter.name for parameter in PythonTranslator.inspect(cells[index])}
     for name in names:
         if name not in inspected:
-            problems.append(f"{path.name}: papermill cannot parse parameter {name!r} (`papermill --help-notebook` would miss it)")
+            problems.append(
+                f"{path.name}: papermill cannot parse parameter {name!r} (`papermill --help-notebook` would miss it)"
+            )
     for required in REQUIRED_PARAMETERS:
         if required not in names:
             problems.append(f"{path.name}: parameters cell lacks {required!r}")
     if not re.search(r'^profile:\s*str\s*=\s*"quick"', source, re.M):
         problems.append(f'{path.name}: parameters cell must set profile: str = "quick"')
-    following = next((c for c in cells[index + 1:] if c.cell_type == "code"), None)
+    following = next((c for c in cells[index + 1 :] if c.cell_type == "code"), None)
     if following is None or not following.source.lstrip().startswith(CHECK_PARAMETERS_CALL):
-        problems.append(f"{path.name}: the cell after the parameters cell must start with {CHECK_PARAMETERS_CALL} "
-                        f"(and the imports cell import notebook_tools from cmp_utils)")
+        problems.append(
+            f"{path.name}: the cell after the parameters cell must start with {CHECK_PARAMETERS_CALL} "
+            f"(and the imports cell import notebook_tools from cmp_utils)"
+        )
     produces = notebook.metadata.get("cmp_repro", {}).get("produces")
     if not isinstance(produces, list):
         problems.append(f"{path.name}: metadata cmp_repro.produces must list the files it writes")

@@ -29,8 +29,16 @@ from ..core.atomic import atomic_path
 from ..core.config import SYNTHETIC_PROFILES
 
 DIRECTION_LABELS = {"t2i": "text-to-image", "i2t": "image-to-text"}
-METRIC_LABELS = {"R@1": "R@1 (%)", "R@5": "R@5 (%)", "R@10": "R@10 (%)", "mAP": "mAP (%)", "mINP": "mINP (%)",
-                 "top1_accuracy": "top-1 accuracy (%)", "ap@50": "AP@50 (%)", "cosine_gap": "cosine gap"}
+METRIC_LABELS = {
+    "R@1": "R@1 (%)",
+    "R@5": "R@5 (%)",
+    "R@10": "R@10 (%)",
+    "mAP": "mAP (%)",
+    "mINP": "mINP (%)",
+    "top1_accuracy": "top-1 accuracy (%)",
+    "ap@50": "AP@50 (%)",
+    "cosine_gap": "cosine gap",
+}
 OURS_COLOUR, PAPER_COLOUR, CEILING_COLOUR = "#4c72b0", "#c44e52", "#777777"
 
 
@@ -51,14 +59,24 @@ def save_figure(fig: "plt.Figure", path_stem: str | os.PathLike, dpi: int = 110)
 def mark_synthetic(fig: "plt.Figure", profile: str) -> "plt.Figure":
     """Stamp "synthetic data, <profile> profile" in the figure's corner when ``profile`` trains on synthetic data."""
     if profile in SYNTHETIC_PROFILES:
-        fig.text(0.995, 0.005, f"synthetic data, {profile} profile", ha="right", va="bottom", fontsize=8,
-                 color="#555555", style="italic")
+        fig.text(
+            0.995,
+            0.005,
+            f"synthetic data, {profile} profile",
+            ha="right",
+            va="bottom",
+            fontsize=8,
+            color="#555555",
+            style="italic",
+        )
     return fig
 
 
 #: What every interval of :func:`plot_methods` and :func:`batch_size_figure` shows, printed on the figure.
-INTERVAL_NOTE = ("intervals: 95% CI of each mean over seeds (unpaired); the verdicts test the paired "
-                 "difference between two methods (claims.csv)")
+INTERVAL_NOTE = (
+    "intervals: 95% CI of each mean over seeds (unpaired); the verdicts test the paired "
+    "difference between two methods (claims.csv)"
+)
 
 
 def note_intervals(fig: "plt.Figure") -> "plt.Figure":
@@ -118,8 +136,15 @@ def ap50_ceiling(images_per_class: Sequence[int], top: int = 50) -> float:
     return float(100.0 * np.minimum(counts, top).mean() / top)
 
 
-def plot_methods(frame: pd.DataFrame, metric: str, direction: str | None = None, table: str | None = None,
-                 ax=None, title: str | None = None, ceiling: float | None = None) -> "plt.Axes":
+def plot_methods(
+    frame: pd.DataFrame,
+    metric: str,
+    direction: str | None = None,
+    table: str | None = None,
+    ax=None,
+    title: str | None = None,
+    ceiling: float | None = None,
+) -> "plt.Axes":
     """Dot-and-interval panel: per method (a row) the mean and 95% interval over seeds and each seed,
     the axis zoomed to the values (not from zero). ``ceiling`` (or the frame's ``ceiling`` column)
     is drawn as a dashed line: the best score the test set allows."""
@@ -146,8 +171,15 @@ def plot_methods(frame: pd.DataFrame, metric: str, direction: str | None = None,
         left, right = min(lows) - 0.15 * span, max(highs) + 0.35 * span
         if ceiling is not None and not math.isnan(ceiling):
             ax.axvline(ceiling, color=CEILING_COLOUR, linestyle="--", linewidth=1)
-            ax.annotate("ceiling of this test set", (ceiling, len(methods) - 0.5), xytext=(-3, 0),
-                        textcoords="offset points", ha="right", fontsize=7, color=CEILING_COLOUR)
+            ax.annotate(
+                "ceiling of this test set",
+                (ceiling, len(methods) - 0.5),
+                xytext=(-3, 0),
+                textcoords="offset points",
+                ha="right",
+                fontsize=7,
+                color=CEILING_COLOUR,
+            )
             right = max(right, ceiling + 0.05 * span)
         ax.set_xlim(left, right)
     ax.set_yticks(range(len(methods)), methods)
@@ -180,11 +212,14 @@ def plot_paper_values(frame: pd.DataFrame, panels: Sequence[dict[str, Any]], ax)
     return ax
 
 
-def methods_figure(frame: pd.DataFrame, panels: Sequence[dict[str, Any]], profile: str, columns: int = 2,
-                   suptitle: str | None = None) -> "plt.Figure":
+def methods_figure(
+    frame: pd.DataFrame, panels: Sequence[dict[str, Any]], profile: str, columns: int = 2, suptitle: str | None = None
+) -> "plt.Figure":
     """One dot-and-interval panel per ``panels`` entry (``metric``, ``direction``, ``table``,
     ``title``, ``ceiling``), plus a separate panel of the paper's confirmed values when any exists."""
-    has_paper = "paper_value" in frame and any(panel_rows(frame, panel)["paper_value"].notna().any() for panel in panels)
+    has_paper = "paper_value" in frame and any(
+        panel_rows(frame, panel)["paper_value"].notna().any() for panel in panels
+    )
     count = len(panels) + int(has_paper)
     columns = max(1, min(columns, count))
     rows = math.ceil(count / columns)
@@ -192,7 +227,9 @@ def methods_figure(frame: pd.DataFrame, panels: Sequence[dict[str, Any]], profil
     fig, axes = plt.subplots(rows, columns, figsize=(5.4 * columns, height * rows + 0.4), squeeze=False)
     flat = axes.ravel()
     for ax, panel in zip(flat, panels):
-        plot_methods(panel_rows(frame, panel), panel["metric"], ax=ax, title=panel.get("title"), ceiling=panel.get("ceiling"))
+        plot_methods(
+            panel_rows(frame, panel), panel["metric"], ax=ax, title=panel.get("title"), ceiling=panel.get("ceiling")
+        )
         ax.set_xlabel(axis_label(panel["metric"], panel.get("direction")))
     if has_paper:
         plot_paper_values(frame, panels, flat[len(panels)])
@@ -220,11 +257,19 @@ def batch_size_figure(frame: pd.DataFrame, profile: str, metric: str = "R@1", di
         for index, method in enumerate(means.index):
             row = means.loc[method, sizes]
             ax_relative.plot(sizes, 100.0 * row / row.max(), marker="o", label=method)
-            stats = [interval(part[(part["method"] == method) & (part["batch_size"] == size)]["value"]) for size in sizes]
+            stats = [
+                interval(part[(part["method"] == method) & (part["batch_size"] == size)]["value"]) for size in sizes
+            ]
             centre = np.array([s[0] for s in stats])
             dodged = np.asarray(sizes, dtype=float) * 2 ** (0.04 * (index - (len(means.index) - 1) / 2))  # side by side
-            ax_absolute.errorbar(dodged, centre, yerr=[centre - [s[1] for s in stats], [s[2] for s in stats] - centre],
-                                 marker="o", capsize=3, label=method)
+            ax_absolute.errorbar(
+                dodged,
+                centre,
+                yerr=[centre - [s[1] for s in stats], [s[2] for s in stats] - centre],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
         for ax in (ax_relative, ax_absolute):
             ax.set_xscale("log", base=2)
             ax.set_xticks(sizes, [str(size) for size in sizes])
@@ -250,9 +295,12 @@ def run_log(run_dir: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
 
 
-def training_curves(frame: pd.DataFrame, profile: str, runs_dir: str | os.PathLike | None = None,
-                    group_by: Sequence[str] = ("method", "batch_size", "sampler", "schedule", "deviation", "dataset"),
-                    ) -> "plt.Figure":
+def training_curves(
+    frame: pd.DataFrame,
+    profile: str,
+    runs_dir: str | os.PathLike | None = None,
+    group_by: Sequence[str] = ("method", "batch_size", "sampler", "schedule", "deviation", "dataset"),
+) -> "plt.Figure":
     """Validation R@1 and training loss per epoch of the runs behind a table (mean over seeds).
 
     ``frame`` holds the table's rows with their ``run_key`` (see :func:`cmp_utils.experiments.run_grid`);
@@ -275,13 +323,16 @@ def training_curves(frame: pd.DataFrame, profile: str, runs_dir: str | os.PathLi
     fig, (ax_loss, ax_recall) = plt.subplots(1, 2, figsize=(11, 3.8))
     for label, group in history.groupby("label", sort=False):
         per_epoch = group.groupby("epoch").mean(numeric_only=True)
-        line, = ax_loss.plot(per_epoch.index, per_epoch["loss"], marker="o", label=label)
+        (line,) = ax_loss.plot(per_epoch.index, per_epoch["loss"], marker="o", label=label)
         if recall is not None:
             ax_recall.plot(per_epoch.index, per_epoch[recall], marker="o", color=line.get_color(), label=label)
     ax_loss.set(xlabel="epoch", ylabel="training loss (mean over the epoch)", title="Training loss")
     ax_loss.set_yscale("log")
-    recall_label = {"val_t2i_R@1": "validation text-to-image R@1 (%)", "val_i2t_R@1": "validation image-to-text R@1 (%)",
-                    "val_rsum": "validation R-sum"}.get(recall, "validation recall")
+    recall_label = {
+        "val_t2i_R@1": "validation text-to-image R@1 (%)",
+        "val_i2t_R@1": "validation image-to-text R@1 (%)",
+        "val_rsum": "validation R-sum",
+    }.get(recall, "validation recall")
     ax_recall.set(xlabel="epoch", ylabel=recall_label, title="Validation (EMA weights), mean over seeds")
     epochs = sorted(history["epoch"].unique())
     for ax in (ax_loss, ax_recall):
@@ -306,8 +357,16 @@ def _pca_2d(points):
     return centred @ right[:2].T
 
 
-def plot_projection(image_embeddings, image_labels, text_embeddings, text_labels, identities: Sequence[int],
-                    ax=None, title: str = "", legend: bool = True):
+def plot_projection(
+    image_embeddings,
+    image_labels,
+    text_embeddings,
+    text_labels,
+    identities: Sequence[int],
+    ax=None,
+    title: str = "",
+    legend: bool = True,
+):
     """2-D PCA of the L2-normalised embeddings of ``identities``: images as circles, texts as crosses,
     one colour per identity; a legend says which is which."""
     import torch
@@ -319,7 +378,8 @@ def plot_projection(image_embeddings, image_labels, text_embeddings, text_labels
     image_mask = torch.isin(image_labels, chosen)
     text_mask = torch.isin(text_labels, chosen)
     points = torch.nn.functional.normalize(
-        torch.cat([image_embeddings[image_mask], text_embeddings[text_mask]]).float(), dim=1)
+        torch.cat([image_embeddings[image_mask], text_embeddings[text_mask]]).float(), dim=1
+    )
     projected = _pca_2d(points).numpy()
     labels = torch.cat([image_labels[image_mask], text_labels[text_mask]]).numpy()
     is_image = np.r_[np.ones(int(image_mask.sum()), bool), np.zeros(int(text_mask.sum()), bool)]
@@ -333,10 +393,14 @@ def plot_projection(image_embeddings, image_labels, text_embeddings, text_labels
     ax.set_ylabel("2nd principal direction")
     ax.tick_params(labelbottom=False, labelleft=False, length=0)
     if legend:
-        handles = [Line2D([], [], marker="o", linestyle="", color="#444444", label="image"),
-                   Line2D([], [], marker="x", linestyle="", color="#444444", label="caption")]
-        handles += [Line2D([], [], marker="s", linestyle="", color=colours(i % 10), label=f"identity {identity}")
-                    for i, identity in enumerate(identities)]
+        handles = [
+            Line2D([], [], marker="o", linestyle="", color="#444444", label="image"),
+            Line2D([], [], marker="x", linestyle="", color="#444444", label="caption"),
+        ]
+        handles += [
+            Line2D([], [], marker="s", linestyle="", color=colours(i % 10), label=f"identity {identity}")
+            for i, identity in enumerate(identities)
+        ]
         ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return ax.figure
 
@@ -380,8 +444,9 @@ def _framed(ax, pixels, matched: bool | None, caption: str = "") -> None:
         ax.set_title(caption, fontsize=7)
 
 
-def plot_text_queries(queries: Sequence[str], ranked_images, matches, gallery_pixels, profile: str,
-                      title: str = "") -> "plt.Figure":
+def plot_text_queries(
+    queries: Sequence[str], ranked_images, matches, gallery_pixels, profile: str, title: str = ""
+) -> "plt.Figure":
     """Each text query (a row) with its top-K gallery images: ``ranked_images`` (Q, K) gallery
     indices, best first; ``matches`` (Q, K) bool, framed green where the image shows the query's
     identity and red where it does not; ``gallery_pixels`` (N_I, H, W, 3) uint8."""
@@ -401,22 +466,28 @@ def plot_text_queries(queries: Sequence[str], ranked_images, matches, gallery_pi
         ax.axis("off")
         ax.text(0, 0.5, "\n".join(textwrap.wrap(queries[row], 34)[:7]), fontsize=7, va="center")
         for rank in range(top):
-            _framed(fig.add_subplot(grid[row, rank + 1]), gallery_pixels[ranked_images[row, rank]],
-                    None if matches is None else bool(matches[row, rank]), f"{rank + 1}" if row == 0 else "")
+            _framed(
+                fig.add_subplot(grid[row, rank + 1]),
+                gallery_pixels[ranked_images[row, rank]],
+                None if matches is None else bool(matches[row, rank]),
+                f"{rank + 1}" if row == 0 else "",
+            )
     fig.suptitle(title or "Text queries and their top images (green: the described identity, red: another)", fontsize=9)
     return mark_synthetic(fig, profile)
 
 
-def plot_image_queries(query_pixels, ranked_captions: Sequence[Sequence[str]], matches, profile: str,
-                       title: str = "") -> "plt.Figure":
+def plot_image_queries(
+    query_pixels, ranked_captions: Sequence[Sequence[str]], matches, profile: str, title: str = ""
+) -> "plt.Figure":
     """Each image query (a row) with its top-K captions, green where the caption describes the
     image's identity and red where it does not; ``query_pixels`` (Q, H, W, 3) uint8."""
     import textwrap
 
     matches = np.asarray(matches, dtype=bool)
     rows, top = matches.shape
-    fig, axes = plt.subplots(rows, 2, figsize=(9.5, (0.5 + 0.2 * top) * rows + 0.5),
-                             gridspec_kw={"width_ratios": [1, 5]}, squeeze=False)
+    fig, axes = plt.subplots(
+        rows, 2, figsize=(9.5, (0.5 + 0.2 * top) * rows + 0.5), gridspec_kw={"width_ratios": [1, 5]}, squeeze=False
+    )
     for row in range(rows):
         _framed(axes[row, 0], query_pixels[row], True)
         axes[row, 0].spines[:].set_edgecolor("#444444")
@@ -424,8 +495,16 @@ def plot_image_queries(query_pixels, ranked_captions: Sequence[Sequence[str]], m
         ax.axis("off")
         for rank in range(top):
             text = textwrap.shorten(ranked_captions[row][rank], 110, placeholder="...")
-            ax.text(0, 1 - (rank + 0.5) / top, f"{rank + 1}. {text}", fontsize=7, va="center",
-                    color=MATCH_COLOUR if matches[row, rank] else MISS_COLOUR)
-    fig.suptitle(title or "Image queries and their top captions (green: describes this identity, red: another)", fontsize=9)
+            ax.text(
+                0,
+                1 - (rank + 0.5) / top,
+                f"{rank + 1}. {text}",
+                fontsize=7,
+                va="center",
+                color=MATCH_COLOUR if matches[row, rank] else MISS_COLOUR,
+            )
+    fig.suptitle(
+        title or "Image queries and their top captions (green: describes this identity, red: another)", fontsize=9
+    )
     fig.tight_layout()
     return mark_synthetic(fig, profile)

@@ -66,9 +66,11 @@ PAPER_TABLES = {
 #: Rows kept out of a headline table (full tables keep them): column -> the one value shown.
 HEADLINE_ONLY: dict[str, dict[str, Any]] = {}  # where a sampler column varies: the profile's sampler
 #: Experiments whose claims are many and not the paper's own: one summary line in the scorecard.
-SCORECARD_SUMMARISED = {"fidelity_audit": "What the deviations of public ports cost (notebook 13)",
-                        "cmpm_family": "The CMPM family (SDM, InfoNCE, R-ITC, TAL) on one network, and what a per-GPU "
-                                       "loss costs each (notebook 14)"}
+SCORECARD_SUMMARISED = {
+    "fidelity_audit": "What the deviations of public ports cost (notebook 13)",
+    "cmpm_family": "The CMPM family (SDM, InfoNCE, R-ITC, TAL) on one network, and what a per-GPU "
+    "loss costs each (notebook 14)",
+}
 #: Summarised experiments whose scorecard line also links their table (``summary.csv``).
 SCORECARD_TABLES = ("cmpm_family",)
 #: The README's figures: (experiment folder, file stem, caption).
@@ -87,12 +89,15 @@ def marker(name: str) -> tuple[str, str]:
 
 def notebook_for(experiment: str, notebooks_dir: Path) -> Path | None:
     """The notebook ``NN_<experiment>.ipynb`` whose stem without the number is ``experiment``."""
-    matches = sorted(path for path in notebooks_dir.glob("*.ipynb") if re.fullmatch(rf"\d+_{re.escape(experiment)}", path.stem))
+    matches = sorted(
+        path for path in notebooks_dir.glob("*.ipynb") if re.fullmatch(rf"\d+_{re.escape(experiment)}", path.stem)
+    )
     return matches[0] if matches else None
 
 
 def experiment_files(results_dir: Path, profile: str, name: str, notebooks_dir: Path) -> list[Path]:
     """``<results>/<experiment>/<profile>/<name>`` files, in notebook order (then by name)."""
+
     def order(path: Path) -> str:
         notebook = notebook_for(path.parent.parent.name, notebooks_dir)
         return notebook.stem if notebook is not None else f"99_{path.parent.parent.name}"
@@ -117,11 +122,16 @@ def render_scorecard(results_dir: Path, profile: str, notebooks_dir: Path) -> st
             table = read_claims(path)
             verdicts = table["verdict"].value_counts()
             counts = ", ".join(f"{verdict} {count}" for verdict, count in verdicts.items())
-            summarised.append(f"- {SCORECARD_SUMMARISED[experiment]}: {len(table)} checks ({counts}); every row in "
-                              f"[results/{experiment}/{profile}/claims.csv](results/{experiment}/{profile}/claims.csv)"
-                              + (f"; the table: [results/{experiment}/{profile}/summary.csv](results/{experiment}/{profile}/summary.csv)"
-                                 if experiment in SCORECARD_TABLES and (path.parent / "summary.csv").is_file() else "")
-                              + ".")
+            summarised.append(
+                f"- {SCORECARD_SUMMARISED[experiment]}: {len(table)} checks ({counts}); every row in "
+                f"[results/{experiment}/{profile}/claims.csv](results/{experiment}/{profile}/claims.csv)"
+                + (
+                    f"; the table: [results/{experiment}/{profile}/summary.csv](results/{experiment}/{profile}/summary.csv)"
+                    if experiment in SCORECARD_TABLES and (path.parent / "summary.csv").is_file()
+                    else ""
+                )
+                + "."
+            )
             continue
         for row in read_claims(path).to_dict("records"):
             seeds = row.get("n_seeds")
@@ -130,8 +140,13 @@ def render_scorecard(results_dir: Path, profile: str, notebooks_dir: Path) -> st
                 continue
             seen.add((row["claim"], ours))
             family = row.get("family_size")
-            cells = [f"{row['claim']} ({experiment})", ours, _verdict_cell(row),
-                     "" if _missing(seeds) else int(seeds), "" if _missing(family) else int(family)]
+            cells = [
+                f"{row['claim']} ({experiment})",
+                ours,
+                _verdict_cell(row),
+                "" if _missing(seeds) else int(seeds),
+                "" if _missing(family) else int(family),
+            ]
             if is_papers_claim(row, experiment):
                 papers.append([cells[0], paper_side(row, experiment), *cells[1:]])
             else:
@@ -139,19 +154,34 @@ def render_scorecard(results_dir: Path, profile: str, notebooks_dir: Path) -> st
     if not papers and not ours_rows and not summarised:
         return f"No claims yet: no `results/*/{profile}/claims.csv` (run `make reproduce`)."
     ours_header = f"ours ({_data_label(profile)}): difference [95% CI]"
-    rule = (f"_From `results/*/{profile}/claims.csv`. Each claim compares two methods on paired seeds (at least "
-            f"{claims_module.MIN_SEEDS}); the difference is shown with its own 95% confidence interval. The verdict is "
-            "corrected for the number of claims a notebook tests together (Holm-Bonferroni, family size in the last "
-            "column): **held** when the adjusted p-value is below 0.05 and the difference positive, **did not hold** "
-            "when below 0.05 and negative, else **inconclusive**; \"alone\" gives the reading of the claim's own "
-            "interval where it differs._")
-    parts = ["### The paper's claims", "",
-             rule + " _The paper column holds the paper's values for that exact comparison and backbone, as "
-             "reported on the real data; they are not comparable in level with the synthetic differences._", ""]
-    parts.append(markdown_table(["claim (experiment)", "paper (real data)", ours_header, "verdict", "seeds", "family"], papers)
-                 if papers else "No claim of the paper's tables yet.")
-    parts += ["", "### Our checks", "", "_Comparisons the paper does not make: deviations of public ports, another "
-              "paper's system, losses published later, and what the deviations of ports cost (notebook 13). Same rule._", ""]
+    rule = (
+        f"_From `results/*/{profile}/claims.csv`. Each claim compares two methods on paired seeds (at least "
+        f"{claims_module.MIN_SEEDS}); the difference is shown with its own 95% confidence interval. The verdict is "
+        "corrected for the number of claims a notebook tests together (Holm-Bonferroni, family size in the last "
+        "column): **held** when the adjusted p-value is below 0.05 and the difference positive, **did not hold** "
+        'when below 0.05 and negative, else **inconclusive**; "alone" gives the reading of the claim\'s own '
+        "interval where it differs._"
+    )
+    parts = [
+        "### The paper's claims",
+        "",
+        rule + " _The paper column holds the paper's values for that exact comparison and backbone, as "
+        "reported on the real data; they are not comparable in level with the synthetic differences._",
+        "",
+    ]
+    parts.append(
+        markdown_table(["claim (experiment)", "paper (real data)", ours_header, "verdict", "seeds", "family"], papers)
+        if papers
+        else "No claim of the paper's tables yet."
+    )
+    parts += [
+        "",
+        "### Our checks",
+        "",
+        "_Comparisons the paper does not make: deviations of public ports, another "
+        "paper's system, losses published later, and what the deviations of ports cost (notebook 13). Same rule._",
+        "",
+    ]
     if ours_rows:
         parts.append(markdown_table(["check (experiment)", ours_header, "verdict", "seeds", "family"], ours_rows))
     parts += ["", *summarised] if summarised else []
@@ -191,31 +221,45 @@ def render_headline(results_dir: Path, profile: str, notebooks_dir: Path) -> str
                 if column in subset and (subset.groupby([*keys, "metric"])[column].nunique() > 1).any():
                     keys.append(column)
             ceilings = subset.groupby([*keys, "metric"], sort=False)["ceiling"].first().dropna()
-            shown.append("ceiling " + ", ".join(
-                " ".join([*map(str, key[:-1]), METRIC_LABELS.get(key[-1], key[-1]), f"{value:.1f}"])
-                for key, value in ((k if isinstance(k, tuple) else (k,), v) for k, v in ceilings.items())))
+            shown.append(
+                "ceiling "
+                + ", ".join(
+                    " ".join([*map(str, key[:-1]), METRIC_LABELS.get(key[-1], key[-1]), f"{value:.1f}"])
+                    for key, value in ((k if isinstance(k, tuple) else (k,), v) for k, v in ceilings.items())
+                )
+            )
         caption = f"**{experiment}** ({', '.join([f'{seeds} seed' + 's' * (seeds != 1), *shown])})"
         parts.append(headline_table(frame, metrics, caption=caption))
     if profile in config.SYNTHETIC_PROFILES:
-        paper_note = ("The paper's values are not set beside these synthetic numbers, which are not comparable with "
-                      "them in level: they have their own table, as reported on the real data, with the paper "
-                      "profile's results beside them ([results/README.md](results/README.md#reproduction-status-paper-profile-real-data)).")
+        paper_note = (
+            "The paper's values are not set beside these synthetic numbers, which are not comparable with "
+            "them in level: they have their own table, as reported on the real data, with the paper "
+            "profile's results beside them ([results/README.md](results/README.md#reproduction-status-paper-profile-real-data))."
+        )
     else:
-        paper_note = ("\"(paper X)\" where `cmp_utils/evaluation/paper_numbers.csv` has a value confirmed from a public source, "
-                      "with the backbone it was reported for and how many public sources give it. Full tables: "
-                      "[results/README.md](results/README.md).")
-    intro = (f"_Generated from `results/*/{profile}/metrics.csv` ({_data_label(profile)}): mean ± sd over seeds; "
-             "[x%] = share of the ceiling, the best score the synthetic captions allow (an attribute oracle, "
-             f"notebook 01). {paper_note}_")
+        paper_note = (
+            '"(paper X)" where `cmp_utils/evaluation/paper_numbers.csv` has a value confirmed from a public source, '
+            "with the backbone it was reported for and how many public sources give it. Full tables: "
+            "[results/README.md](results/README.md)."
+        )
+    intro = (
+        f"_Generated from `results/*/{profile}/metrics.csv` ({_data_label(profile)}): mean ± sd over seeds; "
+        "[x%] = share of the ceiling, the best score the synthetic captions allow (an attribute oracle, "
+        f"notebook 01). {paper_note}_"
+    )
     return intro + "\n\n" + "\n\n".join(parts)
 
 
 def render_reproduction(results_dir: Path) -> str:
     """results/README.md's last section: the paper's every known value against the paper profile's runs."""
-    return ("## Reproduction status (paper profile, real data)\n\n_Every value of `cmp_utils/evaluation/paper_numbers.csv` "
-            "beside the paper profile's result of the same row and backbone (`results/*/paper/metrics.csv`); "
-            "synthetic results are never compared with it._\n\n" + reproduction_status(results_dir=results_dir)
-            + "\n\n" + render_third_party())
+    return (
+        "## Reproduction status (paper profile, real data)\n\n_Every value of `cmp_utils/evaluation/paper_numbers.csv` "
+        "beside the paper profile's result of the same row and backbone (`results/*/paper/metrics.csv`); "
+        "synthetic results are never compared with it._\n\n"
+        + reproduction_status(results_dir=results_dir)
+        + "\n\n"
+        + render_third_party()
+    )
 
 
 def render_third_party() -> str:
@@ -223,11 +267,23 @@ def render_third_party() -> str:
     from ..evaluation import paper
 
     reruns = paper.third_party_reruns()
-    rows = [[r.dataset, r.label, r.direction, METRIC_LABELS.get(r.metric, r.metric), _number(r.value, 3).rstrip("0").rstrip("."),
-             r.who, r.note] for r in reruns.itertuples(index=False)]
-    return ("### Third-party re-runs (not the paper's numbers)\n\n_From `cmp_utils/evaluation/third_party_reruns.csv`; "
-            "never shown in a paper column._\n\n"
-            + markdown_table(["dataset", "label", "direction", "metric", "value", "who", "note"], rows))
+    rows = [
+        [
+            r.dataset,
+            r.label,
+            r.direction,
+            METRIC_LABELS.get(r.metric, r.metric),
+            _number(r.value, 3).rstrip("0").rstrip("."),
+            r.who,
+            r.note,
+        ]
+        for r in reruns.itertuples(index=False)
+    ]
+    return (
+        "### Third-party re-runs (not the paper's numbers)\n\n_From `cmp_utils/evaluation/third_party_reruns.csv`; "
+        "never shown in a paper column._\n\n"
+        + markdown_table(["dataset", "label", "direction", "metric", "value", "who", "note"], rows)
+    )
 
 
 def render_full_tables(results_dir: Path, profile: str, notebooks_dir: Path, link_root: Path) -> str:
@@ -237,30 +293,52 @@ def render_full_tables(results_dir: Path, profile: str, notebooks_dir: Path, lin
         experiment = path.parent.parent.name
         summary = summarise(with_current_paper_values(read_metrics(path)))
         notebook = notebook_for(experiment, notebooks_dir)
-        made_by = (f"`python -m cmp_utils.tools.run_notebooks --profile {profile} notebooks/{notebook.name}`"
-                   if notebook is not None else f"(no notebook `notebooks/NN_{experiment}.ipynb` found)")
+        made_by = (
+            f"`python -m cmp_utils.tools.run_notebooks --profile {profile} notebooks/{notebook.name}`"
+            if notebook is not None
+            else f"(no notebook `notebooks/NN_{experiment}.ipynb` found)"
+        )
         names = grouping_columns(summary)
         has_ceiling = "ceiling" in summary and summary["ceiling"].notna().any()
         # On synthetic data a level difference from the paper means nothing: the ceiling is the yardstick there.
         synthetic = profile in config.SYNTHETIC_PROFILES
-        rows = [[*(row[name] for name in names), _number(row["paper_value"]), row.get("paper_support") or "",
-                 _ours(row["mean"], row["std"], row["n_seeds"]), row["n_seeds"],
-                 *([] if synthetic else [_signed(row["difference"])]),
-                 *([_number(row["ceiling"]), "" if _missing(row["ceiling"]) else f"{row['percent_of_ceiling']:.0f}%"]
-                   if has_ceiling else [])]
-                for row in summary.to_dict("records")]
-        header = [*names, "paper (real data)" if synthetic else "paper", "support", f"ours ({_data_label(profile)})", "seeds",
-                  *([] if synthetic else ["ours − paper"]),
-                  *(["ceiling of the test set", "share of the ceiling"] if has_ceiling else [])]
+        rows = [
+            [
+                *(row[name] for name in names),
+                _number(row["paper_value"]),
+                row.get("paper_support") or "",
+                _ours(row["mean"], row["std"], row["n_seeds"]),
+                row["n_seeds"],
+                *([] if synthetic else [_signed(row["difference"])]),
+                *(
+                    [_number(row["ceiling"]), "" if _missing(row["ceiling"]) else f"{row['percent_of_ceiling']:.0f}%"]
+                    if has_ceiling
+                    else []
+                ),
+            ]
+            for row in summary.to_dict("records")
+        ]
+        header = [
+            *names,
+            "paper (real data)" if synthetic else "paper",
+            "support",
+            f"ours ({_data_label(profile)})",
+            "seeds",
+            *([] if synthetic else ["ours − paper"]),
+            *(["ceiling of the test set", "share of the ceiling"] if has_ceiling else []),
+        ]
         section = f"## {experiment}\n\nMade by: {made_by}\n\n" + markdown_table(header, rows)
         claims_path = path.parent / "claims.csv"
         if claims_path.is_file():
             claims = read_claims(claims_path)
             section += "\n\nClaims (`claims.csv`):\n\n" + markdown_table(
-                list(claims.columns), [[_cell(value) for value in row] for row in claims.itertuples(index=False)])
+                list(claims.columns), [[_cell(value) for value in row] for row in claims.itertuples(index=False)]
+            )
         figures = sorted(path.parent.glob("*.png"))
         if figures:
-            section += "\n\nFigures: " + ", ".join(f"[{figure.stem}]({_relative(figure, link_root)})" for figure in figures)
+            section += "\n\nFigures: " + ", ".join(
+                f"[{figure.stem}]({_relative(figure, link_root)})" for figure in figures
+            )
         parts.append(section)
     if not parts:
         return f"No results yet: no `results/*/{profile}/metrics.csv` was found. Run `make reproduce` first."
@@ -283,25 +361,57 @@ def render_figures(results_dir: Path, profile: str, link_root: Path) -> str:
         return f"No figures yet under `results/*/{profile}/`."
     if len(cells) % 2:
         cells.append("")
-    rows = [cells[index:index + 2] for index in range(0, len(cells), 2)]
+    rows = [cells[index : index + 2] for index in range(0, len(cells), 2)]
     return markdown_table([f"{_data_label(profile)}", "(each folder also holds the SVG)"], rows)
 
 
 #: (label, how to read it from a dataset's settings) for the profiles table.
 PROFILE_ROWS: tuple[tuple[str, Any], ...] = (
-    ("data; image branch", lambda profile, s: ("real data" if profile == "paper" else "synthetic") + "; " + (
-        "trained end to end" if s["feature_mode"] == "end_to_end" else "frozen, cached ImageNet features")),
-    ("backbone", lambda profile, s: s["backbone"] + (f", first {s['backbone_blocks']} stages"
-                                                     if s.get("backbone_blocks") is not None else "")),
-    ("image size / feature grid", lambda profile, s: f"{_setting(s.get('image_size'))} / {_setting(s.get('pool_grid'))}"),
-    ("learning rate", lambda profile, s: _setting(s["lr"]) + (f", {_setting(s['finetune_lr'])} after {s['frozen_epochs']} frozen epochs"
-                                                               if s["frozen_epochs"] else "")),
+    (
+        "data; image branch",
+        lambda profile, s: (
+            ("real data" if profile == "paper" else "synthetic")
+            + "; "
+            + ("trained end to end" if s["feature_mode"] == "end_to_end" else "frozen, cached ImageNet features")
+        ),
+    ),
+    (
+        "backbone",
+        lambda profile, s: (
+            s["backbone"] + (f", first {s['backbone_blocks']} stages" if s.get("backbone_blocks") is not None else "")
+        ),
+    ),
+    (
+        "image size / feature grid",
+        lambda profile, s: f"{_setting(s.get('image_size'))} / {_setting(s.get('pool_grid'))}",
+    ),
+    (
+        "learning rate",
+        lambda profile, s: (
+            _setting(s["lr"])
+            + (f", {_setting(s['finetune_lr'])} after {s['frozen_epochs']} frozen epochs" if s["frozen_epochs"] else "")
+        ),
+    ),
     ("epochs / batch size", lambda profile, s: f"{s['epochs']} / {s['batch_size']}"),
     ("EMA decay", lambda profile, s: _setting(s["ema_decay"])),
-    ("sampler", lambda profile, s: s["sampler"] + (f" ({s['instances_per_label']} per id)" if s["sampler"] == "identity" else "")),
-    ("horizontal flips", lambda profile, s: ("random flip" if s["feature_mode"] == "end_to_end" else
-                                             ("cached flipped copies" if s.get("cache_flips") else "none"))),
-    ("joint dim / word dim / LSTM units", lambda profile, s: f"{s['embedding_dim']} / {s['word_dim']} / {s['hidden_size']}"),
+    (
+        "sampler",
+        lambda profile, s: (
+            s["sampler"] + (f" ({s['instances_per_label']} per id)" if s["sampler"] == "identity" else "")
+        ),
+    ),
+    (
+        "horizontal flips",
+        lambda profile, s: (
+            "random flip"
+            if s["feature_mode"] == "end_to_end"
+            else ("cached flipped copies" if s.get("cache_flips") else "none")
+        ),
+    ),
+    (
+        "joint dim / word dim / LSTM units",
+        lambda profile, s: f"{s['embedding_dim']} / {s['word_dim']} / {s['hidden_size']}",
+    ),
 )
 
 
@@ -329,18 +439,26 @@ def render_profiles(results_dir: Path) -> str:
     from .. import training
 
     columns = [("paper", "cuhk_pedes"), ("paper", "flickr30k"), ("quick", "cuhk_pedes"), ("smoke", "cuhk_pedes")]
-    columns = [(profile, dataset) for profile, dataset in columns if dataset in training.PROFILE_SETTINGS.get(profile, {})]
+    columns = [
+        (profile, dataset) for profile, dataset in columns if dataset in training.PROFILE_SETTINGS.get(profile, {})
+    ]
     header = ["setting"] + [f"{profile} ({dataset})" for profile, dataset in columns]
     rows = []
     for label, read in PROFILE_ROWS:
-        rows.append([label] + [read(profile, training.PROFILE_SETTINGS[profile][dataset]) for profile, dataset in columns])
-    rows.append(["test gallery: images / captions"] + [_gallery(results_dir, profile, dataset) for profile, dataset in columns])
-    intro = ("_`profile`, in every notebook's `parameters` cell: `smoke` (CI), `quick` (default, a CPU), `paper` (real "
-             "data, a GPU). Generated from `cmp_utils.training.PROFILE_SETTINGS` and "
-             "`results/data_preparation/*/split_statistics.csv`; Flickr30K settings also stand for MSCOCO, CUB and "
-             "Flowers, and each of the paper profile's rows trains the backbone the paper reports it with "
-             "(`cmp_utils.experiments.PAPER_ROWS`) (MSCOCO: batch "
-             f"{_setting(training.PROFILE_SETTINGS['paper'].get('mscoco', {}).get('batch_size'))})._")
+        rows.append(
+            [label] + [read(profile, training.PROFILE_SETTINGS[profile][dataset]) for profile, dataset in columns]
+        )
+    rows.append(
+        ["test gallery: images / captions"] + [_gallery(results_dir, profile, dataset) for profile, dataset in columns]
+    )
+    intro = (
+        "_`profile`, in every notebook's `parameters` cell: `smoke` (CI), `quick` (default, a CPU), `paper` (real "
+        "data, a GPU). Generated from `cmp_utils.training.PROFILE_SETTINGS` and "
+        "`results/data_preparation/*/split_statistics.csv`; Flickr30K settings also stand for MSCOCO, CUB and "
+        "Flowers, and each of the paper profile's rows trains the backbone the paper reports it with "
+        "(`cmp_utils.experiments.PAPER_ROWS`) (MSCOCO: batch "
+        f"{_setting(training.PROFILE_SETTINGS['paper'].get('mscoco', {}).get('batch_size'))})._"
+    )
     return intro + "\n\n" + markdown_table(header, rows)
 
 
@@ -378,14 +496,21 @@ def render_performance(results_dir: Path) -> str:
     gpu = bench.get("gpu")
     no_gpu = gpu is not None and len(gpu) and "case" in gpu and (gpu["case"] == "no CUDA device").all()
     table = markdown_table(["benchmark", "case", "value", "machine"], rows) if rows else "No headline rows found."
-    return ("_From `results/bench/*.csv` (`make bench`); every row in [results/bench/README.md](results/bench/README.md)."
-            + (" No GPU benchmark exists yet (`gpu.csv`: no CUDA device was present)." if no_gpu else "") + "_\n\n" + table)
+    return (
+        "_From `results/bench/*.csv` (`make bench`); every row in [results/bench/README.md](results/bench/README.md)."
+        + (" No GPU benchmark exists yet (`gpu.csv`: no CUDA device was present)." if no_gpu else "")
+        + "_\n\n"
+        + table
+    )
 
 
 def render_bench_readme(results_dir: Path) -> str:
     """All benchmark tables, for ``results/bench/README.md``."""
-    parts = ["# Benchmarks", "_Generated by `python -m cmp_utils.reporting` from `results/bench/*.csv` (`make bench`); "
-             "do not edit by hand._"]
+    parts = [
+        "# Benchmarks",
+        "_Generated by `python -m cmp_utils.reporting` from `results/bench/*.csv` (`make bench`); "
+        "do not edit by hand._",
+    ]
     bench = _read_bench(results_dir)
     if not bench:
         parts.append("No benchmark results yet.")
@@ -419,7 +544,9 @@ def render_timings(results_dir: Path, profile: str, notebooks_dir: Path, link_ro
         executed = results_dir / "executed" / profile / notebook.name
         name = f"[{notebook.stem}]({_relative(executed, link_root)})" if executed.is_file() else notebook.stem
         seconds = latest["seconds"].get(notebook.stem) if notebook.stem in latest.index else None
-        rows.append([name, notebook_purpose(notebook), "no timing recorded yet" if _missing(seconds) else f"{seconds / 60:.1f}"])
+        rows.append(
+            [name, notebook_purpose(notebook), "no timing recorded yet" if _missing(seconds) else f"{seconds / 60:.1f}"]
+        )
     where = ""
     if len(latest):
         machines = sorted({str(value) for value in latest.get("machine", pd.Series(dtype=str)).dropna()})
@@ -429,8 +556,11 @@ def render_timings(results_dir: Path, profile: str, notebooks_dir: Path, link_ro
             ends = starts + pd.to_timedelta(latest["seconds"], unit="s")
             span = f", from {starts.min().isoformat(timespec='seconds')} to {ends.max().isoformat(timespec='seconds')}"
         total = latest["seconds"].sum() / 60
-        where = (f"\n\nTotal: {total:.0f} min" + (f" on {', '.join(machines)}" if machines else "") + span + ".")
-    return markdown_table(["notebook (executed copy)", "what it does", f"minutes ({profile}, `timings.csv`)"], rows) + where
+        where = f"\n\nTotal: {total:.0f} min" + (f" on {', '.join(machines)}" if machines else "") + span + "."
+    return (
+        markdown_table(["notebook (executed copy)", "what it does", f"minutes ({profile}, `timings.csv`)"], rows)
+        + where
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -445,8 +575,9 @@ def replace_between_markers(text: str, markers: tuple[str, str], body: str, sour
     generated section (README, results/README.md, docs/fidelity.md) is written into its document."""
     start, end = markers
     if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
-        raise ValueError(f"{source} needs exactly one {start} followed by one {end}; add them where the "
-                         "generated section should go")
+        raise ValueError(
+            f"{source} needs exactly one {start} followed by one {end}; add them where the generated section should go"
+        )
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{start}\n{body.strip(chr(10))}\n{end}{tail}"
@@ -494,17 +625,27 @@ def update_readme(
     text = readme.read_text(encoding="utf-8")
     present = [name for name in SECTIONS if marker(name)[0] in text]
     if not present:
-        raise ValueError(f"{readme} lacks the markers of every generated section ({', '.join(marker(n)[0] for n in SECTIONS)}); "
-                         "add them where the generated sections should go")
+        raise ValueError(
+            f"{readme} lacks the markers of every generated section ({', '.join(marker(n)[0] for n in SECTIONS)}); "
+            "add them where the generated sections should go"
+        )
     link_root = readme.resolve().parent
     for name in present:
-        text = replace_between_markers(text, marker(name), render_section(name, results, profile, notebooks, link_root), readme)
+        text = replace_between_markers(
+            text, marker(name), render_section(name, results, profile, notebooks, link_root), readme
+        )
     results.mkdir(parents=True, exist_ok=True)
-    full = ("# Results\n\n_Generated by `python -m cmp_utils.reporting` from `results/*/"
-            f"{profile}/`; do not edit by hand. Paper values: `cmp_utils/evaluation/paper_numbers.csv` (sources: "
-            "`cmp_utils/evaluation/paper_sources.csv`, docs/fidelity.md); ours: mean ± sample sd over seeds._\n\n"
-            + render_full_tables(results, profile, notebooks, results) + "\n\n## Profiles, and how quick differs from the paper\n\n"
-            + render_profiles(results) + "\n\n" + render_reproduction(results) + "\n")
+    full = (
+        "# Results\n\n_Generated by `python -m cmp_utils.reporting` from `results/*/"
+        f"{profile}/`; do not edit by hand. Paper values: `cmp_utils/evaluation/paper_numbers.csv` (sources: "
+        "`cmp_utils/evaluation/paper_sources.csv`, docs/fidelity.md); ours: mean ± sample sd over seeds._\n\n"
+        + render_full_tables(results, profile, notebooks, results)
+        + "\n\n## Profiles, and how quick differs from the paper\n\n"
+        + render_profiles(results)
+        + "\n\n"
+        + render_reproduction(results)
+        + "\n"
+    )
     written = [_write(readme, text), _write(results / "README.md", full)]
     written.append(_write(results / "bench" / "README.md", render_bench_readme(results)))
     return written

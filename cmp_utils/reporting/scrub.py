@@ -13,7 +13,9 @@ from ..core import atomic, config
 # Executed notebooks: no machine paths, bounded size
 # ---------------------------------------------------------------------------------------
 
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(?:home|root|tmp|work|Users|private|var/folders|mnt|scratch)/[^\s'\"<>)\]},:]*")
+_ABSOLUTE_PATH = re.compile(
+    r"(?<![\w.~-])/(?:home|root|tmp|work|Users|private|var/folders|mnt|scratch)/[^\s'\"<>)\]},:]*"
+)
 
 
 def scrub_text(text: str, roots: Sequence[Path]) -> str:
@@ -62,7 +64,11 @@ def scrub_notebook(path: str | Path, roots: Sequence[str | Path] | None = None) 
     ``roots`` (default: the project root, the results and cache folders) become relative.
     """
     path = Path(path)
-    roots = [Path(r) for r in roots] if roots is not None else [config.project_root(), config.results_dir(), config.cache_dir()]
+    roots = (
+        [Path(r) for r in roots]
+        if roots is not None
+        else [config.project_root(), config.results_dir(), config.cache_dir()]
+    )
     notebook = json.loads(path.read_text(encoding="utf-8"))
 
     def clean(value: Any) -> Any:

@@ -15,8 +15,18 @@ METRICS_COLUMNS = ("dataset", "method", "backbone", "direction", "metric", "valu
 REQUIRED_METRICS_COLUMNS = ("metric", "value", "seed")
 #: Columns that vary between the runs of one table cell (measurements, not keys): every other
 #: column of a metrics frame is a grouping column (batch_size, schedule, sampler, fold, ...).
-PER_RUN_COLUMNS = ("value", "paper_value", "paper_support", "ceiling", "seed", "seconds", "run_key", "run_dir", "best_epoch",
-                   "samples_per_second")
+PER_RUN_COLUMNS = (
+    "value",
+    "paper_value",
+    "paper_support",
+    "ceiling",
+    "seed",
+    "seconds",
+    "run_key",
+    "run_dir",
+    "best_epoch",
+    "samples_per_second",
+)
 #: Columns :func:`summarise` adds (never grouping columns).
 SUMMARY_COLUMNS = ("mean", "std", "n", "n_seeds", "difference", "percent_of_ceiling")
 #: Per-cell attributes carried beside the mean (the first non-null value of the cell); ``paper_support``
@@ -36,8 +46,10 @@ def read_metrics(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path, keep_default_na=True)
     missing = [column for column in REQUIRED_METRICS_COLUMNS if column not in frame.columns]
     if missing:
-        raise ValueError(f"{path} lacks the columns {missing}; a metrics.csv needs {list(REQUIRED_METRICS_COLUMNS)} "
-                         f"and should have {list(METRICS_COLUMNS)}")
+        raise ValueError(
+            f"{path} lacks the columns {missing}; a metrics.csv needs {list(REQUIRED_METRICS_COLUMNS)} "
+            f"and should have {list(METRICS_COLUMNS)}"
+        )
     for column in METRICS_COLUMNS:
         if column not in frame.columns:
             frame[column] = float("nan") if column == "paper_value" else ""
@@ -102,8 +114,10 @@ def with_current_paper_values(frame: pd.DataFrame) -> pd.DataFrame:
         return frame
     if "table" not in frame.columns:
         return paper.with_paper_values(frame)
-    parts = [paper.with_paper_values(group, table=None if _missing(table) else table)
-             for table, group in frame.groupby("table", sort=False, dropna=False)]
+    parts = [
+        paper.with_paper_values(group, table=None if _missing(table) else table)
+        for table, group in frame.groupby("table", sort=False, dropna=False)
+    ]
     return pd.concat(parts).sort_index()
 
 
@@ -181,9 +195,14 @@ def paper_side(row: dict[str, Any], experiment: str | None = None) -> str:
     if any(_missing(value) for value in (better, worse, metric)):
         return "no paper value (none confirmed)"
     numbers = paper.paper_numbers()
-    chosen = numbers[(numbers["metric"] == metric) & (numbers["direction"] == (row.get("direction") or "t2i"))
-                     & numbers["value"].notna()]
-    given = {column: row[column] for column in ("table", "dataset") if not _missing(row.get(column)) and row.get(column)}
+    chosen = numbers[
+        (numbers["metric"] == metric)
+        & (numbers["direction"] == (row.get("direction") or "t2i"))
+        & numbers["value"].notna()
+    ]
+    given = {
+        column: row[column] for column in ("table", "dataset") if not _missing(row.get(column)) and row.get(column)
+    }
     if not given and experiment in set(numbers["table"]):
         given = {"table": experiment}
     for column, value in given.items():
@@ -201,7 +220,7 @@ def paper_side(row: dict[str, Any], experiment: str | None = None) -> str:
 
     def described(method: str) -> str:
         cell = cells[method]
-        return (f"{method} {cell['value']:.2f} ({', '.join(filter(None, [cell['backbone'], paper.support_label(cell['sources'])]))})")
+        return f"{method} {cell['value']:.2f} ({', '.join(filter(None, [cell['backbone'], paper.support_label(cell['sources'])]))})"
 
     if len(cells) == 1:
         [(method, _)] = cells.items()
@@ -210,8 +229,9 @@ def paper_side(row: dict[str, Any], experiment: str | None = None) -> str:
         return f"no paper value for this comparison ({described(better)} vs {described(worse)}: different backbones)"
     difference = cells[better]["value"] - cells[worse]["value"]
     second_hand = any(cell["status"] == "confirmed second-hand" for cell in cells.values())
-    return (f"{described(better)} vs {described(worse)} ({difference:+.2f})"
-            + (" (one value second-hand)" if second_hand else ""))
+    return f"{described(better)} vs {described(worse)} ({difference:+.2f})" + (
+        " (one value second-hand)" if second_hand else ""
+    )
 
 
 def _our_side(row: dict[str, Any]) -> str:
@@ -232,8 +252,9 @@ def _our_side(row: dict[str, Any]) -> str:
 #: of "Our checks", never set under the paper's name.
 PAPER_COMPARISONS: dict[str, frozenset[tuple[str, str]]] = {
     "cuhk_pedes": frozenset({("CMPM+CMPC", "CMPM"), ("CMPM", "ranking")}),
-    "ablation": frozenset({("norm-softmax", "softmax"), ("CMPC", "norm-softmax"), ("CMPM+CMPC", "CMPM"),
-                           ("CMPM+CMPC", "CMPC")}),
+    "ablation": frozenset(
+        {("norm-softmax", "softmax"), ("CMPC", "norm-softmax"), ("CMPM+CMPC", "CMPM"), ("CMPM+CMPC", "CMPC")}
+    ),
     "batch_size": frozenset({("CMPM", "ranking")}),
     "feature_distribution": frozenset({("CMPC", "softmax"), ("CMPC", "norm-softmax")}),
     "flickr30k": frozenset({("CMPM+CMPC", "CMPM")}),
@@ -272,17 +293,26 @@ def headline_table(frame: pd.DataFrame, metrics: Sequence[str], caption: str = "
     if summary.empty:
         return ""
     summary["label"] = summary["metric"].map(lambda metric: METRIC_LABELS.get(metric, metric))
-    if "direction" in summary and summary["direction"].nunique() > 1 and (summary.groupby("metric")["direction"].nunique() == 1).all():
+    if (
+        "direction" in summary
+        and summary["direction"].nunique() > 1
+        and (summary.groupby("metric")["direction"].nunique() == 1).all()
+    ):
         summary["label"] = summary["direction"] + " " + summary["label"]  # one direction per metric (CUB/Flowers)
         summary = summary.drop(columns="direction")
     stats = {"metric", "label", "paper_value", "paper_support", "ceiling", "backbone", *SUMMARY_COLUMNS}
     keys = [key for key in grouping_columns(summary) if key not in stats]
     varying = _varying(summary, keys)
-    numeric = [key for key in varying if key not in ("method", "dataset", "table", "direction")
-               and pd.api.types.is_numeric_dtype(summary[key])]
+    numeric = [
+        key
+        for key in varying
+        if key not in ("method", "dataset", "table", "direction") and pd.api.types.is_numeric_dtype(summary[key])
+    ]
     column_key = numeric[0] if numeric else ("direction" if "direction" in varying else None)
     order = ["table", "dataset", "method"]
-    row_keys = [key for key in order if key in varying] + [key for key in varying if key not in order and key != column_key]
+    row_keys = [key for key in order if key in varying] + [
+        key for key in varying if key not in order and key != column_key
+    ]
     row_keys = row_keys or ["method"]
     labels = list(dict.fromkeys(summary["label"]))
     spread = list(dict.fromkeys(summary[column_key])) if column_key else [None]
@@ -305,17 +335,26 @@ def headline_table(frame: pd.DataFrame, metrics: Sequence[str], caption: str = "
                     cells.append("")
                     continue
                 first = hit.iloc[0]
-                paper_value = "" if _missing(first["paper_value"]) else f" (paper {_paper_with_support(first, short=True)})"
-                share = ("" if _missing(first.get("percent_of_ceiling", float("nan")))
-                         else f" [{first['percent_of_ceiling']:.0f}%]")
+                paper_value = (
+                    "" if _missing(first["paper_value"]) else f" (paper {_paper_with_support(first, short=True)})"
+                )
+                share = (
+                    ""
+                    if _missing(first.get("percent_of_ceiling", float("nan")))
+                    else f" [{first['percent_of_ceiling']:.0f}%]"
+                )
                 cells.append(_ours(first["mean"], first["std"], first["n_seeds"]) + share + paper_value)
         rows.append(cells)
     return markdown_table(header, rows)
 
 
 #: The paper's tables (``paper_numbers.csv``'s ``table``) each experiment folder holds.
-EXPERIMENT_PAPER_TABLES = {"cuhk_pedes": ("cuhk_pedes",), "flickr30k": ("flickr30k",),
-                           "mscoco": ("mscoco_1k", "mscoco_5k"), "cub_flowers": ("cub_flowers",)}
+EXPERIMENT_PAPER_TABLES = {
+    "cuhk_pedes": ("cuhk_pedes",),
+    "flickr30k": ("flickr30k",),
+    "mscoco": ("mscoco_1k", "mscoco_5k"),
+    "cub_flowers": ("cub_flowers",),
+}
 
 
 def paper_comparison(summary: pd.DataFrame, profile: str) -> pd.DataFrame:
@@ -323,8 +362,11 @@ def paper_comparison(summary: pd.DataFrame, profile: str) -> pd.DataFrame:
     paper's value, its support and ``difference`` (ours − paper); on synthetic data the paper's value
     and support beside the ceiling and the share of it, never a difference (a level difference from
     the paper means nothing there)."""
-    keys = [key for key in ("table", "dataset", "method", "backbone", "sampler", "direction", "metric")
-            if key in summary and (key in ("method", "metric") or summary[key].nunique(dropna=False) > 1)]
+    keys = [
+        key
+        for key in ("table", "dataset", "method", "backbone", "sampler", "direction", "metric")
+        if key in summary and (key in ("method", "metric") or summary[key].nunique(dropna=False) > 1)
+    ]
     measured = ["mean", "std", "n_seeds", "paper_value", "paper_support"]
     measured += ["difference"] if profile not in config.SYNTHETIC_PROFILES else ["ceiling", "percent_of_ceiling"]
     table = summary[[column for column in keys + measured if column in summary]].round(2)
@@ -339,8 +381,12 @@ def synthetic_summary(summary: pd.DataFrame) -> pd.DataFrame:
     return summary.drop(columns=["difference"], errors="ignore").rename(columns=renamed)
 
 
-def reproduction_status(experiments: Sequence[str] = tuple(EXPERIMENT_PAPER_TABLES), results_dir: str | Path | None = None,
-                        metrics: Sequence[str] | None = None, profile: str = "paper") -> str:
+def reproduction_status(
+    experiments: Sequence[str] = tuple(EXPERIMENT_PAPER_TABLES),
+    results_dir: str | Path | None = None,
+    metrics: Sequence[str] | None = None,
+    profile: str = "paper",
+) -> str:
     """row | paper | ours | ours − paper | status, for every value of ``paper_numbers.csv`` in the
     tables of ``experiments`` (optionally only ``metrics``), from ``results/<experiment>/paper/metrics.csv``:
     status "not run here" where that file has no run of the row (same method, the paper's backbone),
@@ -361,28 +407,44 @@ def reproduction_status(experiments: Sequence[str] = tuple(EXPERIMENT_PAPER_TABL
         path = results / experiment / profile / "metrics.csv"
         summary = summarise(with_current_paper_values(read_metrics(path))) if path.is_file() else pd.DataFrame()
         if len(summary) and "sampler" in summary and summary["sampler"].nunique() > 1:
-            own = {dataset: training.PROFILE_SETTINGS[profile][dataset]["sampler"] for dataset in summary["dataset"].unique()}
+            own = {
+                dataset: training.PROFILE_SETTINGS[profile][dataset]["sampler"]
+                for dataset in summary["dataset"].unique()
+            }
             summary = summary[summary["sampler"] == summary["dataset"].map(own)]
         for cell in cells.to_dict("records"):
             ours = pd.DataFrame()
             if len(summary):
                 labels = summary["backbone"].map(lambda name: paper.BACKBONE_LABELS.get(name, name))
-                ours = summary[(summary["dataset"] == cell["dataset"]) & (summary["table"] == cell["table"])
-                               & (summary["method"] == cell["method"]) & (summary["direction"] == cell["direction"])
-                               & (summary["metric"] == cell["metric"])
-                               & ((labels == cell["backbone"]) if cell["backbone"] else True)]
+                ours = summary[
+                    (summary["dataset"] == cell["dataset"])
+                    & (summary["table"] == cell["table"])
+                    & (summary["method"] == cell["method"])
+                    & (summary["direction"] == cell["direction"])
+                    & (summary["metric"] == cell["metric"])
+                    & ((labels == cell["backbone"]) if cell["backbone"] else True)
+                ]
             several = numbers.loc[numbers["dataset"] == cell["dataset"], "table"].nunique() > 1
             where = cell["table"] if several else cell["dataset"]  # mscoco_1k / mscoco_5k; cub, flowers
             label = f"{where} {cell['method']}"
-            label += (f", {cell['backbone']}" if cell["backbone"] else "") + f", {cell['direction']} {METRIC_LABELS.get(cell['metric'], cell['metric'])}"
+            label += (
+                f", {cell['backbone']}" if cell["backbone"] else ""
+            ) + f", {cell['direction']} {METRIC_LABELS.get(cell['metric'], cell['metric'])}"
             published = f"{cell['value']:.2f} ({paper.support_label(cell['sources'])})"
             if ours.empty:
                 rows.append([label, published, "", "", "not run here"])
                 continue
             first = ours.iloc[0]
             difference = first["mean"] - cell["value"]
-            rows.append([label, published, _ours(first["mean"], first["std"], first["n_seeds"]), _signed(difference),
-                         f"within {abs(difference):.2f} points"])
+            rows.append(
+                [
+                    label,
+                    published,
+                    _ours(first["mean"], first["std"], first["n_seeds"]),
+                    _signed(difference),
+                    f"within {abs(difference):.2f} points",
+                ]
+            )
     if not rows:
         return "No value of the paper's tables is known for these experiments."
     return markdown_table(["row", "paper (support)", f"ours ({profile})", "ours − paper", "status"], rows)

@@ -53,8 +53,9 @@ def _key_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in IGNORED_COLUMNS and not pd.api.types.is_float_dtype(frame[c])]
 
 
-def compare_metrics(committed: pd.DataFrame, rerun: pd.DataFrame, experiment: str = "",
-                    tolerance: float = 0.0) -> pd.DataFrame:
+def compare_metrics(
+    committed: pd.DataFrame, rerun: pd.DataFrame, experiment: str = "", tolerance: float = 0.0
+) -> pd.DataFrame:
     """Every difference between two tidy metrics tables (:data:`DIFFERENCE_COLUMNS`); empty when equal.
 
     Rows are matched on the key (non-float, non-timing) columns of ``committed``; a duplicated
@@ -63,27 +64,37 @@ def compare_metrics(committed: pd.DataFrame, rerun: pd.DataFrame, experiment: st
     keys = _key_columns(committed)
     values = [c for c in committed.columns if c not in keys and c not in IGNORED_COLUMNS]
     missing_columns = [c for c in keys + values if c not in rerun.columns]
-    rows: list[dict] = [{"experiment": experiment, "row": "", "column": c, "committed": "present", "rerun": "missing"}
-                        for c in missing_columns]
+    rows: list[dict] = [
+        {"experiment": experiment, "row": "", "column": c, "committed": "present", "rerun": "missing"}
+        for c in missing_columns
+    ]
     if missing_columns:
         return pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)
     for name, frame in (("committed", committed), ("rerun", rerun)):
         if frame.duplicated(keys).any():
             raise ValueError(f"{experiment}: the {name} metrics.csv has several rows with the same {keys}")
-    merged = committed[keys + values].merge(rerun[keys + values], on=keys, how="outer", suffixes=("_committed", "_rerun"),
-                                            indicator=True)
+    merged = committed[keys + values].merge(
+        rerun[keys + values], on=keys, how="outer", suffixes=("_committed", "_rerun"), indicator=True
+    )
     for _, row in merged.iterrows():
         label = ", ".join(f"{k}={row[k]}" for k in keys)
         if row["_merge"] != "both":
             side = "committed" if row["_merge"] == "left_only" else "rerun"
-            rows.append({"experiment": experiment, "row": label, "column": "(row)",
-                         "committed": "present" if side == "committed" else "missing",
-                         "rerun": "present" if side == "rerun" else "missing"})
+            rows.append(
+                {
+                    "experiment": experiment,
+                    "row": label,
+                    "column": "(row)",
+                    "committed": "present" if side == "committed" else "missing",
+                    "rerun": "present" if side == "rerun" else "missing",
+                }
+            )
             continue
         for column in values:
             old, new = row[f"{column}_committed"], row[f"{column}_rerun"]
-            same = (pd.isna(old) and pd.isna(new)) or (not pd.isna(old) and not pd.isna(new) and
-                                                        abs(np.float64(old) - np.float64(new)) <= tolerance)
+            same = (pd.isna(old) and pd.isna(new)) or (
+                not pd.isna(old) and not pd.isna(new) and abs(np.float64(old) - np.float64(new)) <= tolerance
+            )
             if not same:
                 rows.append({"experiment": experiment, "row": label, "column": column, "committed": old, "rerun": new})
     return pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)
@@ -99,9 +110,11 @@ def _read(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as error:
-        raise UnreadableTableError(f"{path} cannot be read as a results table ({type(error).__name__}: "
-                                   f"{str(error).splitlines()[0][:160] if str(error) else ''}); regenerate it "
-                                   f"(rerun its notebook) or restore it with git checkout") from error
+        raise UnreadableTableError(
+            f"{path} cannot be read as a results table ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:160] if str(error) else ''}); regenerate it "
+            f"(rerun its notebook) or restore it with git checkout"
+        ) from error
 
 
 def _problem_row(experiment: str, file_name: str, committed: str, rerun: str) -> dict:
@@ -127,12 +140,19 @@ def compare_claims(committed: pd.DataFrame, rerun: pd.DataFrame, experiment: str
     """The claims whose verdict differs (:data:`VERDICT_COLUMNS`); claims matched on their text columns
     other than the verdict (claim, better, worse, metric, direction, and any sampler / table column)."""
     keys = [c for c in _key_columns(committed) if c != "verdict" and c in rerun.columns]
-    merged = committed[keys + ["verdict"]].merge(rerun[keys + ["verdict"]], on=keys, how="outer",
-                                                 suffixes=("_committed", "_rerun"))
+    merged = committed[keys + ["verdict"]].merge(
+        rerun[keys + ["verdict"]], on=keys, how="outer", suffixes=("_committed", "_rerun")
+    )
     changed = merged[merged["verdict_committed"].fillna("(missing)") != merged["verdict_rerun"].fillna("(missing)")]
-    return pd.DataFrame({"experiment": experiment, "claim": changed["claim"],
-                         "committed": changed["verdict_committed"].fillna("(missing)"),
-                         "rerun": changed["verdict_rerun"].fillna("(missing)")}, columns=VERDICT_COLUMNS)
+    return pd.DataFrame(
+        {
+            "experiment": experiment,
+            "claim": changed["claim"],
+            "committed": changed["verdict_committed"].fillna("(missing)"),
+            "rerun": changed["verdict_rerun"].fillna("(missing)"),
+        },
+        columns=VERDICT_COLUMNS,
+    )
 
 
 def committed_table(source: str | Path, relative: str) -> pd.DataFrame | None:
@@ -141,32 +161,42 @@ def committed_table(source: str | Path, relative: str) -> pd.DataFrame | None:
     if isinstance(source, Path):
         path = source / relative
         return _read(path) if path.is_file() else None
-    completed = subprocess.run(["git", "show", f"{source}:results/{relative}"], cwd=config.project_root(),
-                               capture_output=True)
+    completed = subprocess.run(
+        ["git", "show", f"{source}:results/{relative}"], cwd=config.project_root(), capture_output=True
+    )
     if completed.returncode != 0:
         return None
     try:
         return pd.read_csv(io.BytesIO(completed.stdout))
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise UnreadableTableError(f"results/{relative} at git {source} cannot be read as a results table "
-                                   f"({type(error).__name__}); fix the commit or compare --against another") from error
+        raise UnreadableTableError(
+            f"results/{relative} at git {source} cannot be read as a results table "
+            f"({type(error).__name__}); fix the commit or compare --against another"
+        ) from error
 
 
 def committed_experiments(source: str | Path, profile: str) -> list[str]:
     """The experiments with a ``<experiment>/<profile>/metrics.csv`` at ``source`` (git revision or folder)."""
     if isinstance(source, Path):
         return sorted(p.parent.parent.name for p in source.glob(f"*/{profile}/metrics.csv"))
-    completed = subprocess.run(["git", "ls-tree", "-r", "--name-only", source, "results/"], cwd=config.project_root(),
-                               capture_output=True, text=True)
+    completed = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", source, "results/"],
+        cwd=config.project_root(),
+        capture_output=True,
+        text=True,
+    )
     if completed.returncode != 0:
-        raise ValueError(f"--against {source}: not a git revision of {config.project_root()} "
-                         f"({completed.stderr.strip()}); use a commit such as HEAD, or --against files")
+        raise ValueError(
+            f"--against {source}: not a git revision of {config.project_root()} "
+            f"({completed.stderr.strip()}); use a commit such as HEAD, or --against files"
+        )
     parts = [line.split("/") for line in completed.stdout.splitlines()]
     return sorted(p[1] for p in parts if len(p) == 4 and p[2] == profile and p[3] == "metrics.csv")
 
 
-def _compare_experiment(committed: str | Path, rerun_root: Path, profile: str, experiment: str,
-                        tolerance: float) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def _compare_experiment(
+    committed: str | Path, rerun_root: Path, profile: str, experiment: str, tolerance: float
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """:func:`_compare_tables` of one experiment; a table that is not tidy (a repeated key, a
     column of the wrong kind) is itself a difference naming the experiment, not a traceback."""
     try:
@@ -177,8 +207,9 @@ def _compare_experiment(committed: str | Path, rerun_root: Path, profile: str, e
         return pd.DataFrame([row]), pd.DataFrame(columns=VERDICT_COLUMNS), count
 
 
-def _compare_tables(committed: str | Path, rerun_root: Path, profile: str, experiment: str,
-                    tolerance: float) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def _compare_tables(
+    committed: str | Path, rerun_root: Path, profile: str, experiment: str, tolerance: float
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """One experiment's number differences, verdict differences and counts. A file expected on
     either side (the committed one exists) that is missing or unreadable is itself a difference,
     and all its numbers count as changed."""
@@ -193,8 +224,13 @@ def _compare_tables(committed: str | Path, rerun_root: Path, profile: str, exper
     new, new_problem = _read_side(rerun_root, f"{base}/metrics.csv", "rerun")
     numbers = count_numbers(old)
     if new is None:
-        count = {"experiment": experiment, "numbers": numbers, "numbers_changed": numbers, "claims": 0,
-                 "verdicts_changed": 0}
+        count = {
+            "experiment": experiment,
+            "numbers": numbers,
+            "numbers_changed": numbers,
+            "claims": 0,
+            "verdicts_changed": 0,
+        }
         problem = new_problem or f"missing: {rerun_root / base / 'metrics.csv'}"
         return pd.DataFrame([_problem_row(experiment, "metrics.csv", "present", problem)]), verdicts, count
     differences = compare_metrics(old, new, experiment, tolerance)
@@ -203,23 +239,37 @@ def _compare_tables(committed: str | Path, rerun_root: Path, profile: str, exper
     claims = 0 if old_claims is None else len(old_claims)
     if old_claims_problem or (old_claims is not None and new_claims is None):
         problem = old_claims_problem or new_claims_problem or f"missing: {rerun_root / base / 'claims.csv'}"
-        row = _problem_row(experiment, "claims.csv", old_claims_problem or "present",
-                           "" if old_claims_problem else problem)
+        row = _problem_row(
+            experiment, "claims.csv", old_claims_problem or "present", "" if old_claims_problem else problem
+        )
         differences = pd.concat([differences, pd.DataFrame([row])], ignore_index=True)
     elif old_claims is not None:
         verdicts = compare_claims(old_claims, new_claims, experiment)
         without = ["verdict"] if "verdict" in old_claims.columns else []
-        claim_numbers = compare_metrics(old_claims.drop(columns=without),
-                                        new_claims.drop(columns=[c for c in without if c in new_claims.columns]),
-                                        f"{experiment} (claims)", tolerance)
+        claim_numbers = compare_metrics(
+            old_claims.drop(columns=without),
+            new_claims.drop(columns=[c for c in without if c in new_claims.columns]),
+            f"{experiment} (claims)",
+            tolerance,
+        )
         differences = pd.concat([differences, claim_numbers], ignore_index=True)
         numbers += count_numbers(old_claims.drop(columns=without))
-    return differences, verdicts, {"experiment": experiment, "numbers": numbers, "numbers_changed": len(differences),
-                                   "claims": claims, "verdicts_changed": len(verdicts)}
+    return (
+        differences,
+        verdicts,
+        {
+            "experiment": experiment,
+            "numbers": numbers,
+            "numbers_changed": len(differences),
+            "claims": claims,
+            "verdicts_changed": len(verdicts),
+        },
+    )
 
 
-def compare_folders(committed: str | Path, rerun_root: Path, profile: str, experiments: Sequence[str],
-                    tolerance: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def compare_folders(
+    committed: str | Path, rerun_root: Path, profile: str, experiments: Sequence[str], tolerance: float = 0.0
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Over every ``<experiment>/<profile>/{metrics,claims}.csv`` of ``experiments``: the number
     differences (:data:`DIFFERENCE_COLUMNS`; the claims' numbers under the column names of claims.csv),
     the verdict differences (:data:`VERDICT_COLUMNS`) and the counts per experiment (numbers and
@@ -235,8 +285,11 @@ def compare_folders(committed: str | Path, rerun_root: Path, profile: str, exper
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
     verdict_parts = [part for part in verdict_parts if not part.empty]
-    return (concat(number_parts, DIFFERENCE_COLUMNS), concat(verdict_parts, VERDICT_COLUMNS),
-            pd.DataFrame(counts, columns=COUNT_COLUMNS))
+    return (
+        concat(number_parts, DIFFERENCE_COLUMNS),
+        concat(verdict_parts, VERDICT_COLUMNS),
+        pd.DataFrame(counts, columns=COUNT_COLUMNS),
+    )
 
 
 def experiment_notebooks(notebook_dir: Path) -> list[Path]:
@@ -249,36 +302,64 @@ def rerun_notebooks(notebooks: Sequence[Path], profile: str, results_root: Path,
     env = dict(os.environ, CMP_RESULTS_DIR=str(results_root))
     if cache_dir is not None:
         env["CMP_CACHE_DIR"] = str(cache_dir)
-    command = [sys.executable, "-m", "cmp_utils.tools.run_notebooks", "--profile", profile,
-               "--output-dir", str(results_root / "executed"), *map(str, notebooks)]
+    command = [
+        sys.executable,
+        "-m",
+        "cmp_utils.tools.run_notebooks",
+        "--profile",
+        profile,
+        "--output-dir",
+        str(results_root / "executed"),
+        *map(str, notebooks),
+    ]
     subprocess.run(command, check=True, env=env, cwd=config.project_root())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="quick", choices=config.PROFILES)
-    parser.add_argument("--notebooks", nargs="*", default=None,
-                        help="notebooks to rerun (default: every notebook from 05 on)")
+    parser.add_argument(
+        "--notebooks", nargs="*", default=None, help="notebooks to rerun (default: every notebook from 05 on)"
+    )
     parser.add_argument("--cold", action="store_true", help="an empty cache: retrain every run, regenerate the data")
-    parser.add_argument("--against", default="HEAD",
-                        help="what the rerun is compared with: a git revision of results/ (default HEAD, the "
-                             "committed files), or 'files' for the results folder as it is now")
-    parser.add_argument("--rerun-dir", default=None,
-                        help="compare this folder of results instead of rerunning (it must hold <experiment>/<profile>/)")
-    parser.add_argument("--no-rerun", action="store_true",
-                        help="compare the results folder as it is now (e.g. after make reproduce) with --against")
-    parser.add_argument("--experiments", default=None,
-                        help="comma-separated experiments to compare (default: every committed one; with --rerun-dir "
-                             "each must be in that folder, so a partial folder fails unless named here)")
-    parser.add_argument("--tolerance", type=float, default=0.0,
-                        help="largest absolute difference counted as equal (default 0: bit for bit)")
+    parser.add_argument(
+        "--against",
+        default="HEAD",
+        help="what the rerun is compared with: a git revision of results/ (default HEAD, the "
+        "committed files), or 'files' for the results folder as it is now",
+    )
+    parser.add_argument(
+        "--rerun-dir",
+        default=None,
+        help="compare this folder of results instead of rerunning (it must hold <experiment>/<profile>/)",
+    )
+    parser.add_argument(
+        "--no-rerun",
+        action="store_true",
+        help="compare the results folder as it is now (e.g. after make reproduce) with --against",
+    )
+    parser.add_argument(
+        "--experiments",
+        default=None,
+        help="comma-separated experiments to compare (default: every committed one; with --rerun-dir "
+        "each must be in that folder, so a partial folder fails unless named here)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="largest absolute difference counted as equal (default 0: bit for bit)",
+    )
     parser.add_argument("--report", default=None, help="write every difference to this CSV")
     args = parser.parse_args(argv)
     if args.no_rerun and args.against == "files":
         parser.error("--no-rerun --against files compares the results folder with itself; give a git revision")
     committed: str | Path = config.results_dir() if args.against == "files" else args.against
-    notebooks = [Path(p) for p in args.notebooks] if args.notebooks else \
-        experiment_notebooks(config.project_root() / "notebooks")
+    notebooks = (
+        [Path(p) for p in args.notebooks]
+        if args.notebooks
+        else experiment_notebooks(config.project_root() / "notebooks")
+    )
     try:
         experiments = committed_experiments(committed, args.profile)
     except ValueError as error:
@@ -287,8 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         chosen = [name.strip() for name in args.experiments.split(",") if name.strip()]
         unknown = [name for name in chosen if name not in experiments]
         if unknown:
-            parser.error(f"--experiments {', '.join(unknown)}: no committed results/<experiment>/{args.profile}/"
-                         f"metrics.csv; choose among {', '.join(experiments)}")
+            parser.error(
+                f"--experiments {', '.join(unknown)}: no committed results/<experiment>/{args.profile}/"
+                f"metrics.csv; choose among {', '.join(experiments)}"
+            )
         experiments = chosen
     with tempfile.TemporaryDirectory(prefix="cmp-check-") as scratch:
         if args.rerun_dir or args.no_rerun:
@@ -298,27 +381,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             rerun_notebooks(notebooks, args.profile, rerun_root, Path(scratch) / "cache" if args.cold else None)
         if args.notebooks and not args.rerun_dir:  # a subset of notebooks: check what it made
             experiments = [e for e in experiments if (rerun_root / e / args.profile / "metrics.csv").exists()]
-        differences, verdicts, counts = compare_folders(committed, rerun_root, args.profile, experiments,
-                                                         args.tolerance)
+        differences, verdicts, counts = compare_folders(
+            committed, rerun_root, args.profile, experiments, args.tolerance
+        )
     where = "the results folder" if isinstance(committed, Path) else f"git {committed}"
     if not experiments:
-        print(f"error: nothing was compared: no <experiment>/{args.profile}/metrics.csv "
-              f"{'made by the notebooks given' if args.notebooks else f'at {where}'} (rerun folder {rerun_root}); "
-              f"a check that compares nothing certifies nothing. Check --profile, --against and --rerun-dir",
-              file=sys.stderr)
+        print(
+            f"error: nothing was compared: no <experiment>/{args.profile}/metrics.csv "
+            f"{'made by the notebooks given' if args.notebooks else f'at {where}'} (rerun folder {rerun_root}); "
+            f"a check that compares nothing certifies nothing. Check --profile, --against and --rerun-dir",
+            file=sys.stderr,
+        )
         return 1
     if args.report:
         from ..core import atomic
 
-        atomic.write_csv(Path(args.report), pd.concat([differences.assign(kind="number"),
-                                                       verdicts.rename(columns={"claim": "row"}).assign(kind="verdict")],
-                                                      ignore_index=True))
+        atomic.write_csv(
+            Path(args.report),
+            pd.concat(
+                [differences.assign(kind="number"), verdicts.rename(columns={"claim": "row"}).assign(kind="verdict")],
+                ignore_index=True,
+            ),
+        )
     numbers, changed = int(counts["numbers"].sum()), int(counts["numbers_changed"].sum())
     claims, flipped = int(counts["claims"].sum()), int(counts["verdicts_changed"].sum())
     if differences.empty and verdicts.empty:
-        print(f"every number of results/*/{args.profile}/metrics.csv reproduced "
-              f"({len(experiments)} experiment{'s' * (len(experiments) != 1)}: {', '.join(experiments)}; "
-              f"{numbers} numbers and {claims} verdicts equal to {where})")
+        print(
+            f"every number of results/*/{args.profile}/metrics.csv reproduced "
+            f"({len(experiments)} experiment{'s' * (len(experiments) != 1)}: {', '.join(experiments)}; "
+            f"{numbers} numbers and {claims} verdicts equal to {where})"
+        )
         return 0
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 120):
         print(differences.head(SHOWN_DIFFERENCES).to_string(index=False))
@@ -328,9 +420,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\nverdicts that changed:")
             print(verdicts.to_string(index=False))
         print("\n" + counts.to_string(index=False))
-    print(f"{len(differences)} difference(s) from the committed results/*/{args.profile}/metrics.csv ({where}), "
-          f"{len(experiments)} experiments compared: {changed} of {numbers} numbers changed ({100 * changed / max(numbers, 1):.1f}%), "
-          f"{flipped} of {claims} verdicts changed")
+    print(
+        f"{len(differences)} difference(s) from the committed results/*/{args.profile}/metrics.csv ({where}), "
+        f"{len(experiments)} experiments compared: {changed} of {numbers} numbers changed ({100 * changed / max(numbers, 1):.1f}%), "
+        f"{flipped} of {claims} verdicts changed"
+    )
     return 1
 
 

@@ -28,9 +28,16 @@ from ..models.tf_checkpoint import (
 )
 
 
-def convert(checkpoint: str | os.PathLike, out_path: str | os.PathLike, kind: str | None = None,
-            scope: str | None = None, ema: str | None = None, word_counts: str | os.PathLike | None = None,
-            out=None, bn_statistics: str | None = None) -> dict[str, Any]:
+def convert(
+    checkpoint: str | os.PathLike,
+    out_path: str | os.PathLike,
+    kind: str | None = None,
+    scope: str | None = None,
+    ema: str | None = None,
+    word_counts: str | os.PathLike | None = None,
+    out=None,
+    bn_statistics: str | None = None,
+) -> dict[str, Any]:
     """Convert ``checkpoint`` and write ``out_path`` (torch.save, atomic); print the mapping to ``out``
     (default stdout). Returns what was saved.
 
@@ -47,13 +54,17 @@ def convert(checkpoint: str | os.PathLike, out_path: str | os.PathLike, kind: st
     ema, bn_statistics = ema or default_ema, bn_statistics or default_statistics
     if kind == "cmpm_model":
         if bn_statistics != "checkpoint":
-            raise ValueError("--bn-statistics reset applies to ImageNet backbones (a trained model needs its statistics)")
+            raise ValueError(
+                "--bn-statistics reset applies to ImageNet backbones (a trained model needs its statistics)"
+            )
         result = convert_cmpm_model(variables, scope, ema)
         conversion = result.pop("conversion")
         result["source_words"] = read_word_counts(word_counts) if word_counts else None
         if result["source_words"] and len(result["source_words"]) + 1 > result["settings"]["vocab_size"]:
-            raise CheckpointMismatch(f"--word-counts lists {len(result['source_words'])} words but the embedding "
-                                     f"'BiLSTM/token_embedding_weights' has only {result['settings']['vocab_size']} rows")
+            raise CheckpointMismatch(
+                f"--word-counts lists {len(result['source_words'])} words but the embedding "
+                f"'BiLSTM/token_embedding_weights' has only {result['settings']['vocab_size']} rows"
+            )
         saved = {**result, "kind": kind, "backbone": result["settings"]["backbone"], "source": str(checkpoint)}
     else:
         if word_counts:
@@ -63,8 +74,7 @@ def convert(checkpoint: str | os.PathLike, out_path: str | os.PathLike, kind: st
         saved = {"state_dict": state, "kind": kind, "backbone": backbone, "source": str(checkpoint)}
     conversion.report(out)
     atomic.torch_save(out_path, saved)
-    print(f"wrote {out_path} ({kind}); use it with backbone={saved['backbone']!r} for outputs equal to TF's",
-          file=out)
+    print(f"wrote {out_path} ({kind}); use it with backbone={saved['backbone']!r} for outputs equal to TF's", file=out)
     return saved
 
 
@@ -74,18 +84,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", help="output .pt file")
     parser.add_argument("--kind", choices=KINDS, help="what the checkpoint holds (guessed when left out)")
     parser.add_argument("--scope", help="CNN variable scope (default MobilenetV1 / resnet_v1_152)")
-    parser.add_argument("--ema", choices=EMA_CHOICES, default=None,
-                        help="auto: take <variable>/ExponentialMovingAverage where present (the release's test; "
-                             "default of cmpm_model); raw: the trained variables (default of the ImageNet kinds, "
-                             "what the release's training restores)")
-    parser.add_argument("--bn-statistics", choices=BN_STATISTICS_CHOICES, default=None,
-                        help="ImageNet kinds: reset (default: moving mean 0, variance 1, as the release's training "
-                             "starts) or checkpoint (the ImageNet statistics); cmpm_model: checkpoint")
+    parser.add_argument(
+        "--ema",
+        choices=EMA_CHOICES,
+        default=None,
+        help="auto: take <variable>/ExponentialMovingAverage where present (the release's test; "
+        "default of cmpm_model); raw: the trained variables (default of the ImageNet kinds, "
+        "what the release's training restores)",
+    )
+    parser.add_argument(
+        "--bn-statistics",
+        choices=BN_STATISTICS_CHOICES,
+        default=None,
+        help="ImageNet kinds: reset (default: moving mean 0, variance 1, as the release's training "
+        "starts) or checkpoint (the ImageNet statistics); cmpm_model: checkpoint",
+    )
     parser.add_argument("--word-counts", help="cmpm_model: the release's word_counts.txt (its word ids)")
     args = parser.parse_args(argv)
     try:
-        convert(args.checkpoint, args.out, args.kind, args.scope, args.ema, args.word_counts,
-                bn_statistics=args.bn_statistics)
+        convert(
+            args.checkpoint,
+            args.out,
+            args.kind,
+            args.scope,
+            args.ema,
+            args.word_counts,
+            bn_statistics=args.bn_statistics,
+        )
     except (CheckpointMismatch, FileNotFoundError, ImportError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..core.numerics import MODE_VARIABLE, PINNED_ENVIRONMENT, status
+
 #: Settings the probe compares with the default, as a CPU of another kind would take them. Each runs
 #: in its own process in native mode (so only the named variables act), except ``pinned``.
 PROBE_VARIANTS: dict[str, dict[str, str]] = {
@@ -52,8 +53,9 @@ def vendor_shim(folder: str | os.PathLike) -> Path | None:
     source, shared = folder / "non_intel_vendor.c", folder / "non_intel_vendor.so"
     if not shared.is_file():
         source.write_text(VENDOR_SHIM_SOURCE)
-        subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(shared), str(source)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [compiler, "-shared", "-fPIC", "-O2", "-o", str(shared), str(source)], check=True, capture_output=True
+        )
     return shared
 
 
@@ -135,7 +137,9 @@ def optimiser_fingerprints(generator: "Any") -> dict[str, str]:
         losses.cmpm_loss(images, texts, labels).backward()
         optimiser.step()
         moment = optimiser.state[images]["exp_avg_sq"]  # (12, 2): (1 - beta2) g^2 after the first step
-        out["oneMKL VML sqrt (raw), toy Adam moment (12, 2)"] = digest(torch.ops.aten.sqrt.out(moment, out=torch.empty(0)))
+        out["oneMKL VML sqrt (raw), toy Adam moment (12, 2)"] = digest(
+            torch.ops.aten.sqrt.out(moment, out=torch.empty(0))
+        )
         out["sqrt, toy Adam moment (12, 2)"] = digest(moment.sqrt())
         out["Adam step, toy (12, 2)"] = digest(torch.cat([images.detach(), texts.detach()]))
         weights = torch.nn.Parameter(torch.randn(256, 2048, generator=generator) * 0.02)  # the quick joint embedding
@@ -150,8 +154,9 @@ def optimiser_fingerprints(generator: "Any") -> dict[str, str]:
         quick_labels = torch.randint(0, 16, (64,), generator=generator)
         loss = losses.cmpm_loss(embeddings, partners, quick_labels)
         loss.backward()
-        out["CMPM loss forward and backward, (64, 256)"] = digest(torch.cat([loss.reshape(1), embeddings.grad.ravel(),
-                                                                              partners.grad.ravel()]))
+        out["CMPM loss forward and backward, (64, 256)"] = digest(
+            torch.cat([loss.reshape(1), embeddings.grad.ravel(), partners.grad.ravel()])
+        )
         return out
 
 
@@ -184,10 +189,19 @@ def smoke_run_bits(run_folder: str | os.PathLike) -> dict[str, Any]:
 
     result = training.fit(training.make_config("smoke", "cuhk_pedes", output_dir=str(run_folder), progress=False))
     state = torch.load(Path(run_folder) / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
-    weights = hashlib.sha256(b"".join(t.detach().contiguous().numpy().tobytes() for _, t in sorted(state.items())
-                                      if torch.is_tensor(t) and t.is_floating_point())).hexdigest()
-    return {"test": {k: float(v).hex() for k, v in result.test.items()},
-            "losses": [float(r["loss"]).hex() for r in result.history], "weights": weights, "numerics": status()}
+    weights = hashlib.sha256(
+        b"".join(
+            t.detach().contiguous().numpy().tobytes()
+            for _, t in sorted(state.items())
+            if torch.is_tensor(t) and t.is_floating_point()
+        )
+    ).hexdigest()
+    return {
+        "test": {k: float(v).hex() for k, v in result.test.items()},
+        "losses": [float(r["loss"]).hex() for r in result.history],
+        "weights": weights,
+        "numerics": status(),
+    }
 
 
 def smoke_run_in_fresh_process(folder: Path, environ: Mapping[str, str]) -> dict[str, Any]:
@@ -196,10 +210,17 @@ def smoke_run_in_fresh_process(folder: Path, environ: Mapping[str, str]) -> dict
 
     folder.mkdir(parents=True, exist_ok=True)
     root = Path(__file__).resolve().parents[2]
-    environ = dict(environ, CMP_CACHE_DIR=str(folder / "cache"), CMP_RESULTS_DIR=str(folder / "results"),
-                   PYTHONPATH=str(root))
-    completed = subprocess.run([sys.executable, "-m", "cmp_utils.tools.cpu_probe", "smoke-run", str(folder / "run")],
-                               env=environ, cwd=root, capture_output=True, text=True, timeout=900)
+    environ = dict(
+        environ, CMP_CACHE_DIR=str(folder / "cache"), CMP_RESULTS_DIR=str(folder / "results"), PYTHONPATH=str(root)
+    )
+    completed = subprocess.run(
+        [sys.executable, "-m", "cmp_utils.tools.cpu_probe", "smoke-run", str(folder / "run")],
+        env=environ,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if completed.returncode != 0:
         raise RuntimeError(f"smoke run in {folder} failed:\n{completed.stderr[-3000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -208,6 +229,7 @@ def smoke_run_in_fresh_process(folder: Path, environ: Mapping[str, str]) -> dict
 def bit_fingerprints(smoke_run: Mapping[str, Any]) -> dict[str, str]:
     """Every check of results/numerics/fingerprints.csv for this process: the kernels, the toy, and the
     bits of ``smoke_run`` (from :func:`smoke_run_bits`)."""
+
     def digest(value: Any) -> str:
         return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -226,11 +248,22 @@ def fingerprint_table(checks: Mapping[str, str]) -> "Any":
     import torch
 
     state = status()
-    rows = [dict(check=name, bits=bits, vendor_independent=name not in VENDOR_DEPENDENT_CHECKS, cpu=state["cpu"],
-                 vendor=state["cpu_vendor"], torch=torch.__version__) for name, bits in checks.items()]
+    rows = [
+        dict(
+            check=name,
+            bits=bits,
+            vendor_independent=name not in VENDOR_DEPENDENT_CHECKS,
+            cpu=state["cpu"],
+            vendor=state["cpu_vendor"],
+            torch=torch.__version__,
+        )
+        for name, bits in checks.items()
+    ]
     for (name, vendor), (bits, cpu, torch_version) in MEASURED_ON_OTHER_VENDORS.items():
         if vendor != state["cpu_vendor"]:
-            rows.append(dict(check=name, bits=bits, vendor_independent=False, cpu=cpu, vendor=vendor, torch=torch_version))
+            rows.append(
+                dict(check=name, bits=bits, vendor_independent=False, cpu=cpu, vendor=vendor, torch=torch_version)
+            )
     return pd.DataFrame(rows)
 
 
@@ -241,7 +274,9 @@ def fingerprint_mismatches(committed: "Any", checks: Mapping[str, str], vendor: 
     for row in committed.itertuples(index=False):
         applies = bool(row.vendor_independent) or row.vendor == vendor
         if applies and checks.get(row.check) != row.bits:
-            problems.append(f"{row.check}: committed {row.bits} ({row.cpu}, {row.vendor}), here {checks.get(row.check)}")
+            problems.append(
+                f"{row.check}: committed {row.bits} ({row.cpu}, {row.vendor}), here {checks.get(row.check)}"
+            )
     return problems
 
 
@@ -266,8 +301,13 @@ def probe(variants: Mapping[str, Mapping[str, str]] | None = None) -> "Any":
                 if shim is None:
                     continue
                 environ["LD_PRELOAD"] = str(shim)
-            completed = subprocess.run([sys.executable, "-m", "cmp_utils.tools.cpu_probe", "fingerprints"], env=environ,
-                                       capture_output=True, text=True, check=True)
+            completed = subprocess.run(
+                [sys.executable, "-m", "cmp_utils.tools.cpu_probe", "fingerprints"],
+                env=environ,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             columns[name] = json.loads(completed.stdout.strip().splitlines()[-1])
     table = pd.DataFrame(columns)
     reference = table.iloc[:, 0]
@@ -282,15 +322,22 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m cmp_utils.tools.cpu_probe", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("status", "probe", "fingerprints", "record", "smoke-run"), nargs="?",
-                        default="status",
-                        help="status: this process's numerics; probe: which kernels change under another ISA or "
-                             "vendor (one process per setting); fingerprints: this process's kernel hashes (JSON); "
-                             "record: every check (kernels, toy, a smoke run) into results/numerics/fingerprints.csv; "
-                             "smoke-run FOLDER: train the smoke run there, print its bits (JSON)")
+    parser.add_argument(
+        "command",
+        choices=("status", "probe", "fingerprints", "record", "smoke-run"),
+        nargs="?",
+        default="status",
+        help="status: this process's numerics; probe: which kernels change under another ISA or "
+        "vendor (one process per setting); fingerprints: this process's kernel hashes (JSON); "
+        "record: every check (kernels, toy, a smoke run) into results/numerics/fingerprints.csv; "
+        "smoke-run FOLDER: train the smoke run there, print its bits (JSON)",
+    )
     parser.add_argument("folder", nargs="?", help="smoke-run: the run folder")
-    parser.add_argument("--output", help="probe: also write the table to this CSV (e.g. results/numerics/kernels.csv); "
-                                         "record: the CSV to write (default results/numerics/fingerprints.csv)")
+    parser.add_argument(
+        "--output",
+        help="probe: also write the table to this CSV (e.g. results/numerics/kernels.csv); "
+        "record: the CSV to write (default results/numerics/fingerprints.csv)",
+    )
     args = parser.parse_args(argv)
     if args.command == "fingerprints":
         print(json.dumps(kernel_fingerprints()))
@@ -318,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
             from ..core import atomic
 
             state = status()
-            atomic.write_csv(Path(args.output), table.reset_index().assign(cpu=state["cpu"], vendor=state["cpu_vendor"]))
+            atomic.write_csv(
+                Path(args.output), table.reset_index().assign(cpu=state["cpu"], vendor=state["cpu_vendor"])
+            )
     else:
         import torch  # noqa: F401  (status reports the libraries' choices, which need torch loaded)
 

@@ -65,8 +65,13 @@ def sizes_for(dry_run: bool, epoch_steps: int, precision_steps: int) -> CheckSiz
     return CheckSizes(dict(CUHK_SIZES), (224, 224), epoch_steps, precision_steps, 3000)
 
 
-def write_synthetic_cuhk(root: Path, splits: dict[str, tuple[int, int]], words: int, seed: int = 0,
-                         image_wh: tuple[int, int] = STORED_IMAGE_WH) -> Path:
+def write_synthetic_cuhk(
+    root: Path,
+    splits: dict[str, tuple[int, int]],
+    words: int,
+    seed: int = 0,
+    image_wh: tuple[int, int] = STORED_IMAGE_WH,
+) -> Path:
     """A CUHK-PEDES-shaped dataset under ``root`` (``reid_raw.json`` + ``imgs/``): per split
     ``(images, identities)``, identity ids contiguous from 1 across splits, two captions per
     image of 10-35 words from a pool of ``words`` words, solid-colour JPEGs with a block of the
@@ -81,10 +86,19 @@ def write_synthetic_cuhk(root: Path, splits: dict[str, tuple[int, int]], words: 
         next_id += num_ids
         for index, person_id in enumerate(identities.tolist()):
             file_path = f"synthetic/{split}/{person_id:05d}_{index}.jpg"
-            captions = [" ".join(rng.choice(vocabulary, size=int(rng.integers(10, 36)))) + "."
-                        for _ in range(CAPTIONS_PER_IMAGE)]
-            records.append({"split": split, "captions": captions, "file_path": file_path, "id": person_id,
-                            "processed_tokens": [caption.rstrip(".").split() for caption in captions]})
+            captions = [
+                " ".join(rng.choice(vocabulary, size=int(rng.integers(10, 36)))) + "."
+                for _ in range(CAPTIONS_PER_IMAGE)
+            ]
+            records.append(
+                {
+                    "split": split,
+                    "captions": captions,
+                    "file_path": file_path,
+                    "id": person_id,
+                    "processed_tokens": [caption.rstrip(".").split() for caption in captions],
+                }
+            )
             jobs.append((root / "imgs" / file_path, person_id))
     width, height = image_wh
 
@@ -93,7 +107,7 @@ def write_synthetic_cuhk(root: Path, splits: dict[str, tuple[int, int]], words: 
         colours = np.random.default_rng([seed, person_id]).integers(0, 256, size=(2, 3), dtype=np.uint8)
         pixels = np.empty((height, width, 3), dtype=np.uint8)
         pixels[:] = colours[0]
-        pixels[height // 4: height // 2] = colours[1]
+        pixels[height // 4 : height // 2] = colours[1]
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(path, format="JPEG", quality=90)
 
@@ -133,26 +147,47 @@ def paper_epoch(device: torch.device, sizes: CheckSizes, work_dir: Path) -> tupl
     data_dir = work_dir / "data"
     write_synthetic_cuhk(data_dir / "cuhk_pedes", sizes.splits, sizes.words)
     written_s = time.perf_counter() - started
-    shared = dict(data_dir=str(data_dir), cache_dir=str(work_dir / "cache"), pretrained=False, epochs=1,
-                  image_size=sizes.image_size, device=str(device), progress=False)
+    shared = dict(
+        data_dir=str(data_dir),
+        cache_dir=str(work_dir / "cache"),
+        pretrained=False,
+        epochs=1,
+        image_size=sizes.image_size,
+        device=str(device),
+        progress=False,
+    )
     started = time.perf_counter()
-    prepared = data.prepare_dataset("cuhk_pedes", "paper", data_dir=shared["data_dir"], cache_dir=shared["cache_dir"],
-                                    image_size=sizes.image_size)
+    prepared = data.prepare_dataset(
+        "cuhk_pedes", "paper", data_dir=shared["data_dir"], cache_dir=shared["cache_dir"], image_size=sizes.image_size
+    )
     cache_s = time.perf_counter() - started
     captions = len(prepared.frames["train"])
     record = _run_once({**shared, "max_steps_per_epoch": sizes.epoch_steps or None}, work_dir / "runs" / "epoch")
     full_steps = captions // batch_size
-    row = {"gpu": device_label(device), "torch": torch.__version__, "profile": "paper",
-           "dataset": "cuhk_pedes (synthetic, same size)",
-           "train_images": sizes.splits["train"][0], "train_captions": captions, "identities": sizes.splits["train"][1],
-           "image_size": f"{sizes.image_size[0]}x{sizes.image_size[1]}", "batch_size": batch_size, "amp": "off",
-           "steps": record["steps"], "full_epoch_steps": full_steps, "step_seconds": record["step_seconds"],
-           "images_per_second": record["images_per_second"], "epoch_seconds": record["seconds"],
-           "projected_epoch_seconds": record["step_seconds"] * full_steps,
-           "validation_seconds": record.get("eval_seconds", float("nan")), "data_written_seconds": written_s,
-           "image_cache_seconds": cache_s, "loader_workers": record["loader_workers"],
-           "torch_threads": record["torch_threads"],
-           "notes": "pretrained=False; capped epoch" if record["steps"] < full_steps else "pretrained=False; whole epoch"}
+    row = {
+        "gpu": device_label(device),
+        "torch": torch.__version__,
+        "profile": "paper",
+        "dataset": "cuhk_pedes (synthetic, same size)",
+        "train_images": sizes.splits["train"][0],
+        "train_captions": captions,
+        "identities": sizes.splits["train"][1],
+        "image_size": f"{sizes.image_size[0]}x{sizes.image_size[1]}",
+        "batch_size": batch_size,
+        "amp": "off",
+        "steps": record["steps"],
+        "full_epoch_steps": full_steps,
+        "step_seconds": record["step_seconds"],
+        "images_per_second": record["images_per_second"],
+        "epoch_seconds": record["seconds"],
+        "projected_epoch_seconds": record["step_seconds"] * full_steps,
+        "validation_seconds": record.get("eval_seconds", float("nan")),
+        "data_written_seconds": written_s,
+        "image_cache_seconds": cache_s,
+        "loader_workers": record["loader_workers"],
+        "torch_threads": record["torch_threads"],
+        "notes": "pretrained=False; capped epoch" if record["steps"] < full_steps else "pretrained=False; whole epoch",
+    }
     return row, shared
 
 
@@ -160,15 +195,32 @@ def precision_comparison(device: torch.device, sizes: CheckSizes, shared: dict[s
     """The same paper run for ``precision_steps`` steps in fp32 and in bf16 autocast."""
     rows = []
     for amp in ("off", "bf16"):
-        record = _run_once({**shared, "amp": amp, "max_steps_per_epoch": sizes.precision_steps, "validate_every": 0,
-                            "evaluate_test": False}, work_dir / "runs" / f"precision_{amp}")
-        rows.append({"gpu": device_label(device), "torch": torch.__version__, "amp": "fp32" if amp == "off" else amp,
-                     "steps": record["steps"], "step_seconds": record["step_seconds"],
-                     "images_per_second": record["images_per_second"]})
+        record = _run_once(
+            {
+                **shared,
+                "amp": amp,
+                "max_steps_per_epoch": sizes.precision_steps,
+                "validate_every": 0,
+                "evaluate_test": False,
+            },
+            work_dir / "runs" / f"precision_{amp}",
+        )
+        rows.append(
+            {
+                "gpu": device_label(device),
+                "torch": torch.__version__,
+                "amp": "fp32" if amp == "off" else amp,
+                "steps": record["steps"],
+                "step_seconds": record["step_seconds"],
+                "images_per_second": record["images_per_second"],
+            }
+        )
     for row in rows:
         row["speedup_over_fp32"] = rows[0]["step_seconds"] / row["step_seconds"]
-        row["notes"] = ("paper profile (MobileNet v1, batch 16) through train.fit; mean step time including the "
-                        "first (autotuning) steps")
+        row["notes"] = (
+            "paper profile (MobileNet v1, batch 16) through train.fit; mean step time including the "
+            "first (autotuning) steps"
+        )
     return rows
 
 
@@ -182,8 +234,15 @@ def gpu_benchmarks(device: torch.device, dry_run: bool, output_dir: Path, budget
     return atomic.write_csv(output_dir / "bench" / "gpu.csv", rows.frame())
 
 
-def run_check(output_dir: Path, dry_run: bool = False, epoch_steps: int = 2000, precision_steps: int = 200,
-              budget_s: float = 420.0, work_dir: Path | None = None, keep_work: bool = False) -> list[Path]:
+def run_check(
+    output_dir: Path,
+    dry_run: bool = False,
+    epoch_steps: int = 2000,
+    precision_steps: int = 200,
+    budget_s: float = 420.0,
+    work_dir: Path | None = None,
+    keep_work: bool = False,
+) -> list[Path]:
     """Every measurement in turn (the paper epoch first: it matters most); returns the CSVs written."""
     import pandas as pd
 
@@ -198,9 +257,12 @@ def run_check(output_dir: Path, dry_run: bool = False, epoch_steps: int = 2000, 
         print(f"gpu_check: paper epoch on {device_label(device)} (data and cache in {work_dir}) ...", flush=True)
         epoch_row, shared = paper_epoch(device, sizes, work_dir)
         written.append(atomic.write_csv(output_dir / "paper_epoch.csv", pd.DataFrame([epoch_row])))
-        print(f"gpu_check: {epoch_row['steps']} steps, {epoch_row['step_seconds'] * 1000:.1f} ms/step, "
-              f"{epoch_row['images_per_second']:.0f} images/s; whole epoch about "
-              f"{epoch_row['projected_epoch_seconds']:.0f} s", flush=True)
+        print(
+            f"gpu_check: {epoch_row['steps']} steps, {epoch_row['step_seconds'] * 1000:.1f} ms/step, "
+            f"{epoch_row['images_per_second']:.0f} images/s; whole epoch about "
+            f"{epoch_row['projected_epoch_seconds']:.0f} s",
+            flush=True,
+        )
         precision = precision_comparison(device, sizes, shared, work_dir)
         written.append(atomic.write_csv(output_dir / "precision.csv", pd.DataFrame(precision)))
         print(f"gpu_check: bf16 step {precision[1]['speedup_over_fp32']:.2f}x fp32's speed", flush=True)
@@ -217,20 +279,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cmp_utils.tools.gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default="results/gpu", help="folder of the CSV files (default results/gpu)")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU: check that every part runs")
-    parser.add_argument("--epoch-steps", type=int, default=2000, help="step cap of the paper epoch (0: the whole epoch)")
+    parser.add_argument(
+        "--epoch-steps", type=int, default=2000, help="step cap of the paper epoch (0: the whole epoch)"
+    )
     parser.add_argument("--precision-steps", type=int, default=200, help="steps of each fp32 / bf16 run")
     parser.add_argument("--budget-s", type=float, default=420.0, help="seconds the whole check aims to stay within")
     parser.add_argument("--work-dir", help="synthetic data, image cache, run folders (default <output-dir>/work)")
     parser.add_argument("--keep-work", action="store_true", help="keep the work folder")
     args = parser.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
-        print("gpu_check needs a CUDA GPU and none is visible here (torch.cuda.is_available() is False). Run it on a "
-              "GPU machine (`make gpu-check`), or add --dry-run for a tiny rehearsal on the CPU.", file=sys.stderr)
+        print(
+            "gpu_check needs a CUDA GPU and none is visible here (torch.cuda.is_available() is False). Run it on a "
+            "GPU machine (`make gpu-check`), or add --dry-run for a tiny rehearsal on the CPU.",
+            file=sys.stderr,
+        )
         return 2
     if args.epoch_steps < 0 or args.precision_steps < 1:
         parser.error("--epoch-steps must be >= 0 and --precision-steps >= 1")
-    run_check(Path(args.output_dir), args.dry_run, args.epoch_steps, args.precision_steps, args.budget_s,
-              Path(args.work_dir) if args.work_dir else None, args.keep_work)
+    run_check(
+        Path(args.output_dir),
+        args.dry_run,
+        args.epoch_steps,
+        args.precision_steps,
+        args.budget_s,
+        Path(args.work_dir) if args.work_dir else None,
+        args.keep_work,
+    )
     return 0
 
 

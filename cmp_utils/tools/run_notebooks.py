@@ -56,8 +56,9 @@ def parse_parameter(text: str, declared_type: str | None = None) -> tuple[str, o
     try:
         return name, yaml.safe_load(value)
     except yaml.YAMLError as error:
-        raise ValueError(f"parameter {name}: value {value!r} is not valid YAML ({error}); quote it, "
-                         f"e.g. -p '{name}=\"...\"'") from error
+        raise ValueError(
+            f"parameter {name}: value {value!r} is not valid YAML ({error}); quote it, e.g. -p '{name}=\"...\"'"
+        ) from error
 
 
 def declared_types(notebooks: Sequence[Path]) -> dict[Path, dict[str, str]]:
@@ -69,21 +70,29 @@ def declared_types(notebooks: Sequence[Path]) -> dict[Path, dict[str, str]]:
         try:
             types[notebook] = parameter_types(nbformat.read(notebook, as_version=4))
         except StopIteration:
-            raise ValueError(f"notebook {notebook} has no cell tagged 'parameters'; see cmp_utils.reporting.notebook_tools") from None
+            raise ValueError(
+                f"notebook {notebook} has no cell tagged 'parameters'; see cmp_utils.reporting.notebook_tools"
+            ) from None
     return types
 
 
 def check_profile_parameters(profile: str, parameters: dict[str, Any]) -> None:
     """Refuse parameters that contradict ``profile``, the label every result of the run carries."""
     if "profile" in parameters and parameters["profile"] != profile:
-        raise ValueError(f"-p profile={parameters['profile']} contradicts --profile {profile}: the run would print and "
-                         f"file results as {profile!r}. Use --profile {parameters['profile']} and drop -p profile")
+        raise ValueError(
+            f"-p profile={parameters['profile']} contradicts --profile {profile}: the run would print and "
+            f"file results as {profile!r}. Use --profile {parameters['profile']} and drop -p profile"
+        )
     if profile == "smoke" and parameters.get("num_seeds", 1) != 1:
-        raise ValueError(f"-p num_seeds={parameters['num_seeds']}: the smoke profile runs one seed. Drop -p num_seeds, "
-                         f"or use --profile quick (or paper) for several seeds")
+        raise ValueError(
+            f"-p num_seeds={parameters['num_seeds']}: the smoke profile runs one seed. Drop -p num_seeds, "
+            f"or use --profile quick (or paper) for several seeds"
+        )
     if profile in config.SYNTHETIC_PROFILES and parameters.get("source") == "real":
-        raise ValueError(f"-p source=real: the {profile} profile labels results of synthetic data. "
-                         f"Use --profile paper for the real datasets, or drop -p source")
+        raise ValueError(
+            f"-p source=real: the {profile} profile labels results of synthetic data. "
+            f"Use --profile paper for the real datasets, or drop -p source"
+        )
 
 
 def check_output_dir(output_dir: Path, notebooks: Sequence[Path]) -> Path:
@@ -91,11 +100,16 @@ def check_output_dir(output_dir: Path, notebooks: Sequence[Path]) -> Path:
     resolved = output_dir.expanduser().resolve()
     sources = {notebook.resolve() for notebook in notebooks}
     source_folders = {source.parent for source in sources} | {(config.project_root() / "notebooks").resolve()}
-    overwritten = sorted(str(resolved / notebook.name) for notebook in notebooks
-                         if (resolved / notebook.name) in sources or resolved in source_folders)
+    overwritten = sorted(
+        str(resolved / notebook.name)
+        for notebook in notebooks
+        if (resolved / notebook.name) in sources or resolved in source_folders
+    )
     if overwritten:
-        raise ValueError(f"--output-dir {output_dir} would overwrite the source notebook(s) {', '.join(overwritten)}; "
-                         f"executed copies go elsewhere, e.g. --output-dir results/executed/<profile>")
+        raise ValueError(
+            f"--output-dir {output_dir} would overwrite the source notebook(s) {', '.join(overwritten)}; "
+            f"executed copies go elsewhere, e.g. --output-dir results/executed/<profile>"
+        )
     if resolved.exists() and not resolved.is_dir():
         raise ValueError(f"--output-dir {output_dir} is a file; pass a folder (it is created if missing)")
     try:
@@ -103,8 +117,10 @@ def check_output_dir(output_dir: Path, notebooks: Sequence[Path]) -> Path:
         with tempfile.TemporaryFile(dir=resolved):
             pass
     except OSError as error:
-        raise ValueError(f"--output-dir {output_dir} cannot be created or written ({error.strerror or error}); "
-                         f"pass a writable folder") from error
+        raise ValueError(
+            f"--output-dir {output_dir} cannot be created or written ({error.strerror or error}); "
+            f"pass a writable folder"
+        ) from error
     return resolved
 
 
@@ -147,8 +163,10 @@ def run_notebooks(
     types = declared_types(notebooks)
     unknown = sorted(name for name in parameters if name != "profile" and not any(name in t for t in types.values()))
     if unknown:
-        raise ValueError(f"parameter(s) {', '.join(unknown)} are declared by none of the notebooks given; "
-                         f"`papermill --help-notebook <notebook>` lists a notebook's parameters")
+        raise ValueError(
+            f"parameter(s) {', '.join(unknown)} are declared by none of the notebooks given; "
+            f"`papermill --help-notebook <notebook>` lists a notebook's parameters"
+        )
     for name, value in parameters.items():
         problem = plain_value_problem(name, value)
         if problem:
@@ -158,8 +176,9 @@ def run_notebooks(
             problem = parameter_type_problem(name, value, declared.get(name))
             if problem:
                 raise ValueError(f"{notebook.name}: {problem}")
-    output_dir = check_output_dir(Path(output_dir) if output_dir else config.results_dir() / "executed" / profile,
-                                  notebooks)
+    output_dir = check_output_dir(
+        Path(output_dir) if output_dir else config.results_dir() / "executed" / profile, notebooks
+    )
     timings_path = output_dir / "timings.csv"
     machine = numerics.machine_description()
     done = []
@@ -185,8 +204,16 @@ def run_notebooks(
             ) from error
         seconds = time.perf_counter() - started
         reporting.scrub_notebook(executed)  # the committed copy: no machine paths, no SVG duplicates of figures
-        record_timing(timings_path, {"notebook": notebook.stem, "seconds": round(seconds, 1), "profile": profile,
-                                     "machine": machine, "started_at": started_at})
+        record_timing(
+            timings_path,
+            {
+                "notebook": notebook.stem,
+                "seconds": round(seconds, 1),
+                "profile": profile,
+                "machine": machine,
+                "started_at": started_at,
+            },
+        )
         print(f"[{profile}] {notebook.name} done in {seconds:.1f} s -> {executed}", flush=True)
         done.append((executed, seconds))
     return done
@@ -197,14 +224,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="+")
     parser.add_argument("--profile", default="quick", choices=config.PROFILES)
     parser.add_argument("--kernel", default=KERNEL_NAME)
-    parser.add_argument("-p", "--parameter", action="append", default=[],
-                        help="extra name=value (YAML value; the text as given for parameters declared str)")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        default=[],
+        help="extra name=value (YAML value; the text as given for parameters declared str)",
+    )
     parser.add_argument("--output-dir", default=None)
     args = parser.parse_args(argv)
     try:
         existing = [Path(notebook) for notebook in args.notebooks if Path(notebook).is_file()]
-        string_parameters = {name for declared in declared_types(existing).values()
-                             for name, kind in declared.items() if kind == "str"}
+        string_parameters = {
+            name for declared in declared_types(existing).values() for name, kind in declared.items() if kind == "str"
+        }
         parameters = {}
         for text in args.parameter:
             name = text.split("=", 1)[0].strip()

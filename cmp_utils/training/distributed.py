@@ -106,7 +106,7 @@ class _GatherKeepLocalGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, global_gradient: torch.Tensor) -> torch.Tensor:
         start = ctx.rank * ctx.local_rows
-        return global_gradient[start:start + ctx.local_rows]
+        return global_gradient[start : start + ctx.local_rows]
 
 
 def all_gather_with_grad(local: torch.Tensor) -> torch.Tensor:

@@ -65,10 +65,16 @@ class RunResult:
     test_best_validation: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"output_dir": str(self.output_dir), "best_epoch": self.best_epoch,
-                "best_validation": self.best_validation, "test": self.test,
-                "test_best_validation": self.test_best_validation, "seconds": self.seconds,
-                "samples_per_second": self.samples_per_second, "history": self.history}
+        return {
+            "output_dir": str(self.output_dir),
+            "best_epoch": self.best_epoch,
+            "best_validation": self.best_validation,
+            "test": self.test,
+            "test_best_validation": self.test_best_validation,
+            "seconds": self.seconds,
+            "samples_per_second": self.samples_per_second,
+            "history": self.history,
+        }
 
 
 def fit(settings: TrainConfig | dict) -> RunResult:
@@ -112,9 +118,26 @@ def _fit_in_threads(cfg: TrainConfig, out_dir: Path) -> RunResult:
 #: The settings that decide what a run reads before its first step: the prepared dataset (synthetic
 #: files, vocabulary, image caches) and, in cached mode, the frozen-backbone features. Runs that
 #: agree on them share those files (:func:`prepare_inputs`).
-INPUT_FIELDS = ("dataset", "profile", "data_dir", "cache_dir", "data_seed", "image_size", "backbone", "backbone_blocks",
-                "weights_path", "pretrained", "pool_grid", "feature_mode", "cache_flips", "vocab_case_sensitive",
-                "pad_shares_most_frequent", "num_classes_from", "device", "num_threads")
+INPUT_FIELDS = (
+    "dataset",
+    "profile",
+    "data_dir",
+    "cache_dir",
+    "data_seed",
+    "image_size",
+    "backbone",
+    "backbone_blocks",
+    "weights_path",
+    "pretrained",
+    "pool_grid",
+    "feature_mode",
+    "cache_flips",
+    "vocab_case_sensitive",
+    "pad_shares_most_frequent",
+    "num_classes_from",
+    "device",
+    "num_threads",
+)
 
 
 def input_key(settings: TrainConfig | dict) -> str:
@@ -143,12 +166,15 @@ def check_batches(cfg: TrainConfig, num_captions: int, world_size: int, steps: i
     """Refuse a run whose epoch would have no step (``batch_size`` above the training split) or
     whose global batch does not split evenly over the processes."""
     if steps == 0:
-        raise ValueError(f"setting batch_size={cfg.batch_size} is larger than what the training split of "
-                         f"{cfg.dataset} ({num_captions} captions, sampler {cfg.sampler!r}) can fill: an epoch would "
-                         "have no step and the run would report an untrained model. Use a smaller batch_size")
+        raise ValueError(
+            f"setting batch_size={cfg.batch_size} is larger than what the training split of "
+            f"{cfg.dataset} ({num_captions} captions, sampler {cfg.sampler!r}) can fill: an epoch would "
+            "have no step and the run would report an untrained model. Use a smaller batch_size"
+        )
     if cfg.batch_size % world_size:
-        raise ValueError(f"setting batch_size={cfg.batch_size} must be a multiple of the number of processes "
-                         f"{world_size}")
+        raise ValueError(
+            f"setting batch_size={cfg.batch_size} must be a multiple of the number of processes {world_size}"
+        )
 
 
 def _prepare_training_data(cfg: TrainConfig, context: distributed.DistributedContext, show: bool) -> _TrainingData:
@@ -156,16 +182,24 @@ def _prepare_training_data(cfg: TrainConfig, context: distributed.DistributedCon
     features of every split (rank 0 computes and writes them, the others read)."""
     from .. import data
 
-    prepared = data.prepare_dataset(cfg.dataset, cfg.profile, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir,
-                                    seed=cfg.data_seed, image_size=cfg.image_size, **data.recipe_options(cfg))
+    prepared = data.prepare_dataset(
+        cfg.dataset,
+        cfg.profile,
+        data_dir=cfg.data_dir,
+        cache_dir=cfg.cache_dir,
+        seed=cfg.data_seed,
+        image_size=cfg.image_size,
+        **data.recipe_options(cfg),
+    )
     captions = evaluate.caption_tensors(prepared.frames["train"], prepared.vocabulary)
     training = _TrainingData(prepared=prepared, captions=captions, labels=captions["labels"].numpy(), features={})
     if cfg.feature_mode != "cached":
         return training
     device = context.device
     if context.is_main:
-        training.features["train"] = cached_image_features(prepared, "train", cfg, device, flips=cfg.cache_flips,
-                                                           progress=show)
+        training.features["train"] = cached_image_features(
+            prepared, "train", cfg, device, flips=cfg.cache_flips, progress=show
+        )
     distributed.barrier()
     if not context.is_main:
         training.features["train"] = cached_image_features(prepared, "train", cfg, device, flips=cfg.cache_flips)
@@ -188,8 +222,13 @@ def _build_run_state(cfg: TrainConfig, context: distributed.DistributedContext, 
     model = build_run_model(cfg, prepared, training.feature_dim)
     state = build_run_state(cfg, model, prepared.num_classes, context.device, context.world_size)
     if cfg.feature_mode != "cached":  # building the dataset draws no random numbers
-        training.pairs = data.PairDataset(prepared.frames["train"], prepared.vocabulary, prepared.image_cache("train"),
-                                          train=True, backbone=state.model.image_encoder.normalisation)
+        training.pairs = data.PairDataset(
+            prepared.frames["train"],
+            prepared.vocabulary,
+            prepared.image_cache("train"),
+            train=True,
+            backbone=state.model.image_encoder.normalisation,
+        )
     return state
 
 
@@ -216,7 +255,8 @@ def _enter_stage(state: RunState, cfg: TrainConfig, epoch: int, context: distrib
         if context.world_size > 1:  # DDP registers the parameters that need gradients: wrap again
             device = context.device
             state.wrapped = nn.parallel.DistributedDataParallel(
-                state.step_module, device_ids=[device.index] if device.type == "cuda" else None)
+                state.step_module, device_ids=[device.index] if device.type == "cuda" else None
+            )
     return lr
 
 
@@ -229,16 +269,26 @@ def _set_training_mode(state: RunState, cfg: TrainConfig) -> None:
         state.model.image_encoder.eval()
 
 
-def _epoch_batches(cfg: TrainConfig, training: _TrainingData, batches: list[list[int]], epoch: int,
-                   context: distributed.DistributedContext):
+def _epoch_batches(
+    cfg: TrainConfig,
+    training: _TrainingData,
+    batches: list[list[int]],
+    epoch: int,
+    context: distributed.DistributedContext,
+):
     """This process's batches of ``epoch`` as ``(images, token_ids, lengths, labels)`` on the CPU:
     slices of the cached features (with the flip drawn per caption) or DataLoader batches."""
     from .. import data
 
     if cfg.feature_mode != "cached":
-        loader = torch.utils.data.DataLoader(training.pairs, batch_sampler=ListBatchSampler(batches),
-                                             collate_fn=data.collate_pairs, num_workers=_loader_workers(cfg),
-                                             pin_memory=context.device.type == "cuda", persistent_workers=False)
+        loader = torch.utils.data.DataLoader(
+            training.pairs,
+            batch_sampler=ListBatchSampler(batches),
+            collate_fn=data.collate_pairs,
+            num_workers=_loader_workers(cfg),
+            pin_memory=context.device.type == "cuda",
+            persistent_workers=False,
+        )
         for batch in loader:
             yield batch["images"], batch["token_ids"], batch["lengths"], batch["labels"]
         return
@@ -254,8 +304,14 @@ def _epoch_batches(cfg: TrainConfig, training: _TrainingData, batches: list[list
         yield images, token_ids, lengths, captions["labels"][index]
 
 
-def _train_epoch(state: RunState, cfg: TrainConfig, training: _TrainingData, epoch: int,
-                 context: distributed.DistributedContext, show: bool) -> dict[str, Any]:
+def _train_epoch(
+    state: RunState,
+    cfg: TrainConfig,
+    training: _TrainingData,
+    epoch: int,
+    context: distributed.DistributedContext,
+    show: bool,
+) -> dict[str, Any]:
     """One pass over the epoch's global batches; returns its log record (losses, time, throughput)."""
     from tqdm.auto import tqdm
 
@@ -265,8 +321,15 @@ def _train_epoch(state: RunState, cfg: TrainConfig, training: _TrainingData, epo
     batches = [local_slice(b, context.rank, world) for b in global_batches(training.labels, cfg, epoch)]
     loss_sums = {name: torch.zeros((), device=device) for name in cfg.losses}
     started = time.perf_counter()
-    bar = tqdm(_epoch_batches(cfg, training, batches, epoch, context), total=len(batches),
-               desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False, unit="batch", mininterval=3.0)
+    bar = tqdm(
+        _epoch_batches(cfg, training, batches, epoch, context),
+        total=len(batches),
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not show,
+        leave=False,
+        unit="batch",
+        mininterval=3.0,
+    )
     for images, token_ids, lengths, labels in bar:
         losses = train_step(state, cfg, images, token_ids, lengths, labels, device, world)
         for name, value in losses.items():
@@ -276,10 +339,17 @@ def _train_epoch(state: RunState, cfg: TrainConfig, training: _TrainingData, epo
     steps = max(1, len(batches))
     epoch_losses = {name: float(value) / steps for name, value in loss_sums.items()}
     images_per_second = len(batches) * cfg.batch_size / max(seconds, 1e-9)
-    return {"epoch": epoch + 1, "cnn_trainable": bool(state.cnn_trainable) and not state.model.takes_features,
-            "loss": sum(epoch_losses.values()), **{f"loss_{k}": v for k, v in epoch_losses.items()},
-            "steps": len(batches), "seconds": seconds, "step_seconds": seconds / steps,
-            "images_per_second": images_per_second, "samples_per_second": images_per_second}
+    return {
+        "epoch": epoch + 1,
+        "cnn_trainable": bool(state.cnn_trainable) and not state.model.takes_features,
+        "loss": sum(epoch_losses.values()),
+        **{f"loss_{k}": v for k, v in epoch_losses.items()},
+        "steps": len(batches),
+        "seconds": seconds,
+        "step_seconds": seconds / steps,
+        "images_per_second": images_per_second,
+        "samples_per_second": images_per_second,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,8 +370,9 @@ def validates_in(cfg: TrainConfig, epoch: int) -> bool:
     return cfg.validate_every > 0 and ((epoch + 1) % cfg.validate_every == 0 or epoch + 1 == cfg.epochs)
 
 
-def _evaluate_epoch(state: RunState, cfg: TrainConfig, training: _TrainingData, epoch: int,
-                    device: torch.device, record: dict[str, Any]) -> float | None:
+def _evaluate_epoch(
+    state: RunState, cfg: TrainConfig, training: _TrainingData, epoch: int, device: torch.device, record: dict[str, Any]
+) -> float | None:
     """Score the averaged weights (copied into ``eval_model``) on the selection split when this
     epoch validates; add ``val_<metric>`` to ``record``; return the selection score, the epoch
     number when nothing is validated (the last epoch wins), or None (not validated this epoch)."""
@@ -312,17 +383,27 @@ def _evaluate_epoch(state: RunState, cfg: TrainConfig, training: _TrainingData, 
     if not validates_in(cfg, epoch):
         return None
     started = time.perf_counter()
-    metrics = evaluate.flat_metrics(evaluate.evaluate_split(state.eval_model, training.prepared, split, device,
-                                                            cfg.eval_batch_size, training.features.get(split)))
-    record.update({f"val_{k}": v for k, v in metrics.items()}, selected_on=split,
-                  eval_seconds=time.perf_counter() - started)
+    metrics = evaluate.flat_metrics(
+        evaluate.evaluate_split(
+            state.eval_model, training.prepared, split, device, cfg.eval_batch_size, training.features.get(split)
+        )
+    )
+    record.update(
+        {f"val_{k}": v for k, v in metrics.items()}, selected_on=split, eval_seconds=time.perf_counter() - started
+    )
     if cfg.select_metric not in metrics:
         raise KeyError(f"setting select_metric={cfg.select_metric!r} is not among the metrics {sorted(metrics)}")
     return metrics[cfg.select_metric]
 
 
-def _final_result(state: RunState, cfg: TrainConfig, training: _TrainingData, out_dir: Path,
-                  context: distributed.DistributedContext, total_seconds: float) -> RunResult:
+def _final_result(
+    state: RunState,
+    cfg: TrainConfig,
+    training: _TrainingData,
+    out_dir: Path,
+    context: distributed.DistributedContext,
+    total_seconds: float,
+) -> RunResult:
     """Score the test split (rank 0) with the weights ``checkpoint_choice`` names, write ``results.json``.
 
     ``"last"``: the last epoch's averaged weights (``eval_model`` holds them after the last epoch),
@@ -334,17 +415,26 @@ def _final_result(state: RunState, cfg: TrainConfig, training: _TrainingData, ou
     prepared = training.prepared
 
     def score_test() -> dict[str, float]:
-        return evaluate.flat_metrics(evaluate.evaluate_split(
-            state.eval_model, prepared, prepared.test_split, context.device, cfg.eval_batch_size,
-            training.features.get(prepared.test_split)))
+        return evaluate.flat_metrics(
+            evaluate.evaluate_split(
+                state.eval_model,
+                prepared,
+                prepared.test_split,
+                context.device,
+                cfg.eval_batch_size,
+                training.features.get(prepared.test_split),
+            )
+        )
 
     if context.is_main:
         best_path = out_dir / "checkpoints" / "best.pt"
         validated = any(key.startswith("val_") for record in state.history for key in record)
         if cfg.checkpoint_choice == "last":
             state.ema.copy_to(state.eval_model, state.model)
-            atomic.torch_save(out_dir / "checkpoints" / CHECKPOINT_FILES["last"],
-                              {"model": state.eval_model.state_dict(), "epoch": cfg.epochs})
+            atomic.torch_save(
+                out_dir / "checkpoints" / CHECKPOINT_FILES["last"],
+                {"model": state.eval_model.state_dict(), "epoch": cfg.epochs},
+            )
             if cfg.evaluate_test:
                 test = score_test()
         if best_path.is_file() and (cfg.checkpoint_choice == "best_validation" or validated):
@@ -357,14 +447,26 @@ def _final_result(state: RunState, cfg: TrainConfig, training: _TrainingData, ou
                     test_best_validation = scores
         elif cfg.checkpoint_choice == "best_validation" and cfg.evaluate_test:
             test = score_test()
-        best_validation = next(({k[4:]: v for k, v in r.items() if k.startswith("val_")}
-                                for r in state.history if r["epoch"] == state.best_epoch), {})
-    trained_seconds = sum(r["seconds"] for r in state.history[state.start_epoch:])
-    result = RunResult(output_dir=out_dir, history=state.history, best_epoch=state.best_epoch,
-                       best_validation=best_validation, test=test, test_best_validation=test_best_validation,
-                       seconds=total_seconds,
-                       samples_per_second=state.trained_samples / trained_seconds if trained_seconds else 0.0,
-                       settings=cfg.to_dict())
+        best_validation = next(
+            (
+                {k[4:]: v for k, v in r.items() if k.startswith("val_")}
+                for r in state.history
+                if r["epoch"] == state.best_epoch
+            ),
+            {},
+        )
+    trained_seconds = sum(r["seconds"] for r in state.history[state.start_epoch :])
+    result = RunResult(
+        output_dir=out_dir,
+        history=state.history,
+        best_epoch=state.best_epoch,
+        best_validation=best_validation,
+        test=test,
+        test_best_validation=test_best_validation,
+        seconds=total_seconds,
+        samples_per_second=state.trained_samples / trained_seconds if trained_seconds else 0.0,
+        settings=cfg.to_dict(),
+    )
     if context.is_main:
         atomic.write_text(out_dir / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
     return result
@@ -398,8 +500,13 @@ def _fit(cfg: TrainConfig, context: distributed.DistributedContext, out_dir: Pat
 
     scalars = EpochScalars(out_dir) if context.is_main else None  # <run>/tensorboard/: the epoch records' scalars
     run_start = time.perf_counter()
-    epoch_bar = tqdm(total=cfg.epochs, initial=state.start_epoch, desc=f"train {cfg.dataset}/{cfg.profile}",
-                     unit="epoch", disable=not show)
+    epoch_bar = tqdm(
+        total=cfg.epochs,
+        initial=state.start_epoch,
+        desc=f"train {cfg.dataset}/{cfg.profile}",
+        unit="epoch",
+        disable=not show,
+    )
     for epoch in range(state.start_epoch, cfg.epochs):
         lr = _enter_stage(state, cfg, epoch, context)
         record = {"lr": lr, **_train_epoch(state, cfg, training, epoch, context, show)}
@@ -409,9 +516,13 @@ def _fit(cfg: TrainConfig, context: distributed.DistributedContext, out_dir: Pat
             state.history.append(record)
             _save_checkpoints(state, cfg, out_dir, epoch, score)
             scalars.write(record)
-            epoch_bar.set_postfix(loss=f"{record['loss']:.3f}", images_per_s=f"{record['images_per_second']:.0f}",
-                                  **({"val": f"{record[f'val_{cfg.select_metric}']:.1f}"}
-                                     if f"val_{cfg.select_metric}" in record else {}))
+            epoch_bar.set_postfix(
+                loss=f"{record['loss']:.3f}",
+                images_per_s=f"{record['images_per_second']:.0f}",
+                **(
+                    {"val": f"{record[f'val_{cfg.select_metric}']:.1f}"} if f"val_{cfg.select_metric}" in record else {}
+                ),
+            )
         epoch_bar.update(1)
         distributed.barrier()
     epoch_bar.close()

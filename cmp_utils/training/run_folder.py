@@ -37,8 +37,9 @@ def default_output_dir(cfg: TrainConfig) -> Path:
 def git_commit() -> str:
     """The repository's HEAD commit, or ``"unknown"``."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=config.project_root(), capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=config.project_root(), capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -61,8 +62,20 @@ RUN_FILES = ("params.yaml", "log.jsonl", "results.json", "checkpoints")
 
 #: Settings ``resume`` may change: where the run writes and reads its data, how it reports, how
 #: long it runs, how many threads and loader workers it uses. Any other difference is refused.
-RESUMABLE_CHANGES = ("resume", "epochs", "output_dir", "data_dir", "cache_dir", "device", "progress", "num_workers",
-                     "num_threads", "eval_batch_size", "evaluate_test", "note")
+RESUMABLE_CHANGES = (
+    "resume",
+    "epochs",
+    "output_dir",
+    "data_dir",
+    "cache_dir",
+    "device",
+    "progress",
+    "num_workers",
+    "num_threads",
+    "eval_batch_size",
+    "evaluate_test",
+    "note",
+)
 
 
 def resolve_output_dir(cfg: TrainConfig) -> Path:
@@ -79,12 +92,15 @@ def check_output_dir(out_dir: Path, resume: bool) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"output_dir {out_dir} cannot be written ({existing} is not a writable folder); "
-                              "pass another --output-dir")
+        raise PermissionError(
+            f"output_dir {out_dir} cannot be written ({existing} is not a writable folder); pass another --output-dir"
+        )
     found = [name for name in RUN_FILES if (out_dir / name).exists()]
     if found and not resume:
-        raise FileExistsError(f"output_dir {out_dir} already holds a run ({', '.join(found)}): use --resume "
-                              "(resume=True) to continue it, or another --output-dir for a new run")
+        raise FileExistsError(
+            f"output_dir {out_dir} already holds a run ({', '.join(found)}): use --resume "
+            "(resume=True) to continue it, or another --output-dir for a new run"
+        )
 
 
 def check_resume_settings(cfg: TrainConfig, out_dir: Path) -> None:
@@ -97,11 +113,16 @@ def check_resume_settings(cfg: TrainConfig, out_dir: Path) -> None:
 
     saved = yaml.safe_load(params_path.read_text()) or {}
     current = cfg.to_dict()
-    differing = [f"{name}: run {saved[name]!r}, now {current[name]!r}"
-                 for name in sorted(_FIELDS - set(RESUMABLE_CHANGES)) if name in saved and saved[name] != current[name]]
+    differing = [
+        f"{name}: run {saved[name]!r}, now {current[name]!r}"
+        for name in sorted(_FIELDS - set(RESUMABLE_CHANGES))
+        if name in saved and saved[name] != current[name]
+    ]
     if differing:
-        raise ValueError(f"resume: these settings differ from the run's {params_path}: {'; '.join(differing)}. "
-                         "Resume with the run's settings, or start a new run in another --output-dir")
+        raise ValueError(
+            f"resume: these settings differ from the run's {params_path}: {'; '.join(differing)}. "
+            "Resume with the run's settings, or start a new run in another --output-dir"
+        )
 
 
 def refused_by_weights_only(error: BaseException) -> bool:
@@ -128,11 +149,13 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
                 f"safe weights-only load refused it. cmp_utils never writes such checkpoints: this file comes from "
                 f"another program or was crafted, and unpickling it could run code. Do not load it with "
                 f"weights_only=False unless you trust its source; retrain, or get the run folder again from its "
-                f"author (docs/security.md)") from error
+                f"author (docs/security.md)"
+            ) from error
         raise ValueError(
             f"checkpoint {path} is empty or truncated and cannot be read ({type(error).__name__}: {error}). "
             f"Delete {path.name} (resuming then starts the run from scratch) or copy back an intact one; "
-            f"to keep the run, restore {path} from a backup") from error
+            f"to keep the run, restore {path} from a backup"
+        ) from error
 
 
 def _restore_last_checkpoint(state: RunState, checkpoints: Path, device: torch.device, is_main: bool) -> None:
@@ -154,15 +177,25 @@ def _restore_last_checkpoint(state: RunState, checkpoints: Path, device: torch.d
     _set_rng_state(saved["rng"])
 
 
-def _write_params(cfg: TrainConfig, out_dir: Path, context: distributed.DistributedContext,
-                  prepared) -> None:
+def _write_params(cfg: TrainConfig, out_dir: Path, context: distributed.DistributedContext, prepared) -> None:
     """``params.yaml``: the settings plus what the run found (commit, processes, device, threads, CPU numerics,
     classes)."""
-    atomic.write_yaml(out_dir / "params.yaml", {
-        **cfg.to_dict(), "output_dir": str(out_dir), "git_commit": git_commit(), "world_size": context.world_size,
-        "device": str(context.device), "torch": str(torch.__version__), "torch_threads": torch.get_num_threads(),
-        "cpu_numerics": numerics.status(), "loader_workers": _loader_workers(cfg) if cfg.feature_mode != "cached" else 0,
-        "num_classes": prepared.num_classes, "vocabulary_size": len(prepared.vocabulary)})
+    atomic.write_yaml(
+        out_dir / "params.yaml",
+        {
+            **cfg.to_dict(),
+            "output_dir": str(out_dir),
+            "git_commit": git_commit(),
+            "world_size": context.world_size,
+            "device": str(context.device),
+            "torch": str(torch.__version__),
+            "torch_threads": torch.get_num_threads(),
+            "cpu_numerics": numerics.status(),
+            "loader_workers": _loader_workers(cfg) if cfg.feature_mode != "cached" else 0,
+            "num_classes": prepared.num_classes,
+            "vocabulary_size": len(prepared.vocabulary),
+        },
+    )
 
 
 def _save_checkpoints(state: RunState, cfg: TrainConfig, out_dir: Path, epoch: int, score: float | None) -> None:
@@ -171,12 +204,28 @@ def _save_checkpoints(state: RunState, cfg: TrainConfig, out_dir: Path, epoch: i
     checkpoints = out_dir / "checkpoints"
     if score is not None and score > state.best_score:
         state.best_score, state.best_epoch = score, epoch + 1
-        atomic.torch_save(checkpoints / "best.pt", {"model": state.eval_model.state_dict(), "epoch": epoch + 1,
-                                                    "score": score, "select_metric": cfg.select_metric})
-    atomic.torch_save(checkpoints / "last.pt", {
-        "model": state.model.state_dict(), "loss_module": state.loss_module.state_dict(),
-        "optimizer": state.optimizer.state_dict(), "ema": state.ema.state_dict(),
-        "scaler": state.scaler.state_dict() if state.scaler is not None else {},
-        "epoch": epoch + 1, "best_score": state.best_score, "best_epoch": state.best_epoch,
-        "history": json.dumps(state.history), "rng": _rng_state()})
+        atomic.torch_save(
+            checkpoints / "best.pt",
+            {
+                "model": state.eval_model.state_dict(),
+                "epoch": epoch + 1,
+                "score": score,
+                "select_metric": cfg.select_metric,
+            },
+        )
+    atomic.torch_save(
+        checkpoints / "last.pt",
+        {
+            "model": state.model.state_dict(),
+            "loss_module": state.loss_module.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "ema": state.ema.state_dict(),
+            "scaler": state.scaler.state_dict() if state.scaler is not None else {},
+            "epoch": epoch + 1,
+            "best_score": state.best_score,
+            "best_epoch": state.best_epoch,
+            "history": json.dumps(state.history),
+            "rng": _rng_state(),
+        },
+    )
     atomic.write_text(out_dir / "log.jsonl", "".join(json.dumps(line) + "\n" for line in state.history))

@@ -21,22 +21,51 @@ from ..core import config, numerics
 # Settings
 # ---------------------------------------------------------------------------------------------
 
-_PAPER_COMMON = dict(feature_mode="end_to_end", lr=2e-4, finetune_lr=2e-5, weight_decay=4e-5, ema_decay=0.9999,
-                     embedding_dim=512, word_dim=512, hidden_size=512, dropout=0.3, pool_grid=(1, 1),
-                     sampler="random", amp="off", num_workers=None, eval_batch_size=256,  # fp32, as the release
-                     padded_steps="zeros")  # the release trains at batch > 1 with padded zeros in the max
-_FAST_COMMON = dict(feature_mode="cached", backbone="mobilenet_v2", lr=1e-3, finetune_lr=1e-3, weight_decay=4e-5,
-                    sampler="identity", instances_per_label=2, amp="auto", num_workers=0, eval_batch_size=512,
-                    num_threads=1,  # one torch thread: the same numbers on any machine
-                    # TF's joint-embedding BN momentum (0.0003) leaves the running statistics near their
-                    # initial values after a few hundred steps, which costs quick CUHK-PEDES recall (measured in
-                    # docs/fidelity.md's audit table), so the fast profiles use PyTorch's.
-                    bn_style="pytorch",
-                    # The fast profiles keep the settings their committed numbers were measured with; the paper
-                    # profile takes the release's (the TrainConfig defaults; docs/fidelity.md, one row each).
-                    joint_embedding_init="pytorch", initial_state_init="zeros", lstm_bias="two",
-                    lstm_input_dropout="shared", word_embedding_init_rows=None, image_resize="pil_antialias",
-                    cuda_tf32="torch_default", checkpoint_choice="best_validation", adam_epsilon="pytorch")
+_PAPER_COMMON = dict(
+    feature_mode="end_to_end",
+    lr=2e-4,
+    finetune_lr=2e-5,
+    weight_decay=4e-5,
+    ema_decay=0.9999,
+    embedding_dim=512,
+    word_dim=512,
+    hidden_size=512,
+    dropout=0.3,
+    pool_grid=(1, 1),
+    sampler="random",
+    amp="off",
+    num_workers=None,
+    eval_batch_size=256,  # fp32, as the release
+    padded_steps="zeros",
+)  # the release trains at batch > 1 with padded zeros in the max
+_FAST_COMMON = dict(
+    feature_mode="cached",
+    backbone="mobilenet_v2",
+    lr=1e-3,
+    finetune_lr=1e-3,
+    weight_decay=4e-5,
+    sampler="identity",
+    instances_per_label=2,
+    amp="auto",
+    num_workers=0,
+    eval_batch_size=512,
+    num_threads=1,  # one torch thread: the same numbers on any machine
+    # TF's joint-embedding BN momentum (0.0003) leaves the running statistics near their
+    # initial values after a few hundred steps, which costs quick CUHK-PEDES recall (measured in
+    # docs/fidelity.md's audit table), so the fast profiles use PyTorch's.
+    bn_style="pytorch",
+    # The fast profiles keep the settings their committed numbers were measured with; the paper
+    # profile takes the release's (the TrainConfig defaults; docs/fidelity.md, one row each).
+    joint_embedding_init="pytorch",
+    initial_state_init="zeros",
+    lstm_bias="two",
+    lstm_input_dropout="shared",
+    word_embedding_init_rows=None,
+    image_resize="pil_antialias",
+    cuda_tf32="torch_default",
+    checkpoint_choice="best_validation",
+    adam_epsilon="pytorch",
+)
 
 #: Settings per profile and dataset, as plain data. ``paper`` = the released scripts' settings
 #: (CUB / Flowers: no script was released; the Flickr30K recipe is assumed and marked so).
@@ -46,36 +75,108 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         # ImageNet weights converted from the slim checkpoints the release starts from
         # (``python -m cmp_utils.tools.convert_tf``) give TF's outputs; ``mobilenet_v1`` / ``resnet152``
         # (PyTorch padding, torchvision's ResNet) remain as options.
-        "cuhk_pedes": dict(_PAPER_COMMON, backbone="mobilenet_v1_tf", batch_size=16, epochs=50, frozen_epochs=0,
-                           image_size=(224, 224), select_metric="t2i_R@1"),
-        "flickr30k": dict(_PAPER_COMMON, backbone="resnet152_slim", batch_size=32, epochs=45, frozen_epochs=15,
-                          image_size=(224, 224), select_metric="rsum"),
-        "mscoco": dict(_PAPER_COMMON, backbone="resnet152_slim", batch_size=64, epochs=45, frozen_epochs=15,
-                       image_size=(224, 224), select_metric="rsum"),
-        "cub": dict(_PAPER_COMMON, backbone="mobilenet_v1_tf", batch_size=32, epochs=45, frozen_epochs=15,
-                    image_size=(224, 224), select_metric="rsum", note="assumed: no released script"),
-        "flowers": dict(_PAPER_COMMON, backbone="mobilenet_v1_tf", batch_size=32, epochs=45, frozen_epochs=15,
-                        image_size=(224, 224), select_metric="rsum", note="assumed: no released script"),
+        "cuhk_pedes": dict(
+            _PAPER_COMMON,
+            backbone="mobilenet_v1_tf",
+            batch_size=16,
+            epochs=50,
+            frozen_epochs=0,
+            image_size=(224, 224),
+            select_metric="t2i_R@1",
+        ),
+        "flickr30k": dict(
+            _PAPER_COMMON,
+            backbone="resnet152_slim",
+            batch_size=32,
+            epochs=45,
+            frozen_epochs=15,
+            image_size=(224, 224),
+            select_metric="rsum",
+        ),
+        "mscoco": dict(
+            _PAPER_COMMON,
+            backbone="resnet152_slim",
+            batch_size=64,
+            epochs=45,
+            frozen_epochs=15,
+            image_size=(224, 224),
+            select_metric="rsum",
+        ),
+        "cub": dict(
+            _PAPER_COMMON,
+            backbone="mobilenet_v1_tf",
+            batch_size=32,
+            epochs=45,
+            frozen_epochs=15,
+            image_size=(224, 224),
+            select_metric="rsum",
+            note="assumed: no released script",
+        ),
+        "flowers": dict(
+            _PAPER_COMMON,
+            backbone="mobilenet_v1_tf",
+            batch_size=32,
+            epochs=45,
+            frozen_epochs=15,
+            image_size=(224, 224),
+            select_metric="rsum",
+            note="assumed: no released script",
+        ),
         # Published after the paper: its CUHK-PEDES recipe, unchanged (no paper numbers exist for them).
-        **{name: dict(_PAPER_COMMON, backbone="mobilenet_v1_tf", batch_size=16, epochs=50, frozen_epochs=0,
-                      image_size=(224, 224), select_metric="t2i_R@1",
-                      note="assumed: the paper's CUHK-PEDES recipe; the dataset postdates the paper")
-           for name in ("icfg_pedes", "rstpreid")},
+        **{
+            name: dict(
+                _PAPER_COMMON,
+                backbone="mobilenet_v1_tf",
+                batch_size=16,
+                epochs=50,
+                frozen_epochs=0,
+                image_size=(224, 224),
+                select_metric="t2i_R@1",
+                note="assumed: the paper's CUHK-PEDES recipe; the dataset postdates the paper",
+            )
+            for name in ("icfg_pedes", "rstpreid")
+        },
     },
     # person datasets: the 64 x 32 renders upsampled to 128 x 64 and cut after MobileNetV2's 11th stage (a
     # 64-channel 8 x 4 map at stride 16, kept whole as an 8 x 4 grid, 2048-d), 4 epochs: higher recall than the
     # last stage for less CPU (calibration in the module docstring)
-    "quick": {name: dict(_FAST_COMMON, batch_size=64, epochs=4 if name in config.PERSON_DATASETS else 3,
-                         frozen_epochs=0, image_size=(128, 64) if name in config.PERSON_DATASETS else None, lr=3e-3,
-                         finetune_lr=3e-3, backbone_blocks=11 if name in config.PERSON_DATASETS else None,
-                         pool_grid=(8, 4) if name in config.PERSON_DATASETS else (2, 2), embedding_dim=256,
-                         word_dim=64, hidden_size=64, dropout=0.3,
-                         ema_decay=0.99, select_metric="t2i_R@1" if name in config.PERSON_DATASETS else "rsum")
-              for name in config.DATASETS},
-    "smoke": {name: dict(_FAST_COMMON, batch_size=32, epochs=2, frozen_epochs=0, image_size=None,
-                         pool_grid=(2, 1) if name in config.PERSON_DATASETS else (2, 2), embedding_dim=64, word_dim=32, hidden_size=32, dropout=0.3,
-                         ema_decay=0.9, select_metric="t2i_R@1" if name in config.PERSON_DATASETS else "rsum")
-              for name in config.DATASETS},
+    "quick": {
+        name: dict(
+            _FAST_COMMON,
+            batch_size=64,
+            epochs=4 if name in config.PERSON_DATASETS else 3,
+            frozen_epochs=0,
+            image_size=(128, 64) if name in config.PERSON_DATASETS else None,
+            lr=3e-3,
+            finetune_lr=3e-3,
+            backbone_blocks=11 if name in config.PERSON_DATASETS else None,
+            pool_grid=(8, 4) if name in config.PERSON_DATASETS else (2, 2),
+            embedding_dim=256,
+            word_dim=64,
+            hidden_size=64,
+            dropout=0.3,
+            ema_decay=0.99,
+            select_metric="t2i_R@1" if name in config.PERSON_DATASETS else "rsum",
+        )
+        for name in config.DATASETS
+    },
+    "smoke": {
+        name: dict(
+            _FAST_COMMON,
+            batch_size=32,
+            epochs=2,
+            frozen_epochs=0,
+            image_size=None,
+            pool_grid=(2, 1) if name in config.PERSON_DATASETS else (2, 2),
+            embedding_dim=64,
+            word_dim=32,
+            hidden_size=32,
+            dropout=0.3,
+            ema_decay=0.9,
+            select_metric="t2i_R@1" if name in config.PERSON_DATASETS else "rsum",
+        )
+        for name in config.DATASETS
+    },
 }
 
 
@@ -125,7 +226,9 @@ class TrainConfig:
     image_resize: str = "tf1_bilinear"  # tf1_bilinear (release: float, no antialiasing) | pil_antialias (PIL)
     cuda_tf32: str = "off"  # off (fp32 is fp32, as the release) | torch_default (cuDNN convolutions in TF32)
     checkpoint_choice: str = "last"  # last (release: the last epoch is tested) | best_validation (best.pt)
-    adam_epsilon: str = "tf"  # tf (TF's epsilon-hat: eps added to the uncorrected sqrt(v)) | pytorch (torch.optim.Adam's)
+    adam_epsilon: str = (
+        "tf"  # tf (TF's epsilon-hat: eps added to the uncorrected sqrt(v)) | pytorch (torch.optim.Adam's)
+    )
     # optimisation
     batch_size: int = 16  # global batch (all processes together)
     epochs: int = 50
@@ -231,8 +334,9 @@ def check_setting(name: str, value: Any) -> Any:
     fits, converted = _conform(value, _FIELD_TYPES[name])
     if not fits:
         quoted = " (a quoted value in YAML is text: write it unquoted)" if isinstance(value, str) else ""
-        raise TypeError(f"setting {name}={value!r} is a {type(value).__name__}; it must be "
-                        f"{_type_name(_FIELD_TYPES[name])}{quoted}")
+        raise TypeError(
+            f"setting {name}={value!r} is a {type(value).__name__}; it must be {_type_name(_FIELD_TYPES[name])}{quoted}"
+        )
     return converted
 
 
@@ -280,8 +384,10 @@ def make_config(profile: str = "smoke", dataset: str = "cuhk_pedes", **overrides
     unknown = sorted(set(overrides) - _FIELDS)
     if unknown:
         raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(_FIELDS)}")
-    values = {**PROFILE_SETTINGS[profile][dataset],
-              **{k: v for k, v in overrides.items() if v is not None or _admits_none(k)}}
+    values = {
+        **PROFILE_SETTINGS[profile][dataset],
+        **{k: v for k, v in overrides.items() if v is not None or _admits_none(k)},
+    }
     values.update(profile=profile, dataset=dataset)
     if isinstance(values.get("losses"), str):
         values["losses"] = [name.strip() for name in values["losses"].split(",") if name.strip()]
@@ -302,7 +408,9 @@ def _check_config(cfg: TrainConfig) -> None:
     from ..losses import parse_loss_scope
 
     if cfg.batch_size % parse_loss_scope(cfg.loss_scope):  # also rejects a malformed scope
-        raise ValueError(f"setting loss_scope={cfg.loss_scope!r} needs a batch_size that K divides; got {cfg.batch_size}")
+        raise ValueError(
+            f"setting loss_scope={cfg.loss_scope!r} needs a batch_size that K divides; got {cfg.batch_size}"
+        )
     if cfg.feature_mode not in ("end_to_end", "cached"):
         raise ValueError(f"setting feature_mode={cfg.feature_mode!r} must be 'end_to_end' or 'cached'")
     if cfg.sampler not in ("random", "identity"):
@@ -312,19 +420,30 @@ def _check_config(cfg: TrainConfig) -> None:
     if cfg.backbone not in models.BACKBONES:
         raise ValueError(f"setting backbone={cfg.backbone!r}; use one of {models.BACKBONES}")
     if cfg.backbone_blocks is not None and cfg.backbone != "mobilenet_v2":
-        raise ValueError(f"setting backbone_blocks={cfg.backbone_blocks!r} needs backbone='mobilenet_v2' "
-                         f"(not {cfg.backbone!r}); set backbone_blocks=None")
+        raise ValueError(
+            f"setting backbone_blocks={cfg.backbone_blocks!r} needs backbone='mobilenet_v2' "
+            f"(not {cfg.backbone!r}); set backbone_blocks=None"
+        )
     if not 0 <= cfg.frozen_epochs <= cfg.epochs or cfg.epochs < 1:
-        raise ValueError(f"settings epochs={cfg.epochs}, frozen_epochs={cfg.frozen_epochs}: need 0 <= frozen <= epochs, epochs >= 1")
+        raise ValueError(
+            f"settings epochs={cfg.epochs}, frozen_epochs={cfg.frozen_epochs}: need 0 <= frozen <= epochs, epochs >= 1"
+        )
     if cfg.batch_size < 2:
         raise ValueError(f"setting batch_size={cfg.batch_size} must be at least 2")
     from ..data.images import IMAGE_RESIZES
 
-    choices = {"select_split": ("validation", "test"), "frozen_cnn_bn": ("batch_stats", "eval"),
-               "joint_embedding_init": models.JOINT_EMBEDDING_INITS, "initial_state_init": models.INITIAL_STATE_INITS,
-               "lstm_bias": models.LSTM_BIASES, "lstm_input_dropout": models.LSTM_INPUT_DROPOUTS,
-               "image_resize": IMAGE_RESIZES, "cuda_tf32": numerics.CUDA_TF32_CHOICES,
-               "checkpoint_choice": CHECKPOINT_CHOICES, "adam_epsilon": ADAM_EPSILONS}
+    choices = {
+        "select_split": ("validation", "test"),
+        "frozen_cnn_bn": ("batch_stats", "eval"),
+        "joint_embedding_init": models.JOINT_EMBEDDING_INITS,
+        "initial_state_init": models.INITIAL_STATE_INITS,
+        "lstm_bias": models.LSTM_BIASES,
+        "lstm_input_dropout": models.LSTM_INPUT_DROPOUTS,
+        "image_resize": IMAGE_RESIZES,
+        "cuda_tf32": numerics.CUDA_TF32_CHOICES,
+        "checkpoint_choice": CHECKPOINT_CHOICES,
+        "adam_epsilon": ADAM_EPSILONS,
+    }
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"setting {name}={getattr(cfg, name)!r} must be one of {allowed}")
@@ -346,13 +465,17 @@ def _check_paper_inputs(cfg: TrainConfig) -> None:
     """Fail early and clearly when the paper profile lacks what it needs."""
     if cfg.profile != "paper":
         return
-    if cfg.backbone in ("mobilenet_v1", "resnet152", *models.TF_EXACT_BACKBONES) and cfg.pretrained \
-            and cfg.weights_path is None:
+    if (
+        cfg.backbone in ("mobilenet_v1", "resnet152", *models.TF_EXACT_BACKBONES)
+        and cfg.pretrained
+        and cfg.weights_path is None
+    ):
         raise FileNotFoundError(
             f"profile 'paper' trains {cfg.backbone} from ImageNet weights, which cannot be downloaded here: pass "
             f"weights_path=<{cfg.backbone} state dict> (CLI: --set weights_path=FILE; notebooks: -p weights_path FILE; "
             "make reproduce WEIGHTS=FILE or a folder of <backbone>.pth files), or pretrained=false to knowingly "
-            "train from random init")
+            "train from random init"
+        )
     if cfg.weights_path is not None and not Path(cfg.weights_path).expanduser().is_file():
         raise FileNotFoundError(f"setting weights_path={cfg.weights_path!r} does not exist")
 
@@ -375,9 +498,11 @@ def resolve_weights_path(cfg: TrainConfig) -> TrainConfig:
         for suffix in (".pth", ".pt"):
             if (folder / f"{name}{suffix}").is_file():
                 return dataclasses.replace(cfg, weights_path=str(folder / f"{name}{suffix}"))
-    raise FileNotFoundError(f"setting weights_path={cfg.weights_path!r} is a folder without {names[0]}.pth (or "
-                            f"{', '.join(n + '.pth' for n in names[1:]) or '.pt'}): put the {cfg.backbone} state dict "
-                            "there under that name, or pass the file itself")
+    raise FileNotFoundError(
+        f"setting weights_path={cfg.weights_path!r} is a folder without {names[0]}.pth (or "
+        f"{', '.join(n + '.pth' for n in names[1:]) or '.pt'}): put the {cfg.backbone} state dict "
+        "there under that name, or pass the file itself"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -59,8 +59,9 @@ class WeightAverage:
         elif self.scope == "all":
             self.names = [name for name, _ in module.named_parameters()]
         else:
-            raise ValueError(f"ema_scope={self.scope!r} needs a CrossModalModel; a {type(module).__name__} "
-                             "only supports scope='all'")
+            raise ValueError(
+                f"ema_scope={self.scope!r} needs a CrossModalModel; a {type(module).__name__} only supports scope='all'"
+            )
         self.shadow = [tensor.detach().clone() for tensor in self._tensors(module)]
         self.num_updates = 0
 
@@ -92,13 +93,20 @@ class WeightAverage:
         return target
 
     def state_dict(self) -> dict[str, Any]:
-        return {"names": list(self.names), "shadow": [t.clone() for t in self.shadow], "num_updates": self.num_updates,
-                "decay": self.decay, "warmup": self.warmup, "scope": self.scope}
+        return {
+            "names": list(self.names),
+            "shadow": [t.clone() for t in self.shadow],
+            "num_updates": self.num_updates,
+            "decay": self.decay,
+            "warmup": self.warmup,
+            "scope": self.scope,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state["names"]) != self.names:
-            raise ValueError("EMA state does not match the averaged tensors of the model (different architecture "
-                             "or ema_scope?)")
+            raise ValueError(
+                "EMA state does not match the averaged tensors of the model (different architecture or ema_scope?)"
+            )
         for mine, saved in zip(self.shadow, state["shadow"]):
             mine.copy_(saved)
         self.num_updates = int(state["num_updates"])
@@ -124,7 +132,9 @@ def global_batches(labels: np.ndarray, cfg: TrainConfig, epoch: int) -> list[lis
         batches = list(sampler)
     else:
         order = np.random.default_rng([cfg.seed, epoch, 7]).permutation(len(labels))
-        batches = [order[s:s + cfg.batch_size].tolist() for s in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
+        batches = [
+            order[s : s + cfg.batch_size].tolist() for s in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)
+        ]
     if cfg.max_steps_per_epoch is not None:
         batches = batches[: cfg.max_steps_per_epoch]
     return batches
@@ -135,7 +145,7 @@ def local_slice(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
     if len(batch) % world_size:
         raise ValueError(f"setting batch_size={len(batch)} must be a multiple of the number of processes {world_size}")
     share = len(batch) // world_size
-    return list(batch[rank * share:(rank + 1) * share])
+    return list(batch[rank * share : (rank + 1) * share])
 
 
 class ListBatchSampler(torch.utils.data.Sampler):
@@ -170,22 +180,32 @@ class TrainStep(nn.Module):
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters whose gradient every process computes in full (joint embeddings, losses)."""
-        return (list(self.model.image_embedding.parameters()) + list(self.model.text_embedding.parameters())
-                + list(self.loss_module.parameters()))
+        return (
+            list(self.model.image_embedding.parameters())
+            + list(self.model.text_embedding.parameters())
+            + list(self.loss_module.parameters())
+        )
 
-    def forward(self, images: torch.Tensor, token_ids: torch.Tensor, lengths: torch.Tensor,
-                labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, token_ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         image_features = distributed.all_gather_with_grad(self.model.image_features(images))  # (B, D_img)
         text_features = distributed.all_gather_with_grad(self.model.text_features(token_ids, lengths))  # (B, D_txt)
         global_labels = distributed.all_gather_tensor(labels)  # (B,)
         image_embeddings = self.model.image_embedding(image_features)  # x: (B, d)
         text_embeddings = self.model.text_embedding(text_features)  # z: (B, d)
-        loss_dtype = torch.promote_types(image_embeddings.dtype, torch.float32)  # autocast's bf16/fp16 -> fp32; fp64 stays
+        loss_dtype = torch.promote_types(
+            image_embeddings.dtype, torch.float32
+        )  # autocast's bf16/fp16 -> fp32; fp64 stays
         return self.loss_module(image_embeddings.to(loss_dtype), text_embeddings.to(loss_dtype), global_labels)
 
 
-def backward_global_loss(losses: dict[str, torch.Tensor], step_module: TrainStep, world_size: int,
-                         scaler: "torch.amp.GradScaler | None" = None) -> torch.Tensor:
+def backward_global_loss(
+    losses: dict[str, torch.Tensor],
+    step_module: TrainStep,
+    world_size: int,
+    scaler: "torch.amp.GradScaler | None" = None,
+) -> torch.Tensor:
     """Back-propagate the summed global-batch loss so that, after DDP's averaging, every gradient
     equals the single-process gradient of the full global batch; returns the (unscaled) total.
 
@@ -207,11 +227,18 @@ def _rng_state() -> dict[str, Any]:
     """RNG states as tensors / plain types (loadable with ``weights_only=True``)."""
     version, mt_state, gauss = random.getstate()
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-            "python": {"version": version, "state": torch.tensor(mt_state, dtype=torch.int64), "gauss": gauss},
-            "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                      "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)}}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "python": {"version": version, "state": torch.tensor(mt_state, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": np_kind,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+    }
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
@@ -221,7 +248,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     python = state["python"]
     random.setstate((python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss"]))
     nps = state["numpy"]
-    np.random.set_state((nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"], nps["gauss"]))
+    np.random.set_state(
+        (nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"], nps["gauss"])
+    )
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -237,7 +266,9 @@ def autocast_and_scaler(cfg: TrainConfig, device: torch.device):
         return torch.autocast(device_type=device.type, enabled=False), None
     if device.type != "cuda":
         if cfg.amp == "fp16":
-            raise ValueError(f"setting amp='fp16' needs CUDA (a gradient scaler); on {device.type} use amp='bf16' or 'off'")
+            raise ValueError(
+                f"setting amp='fp16' needs CUDA (a gradient scaler); on {device.type} use amp='bf16' or 'off'"
+            )
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16), None
     dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
     if cfg.amp == "auto" and not torch.cuda.is_bf16_supported():
@@ -256,14 +287,19 @@ def param_groups(model: models.CrossModalModel, loss_module: nn.Module, cfg: Tra
     """
     decayed: list[nn.Parameter] = []
     if not model.takes_features:
-        depthwise = {id(module.weight) for module in model.image_encoder.backbone.modules()
-                     if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels}
+        depthwise = {
+            id(module.weight)
+            for module in model.image_encoder.backbone.modules()
+            if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+        }
         decayed += [p for p in model.image_encoder.backbone.parameters() if p.dim() > 1 and id(p) not in depthwise]
     decayed += [model.image_embedding.projection.weight, model.text_embedding.projection.weight]
     decayed_ids = {id(p) for p in decayed}
     others = [p for p in model.parameters() if id(p) not in decayed_ids] + list(loss_module.parameters())
-    return [{"params": decayed, "weight_decay": cfg.weight_decay, "name": "decayed"},
-            {"params": others, "weight_decay": 0.0, "name": "others"}]
+    return [
+        {"params": decayed, "weight_decay": cfg.weight_decay, "name": "decayed"},
+        {"params": others, "weight_decay": 0.0, "name": "others"},
+    ]
 
 
 def _set_cnn_trainable(model: models.CrossModalModel, trainable: bool) -> None:
@@ -293,19 +329,37 @@ def build_run_model(cfg: TrainConfig, prepared, feature_dim: int | None = None) 
     return model_of_settings(cfg, len(prepared.vocabulary), prepared.vocabulary.pad_id, feature_dim)
 
 
-def model_of_settings(cfg: TrainConfig, vocabulary_size: int, pad_id: int = 0,
-                      feature_dim: int | None = None) -> models.CrossModalModel:
+def model_of_settings(
+    cfg: TrainConfig, vocabulary_size: int, pad_id: int = 0, feature_dim: int | None = None
+) -> models.CrossModalModel:
     """The network of settings ``cfg`` for a vocabulary of ``vocabulary_size`` words (padding id
     ``pad_id``); ``feature_dim`` as :func:`build_run_model`. No prepared data needed (benchmarks)."""
-    return models.build_model(vocabulary_size, cfg.backbone, cfg.embedding_dim, cfg.word_dim,
-                              cfg.hidden_size, cfg.dropout, pad_id, cfg.padded_steps,
-                              cfg.pool_grid, cfg.weights_path, cfg.pretrained, cached_feature_dim=feature_dim,
-                              word_embedding_init=cfg.word_embedding_init, lstm_init=cfg.lstm_init,
-                              lstm_backward=cfg.lstm_backward, joint_embedding=cfg.joint_embedding,
-                              bn_style=cfg.bn_style, ema_scope=cfg.ema_scope, backbone_blocks=cfg.backbone_blocks,
-                              joint_embedding_init=cfg.joint_embedding_init, initial_state_init=cfg.initial_state_init,
-                              lstm_bias=cfg.lstm_bias, lstm_input_dropout=cfg.lstm_input_dropout,
-                              word_embedding_init_rows=cfg.word_embedding_init_rows)
+    return models.build_model(
+        vocabulary_size,
+        cfg.backbone,
+        cfg.embedding_dim,
+        cfg.word_dim,
+        cfg.hidden_size,
+        cfg.dropout,
+        pad_id,
+        cfg.padded_steps,
+        cfg.pool_grid,
+        cfg.weights_path,
+        cfg.pretrained,
+        cached_feature_dim=feature_dim,
+        word_embedding_init=cfg.word_embedding_init,
+        lstm_init=cfg.lstm_init,
+        lstm_backward=cfg.lstm_backward,
+        joint_embedding=cfg.joint_embedding,
+        bn_style=cfg.bn_style,
+        ema_scope=cfg.ema_scope,
+        backbone_blocks=cfg.backbone_blocks,
+        joint_embedding_init=cfg.joint_embedding_init,
+        initial_state_init=cfg.initial_state_init,
+        lstm_bias=cfg.lstm_bias,
+        lstm_input_dropout=cfg.lstm_input_dropout,
+        word_embedding_init_rows=cfg.word_embedding_init_rows,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,8 +428,9 @@ def new_weight_average(model: models.CrossModalModel, cfg: TrainConfig) -> Weigh
     return WeightAverage(model, cfg.ema_decay, cfg.ema_warmup, scope=cfg.ema_scope)
 
 
-def build_run_state(cfg: TrainConfig, model: models.CrossModalModel, num_classes: int, device: torch.device,
-                    world_size: int = 1) -> RunState:
+def build_run_state(
+    cfg: TrainConfig, model: models.CrossModalModel, num_classes: int, device: torch.device, world_size: int = 1
+) -> RunState:
     """What :func:`train_step` needs for ``model`` under settings ``cfg``: the model on ``device``
     (SyncBatchNorm for several CUDA processes, channels-last images on CUDA), the losses over
     ``num_classes`` classes, :class:`TrainStep`, Adam with the weight-decay groups
@@ -388,13 +443,22 @@ def build_run_state(cfg: TrainConfig, model: models.CrossModalModel, num_classes
     model.to(device)
     if device.type == "cuda" and cfg.channels_last and not model.takes_features:
         model.image_encoder.to(memory_format=torch.channels_last)
-    loss_module = CrossModalLoss(cfg.losses, cfg.embedding_dim, num_classes, scope=cfg.loss_scope,
-                                 **cfg.loss_options).to(device)
+    loss_module = CrossModalLoss(
+        cfg.losses, cfg.embedding_dim, num_classes, scope=cfg.loss_scope, **cfg.loss_options
+    ).to(device)
     step_module = TrainStep(model, loss_module)
     autocast, scaler = autocast_and_scaler(cfg, device)
-    return RunState(model=model, loss_module=loss_module, step_module=step_module,
-                     optimizer=new_optimizer(model, loss_module, cfg), ema=new_weight_average(model, cfg),
-                     eval_model=copy.deepcopy(model).eval(), autocast=autocast, scaler=scaler, wrapped=step_module)
+    return RunState(
+        model=model,
+        loss_module=loss_module,
+        step_module=step_module,
+        optimizer=new_optimizer(model, loss_module, cfg),
+        ema=new_weight_average(model, cfg),
+        eval_model=copy.deepcopy(model).eval(),
+        autocast=autocast,
+        scaler=scaler,
+        wrapped=step_module,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,9 +475,16 @@ def stage_of(cfg: TrainConfig, epoch: int) -> tuple[bool, float]:
     return (False, cfg.lr) if epoch < cfg.frozen_epochs else (True, cfg.finetune_lr)
 
 
-def train_step(state: RunState, cfg: TrainConfig, images: torch.Tensor, token_ids: torch.Tensor,
-               lengths: torch.Tensor, labels: torch.Tensor, device: torch.device,
-               world_size: int = 1) -> dict[str, torch.Tensor]:
+def train_step(
+    state: RunState,
+    cfg: TrainConfig,
+    images: torch.Tensor,
+    token_ids: torch.Tensor,
+    lengths: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    world_size: int = 1,
+) -> dict[str, torch.Tensor]:
     """One optimiser step of :func:`fit` on one batch (this process's rows, on any device): inputs to
     ``device`` (channels-last images on CUDA), the losses under ``amp``'s autocast, the global-batch
     backward (:func:`backward_global_loss`), Adam (through the gradient scaler, if any) and the

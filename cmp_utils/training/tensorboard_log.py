@@ -51,10 +51,10 @@ class EpochScalars:
     def write(self, record: dict[str, Any]) -> None:
         from tensorboard.compat.proto import event_pb2, summary_pb2
 
-        values = [summary_pb2.Summary.Value(tag=tag, simple_value=value)
-                  for tag, value in self.scalars(record).items()]
-        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(record["epoch"]),
-                                               summary=summary_pb2.Summary(value=values)))
+        values = [summary_pb2.Summary.Value(tag=tag, simple_value=value) for tag, value in self.scalars(record).items()]
+        self._writer.add_event(
+            event_pb2.Event(wall_time=time.time(), step=int(record["epoch"]), summary=summary_pb2.Summary(value=values))
+        )
         self._writer.flush()
 
     def close(self) -> None:

@@ -29,9 +29,13 @@ from cmp_utils.core import numerics, vendor_kernels
 ROOT = Path(__file__).resolve().parents[2]
 AVX2_CAPS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
+
 def _clean_environment(**settings: str) -> dict[str, str]:
-    environ = {k: v for k, v in os.environ.items()
-               if k not in (*numerics.PINNED_ENVIRONMENT, "MKL_ENABLE_INSTRUCTIONS", "LD_PRELOAD", numerics.MODE_VARIABLE)}
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in (*numerics.PINNED_ENVIRONMENT, "MKL_ENABLE_INSTRUCTIONS", "LD_PRELOAD", numerics.MODE_VARIABLE)
+    }
     environ.update(settings)
     return environ
 
@@ -61,8 +65,10 @@ def smoke_runs(tmp_path_factory):
     if shim is not None:
         settings["pinned, non-Intel vendor"] = _clean_environment(LD_PRELOAD=str(shim))
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(_smoke_run, root / f"run{index}", environ)
-                   for index, (name, environ) in enumerate(settings.items())}
+        futures = {
+            name: pool.submit(_smoke_run, root / f"run{index}", environ)
+            for index, (name, environ) in enumerate(settings.items())
+        }
         return {name: future.result() for name, future in futures.items()}
 
 
@@ -123,13 +129,21 @@ def test_pin_sets_the_variables_for_child_processes_and_native_sets_none():
 
 def test_a_process_that_computed_before_the_pinning_is_reported_unpinned():
     """torch computing before ``import cmp_utils``: oneMKL can no longer change branch; pin warns."""
-    script = ("import torch, warnings\n(torch.randn(64, 512) @ torch.randn(512, 64)).sum()\n"
-              "with warnings.catch_warnings(record=True) as caught:\n    warnings.simplefilter('always')\n"
-              "    import cmp_utils\nfrom cmp_utils.core import numerics\n"
-              "print(numerics.status()['pinned'], numerics.fingerprint().split(':')[0], len(caught),\n"
-              "      'restart the kernel and import cmp_utils before running torch code' in str(caught[0].message))")
-    completed = subprocess.run([sys.executable, "-c", script], env=_clean_environment(PYTHONPATH=str(ROOT)),
-                               capture_output=True, text=True, timeout=120, cwd=ROOT)
+    script = (
+        "import torch, warnings\n(torch.randn(64, 512) @ torch.randn(512, 64)).sum()\n"
+        "with warnings.catch_warnings(record=True) as caught:\n    warnings.simplefilter('always')\n"
+        "    import cmp_utils\nfrom cmp_utils.core import numerics\n"
+        "print(numerics.status()['pinned'], numerics.fingerprint().split(':')[0], len(caught),\n"
+        "      'restart the kernel and import cmp_utils before running torch code' in str(caught[0].message))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_clean_environment(PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split() == ["False", "native", "1", "True"]
 
@@ -187,8 +201,12 @@ def test_the_replacements_are_installed_and_square_roots_are_correctly_rounded()
     assert vendor_kernels.installed() and numerics.status()["vml_replaced"] == "sqrt,exp,log,tanh"
     generator = torch.Generator().manual_seed(0)
     # every binade of float32, subnormals included, and exact squares
-    values = torch.cat([torch.rand(200_000, generator=generator) * 2.0 ** torch.randint(-149, 127, (200_000,), generator=generator),
-                        torch.arange(1, 5000, dtype=torch.float32) ** 2])
+    values = torch.cat(
+        [
+            torch.rand(200_000, generator=generator) * 2.0 ** torch.randint(-149, 127, (200_000,), generator=generator),
+            torch.arange(1, 5000, dtype=torch.float32) ** 2,
+        ]
+    )
     assert torch.equal(values.sqrt(), torch.from_numpy(np.sqrt(values.numpy())))  # IEEE sqrt is correctly rounded
     special = torch.tensor([0.0, -0.0, math.inf, -1.0, math.nan, 1e-45])
     with np.errstate(invalid="ignore"):
@@ -199,10 +217,16 @@ def test_the_replacements_are_installed_and_square_roots_are_correctly_rounded()
 def test_exp_log_tanh_are_within_one_ulp_and_keep_their_special_values():
     generator = torch.Generator().manual_seed(1)
     wide = torch.randn(200_000, generator=generator) * 30
-    positive = torch.rand(200_000, generator=generator) * 2.0 ** torch.randint(-149, 127, (200_000,), generator=generator)
-    for values, ours, reference in ((wide, torch.exp, np.exp), (positive, torch.log, np.log), (wide, torch.tanh, np.tanh)):
+    positive = torch.rand(200_000, generator=generator) * 2.0 ** torch.randint(
+        -149, 127, (200_000,), generator=generator
+    )
+    for values, ours, reference in (
+        (wide, torch.exp, np.exp),
+        (positive, torch.log, np.log),
+        (wide, torch.tanh, np.tanh),
+    ):
         expected = _float32_reference(reference, values)
-        assert ((ours(values) == expected) | (ours(values) - expected).abs().le(expected.abs() * 2.0 ** -23)).all()
+        assert ((ours(values) == expected) | (ours(values) - expected).abs().le(expected.abs() * 2.0**-23)).all()
     special = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, -1.0])
     for function, reference in ((torch.exp, np.exp), (torch.log, np.log), (torch.tanh, np.tanh)):
         with np.errstate(all="ignore"):
@@ -244,8 +268,12 @@ def test_a_training_step_of_every_loss_calls_no_vml_kernel_left_on_the_vendor_pa
     recorder = _OpRecorder()
     with recorder:
         optimiser = torch.optim.Adam([images, texts, weight], lr=1e-3)
-        total = (losses.cmpm_loss(images, texts, labels) + losses.cmpc_loss(images, texts, labels, weight)
-                 + losses.sdm_loss(images, texts, labels) + losses.ranking_loss(images, texts, labels))
+        total = (
+            losses.cmpm_loss(images, texts, labels)
+            + losses.cmpc_loss(images, texts, labels, weight)
+            + losses.sdm_loss(images, texts, labels)
+            + losses.ranking_loss(images, texts, labels)
+        )
         total.backward()
         optimiser.step()
     left = {name.rstrip("_") for name in recorder.names} & (vendor_kernels.VML_OPS - set(vendor_kernels.REPLACED_OPS))

@@ -15,7 +15,16 @@ from cmp_utils import data
 from cmp_utils.data import images
 from cmp_utils.data.text import Vocabulary
 
-from data_fixtures import COCO_SPLITS, CUB_CLASSES, CUB_TEST, CUHK_RECORDS, FLOWER_TEST, write_all, write_flickr, write_image
+from data_fixtures import (
+    COCO_SPLITS,
+    CUB_CLASSES,
+    CUB_TEST,
+    CUHK_RECORDS,
+    FLOWER_TEST,
+    write_all,
+    write_flickr,
+    write_image,
+)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +123,7 @@ def test_malformed_json_names_the_file(tmp_path):
     (root / "dataset_coco.json").write_text('{"images": [', encoding="utf-8")
     with pytest.raises(ValueError, match="dataset_coco.json"):
         data.read_dataset("mscoco", root, "train")
-    (root / "dataset_coco.json").write_text('[1, 2]', encoding="utf-8")
+    (root / "dataset_coco.json").write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(ValueError, match="'images' list"):
         data.read_dataset("mscoco", root, "train")
 
@@ -134,7 +143,9 @@ def test_missing_images_error_by_default_or_dropped_with_warning(tmp_path):
 def test_empty_captions_are_dropped_and_counted(tmp_path):
     root = tmp_path / "cuhk_pedes"
     write_image(root / "imgs" / "a.png", (10, 20, 30))
-    records = [{"split": "train", "captions": ["A red coat.", "", " ... ", "Blue shoes"], "file_path": "a.png", "id": 1}]
+    records = [
+        {"split": "train", "captions": ["A red coat.", "", " ... ", "Blue shoes"], "file_path": "a.png", "id": 1}
+    ]
     (root / "reid_raw.json").write_text(json.dumps(records))
     with pytest.warns(UserWarning, match="dropped 2 empty caption"):
         frame = data.read_dataset("cuhk_pedes", root, "train")
@@ -222,8 +233,9 @@ def test_prepare_dataset_real_layout_builds_once_from_train_only(data_root, tmp_
     assert vocabulary_file.stat().st_mtime_ns == stamp and again.vocabulary == vocabulary
     coco = data.prepare_dataset("mscoco", "paper", data_dir=data_root, cache_dir=cache, image_size=(8, 8))
     assert coco.validation_split == "restval" and coco.splits == ("train", "restval", "val", "test")
-    flowers = data.prepare_dataset("flowers", "quick", data_dir=data_root, cache_dir=cache, source="real",
-                                   image_size=(8, 8), val_class_fraction=0)
+    flowers = data.prepare_dataset(
+        "flowers", "quick", data_dir=data_root, cache_dir=cache, source="real", image_size=(8, 8), val_class_fraction=0
+    )
     assert flowers.splits == ("train", "test") and flowers.validation_split is None and flowers.num_classes == 3
 
 
@@ -236,7 +248,9 @@ def test_prepare_dataset_paper_without_data_names_path(tmp_path):
 def test_pair_dataset_and_collate_pad_with_zero(data_root, tmp_path):
     prepared = data.prepare_dataset("cuhk_pedes", "paper", data_dir=data_root, cache_dir=tmp_path, image_size=(8, 4))
     frame = prepared.frames["train"]
-    dataset = data.PairDataset(frame, prepared.vocabulary, prepared.image_cache("train"), train=False, backbone="mobilenet")
+    dataset = data.PairDataset(
+        frame, prepared.vocabulary, prepared.image_cache("train"), train=False, backbone="mobilenet"
+    )
     assert len(dataset) == len(frame)
     item = dataset[3]
     assert item["image"].shape == (3, 8, 4) and item["image"].dtype == torch.float32

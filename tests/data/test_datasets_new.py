@@ -106,8 +106,12 @@ def test_check_passes_on_every_synthetic_set(synthetic_sets):
         sizes = result["sizes"]
         assert len(sizes) >= 6 and sizes["ok"].all(), name
         assert sizes["source"].str.contains("synthetic generator").all()
-    completed = subprocess.run([sys.executable, "-m", "cmp_utils.data", "check", str(synthetic_sets)],
-                               capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, "-m", "cmp_utils.data", "check", str(synthetic_sets)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "7 of 7 dataset folder(s) right" in completed.stdout
 
@@ -128,13 +132,17 @@ def test_check_names_what_is_wrong_in_a_broken_folder(synthetic_sets, tmp_path):
     assert rstp["missing_files"] == [str(missing)] and rstp["extra_files"] == [str(extra)]
     wrong = rstp["sizes"].loc[~rstp["sizes"]["ok"]].set_index(["split", "quantity"])["found"].to_dict()
     expected_train_images = 5 * synthetic.SIZES["smoke"]["rstpreid"]["train_ids"]
-    assert wrong == {("train", "images"): expected_train_images - 1, ("train", "captions"): 2 * expected_train_images - 2,
-                     ("test", "captions"): 10 * synthetic.SIZES["smoke"]["rstpreid"]["test_ids"] - 1}
+    assert wrong == {
+        ("train", "images"): expected_train_images - 1,
+        ("train", "captions"): 2 * expected_train_images - 2,
+        ("test", "captions"): 10 * synthetic.SIZES["smoke"]["rstpreid"]["test_ids"] - 1,
+    }
     assert any(str(missing) in line and "missing image" in line for line in rstp["problems"])
     assert not any(str(extra) in line for line in rstp["problems"])  # listed, not a problem
     assert results["cub"]["missing_files"] == [str(broken / "cub" / "CUB_200_2011/images")]
-    completed = subprocess.run([sys.executable, "-m", "cmp_utils.data", "check", str(broken)],
-                               capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, "-m", "cmp_utils.data", "check", str(broken)], capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode == 1
     assert str(missing) in completed.stdout and str(extra) in completed.stdout and "CUB_200_2011" in completed.stdout
     assert "0 of 2 dataset folder(s) right" in completed.stdout
@@ -145,7 +153,10 @@ def test_check_compares_real_folders_with_the_published_sizes(tmp_path):
     result = data.check_data_dir(tmp_path)["icfg_pedes"]
     sizes = result["sizes"].set_index(["split", "quantity"])
     assert sizes.loc[("trainval", "images"), "expected"] == 34674 and sizes.loc[("trainval", "images"), "found"] == 20
-    assert sizes.loc[("test", "ids_or_classes"), "expected"] == 1000 and sizes.loc[("test", "ids_or_classes"), "found"] == 2
+    assert (
+        sizes.loc[("test", "ids_or_classes"), "expected"] == 1000
+        and sizes.loc[("test", "ids_or_classes"), "found"] == 2
+    )
     assert not sizes["ok"].any() and result["missing_files"] == [] and result["extra_files"] == []
     assert any("Ding et al." in line for line in result["problems"])
     published = data.published_sizes().set_index(["dataset", "split"])
@@ -166,8 +177,9 @@ def test_paper_profile_applies_the_cuhk_recipe_and_the_protocol_is_person_search
     generator = torch.Generator().manual_seed(0)
     image_embeddings, text_embeddings = torch.randn(6, 8, generator=generator), torch.randn(12, 8, generator=generator)
     image_labels, text_labels = torch.arange(6) // 2, torch.arange(12) // 4
-    rows = pd.DataFrame(experiments.protocol_metrics("rstpreid", image_embeddings, image_labels, text_embeddings,
-                                                     text_labels))
+    rows = pd.DataFrame(
+        experiments.protocol_metrics("rstpreid", image_embeddings, image_labels, text_embeddings, text_labels)
+    )
     assert set(rows["table"]) == {"rstpreid"} and set(rows["direction"]) == {"t2i"}
     assert set(rows["metric"]) == {"R@1", "R@5", "R@10", "mAP", "mINP"}
 
@@ -175,7 +187,9 @@ def test_paper_profile_applies_the_cuhk_recipe_and_the_protocol_is_person_search
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["icfg_pedes", "rstpreid"])
 def test_a_smoke_training_run_on_each(isolated_dirs, tmp_path, name):
-    result = training.fit(dict(profile="smoke", dataset=name, progress=False, evaluate_test=True, output_dir=str(tmp_path)))
+    result = training.fit(
+        dict(profile="smoke", dataset=name, progress=False, evaluate_test=True, output_dir=str(tmp_path))
+    )
     losses = [record["loss"] for record in result.history]
     assert len(losses) == training.PROFILE_SETTINGS["smoke"][name]["epochs"] and losses[-1] < losses[0]
     results = json.loads((tmp_path / "results.json").read_text())

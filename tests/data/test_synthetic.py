@@ -14,8 +14,11 @@ from cmp_utils.data import synthetic
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "generation_seconds.txt"}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "generation_seconds.txt"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,9 @@ def test_smoke_dataset_reads_back_through_read_dataset(smoke_roots, name):
     if name in data.CLASS_LEVEL:
         train = data.read_dataset(name, root, "train")
         test = data.read_dataset(name, root, "test")
-        assert train["label"].nunique() == sizes["trainval_classes"] and test["label"].nunique() == sizes["test_classes"]
+        assert (
+            train["label"].nunique() == sizes["trainval_classes"] and test["label"].nunique() == sizes["test_classes"]
+        )
         assert set(train["label"]).isdisjoint(test["label"])  # zero-shot: disjoint classes
         assert train.groupby("image_path").size().eq(10).all()  # blank lines in the files are skipped
         assert train["image_path"].nunique() == sizes["trainval_classes"] * sizes["images_per_class"]

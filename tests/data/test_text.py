@@ -22,8 +22,14 @@ def test_tokenize_lowercases_deletes_punctuation_and_splits():
 
 
 def test_build_keeps_min_count_and_orders_by_frequency_then_alphabet():
-    token_lists = [["red", "shirt", "a"], ["a", "blue", "shirt"], ["a", "red", "shirt"], ["blue", "a", "bag"],
-                   ["bag", "bag", "blue"], ["rare", "rare"]]
+    token_lists = [
+        ["red", "shirt", "a"],
+        ["a", "blue", "shirt"],
+        ["a", "red", "shirt"],
+        ["blue", "a", "bag"],
+        ["bag", "bag", "blue"],
+        ["rare", "rare"],
+    ]
     vocabulary = Vocabulary.build(token_lists, min_count=3)
     # counts: a 4, bag 3, blue 3, shirt 3, red 2, rare 2
     assert vocabulary.words == ["a", "bag", "blue", "shirt"]
@@ -36,8 +42,13 @@ def test_build_keeps_min_count_and_orders_by_frequency_then_alphabet():
 def test_encode_adds_start_end_and_model_input_drops_the_last():
     vocabulary = Vocabulary.build([["a", "red", "coat"]] * 3)
     full = vocabulary.encode(["a", "red", "hat"])
-    assert full == [vocabulary.start_id, vocabulary.id_of("a"), vocabulary.id_of("red"), vocabulary.unknown_id,
-                    vocabulary.end_id]
+    assert full == [
+        vocabulary.start_id,
+        vocabulary.id_of("a"),
+        vocabulary.id_of("red"),
+        vocabulary.unknown_id,
+        vocabulary.end_id,
+    ]
     assert vocabulary.encode(["a", "red", "hat"], for_model_input=True) == full[:-1]
     assert 0 not in full  # padding id is never a token
     assert vocabulary.decode(full) == ["a", "red", "<unk>"]

@@ -42,8 +42,11 @@ def test_expected_recall_matches_random_tie_breaking_by_simulation():
 
 
 def test_oracle_scores_compatible_images_equally_and_rules_out_contradictions():
-    images = [{"top_colour": "red", "bag": "none"}, {"top_colour": "red", "bag": "backpack"},
-              {"top_colour": "blue", "bag": "backpack"}]
+    images = [
+        {"top_colour": "red", "bag": "none"},
+        {"top_colour": "red", "bag": "backpack"},
+        {"top_colour": "blue", "bag": "backpack"},
+    ]
     scores = ceiling.oracle_scores(images, [{"top_colour": "red"}, {"top_colour": "red", "bag": "backpack"}])
     assert scores[0, 0] == scores[0, 1] == 1 and scores[0, 2] < 0
     assert scores[1, 1] == 2 and scores[1, 0] < 0 and scores[1, 2] < 0
@@ -105,8 +108,11 @@ def _naive_mean_over_tie_orders(scores, correct, metric):
     that keeps the scores descending (every way of ordering the ties)."""
     per_query = []
     for query_scores, query_correct in zip(scores, correct):
-        values = [metric([query_correct[j] for j in order]) for order in itertools.permutations(range(len(query_scores)))
-                  if all(query_scores[a] >= query_scores[b] for a, b in zip(order, order[1:]))]
+        values = [
+            metric([query_correct[j] for j in order])
+            for order in itertools.permutations(range(len(query_scores)))
+            if all(query_scores[a] >= query_scores[b] for a, b in zip(order, order[1:]))
+        ]
         per_query.append(np.mean(values))
     return 100 * float(np.mean(per_query))
 
@@ -124,7 +130,11 @@ def _value(table, dataset, direction, metric):
 PEOPLE = [  # two identities share a red top; identity 2 has two images
     {"id": 1, "attributes": {"top_colour": "red", "bag": "none"}, "mentions": [{"top_colour": "red"}, {"bag": "none"}]},
     {"id": 2, "attributes": {"top_colour": "red", "bag": "backpack"}, "mentions": [{"top_colour": "red"}]},
-    {"id": 2, "attributes": {"top_colour": "red", "bag": "backpack"}, "mentions": [{"bag": "backpack", "top_colour": "red"}]},
+    {
+        "id": 2,
+        "attributes": {"top_colour": "red", "bag": "backpack"},
+        "mentions": [{"bag": "backpack", "top_colour": "red"}],
+    },
     {"id": 3, "attributes": {"top_colour": "blue", "bag": "none"}, "mentions": [{"bag": "none"}]},
 ]
 
@@ -134,8 +144,9 @@ def _naive_caption_level(records, ks=ceiling.RECALL_AT):
     labels = np.array([r["id"] for r in records for _ in r["mentions"]])
     scores = _naive_scores([r["attributes"] for r in records], queries)
     correct = labels[:, None] == np.array([r["id"] for r in records])[None, :]
-    return {("t2i", k): _naive_mean_over_tie_orders(scores, correct, _recall(k)) for k in ks} | \
-        {("i2t", k): _naive_mean_over_tie_orders(scores.T, correct.T, _recall(k)) for k in ks}
+    return {("t2i", k): _naive_mean_over_tie_orders(scores, correct, _recall(k)) for k in ks} | {
+        ("i2t", k): _naive_mean_over_tie_orders(scores.T, correct.T, _recall(k)) for k in ks
+    }
 
 
 @pytest.mark.parametrize("dataset", ["cuhk_pedes", "icfg_pedes", "rstpreid"])
@@ -148,16 +159,28 @@ def test_person_ceiling_counts_the_same_identity_as_correct(dataset):
 
 
 def _scenes():
-    red_ball, blue_car = {"kind": "ball", "colour": "red", "size": "small"}, {"kind": "car", "colour": "blue", "size": "large"}
+    red_ball, blue_car = (
+        {"kind": "ball", "colour": "red", "size": "small"},
+        {"kind": "car", "colour": "blue", "size": "large"},
+    )
     green_tree = {"kind": "tree", "colour": "green", "size": "large"}
-    scenes = [{"background": "grass", "objects": [red_ball, blue_car]},
-              {"background": "grass", "objects": [blue_car, red_ball]},
-              {"background": "beach", "objects": [red_ball, green_tree, blue_car]}]
-    mentions = [[{"object: red ball #1": True, "object: car #1": True, "left of: red ball | car": True}, {"background": "grass"}],
-                [{"on the left: large car": True, "object: large car #1": True}],
-                [{"object: ball #1": True, "in the middle: tree": True, "object: tree #1": True}, {"background": "beach"}]]
-    return [{"id": index, "attributes": synthetic.scene_facts(scene), "mentions": said}
-            for index, (scene, said) in enumerate(zip(scenes, mentions))]
+    scenes = [
+        {"background": "grass", "objects": [red_ball, blue_car]},
+        {"background": "grass", "objects": [blue_car, red_ball]},
+        {"background": "beach", "objects": [red_ball, green_tree, blue_car]},
+    ]
+    mentions = [
+        [
+            {"object: red ball #1": True, "object: car #1": True, "left of: red ball | car": True},
+            {"background": "grass"},
+        ],
+        [{"on the left: large car": True, "object: large car #1": True}],
+        [{"object: ball #1": True, "in the middle: tree": True, "object: tree #1": True}, {"background": "beach"}],
+    ]
+    return [
+        {"id": index, "attributes": synthetic.scene_facts(scene), "mentions": said}
+        for index, (scene, said) in enumerate(zip(scenes, mentions))
+    ]
 
 
 def test_scene_ceiling_counts_only_the_captions_own_image_as_correct():
@@ -189,13 +212,16 @@ BIRDS = [  # class 2 differs from class 1 only in wing bars, which captions stat
 @pytest.mark.parametrize("dataset", ["cub", "flowers"])
 def test_class_level_ceiling_scores_one_query_per_class_like_the_protocol(dataset):
     table = ceiling.ceiling_from_ground_truth(BIRDS, dataset)
-    assert sorted(zip(table["direction"], table["metric"])) == [("i2t", "top1_accuracy"), ("t2i", f"ap@{ceiling.AP_AT}")]
+    assert sorted(zip(table["direction"], table["metric"])) == [
+        ("i2t", "top1_accuracy"),
+        ("t2i", f"ap@{ceiling.AP_AT}"),
+    ]
     classes = [1, 2, 3]
     union = [{k: v for r in BIRDS if r["id"] == c for m in r["mentions"] for k, v in m.items()} for c in classes]
     scores = _naive_scores([r["attributes"] for r in BIRDS], union)  # (C, N_I)
     correct = np.array(classes)[:, None] == np.array([r["id"] for r in BIRDS])[None, :]
     top1 = _naive_mean_over_tie_orders(scores.T, correct.T, _recall(1))
-    ap = _naive_mean_over_tie_orders(scores, correct, lambda ranked: sum(ranked[:ceiling.AP_AT]) / ceiling.AP_AT)
+    ap = _naive_mean_over_tie_orders(scores, correct, lambda ranked: sum(ranked[: ceiling.AP_AT]) / ceiling.AP_AT)
     assert _value(table, dataset, "i2t", "top1_accuracy") == pytest.approx(top1)
     assert _value(table, dataset, "t2i", f"ap@{ceiling.AP_AT}") == pytest.approx(ap)
     # each image's own class states the most it has (absent wing bars are never stated); AP@50 divides by 50,
@@ -214,18 +240,29 @@ def test_expected_precision_averages_a_straddling_tie():
 #: Digest of the smoke-profile caption files (seed 0), measured before the generators recorded ground truth
 #: for every dataset: recording what captions state must leave the data byte-identical.
 SMOKE_CAPTION_DIGESTS = {
-    "cuhk_pedes": "c8819e9377809d68119f9811bfa20e38", "flickr30k": "16a1fe1cc43713134ca413924d5ce245",
-    "mscoco": "92ac25129ce3c28f23c5d4e8bb05b0e5", "cub": "e3012245d3666c1657b7f5f91e626c2b",
-    "flowers": "419aa8a4e0fa82a9238ee2c0bcf6f7f2", "icfg_pedes": "0ca94d434789a9fdcd971d9cbb788a9d",
+    "cuhk_pedes": "c8819e9377809d68119f9811bfa20e38",
+    "flickr30k": "16a1fe1cc43713134ca413924d5ce245",
+    "mscoco": "92ac25129ce3c28f23c5d4e8bb05b0e5",
+    "cub": "e3012245d3666c1657b7f5f91e626c2b",
+    "flowers": "419aa8a4e0fa82a9238ee2c0bcf6f7f2",
+    "icfg_pedes": "0ca94d434789a9fdcd971d9cbb788a9d",
     "rstpreid": "fb327e950b6efcd0a11884e89e976520",
 }
-CAPTION_FILES = {"cuhk_pedes": "reid_raw.json", "flickr30k": "dataset_flickr30k.json", "mscoco": "dataset_coco.json",
-                 "icfg_pedes": "ICFG-PEDES.json", "rstpreid": "data_captions.json"}
+CAPTION_FILES = {
+    "cuhk_pedes": "reid_raw.json",
+    "flickr30k": "dataset_flickr30k.json",
+    "mscoco": "dataset_coco.json",
+    "icfg_pedes": "ICFG-PEDES.json",
+    "rstpreid": "data_captions.json",
+}
 
 
 def _caption_digest(root, dataset):
-    paths = [root / CAPTION_FILES[dataset]] if dataset in CAPTION_FILES else \
-        [p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix().startswith("cvpr2016_")]
+    paths = (
+        [root / CAPTION_FILES[dataset]]
+        if dataset in CAPTION_FILES
+        else [p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix().startswith("cvpr2016_")]
+    )
     digest = hashlib.sha256()
     for path in sorted(paths, key=lambda p: p.relative_to(root).as_posix()):
         digest.update(path.relative_to(root).as_posix().encode())
@@ -250,9 +287,14 @@ def test_every_generator_records_ground_truth_without_changing_the_data(tmp_path
     assert not synthetic.is_complete(root, dataset, "smoke")
 
 
-@pytest.mark.parametrize("caption, sample", [(synthetic.scene_caption, synthetic.sample_scene),
-                                             (synthetic.bird_caption, synthetic.sample_bird),
-                                             (synthetic.flower_caption, synthetic.sample_flower)])
+@pytest.mark.parametrize(
+    "caption, sample",
+    [
+        (synthetic.scene_caption, synthetic.sample_scene),
+        (synthetic.bird_caption, synthetic.sample_bird),
+        (synthetic.flower_caption, synthetic.sample_flower),
+    ],
+)
 def test_recording_mentions_leaves_captions_and_the_random_stream_unchanged(caption, sample):
     for item in range(60):
         thing = sample(np.random.default_rng([3, item]))

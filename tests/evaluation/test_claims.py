@@ -48,12 +48,15 @@ def test_paired_claim_agrees_with_scipy_ttest_rel():
     assert list(result) == claims.CLAIM_COLUMNS
 
 
-@pytest.mark.parametrize("differences, verdict", [
-    ([2, 3, 2.5, 3.5, 2.2], "held"),
-    ([-2, -3, -2.5, -3.5, -2.2], "did not hold"),
-    ([1, -1, 2, -2, 0.5], "inconclusive"),
-    ([5, 6, 7, 8], claims.NOT_TESTED),
-])
+@pytest.mark.parametrize(
+    "differences, verdict",
+    [
+        ([2, 3, 2.5, 3.5, 2.2], "held"),
+        ([-2, -3, -2.5, -3.5, -2.2], "did not hold"),
+        ([1, -1, 2, -2, 0.5], "inconclusive"),
+        ([5, 6, 7, 8], claims.NOT_TESTED),
+    ],
+)
 def test_verdict_follows_the_interval(differences, verdict):
     result = claims.paired_difference(differences)
     assert result["verdict"] == verdict

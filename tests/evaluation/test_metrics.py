@@ -177,10 +177,17 @@ def test_chunked_equals_unchunked(monkeypatch, chunk_size, gallery_chunk_size, c
     queries, gallery, query_labels, gallery_labels = random_problem(3, integer_grid=True)
     # Exact integer scores (see above): a BLAS may round one dot product differently for
     # different block shapes, which would move exact ties; integers cannot be rounded.
-    whole = metrics.retrieval_metrics(queries, gallery, query_labels, gallery_labels, chunk_size=10_000, normalise=False)
+    whole = metrics.retrieval_metrics(
+        queries, gallery, query_labels, gallery_labels, chunk_size=10_000, normalise=False
+    )
     chunked = metrics.retrieval_metrics(
-        queries, gallery, query_labels, gallery_labels,
-        chunk_size=chunk_size, gallery_chunk_size=gallery_chunk_size, normalise=False,
+        queries,
+        gallery,
+        query_labels,
+        gallery_labels,
+        chunk_size=chunk_size,
+        gallery_chunk_size=gallery_chunk_size,
+        normalise=False,
     )
     assert chunked == whole
 
@@ -245,7 +252,9 @@ def test_map_matches_torchmetrics_map():
 
     queries, gallery, query_labels, gallery_labels = random_problem(7, n_query=60, n_gallery=80)
     ours = metrics.retrieval_metrics(queries, gallery, query_labels, gallery_labels)
-    preds, target, indexes = flattened_for_torchmetrics(torch.from_numpy(cosine(queries, gallery)), query_labels, gallery_labels)
+    preds, target, indexes = flattened_for_torchmetrics(
+        torch.from_numpy(cosine(queries, gallery)), query_labels, gallery_labels
+    )
     theirs = RetrievalMAP()(preds, target, indexes=indexes)
     assert ours["mAP"] == pytest.approx(100 * float(theirs), abs=1e-4)  # theirs is float32
 
@@ -259,8 +268,12 @@ def test_bidirectional_directions_and_rsum():
     queries, gallery, query_labels, gallery_labels = random_problem(8)
     result = metrics.bidirectional_retrieval(gallery, queries, gallery_labels, query_labels)
     similarity = cosine(gallery, queries)  # images x texts
-    assert_metrics_close(result["i2t"], brute_metrics(similarity, gallery_labels.tolist(), np.array(query_labels.tolist())))
-    assert_metrics_close(result["t2i"], brute_metrics(similarity.T, query_labels.tolist(), np.array(gallery_labels.tolist())))
+    assert_metrics_close(
+        result["i2t"], brute_metrics(similarity, gallery_labels.tolist(), np.array(query_labels.tolist()))
+    )
+    assert_metrics_close(
+        result["t2i"], brute_metrics(similarity.T, query_labels.tolist(), np.array(gallery_labels.tolist()))
+    )
     assert result["rsum"] == pytest.approx(sum(result[d][f"R@{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)))
 
 
@@ -296,7 +309,9 @@ def test_coco_folds_match_manual_split():
     for fold in range(5):
         fold_ids = image_ids[fold * 2 : fold * 2 + 2]
         keep = torch.isin(text_ids, fold_ids)
-        folds.append(metrics.bidirectional_retrieval(images[fold * 2 : fold * 2 + 2], texts[keep], fold_ids, text_ids[keep]))
+        folds.append(
+            metrics.bidirectional_retrieval(images[fold * 2 : fold * 2 + 2], texts[keep], fold_ids, text_ids[keep])
+        )
     for direction in ("i2t", "t2i"):
         for key in ("R@1", "R@5", "mAP", "meanr"):
             assert result["1k"][direction][key] == pytest.approx(np.mean([f[direction][key] for f in folds]))
@@ -342,7 +357,11 @@ def test_zero_shot_matches_brute_force(ap_at):
     image_classes = torch.randint(0, n_classes, (70,), generator=generator) + 200
     images = prototypes[image_classes - 200] + 1.2 * torch.randn(70, dim, generator=generator)
     text_classes = torch.arange(n_classes).repeat(4) + 200
-    texts = (prototypes[text_classes - 200] + torch.randn(24, dim, generator=generator)) * torch.rand(24, 1, generator=generator) * 5
+    texts = (
+        (prototypes[text_classes - 200] + torch.randn(24, dim, generator=generator))
+        * torch.rand(24, 1, generator=generator)
+        * 5
+    )
     result = metrics.zero_shot_class_metrics(images, image_classes, texts, text_classes, ap_at=ap_at)
     top1, precision, standard = brute_zero_shot(images, image_classes, texts, text_classes, ap_at)
     assert result["top1_accuracy"] == pytest.approx(top1)

@@ -15,16 +15,24 @@ from cmp_utils import experiments
 
 def _perfect_embeddings(num_labels: int = 6, captions_per_label: int = 2, dim: int = 8):
     """Images and captions of the same label share one direction: every protocol scores 100."""
-    directions = torch.nn.functional.normalize(torch.randn(num_labels, dim, generator=torch.Generator().manual_seed(0)), dim=1)
+    directions = torch.nn.functional.normalize(
+        torch.randn(num_labels, dim, generator=torch.Generator().manual_seed(0)), dim=1
+    )
     image_labels = torch.arange(num_labels)
     text_labels = image_labels.repeat_interleave(captions_per_label)
     return directions, image_labels, directions[text_labels], text_labels
 
 
-@pytest.mark.parametrize("dataset, tables", [
-    ("cuhk_pedes", {"cuhk_pedes"}), ("flickr30k", {"flickr30k"}), ("mscoco", {"mscoco_1k", "mscoco_5k"}),
-    ("cub", {"cub_flowers"}), ("flowers", {"cub_flowers"}),
-])
+@pytest.mark.parametrize(
+    "dataset, tables",
+    [
+        ("cuhk_pedes", {"cuhk_pedes"}),
+        ("flickr30k", {"flickr30k"}),
+        ("mscoco", {"mscoco_1k", "mscoco_5k"}),
+        ("cub", {"cub_flowers"}),
+        ("flowers", {"cub_flowers"}),
+    ],
+)
 def test_protocol_metrics_on_perfect_embeddings(dataset, tables):
     rows = experiments.protocol_metrics(dataset, *_perfect_embeddings(num_labels=10))
     assert {row["table"] for row in rows} == tables
@@ -53,8 +61,12 @@ def test_method_labels_map_to_known_losses():
 def _frame(values_better, values_worse):
     rows = []
     for seed, (b, w) in enumerate(zip(values_better, values_worse)):
-        rows.append({"dataset": "d", "table": "t", "method": "A", "direction": "t2i", "metric": "R@1", "value": b, "seed": seed})
-        rows.append({"dataset": "d", "table": "t", "method": "B", "direction": "t2i", "metric": "R@1", "value": w, "seed": seed})
+        rows.append(
+            {"dataset": "d", "table": "t", "method": "A", "direction": "t2i", "metric": "R@1", "value": b, "seed": seed}
+        )
+        rows.append(
+            {"dataset": "d", "table": "t", "method": "B", "direction": "t2i", "metric": "R@1", "value": w, "seed": seed}
+        )
     return pd.DataFrame(rows)
 
 
@@ -80,9 +92,17 @@ def test_attach_ceiling_matches_rows_by_dataset_direction_and_metric(monkeypatch
     from cmp_utils.evaluation import ceiling
 
     table = pd.DataFrame({"dataset": ["cuhk_pedes"], "direction": ["t2i"], "metric": ["R@1"], "value": [70.0]})
-    monkeypatch.setattr(ceiling, "dataset_ceiling", lambda name, profile: table[table["dataset"] == name])  # none for flickr30k
-    frame = pd.DataFrame({"dataset": ["cuhk_pedes", "cuhk_pedes", "flickr30k"], "direction": ["t2i", "t2i", "t2i"],
-                          "metric": ["R@1", "mAP", "R@1"], "value": [1.0, 2.0, 3.0]})
+    monkeypatch.setattr(
+        ceiling, "dataset_ceiling", lambda name, profile: table[table["dataset"] == name]
+    )  # none for flickr30k
+    frame = pd.DataFrame(
+        {
+            "dataset": ["cuhk_pedes", "cuhk_pedes", "flickr30k"],
+            "direction": ["t2i", "t2i", "t2i"],
+            "metric": ["R@1", "mAP", "R@1"],
+            "value": [1.0, 2.0, 3.0],
+        }
+    )
     out = experiments.attach_ceiling(frame, "quick")
     assert out["ceiling"].iloc[0] == 70.0 and out["ceiling"].iloc[1:].isna().all()
     assert list(out["value"]) == [1.0, 2.0, 3.0]
@@ -91,21 +111,54 @@ def test_attach_ceiling_matches_rows_by_dataset_direction_and_metric(monkeypatch
 def test_attach_ceiling_takes_the_table_where_the_ceiling_has_one_per_table(monkeypatch):
     from cmp_utils.evaluation import ceiling
 
-    table = pd.DataFrame({"dataset": ["mscoco_1k", "mscoco_5k"], "direction": ["t2i", "t2i"], "metric": ["R@1", "R@1"],
-                          "value": [74.0, 65.0]})
+    table = pd.DataFrame(
+        {
+            "dataset": ["mscoco_1k", "mscoco_5k"],
+            "direction": ["t2i", "t2i"],
+            "metric": ["R@1", "R@1"],
+            "value": [74.0, 65.0],
+        }
+    )
     monkeypatch.setattr(ceiling, "dataset_ceiling", lambda name, profile: table)
-    frame = pd.DataFrame({"dataset": ["mscoco"] * 3, "table": ["mscoco_5k", "mscoco_1k", "mscoco_1k"],
-                          "direction": ["t2i", "t2i", "i2t"], "metric": ["R@1"] * 3, "value": [1.0, 2.0, 3.0]})
+    frame = pd.DataFrame(
+        {
+            "dataset": ["mscoco"] * 3,
+            "table": ["mscoco_5k", "mscoco_1k", "mscoco_1k"],
+            "direction": ["t2i", "t2i", "i2t"],
+            "metric": ["R@1"] * 3,
+            "value": [1.0, 2.0, 3.0],
+        }
+    )
     out = experiments.attach_ceiling(frame, "quick")
     assert out["ceiling"].iloc[:2].tolist() == [65.0, 74.0] and math.isnan(out["ceiling"].iloc[2])
     assert list(out.columns) == [*frame.columns, "ceiling"] and list(out["table"]) == list(frame["table"])
 
 
 def test_attach_paper_values_uses_confirmed_numbers_only():
-    frame = pd.DataFrame([
-        {"dataset": "cuhk_pedes", "table": "cuhk_pedes", "method": "CMPM+CMPC", "backbone": "x", "direction": "t2i", "metric": "R@1", "value": 1.0, "seed": 0},
-        {"dataset": "cuhk_pedes", "table": "cuhk_pedes", "method": "CMPM+CMPC", "backbone": "x", "direction": "t2i", "metric": "R@5", "value": 1.0, "seed": 0},
-    ])
+    frame = pd.DataFrame(
+        [
+            {
+                "dataset": "cuhk_pedes",
+                "table": "cuhk_pedes",
+                "method": "CMPM+CMPC",
+                "backbone": "x",
+                "direction": "t2i",
+                "metric": "R@1",
+                "value": 1.0,
+                "seed": 0,
+            },
+            {
+                "dataset": "cuhk_pedes",
+                "table": "cuhk_pedes",
+                "method": "CMPM+CMPC",
+                "backbone": "x",
+                "direction": "t2i",
+                "metric": "R@5",
+                "value": 1.0,
+                "seed": 0,
+            },
+        ]
+    )
     out = experiments.attach_paper_values(frame)
     assert out["paper_value"].iloc[0] == pytest.approx(49.37)
     assert math.isnan(out["paper_value"].iloc[1])
@@ -135,7 +188,14 @@ def test_pick_identities_is_reproducible():
 
 
 def test_run_key_ignores_where_and_how_but_not_what():
-    settings = {"dataset": "cuhk_pedes", "losses": ["cmpm"], "seed": 0, "output_dir": "/a", "progress": True, "device": "cpu"}
+    settings = {
+        "dataset": "cuhk_pedes",
+        "losses": ["cmpm"],
+        "seed": 0,
+        "output_dir": "/a",
+        "progress": True,
+        "device": "cpu",
+    }
     same = dict(settings, output_dir="/b", progress=False, device="cuda")
     other = dict(settings, seed=1)
     assert experiments.run_key(settings) == experiments.run_key(same)
@@ -147,8 +207,9 @@ def test_save_experiment_writes_every_file(tmp_path):
 
     frame = _frame([50, 52], [40, 41]).assign(backbone="b", paper_value=float("nan"))
     fig, _ = plt.subplots()
-    written = experiments.save_experiment(tmp_path, frame, {"profile": "smoke"}, {"fig": fig},
-                                          [claims.paired_claim(frame, "A", "B", "R@1", "t2i")])
+    written = experiments.save_experiment(
+        tmp_path, frame, {"profile": "smoke"}, {"fig": fig}, [claims.paired_claim(frame, "A", "B", "R@1", "t2i")]
+    )
     names = sorted(path.name for path in written)
     assert names == ["claims.csv", "fig.png", "fig.svg", "metrics.csv", "params.yaml", "summary.csv"]
     assert pd.read_csv(tmp_path / "metrics.csv").shape[0] == 4
@@ -184,8 +245,19 @@ def test_a_run_gives_identical_numbers_in_process_and_in_a_worker(tmp_path, monk
 
 
 def _metrics(values, seconds=1.0):
-    return pd.DataFrame({"dataset": "d", "table": "t", "method": ["A", "B"], "direction": "t2i", "metric": "R@1",
-                         "value": values, "paper_value": [float("nan"), 49.0], "seed": 0, "seconds": seconds})
+    return pd.DataFrame(
+        {
+            "dataset": "d",
+            "table": "t",
+            "method": ["A", "B"],
+            "direction": "t2i",
+            "metric": "R@1",
+            "value": values,
+            "paper_value": [float("nan"), 49.0],
+            "seed": 0,
+            "seconds": seconds,
+        }
+    )
 
 
 def test_compare_metrics_lists_every_changed_number_and_ignores_timing():
@@ -224,8 +296,9 @@ def test_check_results_compares_with_the_files_committed_at_head(tmp_path, monke
     from cmp_utils.tools import check_results
 
     def results_status():
-        return subprocess.run(["git", "status", "--porcelain", "results"], cwd=config.project_root(),
-                              capture_output=True, text=True).stdout
+        return subprocess.run(
+            ["git", "status", "--porcelain", "results"], cwd=config.project_root(), capture_output=True, text=True
+        ).stdout
 
     before = results_status()
     experiment = "cuhk_pedes"
@@ -246,7 +319,9 @@ def test_check_results_compares_with_the_files_committed_at_head(tmp_path, monke
     atomic.write_csv(rerun / experiment / "quick" / "claims.csv", changed_claims)
     assert check_results.main(["--rerun-dir", str(rerun), "--experiments", experiment]) == 1
     report = capsys.readouterr().out
-    numbers = check_results.count_numbers(committed) + check_results.count_numbers(committed_claims.drop(columns="verdict"))
+    numbers = check_results.count_numbers(committed) + check_results.count_numbers(
+        committed_claims.drop(columns="verdict")
+    )
     assert f"1 of {numbers} numbers changed" in report
     assert f"1 of {len(committed_claims)} verdicts changed" in report
     assert committed_claims.loc[0, "claim"] in report
@@ -279,10 +354,19 @@ def test_grid_rows_are_the_papers_rows_in_the_paper_profile_only():
     assert experiments.grid_rows("flickr30k", "quick", methods) == [("CMPM", None), ("CMPM+CMPC", None)]
     assert experiments.grid_rows("mscoco", "smoke", methods) == [("CMPM", None), ("CMPM+CMPC", None)]
     assert experiments.grid_rows("flickr30k", "paper", methods) == [
-        ("CMPM+CMPC", "resnet152_slim"), ("CMPM+CMPC", "mobilenet_v1_tf"), ("CMPM", "resnet152_slim")]
-    assert experiments.grid_rows("mscoco", "paper", methods) == [("CMPM", "resnet152_slim"), ("CMPM+CMPC", "mobilenet_v1_tf")]
+        ("CMPM+CMPC", "resnet152_slim"),
+        ("CMPM+CMPC", "mobilenet_v1_tf"),
+        ("CMPM", "resnet152_slim"),
+    ]
+    assert experiments.grid_rows("mscoco", "paper", methods) == [
+        ("CMPM", "resnet152_slim"),
+        ("CMPM+CMPC", "mobilenet_v1_tf"),
+    ]
     for name in ("cub", "flowers"):
-        assert experiments.grid_rows(name, "paper", methods) == [("CMPM", "mobilenet_v1_tf"), ("CMPM+CMPC", "mobilenet_v1_tf")]
+        assert experiments.grid_rows(name, "paper", methods) == [
+            ("CMPM", "mobilenet_v1_tf"),
+            ("CMPM+CMPC", "mobilenet_v1_tf"),
+        ]
     # a method the paper does not report for the dataset still runs, with the profile's backbone
     assert experiments.grid_rows("mscoco", "paper", ["CMPM", "CMPC"]) == [("CMPM", "resnet152_slim"), ("CMPC", None)]
     with pytest.raises(ValueError, match="not known"):
@@ -290,8 +374,11 @@ def test_grid_rows_are_the_papers_rows_in_the_paper_profile_only():
     # every row with a public value is in the grid, compared with its own backbone's value
     numbers = paper.paper_numbers()
     reported = numbers[numbers["value"].notna() & numbers["dataset"].isin(list(experiments.PAPER_ROWS))]
-    grid = {(dataset, method, paper.BACKBONE_LABELS[backbone])
-            for dataset, rows in experiments.PAPER_ROWS.items() for method, backbone in rows}
+    grid = {
+        (dataset, method, paper.BACKBONE_LABELS[backbone])
+        for dataset, rows in experiments.PAPER_ROWS.items()
+        for method, backbone in rows
+    }
     assert set(zip(reported["dataset"], reported["method"], reported["backbone"])) <= grid
 
 
@@ -300,14 +387,23 @@ def test_grid_jobs_give_each_paper_row_its_backbone_and_the_datasets_paper_recip
 
     overrides = {"pretrained": False, "backbone": "small_cnn"}
     for dataset in ("flickr30k", "mscoco"):
-        jobs = experiments.grid_jobs(dataset, "paper", experiments.grid_rows(dataset, "paper", ["CMPM", "CMPM+CMPC"]),
-                                     [0, 1], overrides=overrides)
+        jobs = experiments.grid_jobs(
+            dataset,
+            "paper",
+            experiments.grid_rows(dataset, "paper", ["CMPM", "CMPM+CMPC"]),
+            [0, 1],
+            overrides=overrides,
+        )
         configs = [training.make_config("paper", dataset, **job[-1]) for job in jobs]
         assert [(job[2], job[3], cfg.backbone) for job, cfg in zip(jobs, configs)] == [
-            (method, seed, backbone) for method, backbone in experiments.PAPER_ROWS[dataset] for seed in (0, 1)]
+            (method, seed, backbone) for method, backbone in experiments.PAPER_ROWS[dataset] for seed in (0, 1)
+        ]
         recipe = training.PROFILE_SETTINGS["paper"][dataset]
-        assert all((cfg.batch_size, cfg.frozen_epochs, cfg.epochs, cfg.pretrained) ==
-                   (recipe["batch_size"], recipe["frozen_epochs"], recipe["epochs"], False) for cfg in configs)
+        assert all(
+            (cfg.batch_size, cfg.frozen_epochs, cfg.epochs, cfg.pretrained)
+            == (recipe["batch_size"], recipe["frozen_epochs"], recipe["epochs"], False)
+            for cfg in configs
+        )
     # the fast profiles keep their own backbone (and the overrides')
     [job] = experiments.grid_jobs("flickr30k", "quick", experiments.grid_rows("flickr30k", "quick", ["CMPM"]), [0])
     assert job[-1] is None and training.make_config("quick", "flickr30k").backbone == "mobilenet_v2"
@@ -322,11 +418,27 @@ def test_paper_profile_trains_the_papers_cub_row_with_its_backbone(tmp_path, mon
 
     write_cub(tmp_path / "data" / "cub")
     monkeypatch.setenv("CMP_CACHE_DIR", str(tmp_path / "cache"))
-    overrides = {"pretrained": False, "epochs": 1, "frozen_epochs": 0, "max_steps_per_epoch": 1, "batch_size": 4,
-                 "image_size": [16, 16], "eval_batch_size": 8}
+    overrides = {
+        "pretrained": False,
+        "epochs": 1,
+        "frozen_epochs": 0,
+        "max_steps_per_epoch": 1,
+        "batch_size": 4,
+        "image_size": [16, 16],
+        "eval_batch_size": 8,
+    }
     grid = experiments.grid_rows("cub", "paper", ["CMPM+CMPC"])
-    frame = experiments.run_grid("cub", "paper", grid, [0], device="cpu", data_dir=str(tmp_path / "data"),
-                                 overrides=overrides, progress=False, workers=1)
+    frame = experiments.run_grid(
+        "cub",
+        "paper",
+        grid,
+        [0],
+        device="cpu",
+        data_dir=str(tmp_path / "data"),
+        overrides=overrides,
+        progress=False,
+        workers=1,
+    )
     rows = frame.set_index(["method", "backbone", "metric"])
     assert set(frame["backbone"]) == {"mobilenet_v1_tf"} and set(frame["method"]) == {"CMPM+CMPC"}
     assert rows.loc[("CMPM+CMPC", "mobilenet_v1_tf", "top1_accuracy"), "paper_value"] == 64.3
@@ -353,14 +465,24 @@ def test_run_grids_pools_the_runs_of_several_grids_and_trains_a_shared_run_once(
         return real(*job)
 
     monkeypatch.setattr(grid_runs, "run_method", counted)
-    grids = [dict(dataset="cuhk_pedes", profile="smoke", methods=["CMPM"], seeds=[0, 1], extra_columns={"part": "a"}),
-             dict(dataset="cuhk_pedes", profile="smoke", methods=["CMPM", "ranking"], seeds=[1],
-                  extra_columns={"part": "b"})]
+    grids = [
+        dict(dataset="cuhk_pedes", profile="smoke", methods=["CMPM"], seeds=[0, 1], extra_columns={"part": "a"}),
+        dict(
+            dataset="cuhk_pedes", profile="smoke", methods=["CMPM", "ranking"], seeds=[1], extra_columns={"part": "b"}
+        ),
+    ]
     pooled = experiments.run_grids(grids, workers=1, progress=False)
     assert len(calls) == 3  # CMPM seed 1 is in both grids: trained once
     for grid, frame in zip(grids, pooled):
-        alone = experiments.run_grid(grid["dataset"], grid["profile"], grid["methods"], grid["seeds"], workers=1,
-                                     progress=False, extra_columns=grid["extra_columns"])  # memoised: no training
+        alone = experiments.run_grid(
+            grid["dataset"],
+            grid["profile"],
+            grid["methods"],
+            grid["seeds"],
+            workers=1,
+            progress=False,
+            extra_columns=grid["extra_columns"],
+        )  # memoised: no training
         pd.testing.assert_frame_equal(frame.drop(columns="seconds"), alone.drop(columns="seconds"))
     assert len(calls) == 3 + 4  # run_grid asked run_method again, which answered from the memo
     with pytest.raises(ValueError, match="one profile"):
@@ -373,11 +495,18 @@ def test_train_jobs_builds_each_distinct_input_once_before_its_workers_start(tmp
     from cmp_utils import models, training
 
     monkeypatch.setenv("CMP_CACHE_DIR", str(tmp_path))  # cold: no other test's runs or caches
-    jobs = [("cuhk_pedes", "smoke", method, seed, "cpu", None, None) for method in ("CMPM", "ranking") for seed in (0, 1)]
-    jobs += [("flickr30k", "smoke", "CMPM", 0, "cpu", None, None),
-             ("cuhk_pedes", "smoke", "CMPM", 0, "cpu", None, {"batch_size": 16})]  # same caches as the first
+    jobs = [
+        ("cuhk_pedes", "smoke", method, seed, "cpu", None, None) for method in ("CMPM", "ranking") for seed in (0, 1)
+    ]
+    jobs += [
+        ("flickr30k", "smoke", "CMPM", 0, "cpu", None, None),
+        ("cuhk_pedes", "smoke", "CMPM", 0, "cpu", None, {"batch_size": 16}),
+    ]  # same caches as the first
     chosen = experiments.distinct_inputs(jobs)
-    assert [(cfg.dataset, cfg.losses, cfg.seed) for cfg in chosen] == [("cuhk_pedes", ("cmpm",), 0), ("flickr30k", ("cmpm",), 0)]
+    assert [(cfg.dataset, cfg.losses, cfg.seed) for cfg in chosen] == [
+        ("cuhk_pedes", ("cmpm",), 0),
+        ("flickr30k", ("cmpm",), 0),
+    ]
     assert len({training.input_key(cfg) for cfg in chosen}) == 2
     training.prepare_inputs(chosen[0])
     features = sorted((tmp_path / "features" / "cuhk_pedes").rglob("*.pt"))
@@ -389,24 +518,42 @@ def test_train_jobs_builds_each_distinct_input_once_before_its_workers_start(tmp
     monkeypatch.setattr(models, "ImageEncoder", no_feature_computation)
     for job in jobs[:4]:
         experiments.run_method(*job)
-    assert [cfg.dataset for cfg in experiments.distinct_inputs(jobs)] == ["flickr30k", "cuhk_pedes"]  # batch 16: not run
+    assert [cfg.dataset for cfg in experiments.distinct_inputs(jobs)] == [
+        "flickr30k",
+        "cuhk_pedes",
+    ]  # batch 16: not run
     assert experiments.distinct_inputs(jobs[:4]) == []  # every run memoised: nothing to prepare
 
 
 def _two_loss_results(backbones):
     """Tidy rows of CMPM and CMPM+CMPC over five seeds, two tables, both directions, per backbone."""
-    rows = [dict(method=method, backbone=backbone, table=table, direction=direction, metric="R@1", seed=seed,
-                 value=10.0 + seed + (2.0 if method == "CMPM+CMPC" else 0.0))
-            for backbone in backbones for method in ("CMPM", "CMPM+CMPC") for table in ("mscoco_1k", "mscoco_5k")
-            for direction in ("i2t", "t2i") for seed in range(5)]
+    rows = [
+        dict(
+            method=method,
+            backbone=backbone,
+            table=table,
+            direction=direction,
+            metric="R@1",
+            seed=seed,
+            value=10.0 + seed + (2.0 if method == "CMPM+CMPC" else 0.0),
+        )
+        for backbone in backbones
+        for method in ("CMPM", "CMPM+CMPC")
+        for table in ("mscoco_1k", "mscoco_5k")
+        for direction in ("i2t", "t2i")
+        for seed in range(5)
+    ]
     return pd.DataFrame(rows)
 
 
 def test_table_claims_per_table_direction_and_backbone():
     one = experiments.table_claims(_two_loss_results(["mobilenet_v2"]), ["mscoco_1k", "mscoco_5k"])
     assert [claim["claim"] for claim in one] == [
-        "mscoco_1k: CMPM+CMPC > CMPM (i2t R@1)", "mscoco_1k: CMPM+CMPC > CMPM (t2i R@1)",
-        "mscoco_5k: CMPM+CMPC > CMPM (i2t R@1)", "mscoco_5k: CMPM+CMPC > CMPM (t2i R@1)"]
+        "mscoco_1k: CMPM+CMPC > CMPM (i2t R@1)",
+        "mscoco_1k: CMPM+CMPC > CMPM (t2i R@1)",
+        "mscoco_5k: CMPM+CMPC > CMPM (i2t R@1)",
+        "mscoco_5k: CMPM+CMPC > CMPM (t2i R@1)",
+    ]
     assert all(claim["mean_difference"] == 2.0 and "backbone" not in claim for claim in one)
     two = experiments.table_claims(_two_loss_results(["resnet152_slim", "mobilenet_v1_tf"]), ["mscoco_5k"])
     assert sorted(claim["backbone"] for claim in two) == ["mobilenet_v1_tf"] * 2 + ["resnet152_slim"] * 2
@@ -414,8 +561,21 @@ def test_table_claims_per_table_direction_and_backbone():
 
 
 def test_notebook_setup_gives_seeds_folder_and_params(isolated_dirs):
-    setup = experiments.notebook_setup("flickr30k", "smoke", "flickr30k", 3, 5, "cpu", "", ["CMPM"], True, "", {},
-                                       varied=("losses", "seed"), extra="kept")
+    setup = experiments.notebook_setup(
+        "flickr30k",
+        "smoke",
+        "flickr30k",
+        3,
+        5,
+        "cpu",
+        "",
+        ["CMPM"],
+        True,
+        "",
+        {},
+        varied=("losses", "seed"),
+        extra="kept",
+    )
     assert setup.seeds == [3] and setup.out_dir == config.results_dir() / "flickr30k" / "smoke"
     assert setup.run_overrides == {"pretrained": True, "weights_path": None}
     assert list(setup.params)[:7] == ["profile", "seeds", "device", "data_dir", "overrides", "methods", "extra"]

@@ -43,8 +43,14 @@ def test_per_caption_gallery_keeps_r1_and_lowers_recall_at_k():
     assert unique["meanr"] == 1.5 and repeated["meanr"] == 2.5
 
 
-@pytest.mark.parametrize("indices, message", [(torch.tensor([0, 3]), "outside"), (torch.tensor([0.0, 1.0]), "integer"),
-                                              (torch.tensor([], dtype=torch.long), "non-empty")])
+@pytest.mark.parametrize(
+    "indices, message",
+    [
+        (torch.tensor([0, 3]), "outside"),
+        (torch.tensor([0.0, 1.0]), "integer"),
+        (torch.tensor([], dtype=torch.long), "non-empty"),
+    ],
+)
 def test_per_caption_gallery_rejects_bad_indices(indices, message):
     with pytest.raises(ValueError, match=message):
         metrics.per_caption_gallery(IMAGES, IMAGE_LABELS, indices)
@@ -106,9 +112,18 @@ def _results(seeds=range(5)) -> pd.DataFrame:
         for deviation, shift in shifts.items():
             jitter = 0.1 * (-1) ** seed if deviation != "amp_bf16" else 0.5 * (-1) ** seed
             for metric in ("R@1", "R@10"):
-                rows.append({"dataset": "cuhk_pedes", "table": "cuhk_pedes", "method": "CMPM+CMPC", "direction": "t2i",
-                             "metric": metric, "value": 20.0 + seed + shift + (jitter if deviation != "baseline" else 0),
-                             "seed": seed, "deviation": deviation})
+                rows.append(
+                    {
+                        "dataset": "cuhk_pedes",
+                        "table": "cuhk_pedes",
+                        "method": "CMPM+CMPC",
+                        "direction": "t2i",
+                        "metric": metric,
+                        "value": 20.0 + seed + shift + (jitter if deviation != "baseline" else 0),
+                        "seed": seed,
+                        "deviation": deviation,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -145,7 +160,9 @@ def test_docs_say_not_measured_yet_without_results(tmp_path):
     fidelity.update_fidelity_doc(doc, "quick", results_dir=tmp_path / "results")
     text = doc.read_text()
     assert "not measured yet" in text and "old text" not in text
-    assert text.startswith("# Fidelity\n\nIntro.\n\n<!-- audit:start -->\n") and text.endswith("<!-- audit:end -->\n\nAfter.\n")
+    assert text.startswith("# Fidelity\n\nIntro.\n\n<!-- audit:start -->\n") and text.endswith(
+        "<!-- audit:end -->\n\nAfter.\n"
+    )
 
 
 def test_docs_render_the_measured_table(tmp_path):
@@ -194,8 +211,9 @@ def test_a_reversed_measurement_reports_the_deviation_s_own_effect():
     release_rows["value"] += 2.0 + 0.1 * (-1) ** release_rows["seed"]
     bn = next(d for d in fidelity.DEVIATIONS if d.name == "bn_pytorch")
     settings, note = fidelity.effective_overrides(bn, {"bn_style": "pytorch"})
-    plan = pd.DataFrame([{"deviation": "bn_pytorch", "method": bn.method, "overrides": settings, "evaluation": "",
-                          "note": note}])
+    plan = pd.DataFrame(
+        [{"deviation": "bn_pytorch", "method": bn.method, "overrides": settings, "evaluation": "", "note": note}]
+    )
     audit = fidelity.audit_claims(pd.concat([frame, release_rows]), plan).set_index("deviation")
     row = audit.loc["bn_pytorch"]
     # one sign convention: deviation − release setting, so the row itself says -2 and "costs"

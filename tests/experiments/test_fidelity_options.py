@@ -36,8 +36,15 @@ def _glorot_bound(fan_in: int, fan_out: int) -> float:
 # ---------------------------------------------------------------------- release defaults everywhere
 def test_defaults_are_the_release_and_paper_profile_is_fp32():
     cfg = training.make_config("paper", "cuhk_pedes")
-    assert (cfg.word_embedding_init, cfg.lstm_init, cfg.lstm_backward, cfg.bn_style, cfg.joint_embedding,
-            cfg.ema_scope, cfg.num_classes_from) == ("xavier", "tf", "time", "tf", "linear_bn", "release", "all_splits")
+    assert (
+        cfg.word_embedding_init,
+        cfg.lstm_init,
+        cfg.lstm_backward,
+        cfg.bn_style,
+        cfg.joint_embedding,
+        cfg.ema_scope,
+        cfg.num_classes_from,
+    ) == ("xavier", "tf", "time", "tf", "linear_bn", "release", "all_splits")
     assert cfg.vocab_case_sensitive is False and cfg.pad_shares_most_frequent is False
     assert cfg.amp == "off" and cfg.ema_decay == 0.9999 and cfg.padded_steps == "zeros"  # as the release trains
     # the fast profiles' few hundred steps need PyTorch's BN momentum (docs/fidelity.md)
@@ -102,11 +109,11 @@ def test_lstm_init_tf_has_glorot_kernels_and_forget_bias_one():
         assert float(kernel.std()) == pytest.approx(bound / math.sqrt(3.0), rel=0.02)
         bias_ih, bias_hh = getattr(lstm, f"bias_ih_l0{suffix}").detach(), getattr(lstm, f"bias_hh_l0{suffix}").detach()
         # PyTorch gate order (i, f, g, o): the forget slice is [units, 2 units)
-        assert torch.all(bias_ih[units:2 * units] == 1.0)
-        assert torch.all(bias_ih[:units] == 0) and torch.all(bias_ih[2 * units:] == 0) and torch.all(bias_hh == 0)
+        assert torch.all(bias_ih[units : 2 * units] == 1.0)
+        assert torch.all(bias_ih[:units] == 0) and torch.all(bias_ih[2 * units :] == 0) and torch.all(bias_hh == 0)
     pytorch = models.TextEncoder(50, word_dim, units, lstm_init="pytorch").lstm.requires_grad_(False)
     assert float(pytorch.weight_ih_l0.abs().max()) <= 1 / math.sqrt(units)
-    assert float(pytorch.bias_ih_l0[units:2 * units].abs().max()) <= 1 / math.sqrt(units)  # no forget bias
+    assert float(pytorch.bias_ih_l0[units : 2 * units].abs().max()) <= 1 / math.sqrt(units)  # no forget bias
 
 
 # ---------------------------------------------------------------------- backward direction
@@ -122,8 +129,10 @@ def test_lstm_backward_batch_reversed_is_the_reverse_weights_read_forwards_on_th
             getattr(cell, f"{name}_l0").copy_(getattr(encoder.lstm, f"{name}_l0_reverse"))
         words = encoder.word_embedding(token_ids).flip(0)
         packed = pack_padded_sequence(words, lengths.flip(0), batch_first=True, enforce_sorted=False)
-        initial = (encoder.initial_hidden[1:].expand(-1, 4, -1).contiguous(),
-                   encoder.initial_cell[1:].expand(-1, 4, -1).contiguous())
+        initial = (
+            encoder.initial_hidden[1:].expand(-1, 4, -1).contiguous(),
+            encoder.initial_cell[1:].expand(-1, 4, -1).contiguous(),
+        )
         expected, _ = pad_packed_sequence(cell(packed, initial)[0], batch_first=True, total_length=5)
         torch.testing.assert_close(outputs[..., 4:], expected.flip(0))
         # so it reads forwards in time: its step 0 ignores a changed last token, unlike a true backward LSTM
@@ -131,7 +140,9 @@ def test_lstm_backward_batch_reversed_is_the_reverse_weights_read_forwards_on_th
         changed[0, 4] = 21
         assert torch.equal(encoder.step_outputs(changed, lengths)[0, 0, 4:], outputs[0, 0, 4:])
         encoder.lstm_backward = "time"
-        assert not torch.equal(encoder.step_outputs(changed, lengths)[0, 0, 4:], encoder.step_outputs(token_ids, lengths)[0, 0, 4:])
+        assert not torch.equal(
+            encoder.step_outputs(changed, lengths)[0, 0, 4:], encoder.step_outputs(token_ids, lengths)[0, 0, 4:]
+        )
         # the forward direction is the same under both settings
         torch.testing.assert_close(encoder.step_outputs(token_ids, lengths)[..., :4], outputs[..., :4])
 
@@ -139,14 +150,17 @@ def test_lstm_backward_batch_reversed_is_the_reverse_weights_read_forwards_on_th
 # ---------------------------------------------------------------------- padded steps at test time
 def test_test_time_text_features_do_not_depend_on_batch_padding():
     torch.manual_seed(0)
-    model = models.build_model(vocab_size=40, embedding_dim=6, word_dim=8, hidden_size=4, cached_feature_dim=10,
-                               padded_steps="zeros")  # trained the release's way
+    model = models.build_model(
+        vocab_size=40, embedding_dim=6, word_dim=8, hidden_size=4, cached_feature_dim=10, padded_steps="zeros"
+    )  # trained the release's way
     model.eval()
-    captions = {"token_ids": _padded([[1, 5, 6], [1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 7]])[0],
-                "lengths": torch.tensor([3, 9, 2])}
+    captions = {
+        "token_ids": _padded([[1, 5, 6], [1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 7]])[0],
+        "lengths": torch.tensor([3, 9, 2]),
+    }
     together = evaluate.encode_texts(model, captions, "cpu", batch_size=3)  # one padded batch
     for row in range(3):
-        alone = {key: value[row:row + 1, ...] for key, value in captions.items()}
+        alone = {key: value[row : row + 1, ...] for key, value in captions.items()}
         alone["token_ids"] = alone["token_ids"][:, : int(alone["lengths"][0])]  # batch of one, no padding
         torch.testing.assert_close(evaluate.encode_texts(model, alone, "cpu", batch_size=1)[0], together[row])
 
@@ -154,8 +168,9 @@ def test_test_time_text_features_do_not_depend_on_batch_padding():
 # ---------------------------------------------------------------------- joint embedding
 def test_bn_style_tf_follows_the_backbone_and_pytorch_is_torch_default():
     def batch_norm(backbone, style):
-        model = models.build_model(40, backbone, embedding_dim=6, word_dim=8, hidden_size=4, cached_feature_dim=10,
-                                   bn_style=style)
+        model = models.build_model(
+            40, backbone, embedding_dim=6, word_dim=8, hidden_size=4, cached_feature_dim=10, bn_style=style
+        )
         norms = [model.image_embedding.batch_norm, model.text_embedding.batch_norm]
         assert {(n.eps, n.momentum) for n in norms} == {(norms[0].eps, norms[0].momentum)}
         return norms[0].eps, norms[0].momentum
@@ -172,24 +187,29 @@ def test_bn_style_tf_follows_the_backbone_and_pytorch_is_torch_default():
 
 def test_joint_embedding_linear_bias_has_a_bias_and_no_batch_norm():
     torch.manual_seed(0)
-    model = models.build_model(40, embedding_dim=6, word_dim=8, hidden_size=4, cached_feature_dim=10,
-                               joint_embedding="linear_bias")
+    model = models.build_model(
+        40, embedding_dim=6, word_dim=8, hidden_size=4, cached_feature_dim=10, joint_embedding="linear_bias"
+    )
     for layer in (model.image_embedding, model.text_embedding):
         assert layer.projection.bias is not None and isinstance(layer.batch_norm, nn.Identity)
     assert not any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
     features = torch.randn(5, 10)
-    torch.testing.assert_close(model.image_embedding(features), features @ model.image_embedding.projection.weight.T
-                               + model.image_embedding.projection.bias)
+    torch.testing.assert_close(
+        model.image_embedding(features),
+        features @ model.image_embedding.projection.weight.T + model.image_embedding.projection.bias,
+    )
     release = models.build_model(40, embedding_dim=6, word_dim=8, hidden_size=4, cached_feature_dim=10)
-    assert release.image_embedding.projection.bias is None and isinstance(release.image_embedding.batch_norm,
-                                                                          nn.BatchNorm1d)
+    assert release.image_embedding.projection.bias is None and isinstance(
+        release.image_embedding.batch_norm, nn.BatchNorm1d
+    )
 
 
 # ---------------------------------------------------------------------- EMA scope
 def _model_for_ema(scope: str) -> models.CrossModalModel:
     torch.manual_seed(0)
-    return models.build_model(40, embedding_dim=6, word_dim=8, hidden_size=4, cached_feature_dim=10, ema_scope=scope,
-                              bn_style="pytorch")
+    return models.build_model(
+        40, embedding_dim=6, word_dim=8, hidden_size=4, cached_feature_dim=10, ema_scope=scope, bn_style="pytorch"
+    )
 
 
 def _train_steps(model: models.CrossModalModel, ema: training.WeightAverage, steps: int = 3) -> None:
@@ -209,20 +229,26 @@ def test_ema_release_scope_averages_cnn_embeddings_and_bn_statistics_but_not_the
     model = _model_for_ema("release")
     ema = training.WeightAverage(model, decay=0.5, warmup=False)
     assert ema.scope == "release"
-    assert "image_embedding.batch_norm.running_mean" in ema.names and "text_embedding.batch_norm.running_var" in ema.names
+    assert (
+        "image_embedding.batch_norm.running_mean" in ema.names and "text_embedding.batch_norm.running_var" in ema.names
+    )
     assert "image_embedding.projection.weight" in ema.names
     assert not any(name.startswith("text_encoder.") for name in ema.names)
     assert "image_embedding.batch_norm.num_batches_tracked" not in ema.names
     initial = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     _train_steps(model, ema, steps=1)
     live = model.state_dict()
-    evaluation = ema.copy_to(models.build_model(40, embedding_dim=6, word_dim=8, hidden_size=4, cached_feature_dim=10),
-                             model)
+    evaluation = ema.copy_to(
+        models.build_model(40, embedding_dim=6, word_dim=8, hidden_size=4, cached_feature_dim=10), model
+    )
     copied = evaluation.state_dict()
     for name in ("text_encoder.lstm.weight_ih_l0", "text_encoder.word_embedding.weight", "text_encoder.initial_hidden"):
         torch.testing.assert_close(copied[name], live[name])  # live, as the release evaluates them
-    for name in ("image_embedding.projection.weight", "text_embedding.batch_norm.running_mean",
-                 "image_embedding.batch_norm.running_var"):
+    for name in (
+        "image_embedding.projection.weight",
+        "text_embedding.batch_norm.running_mean",
+        "image_embedding.batch_norm.running_var",
+    ):
         assert not torch.equal(live[name], initial[name])
         torch.testing.assert_close(copied[name], 0.5 * initial[name] + 0.5 * live[name])  # one update at decay 0.5
 
@@ -235,10 +261,13 @@ def test_ema_all_scope_averages_every_parameter_and_keeps_buffers_live():
     _train_steps(model, ema, steps=1)
     copied = ema.copy_to(_model_for_ema("all"), model).state_dict()
     live = model.state_dict()
-    torch.testing.assert_close(copied["text_encoder.lstm.weight_ih_l0"],
-                               0.5 * initial["text_encoder.lstm.weight_ih_l0"] + 0.5 * live["text_encoder.lstm.weight_ih_l0"])
-    torch.testing.assert_close(copied["image_embedding.batch_norm.running_mean"],
-                               live["image_embedding.batch_norm.running_mean"])
+    torch.testing.assert_close(
+        copied["text_encoder.lstm.weight_ih_l0"],
+        0.5 * initial["text_encoder.lstm.weight_ih_l0"] + 0.5 * live["text_encoder.lstm.weight_ih_l0"],
+    )
+    torch.testing.assert_close(
+        copied["image_embedding.batch_norm.running_mean"], live["image_embedding.batch_norm.running_mean"]
+    )
     # an explicit scope wins over the model's own
     assert training.WeightAverage(model, 0.5, scope="release").names == model.averaged_tensor_names("release")
 
@@ -288,8 +317,9 @@ def test_num_classes_from_all_splits_is_the_id_range_and_train_counts_train_ids(
     release = data.prepare_dataset("cuhk_pedes", "paper", data_dir=data_root, cache_dir=cache, image_size=(8, 4))
     assert release.frames["train"]["label"].max() == 3 and release.frames["train"]["label"].nunique() == 3
     assert release.num_classes == 4  # train ids 1..3 used as class indices: 1 + 3 columns, as 11004 for ids 1..11003
-    only_train = data.prepare_dataset("cuhk_pedes", "paper", data_dir=data_root, cache_dir=cache, image_size=(8, 4),
-                                      num_classes_from="train")
+    only_train = data.prepare_dataset(
+        "cuhk_pedes", "paper", data_dir=data_root, cache_dir=cache, image_size=(8, 4), num_classes_from="train"
+    )
     assert only_train.num_classes == 3
     cfg = training.make_config("smoke", "cuhk_pedes", num_classes_from="train", pretrained=False)
     with pytest.raises(ValueError, match="num_classes_from: prepared 'all_splits', settings 'train'"):
@@ -348,18 +378,30 @@ def test_class_level_paper_profile_trains_on_all_trainval_classes(data_root, tmp
 
 
 def test_a_run_with_the_port_options_reaches_data_model_and_average(isolated_dirs, tmp_path):
-    settings = dict(profile="smoke", dataset="cuhk_pedes", progress=False, epochs=1, max_steps_per_epoch=2,
-                    evaluate_test=False, output_dir=str(tmp_path / "run"), vocab_case_sensitive=True,
-                    pad_shares_most_frequent=True, num_classes_from="train", lstm_backward="batch_reversed",
-                    joint_embedding="linear_bias", ema_scope="all")
+    settings = dict(
+        profile="smoke",
+        dataset="cuhk_pedes",
+        progress=False,
+        epochs=1,
+        max_steps_per_epoch=2,
+        evaluate_test=False,
+        output_dir=str(tmp_path / "run"),
+        vocab_case_sensitive=True,
+        pad_shares_most_frequent=True,
+        num_classes_from="train",
+        lstm_backward="batch_reversed",
+        joint_embedding="linear_bias",
+        ema_scope="all",
+    )
     result = training.fit(settings)
     params = result.settings
     assert params["vocab_case_sensitive"] and params["pad_shares_most_frequent"] and params["ema_scope"] == "all"
     state = torch.load(result.output_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert state["ema"]["scope"] == "all" and any(name.startswith("text_encoder.") for name in state["ema"]["names"])
     assert "image_embedding.projection.bias" in state["model"]  # linear_bias reached the model
-    cfg = training.make_config(**{k: v for k, v in settings.items() if k not in ("profile", "dataset")},
-                            profile="smoke", dataset="cuhk_pedes")
+    cfg = training.make_config(
+        **{k: v for k, v in settings.items() if k not in ("profile", "dataset")}, profile="smoke", dataset="cuhk_pedes"
+    )
     prepared = data.prepare_dataset("cuhk_pedes", "smoke", **data.recipe_options(cfg))
     assert prepared.vocabulary.case_sensitive and prepared.vocabulary.pad_shares_most_frequent
     assert state["model"]["text_encoder.word_embedding.weight"].shape[0] == len(prepared.vocabulary)

@@ -11,7 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from cmp_utils import losses
-from cmp_utils.losses import LOSS_NAMES, CMCELoss, CMPCClassifier, CrossModalLoss, cmpc_loss, cmpm_loss, norm_softmax_loss, ranking_loss, softmax_loss
+from cmp_utils.losses import (
+    LOSS_NAMES,
+    CMCELoss,
+    CMPCClassifier,
+    CrossModalLoss,
+    cmpc_loss,
+    cmpm_loss,
+    norm_softmax_loss,
+    ranking_loss,
+    softmax_loss,
+)
 
 EPS = 1e-8
 
@@ -107,7 +117,9 @@ def naive_cmce(images, texts, labels, image_buffer, text_buffer, temperature):
     for i in range(n):
         image_logits = [dot(unit(images[i]), row) / temperature for row in text_buffer]
         text_logits = [dot(unit(texts[i]), row) / temperature for row in image_buffer]
-        total += (naive_cross_entropy(image_logits, int(labels[i])) + naive_cross_entropy(text_logits, int(labels[i]))) / n
+        total += (
+            naive_cross_entropy(image_logits, int(labels[i])) + naive_cross_entropy(text_logits, int(labels[i]))
+        ) / n
     return total
 
 
@@ -143,11 +155,15 @@ def test_softmax_and_norm_softmax_match_naive_loops(seed):
     images, texts, labels, weight = random_batch(seed)
     bias = torch.linspace(-1, 1, weight.shape[1], dtype=torch.float64)
     x, z, y, w = as_lists(images), as_lists(texts), labels.tolist(), as_lists(weight)
-    assert softmax_loss(images, texts, labels, weight).item() == pytest.approx(naive_classification(x, z, y, w), rel=1e-10)
+    assert softmax_loss(images, texts, labels, weight).item() == pytest.approx(
+        naive_classification(x, z, y, w), rel=1e-10
+    )
     assert softmax_loss(images, texts, labels, weight, bias).item() == pytest.approx(
-        naive_classification(x, z, y, w, bias=bias), rel=1e-10)
+        naive_classification(x, z, y, w, bias=bias), rel=1e-10
+    )
     assert norm_softmax_loss(images, texts, labels, weight).item() == pytest.approx(
-        naive_classification(x, z, y, w, normalise_columns=True), rel=1e-10)
+        naive_classification(x, z, y, w, normalise_columns=True), rel=1e-10
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -164,8 +180,9 @@ def test_cmce_matches_naive_loops():
     generator = torch.Generator().manual_seed(7)
     cmce.image_buffer.copy_(F.normalize(torch.randn(4, 5, generator=generator, dtype=torch.float64), dim=1))
     cmce.text_buffer.copy_(F.normalize(torch.randn(4, 5, generator=generator, dtype=torch.float64), dim=1))
-    expected = naive_cmce(as_lists(images), as_lists(texts), labels.tolist(), as_lists(cmce.image_buffer),
-                          as_lists(cmce.text_buffer), 0.1)
+    expected = naive_cmce(
+        as_lists(images), as_lists(texts), labels.tolist(), as_lists(cmce.image_buffer), as_lists(cmce.text_buffer), 0.1
+    )
     assert cmce(images, texts, labels).item() == pytest.approx(expected, rel=1e-10)
 
 
@@ -196,14 +213,20 @@ def test_cmpm_shared_label_by_hand():
     # Same vectors but both pairs share a label: q = [[1/2,1/2],[1/2,1/2]] (L1) or 1/sqrt(2) (L2).
     # i2t row: a*log(eps + a/(0.5+eps)) + b*log(eps + b/(0.5+eps)), a=e/(e+1), b=1/(e+1)
     a, b = math.e / (math.e + 1), 1 / (math.e + 1)
-    l1 = a * math.log(EPS + a / (0.5 + EPS)) + b * math.log(EPS + b / (0.5 + EPS))  # = KL(p||uniform) = log2 - H(p) = 0.6931 - 0.5822 = 0.1109
+    l1 = a * math.log(EPS + a / (0.5 + EPS)) + b * math.log(
+        EPS + b / (0.5 + EPS)
+    )  # = KL(p||uniform) = log2 - H(p) = 0.6931 - 0.5822 = 0.1109
     r = 1 / math.sqrt(2)
-    l2 = a * math.log(EPS + a / (r + EPS)) + b * math.log(EPS + b / (r + EPS))  # = l1 - log(sqrt 2) = 0.1109 - 0.3466 = -0.2357
+    l2 = a * math.log(EPS + a / (r + EPS)) + b * math.log(
+        EPS + b / (r + EPS)
+    )  # = l1 - log(sqrt 2) = 0.1109 - 0.3466 = -0.2357
     images = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     texts = torch.tensor([[2.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
     labels = torch.tensor([3, 3])
     assert cmpm_loss(images, texts, labels, return_directions=True)[0].item() == pytest.approx(l1, rel=1e-9)
-    assert cmpm_loss(images, texts, labels, target="l2", return_directions=True)[0].item() == pytest.approx(l2, rel=1e-9)
+    assert cmpm_loss(images, texts, labels, target="l2", return_directions=True)[0].item() == pytest.approx(
+        l2, rel=1e-9
+    )
     assert l1 == pytest.approx(0.1109, abs=1e-4) and l2 == pytest.approx(-0.2357, abs=1e-4)
 
 
@@ -218,10 +241,12 @@ def test_cmpc_one_pair_by_hand():
     assert cmpc_loss(images, texts, torch.tensor([0]), weight).item() == pytest.approx(expected, rel=1e-12)
     # norm-softmax on raw features instead: logits x=(3,0) -> log(1+e^-3); z=(1,1) -> log 2
     assert norm_softmax_loss(images, texts, torch.tensor([0]), weight).item() == pytest.approx(
-        math.log(1 + math.exp(-3)) + math.log(2), rel=1e-12)
+        math.log(1 + math.exp(-3)) + math.log(2), rel=1e-12
+    )
     # plain softmax keeps the column norms: logits x W = (6,0), z W = (2,5)
     assert softmax_loss(images, texts, torch.tensor([0]), weight).item() == pytest.approx(
-        math.log(1 + math.exp(-6)) + math.log(1 + math.exp(3)), rel=1e-12)
+        math.log(1 + math.exp(-6)) + math.log(1 + math.exp(3)), rel=1e-12
+    )
 
 
 def test_ranking_by_hand():
@@ -232,7 +257,9 @@ def test_ranking_by_hand():
     images = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     texts = torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
     for hardest in (False, True):
-        assert ranking_loss(images, texts, torch.tensor([0, 1]), hardest=hardest).item() == pytest.approx(0.1, rel=1e-12)
+        assert ranking_loss(images, texts, torch.tensor([0, 1]), hardest=hardest).item() == pytest.approx(
+            0.1, rel=1e-12
+        )
     # with one shared label there is no negative at all
     assert ranking_loss(images, texts, torch.tensor([0, 0])).item() == 0.0
 
@@ -343,8 +370,9 @@ def test_norm_softmax_matches_pytorch_metric_learning():
     from pytorch_metric_learning.distances import DotProductSimilarity
 
     images, texts, labels, weight = random_batch(11, dtype=torch.float64)
-    reference = pml_losses.NormalizedSoftmaxLoss(num_classes=4, embedding_size=5, temperature=1.0,
-                                                 distance=DotProductSimilarity(normalize_embeddings=False))
+    reference = pml_losses.NormalizedSoftmaxLoss(
+        num_classes=4, embedding_size=5, temperature=1.0, distance=DotProductSimilarity(normalize_embeddings=False)
+    )
     reference.W.data = weight.clone()
     expected = reference(images, labels) + reference(texts, labels)
     torch.testing.assert_close(norm_softmax_loss(images, texts, labels, weight), expected)
@@ -425,15 +453,23 @@ def test_cross_modal_loss_contract():
     everything = CrossModalLoss(LOSS_NAMES, embedding_dim=5, num_classes=4, margin=0.1, cmce_temperature=0.1)
     assert list(everything(images, texts, labels)) == list(LOSS_NAMES)
     assert {name for name, _ in everything.named_parameters()} == {
-        "cmpc.weight", "softmax_weight", "softmax_bias", "norm_softmax_weight", "ritc.log_logit_scale"}
+        "cmpc.weight",
+        "softmax_weight",
+        "softmax_bias",
+        "norm_softmax_weight",
+        "ritc.log_logit_scale",
+    }
     assert {name for name, _ in everything.named_buffers()} == {"cmce.image_buffer", "cmce.text_buffer"}
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(names=["cmpm", "triplet"]), "cmpm_l2"),  # the message lists LOSS_NAMES
-    (dict(names=[]), "choose from"),
-    (dict(names=["cmpm"], temperature=2.0), "unknown option"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(names=["cmpm", "triplet"]), "cmpm_l2"),  # the message lists LOSS_NAMES
+        (dict(names=[]), "choose from"),
+        (dict(names=["cmpm"], temperature=2.0), "unknown option"),
+    ],
+)
 def test_cross_modal_loss_rejects_bad_construction(bad, message):
     names = bad.pop("names")
     with pytest.raises(ValueError, match=message):
@@ -458,7 +494,19 @@ def test_cross_modal_loss_rejects_bad_inputs():
 
 
 def test_module_exports():
-    assert losses.LOSS_NAMES == ("cmpm", "cmpm_l2", "cmpc", "ranking", "ranking_hard", "softmax", "norm_softmax", "cmce",
-                                 "sdm", "info_nce", "ritc", "tal")
+    assert losses.LOSS_NAMES == (
+        "cmpm",
+        "cmpm_l2",
+        "cmpc",
+        "ranking",
+        "ranking_hard",
+        "softmax",
+        "norm_softmax",
+        "cmce",
+        "sdm",
+        "info_nce",
+        "ritc",
+        "tal",
+    )
     for name in losses.__all__:
         assert hasattr(losses, name)

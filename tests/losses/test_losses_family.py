@@ -18,7 +18,16 @@ import torch.nn.functional as F
 
 from cmp_utils.training import distributed
 from cmp_utils import losses, models, training
-from cmp_utils.losses import CrossModalLoss, RITCLoss, cmpm_loss, info_nce_loss, parse_loss_scope, ritc_loss, sdm_loss, tal_loss
+from cmp_utils.losses import (
+    CrossModalLoss,
+    RITCLoss,
+    cmpm_loss,
+    info_nce_loss,
+    parse_loss_scope,
+    ritc_loss,
+    sdm_loss,
+    tal_loss,
+)
 
 
 def random_batch(n: int = 8, dim: int = 5, seed: int = 0, classes: int = 4):
@@ -66,7 +75,9 @@ def naive_sdm(images, texts, labels, temperature, epsilon=1e-8):
     labels = [int(v) for v in labels]
     i2t = cosine_table(images, texts)
     t2i = cosine_table(texts, images)
-    return naive_kl_direction(i2t, labels, 1 / temperature, epsilon) + naive_kl_direction(t2i, labels, 1 / temperature, epsilon)
+    return naive_kl_direction(i2t, labels, 1 / temperature, epsilon) + naive_kl_direction(
+        t2i, labels, 1 / temperature, epsilon
+    )
 
 
 def naive_info_nce(images, texts, temperature):
@@ -127,8 +138,10 @@ def tbps_ritc(image_features, text_features, pid, logit_scale, epsilon=0.01):
     target_log = (match / match.sum(1, keepdim=True) + epsilon).log()
     image_log = F.log_softmax(logit_scale * image_unit @ text_unit.t(), dim=1)
     text_log = F.log_softmax(logit_scale * text_unit @ image_unit.t(), dim=1)
-    return 0.5 * (F.kl_div(target_log, image_log, log_target=True, reduction="batchmean")
-                  + F.kl_div(target_log, text_log, log_target=True, reduction="batchmean"))
+    return 0.5 * (
+        F.kl_div(target_log, image_log, log_target=True, reduction="batchmean")
+        + F.kl_div(target_log, text_log, log_target=True, reduction="batchmean")
+    )
 
 
 def rde_tal(image_features, text_features, pid, tau, margin):
@@ -141,8 +154,9 @@ def rde_tal(image_features, text_features, pid, tau, margin):
     total = 0.0
     for rows in (scores, scores.t()):
         weights = ((rows / tau).exp() * match / ((rows / tau).exp() * match).sum(1, keepdim=True)).detach()
-        total = total + (-(weights * rows).sum(1) + tau * ((rows / tau).exp() * negative).sum(1).clamp(max=10e35).log()
-                         + margin).clamp(min=0)
+        total = total + (
+            -(weights * rows).sum(1) + tau * ((rows / tau).exp() * negative).sum(1).clamp(max=10e35).log() + margin
+        ).clamp(min=0)
     return total.sum()
 
 
@@ -156,8 +170,9 @@ def test_sdm_matches_the_naive_loop_and_irra(temperature):
     assert float(value) == pytest.approx(naive_sdm(images, texts, labels, temperature), rel=1e-9, abs=1e-12)
     torch.testing.assert_close(value, irra_sdm(images, texts, labels, 1 / temperature))
     float32 = sdm_loss(images.float(), texts.float(), labels, temperature=temperature)
-    torch.testing.assert_close(float32, irra_sdm(images.float(), texts.float(), labels, 1 / temperature),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        float32, irra_sdm(images.float(), texts.float(), labels, 1 / temperature), rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("temperature", TEMPERATURES)
@@ -184,7 +199,9 @@ def test_tal_matches_the_naive_loop_and_rde(temperature, margin):
     value = tal_loss(images, texts, labels, temperature, margin)
     assert float(value) == pytest.approx(naive_tal(images, texts, labels, temperature, margin), rel=1e-9, abs=1e-12)
     torch.testing.assert_close(value, rde_tal(images, texts, labels, temperature, margin))
-    torch.testing.assert_close(tal_loss(images, texts, labels, temperature, margin, reduction="mean"), value / len(labels))
+    torch.testing.assert_close(
+        tal_loss(images, texts, labels, temperature, margin, reduction="mean"), value / len(labels)
+    )
 
 
 def test_tal_gradient_does_not_flow_through_the_positive_weights():
@@ -252,11 +269,18 @@ def test_local_scope_is_the_mean_of_the_losses_of_contiguous_sub_batches():
     whole.load_state_dict(scoped.state_dict())
     values = scoped(images, texts, labels)
     for name, value in values.items():
-        expected = sum(float(whole(images[k * 4:(k + 1) * 4], texts[k * 4:(k + 1) * 4], labels[k * 4:(k + 1) * 4])[name])
-                       for k in range(3)) / 3
+        expected = (
+            sum(
+                float(whole(images[k * 4 : (k + 1) * 4], texts[k * 4 : (k + 1) * 4], labels[k * 4 : (k + 1) * 4])[name])
+                for k in range(3)
+            )
+            / 3
+        )
         assert float(value) == pytest.approx(expected, rel=1e-12), name
-    sdm_parts = [naive_sdm(images[k * 4:(k + 1) * 4], texts[k * 4:(k + 1) * 4], labels[k * 4:(k + 1) * 4], 0.02)
-                 for k in range(3)]
+    sdm_parts = [
+        naive_sdm(images[k * 4 : (k + 1) * 4], texts[k * 4 : (k + 1) * 4], labels[k * 4 : (k + 1) * 4], 0.02)
+        for k in range(3)
+    ]
     assert float(values["sdm"]) == pytest.approx(sum(sdm_parts) / 3, rel=1e-9)
     globally = whole(images, texts, labels)
     torch.testing.assert_close(values["cmpc"], globally["cmpc"])  # a per-sample loss: the scope cannot matter
@@ -326,21 +350,32 @@ def _gathered_loss_and_gradients(rank: int = 0, world_size: int = 1):
     token_ids = (torch.arange(BATCH * 5).view(BATCH, 5) % 26) + 4  # (B, 5), no padding
     lengths = torch.full((BATCH,), 5)
     rows = training.local_slice(list(range(BATCH)), rank, world_size)
-    total = training.backward_global_loss(wrapped(features[rows], token_ids[rows], lengths[rows], labels[rows]),
-                                       step_module, world_size)
-    return float(total.detach()), {name: p.grad.clone() for name, p in step_module.named_parameters() if p.grad is not None}
+    total = training.backward_global_loss(
+        wrapped(features[rows], token_ids[rows], lengths[rows], labels[rows]), step_module, world_size
+    )
+    return float(total.detach()), {
+        name: p.grad.clone() for name, p in step_module.named_parameters() if p.grad is not None
+    }
 
 
 def _scope_worker(rank: int, world_size: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'store')}",
-                                         rank=rank, world_size=world_size)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{os.path.join(out_dir, 'store')}", rank=rank, world_size=world_size
+    )
     try:
         assert distributed.world_size() == world_size
         loss, gradients = _loss_and_gradients("global", rank, world_size)
         gathered_loss, gathered_gradients = _gathered_loss_and_gradients(rank, world_size)
-        torch.save({"loss": loss, "gradients": gradients, "gathered_loss": gathered_loss,
-                    "gathered_gradients": gathered_gradients}, os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {
+                "loss": loss,
+                "gradients": gradients,
+                "gathered_loss": gathered_loss,
+                "gathered_gradients": gathered_gradients,
+            },
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
         torch.distributed.barrier()
     finally:
         distributed.cleanup()
@@ -358,18 +393,26 @@ def test_local_scope_in_one_process_equals_ranks_without_a_gather_and_the_global
         for name, gradient in reference_gradients.items():
             # sums in another order across processes: float32 rounding up to a few 1e-5 of the tensor's largest
             # entry (the learned initial states), so the absolute tolerance scales with the tensor
-            torch.testing.assert_close(part["gradients"][name], gradient, rtol=1e-4,
-                                       atol=1e-4 * max(1.0, float(gradient.abs().max())),
-                                       msg=lambda m, name=name, gradient=gradient: f"{name}: {m}")
+            torch.testing.assert_close(
+                part["gradients"][name],
+                gradient,
+                rtol=1e-4,
+                atol=1e-4 * max(1.0, float(gradient.abs().max())),
+                msg=lambda m, name=name, gradient=gradient: f"{name}: {m}",
+            )
     # and with the gather (the trainer's global scope), the family's losses on 2 ranks = 1 process
     one_loss, one_gradients = _gathered_loss_and_gradients()
     for part in saved:
         assert part["gathered_loss"] == pytest.approx(one_loss, rel=1e-5)
         assert set(part["gathered_gradients"]) == set(one_gradients)
         for name, gradient in one_gradients.items():
-            torch.testing.assert_close(part["gathered_gradients"][name], gradient, rtol=1e-4,
-                                       atol=1e-4 * max(1.0, float(gradient.abs().max())),
-                                       msg=lambda m, name=name, gradient=gradient: f"{name}: {m}")
+            torch.testing.assert_close(
+                part["gathered_gradients"][name],
+                gradient,
+                rtol=1e-4,
+                atol=1e-4 * max(1.0, float(gradient.abs().max())),
+                msg=lambda m, name=name, gradient=gradient: f"{name}: {m}",
+            )
 
 
 def test_module_exports_the_family():

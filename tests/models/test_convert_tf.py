@@ -97,7 +97,7 @@ def tf_resnet_v1(images, units, scope="resnet_v1_152"):
         net = tf_conv2d_same(images, 64, 7, 2, "conv1")
         net = tf.nn.max_pool2d(net, 3, 2, "SAME")
         for block_index, count in enumerate(units):
-            bottleneck = 64 * 2 ** block_index
+            bottleneck = 64 * 2**block_index
             depth = 4 * bottleneck
             strides = [1] * (count - 1) + [2 if block_index < 3 else 1]
             for unit_index, stride in enumerate(strides):
@@ -121,12 +121,20 @@ def tf_bidirectional_lstm(words, lengths, units):
         for direction in ("forward", "backward"):
             with tf.variable_scope(direction):
                 cells[direction] = tf.nn.rnn_cell.BasicLSTMCell(units, state_is_tuple=True)
-                state = [tf.tile(tf.get_variable(f"init_state_{i}", [units], initializer=_random(None))[None], [batch, 1])
-                         for i in range(2)]
+                state = [
+                    tf.tile(tf.get_variable(f"init_state_{i}", [units], initializer=_random(None))[None], [batch, 1])
+                    for i in range(2)
+                ]
                 initial[direction] = tf.nn.rnn_cell.LSTMStateTuple(*state)
         (forward, backward), _ = tf.nn.bidirectional_dynamic_rnn(
-            cells["forward"], cells["backward"], words, sequence_length=lengths,
-            initial_state_fw=initial["forward"], initial_state_bw=initial["backward"], dtype=tf.float32)
+            cells["forward"],
+            cells["backward"],
+            words,
+            sequence_length=lengths,
+            initial_state_fw=initial["forward"],
+            initial_state_bw=initial["backward"],
+            dtype=tf.float32,
+        )
         outputs = tf.concat([forward, backward], axis=2)
     return tf.reduce_max(outputs, axis=1)
 
@@ -194,7 +202,8 @@ def test_mobilenet_v1_matches_tf_with_same_padding_only(tmp_path):
 def test_resnet_v1_matches_tf_and_loads_as_weights_path(tmp_path):
     units = (1, 1, 1, 1)
     state, conversion, images, expected = _run_backbone_case(
-        tmp_path, lambda x: tf_resnet_v1(x, units), "resnet_v1_152", units=units)
+        tmp_path, lambda x: tf_resnet_v1(x, units), "resnet_v1_152", units=units
+    )
     shortcut_convs = [key for key in state if ".shortcut.conv.weight" in key]
     assert len(shortcut_convs) == 4  # every block's single unit changes depth
     # slim subsamples in a block's last unit: torchvision's layout (first unit) cannot hold these weights.
@@ -219,7 +228,9 @@ def test_shape_mismatch_is_refused_naming_the_variable(tmp_path):
     with pytest.raises(tf_checkpoint.CheckpointMismatch, match="MobilenetV1/Conv2d_3_pointwise/weights"):
         tf_checkpoint.convert_backbone(variables, "mobilenet_v1")
     del variables["MobilenetV1/Conv2d_3_pointwise/weights"]
-    with pytest.raises(tf_checkpoint.CheckpointMismatch, match="lacks variable 'MobilenetV1/Conv2d_3_pointwise/weights'"):
+    with pytest.raises(
+        tf_checkpoint.CheckpointMismatch, match="lacks variable 'MobilenetV1/Conv2d_3_pointwise/weights'"
+    ):
         tf_checkpoint.convert_backbone(variables, "mobilenet_v1")
     with pytest.raises(tf_checkpoint.CheckpointMismatch, match="resnet_v1_152/conv1/weights"):
         tf_checkpoint.convert_backbone(variables, "resnet_v1_152")
@@ -233,8 +244,9 @@ def build_tf_cmpm_model(image_size, vocab_size, word_dim, hidden, embedding_dim,
     labels = tf.placeholder(tf.int32, [None])
     image_features = tf.reduce_mean(tf_mobilenet_v1(images), [1, 2])  # slim's AvgPool_1a over the final map
     with tf.variable_scope("BiLSTM"):
-        table = tf.get_variable("token_embedding_weights", [vocab_size, word_dim],
-                                initializer=tf.glorot_uniform_initializer())
+        table = tf.get_variable(
+            "token_embedding_weights", [vocab_size, word_dim], initializer=tf.glorot_uniform_initializer()
+        )
         text_features = tf_bidirectional_lstm(tf.nn.embedding_lookup(table, token_ids), lengths, hidden)
     image_embeddings = tf_joint_embedding(image_features, embedding_dim, "image_joint_embedding", MOBILENET_EPS)
     text_embeddings = tf_joint_embedding(text_features, embedding_dim, "text_joint_embedding", MOBILENET_EPS)
@@ -247,16 +259,24 @@ def build_tf_cmpm_model(image_size, vocab_size, word_dim, hidden, embedding_dim,
     image_on_text = tf.reduce_sum(image_embeddings * unit_texts, 1, keepdims=True) * unit_texts
     text_on_image = tf.reduce_sum(text_embeddings * unit_images, 1, keepdims=True) * unit_images
     one_hot = tf.one_hot(labels, num_classes)
-    cmpc = (tf.losses.softmax_cross_entropy(one_hot, tf.matmul(image_on_text, unit_weight))
-            + tf.losses.softmax_cross_entropy(one_hot, tf.matmul(text_on_image, unit_weight)))
+    cmpc = tf.losses.softmax_cross_entropy(
+        one_hot, tf.matmul(image_on_text, unit_weight)
+    ) + tf.losses.softmax_cross_entropy(one_hot, tf.matmul(text_on_image, unit_weight))
     inputs = {"images": images, "token_ids": token_ids, "lengths": lengths, "labels": labels}
-    outputs = {"image_features": image_features, "text_features": text_features, "image_embeddings": image_embeddings,
-               "text_embeddings": text_embeddings, "similarity": similarity, "cmpc": cmpc}
+    outputs = {
+        "image_features": image_features,
+        "text_features": text_features,
+        "image_embeddings": image_embeddings,
+        "text_embeddings": text_embeddings,
+        "similarity": similarity,
+        "cmpc": cmpc,
+    }
     return inputs, outputs
 
 
-def save_tf_cmpm_checkpoint(directory, image_size=(64, 64), vocab_size=11, word_dim=6, hidden=5, embedding_dim=7,
-                            num_classes=4, feeds=None):
+def save_tf_cmpm_checkpoint(
+    directory, image_size=(64, 64), vocab_size=11, word_dim=6, hidden=5, embedding_dim=7, num_classes=4, feeds=None
+):
     """Build, randomise and save a release-style checkpoint; returns (prefix, TF outputs per feed)."""
     graph = tf.Graph()
     results = []
@@ -278,8 +298,15 @@ def test_cmpm_model_matches_tf(tmp_path):
     images = _images(3, (64, 64), count=4)
     labels = np.array([0, 2, 1, 3], np.int32)
     # The release encodes test captions one at a time (batch 1): no padded step enters the max.
-    single = [{"images": images[i:i + 1], "token_ids": token_ids[i:i + 1, :lengths[i]], "lengths": lengths[i:i + 1],
-               "labels": labels[i:i + 1]} for i in range(4)]
+    single = [
+        {
+            "images": images[i : i + 1],
+            "token_ids": token_ids[i : i + 1, : lengths[i]],
+            "lengths": lengths[i : i + 1],
+            "labels": labels[i : i + 1],
+        }
+        for i in range(4)
+    ]
     equal_lengths = {"images": images, "token_ids": token_ids, "lengths": np.full(4, 5, np.int32), "labels": labels}
     prefix, results = save_tf_cmpm_checkpoint(tmp_path, feeds=single + [equal_lengths])
     out = tmp_path / "converted.pt"
@@ -348,8 +375,21 @@ def test_cli_refuses_a_mismatch_and_guesses_the_kind(tmp_path, capsys):
     assert convert_tf.main([prefix, str(tmp_path / "ok.pt")]) == 0
     assert "mapped    BiLSTM/token_embedding_weights [11, 6]" in capsys.readouterr().out
     # A CNN-only conversion of the same checkpoint leaves the text branch out, printed.
-    assert convert_tf.main([prefix, str(tmp_path / "cnn.pt"), "--kind", "mobilenet_v1", "--ema", "auto",
-                            "--bn-statistics", "checkpoint"]) == 0
+    assert (
+        convert_tf.main(
+            [
+                prefix,
+                str(tmp_path / "cnn.pt"),
+                "--kind",
+                "mobilenet_v1",
+                "--ema",
+                "auto",
+                "--bn-statistics",
+                "checkpoint",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "left out  BiLSTM/token_embedding_weights" in printed and "left out  Wfc" in printed
     with warnings.catch_warnings():
@@ -374,20 +414,29 @@ def test_notebook_05_scores_a_converted_checkpoint(tmp_path, isolated_dirs):
 
     results, _ = isolated_dirs
     settings = training.make_config("smoke", "cuhk_pedes")
-    prepared = data.prepare_dataset("cuhk_pedes", "smoke", cache_dir=settings.cache_dir, seed=settings.data_seed,
-                                    image_size=settings.image_size)
-    prefix, _ = save_tf_cmpm_checkpoint(tmp_path, vocab_size=len(prepared.vocabulary), word_dim=8, hidden=8,
-                                        embedding_dim=16, num_classes=5)
+    prepared = data.prepare_dataset(
+        "cuhk_pedes", "smoke", cache_dir=settings.cache_dir, seed=settings.data_seed, image_size=settings.image_size
+    )
+    prefix, _ = save_tf_cmpm_checkpoint(
+        tmp_path, vocab_size=len(prepared.vocabulary), word_dim=8, hidden=8, embedding_dim=16, num_classes=5
+    )
     converted = tmp_path / "converted.pt"
     convert_tf.convert(prefix, converted, out=io.StringIO())
     model = tf_checkpoint.load_converted_model(converted, prepared.vocabulary)
-    expected = pd.DataFrame(experiments.protocol_metrics(
-        "cuhk_pedes", *evaluate.encode(model, prepared, prepared.test_split, "cpu", settings.eval_batch_size)))
+    expected = pd.DataFrame(
+        experiments.protocol_metrics(
+            "cuhk_pedes", *evaluate.encode(model, prepared, prepared.test_split, "cpu", settings.eval_batch_size)
+        )
+    )
 
     runs_before = sorted((config.cache_dir() / "experiment_runs").glob("*"))
     notebook = config.project_root() / "notebooks" / "05_cuhk_pedes.ipynb"
-    run_notebooks([notebook], "smoke", parameters={"evaluate_checkpoint": str(converted), "methods": ["CMPM"]},
-                  output_dir=tmp_path / "executed")
+    run_notebooks(
+        [notebook],
+        "smoke",
+        parameters={"evaluate_checkpoint": str(converted), "methods": ["CMPM"]},
+        output_dir=tmp_path / "executed",
+    )
     scored = pd.read_csv(results / "cuhk_pedes" / "smoke" / "converted_checkpoint.csv")
     assert set(scored["metric"]) == {"R@1", "R@5", "R@10", "mAP", "mINP"}
     merged = scored.merge(expected, on=["table", "direction", "metric"], suffixes=("", "_expected"))

@@ -177,8 +177,9 @@ def test_learned_initial_states_are_used():
 
 def test_cross_modal_model_and_joint_embedding():
     torch.manual_seed(0)
-    model = models.build_model(vocab_size=40, backbone="small_cnn", embedding_dim=32, word_dim=16, hidden_size=8,
-                               pretrained=False)
+    model = models.build_model(
+        vocab_size=40, backbone="small_cnn", embedding_dim=32, word_dim=16, hidden_size=8, pretrained=False
+    )
     assert model.image_embedding.projection.bias is None
     assert isinstance(model.image_embedding.batch_norm, torch.nn.BatchNorm1d)
     token_ids, lengths = _padded([[1, 5, 6], [1, 7], [1, 8, 9, 10]])
@@ -217,12 +218,16 @@ def test_fused_padded_lstm_equals_a_loop_over_each_sentence_alone():
         outputs = encoder.step_outputs(token_ids, lengths)  # (3, 8, 10)
         for row, sentence in enumerate(sentences):
             words = encoder.word_embedding(torch.tensor(sentence))  # (L, word_dim)
-            forward = _naive_direction(encoder.lstm, "", words, encoder.initial_hidden[0, 0], encoder.initial_cell[0, 0])
-            backward = _naive_direction(encoder.lstm, "_reverse", words.flip(0), encoder.initial_hidden[1, 0],
-                                        encoder.initial_cell[1, 0]).flip(0)
-            torch.testing.assert_close(outputs[row, :len(sentence)], torch.cat([forward, backward], dim=1),
-                                       rtol=1e-5, atol=1e-6)
-            assert torch.all(outputs[row, len(sentence):] == 0)
+            forward = _naive_direction(
+                encoder.lstm, "", words, encoder.initial_hidden[0, 0], encoder.initial_cell[0, 0]
+            )
+            backward = _naive_direction(
+                encoder.lstm, "_reverse", words.flip(0), encoder.initial_hidden[1, 0], encoder.initial_cell[1, 0]
+            ).flip(0)
+            torch.testing.assert_close(
+                outputs[row, : len(sentence)], torch.cat([forward, backward], dim=1), rtol=1e-5, atol=1e-6
+            )
+            assert torch.all(outputs[row, len(sentence) :] == 0)
 
 
 def test_mobilenet_v2_weights_match_torchvisions_published_hash(tmp_path):

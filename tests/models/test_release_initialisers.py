@@ -46,8 +46,16 @@ def _check_uniform(values: torch.Tensor, bound: float) -> None:
 
 def _model(backbone: str = "mobilenet_v1_tf", **options) -> models.CrossModalModel:
     torch.manual_seed(0)
-    return models.build_model(500, backbone, embedding_dim=512, word_dim=512, hidden_size=512, pretrained=False,
-                              cached_feature_dim=1024, **options)
+    return models.build_model(
+        500,
+        backbone,
+        embedding_dim=512,
+        word_dim=512,
+        hidden_size=512,
+        pretrained=False,
+        cached_feature_dim=1024,
+        **options,
+    )
 
 
 def test_joint_embedding_mobilenet_arg_scope_truncated_normal():
@@ -68,8 +76,9 @@ def test_joint_embedding_resnet_arg_scope_he_scaling():
     _check_truncated_normal(projection, stddev)
     # TF's core variance scaling (scale 2, fan in, truncated normal) corrects the truncation by 1/0.8796
     # where slim's used 1.3: the two stddevs agree within 0.3%
-    theirs = _tf_draw(lambda tf: tf.compat.v1.variance_scaling_initializer(2.0, "fan_in", "truncated_normal"),
-                      (2048, 512))
+    theirs = _tf_draw(
+        lambda tf: tf.compat.v1.variance_scaling_initializer(2.0, "fan_in", "truncated_normal"), (2048, 512)
+    )
     if theirs is not None:
         assert abs(float(projection.std()) / float(theirs.std()) - 1) < 0.02
 
@@ -96,19 +105,37 @@ def test_lstm_one_bias_per_gate_and_glorot_kernel():
     for suffix in ("", "_reverse"):
         bias_hh = getattr(text.lstm, f"bias_hh_l0{suffix}")
         assert not bias_hh.requires_grad and float(bias_hh.abs().max()) == 0.0
-        kernel = torch.cat([getattr(text.lstm, f"weight_ih_l0{suffix}"), getattr(text.lstm, f"weight_hh_l0{suffix}")], 1)
+        kernel = torch.cat(
+            [getattr(text.lstm, f"weight_ih_l0{suffix}"), getattr(text.lstm, f"weight_hh_l0{suffix}")], 1
+        )
         _check_uniform(kernel.detach().flatten(), math.sqrt(6 / ((512 + 512) + 4 * 512)))
     two = _model(lstm_bias="two").text_encoder
     assert two.lstm.bias_hh_l0.requires_grad
 
 
 def test_fast_profile_settings_keep_their_earlier_behaviour():
-    kept = {"joint_embedding_init": "pytorch", "initial_state_init": "zeros", "lstm_bias": "two",
-            "lstm_input_dropout": "shared", "word_embedding_init_rows": None, "image_resize": "pil_antialias",
-            "cuda_tf32": "torch_default", "checkpoint_choice": "best_validation", "adam_epsilon": "pytorch"}
-    release = {"joint_embedding_init": "release", "initial_state_init": "glorot", "lstm_bias": "single",
-               "lstm_input_dropout": "per_direction", "word_embedding_init_rows": 12000,
-               "image_resize": "tf1_bilinear", "cuda_tf32": "off", "checkpoint_choice": "last", "adam_epsilon": "tf"}
+    kept = {
+        "joint_embedding_init": "pytorch",
+        "initial_state_init": "zeros",
+        "lstm_bias": "two",
+        "lstm_input_dropout": "shared",
+        "word_embedding_init_rows": None,
+        "image_resize": "pil_antialias",
+        "cuda_tf32": "torch_default",
+        "checkpoint_choice": "best_validation",
+        "adam_epsilon": "pytorch",
+    }
+    release = {
+        "joint_embedding_init": "release",
+        "initial_state_init": "glorot",
+        "lstm_bias": "single",
+        "lstm_input_dropout": "per_direction",
+        "word_embedding_init_rows": 12000,
+        "image_resize": "tf1_bilinear",
+        "cuda_tf32": "off",
+        "checkpoint_choice": "last",
+        "adam_epsilon": "tf",
+    }
     for profile in ("smoke", "quick"):
         settings = training.make_config(profile, "cuhk_pedes")
         assert {key: getattr(settings, key) for key in kept} == kept
@@ -146,8 +173,9 @@ def test_tf1_resize_matches_tensorflow_legacy_bilinear():
         import tensorflow as tf
     except ImportError:  # pragma: no cover
         pytest.skip("tensorflow is not installed")
-    theirs = tf.compat.v1.image.resize_bilinear(pixels[None].astype(np.float32), (50, 16), align_corners=False,
-                                                half_pixel_centers=False).numpy()[0]
+    theirs = tf.compat.v1.image.resize_bilinear(
+        pixels[None].astype(np.float32), (50, 16), align_corners=False, half_pixel_centers=False
+    ).numpy()[0]
     assert np.abs(ours - theirs).max() < 1e-3
     # a shrink without antialiasing differs from PIL's (which averages the footprint)
     from PIL import Image

@@ -46,10 +46,22 @@ def write_csv(results, experiment: str, name: str, rows: list[dict], profile: st
     pd.DataFrame(rows).to_csv(folder / name, index=False)
 
 
-def row(metric, value, seed, paper_value=float("nan"), dataset="cuhk_pedes", method="CMPM+CMPC", direction="t2i",
-        **extra):
-    return dict(dataset=dataset, table=dataset, method=method, backbone="mobilenet_v2", direction=direction,
-                metric=metric, value=value, paper_value=paper_value, seed=seed, seconds=10.0 + seed, **extra)
+def row(
+    metric, value, seed, paper_value=float("nan"), dataset="cuhk_pedes", method="CMPM+CMPC", direction="t2i", **extra
+):
+    return dict(
+        dataset=dataset,
+        table=dataset,
+        method=method,
+        backbone="mobilenet_v2",
+        direction=direction,
+        metric=metric,
+        value=value,
+        paper_value=paper_value,
+        seed=seed,
+        seconds=10.0 + seed,
+        **extra,
+    )
 
 
 @pytest.fixture
@@ -60,14 +72,24 @@ def project(tmp_path):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     for stem in ("05_cuhk_pedes", "09_batch_size"):
-        (notebooks / f"{stem}.ipynb").write_text(json.dumps({"cells": [{"cell_type": "markdown", "source": [
-            f"# {stem}\n", "\n", f"Purpose of {stem}.\n", "\n", "Produces: files."]}]}))
+        (notebooks / f"{stem}.ipynb").write_text(
+            json.dumps(
+                {
+                    "cells": [
+                        {
+                            "cell_type": "markdown",
+                            "source": [f"# {stem}\n", "\n", f"Purpose of {stem}.\n", "\n", "Produces: files."],
+                        }
+                    ]
+                }
+            )
+        )
     return tmp_path, readme, tmp_path / "results"
 
 
 def section(text: str, name: str) -> str:
     start, end = reporting.marker(name)
-    return text[text.index(start): text.index(end)]
+    return text[text.index(start) : text.index(end)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -77,8 +99,9 @@ def section(text: str, name: str) -> str:
 
 def batch_size_frame() -> pd.DataFrame:
     values = {(16, 0): 5.0, (16, 1): 7.0, (64, 0): 9.0, (64, 1): 13.0}
-    return pd.DataFrame([row("R@1", value, seed, 44.02, method="CMPM", batch_size=batch)
-                         for (batch, seed), value in values.items()])
+    return pd.DataFrame(
+        [row("R@1", value, seed, 44.02, method="CMPM", batch_size=batch) for (batch, seed), value in values.items()]
+    )
 
 
 def test_summarise_keeps_the_batch_size_rows_apart():
@@ -111,10 +134,19 @@ def test_summarise_one_seed_has_no_std_and_ceiling_is_carried():
 
 def test_readme_sections_are_generated_from_the_csvs(project):
     root, readme, results = project
-    write_csv(results, "cuhk_pedes", "metrics.csv", [
-        row("R@1", 10.0, 0, method="CMPM"), row("R@1", 12.0, 1, method="CMPM"), row("R@1", 14.0, 2, method="CMPM"),
-        row("R@10", 30.0, 0, method="CMPM"), row("R@10", 31.0, 1, method="CMPM"), row("R@10", 35.0, 2, method="CMPM"),
-    ])
+    write_csv(
+        results,
+        "cuhk_pedes",
+        "metrics.csv",
+        [
+            row("R@1", 10.0, 0, method="CMPM"),
+            row("R@1", 12.0, 1, method="CMPM"),
+            row("R@1", 14.0, 2, method="CMPM"),
+            row("R@10", 30.0, 0, method="CMPM"),
+            row("R@10", 31.0, 1, method="CMPM"),
+            row("R@10", 35.0, 2, method="CMPM"),
+        ],
+    )
     write_csv(results, "batch_size", "metrics.csv", batch_size_frame().to_dict("records"))
     assert reporting.main(["--readme", str(readme), "--results", str(results)]) == 0
     text = readme.read_text(encoding="utf-8")
@@ -128,12 +160,21 @@ def test_readme_sections_are_generated_from_the_csvs(project):
     # the batch sizes spread into columns, one row per method
     assert "| **batch_size** (2 seeds): method | R@1, batch_size 16 | R@1, batch_size 64 |" in headline
     # the paper's CUHK-PEDES value belongs to its own batch size: not repeated under every batch size
-    assert f"| CMPM | 6.00 ± {statistics.stdev([5.0, 7.0]):.2f} | 11.00 ± {statistics.stdev([9.0, 13.0]):.2f} |" in headline
+    assert (
+        f"| CMPM | 6.00 ± {statistics.stdev([5.0, 7.0]):.2f} | 11.00 ± {statistics.stdev([9.0, 13.0]):.2f} |"
+        in headline
+    )
     assert "no `results/flickr30k/quick/metrics.csv` yet" in headline
     # results/README.md: the full table keeps batch_size, with the real number of seeds
     full = (results / "README.md").read_text(encoding="utf-8")
-    assert "| dataset | table | method | backbone | direction | metric | batch_size | paper (real data) | support |" in full
-    assert "| cuhk_pedes | cuhk_pedes | CMPM | mobilenet_v2 | t2i | R@1 | 16 | 44.02 | MobileNet, 2 sources | 6.00 ± 1.41 | 2 |\n" in full
+    assert (
+        "| dataset | table | method | backbone | direction | metric | batch_size | paper (real data) | support |"
+        in full
+    )
+    assert (
+        "| cuhk_pedes | cuhk_pedes | CMPM | mobilenet_v2 | t2i | R@1 | 16 | 44.02 | MobileNet, 2 sources | 6.00 ± 1.41 | 2 |\n"
+        in full
+    )
     assert "`python -m cmp_utils.tools.run_notebooks --profile quick notebooks/09_batch_size.ipynb`" in full
     assert readme.stat().st_mode & 0o777 == 0o644  # permissions kept through the atomic replace
     before = readme.read_text(encoding="utf-8")
@@ -143,16 +184,40 @@ def test_readme_sections_are_generated_from_the_csvs(project):
 
 def test_scorecard_reads_new_and_old_claims_files(project):
     _, readme, results = project
-    write_csv(results, "cuhk_pedes", "claims.csv", [dict(
-        claim="CMPM+CMPC > CMPM (t2i R@1)", better="CMPM+CMPC", worse="CMPM", metric="R@1", direction="t2i",
-        n_seeds=5, mean_difference=0.8, ci_low=0.2, ci_high=1.4, p_value=0.02, test="paired t-test", verdict="held")])
-    write_csv(results, "batch_size", "claims.csv", [dict(claim="CMPM varies less", cmpm_range=2.0, other_range=3.5,
-                                                         verdict="inconclusive")])
+    write_csv(
+        results,
+        "cuhk_pedes",
+        "claims.csv",
+        [
+            dict(
+                claim="CMPM+CMPC > CMPM (t2i R@1)",
+                better="CMPM+CMPC",
+                worse="CMPM",
+                metric="R@1",
+                direction="t2i",
+                n_seeds=5,
+                mean_difference=0.8,
+                ci_low=0.2,
+                ci_high=1.4,
+                p_value=0.02,
+                test="paired t-test",
+                verdict="held",
+            )
+        ],
+    )
+    write_csv(
+        results,
+        "batch_size",
+        "claims.csv",
+        [dict(claim="CMPM varies less", cmpm_range=2.0, other_range=3.5, verdict="inconclusive")],
+    )
     reporting.update_readme(readme, results)
     scorecard = section(readme.read_text(encoding="utf-8"), "scorecard")
     difference = paper.paper_value("cuhk_pedes", "CMPM+CMPC", "R@1") - paper.paper_value("cuhk_pedes", "CMPM", "R@1")
-    assert (f"| CMPM+CMPC > CMPM (t2i R@1) (cuhk_pedes) | CMPM+CMPC 49.37 (MobileNet, 4 sources) vs CMPM 44.02 "
-            f"(MobileNet, 2 sources) ({difference:+.2f}) | +0.80 [+0.20, +1.40] | **held** | 5 |") in scorecard
+    assert (
+        f"| CMPM+CMPC > CMPM (t2i R@1) (cuhk_pedes) | CMPM+CMPC 49.37 (MobileNet, 4 sources) vs CMPM 44.02 "
+        f"(MobileNet, 2 sources) ({difference:+.2f}) | +0.80 [+0.20, +1.40] | **held** | 5 |"
+    ) in scorecard
     # an old file without better/worse is not a comparison the paper makes: it goes to "Our checks"
     papers, ours = scorecard.split("### Our checks")
     assert "| CMPM varies less (batch_size) | cmpm_range 2, other_range 3.5 | **inconclusive** |  |  |" in ours
@@ -165,7 +230,10 @@ def test_profiles_section_reads_the_profile_settings(project):
     _, readme, results = project
     reporting.update_readme(readme, results)
     profiles = section(readme.read_text(encoding="utf-8"), "profiles")
-    quick, paper_cuhk = training.PROFILE_SETTINGS["quick"]["cuhk_pedes"], training.PROFILE_SETTINGS["paper"]["cuhk_pedes"]
+    quick, paper_cuhk = (
+        training.PROFILE_SETTINGS["quick"]["cuhk_pedes"],
+        training.PROFILE_SETTINGS["paper"]["cuhk_pedes"],
+    )
     assert f"| EMA decay | {paper_cuhk['ema_decay']:g} |" in profiles
     assert f"| {quick['ema_decay']:g} |" in profiles
     assert f"| epochs / batch size | {paper_cuhk['epochs']} / {paper_cuhk['batch_size']} |" in profiles
@@ -180,11 +248,22 @@ def test_timings_absent_then_present(project):
     executed = results / "executed" / "quick"
     executed.mkdir(parents=True)
     (executed / "05_cuhk_pedes.ipynb").write_text("{}")
-    pd.DataFrame([dict(notebook="05_cuhk_pedes.ipynb", seconds=90.0, profile="quick", machine="2-core CPU",
-                       started_at="2026-01-01T00:00:00Z")]).to_csv(executed / "timings.csv", index=False)
+    pd.DataFrame(
+        [
+            dict(
+                notebook="05_cuhk_pedes.ipynb",
+                seconds=90.0,
+                profile="quick",
+                machine="2-core CPU",
+                started_at="2026-01-01T00:00:00Z",
+            )
+        ]
+    ).to_csv(executed / "timings.csv", index=False)
     reporting.update_readme(readme, results)
     timings = section(readme.read_text(encoding="utf-8"), "timings")
-    assert "| [05_cuhk_pedes](results/executed/quick/05_cuhk_pedes.ipynb) | Purpose of 05_cuhk_pedes. | 1.5 |" in timings
+    assert (
+        "| [05_cuhk_pedes](results/executed/quick/05_cuhk_pedes.ipynb) | Purpose of 05_cuhk_pedes. | 1.5 |" in timings
+    )
     assert "| 09_batch_size | Purpose of 09_batch_size. | no timing recorded yet |" in timings
     assert "Total: 2 min on 2-core CPU" in timings
 
@@ -193,7 +272,8 @@ def test_performance_summary_and_bench_readme(project):
     _, readme, results = project
     (results / "bench").mkdir(parents=True)
     pd.DataFrame([dict(benchmark="losses/batch_64", case="CMPM", value=13.254, unit="ms", machine="cpu box")]).to_csv(
-        results / "bench" / "losses.csv", index=False)
+        results / "bench" / "losses.csv", index=False
+    )
     reporting.update_readme(readme, results)
     performance = section(readme.read_text(encoding="utf-8"), "performance")
     assert "| losses/batch_64 | CMPM | 13.25 ms | cpu box |" in performance
@@ -225,13 +305,37 @@ def test_bad_metrics_csv_names_the_file(project):
 
 def test_what_we_found_is_generated_from_the_csvs(tmp_path):
     results = tmp_path / "results"
-    write_csv(results, "ablation", "metrics.csv", [
-        row("R@1", value, seed, method=method) for method, values in (("CMPC", (3.0, 4.0)), ("CMPM", (8.0, 9.0)))
-        for seed, value in enumerate(values)])
-    write_csv(results, "ablation", "claims.csv", [dict(
-        claim="CMPC > CMPM (t2i R@1)", better="CMPC", worse="CMPM", metric="R@1", direction="t2i", n_seeds=2,
-        mean_difference=-5.0, ci_low=float("nan"), ci_high=float("nan"), p_value=float("nan"), test="paired t-test",
-        verdict="not tested (fewer than 5 seeds)")])
+    write_csv(
+        results,
+        "ablation",
+        "metrics.csv",
+        [
+            row("R@1", value, seed, method=method)
+            for method, values in (("CMPC", (3.0, 4.0)), ("CMPM", (8.0, 9.0)))
+            for seed, value in enumerate(values)
+        ],
+    )
+    write_csv(
+        results,
+        "ablation",
+        "claims.csv",
+        [
+            dict(
+                claim="CMPC > CMPM (t2i R@1)",
+                better="CMPC",
+                worse="CMPM",
+                metric="R@1",
+                direction="t2i",
+                n_seeds=2,
+                mean_difference=-5.0,
+                ci_low=float("nan"),
+                ci_high=float("nan"),
+                p_value=float("nan"),
+                test="paired t-test",
+                verdict="not tested (fewer than 5 seeds)",
+            )
+        ],
+    )
     text = reporting.what_we_found("ablation", "quick", results)
     assert text.startswith("## What we found (quick, synthetic data)")
     assert "- CMPC > CMPM (t2i R@1): **not tested (fewer than 5 seeds)** (ours: -5.00; 2 seeds" in text
@@ -261,14 +365,30 @@ def test_training_settings_are_resolved_without_machine_paths():
 
 def test_scrub_notebook_removes_machine_paths_and_svg_copies(tmp_path):
     root = tmp_path / "repo"
-    notebook = {"cells": [{"cell_type": "code", "metadata": {"papermill": {"cwd": f"{root}/notebooks"}}, "source": "x",
-                           "outputs": [
-                               {"output_type": "stream", "name": "stdout",
-                                "text": [f"results go to {root}/results/cuhk_pedes/quick\n", f"cache in /{'tmp'}/abc/def\n"]},
-                               {"output_type": "display_data", "metadata": {},
-                                "data": {"image/png": "iVBOR", "image/svg+xml": "<svg/>", "text/plain": "<Figure>"}}]}],
-                "metadata": {"papermill": {"input_path": f"{root}/notebooks/05.ipynb"}, "widgets": {"state": {}}},
-                "nbformat": 4, "nbformat_minor": 5}
+    notebook = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "metadata": {"papermill": {"cwd": f"{root}/notebooks"}},
+                "source": "x",
+                "outputs": [
+                    {
+                        "output_type": "stream",
+                        "name": "stdout",
+                        "text": [f"results go to {root}/results/cuhk_pedes/quick\n", f"cache in /{'tmp'}/abc/def\n"],
+                    },
+                    {
+                        "output_type": "display_data",
+                        "metadata": {},
+                        "data": {"image/png": "iVBOR", "image/svg+xml": "<svg/>", "text/plain": "<Figure>"},
+                    },
+                ],
+            }
+        ],
+        "metadata": {"papermill": {"input_path": f"{root}/notebooks/05.ipynb"}, "widgets": {"state": {}}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
     path = tmp_path / "executed.ipynb"
     path.write_text(json.dumps(notebook))
     reporting.scrub_notebook(path, roots=[root])
@@ -289,22 +409,30 @@ def test_scrub_notebook_removes_machine_paths_and_svg_copies(tmp_path):
 
 #: Every value the public sources give (issue #20): (table, dataset, method, backbone, direction, metric) -> value.
 PUBLISHED = {
-    **{("cuhk_pedes", "cuhk_pedes", "CMPM+CMPC", "MobileNet", "t2i", m): v for m, v in (("R@1", 49.37), ("R@10", 79.27))},
+    **{
+        ("cuhk_pedes", "cuhk_pedes", "CMPM+CMPC", "MobileNet", "t2i", m): v
+        for m, v in (("R@1", 49.37), ("R@10", 79.27))
+    },
     **{("cuhk_pedes", "cuhk_pedes", "CMPM", "MobileNet", "t2i", m): v for m, v in (("R@1", 44.02), ("R@10", 77.00))},
     **{("cuhk_pedes", "cuhk_pedes", "CMCE", "", "t2i", m): v for m, v in (("R@1", 25.94), ("R@10", 60.48))},
 }
 for _table, _dataset, _method, _backbone, _i2t, _t2i in (
-        ("flickr30k", "flickr30k", "CMPM+CMPC", "ResNet-152", (49.6, 76.8, 86.1), (37.3, 65.7, 75.5)),
-        ("flickr30k", "flickr30k", "CMPM+CMPC", "MobileNet", (40.3, 66.9, 76.7), (30.4, 58.2, 68.5)),
-        ("mscoco_1k", "mscoco", "CMPM", "ResNet-152", (56.1, 86.3, 92.9), (44.6, 78.8, 89.0)),
-        ("mscoco_1k", "mscoco", "CMPM+CMPC", "MobileNet", (52.9, 83.8, 92.1), (41.3, 74.6, 85.9)),
-        ("mscoco_5k", "mscoco", "CMPM", "ResNet-152", (31.1, 60.7, 73.9), (22.9, 50.2, 63.8)),
-        ("mscoco_5k", "mscoco", "CMPM+CMPC", "MobileNet", (24.6, 52.3, 66.4), (19.1, 44.6, 58.4))):
+    ("flickr30k", "flickr30k", "CMPM+CMPC", "ResNet-152", (49.6, 76.8, 86.1), (37.3, 65.7, 75.5)),
+    ("flickr30k", "flickr30k", "CMPM+CMPC", "MobileNet", (40.3, 66.9, 76.7), (30.4, 58.2, 68.5)),
+    ("mscoco_1k", "mscoco", "CMPM", "ResNet-152", (56.1, 86.3, 92.9), (44.6, 78.8, 89.0)),
+    ("mscoco_1k", "mscoco", "CMPM+CMPC", "MobileNet", (52.9, 83.8, 92.1), (41.3, 74.6, 85.9)),
+    ("mscoco_5k", "mscoco", "CMPM", "ResNet-152", (31.1, 60.7, 73.9), (22.9, 50.2, 63.8)),
+    ("mscoco_5k", "mscoco", "CMPM+CMPC", "MobileNet", (24.6, 52.3, 66.4), (19.1, 44.6, 58.4)),
+):
     for _direction, _values in (("i2t", _i2t), ("t2i", _t2i)):
         for _metric, _value in zip(("R@1", "R@5", "R@10"), _values):
             PUBLISHED[(_table, _dataset, _method, _backbone, _direction, _metric)] = _value
-for _dataset, _method, _top1, _ap in (("cub", "CMPM+CMPC", 64.3, 67.9), ("cub", "CMPM", 62.1, 64.6),
-                                      ("flowers", "CMPM+CMPC", 68.9, 69.7), ("flowers", "CMPM", 66.1, 67.7)):
+for _dataset, _method, _top1, _ap in (
+    ("cub", "CMPM+CMPC", 64.3, 67.9),
+    ("cub", "CMPM", 62.1, 64.6),
+    ("flowers", "CMPM+CMPC", 68.9, 69.7),
+    ("flowers", "CMPM", 66.1, 67.7),
+):
     PUBLISHED[("cub_flowers", _dataset, _method, "MobileNet", "i2t", "top1_accuracy")] = _top1
     PUBLISHED[("cub_flowers", _dataset, _method, "MobileNet", "t2i", "ap@50")] = _ap
 
@@ -313,8 +441,10 @@ def test_paper_numbers_hold_every_published_value_with_its_sources():
     frame = paper.paper_numbers()
     assert list(frame.columns) == list(paper.COLUMNS)
     with_values = frame[frame["value"].notna()]
-    found = {(r.table, r.dataset, r.method, r.backbone, r.direction, r.metric): r.value
-             for r in with_values.itertuples(index=False)}
+    found = {
+        (r.table, r.dataset, r.method, r.backbone, r.direction, r.metric): r.value
+        for r in with_values.itertuples(index=False)
+    }
     assert found == pytest.approx(PUBLISHED)
     sources = paper.sources().set_index("key")
     for row in with_values.itertuples(index=False):  # every filled cell: a source with repository, file and commit
@@ -322,8 +452,10 @@ def test_paper_numbers_hold_every_published_value_with_its_sources():
         assert keys and row.support == len(keys) and row.status == "confirmed" and row.test_set, row
         for key in keys:
             assert sources.loc[key, "repository"].startswith("github.com/") and sources.loc[key, "file"], key
-    assert sources.loc["P", "commit"].split(";") == ["f07fd09f4b95541d6e8c12f85704f0dfd4642b16",
-                                                     "b8663edf18729995c44d7c2a48e066ff45ce4c27"]
+    assert sources.loc["P", "commit"].split(";") == [
+        "f07fd09f4b95541d6e8c12f85704f0dfd4642b16",
+        "b8663edf18729995c44d7c2a48e066ff45ce4c27",
+    ]
     assert (frame.loc[frame["value"].isna(), "status"] == "not confirmed").all()
     assert (frame.loc[frame["value"].isna(), "support"] == 0).all()
     support = {(r.method, r.metric): r.support for r in with_values[with_values["table"] == "cuhk_pedes"].itertuples()}
@@ -331,11 +463,18 @@ def test_paper_numbers_hold_every_published_value_with_its_sources():
     assert paper.support_label("P") == "1 source (authors' lab list)" and paper.support_label("P;L") == "2 sources"
     for table in ("cuhk_pedes", "flickr30k", "mscoco_1k", "mscoco_5k", "cub_flowers", "batch_size", "ablation"):
         assert table in set(frame["table"]), table
-    assert set(frame.loc[frame["table"] == "ablation", "method"]) == {"softmax", "norm-softmax", "CMPC", "CMPM", "CMPM+CMPC"}
+    assert set(frame.loc[frame["table"] == "ablation", "method"]) == {
+        "softmax",
+        "norm-softmax",
+        "CMPC",
+        "CMPM",
+        "CMPM+CMPC",
+    }
     # the cells no source gives stay empty and exist, so a table says so
     empty = frame[frame["value"].isna()]
     assert {("flickr30k", "CMPM"), ("cuhk_pedes", "CMPM+CMPC"), ("batch_size", "CMPM+CMPC")} <= set(
-        zip(empty["table"], empty["method"]))
+        zip(empty["table"], empty["method"])
+    )
 
 
 def test_third_party_reruns_stay_out_of_the_paper_column():
@@ -373,9 +512,16 @@ def test_paper_value_lookup():
     assert paper.paper_value("mscoco", "CMPM", "R@1", "i2t", table="mscoco_5k", backbone="mobilenet_v1_tf") is None
     with pytest.raises(ValueError, match="table="):
         paper.paper_value("mscoco", "CMPM", "R@1", "i2t")
-    results = pd.DataFrame({"dataset": ["cuhk_pedes", "cuhk_pedes", "flickr30k"], "method": ["CMPM+CMPC"] * 3,
-                            "backbone": ["mobilenet_v1_tf", "mobilenet_v1_tf", "mobilenet_v1_tf"],
-                            "direction": ["t2i", "t2i", "t2i"], "metric": ["R@1", "R@5", "R@10"], "value": [1.0, 2.0, 3.0]})
+    results = pd.DataFrame(
+        {
+            "dataset": ["cuhk_pedes", "cuhk_pedes", "flickr30k"],
+            "method": ["CMPM+CMPC"] * 3,
+            "backbone": ["mobilenet_v1_tf", "mobilenet_v1_tf", "mobilenet_v1_tf"],
+            "direction": ["t2i", "t2i", "t2i"],
+            "metric": ["R@1", "R@5", "R@10"],
+            "value": [1.0, 2.0, 3.0],
+        }
+    )
     attached = paper.with_paper_values(results)
     assert attached["paper_value"].iloc[0] == 49.37 and math.isnan(attached["paper_value"].iloc[1])
     assert attached["paper_value"].iloc[2] == 68.5
@@ -401,9 +547,13 @@ def test_methods_figure_keeps_the_paper_apart_and_marks_synthetic_data():
     matplotlib.use("Agg")
     from cmp_utils.reporting import plots
 
-    frame = pd.DataFrame([row("R@1", value, seed, 49.37 if method == "CMPM+CMPC" else float("nan"), method=method)
-                          for method, values in (("CMPM", (7.0, 7.5, 8.0)), ("CMPM+CMPC", (8.5, 8.8, 9.0)))
-                          for seed, value in enumerate(values)])
+    frame = pd.DataFrame(
+        [
+            row("R@1", value, seed, 49.37 if method == "CMPM+CMPC" else float("nan"), method=method)
+            for method, values in (("CMPM", (7.0, 7.5, 8.0)), ("CMPM+CMPC", (8.5, 8.8, 9.0)))
+            for seed, value in enumerate(values)
+        ]
+    )
     fig = plots.methods_figure(frame, [dict(metric="R@1", direction="t2i", title="R@1")], "quick")
     ours, paper_panel = [ax for ax in fig.axes if ax.get_visible()]
     left, right = ours.get_xlim()
@@ -411,7 +561,9 @@ def test_methods_figure_keeps_the_paper_apart_and_marks_synthetic_data():
     assert paper_panel.get_xlim() == (0, 100) and "paper" in paper_panel.get_title()
     assert [label.get_text() for label in paper_panel.get_yticklabels()] == ["CMPM+CMPC: text-to-image R@1"]
     assert any(t.get_text() == "synthetic data, quick profile" for t in fig.texts)
-    assert not any("synthetic" in t.get_text() for t in plots.methods_figure(frame, [dict(metric="R@1")], "paper").texts)
+    assert not any(
+        "synthetic" in t.get_text() for t in plots.methods_figure(frame, [dict(metric="R@1")], "paper").texts
+    )
 
 
 def test_batch_size_figure_is_relative_to_each_losses_best():
@@ -420,12 +572,21 @@ def test_batch_size_figure_is_relative_to_each_losses_best():
     matplotlib.use("Agg")
     from cmp_utils.reporting import plots
 
-    frame = pd.DataFrame([row("R@1", value, seed, method=method, batch_size=batch)
-                          for method, by_batch in (("CMPM", {16: 8.0, 64: 10.0}), ("ranking", {16: 2.0, 64: 4.0}))
-                          for batch, value in by_batch.items() for seed in (0, 1)])
+    frame = pd.DataFrame(
+        [
+            row("R@1", value, seed, method=method, batch_size=batch)
+            for method, by_batch in (("CMPM", {16: 8.0, 64: 10.0}), ("ranking", {16: 2.0, 64: 4.0}))
+            for batch, value in by_batch.items()
+            for seed in (0, 1)
+        ]
+    )
     fig = plots.batch_size_figure(frame, "quick")
     relative = fig.axes[0]
-    lines = {line.get_label(): list(line.get_ydata()) for line in relative.get_lines() if not line.get_label().startswith("_")}
+    lines = {
+        line.get_label(): list(line.get_ydata())
+        for line in relative.get_lines()
+        if not line.get_label().startswith("_")
+    }
     assert lines == {"CMPM": [80.0, 100.0], "ranking": [50.0, 100.0]}
 
 
@@ -437,10 +598,15 @@ def test_training_curves_read_the_run_logs(tmp_path):
 
     for key, recall in (("run_a", (10.0, 20.0)), ("run_b", (12.0, 22.0))):
         (tmp_path / key).mkdir()
-        (tmp_path / key / "log.jsonl").write_text("".join(
-            json.dumps({"epoch": epoch + 1, "loss": 3.0 - epoch, "val_t2i_R@1": value}) + "\n"
-            for epoch, value in enumerate(recall)))
-    frame = pd.DataFrame([row("R@1", 1.0, seed, method="CMPM", run_key=key) for seed, key in enumerate(("run_a", "run_b"))])
+        (tmp_path / key / "log.jsonl").write_text(
+            "".join(
+                json.dumps({"epoch": epoch + 1, "loss": 3.0 - epoch, "val_t2i_R@1": value}) + "\n"
+                for epoch, value in enumerate(recall)
+            )
+        )
+    frame = pd.DataFrame(
+        [row("R@1", 1.0, seed, method="CMPM", run_key=key) for seed, key in enumerate(("run_a", "run_b"))]
+    )
     fig = plots.training_curves(frame, "quick", runs_dir=tmp_path)
     recall_axis = fig.axes[1]
     [line] = recall_axis.get_lines()
@@ -451,8 +617,12 @@ def test_training_curves_read_the_run_logs(tmp_path):
 
 def test_full_table_shows_the_ceiling_beside_ours(project):
     root, readme, results = project
-    write_csv(results, "cuhk_pedes", "metrics.csv", [row("R@1", value, seed, method="CMPM", ceiling=60.0)
-                                                     for seed, value in enumerate((10.0, 14.0))])
+    write_csv(
+        results,
+        "cuhk_pedes",
+        "metrics.csv",
+        [row("R@1", value, seed, method="CMPM", ceiling=60.0) for seed, value in enumerate((10.0, 14.0))],
+    )
     reporting.update_readme(readme, results)
     full = (results / "README.md").read_text(encoding="utf-8")
     assert "| seeds | ceiling of the test set | share of the ceiling |" in full
@@ -461,7 +631,10 @@ def test_full_table_shows_the_ceiling_beside_ours(project):
     assert "not run here" in reproduction  # only the paper profile's own runs (none here) meet the paper
     third_party = reproduction.split("### Third-party re-runs (not the paper's numbers)")[1]
     assert "| icfg_pedes | CMPM/C | t2i | R@1 | 43.51 | later work |" in third_party and "| 42.999 |" in third_party
-    assert f"| CMPM | mobilenet_v2 | t2i | R@1 | 44.02 | MobileNet, 2 sources | 12.00 ± {statistics.stdev([10.0, 14.0]):.2f} | 2 | 60.00 | 20% |" in full
+    assert (
+        f"| CMPM | mobilenet_v2 | t2i | R@1 | 44.02 | MobileNet, 2 sources | 12.00 ± {statistics.stdev([10.0, 14.0]):.2f} | 2 | 60.00 | 20% |"
+        in full
+    )
 
 
 def test_shrink_png_bounds_width_and_size():
@@ -485,14 +658,33 @@ def test_shrink_png_bounds_width_and_size():
 
 def test_metrics_without_optional_columns_still_render(project):
     _, readme, results = project
-    write_csv(results, "fidelity_audit", "metrics.csv", [
-        dict(dataset="cuhk_pedes", method="CMPM+CMPC", deviation=deviation, direction="t2i", metric="R@1",
-             value=value, seed=seed)
-        for deviation, values in (("baseline", (8.0, 9.0)), ("no_ema", (6.0, 7.0))) for seed, value in enumerate(values)])
+    write_csv(
+        results,
+        "fidelity_audit",
+        "metrics.csv",
+        [
+            dict(
+                dataset="cuhk_pedes",
+                method="CMPM+CMPC",
+                deviation=deviation,
+                direction="t2i",
+                metric="R@1",
+                value=value,
+                seed=seed,
+            )
+            for deviation, values in (("baseline", (8.0, 9.0)), ("no_ema", (6.0, 7.0)))
+            for seed, value in enumerate(values)
+        ],
+    )
     reporting.update_readme(readme, results)
     full = (results / "README.md").read_text(encoding="utf-8")
-    assert "| cuhk_pedes | CMPM+CMPC | baseline | t2i | R@1 |  | 49.37 | MobileNet, 4 sources | 8.50 ± 0.71 | 2 |\n" in full  # backbone empty
-    assert "| cuhk_pedes | CMPM+CMPC | no_ema | t2i | R@1 |  | 49.37 | MobileNet, 4 sources | 6.50 ± 0.71 | 2 |\n" in full
+    assert (
+        "| cuhk_pedes | CMPM+CMPC | baseline | t2i | R@1 |  | 49.37 | MobileNet, 4 sources | 8.50 ± 0.71 | 2 |\n"
+        in full
+    )  # backbone empty
+    assert (
+        "| cuhk_pedes | CMPM+CMPC | no_ema | t2i | R@1 |  | 49.37 | MobileNet, 4 sources | 6.50 ± 0.71 | 2 |\n" in full
+    )
 
 
 def test_full_tables_of_real_data_give_ours_minus_paper(tmp_path):
@@ -510,19 +702,33 @@ def test_full_tables_of_real_data_give_ours_minus_paper(tmp_path):
 
 def test_headline_cells_show_the_share_of_the_ceiling():
     """On synthetic data every headline cell says how much of the attribute oracle's ceiling ours reaches."""
-    frame = pd.DataFrame([
-        {"dataset": "cuhk_pedes", "table": "cuhk_pedes", "method": "CMPM", "direction": "t2i", "metric": "R@1",
-         "value": value, "paper_value": float("nan"), "seed": seed, "ceiling": 80.0}
-        for seed, value in enumerate((38.0, 42.0))])
+    frame = pd.DataFrame(
+        [
+            {
+                "dataset": "cuhk_pedes",
+                "table": "cuhk_pedes",
+                "method": "CMPM",
+                "direction": "t2i",
+                "metric": "R@1",
+                "value": value,
+                "paper_value": float("nan"),
+                "seed": seed,
+                "ceiling": 80.0,
+            }
+            for seed, value in enumerate((38.0, 42.0))
+        ]
+    )
     table = reporting.headline_table(frame, ["R@1"])
     assert "| CMPM | 40.00 ± 2.83 [50%] |" in table
 
 
 def test_headline_caption_names_the_ceiling_of_each_dataset_the_table_shows(tmp_path):
     """A table of two datasets (CUB and Flowers) states each one's ceiling, not the first one's for both."""
-    rows = [row(metric, value, 0, dataset=dataset, direction=direction, ceiling=ceiling_value)
-            for dataset, ceiling_value in (("cub", 32.0), ("flowers", 40.0))
-            for direction, metric, value in (("i2t", "top1_accuracy", 50.0), ("t2i", "ap@50", 20.0))]
+    rows = [
+        row(metric, value, 0, dataset=dataset, direction=direction, ceiling=ceiling_value)
+        for dataset, ceiling_value in (("cub", 32.0), ("flowers", 40.0))
+        for direction, metric, value in (("i2t", "top1_accuracy", 50.0), ("t2i", "ap@50", 20.0))
+    ]
     write_csv(tmp_path, "cub_flowers", "metrics.csv", rows)
     text = reporting.render_headline(tmp_path, "quick", tmp_path)
     caption = next(line for line in text.splitlines() if line.startswith("| **cub_flowers**"))
@@ -537,15 +743,18 @@ def test_headline_caption_names_the_ceiling_of_each_dataset_the_table_shows(tmp_
 
 def test_reproduction_status_compares_each_row_with_its_own_backbone(tmp_path):
     results = tmp_path / "results"
-    rows = [{**row("R@1", value, seed, dataset="flickr30k", method="CMPM+CMPC", direction="i2t"), "backbone": backbone}
-            for backbone, values in (("resnet152_slim", (48.6, 50.6)), ("mobilenet_v1_tf", (41.3, 41.3)))
-            for seed, value in enumerate(values)]
+    rows = [
+        {**row("R@1", value, seed, dataset="flickr30k", method="CMPM+CMPC", direction="i2t"), "backbone": backbone}
+        for backbone, values in (("resnet152_slim", (48.6, 50.6)), ("mobilenet_v1_tf", (41.3, 41.3)))
+        for seed, value in enumerate(values)
+    ]
     write_csv(results, "flickr30k", "metrics.csv", rows, profile="paper")
     status = reporting.reproduction_status(["flickr30k", "mscoco"], results_dir=results, metrics=["R@1"])
     lines = {line.split(" | ")[0].lstrip("| "): line for line in status.splitlines()[2:]}
     assert lines["flickr30k CMPM+CMPC, ResNet-152, i2t R@1"] == (
         f"| flickr30k CMPM+CMPC, ResNet-152, i2t R@1 | 49.60 (1 source (authors' lab list)) | 49.60 ± "
-        f"{statistics.stdev([48.6, 50.6]):.2f} | +0.00 | within 0.00 points |")
+        f"{statistics.stdev([48.6, 50.6]):.2f} | +0.00 | within 0.00 points |"
+    )
     assert lines["flickr30k CMPM+CMPC, MobileNet, i2t R@1"].endswith("| 41.30 ± 0.00 | +1.00 | within 1.00 points |")
     assert lines["flickr30k CMPM+CMPC, MobileNet, t2i R@1"].endswith("|  |  | not run here |")  # metric not run
     assert lines["mscoco_5k CMPM, ResNet-152, t2i R@1"].endswith("| not run here |")  # no results at all
@@ -560,7 +769,9 @@ def test_paper_comparison_shows_ours_minus_paper_only_on_real_data():
     frame = pd.DataFrame([row("R@1", 40.0 + seed, seed, paper_value=49.37, ceiling=80.0) for seed in range(2)])
     summary = reporting.summarise(paper.with_paper_values(frame))
     quick = reporting.paper_comparison(summary, "quick")
-    assert "difference" not in quick and "paper_value" not in quick  # nothing reads as comparable with synthetic numbers
+    assert (
+        "difference" not in quick and "paper_value" not in quick
+    )  # nothing reads as comparable with synthetic numbers
     assert {"ceiling", "percent_of_ceiling", "paper_value_real_data", "paper_support_real_data"} <= set(quick)
     real = reporting.paper_comparison(summary.drop(columns=["ceiling", "percent_of_ceiling"]), "paper")
     assert real["difference"].iloc[0] == pytest.approx(40.5 - 49.37, abs=0.01)
@@ -571,25 +782,33 @@ def test_scorecard_paper_side_compares_losses_on_one_backbone_only():
     claim = dict(better="CMPM+CMPC", worse="CMPM", metric="R@1", direction="i2t")
     # MSCOCO: the paper's CMPM row is ResNet-152, its CMPM+CMPC row MobileNet: no difference is drawn
     coco = reporting.paper_side({**claim, "table": "mscoco_1k"}, "mscoco")
-    assert coco == ("no paper value for this comparison (CMPM+CMPC 52.90 (MobileNet, 1 source (authors' lab list)) vs "
-                    "CMPM 56.10 (ResNet-152, 1 source (authors' lab list)): different backbones)")
+    assert coco == (
+        "no paper value for this comparison (CMPM+CMPC 52.90 (MobileNet, 1 source (authors' lab list)) vs "
+        "CMPM 56.10 (ResNet-152, 1 source (authors' lab list)): different backbones)"
+    )
     flickr = reporting.paper_side({**claim, "table": "flickr30k"}, "flickr30k")
-    assert flickr == ("no paper value for this comparison (only CMPM+CMPC 49.60 (ResNet-152, 1 source (authors' lab list)); "
-                      "none for CMPM)")
+    assert flickr == (
+        "no paper value for this comparison (only CMPM+CMPC 49.60 (ResNet-152, 1 source (authors' lab list)); "
+        "none for CMPM)"
+    )
     cub = reporting.paper_side({**claim, "metric": "ap@50", "direction": "t2i", "dataset": "cub"}, "cub_flowers")
     assert cub.endswith(f"({67.9 - 64.6:+.2f})") and cub.startswith("CMPM+CMPC 67.90 (MobileNet")
     # a paper-profile claim names its backbone: MobileNet on Flickr30K has no CMPM value either
     assert reporting.paper_side({**claim, "table": "flickr30k", "backbone": "mobilenet_v1_tf"}, "flickr30k").startswith(
-        "no paper value for this comparison (only CMPM+CMPC 40.30 (MobileNet")
+        "no paper value for this comparison (only CMPM+CMPC 40.30 (MobileNet"
+    )
     # a baseline's own published result has no backbone of the paper's: still compared
     assert reporting.paper_side(dict(better="CMPM", worse="CMCE", metric="R@1", direction="t2i"), "cuhk_pedes") == (
-        f"CMPM 44.02 (MobileNet, 2 sources) vs CMCE 25.94 (1 source) ({44.02 - 25.94:+.2f})")
+        f"CMPM 44.02 (MobileNet, 2 sources) vs CMCE 25.94 (1 source) ({44.02 - 25.94:+.2f})"
+    )
 
 
 def test_replace_between_markers_keeps_the_markers_and_refuses_ambiguity():
     markers = reporting.marker("demo")
     text = f"head\n{markers[0]}\nold\n{markers[1]}\ntail\n"
-    assert reporting.replace_between_markers(text, markers, "\nnew\n") == f"head\n{markers[0]}\nnew\n{markers[1]}\ntail\n"
+    assert (
+        reporting.replace_between_markers(text, markers, "\nnew\n") == f"head\n{markers[0]}\nnew\n{markers[1]}\ntail\n"
+    )
     for broken in ("no markers", f"{markers[1]}\n{markers[0]}", text + markers[0]):
         with pytest.raises(ValueError, match="demo:start"):
             reporting.replace_between_markers(broken, markers, "new", "doc.md")

@@ -31,8 +31,9 @@ def _check_rows(rows: bench.Rows, prefix: str) -> pd.DataFrame:
 
 def test_time_interleaved_alternates_and_counts_rounds():
     calls: list[str] = []
-    samples = bench.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                     repeats=3, warmup=2)
+    samples = bench.time_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=2
+    )
     assert calls == ["a", "b"] * 5
     assert {name: len(values) for name, values in samples.items()} == {"a": 3, "b": 3}
     assert all(value >= 0 for values in samples.values() for value in values)
@@ -73,7 +74,7 @@ def test_evaluation_rows_label_extrapolation():
     frame = _check_rows(rows, "evaluation/")
     large = frame[frame["benchmark"] == "evaluation/2000x10000"]
     measured = large.loc[large["case"].str.contains("(measured)", regex=False), "value"].item()
-    total = large.loc[large["case"].str.startswith("retrieval_metrics, all 2000"), ]
+    total = large.loc[large["case"].str.startswith("retrieval_metrics, all 2000"),]
     assert total["notes"].item().startswith("EXTRAPOLATED from measured slices of 50 and 200 queries")
     # fixed + per-query cost: all 2000 queries take at least the 200 measured ones
     assert total["value"].item() >= measured

@@ -15,8 +15,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def test_synthetic_cuhk_has_the_real_layout_and_sizes(tmp_path):
-    root = gpu_check.write_synthetic_cuhk(tmp_path / "cuhk_pedes", {"train": (6, 3), "val": (2, 1), "test": (2, 2)},
-                                          words=20)
+    root = gpu_check.write_synthetic_cuhk(
+        tmp_path / "cuhk_pedes", {"train": (6, 3), "val": (2, 1), "test": (2, 2)}, words=20
+    )
     records = json.loads((root / "reid_raw.json").read_text())
     assert [r["split"] for r in records].count("train") == 6 and len(records) == 10
     assert {r["id"] for r in records if r["split"] == "train"} == {1, 2, 3}

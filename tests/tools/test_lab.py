@@ -30,9 +30,12 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def _api(port: int, path: str, method: str = "GET", body: dict | None = None) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/contents/{path}", method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"token {TOKEN}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/contents/{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"token {TOKEN}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
 
@@ -47,8 +50,12 @@ def notebook_repo(tmp_path):
     _git(repo.parent, "init", "-q", str(repo))
     _git(repo, "config", "user.email", "test@example.invalid")
     _git(repo, "config", "user.name", "lab test")
-    installed = subprocess.run(["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "git-filter",
-                                f"VENV={VENV}"], cwd=repo, capture_output=True, text=True)
+    installed = subprocess.run(
+        ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "git-filter", f"VENV={VENV}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
     assert installed.returncode == 0 and "installed" in installed.stdout, installed.stdout + installed.stderr
     _git(repo, "-c", "filter.nbstripout.clean=cat", "add", "notebooks", ".gitattributes", ".gitignore")  # as stripped
     _git(repo, "commit", "-q", "-m", "notebooks")
@@ -60,16 +67,27 @@ def _as_jupyterlab_saves_after_running(content: dict) -> dict:
     execution counts, per-cell execution timing, a collapsed heading."""
     content = copy.deepcopy(content)
     content["metadata"]["language_info"] = {
-        "codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py", "mimetype": "text/x-python",
-        "name": "python", "nbconvert_exporter": "python", "pygments_lexer": "ipython3", "version": "3.11.7"}
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "file_extension": ".py",
+        "mimetype": "text/x-python",
+        "name": "python",
+        "nbconvert_exporter": "python",
+        "pygments_lexer": "ipython3",
+        "version": "3.11.7",
+    }
     count = 0
     for cell in content["cells"]:
         if cell["cell_type"] == "code":
             count += 1
             cell["execution_count"] = count
-            cell["outputs"] = [{"name": "stdout", "output_type": "stream", "text": f"ran cell {count}\n"},
-                               {"data": {"text/plain": ["<Figure>"], "image/png": "iVBORw0KGgo="}, "metadata": {},
-                                "output_type": "display_data"}]
+            cell["outputs"] = [
+                {"name": "stdout", "output_type": "stream", "text": f"ran cell {count}\n"},
+                {
+                    "data": {"text/plain": ["<Figure>"], "image/png": "iVBORw0KGgo="},
+                    "metadata": {},
+                    "output_type": "display_data",
+                },
+            ]
             cell["metadata"]["execution"] = {"iopub.execute_input": "2026-01-01T00:00:00.000000Z"}
             cell["metadata"]["scrolled"] = True
         else:
@@ -103,8 +121,13 @@ def test_saving_a_notebook_through_the_server_leaves_git_clean(notebook_repo, tm
     saved = json.loads((notebook_repo / "notebooks" / name).read_text())
     assert saved["cells"][1]["outputs"] and saved["metadata"]["language_info"] == {"name": "python"}
     assert _git(notebook_repo, "diff") == ""
-    unfiltered = subprocess.run(["git", "-c", "filter.nbstripout.clean=cat", "diff", "--stat"], cwd=notebook_repo,
-                                capture_output=True, text=True, check=True).stdout
+    unfiltered = subprocess.run(
+        ["git", "-c", "filter.nbstripout.clean=cat", "diff", "--stat"],
+        cwd=notebook_repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert name in unfiltered  # the filter, not luck, hides the outputs
     _git(notebook_repo, "add", "notebooks")
     assert _git(notebook_repo, "status", "--porcelain") == "" and _git(notebook_repo, "diff", "--cached") == ""
@@ -114,23 +137,38 @@ def test_every_notebook_names_the_installed_project_kernel():
     kernel = json.loads((VENV / "share" / "jupyter" / "kernels" / "cmp-repro" / "kernel.json").read_text())
     for path in NOTEBOOKS:
         spec = json.loads(path.read_text())["metadata"]["kernelspec"]
-        assert spec == {"display_name": kernel["display_name"], "language": kernel["language"], "name": "cmp-repro"}, path
+        assert spec == {"display_name": kernel["display_name"], "language": kernel["language"], "name": "cmp-repro"}, (
+            path
+        )
 
 
 def test_make_lab_takes_lab_args_and_allows_root():
     lab_args = "--no-browser --port 8899 --IdentityProvider.token=secret"
-    printed = subprocess.run(["make", "-n", "--no-print-directory", "-o", ".venv/.cmp-installed", "lab",
-                              f"LAB_ARGS={lab_args}"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    printed = subprocess.run(
+        ["make", "-n", "--no-print-directory", "-o", ".venv/.cmp-installed", "lab", f"LAB_ARGS={lab_args}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     command = printed.strip().splitlines()[-1].strip()
     assert command.startswith("--ServerApp.terminals_enabled=False") and command.endswith(lab_args)
-    assert "jupyter lab --ServerApp.root_dir=notebooks --ContentsManager.pre_save_hook=cmp_utils.tools.lab.pre_save_hook" in printed
+    assert (
+        "jupyter lab --ServerApp.root_dir=notebooks --ContentsManager.pre_save_hook=cmp_utils.tools.lab.pre_save_hook"
+        in printed
+    )
     assert ("--allow-root" in command) == (os.getuid() == 0)
 
 
 def test_make_lab_says_when_it_adds_allow_root_and_disables_terminals_unless_asked():
     def dry_run(*extra):
-        return subprocess.run(["make", "-n", "--no-print-directory", "-o", ".venv/.cmp-installed", "lab", *extra],
-                              cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            ["make", "-n", "--no-print-directory", "-o", ".venv/.cmp-installed", "lab", *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
 
     printed = dry_run()
     assert "--ServerApp.terminals_enabled=False" in printed and "terminals are disabled" in printed
@@ -160,7 +198,9 @@ def test_environment_yml_and_make_setup_install_the_lock_file_which_satisfies_py
     for requirement in requirements:
         name = requirement.name.lower().replace("_", "-")
         assert name in locked, f"{name} (pyproject.toml) is missing from requirements-lock.txt: run make lock"
-        assert requirement.specifier.contains(locked[name], prereleases=True), f"{name}=={locked[name]} outside {requirement}"
+        assert requirement.specifier.contains(locked[name], prereleases=True), (
+            f"{name}=={locked[name]} outside {requirement}"
+        )
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert environment["channels"] == ["conda-forge"]
     assert [d for d in environment["dependencies"] if isinstance(d, str)] == ["python=3.11", "pip"]

@@ -36,8 +36,9 @@ def _inputs():
 
 def _step_module():
     torch.manual_seed(0)
-    model = models.build_model(VOCAB, embedding_dim=EMBEDDING_DIM, word_dim=8, hidden_size=6, dropout=0.0,
-                               cached_feature_dim=FEATURE_DIM)
+    model = models.build_model(
+        VOCAB, embedding_dim=EMBEDDING_DIM, word_dim=8, hidden_size=6, dropout=0.0, cached_feature_dim=FEATURE_DIM
+    )
     loss_module = losses.CrossModalLoss(("cmpm", "cmpc"), EMBEDDING_DIM, NUM_CLASSES)
     return training.TrainStep(model, loss_module)
 
@@ -57,13 +58,15 @@ def _gradients_and_loss(world_size: int, rank: int):
 
 
 def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     # A file store, not rank 0's TCP store server: no server thread to race with the other rank's
     # exit at teardown (a rare gloo abort seen in CI). setup() then finds the group started.
-    torch.distributed.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'store')}",
-                                         rank=rank, world_size=world_size)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{os.path.join(out_dir, 'store')}", rank=rank, world_size=world_size
+    )
     context = distributed.setup("cpu")
     try:
         assert context.world_size == world_size and distributed.rank() == rank
@@ -71,8 +74,10 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         gathered = distributed.all_gather_with_grad(local.view(3, 1))
         (gathered.squeeze(1) * torch.arange(6.0)).sum().backward()
         loss, gradients = _gradients_and_loss(world_size, rank)
-        torch.save({"loss": loss, "gradients": gradients, "gathered": gathered.detach(), "local_grad": local.grad},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {"loss": loss, "gradients": gradients, "gathered": gathered.detach(), "local_grad": local.grad},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
         torch.distributed.barrier()  # both ranks done communicating before either tears down
     finally:
         distributed.cleanup()
@@ -113,9 +118,29 @@ def test_single_process_helpers():
 def test_torchrun_smoke_training_two_processes(isolated_dirs, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
-               "-m", "cmp_utils.training", "--profile", "smoke", "--dataset", "cuhk_pedes", "--output-dir", str(out),
-               "--device", "cpu", "--epochs", "1", "--no-progress", "--losses", "cmpm,cmpc"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "cmp_utils.training",
+        "--profile",
+        "smoke",
+        "--dataset",
+        "cuhk_pedes",
+        "--output-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--losses",
+        "cmpm,cmpc",
+    ]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())

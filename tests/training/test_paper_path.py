@@ -26,14 +26,28 @@ from data_fixtures import write_mini_cuhk
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent  # the venv's papermill, torchrun
-SHORT = ["--set", "pretrained=false", "--set", "epochs=1", "--set", "max_steps_per_epoch=2",
-         "--set", "image_size=[64, 32]", "--no-progress"]
+SHORT = [
+    "--set",
+    "pretrained=false",
+    "--set",
+    "epochs=1",
+    "--set",
+    "max_steps_per_epoch=2",
+    "--set",
+    "image_size=[64, 32]",
+    "--no-progress",
+]
 
 
 def _environment(root: Path) -> dict[str, str]:
     """This process's environment with its own results and cache folders under ``root``."""
-    return {**os.environ, "CMP_RESULTS_DIR": str(root / "results"), "CMP_CACHE_DIR": str(root / "cache"),
-            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(config.project_root())}
+    return {
+        **os.environ,
+        "CMP_RESULTS_DIR": str(root / "results"),
+        "CMP_CACHE_DIR": str(root / "cache"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(config.project_root()),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +59,60 @@ def mini(tmp_path_factory):
     write_mini_cuhk(root / "data" / "cuhk_pedes")
     overrides = "{epochs: 1, max_steps_per_epoch: 2, image_size: [64, 32]}"
     commands = {
-        "cli": [sys.executable, "-m", "cmp_utils.training", "--profile", "paper", "--data-dir", root / "data",
-                "--output-dir", root / "cli" / "run", *SHORT],
-        "torchrun": [BIN / "torchrun", "--standalone", "--nproc_per_node=2", "-m", "cmp_utils.training", "--profile",
-                     "paper", "--data-dir", root / "data", "--output-dir", root / "torchrun" / "run", "--device", "cpu",
-                     *SHORT],
+        "cli": [
+            sys.executable,
+            "-m",
+            "cmp_utils.training",
+            "--profile",
+            "paper",
+            "--data-dir",
+            root / "data",
+            "--output-dir",
+            root / "cli" / "run",
+            *SHORT,
+        ],
+        "torchrun": [
+            BIN / "torchrun",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "cmp_utils.training",
+            "--profile",
+            "paper",
+            "--data-dir",
+            root / "data",
+            "--output-dir",
+            root / "torchrun" / "run",
+            "--device",
+            "cpu",
+            *SHORT,
+        ],
     }
     if shutil.which("papermill", path=str(BIN)) is not None:
         commands["notebook"] = [
-            BIN / "papermill", "notebooks/05_cuhk_pedes.ipynb", root / "notebook" / "05_paper.ipynb",
-            "-p", "profile", "paper", "-p", "data_dir", root / "data", "-p", "pretrained", "False", "-p", "num_seeds", "1",
-            "-y", f"{{methods: [CMPM+CMPC], overrides: {overrides}}}", "-k", "cmp-repro", "--cwd", "notebooks",
-            "--no-progress-bar"]
+            BIN / "papermill",
+            "notebooks/05_cuhk_pedes.ipynb",
+            root / "notebook" / "05_paper.ipynb",
+            "-p",
+            "profile",
+            "paper",
+            "-p",
+            "data_dir",
+            root / "data",
+            "-p",
+            "pretrained",
+            "False",
+            "-p",
+            "num_seeds",
+            "1",
+            "-y",
+            f"{{methods: [CMPM+CMPC], overrides: {overrides}}}",
+            "-k",
+            "cmp-repro",
+            "--cwd",
+            "notebooks",
+            "--no-progress-bar",
+        ]
     started = {}
     for way, command in commands.items():
         (root / way).mkdir()
@@ -95,8 +151,12 @@ def _run(mini, way: str) -> tuple[Path, subprocess.CompletedProcess]:
 
 def _check_run_folder(run_dir: Path, world_size: int = 1) -> dict:
     params = yaml.safe_load((run_dir / "params.yaml").read_text())
-    assert (params["profile"], params["backbone"], params["batch_size"], params["amp"]) == \
-        ("paper", "mobilenet_v1_tf", 16, "off")
+    assert (params["profile"], params["backbone"], params["batch_size"], params["amp"]) == (
+        "paper",
+        "mobilenet_v1_tf",
+        16,
+        "off",
+    )
     assert params["pretrained"] is False and params["image_size"] == [64, 32] and params["world_size"] == world_size
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1] and log[0]["steps"] == 2 and log[0]["images_per_second"] > 0

@@ -78,7 +78,8 @@ class _TFRun:
         with self.graph.as_default():
             tf.set_random_seed(3)
             self.inputs, self.fetches, self.ema = release.build_training_step(
-                learning_rate=LEARNING_RATE, dtype=getattr(tf, dtype), **SIZES)
+                learning_rate=LEARNING_RATE, dtype=getattr(tf, dtype), **SIZES
+            )
             # one thread each side: TF's multi-threaded reductions change their order with the machine's
             # load, and five steps of MobileNet's small-batch batch norms amplify that past the tolerances
             single = tf.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
@@ -112,9 +113,17 @@ class _TFRun:
 def _our_run(start: dict, dtype: str):
     """Our paper-profile model, losses, Adam and EMA in ``dtype``, filled from the converted TF start; dropout off."""
     settings = start["settings"]
-    cfg = training.make_config("paper", "cuhk_pedes", embedding_dim=settings["embedding_dim"],
-                            word_dim=settings["word_dim"], hidden_size=settings["hidden_size"], dropout=0.0,
-                            batch_size=BATCH, lr=LEARNING_RATE, pretrained=False)
+    cfg = training.make_config(
+        "paper",
+        "cuhk_pedes",
+        embedding_dim=settings["embedding_dim"],
+        word_dim=settings["word_dim"],
+        hidden_size=settings["hidden_size"],
+        dropout=0.0,
+        batch_size=BATCH,
+        lr=LEARNING_RATE,
+        pretrained=False,
+    )
     model = training.model_of_settings(cfg, settings["vocab_size"], pad_id=0)
     model.load_state_dict(start["model"])
     loss_module = losses.CrossModalLoss(cfg.losses, cfg.embedding_dim, settings["num_classes"])
@@ -123,25 +132,40 @@ def _our_run(start: dict, dtype: str):
     model.to(getattr(torch, dtype)), loss_module.to(getattr(torch, dtype))
     step_module = training.TrainStep(model, loss_module).train()
     autocast, scaler = training.autocast_and_scaler(cfg, torch.device("cpu"))
-    return cfg, training.RunState(model=model, loss_module=loss_module, step_module=step_module,
-                                optimizer=training.new_optimizer(model, loss_module, cfg),
-                                ema=training.new_weight_average(model, cfg), eval_model=model, autocast=autocast,
-                                scaler=scaler, wrapped=step_module)
+    return cfg, training.RunState(
+        model=model,
+        loss_module=loss_module,
+        step_module=step_module,
+        optimizer=training.new_optimizer(model, loss_module, cfg),
+        ema=training.new_weight_average(model, cfg),
+        eval_model=model,
+        autocast=autocast,
+        scaler=scaler,
+        wrapped=step_module,
+    )
 
 
 def _torch_batch(batch: dict[str, np.ndarray], dtype: str) -> tuple[torch.Tensor, ...]:
-    return (torch.from_numpy(batch["images"]).permute(0, 3, 1, 2).contiguous().to(getattr(torch, dtype)),
-            torch.from_numpy(batch["token_ids"]).long(), torch.from_numpy(batch["lengths"]).long(),
-            torch.from_numpy(batch["labels"]).long())
+    return (
+        torch.from_numpy(batch["images"]).permute(0, 3, 1, 2).contiguous().to(getattr(torch, dtype)),
+        torch.from_numpy(batch["token_ids"]).long(),
+        torch.from_numpy(batch["lengths"]).long(),
+        torch.from_numpy(batch["labels"]).long(),
+    )
 
 
 def _differences(state, tf_run: _TFRun) -> dict[str, float]:
     """Max abs difference of every tensor: weights and statistics, CMPC's W, EMA shadows."""
     raw, averaged = tf_run.converted("raw"), tf_run.converted("auto")
     ours = state.model.state_dict()
-    differences = {key: float((ours[key].double() - value.double()).abs().max())
-                   for key, value in raw["model"].items() if value.is_floating_point()}
-    differences["cmpc_weight"] = float((state.loss_module.cmpc.weight.double() - raw["cmpc_weight"].double()).abs().max())
+    differences = {
+        key: float((ours[key].double() - value.double()).abs().max())
+        for key, value in raw["model"].items()
+        if value.is_floating_point()
+    }
+    differences["cmpc_weight"] = float(
+        (state.loss_module.cmpc.weight.double() - raw["cmpc_weight"].double()).abs().max()
+    )
     for name, shadow in zip(state.ema.names, state.ema.shadow):
         differences[f"ema:{name}"] = float((shadow.double() - averaged["model"][name].double()).abs().max())
     return differences
@@ -162,7 +186,10 @@ def trajectory(request):
     steps = []
     for batch in _batches(STEPS):
         theirs = tf_run.step(batch)
-        ours = {name: float(value) for name, value in training.train_step(state, cfg, *_torch_batch(batch, dtype), torch.device("cpu")).items()}
+        ours = {
+            name: float(value)
+            for name, value in training.train_step(state, cfg, *_torch_batch(batch, dtype), torch.device("cpu")).items()
+        }
         steps.append({"theirs": theirs, "ours": ours, "differences": _differences(state, tf_run)})
     tf_run.session.close()
     return {"cfg": cfg, "state": state, "steps": steps, "start": start}
@@ -171,13 +198,26 @@ def trajectory(request):
 def test_the_paper_profile_is_what_the_transcription_trains(trajectory):
     cfg = trajectory["cfg"]
     assert (cfg.backbone, cfg.padded_steps, cfg.bn_style, cfg.lstm_bias, cfg.ema_scope) == (
-        "mobilenet_v1_tf", "zeros", "tf", "single", "release")
+        "mobilenet_v1_tf",
+        "zeros",
+        "tf",
+        "single",
+        "release",
+    )
     assert (cfg.eps, cfg.weight_decay, cfg.ema_decay, cfg.ema_warmup, tuple(cfg.losses)) == (
-        release.ADAM["epsilon"], release.WEIGHT_DECAY, release.EMA_DECAY, True, ("cmpm", "cmpc"))
+        release.ADAM["epsilon"],
+        release.WEIGHT_DECAY,
+        release.EMA_DECAY,
+        True,
+        ("cmpm", "cmpc"),
+    )
     # what TF averages is what ours averages: the CNN and the joint embeddings with their statistics
-    averaged = {key for key in trajectory["start"]["model"] if key.startswith(("image_encoder.", "image_embedding.",
-                                                                               "text_embedding."))
-                and trajectory["start"]["model"][key].is_floating_point()}
+    averaged = {
+        key
+        for key in trajectory["start"]["model"]
+        if key.startswith(("image_encoder.", "image_embedding.", "text_embedding."))
+        and trajectory["start"]["model"][key].is_floating_point()
+    }
     assert set(trajectory["state"].ema.names) == averaged
 
 
@@ -192,11 +232,13 @@ def test_weights_and_ema_shadows_agree_step_for_step(trajectory):
     for index, step in enumerate(trajectory["steps"]):
         worst = max(step["differences"], key=step["differences"].get)
         assert step["differences"][worst] <= WEIGHT_ATOL, (
-            f"step {index + 1}: {worst} differs by {step['differences'][worst]:.2e}")
+            f"step {index + 1}: {worst} differs by {step['differences'][worst]:.2e}"
+        )
     # the comparison is not vacuous: the weights moved by more than the tolerance and far more than they differ
     moved = trajectory["state"].model.state_dict()
     start = trajectory["start"]["model"]
-    movement = max(float((moved[k].double() - start[k].double()).abs().max())
-                   for k in start if start[k].is_floating_point())
+    movement = max(
+        float((moved[k].double() - start[k].double()).abs().max()) for k in start if start[k].is_floating_point()
+    )
     worst = max(max(step["differences"].values()) for step in trajectory["steps"])
     assert movement > max(WEIGHT_ATOL, 20 * worst), (movement, worst)

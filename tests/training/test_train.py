@@ -69,9 +69,21 @@ def test_same_seed_same_metrics(smoke_run, tmp_path):
 
 
 def test_end_to_end_two_stage_schedule(isolated_dirs, tmp_path):
-    result = training.fit(dict(FAST, feature_mode="end_to_end", backbone="small_cnn", pretrained=False, epochs=2,
-                            frozen_epochs=1, lr=1e-3, finetune_lr=1e-4, max_steps_per_epoch=2,
-                            output_dir=str(tmp_path), evaluate_test=False))
+    result = training.fit(
+        dict(
+            FAST,
+            feature_mode="end_to_end",
+            backbone="small_cnn",
+            pretrained=False,
+            epochs=2,
+            frozen_epochs=1,
+            lr=1e-3,
+            finetune_lr=1e-4,
+            max_steps_per_epoch=2,
+            output_dir=str(tmp_path),
+            evaluate_test=False,
+        )
+    )
     assert [(r["lr"], r["cnn_trainable"]) for r in result.history] == [(1e-3, False), (1e-4, True)]
 
 
@@ -105,8 +117,9 @@ def test_evaluate_split_scores_the_ranks_it_is_asked_for(isolated_dirs):
     """``ks`` reaches the metrics: R@K for exactly those K, and rsum their sum over both directions."""
     prepared = data.prepare_dataset("cuhk_pedes", "smoke")
     torch.manual_seed(0)
-    model = models.build_model(len(prepared.vocabulary), backbone="small_cnn", embedding_dim=16, word_dim=8,
-                               hidden_size=4, pretrained=False)
+    model = models.build_model(
+        len(prepared.vocabulary), backbone="small_cnn", embedding_dim=16, word_dim=8, hidden_size=4, pretrained=False
+    )
     result = evaluate.evaluate_split(model, prepared, "val", "cpu", batch_size=64, ks=(2, 3))
     for direction in ("i2t", "t2i"):
         assert sorted(key for key in result[direction] if key.startswith("R@")) == ["R@2", "R@3"]
@@ -120,8 +133,9 @@ def test_gallery_holds_each_image_once(isolated_dirs):
     prepared = data.prepare_dataset("cuhk_pedes", "smoke")
     frame = prepared.frames["val"]
     torch.manual_seed(0)
-    model = models.build_model(len(prepared.vocabulary), backbone="small_cnn", embedding_dim=16, word_dim=8,
-                               hidden_size=4, pretrained=False)
+    model = models.build_model(
+        len(prepared.vocabulary), backbone="small_cnn", embedding_dim=16, word_dim=8, hidden_size=4, pretrained=False
+    )
     images, image_labels, texts, text_labels = evaluate.encode(model, prepared, "val", "cpu", batch_size=7)
     assert images.shape == (frame["image_index"].nunique(), 16) and texts.shape == (len(frame), 16)
     assert image_labels.shape == (len(images),) and text_labels.shape == (len(texts),)
@@ -138,13 +152,25 @@ def test_config_errors_and_paper_profile_fails_clearly(isolated_dirs, tmp_path):
     paper = training.make_config("paper", "cuhk_pedes")
     assert (paper.backbone, paper.batch_size, paper.epochs, paper.image_size) == ("mobilenet_v1_tf", 16, 50, (224, 224))
     flickr = training.make_config("paper", "flickr30k")
-    assert (flickr.backbone, flickr.batch_size, flickr.frozen_epochs, flickr.epochs, flickr.finetune_lr) == \
-        ("resnet152_slim", 32, 15, 45, 2e-5)
+    assert (flickr.backbone, flickr.batch_size, flickr.frozen_epochs, flickr.epochs, flickr.finetune_lr) == (
+        "resnet152_slim",
+        32,
+        15,
+        45,
+        2e-5,
+    )
     with pytest.raises(FileNotFoundError, match="weights_path"):
         training.fit(dict(profile="paper", dataset="cuhk_pedes", output_dir=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match="cuhk_pedes"):
-        training.fit(dict(profile="paper", dataset="cuhk_pedes", pretrained=False, data_dir=str(tmp_path / "nodata"),
-                       output_dir=str(tmp_path)))
+        training.fit(
+            dict(
+                profile="paper",
+                dataset="cuhk_pedes",
+                pretrained=False,
+                data_dir=str(tmp_path / "nodata"),
+                output_dir=str(tmp_path),
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,9 +242,12 @@ def test_existing_run_folder_refuses_without_resume(smoke_run):
 def test_resume_with_other_settings_refuses_and_names_them(smoke_run):
     with pytest.raises(ValueError, match=r"seed: run 0, now 1.*Resume with the run's settings"):
         training.fit(dict(FAST, epochs=3, seed=1, output_dir=str(smoke_run.output_dir), resume=True))
-    with pytest.raises(ValueError, match=r"embedding_dim: run 64, now 32; losses: run \['cmpm', 'cmpc'\], now \['cmpm'\]"):
-        training.fit(dict(FAST, epochs=3, losses="cmpm", embedding_dim=32, output_dir=str(smoke_run.output_dir),
-                       resume=True))
+    with pytest.raises(
+        ValueError, match=r"embedding_dim: run 64, now 32; losses: run \['cmpm', 'cmpc'\], now \['cmpm'\]"
+    ):
+        training.fit(
+            dict(FAST, epochs=3, losses="cmpm", embedding_dim=32, output_dir=str(smoke_run.output_dir), resume=True)
+        )
 
 
 def test_damaged_checkpoints_name_the_file_and_the_fix(smoke_run, tmp_path):
@@ -260,8 +289,17 @@ def test_unusable_output_dir_refuses_before_data_preparation(isolated_dirs, tmp_
 # Recipe: stage switch, frozen CNN batch norm, selection, precision, threads, throughput
 # ---------------------------------------------------------------------------------------------
 
-END_TO_END = dict(FAST, feature_mode="end_to_end", backbone="small_cnn", pretrained=False, lr=1e-3, finetune_lr=1e-4,
-                  max_steps_per_epoch=2, evaluate_test=False, num_workers=0)
+END_TO_END = dict(
+    FAST,
+    feature_mode="end_to_end",
+    backbone="small_cnn",
+    pretrained=False,
+    lr=1e-3,
+    finetune_lr=1e-4,
+    max_steps_per_epoch=2,
+    evaluate_test=False,
+    num_workers=0,
+)
 
 
 @pytest.mark.parametrize("restart", [True, False])
@@ -279,7 +317,9 @@ def test_stage_two_restarts_adam_and_the_average_as_the_release(isolated_dirs, t
 def test_frozen_cnn_batch_norm_mode(isolated_dirs, tmp_path, mode):
     training.fit(dict(END_TO_END, epochs=1, frozen_epochs=1, frozen_cnn_bn=mode, output_dir=str(tmp_path)))
     model = _weights(tmp_path / "checkpoints" / "last.pt")["model"]
-    cnn_means = [value for key, value in model.items() if key.startswith("image_encoder.") and key.endswith("running_mean")]
+    cnn_means = [
+        value for key, value in model.items() if key.startswith("image_encoder.") and key.endswith("running_mean")
+    ]
     assert cnn_means
     moved = any(bool(mean.abs().max() > 0) for mean in cnn_means)  # fresh batch norm: running mean 0
     assert moved == (mode == "batch_stats")
@@ -330,8 +370,9 @@ def test_weights_folder_gives_each_backbone_its_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"folder without mobilenet_v1_tf\.pth"):
         training.resolve_weights_path(training.make_config("paper", "cuhk_pedes", weights_path=str(tmp_path)))
     a_file = tmp_path / "resnet152.pth"
-    assert training.resolve_weights_path(training.make_config("paper", "cuhk_pedes", weights_path=str(a_file))).weights_path \
-        == str(a_file)
+    assert training.resolve_weights_path(
+        training.make_config("paper", "cuhk_pedes", weights_path=str(a_file))
+    ).weights_path == str(a_file)
 
 
 def test_last_epoch_checkpoint_reports_best_on_validation_beside_it(smoke_run, tmp_path):
@@ -342,15 +383,16 @@ def test_last_epoch_checkpoint_reports_best_on_validation_beside_it(smoke_run, t
     assert set(results["test_best_validation"]) == set(results["test"])
     assert smoke_run.test_best_validation == {}  # best_validation: one set of test scores
     # without validation the last epoch is all there is
-    plain = training.fit(dict(FAST, epochs=2, output_dir=str(tmp_path / "plain"), checkpoint_choice="last",
-                           validate_every=0))
+    plain = training.fit(
+        dict(FAST, epochs=2, output_dir=str(tmp_path / "plain"), checkpoint_choice="last", validate_every=0)
+    )
     assert plain.test and plain.test_best_validation == {}
     assert last.test != {}
     # TF's epsilon: eps / sqrt(1 - beta2^t) before step t, its step count in the optimizer state (resume)
     saved = _weights(tmp_path / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     steps = saved[0]["tf_steps"]
     assert steps == sum(record["steps"] for record in last.history)
-    assert saved[0]["eps"] == pytest.approx(1e-8 / math.sqrt(1 - 0.999 ** steps))
+    assert saved[0]["eps"] == pytest.approx(1e-8 / math.sqrt(1 - 0.999**steps))
 
 
 def test_run_folder_has_tensorboard_scalars(smoke_run):

@@ -16,10 +16,17 @@ BIRD_COLOURS = ("red", "blue", "yellow", "black", "white", "grey", "brown", "ora
 
 def sample_bird(rng: np.random.Generator) -> dict[str, Any]:
     """A random bird: the colour or shape of each of its parts."""
-    return {"crown": _pick(rng, BIRD_COLOURS), "body": _pick(rng, BIRD_COLOURS), "wing": _pick(rng, BIRD_COLOURS),
-            "belly": _pick(rng, BIRD_COLOURS), "beak": _pick(rng, ("short", "long", "hooked")),
-            "beak_colour": _pick(rng, ("black", "orange", "yellow", "grey")), "tail": _pick(rng, ("short", "long")),
-            "wing_bars": bool(rng.random() < 0.35), "size": _pick(rng, ("small", "large"))}
+    return {
+        "crown": _pick(rng, BIRD_COLOURS),
+        "body": _pick(rng, BIRD_COLOURS),
+        "wing": _pick(rng, BIRD_COLOURS),
+        "belly": _pick(rng, BIRD_COLOURS),
+        "beak": _pick(rng, ("short", "long", "hooked")),
+        "beak_colour": _pick(rng, ("black", "orange", "yellow", "grey")),
+        "tail": _pick(rng, ("short", "long")),
+        "wing_bars": bool(rng.random() < 0.35),
+        "size": _pick(rng, ("small", "large")),
+    }
 
 
 def _vary_bird(base: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -37,8 +44,13 @@ def render_bird(bird: dict[str, Any], rng: np.random.Generator, size: tuple[int,
     background = _jitter((150, 190, 230) if sky else (70, 120, 60), rng, 25)
     canvas = Canvas(height, width, background)
     for _ in range(int(rng.integers(2, 6))):  # foliage / clouds
-        canvas.ellipse(rng.uniform(0, width), rng.uniform(0, height), rng.uniform(4, 14), rng.uniform(3, 9),
-                       _jitter(background, rng, 25))
+        canvas.ellipse(
+            rng.uniform(0, width),
+            rng.uniform(0, height),
+            rng.uniform(4, 14),
+            rng.uniform(3, 9),
+            _jitter(background, rng, 25),
+        )
     s = (1.0 if bird["size"] == "large" else 0.75) * rng.uniform(0.85, 1.1)
     cx, cy = width / 2 + rng.uniform(-6, 6), height / 2 + rng.uniform(-5, 3)
     tilt = rng.uniform(-0.45, 0.15)
@@ -48,7 +60,11 @@ def render_bird(bird: dict[str, Any], rng: np.random.Generator, size: tuple[int,
         return (cx + (u * cos - v * sin) * s, cy + (u * sin + v * cos) * s)
 
     branch_y = cy + 13 * s
-    canvas.line([(0, branch_y + rng.uniform(-3, 3)), (width, branch_y + rng.uniform(-3, 3))], _jitter((100, 70, 40), rng, 12), 2.2)
+    canvas.line(
+        [(0, branch_y + rng.uniform(-3, 3)), (width, branch_y + rng.uniform(-3, 3))],
+        _jitter((100, 70, 40), rng, 12),
+        2.2,
+    )
     colour = {k: _jitter(COLOURS[bird[k]], rng, 12) for k in ("crown", "body", "wing", "belly", "beak_colour")}
     tail_length = 16 if bird["tail"] == "long" else 9
     canvas.polygon([P(-10, -2), P(-10, 3), P(-10 - tail_length, 6), P(-10 - tail_length, 1)], colour["wing"])
@@ -62,8 +78,17 @@ def render_bird(bird: dict[str, Any], rng: np.random.Generator, size: tuple[int,
             canvas.line([P(du, -4), P(du - 1, 1)], (240, 240, 240), 1.0)
     head = P(11, -8)
     canvas.ellipse(head[0], head[1], 6 * s, 6 * s, colour["body"])
-    canvas.draw.pieslice([(head[0] - 6 * s) * canvas.s, (head[1] - 6 * s) * canvas.s, (head[0] + 6 * s) * canvas.s,
-                          (head[1] + 6 * s) * canvas.s], 180, 360, fill=tuple(colour["crown"]))
+    canvas.draw.pieslice(
+        [
+            (head[0] - 6 * s) * canvas.s,
+            (head[1] - 6 * s) * canvas.s,
+            (head[0] + 6 * s) * canvas.s,
+            (head[1] + 6 * s) * canvas.s,
+        ],
+        180,
+        360,
+        fill=tuple(colour["crown"]),
+    )
     beak = {"short": 5, "long": 10, "hooked": 6}[bird["beak"]]
     tip = P(16 + beak, -6 if bird["beak"] != "hooked" else -3)
     canvas.polygon([P(15.5, -9.5), tip, P(15.5, -5.5)], colour["beak_colour"])
@@ -76,20 +101,36 @@ def bird_caption(bird: dict[str, Any], rng: np.random.Generator, mentions: dict[
     """One annotator's sentence about a bird class. ``mentions``, when given, is filled with the attributes
     it states (drawn from nothing: the caption is the same either way); absent wing bars are never stated."""
     c = lambda key: _colour_word(bird[key], rng)  # noqa: E731
-    pool = [_a(f"{c('crown')} crown"), f"{c('wing')} wings" + (" with white wing bars" if bird["wing_bars"] else ""),
-            _a(f"{c('belly')} belly")]
+    pool = [
+        _a(f"{c('crown')} crown"),
+        f"{c('wing')} wings" + (" with white wing bars" if bird["wing_bars"] else ""),
+        _a(f"{c('belly')} belly"),
+    ]
     beak_coloured = rng.random() < 0.6
-    pool += [_a(f"{bird['beak']} {c('beak_colour')} beak") if beak_coloured else _a(f"{bird['beak']} beak"),
-             _a(f"{bird['tail']} tail"), _a(f"{c('body')} body")]
-    stated = [("crown",), ("wing", "wing_bars") if bird["wing_bars"] else ("wing",), ("belly",),
-              ("beak", "beak_colour") if beak_coloured else ("beak",), ("tail",), ("body",)]
+    pool += [
+        _a(f"{bird['beak']} {c('beak_colour')} beak") if beak_coloured else _a(f"{bird['beak']} beak"),
+        _a(f"{bird['tail']} tail"),
+        _a(f"{c('body')} body"),
+    ]
+    stated = [
+        ("crown",),
+        ("wing", "wing_bars") if bird["wing_bars"] else ("wing",),
+        ("belly",),
+        ("beak", "beak_colour") if beak_coloured else ("beak",),
+        ("tail",),
+        ("body",),
+    ]
     if bird["wing_bars"] and rng.random() < 0.5:
         pool.append("wingbars")
         stated.append(("wing_bars",))
     keep = [index for index in range(len(pool)) if rng.random() < 0.5] or [int(rng.integers(len(pool)))]
     kept = [pool[index] for index in keep]
     rng.shuffle(kept)
-    size_word = _pick(rng, ("small", "little", "tiny")) if bird["size"] == "small" else _pick(rng, ("large", "big", "medium sized"))
+    size_word = (
+        _pick(rng, ("small", "little", "tiny"))
+        if bird["size"] == "small"
+        else _pick(rng, ("large", "big", "medium sized"))
+    )
     style = int(rng.integers(4))
     if mentions is not None:
         mentions.clear()
@@ -116,11 +157,15 @@ COUNT_WORDS = {4: "four", 5: "five", 6: "six", 8: "eight", 12: "many"}
 
 def sample_flower(rng: np.random.Generator) -> dict[str, Any]:
     """A random flower: petal colour, count and shape, and its other parts."""
-    return {"petal": _pick(rng, PETAL_COLOURS), "count": _pick(rng, COUNT_WORDS),
-            "shape": _pick(rng, ("round", "pointed", "long thin")),
-            "centre": _pick(rng, ("yellow", "brown", "black", "green", "white", "orange")),
-            "centre_size": _pick(rng, ("small", "large")), "tips": _pick(rng, ("none", "none", "white", "yellow", "purple")),
-            "double": bool(rng.random() < 0.3)}
+    return {
+        "petal": _pick(rng, PETAL_COLOURS),
+        "count": _pick(rng, COUNT_WORDS),
+        "shape": _pick(rng, ("round", "pointed", "long thin")),
+        "centre": _pick(rng, ("yellow", "brown", "black", "green", "white", "orange")),
+        "centre_size": _pick(rng, ("small", "large")),
+        "tips": _pick(rng, ("none", "none", "white", "yellow", "purple")),
+        "double": bool(rng.random() < 0.3),
+    }
 
 
 def _vary_flower(base: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -137,12 +182,20 @@ def render_flower(flower: dict[str, Any], rng: np.random.Generator, size: tuple[
     background = _jitter(_pick(rng, ((50, 95, 45), (30, 55, 30), (110, 140, 80), (90, 80, 60))), rng, 18)
     canvas = Canvas(height, width, background)
     for _ in range(int(rng.integers(3, 8))):
-        canvas.ellipse(rng.uniform(0, width), rng.uniform(0, height), rng.uniform(3, 10), rng.uniform(2, 6),
-                       _jitter(background, rng, 30))
+        canvas.ellipse(
+            rng.uniform(0, width),
+            rng.uniform(0, height),
+            rng.uniform(3, 10),
+            rng.uniform(2, 6),
+            _jitter(background, rng, 30),
+        )
     cx, cy = width / 2 + rng.uniform(-7, 7), height / 2 + rng.uniform(-7, 7)
     s = rng.uniform(0.75, 1.1)
     canvas.line([(cx, cy), (cx + rng.uniform(-8, 8), height)], _jitter((60, 130, 50), rng, 15), 2.0)
-    petal_colour, centre_colour = _jitter(COLOURS[flower["petal"]], rng, 14), _jitter(COLOURS[flower["centre"]], rng, 12)
+    petal_colour, centre_colour = (
+        _jitter(COLOURS[flower["petal"]], rng, 14),
+        _jitter(COLOURS[flower["centre"]], rng, 12),
+    )
     length, breadth = {"round": (11, 6.5), "pointed": (14, 4.5), "long thin": (19, 2.6)}[flower["shape"]]
     start = rng.uniform(0, 2 * math.pi)
     layers = [(1.0, 0.0)] + ([(0.65, math.pi / flower["count"])] if flower["double"] else [])
@@ -154,8 +207,10 @@ def render_flower(flower: dict[str, Any], rng: np.random.Generator, size: tuple[
             canvas.polygon(_rotated_ellipse(px, py, reach * 0.6, breadth * s * scale_factor, angle, 16), petal_colour)
             if flower["tips"] != "none" and scale_factor == 1.0:
                 tx, ty = cx + math.cos(angle) * reach * 1.0, cy + math.sin(angle) * reach * 1.0
-                canvas.polygon(_rotated_ellipse(tx, ty, reach * 0.22, breadth * s * 0.7, angle, 12),
-                               _jitter(COLOURS[flower["tips"]], rng, 10))
+                canvas.polygon(
+                    _rotated_ellipse(tx, ty, reach * 0.22, breadth * s * 0.7, angle, 12),
+                    _jitter(COLOURS[flower["tips"]], rng, 10),
+                )
     radius = (5.5 if flower["centre_size"] == "large" else 3.0) * s
     canvas.ellipse(cx, cy, radius, radius, centre_colour)
     return canvas.finish(rng, brightness=(0.8, 1.2), noise=(1.5, 6.0))
@@ -169,7 +224,9 @@ def flower_caption(flower: dict[str, Any], rng: np.random.Generator, mentions: d
     count = COUNT_WORDS[flower["count"]] if rng.random() < 0.5 else ""
     centre_noun = _pick(rng, ("center", "centre", "stamen", "pistil"))
     centre_sized = rng.random() < 0.5
-    centre = _a(f"{flower['centre_size'] + ' ' if centre_sized else ''}{_colour_word(flower['centre'], rng)} {centre_noun}")
+    centre = _a(
+        f"{flower['centre_size'] + ' ' if centre_sized else ''}{_colour_word(flower['centre'], rng)} {centre_noun}"
+    )
     extras = []
     said = {"petal": flower["petal"]}
     if flower["tips"] != "none" and rng.random() < 0.7:
@@ -187,7 +244,9 @@ def flower_caption(flower: dict[str, Any], rng: np.random.Generator, mentions: d
         text = f"a flower with {petals} surrounding {centre}"
     elif style == 2:
         with_centre = rng.random() < 0.5
-        text = f"the petals of this flower are {petal} and {flower['shape']}" + (f" with {centre}" if with_centre else "")
+        text = f"the petals of this flower are {petal} and {flower['shape']}" + (
+            f" with {centre}" if with_centre else ""
+        )
     else:
         text = f"this {petal} flower has {_join([p for p in (f'{shape} petals' if shape else 'petals', centre) if p], rng)}"
     if extras:

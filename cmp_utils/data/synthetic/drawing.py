@@ -12,20 +12,45 @@ from PIL import Image, ImageDraw
 
 SUPERSAMPLE = 2  # draw at 2x and downsample with a box filter: soft edges like a photo
 
-IMAGE_SIZES = {"cuhk_pedes": (64, 32), "flickr30k": (64, 64), "mscoco": (64, 64), "cub": (64, 64), "flowers": (64, 64),
-               "icfg_pedes": (64, 32), "rstpreid": (64, 32)}
+IMAGE_SIZES = {
+    "cuhk_pedes": (64, 32),
+    "flickr30k": (64, 64),
+    "mscoco": (64, 64),
+    "cub": (64, 64),
+    "flowers": (64, 64),
+    "icfg_pedes": (64, 32),
+    "rstpreid": (64, 32),
+}
 
 # ---------------------------------------------------------------------- colours
 COLOURS = {
-    "red": (200, 30, 35), "blue": (35, 70, 190), "green": (40, 140, 55), "yellow": (230, 205, 40),
-    "black": (28, 28, 30), "white": (235, 235, 232), "grey": (125, 125, 128), "purple": (120, 50, 150),
-    "orange": (235, 125, 30), "pink": (235, 135, 175), "brown": (115, 70, 40), "navy": (25, 35, 95),
+    "red": (200, 30, 35),
+    "blue": (35, 70, 190),
+    "green": (40, 140, 55),
+    "yellow": (230, 205, 40),
+    "black": (28, 28, 30),
+    "white": (235, 235, 232),
+    "grey": (125, 125, 128),
+    "purple": (120, 50, 150),
+    "orange": (235, 125, 30),
+    "pink": (235, 135, 175),
+    "brown": (115, 70, 40),
+    "navy": (25, 35, 95),
 }
 CLOTHING_COLOURS = tuple(COLOURS)
 COLOUR_WORDS = {  # synonyms an annotator might use
-    "grey": ("grey", "gray"), "navy": ("navy", "dark blue", "navy blue"), "white": ("white",), "black": ("black", "dark"),
-    "red": ("red",), "blue": ("blue", "light blue") , "green": ("green",), "yellow": ("yellow",), "purple": ("purple",),
-    "orange": ("orange",), "pink": ("pink",), "brown": ("brown",),
+    "grey": ("grey", "gray"),
+    "navy": ("navy", "dark blue", "navy blue"),
+    "white": ("white",),
+    "black": ("black", "dark"),
+    "red": ("red",),
+    "blue": ("blue", "light blue"),
+    "green": ("green",),
+    "yellow": ("yellow",),
+    "purple": ("purple",),
+    "orange": ("orange",),
+    "pink": ("pink",),
+    "brown": ("brown",),
 }
 
 
@@ -64,9 +89,13 @@ class Canvas:
         self.draw.polygon([(x * self.s, y * self.s) for x, y in points], fill=tuple(colour))
 
     def line(self, points, colour, width):
-        self.draw.line([(x * self.s, y * self.s) for x, y in points], fill=tuple(colour), width=max(1, int(round(width * self.s))))
+        self.draw.line(
+            [(x * self.s, y * self.s) for x, y in points], fill=tuple(colour), width=max(1, int(round(width * self.s)))
+        )
 
-    def finish(self, rng: np.random.Generator, brightness=(0.75, 1.25), tint=0.08, noise=(2.0, 9.0), flip=True) -> np.ndarray:
+    def finish(
+        self, rng: np.random.Generator, brightness=(0.75, 1.25), tint=0.08, noise=(2.0, 9.0), flip=True
+    ) -> np.ndarray:
         """Downsample, then lighting (brightness and colour cast), Gaussian noise, random flip: uint8 (H, W, 3)."""
         small = self.image.resize((self.width, self.height), Image.BOX)
         pixels = np.asarray(small, dtype=np.float32)
@@ -116,7 +145,9 @@ def _sentence(text: str) -> str:
     return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
-def sample_families(count: int, rng: np.random.Generator, sample: Callable, vary: Callable, max_family: int = 4) -> list:
+def sample_families(
+    count: int, rng: np.random.Generator, sample: Callable, vary: Callable, max_family: int = 4
+) -> list:
     """``count`` items in families: a base item and siblings each differing from it in one attribute."""
     items: list = []
     while len(items) < count:

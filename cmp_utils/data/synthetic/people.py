@@ -8,14 +8,32 @@ import numpy as np
 
 from .drawing import CLOTHING_COLOURS, COLOURS, IMAGE_SIZES, Canvas, _a, _colour_word, _jitter, _join, _pick, _sentence
 
-HAIR_COLOURS = {"black": (20, 18, 18), "brown": (90, 55, 30), "blonde": (215, 185, 110), "grey": (160, 160, 160),
-                "red": (150, 50, 25)}
+HAIR_COLOURS = {
+    "black": (20, 18, 18),
+    "brown": (90, 55, 30),
+    "blonde": (215, 185, 110),
+    "grey": (160, 160, 160),
+    "red": (150, 50, 25),
+}
 SKIN_TONES = ((235, 200, 170), (210, 165, 125), (165, 115, 80), (110, 75, 50))
 
 
 # ====================================================================== CUHK-PEDES-like
-PERSON_ATTRIBUTES = ("gender", "hair_colour", "hair_length", "hat", "hat_colour", "top_type", "top_colour", "pattern",
-                     "bottom_type", "bottom_colour", "shoes_colour", "bag", "bag_colour")
+PERSON_ATTRIBUTES = (
+    "gender",
+    "hair_colour",
+    "hair_length",
+    "hat",
+    "hat_colour",
+    "top_type",
+    "top_colour",
+    "pattern",
+    "bottom_type",
+    "bottom_colour",
+    "shoes_colour",
+    "bag",
+    "bag_colour",
+)
 
 
 def sample_person(rng: np.random.Generator) -> dict[str, Any]:
@@ -26,12 +44,18 @@ def sample_person(rng: np.random.Generator) -> dict[str, Any]:
         "hair_length": _pick(rng, ("short", "long"), p=(0.85, 0.15) if gender == "man" else (0.3, 0.7)),
         "hat": _pick(rng, ("none", "cap", "beanie"), p=(0.7, 0.2, 0.1)),
         "hat_colour": _pick(rng, CLOTHING_COLOURS),
-        "top_type": _pick(rng, ("t-shirt", "shirt", "jacket", "dress") if gender == "woman" else ("t-shirt", "shirt", "jacket"),
-                          p=(0.35, 0.25, 0.25, 0.15) if gender == "woman" else (0.4, 0.3, 0.3)),
+        "top_type": _pick(
+            rng,
+            ("t-shirt", "shirt", "jacket", "dress") if gender == "woman" else ("t-shirt", "shirt", "jacket"),
+            p=(0.35, 0.25, 0.25, 0.15) if gender == "woman" else (0.4, 0.3, 0.3),
+        ),
         "top_colour": _pick(rng, CLOTHING_COLOURS),
         "pattern": _pick(rng, ("plain", "striped"), p=(0.8, 0.2)),
-        "bottom_type": _pick(rng, ("pants", "shorts", "skirt") if gender == "woman" else ("pants", "shorts"),
-                             p=(0.5, 0.2, 0.3) if gender == "woman" else (0.75, 0.25)),
+        "bottom_type": _pick(
+            rng,
+            ("pants", "shorts", "skirt") if gender == "woman" else ("pants", "shorts"),
+            p=(0.5, 0.2, 0.3) if gender == "woman" else (0.75, 0.25),
+        ),
         "bottom_colour": _pick(rng, CLOTHING_COLOURS),
         "shoes_colour": _pick(rng, ("black", "white", "brown", "grey", "red", "blue")),
         "bag": _pick(rng, ("none", "backpack", "handbag", "shoulder bag"), p=(0.35, 0.3, 0.15, 0.2)),
@@ -46,8 +70,19 @@ def sample_person(rng: np.random.Generator) -> dict[str, Any]:
 def vary_person(base: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     """A sibling identity: the same person but for one visible attribute."""
     fresh = sample_person(rng)
-    choices = ["top_colour", "bottom_colour", "shoes_colour", "bag", "bag_colour", "hair_colour", "hat", "pattern",
-               "top_type", "bottom_colour", "top_colour"]
+    choices = [
+        "top_colour",
+        "bottom_colour",
+        "shoes_colour",
+        "bag",
+        "bag_colour",
+        "hair_colour",
+        "hat",
+        "pattern",
+        "top_type",
+        "bottom_colour",
+        "top_colour",
+    ]
     for _ in range(10):
         attribute = _pick(rng, choices)
         sibling = dict(base)
@@ -90,14 +125,23 @@ def _visible_signature(person: dict[str, Any]) -> tuple:
 
 def _person_colours(person: dict[str, Any], rng: np.random.Generator) -> dict[str, tuple[int, int, int]]:
     """The identity's own shades (fixed per identity, drawn once)."""
-    return {"hair": _jitter(HAIR_COLOURS[person["hair_colour"]], rng, 12), "skin": _jitter(SKIN_TONES[person["skin"]], rng, 8),
-            "top": _jitter(COLOURS[person["top_colour"]], rng, 15), "bottom": _jitter(COLOURS[person["bottom_colour"]], rng, 15),
-            "shoes": _jitter(COLOURS[person["shoes_colour"]], rng, 12), "bag": _jitter(COLOURS[person["bag_colour"]], rng, 12),
-            "hat": _jitter(COLOURS[person["hat_colour"]], rng, 12)}
+    return {
+        "hair": _jitter(HAIR_COLOURS[person["hair_colour"]], rng, 12),
+        "skin": _jitter(SKIN_TONES[person["skin"]], rng, 8),
+        "top": _jitter(COLOURS[person["top_colour"]], rng, 15),
+        "bottom": _jitter(COLOURS[person["bottom_colour"]], rng, 15),
+        "shoes": _jitter(COLOURS[person["shoes_colour"]], rng, 12),
+        "bag": _jitter(COLOURS[person["bag_colour"]], rng, 12),
+        "hat": _jitter(COLOURS[person["hat_colour"]], rng, 12),
+    }
 
 
-def render_person(person: dict[str, Any], shades: dict[str, tuple], rng: np.random.Generator,
-                  size: tuple[int, int] = IMAGE_SIZES["cuhk_pedes"]) -> np.ndarray:
+def render_person(
+    person: dict[str, Any],
+    shades: dict[str, tuple],
+    rng: np.random.Generator,
+    size: tuple[int, int] = IMAGE_SIZES["cuhk_pedes"],
+) -> np.ndarray:
     """One photo of ``person``: a figure on a cluttered background; uint8 (H, W, 3)."""
     height, width = size
     background = tuple(int(v) for v in rng.integers(120, 235, size=3))
@@ -131,13 +175,25 @@ def render_person(person: dict[str, Any], shades: dict[str, tuple], rng: np.rand
     # legs
     for side in (-1, 1):
         foot = side * (5 + stride * side * 0.5)
-        leg = [(X(side * 1), Y(52)), (X(side * 10), Y(52)), (X(foot + side * 4.5), Y(94)), (X(foot - side * 4.5), Y(94))]
+        leg = [
+            (X(side * 1), Y(52)),
+            (X(side * 10), Y(52)),
+            (X(foot + side * 4.5), Y(94)),
+            (X(foot - side * 4.5), Y(94)),
+        ]
         canvas.polygon(leg, skin)
         if person["bottom_type"] == "pants":
             canvas.polygon(leg, bottom_colour)
         elif person["bottom_type"] == "shorts":
-            canvas.polygon([(X(side * 1), Y(52)), (X(side * 11), Y(52)), (X(side * 10.5 + stride * 0.2), Y(68)),
-                            (X(side * 1.5), Y(68))], bottom_colour)
+            canvas.polygon(
+                [
+                    (X(side * 1), Y(52)),
+                    (X(side * 11), Y(52)),
+                    (X(side * 10.5 + stride * 0.2), Y(68)),
+                    (X(side * 1.5), Y(68)),
+                ],
+                bottom_colour,
+            )
         shoe_x = foot
         box(shoe_x - 5.5, 92, shoe_x + 5.5, 99, shades["shoes"])
     if person["bottom_type"] == "skirt":
@@ -148,13 +204,25 @@ def render_person(person: dict[str, Any], shades: dict[str, tuple], rng: np.rand
     sleeve_colour = top_colour
     for side in (-1, 1):
         swing = arm_swing * side
-        arm = [(X(side * 12), Y(19)), (X(side * 17.5), Y(20)), (X(side * 18 + swing), Y(52)), (X(side * 13 + swing), Y(52))]
+        arm = [
+            (X(side * 12), Y(19)),
+            (X(side * 17.5), Y(20)),
+            (X(side * 18 + swing), Y(52)),
+            (X(side * 13 + swing), Y(52)),
+        ]
         canvas.polygon(arm, skin)
         if person["top_type"] in ("shirt", "jacket"):
             canvas.polygon(arm, sleeve_colour)
         elif person["top_type"] in ("t-shirt", "dress"):
-            canvas.polygon([(X(side * 12), Y(19)), (X(side * 17.5), Y(20)), (X(side * 17.8 + swing * 0.3), Y(31)),
-                            (X(side * 12.5 + swing * 0.3), Y(31))], sleeve_colour)
+            canvas.polygon(
+                [
+                    (X(side * 12), Y(19)),
+                    (X(side * 17.5), Y(20)),
+                    (X(side * 17.8 + swing * 0.3), Y(31)),
+                    (X(side * 12.5 + swing * 0.3), Y(31)),
+                ],
+                sleeve_colour,
+            )
     # torso
     box(-12, 18, 12, 53 if person["top_type"] != "jacket" else 55, top_colour)
     if person["pattern"] == "striped":
@@ -195,8 +263,9 @@ def render_person(person: dict[str, Any], shades: dict[str, tuple], rng: np.rand
     return canvas.finish(rng)
 
 
-GENDER_WORDS = frozenset({"she", "her", "he", "his", "woman", "lady", "girl", "female", "man", "guy", "male",
-                          "gentleman"})
+GENDER_WORDS = frozenset(
+    {"she", "her", "he", "his", "woman", "lady", "girl", "female", "man", "guy", "male", "gentleman"}
+)
 
 
 def person_caption(person: dict[str, Any], rng: np.random.Generator, mentions: dict[str, str] | None = None) -> str:
@@ -208,18 +277,26 @@ def person_caption(person: dict[str, Any], rng: np.random.Generator, mentions: d
     """
     woman = person["gender"] == "woman"
     pronoun, possessive = ("she", "her") if woman else ("he", "his")
-    noun = _pick(rng, ("woman", "lady", "girl", "female", "person") if woman else ("man", "guy", "male", "person", "gentleman"))
+    noun = _pick(
+        rng, ("woman", "lady", "girl", "female", "person") if woman else ("man", "guy", "male", "person", "gentleman")
+    )
     word = lambda key: _colour_word(person[key], rng)  # noqa: E731
     phrases: dict[str, str] = {}
-    top_nouns = {"t-shirt": ("t-shirt", "tee shirt", "short sleeved shirt", "shirt"),
-                 "shirt": ("long sleeved shirt", "shirt with long sleeves", "sweater", "top"),
-                 "jacket": ("jacket", "coat", "zip up jacket"), "dress": ("dress", "short dress")}
+    top_nouns = {
+        "t-shirt": ("t-shirt", "tee shirt", "short sleeved shirt", "shirt"),
+        "shirt": ("long sleeved shirt", "shirt with long sleeves", "sweater", "top"),
+        "jacket": ("jacket", "coat", "zip up jacket"),
+        "dress": ("dress", "short dress"),
+    }
     top_noun = _pick(rng, top_nouns[person["top_type"]])
     pattern = "striped " if person["pattern"] == "striped" and rng.random() < 0.85 else ""
     phrases["top"] = _a(f"{word('top_colour')} {pattern}{top_noun}")
     if person["bottom_type"] != "none":
-        bottom_nouns = {"pants": ("pants", "trousers", "jeans", "slacks"), "shorts": ("shorts", "short pants"),
-                        "skirt": ("skirt", "knee length skirt")}
+        bottom_nouns = {
+            "pants": ("pants", "trousers", "jeans", "slacks"),
+            "shorts": ("shorts", "short pants"),
+            "skirt": ("skirt", "knee length skirt"),
+        }
         article = "a " if person["bottom_type"] == "skirt" else ""
         bottom = f"{word('bottom_colour')} {_pick(rng, bottom_nouns[person['bottom_type']])}"
         phrases["bottom"] = _a(bottom) if article else bottom
@@ -227,12 +304,18 @@ def person_caption(person: dict[str, Any], rng: np.random.Generator, mentions: d
     if person["hat"] != "none":
         hat_noun = "cap" if person["hat"] == "cap" else _pick(rng, ("beanie", "knit hat", "hat"))
         phrases["hat"] = _a(f"{word('hat_colour')} {hat_noun}")
-    hair = f"{person['hair_length']} {person['hair_colour']} hair" if rng.random() < 0.6 else f"{person['hair_colour']} hair"
+    hair = (
+        f"{person['hair_length']} {person['hair_colour']} hair"
+        if rng.random() < 0.6
+        else f"{person['hair_colour']} hair"
+    )
     bag = None
     if person["bag"] != "none":
-        bag_noun = {"backpack": ("backpack", "back pack", "bag on " + possessive + " back"),
-                    "handbag": ("handbag", "purse", "hand bag"), "shoulder bag": ("shoulder bag", "bag over "
-                                                                                 + possessive + " shoulder", "messenger bag")}
+        bag_noun = {
+            "backpack": ("backpack", "back pack", "bag on " + possessive + " back"),
+            "handbag": ("handbag", "purse", "hand bag"),
+            "shoulder bag": ("shoulder bag", "bag over " + possessive + " shoulder", "messenger bag"),
+        }
         bag = f"{_pick(rng, ('carrying', 'holding', 'with', 'has'))} {_a(word('bag_colour') + ' ' + _pick(rng, bag_noun[person['bag']]))}"
     # leave attributes out: annotators mention what they notice
     clothing = [key for key in ("top", "bottom", "shoes", "hat") if key in phrases]
@@ -241,8 +324,11 @@ def person_caption(person: dict[str, Any], rng: np.random.Generator, mentions: d
         kept = [_pick(rng, clothing)]
     rng.shuffle(kept)
     wear = _pick(rng, ("wearing", "dressed in", "in", "who is wearing", "wears"))
-    opening = _pick(rng, (_a(noun), f"the {noun}", f"this {noun}", f"a young {noun}")
-                    + ((f"an adult {noun}",) if noun not in ("girl", "guy") else ()))
+    opening = _pick(
+        rng,
+        (_a(noun), f"the {noun}", f"this {noun}", f"a young {noun}")
+        + ((f"an adult {noun}",) if noun not in ("girl", "guy") else ()),
+    )
     clothes = _join([phrases[k] for k in kept], rng)
     parts = []
     style = int(rng.integers(4))
@@ -263,14 +349,25 @@ def person_caption(person: dict[str, Any], rng: np.random.Generator, mentions: d
             parts.append(f" and has {hair}")
     bag_stated = bag is not None and rng.random() < 0.75
     if bag_stated:
-        parts.append(_pick(rng, (f". {pronoun} is {bag.replace('has ', 'carrying ').replace('with ', 'carrying ')}",
-                                 f", {bag.replace('has ', 'with ')}")))
+        parts.append(
+            _pick(
+                rng,
+                (
+                    f". {pronoun} is {bag.replace('has ', 'carrying ').replace('with ', 'carrying ')}",
+                    f", {bag.replace('has ', 'with ')}",
+                ),
+            )
+        )
     text = "".join(parts)
     caption = ". ".join(_sentence(s.strip()).rstrip(".") for s in text.split(". ") if s.strip()) + "."
     if mentions is not None:
         mentions.clear()
-        stated = {"top": ("top_type", "top_colour"), "bottom": ("bottom_type", "bottom_colour"),
-                  "shoes": ("shoes_colour",), "hat": ("hat", "hat_colour")}
+        stated = {
+            "top": ("top_type", "top_colour"),
+            "bottom": ("bottom_type", "bottom_colour"),
+            "shoes": ("shoes_colour",),
+            "hat": ("hat", "hat_colour"),
+        }
         for key in kept:
             mentions.update({attribute: person[attribute] for attribute in stated[key]})
         if "top" in kept and pattern:

@@ -19,18 +19,32 @@ BACKGROUNDS = {  # name: (sky colour, ground colour, phrases)
     "room": ((215, 200, 170), (140, 95, 60), ("in a room", "indoors", "inside a house")),
 }
 SCENE_KINDS = ("ball", "box", "car", "house", "tree", "dog", "kite", "umbrella", "person")
-KIND_COLOURS = {"tree": ("green", "orange", "yellow"), "dog": ("brown", "black", "white", "grey"),
-                "house": ("white", "red", "yellow", "blue", "brown", "grey")}
-KIND_WORDS = {"ball": ("ball",), "box": ("box", "crate", "cube"), "car": ("car", "vehicle", "automobile"),
-              "house": ("house", "building", "home"), "tree": ("tree",), "dog": ("dog", "puppy"), "kite": ("kite",),
-              "umbrella": ("umbrella", "parasol"), "person": ("person", "man", "child")}
+KIND_COLOURS = {
+    "tree": ("green", "orange", "yellow"),
+    "dog": ("brown", "black", "white", "grey"),
+    "house": ("white", "red", "yellow", "blue", "brown", "grey"),
+}
+KIND_WORDS = {
+    "ball": ("ball",),
+    "box": ("box", "crate", "cube"),
+    "car": ("car", "vehicle", "automobile"),
+    "house": ("house", "building", "home"),
+    "tree": ("tree",),
+    "dog": ("dog", "puppy"),
+    "kite": ("kite",),
+    "umbrella": ("umbrella", "parasol"),
+    "person": ("person", "man", "child"),
+}
 SCENE_COLOURS = ("red", "blue", "green", "yellow", "black", "white", "grey", "purple", "orange", "pink", "brown")
 
 
 def _sample_object(rng: np.random.Generator, exclude: tuple = ()) -> dict[str, Any]:
     kind = _pick(rng, [k for k in SCENE_KINDS if k not in exclude])
-    return {"kind": kind, "colour": _pick(rng, KIND_COLOURS.get(kind, SCENE_COLOURS)),
-            "size": _pick(rng, ("small", "large"))}
+    return {
+        "kind": kind,
+        "colour": _pick(rng, KIND_COLOURS.get(kind, SCENE_COLOURS)),
+        "size": _pick(rng, ("small", "large")),
+    }
 
 
 def sample_scene(rng: np.random.Generator) -> dict[str, Any]:
@@ -51,7 +65,9 @@ def _vary_scene(base: dict[str, Any], rng: np.random.Generator) -> dict[str, Any
     if change == "background":
         scene["background"] = _pick(rng, [b for b in BACKGROUNDS if b != base["background"]])
     elif change == "colour":
-        target["colour"] = _pick(rng, [c for c in KIND_COLOURS.get(target["kind"], SCENE_COLOURS) if c != target["colour"]])
+        target["colour"] = _pick(
+            rng, [c for c in KIND_COLOURS.get(target["kind"], SCENE_COLOURS) if c != target["colour"]]
+        )
     elif change == "size":
         target["size"] = "small" if target["size"] == "large" else "large"
     else:
@@ -81,8 +97,10 @@ def _draw_object(canvas: Canvas, obj: dict[str, Any], x: float, ground: float, r
     elif kind == "house":
         w = 20 * s
         canvas.rect(x - w / 2, ground - w * 0.8, x + w / 2, ground, colour)
-        canvas.polygon([(x - w * 0.62, ground - w * 0.8), (x + w * 0.62, ground - w * 0.8), (x, ground - w * 1.35)],
-                       _jitter((120, 40, 30), rng, 15))
+        canvas.polygon(
+            [(x - w * 0.62, ground - w * 0.8), (x + w * 0.62, ground - w * 0.8), (x, ground - w * 1.35)],
+            _jitter((120, 40, 30), rng, 15),
+        )
         canvas.rect(x - w * 0.12, ground - w * 0.4, x + w * 0.12, ground, (70, 45, 30))
     elif kind == "tree":
         canvas.rect(x - 1.8 * s, ground - 16 * s, x + 1.8 * s, ground, (95, 60, 35))
@@ -99,8 +117,17 @@ def _draw_object(canvas: Canvas, obj: dict[str, Any], x: float, ground: float, r
         canvas.line([(x, y + 7 * s), (x - 4, ground - 2)], (60, 60, 60), 0.5)
     elif kind == "umbrella":
         canvas.line([(x, ground - 14 * s), (x, ground)], (60, 60, 60), 1.0 * s)
-        canvas.draw.pieslice([(x - 11 * s) * canvas.s, (ground - 22 * s) * canvas.s, (x + 11 * s) * canvas.s,
-                              (ground - 6 * s) * canvas.s], 180, 360, fill=tuple(colour))
+        canvas.draw.pieslice(
+            [
+                (x - 11 * s) * canvas.s,
+                (ground - 22 * s) * canvas.s,
+                (x + 11 * s) * canvas.s,
+                (ground - 6 * s) * canvas.s,
+            ],
+            180,
+            360,
+            fill=tuple(colour),
+        )
     elif kind == "person":
         canvas.ellipse(x, ground - 21 * s, 2.8 * s, 3 * s, _jitter(SKIN_TONES[int(rng.integers(4))], rng, 8))
         canvas.rect(x - 3.5 * s, ground - 18 * s, x + 3.5 * s, ground - 9 * s, colour)
@@ -136,8 +163,9 @@ def scene_facts(scene: dict[str, Any]) -> dict[str, Any]:
     description (every combination of size and colour said or not); ``"left of: <a> | <b>"`` for objects in that
     order; ``"on the left: <a>"`` / ``"on the right: <a>"`` / ``"in the middle: <a>"`` by position."""
     objects = scene["objects"]
-    descriptions = [[object_description(o, size, colour) for size in (False, True) for colour in (False, True)]
-                    for o in objects]
+    descriptions = [
+        [object_description(o, size, colour) for size in (False, True) for colour in (False, True)] for o in objects
+    ]
     facts: dict[str, Any] = {"background": scene["background"]}
     counts: dict[str, int] = {}
     for index, options in enumerate(descriptions):
@@ -146,19 +174,22 @@ def scene_facts(scene: dict[str, Any]) -> dict[str, Any]:
             counts[description] = counts.get(description, 0) + 1
             facts[f"object: {description} #{counts[description]}"] = True
             facts[f"{position}: {description}"] = True
-        for right in descriptions[index + 1:]:
+        for right in descriptions[index + 1 :]:
             facts.update({f"left of: {a} | {b}": True for a in options for b in right})
     return facts
 
 
-def _object_phrase(obj: dict[str, Any], rng: np.random.Generator, detail: float = 0.8,
-                   said: list[str] | None = None) -> str:
+def _object_phrase(
+    obj: dict[str, Any], rng: np.random.Generator, detail: float = 0.8, said: list[str] | None = None
+) -> str:
     """A noun phrase for ``obj``; ``said``, when given, gets :func:`object_description` of what it states
     (drawn from nothing: the phrase is the same either way)."""
     words = []
     sized = rng.random() < 0.45
     if sized:
-        words.append(_pick(rng, ("small", "little", "tiny")) if obj["size"] == "small" else _pick(rng, ("large", "big")))
+        words.append(
+            _pick(rng, ("small", "little", "tiny")) if obj["size"] == "small" else _pick(rng, ("large", "big"))
+        )
     colour = _colour_word(obj["colour"], rng) if rng.random() < detail else None
     if said is not None:
         said.append(object_description(obj, sized, colour is not None))
@@ -203,7 +234,7 @@ def scene_caption(scene: dict[str, Any], rng: np.random.Generator, mentions: dic
         text = f"{where} {_pick(rng, ('we see', 'there are', 'you can see'))} {_join([_object_phrase(objects[k], rng, said=said) for k in kept], rng)}"
     else:
         k = int(rng.integers(len(objects)))
-        position = ("on the left" if k == 0 else "on the right" if k == len(objects) - 1 else "in the middle")
+        position = "on the left" if k == 0 else "on the right" if k == len(objects) - 1 else "in the middle"
         text = f"{_object_phrase(objects[k], rng, 0.95, said)} {position}"
         facts[f"{position}: {said[0]}"] = True
         others = [o for o in order if o != k and rng.random() < 0.6]

@@ -53,12 +53,21 @@ SIZES: dict[str, dict[str, dict[str, int]]] = {
         "rstpreid": {"train_ids": 1200, "val_ids": 200, "test_ids": 200},
     },
 }
-SIZES["paper"] = {name: dict(sizes) for name, sizes in SIZES["quick"].items()}  # paper uses real data; forced synthetic = quick
+SIZES["paper"] = {
+    name: dict(sizes) for name, sizes in SIZES["quick"].items()
+}  # paper uses real data; forced synthetic = quick
 DATASET_CODES = {"cuhk_pedes": 1, "flickr30k": 2, "mscoco": 3, "cub": 4, "flowers": 5, "icfg_pedes": 6, "rstpreid": 7}
 
 
-CUHK_FOLDERS = (("CUHK01", ".png"), ("CUHK03", ".png"), ("Market", ".jpg"), ("train_query", ".jpg"),
-                ("test_query", ".jpg"), ("cam_a", ".bmp"), ("cam_b", ".bmp"))
+CUHK_FOLDERS = (
+    ("CUHK01", ".png"),
+    ("CUHK03", ".png"),
+    ("Market", ".jpg"),
+    ("train_query", ".jpg"),
+    ("test_query", ".jpg"),
+    ("cam_a", ".bmp"),
+    ("cam_b", ".bmp"),
+)
 
 
 def _generate_cuhk(root: Path, sizes: dict[str, int], seed: int) -> dict[str, Any]:
@@ -83,10 +92,24 @@ def _generate_cuhk(root: Path, sizes: dict[str, int], seed: int) -> dict[str, An
                 _save_image(render_person(person, shades, item_rng), root / "imgs" / file_path)
                 caption_mentions = [{}, {}]
                 captions = [person_caption(person, item_rng, said) for said in caption_mentions]
-                records.append({"split": split, "captions": captions, "file_path": file_path,
-                                "processed_tokens": [], "id": person_id})
-                truth.append({"split": split, "file_path": file_path, "id": person_id,
-                              "attributes": visible_attributes(person), "mentions": caption_mentions})
+                records.append(
+                    {
+                        "split": split,
+                        "captions": captions,
+                        "file_path": file_path,
+                        "processed_tokens": [],
+                        "id": person_id,
+                    }
+                )
+                truth.append(
+                    {
+                        "split": split,
+                        "file_path": file_path,
+                        "id": person_id,
+                        "attributes": visible_attributes(person),
+                        "mentions": caption_mentions,
+                    }
+                )
                 images += 1
         stats[split] = {"ids": len(identities), "images": images}
     # irregularities of the real file: one test image with 10 captions, one val image with 4
@@ -144,24 +167,44 @@ def _generate_karpathy(name: str, root: Path, sizes: dict[str, int], seed: int) 
                 raw = scene_caption(scene, item_rng, said)
                 sentences.append({"tokens": tokenize(raw), "raw": raw, "imgid": image_id, "sentid": sentence_id})
                 sentence_id += 1
-            record = {"filename": filename, "imgid": image_id, "split": split,
-                      "sentids": [s["sentid"] for s in sentences], "sentences": sentences}
+            record = {
+                "filename": filename,
+                "imgid": image_id,
+                "split": split,
+                "sentids": [s["sentid"] for s in sentences],
+                "sentences": sentences,
+            }
             if name == "mscoco":
                 record = {"filepath": folder, **record, "cocoid": coco_id}
             images.append(record)
-            truth.append({"split": split, "file_path": filename, "id": image_id, "attributes": scene_facts(scene),
-                          "mentions": caption_mentions})
-        stats[split] = {"images": len(scenes), "captions": sum(len(r["sentences"]) for r in images if r["split"] == split)}
-    _write_json(root / ("dataset_coco.json" if name == "mscoco" else "dataset_flickr30k.json"),
-                {"images": images, "dataset": "coco" if name == "mscoco" else "flickr30k"})
+            truth.append(
+                {
+                    "split": split,
+                    "file_path": filename,
+                    "id": image_id,
+                    "attributes": scene_facts(scene),
+                    "mentions": caption_mentions,
+                }
+            )
+        stats[split] = {
+            "images": len(scenes),
+            "captions": sum(len(r["sentences"]) for r in images if r["split"] == split),
+        }
+    _write_json(
+        root / ("dataset_coco.json" if name == "mscoco" else "dataset_flickr30k.json"),
+        {"images": images, "dataset": "coco" if name == "mscoco" else "flickr30k"},
+    )
     _write_json(root / GROUND_TRUTH, truth)
     return stats
 
 
 def _generate_class_level(name: str, root: Path, sizes: dict[str, int], seed: int) -> dict[str, Any]:
     rng = np.random.default_rng([seed, DATASET_CODES[name]])
-    sample, vary, render, caption = ((sample_bird, _vary_bird, render_bird, bird_caption) if name == "cub"
-                                     else (sample_flower, _vary_flower, render_flower, flower_caption))
+    sample, vary, render, caption = (
+        (sample_bird, _vary_bird, render_bird, bird_caption)
+        if name == "cub"
+        else (sample_flower, _vary_flower, render_flower, flower_caption)
+    )
     total = sizes["trainval_classes"] + sizes["test_classes"]
     kinds: list = []
     while len(kinds) < total:  # distinct classes, in families
@@ -188,9 +231,15 @@ def _generate_class_level(name: str, root: Path, sizes: dict[str, int], seed: in
             _save_image(render(kind, item_rng), image_path)
             caption_mentions = [{} for _ in range(10)]
             lines = [caption(kind, item_rng, said) for said in caption_mentions]
-            truth.append({"split": "test" if number in test_numbers else "trainval",
-                          "file_path": image_path.relative_to(root).as_posix(), "id": number, "attributes": kind,
-                          "mentions": caption_mentions})
+            truth.append(
+                {
+                    "split": "test" if number in test_numbers else "trainval",
+                    "file_path": image_path.relative_to(root).as_posix(),
+                    "id": number,
+                    "attributes": kind,
+                    "mentions": caption_mentions,
+                }
+            )
             if k == 0:  # irregularity: blank lines inside and at the end of a caption file
                 lines = lines[:5] + [""] + lines[5:] + ["", ""]
             path = text_root / "text_c10" / class_name / f"{stem}.txt"
@@ -202,9 +251,14 @@ def _generate_class_level(name: str, root: Path, sizes: dict[str, int], seed: in
     (text_root / "testclasses.txt").write_text("\n".join(test) + "\n", encoding="utf-8")
     (text_root / "allclasses.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
     _write_json(root / GROUND_TRUTH, truth)
-    return {key: {"classes": len(classes), "images": len(classes) * sizes["images_per_class"],
-                  "captions": len(classes) * sizes["images_per_class"] * 10}
-            for key, classes in (("trainval", trainval), ("test", test))}
+    return {
+        key: {
+            "classes": len(classes),
+            "images": len(classes) * sizes["images_per_class"],
+            "captions": len(classes) * sizes["images_per_class"] * 10,
+        }
+        for key, classes in (("trainval", trainval), ("test", test))
+    }
 
 
 # ====================================================================== entry points
@@ -226,12 +280,18 @@ def is_complete(root: str | os.PathLike, name: str, profile: str, seed: int = 0)
         meta = json.loads(marker.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, OSError):
         return False
-    return (meta.get("name"), meta.get("profile"), meta.get("seed"), meta.get("generator_version"), meta.get("sizes")) == \
-        (name, profile, seed, GENERATOR_VERSION, sizes_for(name, profile))
+    return (
+        meta.get("name"),
+        meta.get("profile"),
+        meta.get("seed"),
+        meta.get("generator_version"),
+        meta.get("sizes"),
+    ) == (name, profile, seed, GENERATOR_VERSION, sizes_for(name, profile))
 
 
-def generate(name: str, root: str | os.PathLike, profile: str, seed: int = 0,
-             sizes: dict[str, int] | None = None) -> Path:
+def generate(
+    name: str, root: str | os.PathLike, profile: str, seed: int = 0, sizes: dict[str, int] | None = None
+) -> Path:
     """Write synthetic ``name`` in its real layout under ``root`` (replacing what is there); return ``root``.
 
     Written into a temporary sibling folder and renamed into place when complete; the last
@@ -239,9 +299,15 @@ def generate(name: str, root: str | os.PathLike, profile: str, seed: int = 0,
     """
     root = Path(root)
     sizes = dict(sizes) if sizes is not None else sizes_for(name, profile)
-    generators = {"cuhk_pedes": _generate_cuhk, "cub": _generate_class_level, "flowers": _generate_class_level,
-                  "flickr30k": _generate_karpathy, "mscoco": _generate_karpathy,
-                  "icfg_pedes": _generate_person_json, "rstpreid": _generate_person_json}
+    generators = {
+        "cuhk_pedes": _generate_cuhk,
+        "cub": _generate_class_level,
+        "flowers": _generate_class_level,
+        "flickr30k": _generate_karpathy,
+        "mscoco": _generate_karpathy,
+        "icfg_pedes": _generate_person_json,
+        "rstpreid": _generate_person_json,
+    }
     if name not in generators:
         raise ValueError(f"parameter name={name!r} is not one of {', '.join(generators)}")
     from ...core.atomic import naming_write_failures
@@ -250,8 +316,9 @@ def generate(name: str, root: str | os.PathLike, profile: str, seed: int = 0,
         return _generate_into(name, root, profile, seed, sizes, generators)
 
 
-def _generate_into(name: str, root: Path, profile: str, seed: int, sizes: dict[str, int],
-                   generators: dict[str, Callable[..., dict]]) -> Path:
+def _generate_into(
+    name: str, root: Path, profile: str, seed: int, sizes: dict[str, int], generators: dict[str, Callable[..., dict]]
+) -> Path:
     """:func:`generate` after its checks: a temporary sibling folder, renamed into place when complete."""
     root.parent.mkdir(parents=True, exist_ok=True)
     temporary = root.parent / f".{root.name}.tmp-{os.getpid()}"
@@ -264,8 +331,15 @@ def _generate_into(name: str, root: Path, profile: str, seed: int, sizes: dict[s
             stats = _generate_cuhk(temporary, sizes, seed)
         else:
             stats = generators[name](name, temporary, sizes, seed)
-        meta = {"name": name, "profile": profile, "seed": seed, "generator_version": GENERATOR_VERSION, "sizes": sizes,
-                "image_size": list(IMAGE_SIZES[name]), "statistics": stats}
+        meta = {
+            "name": name,
+            "profile": profile,
+            "seed": seed,
+            "generator_version": GENERATOR_VERSION,
+            "sizes": sizes,
+            "image_size": list(IMAGE_SIZES[name]),
+            "statistics": stats,
+        }
         (temporary / MARKER).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         if root.exists():
             shutil.rmtree(root)
@@ -314,15 +388,27 @@ def _generate_person_json(name: str, root: Path, sizes: dict[str, int], seed: in
                 texts = [person_caption(person, item_rng, said) for said in caption_mentions]
                 if name == "icfg_pedes":
                     relative = f"{split}/{person_id:04d}/{person_id:04d}_{view:03d}.jpg"
-                    record = {"id": person_id, "file_path": relative, "captions": texts,
-                              "processed_tokens": [tokenize(text) for text in texts], "split": split}
+                    record = {
+                        "id": person_id,
+                        "file_path": relative,
+                        "captions": texts,
+                        "processed_tokens": [tokenize(text) for text in texts],
+                        "split": split,
+                    }
                 else:
                     relative = f"{person_id:04d}_c{view + 1}_{view:04d}.jpg"
                     record = {"id": person_id, "img_path": relative, "captions": texts, "split": split}
                 _save_image(pixels, root / "imgs" / relative)
                 records.append(record)
-                truth.append({"split": split, "file_path": relative, "id": person_id,
-                              "attributes": visible_attributes(person), "mentions": caption_mentions})
+                truth.append(
+                    {
+                        "split": split,
+                        "file_path": relative,
+                        "id": person_id,
+                        "attributes": visible_attributes(person),
+                        "mentions": caption_mentions,
+                    }
+                )
                 images, captions = images + 1, captions + len(texts)
         key = "trainval" if (name == "icfg_pedes" and split == "train") else split
         stats[key] = {"ids": len(identities), "images": images, "captions": captions}
@@ -346,7 +432,11 @@ def recorded_sizes(root: str | os.PathLike) -> list[tuple[str, str, int | None, 
         groups = counts.get("ids", counts.get("classes", images))  # Flickr30K / MSCOCO: every image is its own label
         rows.append((name, split, images, counts.get("captions"), groups))
     if {"trainval", "test"} <= set(statistics) and all("classes" in statistics[s] for s in ("trainval", "test")):
-        total = [sum(statistics[s].get(key) or 0 for s in ("trainval", "test")) if all(statistics[s].get(key) is not None
-                 for s in ("trainval", "test")) else None for key in ("images", "captions", "classes")]
+        total = [
+            sum(statistics[s].get(key) or 0 for s in ("trainval", "test"))
+            if all(statistics[s].get(key) is not None for s in ("trainval", "test"))
+            else None
+            for key in ("images", "captions", "classes")
+        ]
         rows.append((name, "all", *total))
     return rows

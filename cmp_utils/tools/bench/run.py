@@ -74,14 +74,29 @@ def group_settings(quick_check: bool, full: bool) -> dict[str, dict[str, Any]]:
     if quick_check:
         return {
             "training_step": dict(profile="smoke", steps=3, warmup=1, backbones=("small_cnn",)),
-            "evaluation": dict(n_queries=200, n_gallery=1000, dim=64, repeats=1, large=(2000, 10000),
-                               large_slice_queries=None if full else 200,
-                               positives_settings=dict(n_queries=100, n_gallery=500, dim=64, positives=(3, 100),
-                                                       repeats=1)),
+            "evaluation": dict(
+                n_queries=200,
+                n_gallery=1000,
+                dim=64,
+                repeats=1,
+                large=(2000, 10000),
+                large_slice_queries=None if full else 200,
+                positives_settings=dict(n_queries=100, n_gallery=500, dim=64, positives=(3, 100), repeats=1),
+            ),
             "data": dict(photos=16, photo_size=(64, 32), cache_size=(32, 32), synthetic_images=16, profile="smoke"),
             "losses": dict(batch_sizes=(8,), repeats=2, num_classes=100),
-            "gpu": dict(batch_sizes=(2,), modes=("fp32", "bf16"), image_size=64, steps=2, warmup=1, epoch_images=8,
-                        epoch_batch=2, vocabulary=100, num_classes=50, dim=32),
+            "gpu": dict(
+                batch_sizes=(2,),
+                modes=("fp32", "bf16"),
+                image_size=64,
+                steps=2,
+                warmup=1,
+                epoch_images=8,
+                epoch_batch=2,
+                vocabulary=100,
+                num_classes=50,
+                dim=32,
+            ),
             "numerics": dict(profile="smoke", kernel_sizes=(24, 4096)),
         }
     return {
@@ -94,13 +109,23 @@ def group_settings(quick_check: bool, full: bool) -> dict[str, dict[str, Any]]:
     }
 
 
-BENCHMARKS: dict[str, Callable[..., None]] = {"training_step": bench_training_step, "evaluation": bench_evaluation,
-                                              "data": bench_data, "losses": bench_losses, "gpu": bench_gpu,
-                                              "numerics": bench_numerics}
+BENCHMARKS: dict[str, Callable[..., None]] = {
+    "training_step": bench_training_step,
+    "evaluation": bench_evaluation,
+    "data": bench_data,
+    "losses": bench_losses,
+    "gpu": bench_gpu,
+    "numerics": bench_numerics,
+}
 
 
-def run(output_dir: str | os.PathLike | None = None, groups: Iterable[str] = GROUPS, quick_check: bool = False,
-        full: bool = False, progress: bool = True) -> dict[str, Path]:
+def run(
+    output_dir: str | os.PathLike | None = None,
+    groups: Iterable[str] = GROUPS,
+    quick_check: bool = False,
+    full: bool = False,
+    progress: bool = True,
+) -> dict[str, Path]:
     """Run ``groups`` and write ``<output_dir>/<group>.csv`` for each; returns the paths written."""
     out = Path(output_dir) if output_dir else config.results_dir() / "bench"
     groups = list(groups)
@@ -110,8 +135,11 @@ def run(output_dir: str | os.PathLike | None = None, groups: Iterable[str] = GRO
     settings = group_settings(quick_check, full)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if progress and load > 0.75 * (os.cpu_count() or 1):
-        print(f"bench: warning: load average {load:.1f} on {os.cpu_count()} cores; other work on this machine "
-              "slows torch's threads down a lot (every figure records the load in its notes)", file=sys.stderr)
+        print(
+            f"bench: warning: load average {load:.1f} on {os.cpu_count()} cores; other work on this machine "
+            "slows torch's threads down a lot (every figure records the load in its notes)",
+            file=sys.stderr,
+        )
     written = {}
     for group in groups:
         start = time.perf_counter()
@@ -119,8 +147,11 @@ def run(output_dir: str | os.PathLike | None = None, groups: Iterable[str] = GRO
         BENCHMARKS[group](rows, **settings[group])
         written[group] = atomic.write_csv(out / f"{group}.csv", rows.frame(), index=False)
         if progress:
-            print(f"bench {group}: {len(rows.rows)} rows in {time.perf_counter() - start:.1f} s -> {written[group]}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"bench {group}: {len(rows.rows)} rows in {time.perf_counter() - start:.1f} s -> {written[group]}",
+                file=sys.stderr,
+                flush=True,
+            )
     return written
 
 

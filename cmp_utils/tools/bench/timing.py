@@ -44,12 +44,29 @@ class Rows:
         self.load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         self.rows: list[dict[str, Any]] = []
 
-    def add(self, benchmark: str, case: str, value: float, unit: str, ratio: float | None = None,
-            ratio_to: str = "", notes: str = "") -> dict[str, Any]:
-        row = {"benchmark": benchmark, "case": case, "value": float(value), "unit": unit,
-               "ratio": float("nan") if ratio is None else float(ratio), "ratio_to": ratio_to,
-               "device": self.device, "machine": self.machine, "torch": str(torch.__version__),
-               "date": self.date, "notes": f"{notes}; load average {self.load:.1f} at start".lstrip("; ")}
+    def add(
+        self,
+        benchmark: str,
+        case: str,
+        value: float,
+        unit: str,
+        ratio: float | None = None,
+        ratio_to: str = "",
+        notes: str = "",
+    ) -> dict[str, Any]:
+        row = {
+            "benchmark": benchmark,
+            "case": case,
+            "value": float(value),
+            "unit": unit,
+            "ratio": float("nan") if ratio is None else float(ratio),
+            "ratio_to": ratio_to,
+            "device": self.device,
+            "machine": self.machine,
+            "torch": str(torch.__version__),
+            "date": self.date,
+            "notes": f"{notes}; load average {self.load:.1f} at start".lstrip("; "),
+        }
         self.rows.append(row)
         if self.path is not None:  # a run cut short still leaves what it measured
             atomic.write_csv(self.path, self.frame(), index=False)
@@ -69,8 +86,9 @@ def _synchronise(device: torch.device | None) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(contenders: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2,
-                     device: torch.device | None = None) -> dict[str, list[float]]:
+def time_interleaved(
+    contenders: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2, device: torch.device | None = None
+) -> dict[str, list[float]]:
     """Seconds per call of each contender: ``warmup`` untimed rounds, then ``repeats`` rounds that
     call every contender once, in turn. Returns ``{name: [seconds per round]}``."""
     if repeats < 1 or warmup < 0:
