@@ -89,37 +89,37 @@ WEIGHTS ?=
 NOTEBOOK_PARAMETERS := $(if $(DATA_DIR),-p "data_dir=$(DATA_DIR)") $(if $(WEIGHTS),-p "weights_path=$(WEIGHTS)")
 
 reproduce: $(STAMP)
-	$(PY) -m cmp_utils.run_notebooks --profile $(PROFILE) --kernel $(KERNEL) $(NOTEBOOK_PARAMETERS) $(NOTEBOOKS)
-	$(PY) -m cmp_utils.report --readme README.md
+	$(PY) -m cmp_utils.tools.run_notebooks --profile $(PROFILE) --kernel $(KERNEL) $(NOTEBOOK_PARAMETERS) $(NOTEBOOKS)
+	$(PY) -m cmp_utils.reporting --readme README.md
 
 # The headline rows alone (CUHK-PEDES CMPM and CMPM+CMPC, one seed) -> results/headline/<profile>/metrics.csv.
 # HEADLINE_PROFILE=smoke runs the same path on synthetic data.
 HEADLINE_PROFILE ?= paper
 paper-headline: $(STAMP)
-	$(PY) -m cmp_utils.headline --profile $(HEADLINE_PROFILE) $(if $(DATA_DIR),--data-dir "$(DATA_DIR)") $(if $(WEIGHTS),--weights "$(WEIGHTS)")
+	$(PY) -m cmp_utils.experiments.headline --profile $(HEADLINE_PROFILE) $(if $(DATA_DIR),--data-dir "$(DATA_DIR)") $(if $(WEIGHTS),--weights "$(WEIGHTS)")
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m cmp_utils.bench --output-dir results/bench
+	$(PY) -m cmp_utils.tools.bench --output-dir results/bench
 
 # One prepared GPU check (needs CUDA; no papermill): benchmarks, one paper-profile epoch of a
 # CUHK-PEDES-sized synthetic set, fp32 against bf16 step time -> results/gpu/*.csv
 gpu-check:
-	PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),python3) -m cmp_utils.gpu_check --output-dir results/gpu
+	PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),python3) -m cmp_utils.tools.gpu_check --output-dir results/gpu
 
 lab: $(STAMP)
 	@$(if $(ALLOW_ROOT),echo "$(ALLOW_ROOT_NOTE)" >&2,true)
 	@$(if $(LAB_TERMINALS_OPTION),echo "make lab: terminals are disabled (LAB_TERMINALS=yes enables them)" >&2,echo "make lab: terminals are enabled (LAB_TERMINALS=yes): a shell for whoever holds the token" >&2)
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ContentsManager.pre_save_hook=cmp_utils.lab.pre_save_hook \
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ContentsManager.pre_save_hook=cmp_utils.tools.lab.pre_save_hook \
 	  $(LAB_TERMINALS_OPTION) $(ALLOW_ROOT) $(LAB_ARGS)
 
 clean-notebooks: $(STAMP)
-	$(PY) -m cmp_utils.notebook_tools strip notebooks/*.ipynb
+	$(PY) -m cmp_utils.reporting.notebook_tools strip notebooks/*.ipynb
 
 results-readme: $(STAMP)
-	$(PY) -m cmp_utils.report --readme README.md
+	$(PY) -m cmp_utils.reporting --readme README.md
 
 # Rerun the experiment notebooks (memo reused; CHECK_ARGS=--cold retrains everything) and compare every
 # number of results/*/$(PROFILE)/{metrics,claims}.csv and every verdict with the files committed at git
@@ -127,4 +127,4 @@ results-readme: $(STAMP)
 # compares what it wrote with HEAD without rerunning.
 .PHONY: check-results
 check-results: $(STAMP)
-	$(PY) -m cmp_utils.check_results --profile $(PROFILE) $(CHECK_ARGS)
+	$(PY) -m cmp_utils.tools.check_results --profile $(PROFILE) $(CHECK_ARGS)

@@ -21,9 +21,11 @@ def torch_version_problem(version: str, minimum: tuple[int, int] = MINIMUM_TORCH
     if match is None or (int(match.group(1)), int(match.group(2))) >= minimum:
         return None
     wanted = ".".join(map(str, minimum))
-    return (f"cmp_utils needs torch >= {wanted}, found torch {version}: in older torch, torch.load(weights_only=True) "
-            f"can be made to execute code from a checkpoint file (CVE-2025-32434). Upgrade it, e.g. "
-            f"`pip install 'torch>={wanted}'` (or `make setup`)")
+    return (
+        f"cmp_utils needs torch >= {wanted}, found torch {version}: in older torch, torch.load(weights_only=True) "
+        f"can be made to execute code from a checkpoint file (CVE-2025-32434). Upgrade it, e.g. "
+        f"`pip install 'torch>={wanted}'` (or `make setup`)"
+    )
 
 
 def _check_torch_version() -> None:
@@ -42,8 +44,8 @@ def _check_torch_version() -> None:
 _check_torch_version()
 
 # Before anything imports torch: the same CPU kernels on every x86-64 CPU with AVX2 (see
-# cmp_utils.numerics; CMP_CPU_NUMERICS=native opts out).
-from . import numerics as _numerics  # noqa: E402
+# cmp_utils.core.numerics; CMP_CPU_NUMERICS=native opts out).
+from .core import numerics as _numerics  # noqa: E402
 
 _numerics.pin()
 _numerics.warn_on_lock_mismatch()

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-import cmp_utils  # noqa: F401  (pins the CPU numerics before any test computes with torch: cmp_utils.numerics)
+import cmp_utils  # noqa: F401  (pins the CPU numerics before any test computes with torch: cmp_utils.core.numerics)
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +45,7 @@ def one_torch_thread():
     """The test's torch work on one CPU thread (the caller's count given back after). For the
     benchmark-style tests that are otherwise the only ones on two threads: the background notebook
     runs keep one of CI's two cores busy, and two threads sharing the other one run several times slower."""
-    from cmp_utils import config
+    from cmp_utils.core import config
 
     with config.torch_threads(1):
         yield

@@ -33,7 +33,12 @@ def _colour(index: int) -> tuple[int, int, int]:
 CUHK_RECORDS = [
     ("train", "CUHK01/0001001.png", 1, ["A man in a red shirt and blue jeans.", "The man wears a red shirt."]),
     ("train", "CUHK01/0001002.png", 1, ["A man wearing a red shirt, carrying a bag.", "Man in red shirt!"]),
-    ("train", "Market/0002_c1.jpg", 2, ["A woman in a red dress."] * 2 + [f"A woman in a red dress, number {k}." for k in range(8)]),
+    (
+        "train",
+        "Market/0002_c1.jpg",
+        2,
+        ["A woman in a red dress."] * 2 + [f"A woman in a red dress, number {k}." for k in range(8)],
+    ),
     ("train", "cam_a/003_45.bmp", 3, ["A person with a blue bag.", "Someone carrying a blue backpack."]),
     ("train", "cam_b/003_90.bmp", 3, ["A person in a blue coat.", "A person in a blue coat and red shoes."]),
     ("val", "CUHK03/0004_1.png", 4, ["A man in a green coat.", "A green coat.", "Green coat man.", "Man, green coat."]),
@@ -47,15 +52,30 @@ def write_cuhk(root: Path) -> Path:
     records = []
     for index, (split, file_path, person_id, captions) in enumerate(CUHK_RECORDS):
         write_image(root / "imgs" / file_path, _colour(index))
-        records.append({"split": split, "captions": captions, "file_path": file_path,
-                        "processed_tokens": [c.lower().split() for c in captions], "id": person_id})
+        records.append(
+            {
+                "split": split,
+                "captions": captions,
+                "file_path": file_path,
+                "processed_tokens": [c.lower().split() for c in captions],
+                "id": person_id,
+            }
+        )
     (root / "reid_raw.json").write_text(json.dumps(records), encoding="utf-8")
     return root
 
 
 def _karpathy_image(imgid: int, split: str, filename: str, sentences: list[str], **extra) -> dict:
-    return {**extra, "filename": filename, "imgid": imgid, "split": split, "sentids": list(range(len(sentences))),
-            "sentences": [{"tokens": s.lower().split(), "raw": s, "imgid": imgid, "sentid": k} for k, s in enumerate(sentences)]}
+    return {
+        **extra,
+        "filename": filename,
+        "imgid": imgid,
+        "split": split,
+        "sentids": list(range(len(sentences))),
+        "sentences": [
+            {"tokens": s.lower().split(), "raw": s, "imgid": imgid, "sentid": k} for k, s in enumerate(sentences)
+        ],
+    }
 
 
 def write_flickr(root: Path) -> Path:
@@ -64,8 +84,12 @@ def write_flickr(root: Path) -> Path:
     for imgid, split in enumerate(["train", "train", "train", "val", "test"]):
         filename = f"{1000 + imgid}.jpg"
         write_image(root / "flickr30k-images" / filename, _colour(imgid), size=(16, 16))
-        images.append(_karpathy_image(imgid, split, filename, [f"A dog runs on grass number {imgid} take {k}." for k in range(5)]))
-    (root / "dataset_flickr30k.json").write_text(json.dumps({"images": images, "dataset": "flickr30k"}), encoding="utf-8")
+        images.append(
+            _karpathy_image(imgid, split, filename, [f"A dog runs on grass number {imgid} take {k}." for k in range(5)])
+        )
+    (root / "dataset_flickr30k.json").write_text(
+        json.dumps({"images": images, "dataset": "flickr30k"}), encoding="utf-8"
+    )
     return root
 
 
@@ -80,14 +104,27 @@ def write_coco(root: Path) -> Path:
         filename = f"COCO_{folder}_{imgid:012d}.jpg"
         write_image(root / folder / filename, _colour(imgid), size=(16, 16))
         count = 7 if imgid == 1 else 5
-        images.append(_karpathy_image(imgid, split, filename, [f"A cat on a mat {imgid}, view {k}." for k in range(count)],
-                                      filepath=folder, cocoid=500 + imgid))
+        images.append(
+            _karpathy_image(
+                imgid,
+                split,
+                filename,
+                [f"A cat on a mat {imgid}, view {k}." for k in range(count)],
+                filepath=folder,
+                cocoid=500 + imgid,
+            )
+        )
     (root / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}), encoding="utf-8")
     return root
 
 
-CUB_CLASSES = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross", "004.Groove_billed_Ani",
-               "005.Crested_Auklet"]
+CUB_CLASSES = [
+    "001.Black_footed_Albatross",
+    "002.Laysan_Albatross",
+    "003.Sooty_Albatross",
+    "004.Groove_billed_Ani",
+    "005.Crested_Auklet",
+]
 CUB_TEST = ["003.Sooty_Albatross"]
 
 
@@ -105,7 +142,9 @@ def write_cub(root: Path) -> Path:
     for c, class_name in enumerate(CUB_CLASSES):
         for k in range(2):
             stem = f"{class_name.split('.')[1]}_{k:04d}_{c}"
-            write_image(root / "CUB_200_2011" / "images" / class_name / f"{stem}.jpg", _colour(10 * c + k), size=(16, 16))
+            write_image(
+                root / "CUB_200_2011" / "images" / class_name / f"{stem}.jpg", _colour(10 * c + k), size=(16, 16)
+            )
             _caption_file(text_root / "text_c10" / class_name / f"{stem}.txt", class_name, blank_lines=(k == 0))
     (text_root / "trainvalclasses.txt").write_text("\n".join(c for c in CUB_CLASSES if c not in CUB_TEST) + "\n\n")
     (text_root / "testclasses.txt").write_text("\n".join(CUB_TEST) + "\n")
@@ -131,8 +170,13 @@ def write_flowers(root: Path) -> Path:
     return root
 
 
-WRITERS = {"cuhk_pedes": write_cuhk, "flickr30k": write_flickr, "mscoco": write_coco, "cub": write_cub,
-           "flowers": write_flowers}
+WRITERS = {
+    "cuhk_pedes": write_cuhk,
+    "flickr30k": write_flickr,
+    "mscoco": write_coco,
+    "cub": write_cub,
+    "flowers": write_flowers,
+}
 
 
 def write_all(data_dir: Path) -> Path:
@@ -161,9 +205,73 @@ def write_mini_cuhk(root: Path, image_size: tuple[int, int] = (16, 32)) -> Path:
             for view, suffix in enumerate((".jpg", ".png")):
                 file_path = f"{'CUHK01' if view == 0 else 'Market'}/{person_id:04d}_{view}{suffix}"
                 write_image(root / "imgs" / file_path, _colour(7 * person_id), size=image_size)
-                captions = [f"A person in a {colour} {clothes} walking, view {view}.",
-                            f"The {colour} {clothes} of this person is plain and {colour}."]
-                records.append({"split": split, "captions": captions, "file_path": file_path,
-                                "processed_tokens": [c.lower().split() for c in captions], "id": person_id})
+                captions = [
+                    f"A person in a {colour} {clothes} walking, view {view}.",
+                    f"The {colour} {clothes} of this person is plain and {colour}.",
+                ]
+                records.append(
+                    {
+                        "split": split,
+                        "captions": captions,
+                        "file_path": file_path,
+                        "processed_tokens": [c.lower().split() for c in captions],
+                        "id": person_id,
+                    }
+                )
     (root / "reid_raw.json").write_text(json.dumps(records), encoding="utf-8")
+    return root
+
+
+# The two person-search sets published after the paper (tests/data/test_datasets_new.py, tests/test_reliability.py).
+
+# ICFG-PEDES: ids 1-10 in train (2 images each, one caption an image), ids 11-12 in test (3 images each).
+ICFG_TRAIN_IDS, ICFG_TEST_IDS = list(range(1, 11)), [11, 12]
+
+
+def write_icfg(root: Path) -> Path:
+    """``ICFG-PEDES.json`` + ``imgs/<split>/<id>/<file>.jpg``, records {id, file_path, captions, processed_tokens, split}."""
+    records = []
+    for split, ids, views in (("train", ICFG_TRAIN_IDS, 2), ("test", ICFG_TEST_IDS, 3)):
+        for person_id in ids:
+            for view in range(views):
+                file_path = f"{split}/{person_id:04d}/{person_id:04d}_c{view}_{view:04d}.jpg"
+                write_image(root / "imgs" / file_path, _colour(person_id * 10 + view))
+                caption = f"The person {person_id} wears a coat with {view} buttons and carries a bag."
+                records.append(
+                    {
+                        "id": person_id,
+                        "file_path": file_path,
+                        "captions": [caption],
+                        "processed_tokens": [caption.lower().split()],
+                        "split": split,
+                    }
+                )
+    (root / "ICFG-PEDES.json").write_text(json.dumps(records), encoding="utf-8")
+    return root
+
+
+# RSTPReid: train ids 1-4, val id 5, test ids 6-7; 5 images an identity, 2 captions an image.
+RSTP_SPLITS = {"train": [1, 2, 3, 4], "val": [5], "test": [6, 7]}
+
+
+def write_rstp(root: Path) -> Path:
+    """``data_captions.json`` + ``imgs/<img_path>``, records {id, img_path, captions, split}."""
+    records = []
+    for split, ids in RSTP_SPLITS.items():
+        for person_id in ids:
+            for camera in range(5):
+                img_path = f"{person_id:04d}_c{camera + 3}_{camera:04d}.jpg"
+                write_image(root / "imgs" / img_path, _colour(person_id * 7 + camera))
+                records.append(
+                    {
+                        "id": person_id,
+                        "img_path": img_path,
+                        "split": split,
+                        "captions": [
+                            f"A woman {person_id} in a red skirt seen by camera {camera}.",
+                            f"She {person_id} carries a black handbag, view {camera}.",
+                        ],
+                    }
+                )
+    (root / "data_captions.json").write_text(json.dumps(records), encoding="utf-8")
     return root

@@ -21,8 +21,17 @@ def make_lab(port: int, token: str, extra: str = "") -> list[str]:
     ``notebooks/`` folder of the directory it runs in (``-o``: the install stamp counts as done, so
     nothing is installed)."""
     lab_args = f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 --IdentityProvider.token={token} {extra}".strip()
-    return ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "-o", f"{VENV}/.cmp-installed", "lab",
-            f"VENV={VENV}", f"LAB_ARGS={lab_args}"]
+    return [
+        "make",
+        "--no-print-directory",
+        "-f",
+        str(ROOT / "Makefile"),
+        "-o",
+        f"{VENV}/.cmp-installed",
+        "lab",
+        f"VENV={VENV}",
+        f"LAB_ARGS={lab_args}",
+    ]
 
 
 def free_port() -> int:
@@ -47,13 +56,26 @@ def http_status(url: str, token: str | None = None) -> int:
         return error.code
 
 
-def start_server(command: list[str], port: int, token: str, log_path: Path, cwd: Path,
-                 timeout: float = 120.0, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_server(
+    command: list[str],
+    port: int,
+    token: str,
+    log_path: Path,
+    cwd: Path,
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
     """Start ``command`` (a Jupyter server on ``port``) in its own process group; wait until
     ``/api/status`` answers 200 with ``token``. The log goes to ``log_path``."""
     log = open(log_path, "w")
-    process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                               env={**os.environ, "JUPYTER_PLATFORM_DIRS": "1", **(env or {})})
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "JUPYTER_PLATFORM_DIRS": "1", **(env or {})},
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -26,9 +26,23 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 CHECK_RESULTS = "check-results --cold 10_ablation"
 # The order jobs are taken in (the longest chain first), and what each waits for.
-ORDER = ["05_cuhk_pedes", "06_flickr30k", "09_batch_size", "10_ablation", CHECK_RESULTS, "11_feature_distribution",
-         "12_retrieval_demo", "13_fidelity_audit", "07_mscoco", "08_cub_flowers", "04_training", "01_data_preparation",
-         "03_cmpc_derivation", "02_cmpm_derivation", "00_environment"]
+ORDER = [
+    "05_cuhk_pedes",
+    "06_flickr30k",
+    "09_batch_size",
+    "10_ablation",
+    CHECK_RESULTS,
+    "11_feature_distribution",
+    "12_retrieval_demo",
+    "13_fidelity_audit",
+    "07_mscoco",
+    "08_cub_flowers",
+    "04_training",
+    "01_data_preparation",
+    "03_cmpc_derivation",
+    "02_cmpm_derivation",
+    "00_environment",
+]
 AFTER = {
     "09_batch_size": ["05_cuhk_pedes"],
     "10_ablation": ["09_batch_size"],
@@ -41,7 +55,7 @@ AFTER = {
 # and answers each with one line: the executed copy, or the traceback.
 WORKER = """
 import json, sys, traceback
-from cmp_utils.run_notebooks import run_notebooks
+from cmp_utils.tools.run_notebooks import run_notebooks
 for line in sys.stdin:
     job = json.loads(line)
     try:
@@ -62,15 +76,19 @@ class SmokeNotebookRuns:
         self.output_dir = self.results / "executed" / "smoke"
         # One thread for what the notebooks run outside their training runs too (the runs fix their
         # own count, 1 in the smoke profile): a worker is meant to keep one core busy, not two.
-        self.env = {**os.environ, "CMP_RESULTS_DIR": str(self.results), "CMP_CACHE_DIR": str(self.cache),
-                    "OMP_NUM_THREADS": "1"}
+        self.env = {
+            **os.environ,
+            "CMP_RESULTS_DIR": str(self.results),
+            "CMP_CACHE_DIR": str(self.cache),
+            "OMP_NUM_THREADS": "1",
+        }
         self.paths = {path.stem: path for path in NOTEBOOKS}
         known = [name for name in ORDER if name in self.paths or name == CHECK_RESULTS]
         new = sorted(set(self.paths) - set(known))
         self.order = known + new
         self.after = {name: [b for b in AFTER.get(name, []) if b in self.order] for name in known}
         for index, name in enumerate(new):  # after everything else, one by one
-            self.after[name] = self.order[:len(known) + index]
+            self.after[name] = self.order[: len(known) + index]
         self.outcomes: dict[str, dict] = {}
         self.taken: set[str] = set()
         self.condition = threading.Condition()
@@ -130,9 +148,16 @@ class SmokeNotebookRuns:
                         outcome = self._check_results()
                     else:
                         if worker is None or worker.poll() is not None:
-                            worker = subprocess.Popen([sys.executable, "-c", WORKER], cwd=ROOT, env=self.env,
-                                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            worker = subprocess.Popen(
+                                [sys.executable, "-c", WORKER],
+                                cwd=ROOT,
+                                env=self.env,
+                                stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT,
+                                text=True,
+                                start_new_session=True,
+                            )
                             self.processes.append(worker)
                         outcome = self._run_notebook(worker, name)
                 except Exception as error:  # noqa: BLE001 -- reported by the notebook's own test
@@ -151,15 +176,32 @@ class SmokeNotebookRuns:
         log = []
         for line in worker.stdout:
             if line.startswith("@@worker "):
-                return json.loads(line[len("@@worker "):])
+                return json.loads(line[len("@@worker ") :])
             log.append(line)
         return {"error": "the worker process ended early:\n" + "".join(log)[-4000:]}
 
     def _check_results(self) -> dict:
         """``make check-results`` in the smoke profile, cold, for notebook 10 alone."""
-        process = subprocess.Popen([sys.executable, "-m", "cmp_utils.check_results", "--profile", "smoke", "--cold", "--against", "files",
-                                    "--notebooks", str(self.paths["10_ablation"])], cwd=ROOT, env=self.env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cmp_utils.tools.check_results",
+                "--profile",
+                "smoke",
+                "--cold",
+                "--against",
+                "files",
+                "--notebooks",
+                str(self.paths["10_ablation"]),
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         self.processes.append(process)
         stdout, stderr = process.communicate()
         return {"returncode": process.returncode, "stdout": stdout, "stderr": stderr}

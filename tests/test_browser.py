@@ -19,8 +19,16 @@ import pytest
 from lab_helpers import ROOT, free_port, http_status, make_lab, start_server, stop_server
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 NOTEBOOKS = ("00_environment.ipynb", "02_cmpm_derivation.ipynb")
 TOKEN = "browser-test-token"
 ACTIVE = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook in the visible tab
@@ -86,7 +94,9 @@ def test_notebook_runs_in_the_browser_with_the_smoke_profile(lab, browser, name,
     page.goto(f"http://127.0.0.1:{port}/lab/tree/{name}?reset&token={TOKEN}")
     page.wait_for_selector(f"{ACTIVE} .jp-Cell")
     # the project kernel is chosen from the notebook's metadata, no kernel dialog
-    page.wait_for_function("() => (document.querySelector('.jp-KernelName') || {}).textContent === 'Python (cmp-repro)'")
+    page.wait_for_function(
+        "() => (document.querySelector('.jp-KernelName') || {}).textContent === 'Python (cmp-repro)'"
+    )
     assert page.locator(".jp-Dialog").count() == 0
     page.screenshot(path=str(tmp_path / f"{name}_opened.png"))
 
@@ -126,8 +136,9 @@ def test_notebook_runs_in_the_browser_with_the_smoke_profile(lab, browser, name,
     # formulas typeset by MathJax, no raw $...$ left in the rendered Markdown
     text = page.evaluate(MARKDOWN_TEXT_OUTSIDE_CODE_AND_MATH)
     assert not re.search(r"\$[^$\n]+\$", text), re.search(r"\$[^$\n]+\$", text).group(0)
-    markdown = "\n".join("".join(cell["source"]) for cell in json.loads(real_notebook)["cells"]
-                         if cell["cell_type"] == "markdown")
+    markdown = "\n".join(
+        "".join(cell["source"]) for cell in json.loads(real_notebook)["cells"] if cell["cell_type"] == "markdown"
+    )
     if re.search(r"\$[^$\n]+\$", re.sub(r"`[^`]*`", "", markdown)):  # the notebook has formulas
         assert panel.locator(".jp-MarkdownOutput mjx-container").count() > 0
 

@@ -13,16 +13,27 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cmp_utils import config
-from cmp_utils.notebook_tools import build_notebook, check_notebook, strip_outputs
+from cmp_utils.core import config
+from cmp_utils.reporting.notebook_tools import build_notebook, check_notebook, strip_outputs
 
 from notebook_runs import AFTER, CHECK_RESULTS, ORDER, SmokeNotebookRuns
 
 NOTEBOOKS = sorted((config.project_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 NOTEBOOK_MAP = [
-    "00_environment", "01_data_preparation", "02_cmpm_derivation", "03_cmpc_derivation", "04_training",
-    "05_cuhk_pedes", "06_flickr30k", "07_mscoco", "08_cub_flowers", "09_batch_size", "10_ablation",
-    "11_feature_distribution", "12_retrieval_demo", "13_fidelity_audit",
+    "00_environment",
+    "01_data_preparation",
+    "02_cmpm_derivation",
+    "03_cmpc_derivation",
+    "04_training",
+    "05_cuhk_pedes",
+    "06_flickr30k",
+    "07_mscoco",
+    "08_cub_flowers",
+    "09_batch_size",
+    "10_ablation",
+    "11_feature_distribution",
+    "12_retrieval_demo",
+    "13_fidelity_audit",
     "14_cmpm_family",
 ]
 
@@ -41,8 +52,11 @@ def test_notebook_conventions(path):
 def _valid_cells():
     return [
         ("md", "# Title\n\nPurpose.\n\nProduces: nothing."),
-        ("code", "import math\n\nfrom cmp_utils import notebook_tools"),
-        ("parameters", 'profile: str = "quick"  # p\nseed: int = 0  # s\ndevice: str = "auto"  # d\ndata_dir: str = ""  # r'),
+        ("code", "import math\n\nfrom cmp_utils.reporting import notebook_tools"),
+        (
+            "parameters",
+            'profile: str = "quick"  # p\nseed: int = 0  # s\ndevice: str = "auto"  # d\ndata_dir: str = ""  # r',
+        ),
         ("code", "notebook_tools.check_parameters(globals())\nx = math.pi"),
     ]
 
@@ -67,10 +81,22 @@ def test_checker_rejects_outputs_and_strip_removes_them(tmp_path):
     "cells, expected",
     [
         ([c for c in _valid_cells() if c[0] != "parameters"], "exactly one cell tagged 'parameters'"),
-        ([c if c[0] != "parameters" else ("parameters", "seed: int = 0  # s") for c in _valid_cells()], "lacks 'profile'"),
-        ([c if c[0] != "parameters" else ("parameters", c[1].replace('"quick"', '"paper"')) for c in _valid_cells()], 'profile: str = "quick"'),
-        ([c if c[0] != "parameters" else ("parameters", c[1] + "\nx = 1 + 2") for c in _valid_cells()], "must be `name: type = literal"),
-        ([c if c[0] != "parameters" else ("parameters", c[1].replace("  # s", "")) for c in _valid_cells()], "needs a comment"),
+        (
+            [c if c[0] != "parameters" else ("parameters", "seed: int = 0  # s") for c in _valid_cells()],
+            "lacks 'profile'",
+        ),
+        (
+            [c if c[0] != "parameters" else ("parameters", c[1].replace('"quick"', '"paper"')) for c in _valid_cells()],
+            'profile: str = "quick"',
+        ),
+        (
+            [c if c[0] != "parameters" else ("parameters", c[1] + "\nx = 1 + 2") for c in _valid_cells()],
+            "must be `name: type = literal",
+        ),
+        (
+            [c if c[0] != "parameters" else ("parameters", c[1].replace("  # s", "")) for c in _valid_cells()],
+            "needs a comment",
+        ),
         ([("md", "no title")] + _valid_cells()[1:], "'# Title'"),
     ],
     ids=["no-parameters-cell", "no-profile", "profile-not-quick", "not-literal", "no-comment", "no-title"],
@@ -117,7 +143,9 @@ def test_notebook_runs_in_smoke_profile(path, smoke_notebooks):
     assert not missing, f"{path.name} did not write {missing}"
     executed_notebook = json.loads(executed.read_text())
     errors = [
-        output for cell in executed_notebook["cells"] for output in cell.get("outputs", [])
+        output
+        for cell in executed_notebook["cells"]
+        for output in cell.get("outputs", [])
         if output.get("output_type") == "error"
     ]
     assert not errors

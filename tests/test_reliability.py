@@ -16,7 +16,11 @@ import pandas as pd
 import pytest
 import torch
 
-from cmp_utils import atomic, config, data, experiments, images, notebook_tools, run_notebooks, train
+from cmp_utils.core import atomic, config
+from cmp_utils import data, experiments, training
+from cmp_utils.data import images
+from cmp_utils.reporting import notebook_tools
+from cmp_utils.tools import run_notebooks
 
 from data_fixtures import write_cub, write_cuhk, write_flickr, write_image
 
@@ -49,30 +53,34 @@ def test_image_replaced_at_same_path_rebuilds_the_image_cache(tmp_path):
 def test_feature_cache_key_follows_a_replaced_image(tmp_path):
     root = write_cuhk(tmp_path / "data" / "cuhk_pedes")
     cache_dir = tmp_path / "cache"
-    cfg = train.make_config("paper", "cuhk_pedes", data_dir=str(tmp_path / "data"), cache_dir=str(cache_dir))
-    prepared = data.prepare_dataset("cuhk_pedes", "paper", data_dir=tmp_path / "data", cache_dir=cache_dir,
-                                    image_size=(8, 4))
-    before = train.feature_cache_path(prepared, "test", cfg, flips=False)
+    cfg = training.make_config("paper", "cuhk_pedes", data_dir=str(tmp_path / "data"), cache_dir=str(cache_dir))
+    prepared = data.prepare_dataset(
+        "cuhk_pedes", "paper", data_dir=tmp_path / "data", cache_dir=cache_dir, image_size=(8, 4)
+    )
+    before = training.feature_cache_path(prepared, "test", cfg, flips=False)
     _replace_image(root / "imgs" / "test_query" / "p5_s1.jpg", (1, 2, 3), size=(20, 12))
-    again = data.prepare_dataset("cuhk_pedes", "paper", data_dir=tmp_path / "data", cache_dir=cache_dir,
-                                 image_size=(8, 4))
-    assert train.feature_cache_path(again, "test", cfg, flips=False) != before
-    assert train.feature_cache_path(again, "train", cfg, flips=False) == train.feature_cache_path(
-        prepared, "train", cfg, flips=False)  # the train images did not change
+    again = data.prepare_dataset(
+        "cuhk_pedes", "paper", data_dir=tmp_path / "data", cache_dir=cache_dir, image_size=(8, 4)
+    )
+    assert training.feature_cache_path(again, "test", cfg, flips=False) != before
+    assert training.feature_cache_path(again, "train", cfg, flips=False) == training.feature_cache_path(
+        prepared, "train", cfg, flips=False
+    )  # the train images did not change
     weights = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(1)}, weights)
-    with_weights = train.make_config("paper", "cuhk_pedes", cache_dir=str(cache_dir), weights_path=str(weights))
-    old_weights_key = train.feature_cache_path(again, "train", with_weights, flips=False)
+    with_weights = training.make_config("paper", "cuhk_pedes", cache_dir=str(cache_dir), weights_path=str(weights))
+    old_weights_key = training.feature_cache_path(again, "train", with_weights, flips=False)
     torch.save({"w": torch.ones(3)}, weights)  # other weights at the same path
-    assert train.feature_cache_path(again, "train", with_weights, flips=False) != old_weights_key
+    assert training.feature_cache_path(again, "train", with_weights, flips=False) != old_weights_key
 
 
 def test_memoised_run_key_follows_images_annotations_and_weights(tmp_path):
     root = write_flickr(tmp_path / "data" / "flickr30k")
     weights = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(1)}, weights)
-    cfg = train.make_config("paper", "flickr30k", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "c"),
-                            weights_path=str(weights))
+    cfg = training.make_config(
+        "paper", "flickr30k", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "c"), weights_path=str(weights)
+    )
     settings = cfg.to_dict()
     first = experiments.run_key(settings, experiments.input_fingerprint(cfg))
     assert experiments.run_key(settings, experiments.input_fingerprint(cfg)) == first  # nothing changed
@@ -101,7 +109,9 @@ def test_karpathy_record_without_imgid_or_with_a_shared_one_is_an_error(tmp_path
     payload = json.loads((root / "dataset_flickr30k.json").read_text())
     del payload["images"][2]["imgid"]
     (root / "dataset_flickr30k.json").write_text(json.dumps(payload))
-    with pytest.raises(ValueError, match=r"dataset_flickr30k.json: image record 2 \(1002.jpg\) has no integer \"imgid\""):
+    with pytest.raises(
+        ValueError, match=r"dataset_flickr30k.json: image record 2 \(1002.jpg\) has no integer \"imgid\""
+    ):
         data.read_dataset("flickr30k", root, "train")
     payload["images"][2]["imgid"] = 0
     (root / "dataset_flickr30k.json").write_text(json.dumps(payload))
@@ -166,14 +176,29 @@ def test_save_experiment_replaces_the_whole_set(tmp_path):
     import matplotlib.pyplot as plt
 
     out_dir = tmp_path / "ablation" / "quick"
-    frame = pd.DataFrame({"dataset": "d", "table": "t", "method": ["A", "B"], "direction": "t2i", "metric": "R@1",
-                          "value": [1.0, 2.0], "seed": 0})
+    frame = pd.DataFrame(
+        {
+            "dataset": "d",
+            "table": "t",
+            "method": ["A", "B"],
+            "direction": "t2i",
+            "metric": "R@1",
+            "value": [1.0, 2.0],
+            "seed": 0,
+        }
+    )
     figure, _ = plt.subplots()
     experiments.save_experiment(out_dir, frame, {"profile": "quick", "run": 1}, {"old_figure": figure})
-    experiments.save_experiment(out_dir, frame.assign(value=[3.0, 4.0]), {"profile": "quick", "run": 2},
-                                {"new_figure": figure})
-    assert sorted(p.name for p in out_dir.iterdir()) == ["metrics.csv", "new_figure.png", "new_figure.svg",
-                                                         "params.yaml", "summary.csv"]
+    experiments.save_experiment(
+        out_dir, frame.assign(value=[3.0, 4.0]), {"profile": "quick", "run": 2}, {"new_figure": figure}
+    )
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "metrics.csv",
+        "new_figure.png",
+        "new_figure.svg",
+        "params.yaml",
+        "summary.csv",
+    ]
     assert pd.read_csv(out_dir / "metrics.csv")["value"].tolist() == [3.0, 4.0]
 
     class BrokenFigure:
@@ -223,12 +248,27 @@ def test_a_result_folder_moved_aside_by_a_killed_swap_is_restored(tmp_path):
 
 
 # ---------------------------------------------------------------------- 3. notebook parameter types
-@pytest.mark.parametrize("value, declared, fits", [
-    (3, int, True), (True, int, False), (1.5, int, False), ("abc", int, False),
-    (2, float, True), (0.5, float, True), (False, float, False), ("x", str, True), (2024, str, False),
-    (True, bool, True), (1, bool, False), ([1], list, True), ("[1]", list, False), ({"a": 1}, dict, True),
-    ({"a": 1}, "dict", True), ("x", "str | None", True),
-])
+@pytest.mark.parametrize(
+    "value, declared, fits",
+    [
+        (3, int, True),
+        (True, int, False),
+        (1.5, int, False),
+        ("abc", int, False),
+        (2, float, True),
+        (0.5, float, True),
+        (False, float, False),
+        ("x", str, True),
+        (2024, str, False),
+        (True, bool, True),
+        (1, bool, False),
+        ([1], list, True),
+        ("[1]", list, False),
+        ({"a": 1}, dict, True),
+        ({"a": 1}, "dict", True),
+        ("x", "str | None", True),
+    ],
+)
 def test_parameter_type_rules(value, declared, fits):
     assert (notebook_tools.parameter_type_problem("p", value, declared) is None) is fits
 
@@ -250,8 +290,14 @@ def test_papermill_run_with_a_wrong_seed_type_stops_at_the_check(value, tmp_path
 
     notebook = config.project_root() / "notebooks" / "00_environment.ipynb"
     with pytest.raises(papermill.PapermillExecutionError) as error:
-        papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), parameters={"seed": value},
-                                   kernel_name=notebook_tools.KERNEL_NAME, cwd=str(notebook.parent), progress_bar=False)
+        papermill.execute_notebook(
+            str(notebook),
+            str(tmp_path / "out.ipynb"),
+            parameters={"seed": value},
+            kernel_name=notebook_tools.KERNEL_NAME,
+            cwd=str(notebook.parent),
+            progress_bar=False,
+        )
     assert f"parameter seed={value!r} is a {type(value).__name__}" in str(error.value)
     assert "declares seed: int" in str(error.value)
 
@@ -272,17 +318,21 @@ NOTEBOOK_00 = config.project_root() / "notebooks" / "00_environment.ipynb"
 NOTEBOOK_05 = config.project_root() / "notebooks" / "05_cuhk_pedes.ipynb"
 
 
-@pytest.mark.parametrize("parameters, profile, expected", [
-    ({"profile": "smoke"}, "quick", "-p profile=smoke contradicts --profile quick"),
-    ({"num_seeds": 5}, "smoke", "the smoke profile runs one seed"),
-    ({"source": "real"}, "quick", "labels results of synthetic data"),
-    ({"seeds": 3}, "quick", "seeds are declared by none of the notebooks"),
-    ({"seed": 1.5}, "quick", "parameter seed=1.5 is a float"),
-])
+@pytest.mark.parametrize(
+    "parameters, profile, expected",
+    [
+        ({"profile": "smoke"}, "quick", "-p profile=smoke contradicts --profile quick"),
+        ({"num_seeds": 5}, "smoke", "the smoke profile runs one seed"),
+        ({"source": "real"}, "quick", "labels results of synthetic data"),
+        ({"seeds": 3}, "quick", "seeds are declared by none of the notebooks"),
+        ({"seed": 1.5}, "quick", "parameter seed=1.5 is a float"),
+    ],
+)
 def test_run_notebooks_refuses_contradicting_parameters(parameters, profile, expected, no_execution, tmp_path):
     with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace("+", r"\+")):
-        run_notebooks.run_notebooks([NOTEBOOK_00, NOTEBOOK_05], profile, parameters=parameters,
-                                    output_dir=tmp_path / "out")
+        run_notebooks.run_notebooks(
+            [NOTEBOOK_00, NOTEBOOK_05], profile, parameters=parameters, output_dir=tmp_path / "out"
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -312,17 +362,25 @@ def test_cli_parameters_declared_str_stay_strings():
 
 @pytest.mark.slow
 def test_run_notebooks_records_timings_and_keeps_str_parameters(tmp_path, isolated_dirs):
-    notebook = notebook_tools.build_notebook([
-        ("md", "# Probe\n\nChecks what run_notebooks injects.\n\nProduces: nothing."),
-        ("code", "from cmp_utils import notebook_tools"),
-        ("parameters", 'profile: str = "quick"  # p\nseed: int = 0  # s\ndevice: str = "auto"  # d\n'
-                       'data_dir: str = ""  # r'),
-        ("code", "notebook_tools.check_parameters(globals())\nassert data_dir == '2024' and profile == 'smoke'"),
-    ], [], tmp_path / "notebooks" / "99_probe.ipynb")
+    notebook = notebook_tools.build_notebook(
+        [
+            ("md", "# Probe\n\nChecks what run_notebooks injects.\n\nProduces: nothing."),
+            ("code", "from cmp_utils.reporting import notebook_tools"),
+            (
+                "parameters",
+                'profile: str = "quick"  # p\nseed: int = 0  # s\ndevice: str = "auto"  # d\ndata_dir: str = ""  # r',
+            ),
+            ("code", "notebook_tools.check_parameters(globals())\nassert data_dir == '2024' and profile == 'smoke'"),
+        ],
+        [],
+        tmp_path / "notebooks" / "99_probe.ipynb",
+    )
     out = tmp_path / "executed"
     for _ in range(2):
-        assert run_notebooks.main([str(notebook), "--profile", "smoke", "-p", "data_dir=2024",
-                                   "--output-dir", str(out)]) == 0
+        assert (
+            run_notebooks.main([str(notebook), "--profile", "smoke", "-p", "data_dir=2024", "--output-dir", str(out)])
+            == 0
+        )
     timings = pd.read_csv(out / "timings.csv")
     assert list(timings.columns) == run_notebooks.TIMING_COLUMNS
     assert timings["notebook"].tolist() == ["99_probe"]  # the rerun replaced its row
@@ -341,15 +399,15 @@ def test_checkpoints_and_settings_load_without_code_execution():
 
     package = config.project_root() / "cmp_utils"
     unsafe, calls = [], 0
-    for path in sorted(package.glob("*.py")):
+    for path in sorted(package.rglob("*.py")):
         source = path.read_text(encoding="utf-8")
+        name = path.relative_to(package).as_posix()
         for match in re.finditer(r"torch\.load\(([^()]*(\([^()]*\))?)*\)", source):
             calls += 1
             if "weights_only=True" not in match.group(0):
-                unsafe.append(f"{path.name}: {match.group(0)}")
-        unsafe += [f"{path.name}: yaml.{call}" for call in re.findall(r"yaml\.(load|unsafe_load|full_load)\(", source)]
+                unsafe.append(f"{name}: {match.group(0)}")
+        unsafe += [f"{name}: yaml.{call}" for call in re.findall(r"yaml\.(load|unsafe_load|full_load)\(", source)]
     assert calls >= 3 and not unsafe, unsafe  # checkpoints, feature caches and weights are all loaded
-
 
 
 def test_reliability_table_names_only_existing_tests():
@@ -358,12 +416,17 @@ def test_reliability_table_names_only_existing_tests():
 
     root = config.project_root()
     table = (root / "docs" / "reliability.md").read_text(encoding="utf-8")
-    named = re.findall(r"`(?:tests/(test_\w+)\.py)?(?:::)?(test_\w+)`", table)
+    named = re.findall(r"`(?:tests/(?:\w+/)?(test_\w+)\.py)?(?:::)?(test_\w+)`", table)
     assert len(named) >= 30
-    defined = {path.stem: set(re.findall(r"^def (test_\w+)\(", path.read_text(encoding="utf-8"), re.M))
-               for path in (root / "tests").glob("test_*.py")}
-    missing = [f"{file_name}::{test_name}" for file_name, test_name in named
-               if test_name not in (defined.get(file_name, set()) if file_name else set().union(*defined.values()))]
+    defined = {
+        path.stem: set(re.findall(r"^def (test_\w+)\(", path.read_text(encoding="utf-8"), re.M))
+        for path in (root / "tests").rglob("test_*.py")
+    }
+    missing = [
+        f"{file_name}::{test_name}"
+        for file_name, test_name in named
+        if test_name not in (defined.get(file_name, set()) if file_name else set().union(*defined.values()))
+    ]
     assert not missing, missing
 
 
@@ -377,7 +440,7 @@ def _old_positives_at_least(pair_scores, rows, chunk, thresholds):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_tie_correction_counts_equal_the_old_quadratic_ones(seed):
-    from cmp_utils import metrics
+    from cmp_utils.evaluation import metrics
 
     generator = torch.Generator().manual_seed(seed)
     chunk, width = 7, 40
@@ -399,7 +462,7 @@ def test_tie_correction_counts_equal_the_old_quadratic_ones(seed):
 def test_retrieval_metrics_with_ties_and_many_positives_are_unchanged(seed, monkeypatch):
     """Whole metrics with ties, few and many positives, one and several gallery blocks: equal to the
     old tie correction, bit for bit."""
-    from cmp_utils import metrics
+    from cmp_utils.evaluation import metrics
 
     generator = torch.Generator().manual_seed(seed)
     if seed % 2:  # exactly representable scores: many ties
@@ -412,15 +475,20 @@ def test_retrieval_metrics_with_ties_and_many_positives_are_unchanged(seed, monk
     query_labels = torch.arange(30) % 3
     gallery_labels = torch.randint(0, 3, (300,), generator=generator)
     for gallery_chunk_size in (None, 70):
-        new = metrics.retrieval_metrics(queries, gallery, query_labels, gallery_labels, chunk_size=8,
-                                        gallery_chunk_size=gallery_chunk_size)
+        new = metrics.retrieval_metrics(
+            queries, gallery, query_labels, gallery_labels, chunk_size=8, gallery_chunk_size=gallery_chunk_size
+        )
         with monkeypatch.context() as patch:
             patch.setattr(metrics, "positives_at_least", _old_positives_at_least)
             patch.setattr(metrics, "_sorted_rows", lambda values: torch.sort(values, dim=1).values)
-            patch.setattr(metrics, "_count_below",
-                          lambda ascending, thresholds: torch.searchsorted(ascending, thresholds.contiguous(), side="left"))
-            old = metrics.retrieval_metrics(queries, gallery, query_labels, gallery_labels, chunk_size=8,
-                                            gallery_chunk_size=gallery_chunk_size)
+            patch.setattr(
+                metrics,
+                "_count_below",
+                lambda ascending, thresholds: torch.searchsorted(ascending, thresholds.contiguous(), side="left"),
+            )
+            old = metrics.retrieval_metrics(
+                queries, gallery, query_labels, gallery_labels, chunk_size=8, gallery_chunk_size=gallery_chunk_size
+            )
         assert new == old
 
 
@@ -429,16 +497,20 @@ NOTEBOOK_10 = config.project_root() / "notebooks" / "10_ablation.ipynb"
 _INJECTION = "x\", __import__('os').system('touch PWNED'), \""
 
 
-@pytest.mark.parametrize("text, refused", [
-    ("methods=[!!binary " + __import__("base64").b64encode(_INJECTION.encode()).decode() + "]", "bytes"),
-    ("methods=[!!set {a: null}]", "set"),
-    ("methods=[2024-01-02]", "date"),
-    ("overrides={lr: [2024-01-02]}", "date"),
-    ("overrides={1: 2}", "key 1"),
-])
+@pytest.mark.parametrize(
+    "text, refused",
+    [
+        ("methods=[!!binary " + __import__("base64").b64encode(_INJECTION.encode()).decode() + "]", "bytes"),
+        ("methods=[!!set {a: null}]", "set"),
+        ("methods=[2024-01-02]", "date"),
+        ("overrides={lr: [2024-01-02]}", "date"),
+        ("overrides={1: 2}", "key 1"),
+    ],
+)
 def test_run_notebooks_refuses_parameters_that_are_not_plain_json(text, refused, no_execution, tmp_path, capsys):
-    code = run_notebooks.main([str(NOTEBOOK_10), "--profile", "smoke", "-p", text,
-                               "--output-dir", str(tmp_path / "out")])
+    code = run_notebooks.main(
+        [str(NOTEBOOK_10), "--profile", "smoke", "-p", text, "--output-dir", str(tmp_path / "out")]
+    )
     error = capsys.readouterr().err
     assert code == 1 and refused in error and ("plain JSON" in error or "only str keys" in error)
     assert not (tmp_path / "out").exists()
@@ -449,9 +521,27 @@ def test_notebook_check_refuses_non_plain_values_inside_a_list():
     assert problem and "methods[1]" in problem and "bytes" in problem
 
 
-ACCEPTED_VALUES = [0, -7, 2**40, 1.5, -0.0, 1e-300, True, False, None, "", "plain", 'quote " and \\ backslash',
-                   "new\nline", "tab\tand ünïcode ☃", "{braces} and 'single'", [], [1, "a", None, [True, 2.5]],
-                   {}, {"lr": 0.001, "nested": {"a": ["b", {"c": None}]}, "k\"ey": "v'al"}]
+ACCEPTED_VALUES = [
+    0,
+    -7,
+    2**40,
+    1.5,
+    -0.0,
+    1e-300,
+    True,
+    False,
+    None,
+    "",
+    "plain",
+    'quote " and \\ backslash',
+    "new\nline",
+    "tab\tand ünïcode ☃",
+    "{braces} and 'single'",
+    [],
+    [1, "a", None, [True, 2.5]],
+    {},
+    {"lr": 0.001, "nested": {"a": ["b", {"c": None}]}, 'k"ey': "v'al"},
+]
 
 
 def test_injected_cell_round_trips_every_accepted_value():
@@ -470,10 +560,17 @@ def test_injected_cell_round_trips_every_accepted_value():
 # ---------------------------------------------------------------------- issue 30: one run owns a run folder
 def _hold_lock_in_another_process(folder: Path) -> subprocess.Popen:
     """A live process holding ``folder``'s writer lock until its stdin closes."""
-    code = ("import sys; from cmp_utils import atomic\n"
-            f"with atomic.hold_folder({str(folder)!r}):\n    print('held', flush=True); sys.stdin.read()")
-    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(config.project_root())})
+    code = (
+        "import sys; from cmp_utils.core import atomic\n"
+        f"with atomic.hold_folder({str(folder)!r}):\n    print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(config.project_root())},
+    )
     assert holder.stdout.readline().strip() == "held"
     return holder
 
@@ -482,12 +579,13 @@ def test_a_second_training_run_into_a_locked_folder_is_refused(tmp_path, capsys)
     out = tmp_path / "run"
     holder = _hold_lock_in_another_process(out)
     try:
-        code = train.main(["--profile", "smoke", "--epochs", "1", "--seed", "1", "--output-dir", str(out),
-                           "--no-progress"])
+        code = training.main(
+            ["--profile", "smoke", "--epochs", "1", "--seed", "1", "--output-dir", str(out), "--no-progress"]
+        )
         error = capsys.readouterr().err
         assert code == 1 and str(out) in error and f"process {holder.pid}" in error and atomic.HOST in error
         with pytest.raises(atomic.FolderLockedError, match="another --output-dir"):
-            train.fit(train.make_config("smoke", "cuhk_pedes", output_dir=str(out), progress=False))
+            training.fit(training.make_config("smoke", "cuhk_pedes", output_dir=str(out), progress=False))
         assert sorted(path.name for path in out.iterdir()) == [atomic.LOCK_NAME]  # nothing written by the refused runs
     finally:
         holder.stdin.close()
@@ -521,13 +619,16 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path, c
 # ---------------------------------------------------------------------- issue 30: check_results certifies only what it compared
 def _committed_quick_copy(tmp_path: Path) -> Path:
     """A --rerun-dir copy of every committed results/<experiment>/quick/{metrics,claims}.csv."""
-    from cmp_utils import check_results
+    from cmp_utils.tools import check_results
 
     rerun = tmp_path / "rerun"
     for experiment in check_results.committed_experiments("HEAD", "quick"):
         for name in ("metrics.csv", "claims.csv"):
-            completed = subprocess.run(["git", "show", f"HEAD:results/{experiment}/quick/{name}"],
-                                       cwd=config.project_root(), capture_output=True)
+            completed = subprocess.run(
+                ["git", "show", f"HEAD:results/{experiment}/quick/{name}"],
+                cwd=config.project_root(),
+                capture_output=True,
+            )
             if completed.returncode == 0:
                 (rerun / experiment / "quick").mkdir(parents=True, exist_ok=True)
                 (rerun / experiment / "quick" / name).write_bytes(completed.stdout)
@@ -535,7 +636,7 @@ def _committed_quick_copy(tmp_path: Path) -> Path:
 
 
 def test_check_results_fails_on_missing_garbled_or_no_results(tmp_path, capsys):
-    from cmp_utils import check_results
+    from cmp_utils.tools import check_results
 
     rerun = _committed_quick_copy(tmp_path)
     experiments = check_results.committed_experiments("HEAD", "quick")
@@ -580,11 +681,14 @@ def tiny_disk(tmp_path):
 def test_a_checkpoint_on_a_full_disk_names_the_file_and_keeps_the_old_one(tiny_disk):
     checkpoint = tiny_disk / "checkpoints" / "last.pt"
     atomic.torch_save(checkpoint, {"w": torch.ones(10)})
-    with pytest.raises(OSError, match=r"cannot write .*last\.pt: No space left on device \(its previous version is "
-                                      r"kept unchanged\)") as raised:
+    with pytest.raises(
+        OSError,
+        match=r"cannot write .*last\.pt: No space left on device \(its previous version is "
+        r"kept unchanged\)",
+    ) as raised:
         atomic.torch_save(checkpoint, {"w": torch.zeros(200_000)})  # 800 KB on a 256 KiB disk
     assert raised.value.errno == 28 and "enforce fail" not in str(raised.value)
-    assert torch.equal(train.load_checkpoint(checkpoint)["w"], torch.ones(10))
+    assert torch.equal(training.load_checkpoint(checkpoint)["w"], torch.ones(10))
     assert sorted(path.name for path in checkpoint.parent.iterdir()) == ["last.pt"]  # no temporary left
     with pytest.raises(OSError, match=r"cannot write .*big\.csv: No space left on device \(nothing was written"):
         atomic.write_csv(tiny_disk / "big.csv", pd.DataFrame({"x": np.arange(100_000)}))
@@ -613,8 +717,12 @@ def test_importing_cmp_utils_with_torch_older_than_2_6_is_refused(tmp_path):
     fake = tmp_path / "site"
     (fake / "torch-2.5.1.dist-info").mkdir(parents=True)
     (fake / "torch-2.5.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.5.1\n")
-    completed = subprocess.run([sys.executable, "-c", "import cmp_utils"], capture_output=True, text=True,
-                               env={**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{config.project_root()}"})
+    completed = subprocess.run(
+        [sys.executable, "-c", "import cmp_utils"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{config.project_root()}"},
+    )
     assert completed.returncode != 0
     assert "ImportError: cmp_utils needs torch >= 2.6, found torch 2.5.1" in completed.stderr
     assert "CVE-2025-32434" in completed.stderr
@@ -628,7 +736,7 @@ def test_a_checkpoint_with_disallowed_objects_is_not_called_truncated(tmp_path):
     path = tmp_path / "best.pt"
     torch.save({"model": {"w": torch.ones(2)}, "extra": _NotAWeight()}, path)
     with pytest.raises(ValueError, match=r"best\.pt holds disallowed objects") as raised:
-        train.load_checkpoint(path)
+        training.load_checkpoint(path)
     assert "empty or truncated" not in str(raised.value) and "weights_only=False" in str(raised.value)
 
 
@@ -638,7 +746,7 @@ def test_load_trained_ignores_the_machine_local_paths_of_a_run_folder(isolated_d
     from cmp_utils import experiments
 
     run = tmp_path / "received_run"
-    train.fit(train.make_config("smoke", "cuhk_pedes", epochs=1, output_dir=str(run), progress=False))
+    training.fit(training.make_config("smoke", "cuhk_pedes", epochs=1, output_dir=str(run), progress=False))
     params = yaml.safe_load((run / "params.yaml").read_text())
     elsewhere = tmp_path / "chosen_by_the_sender"
     params.update(cache_dir=str(elsewhere / "cache"), data_dir=str(elsewhere / "data"))
@@ -662,7 +770,9 @@ def _rewrite(path: Path, change) -> None:
 def test_karpathy_sentences_as_a_string_is_an_error_naming_file_and_record(tmp_path):
     root = write_flickr(tmp_path / "flickr30k")
     _rewrite(root / "dataset_flickr30k.json", lambda p: p["images"][1].update(sentences="A dog runs."))
-    with pytest.raises(ValueError, match=r"dataset_flickr30k.json: image record 1 \(1001.jpg\) has \"sentences\" as a str"):
+    with pytest.raises(
+        ValueError, match=r"dataset_flickr30k.json: image record 1 \(1001.jpg\) has \"sentences\" as a str"
+    ):
         data.read_dataset("flickr30k", root, "train")
     root = write_flickr(tmp_path / "flickr_tokens")
     _rewrite(root / "dataset_flickr30k.json", lambda p: p["images"][0]["sentences"][0].update(tokens="a dog"))
@@ -671,12 +781,15 @@ def test_karpathy_sentences_as_a_string_is_an_error_naming_file_and_record(tmp_p
 
 
 def test_an_unknown_split_label_is_an_error_not_a_skipped_record(tmp_path):
-    from test_datasets_new import write_rstp
+    from data_fixtures import write_rstp
 
     root = write_rstp(tmp_path / "rstpreid")
     _rewrite(root / "data_captions.json", lambda records: records[0].update(split="Train"))
-    with pytest.raises(ValueError, match=r"data_captions.json: record 0 \(.*\) has split 'Train', which is not a split "
-                                         r"label of rstpreid \(train, val, test\); did you mean 'train'\?"):
+    with pytest.raises(
+        ValueError,
+        match=r"data_captions.json: record 0 \(.*\) has split 'Train', which is not a split "
+        r"label of rstpreid \(train, val, test\); did you mean 'train'\?",
+    ):
         data.read_dataset("rstpreid", root, "test")  # even when reading another split
     cuhk = write_cuhk(tmp_path / "cuhk_pedes")
     _rewrite(cuhk / "reid_raw.json", lambda records: records[2].update(split="validation"))
@@ -689,8 +802,11 @@ def test_one_image_under_two_ids_is_an_error_naming_both_records(tmp_path):
     records = json.loads((root / "reid_raw.json").read_text())
     duplicate = dict(records[0], id=records[0]["id"] + 100, split="test")  # the same file, another person
     (root / "reid_raw.json").write_text(json.dumps(records + [duplicate]))
-    with pytest.raises(ValueError, match=rf"image {records[0]['file_path']} is listed under id {records[0]['id']} "
-                                         rf"\(record 0 .*\) and id {records[0]['id'] + 100} \(record {len(records)} "):
+    with pytest.raises(
+        ValueError,
+        match=rf"image {records[0]['file_path']} is listed under id {records[0]['id']} "
+        rf"\(record 0 .*\) and id {records[0]['id'] + 100} \(record {len(records)} ",
+    ):
         data.read_dataset("cuhk_pedes", root, "train")
     flickr = write_flickr(tmp_path / "flickr30k")
     _rewrite(flickr / "dataset_flickr30k.json", lambda p: p["images"][4].update(filename="1000.jpg"))
@@ -703,8 +819,11 @@ def test_an_image_path_outside_the_dataset_folder_is_an_error(bad_path, tmp_path
     root = write_cuhk(tmp_path / "cuhk_pedes")
     write_image(tmp_path / "outside.png", (1, 2, 3))
     _rewrite(root / "reid_raw.json", lambda records: records[1].update(file_path=bad_path))
-    with pytest.raises(ValueError, match=rf"reid_raw.json: record 1 \({re.escape(bad_path)}\) has file_path .* points "
-                                         r"outside the dataset folder"):
+    with pytest.raises(
+        ValueError,
+        match=rf"reid_raw.json: record 1 \({re.escape(bad_path)}\) has file_path .* points "
+        r"outside the dataset folder",
+    ):
         data.read_dataset("cuhk_pedes", root, "train")
     coco = tmp_path / "mscoco"
     from data_fixtures import write_coco
@@ -750,22 +869,33 @@ def test_a_notebook_run_that_fails_midway_leaves_the_previous_set_untouched(tmp_
         complete.path(name).write_text(f"seed 0 {name}")
     complete.commit()
     before = _folder_bytes(folder)
-    code = ("from cmp_utils import atomic\n"
-            f"outputs = atomic.OutputSet({str(folder)!r}, '02_demo')\n"
-            "outputs.path('a.png').write_text('seed 1 a'); outputs.path('b.png').write_text('seed 1 b')\n"
-            "raise RuntimeError('the third figure failed')\n")
-    failed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(config.project_root())})
+    code = (
+        "from cmp_utils.core import atomic\n"
+        f"outputs = atomic.OutputSet({str(folder)!r}, '02_demo')\n"
+        "outputs.path('a.png').write_text('seed 1 a'); outputs.path('b.png').write_text('seed 1 b')\n"
+        "raise RuntimeError('the third figure failed')\n"
+    )
+    failed = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(config.project_root())},
+    )
     assert failed.returncode != 0 and "the previous complete set stays as it was" in failed.stdout
     assert _folder_bytes(folder) == before  # no seed-1 file beside seed-0 ones
     atomic.OutputSet(folder, "03_other", announce=False)  # the next write into the folder
-    assert [p.name for p in folder.iterdir() if "02_demo" in p.name and p.is_dir()] == []  # the dead run's staging removed
+    assert [
+        p.name for p in folder.iterdir() if "02_demo" in p.name and p.is_dir()
+    ] == []  # the dead run's staging removed
 
 
 @pytest.mark.parametrize("notebook", ["02_cmpm_derivation", "03_cmpc_derivation", "04_training"])
 def test_notebooks_write_their_figures_and_tables_as_one_set(notebook):
-    cells = [cell.source for cell in nbformat.read(config.project_root() / "notebooks" / f"{notebook}.ipynb",
-                                                  as_version=4).cells if cell.cell_type == "code"]
+    cells = [
+        cell.source
+        for cell in nbformat.read(config.project_root() / "notebooks" / f"{notebook}.ipynb", as_version=4).cells
+        if cell.cell_type == "code"
+    ]
     source = "\n".join(cells)
     assert f'atomic.OutputSet(figure_dir, "{notebook}")' in source
     assert "save_figure(fig, figure_dir" not in source and "write_csv(figure_dir" not in source
@@ -778,17 +908,21 @@ def test_a_resumed_run_that_fails_leaves_no_results_json_of_its_earlier_part(iso
     """results.json, best.pt and last.pt come from the same run state: a resume drops the earlier
     results.json before training on, and a new one is written only when the run ends."""
     out = tmp_path / "run"
-    train.fit(train.make_config("smoke", "cuhk_pedes", epochs=1, output_dir=str(out), progress=False))
+    training.fit(training.make_config("smoke", "cuhk_pedes", epochs=1, output_dir=str(out), progress=False))
     assert (out / "results.json").is_file()
 
     def fail(*args, **kwargs):
         raise RuntimeError("killed before the end")
 
-    monkeypatch.setattr(train, "_final_result", fail)
+    from cmp_utils.training import loop
+
+    monkeypatch.setattr(loop, "_final_result", fail)
     with pytest.raises(RuntimeError, match="killed before the end"):
-        train.fit(train.make_config("smoke", "cuhk_pedes", epochs=2, output_dir=str(out), progress=False, resume=True))
+        training.fit(
+            training.make_config("smoke", "cuhk_pedes", epochs=2, output_dir=str(out), progress=False, resume=True)
+        )
     assert not (out / "results.json").exists()
-    assert train.load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
+    assert training.load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
     assert not (out / atomic.LOCK_NAME).exists()  # the lock goes with the run, however it ends
 
 
@@ -810,18 +944,24 @@ def test_a_run_folder_another_process_writes_is_not_deleted(tmp_path):
 def test_an_image_cache_on_a_full_disk_names_the_file_instead_of_dying(tiny_disk, tmp_path):
     """The memory-mapped cache was a sparse file: a full disk killed the process with SIGBUS on a write."""
     paths = [str(write_image(tmp_path / f"{k}.png", (10 * k, 0, 0), size=(8, 8))) for k in range(10)]
-    code = ("import sys; from cmp_utils import images\n"
-            f"try:\n    images.ImageCache.build({paths!r}, (128, 128), {str(tiny_disk / 'images.npy')!r}, progress=False)\n"
-            "except OSError as error:\n    print(error); sys.exit(3)\n")
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                               env={**os.environ, "PYTHONPATH": str(config.project_root())})
+    code = (
+        "import sys; from cmp_utils.data import images\n"
+        f"try:\n    images.ImageCache.build({paths!r}, (128, 128), {str(tiny_disk / 'images.npy')!r}, progress=False)\n"
+        "except OSError as error:\n    print(error); sys.exit(3)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(config.project_root())},
+    )
     assert completed.returncode == 3, completed.stderr[-500:]  # not -7 (SIGBUS)
     assert f"cannot write {tiny_disk / 'images.npy'}: No space left on device" in completed.stdout
     assert not any(tiny_disk.iterdir())  # no partial cache left
 
 
 def test_generating_synthetic_data_on_a_full_disk_names_the_folder(tiny_disk):
-    from cmp_utils import synthetic
+    from cmp_utils.data import synthetic
 
     with pytest.raises(OSError, match=r"cannot write .*tiny/cuhk_pedes: No space left on device \(nothing was written"):
         synthetic.generate("cuhk_pedes", tiny_disk / "cuhk_pedes", "quick")
@@ -835,6 +975,8 @@ def test_every_notebook_parameter_default_is_plain_json():
         cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
         namespace: dict = {}
         exec(cell.source, namespace)  # noqa: S102 -- the project's own parameters cells
-        problems = [notebook_tools.plain_value_problem(name, namespace[name])
-                    for name in notebook_tools.parameter_types(notebook)]
+        problems = [
+            notebook_tools.plain_value_problem(name, namespace[name])
+            for name in notebook_tools.parameter_types(notebook)
+        ]
         assert not any(problems), (path.name, problems)

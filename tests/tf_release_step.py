@@ -26,7 +26,7 @@ Two choices of this transcription, both where the release leaves something open:
 * the release groups the batch-norm updates, the EMA update and Adam's update in one ``tf.group``
   with no order between them, so whether the EMA reads the weights (and the step count) before or
   after the update is up to TF's scheduler. Here the EMA runs after both, as ours does
-  (:func:`cmp_utils.train.train_step`);
+  (:func:`cmp_utils.training.train_step`);
 * TF-slim's ``batch_norm`` does not import on TF 2.21, so batch norm is written out as slim's
   fused kernel (TF 1.4's default for these 4-D maps) computes it (``_batch_norm``), with slim's
   variable names; written out, it also runs in float64. Dropout is left out (keep probability 1: the test compares
@@ -66,14 +66,12 @@ def _batch_norm(inputs):
         gamma = tf.get_variable("gamma", [channels], dtype, tf.ones_initializer())
         beta = tf.get_variable("beta", [channels], dtype, tf.zeros_initializer())
         moving_mean = tf.get_variable("moving_mean", [channels], dtype, tf.zeros_initializer(), trainable=False)
-        moving_variance = tf.get_variable("moving_variance", [channels], dtype, tf.ones_initializer(),
-                                          trainable=False)
+        moving_variance = tf.get_variable("moving_variance", [channels], dtype, tf.ones_initializer(), trainable=False)
         mean, variance = tf.nn.moments(inputs, [0, 1, 2])
         count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), dtype)
         decay = MOBILENET_BN["decay"]
         for moving, batch_value in ((moving_mean, mean), (moving_variance, variance * count / (count - 1.0))):
-            tf.add_to_collection(tf.GraphKeys.UPDATE_OPS,
-                                 moving.assign_sub((moving - batch_value) * (1.0 - decay)))
+            tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, moving.assign_sub((moving - batch_value) * (1.0 - decay)))
     return tf.nn.batch_normalization(inputs, mean, variance, beta, gamma, MOBILENET_BN["epsilon"])
 
 
@@ -107,8 +105,9 @@ def text_features(token_ids, lengths, vocab_size, word_dim, units, dtype):
     """``build_text_features`` + ``bidirectional_lstm``: (B, T) ids -> (B, 1, 1, 2·units)."""
     batch = tf.shape(token_ids)[0]
     with tf.variable_scope("BiLSTM"):
-        table = tf.get_variable("token_embedding_weights", [vocab_size, word_dim], dtype,
-                                tf.glorot_uniform_initializer())
+        table = tf.get_variable(
+            "token_embedding_weights", [vocab_size, word_dim], dtype, tf.glorot_uniform_initializer()
+        )
         words = tf.nn.embedding_lookup(table, token_ids)  # (B, T, word_dim)
         with tf.variable_scope("bidirectional_lstm"):
             cells, initial = {}, {}
@@ -116,12 +115,20 @@ def text_features(token_ids, lengths, vocab_size, word_dim, units, dtype):
                 with tf.variable_scope(direction):
                     cells[direction] = tf.nn.rnn_cell.BasicLSTMCell(units, state_is_tuple=True)
                     # make_variable_state_initializer: tf.get_variable without an initialiser (Glorot), tiled
-                    states = [tf.tile(tf.get_variable(f"init_state_{index}", [units], dtype)[None], [batch, 1])
-                              for index in range(2)]
+                    states = [
+                        tf.tile(tf.get_variable(f"init_state_{index}", [units], dtype)[None], [batch, 1])
+                        for index in range(2)
+                    ]
                     initial[direction] = tf.nn.rnn_cell.LSTMStateTuple(*states)  # (c, h)
             (forward, backward), _ = tf.nn.bidirectional_dynamic_rnn(
-                cells["forward"], cells["backward"], words, sequence_length=lengths,
-                initial_state_fw=initial["forward"], initial_state_bw=initial["backward"], dtype=dtype)
+                cells["forward"],
+                cells["backward"],
+                words,
+                sequence_length=lengths,
+                initial_state_fw=initial["forward"],
+                initial_state_bw=initial["backward"],
+                dtype=dtype,
+            )
             states = tf.reduce_max(tf.concat([forward, backward], axis=2), axis=1)  # (B, 2·units)
     return states[:, None, None, :]
 
@@ -136,9 +143,11 @@ def joint_embedding(features, dim, scope):
 def cmpm_losses(text_embeddings, image_embeddings, labels):
     """``cmpm_loss_compute``: (i2t, t2i)."""
     as_column = tf.cast(labels[:, None], tf.float32)  # the release's float32 label distances
-    squared = (tf.reduce_sum(as_column * as_column, 1, keepdims=True)
-               - 2 * tf.matmul(as_column, as_column, transpose_b=True)
-               + tf.transpose(tf.reduce_sum(as_column * as_column, 1, keepdims=True)))
+    squared = (
+        tf.reduce_sum(as_column * as_column, 1, keepdims=True)
+        - 2 * tf.matmul(as_column, as_column, transpose_b=True)
+        + tf.transpose(tf.reduce_sum(as_column * as_column, 1, keepdims=True))
+    )
     mask = tf.cast(tf.less(squared, 0.5), image_embeddings.dtype)
     unit_images = tf.nn.l2_normalize(image_embeddings, axis=-1)
     unit_texts = tf.nn.l2_normalize(text_embeddings, axis=-1)
@@ -162,19 +171,25 @@ def cmpc_losses(text_embeddings, image_embeddings, labels, num_classes):
     image_on_text = tf.reduce_sum(image_embeddings * unit_texts, 1, keepdims=True) * unit_texts
     text_on_image = tf.reduce_sum(text_embeddings * unit_images, 1, keepdims=True) * unit_images
     one_hot = tf.one_hot(labels, num_classes, dtype=image_embeddings.dtype)
-    return (tf.losses.softmax_cross_entropy(one_hot, tf.matmul(image_on_text, unit_weight)),
-            tf.losses.softmax_cross_entropy(one_hot, tf.matmul(text_on_image, unit_weight)))
+    return (
+        tf.losses.softmax_cross_entropy(one_hot, tf.matmul(image_on_text, unit_weight)),
+        tf.losses.softmax_cross_entropy(one_hot, tf.matmul(text_on_image, unit_weight)),
+    )
 
 
-def build_training_step(image_size, vocab_size, word_dim, units, embedding_dim, num_classes, learning_rate,
-                        dtype=tf.float32):
+def build_training_step(
+    image_size, vocab_size, word_dim, units, embedding_dim, num_classes, learning_rate, dtype=tf.float32
+):
     """The whole step in ``dtype`` (the release's float32, or float64 for a reference free of rounding).
 
     Returns (inputs, fetches {"cmpm", "cmpc", "train", "image_embeddings", "text_embeddings"},
     {"ema": the EMA, "averaged": its variables})."""
-    inputs = {"images": tf.placeholder(dtype, [None, image_size[0], image_size[1], 3]),
-              "token_ids": tf.placeholder(tf.int32, [None, None]), "lengths": tf.placeholder(tf.int32, [None]),
-              "labels": tf.placeholder(tf.int32, [None])}
+    inputs = {
+        "images": tf.placeholder(dtype, [None, image_size[0], image_size[1], 3]),
+        "token_ids": tf.placeholder(tf.int32, [None, None]),
+        "lengths": tf.placeholder(tf.int32, [None]),
+        "labels": tf.placeholder(tf.int32, [None]),
+    }
     image_features = mobilenet_v1_features(inputs["images"])
     texts = text_features(inputs["token_ids"], inputs["lengths"], vocab_size, word_dim, units, dtype)
     image_embeddings = joint_embedding(image_features, embedding_dim, "image_joint_embedding")
@@ -193,8 +208,13 @@ def build_training_step(image_size, vocab_size, word_dim, units, embedding_dim, 
     ema = tf.train.ExponentialMovingAverage(EMA_DECAY, num_updates=global_step)
     with tf.control_dependencies([apply, *batch_norm_updates]):  # the order ours has (module docstring)
         ema_update = ema.apply(averaged)
-    fetches = {"cmpm": cmpm, "cmpc": cmpc, "train": ema_update, "image_embeddings": image_embeddings,
-               "text_embeddings": text_embeddings}
+    fetches = {
+        "cmpm": cmpm,
+        "cmpc": cmpc,
+        "train": ema_update,
+        "image_embeddings": image_embeddings,
+        "text_embeddings": text_embeddings,
+    }
     return inputs, fetches, {"ema": ema, "averaged": averaged}
 
 
