@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import random
 
 import numpy as np
 import pytest
@@ -74,6 +75,11 @@ class _TFRun:
     exactly the same numbers), with the EMA shadows set to the starting values."""
 
     def __init__(self, dtype: str):
+        # The initialisers that take no seed draw one from Python's and NumPy's global generators (Keras's
+        # seed generator), not from the graph seed: unseeded, each process started from other weights, and
+        # some starts separate the two float64 trajectories past the tolerances (measured: 1 run in 3 failed).
+        random.seed(3)
+        np.random.seed(3)
         self.graph = tf.Graph()
         with self.graph.as_default():
             tf.set_random_seed(3)
