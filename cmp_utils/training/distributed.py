@@ -86,6 +86,15 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every process (``flag`` itself without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return bool(flag)
+    tensor = torch.tensor([int(bool(flag))], device=device)
+    dist.broadcast(tensor, src=0)
+    return bool(tensor.item())
+
+
 def barrier() -> None:
     """Wait for every process (no-op without a process group)."""
     if world_size() > 1:

@@ -63,6 +63,10 @@ class RunResult:
     settings: dict[str, Any]
     #: test metrics of ``best.pt`` when ``checkpoint_choice="last"`` and validation ran (else empty)
     test_best_validation: dict[str, float] = field(default_factory=dict)
+    #: epochs trained (fewer than ``epochs`` when early stopping ended the run)
+    epochs_trained: int = 0
+    #: whether ``patience`` validations without a new best ended the run before ``epochs``
+    stopped_early: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +77,8 @@ class RunResult:
             "test_best_validation": self.test_best_validation,
             "seconds": self.seconds,
             "samples_per_second": self.samples_per_second,
+            "epochs_trained": self.epochs_trained,
+            "stopped_early": self.stopped_early,
             "history": self.history,
         }
 
@@ -364,6 +370,21 @@ def selection_split(cfg: TrainConfig, prepared) -> str | None:
     return prepared.test_split if cfg.select_split == "test" else prepared.validation_split
 
 
+def validations_since_best(history: list[dict[str, Any]], best_epoch: int, metric: str) -> int:
+    """How many validated epochs of ``history`` came after ``best_epoch`` (1-based; the epoch whose
+    ``val_<metric>`` ``best.pt`` holds): 0 when the last validation set the best so far."""
+    return sum(1 for record in history if record["epoch"] > best_epoch and f"val_{metric}" in record)
+
+
+def stops_early(cfg: TrainConfig, state: RunState) -> bool:
+    """Whether early stopping ends the run now: ``patience`` validations in a row brought no new best
+    (the best as :func:`~cmp_utils.training.run_folder.save_checkpoints` keeps it: strictly higher).
+    Read off the history, so a resumed run that had stopped stays stopped."""
+    if cfg.patience is None or not state.history:
+        return False
+    return validations_since_best(state.history, state.best_epoch, cfg.select_metric) >= cfg.patience
+
+
 def validates_in(cfg: TrainConfig, epoch: int) -> bool:
     """Whether ``epoch`` (0-based) is validated: every ``validate_every`` epochs and the last one;
     never with ``validate_every=0`` (the release has no validation loop: the last epoch is kept)."""
@@ -466,6 +487,8 @@ def _final_result(
         seconds=total_seconds,
         samples_per_second=state.trained_samples / trained_seconds if trained_seconds else 0.0,
         settings=cfg.to_dict(),
+        epochs_trained=len(state.history),
+        stopped_early=len(state.history) < cfg.epochs and stops_early(cfg, state),
     )
     if context.is_main:
         atomic.write_text(out_dir / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
@@ -508,6 +531,8 @@ def _fit(cfg: TrainConfig, context: distributed.DistributedContext, out_dir: Pat
         disable=not show,
     )
     for epoch in range(state.start_epoch, cfg.epochs):
+        if distributed.broadcast_flag(context.is_main and stops_early(cfg, state), context.device):
+            break  # rank 0 keeps the history: every process stops with it
         lr = _enter_stage(state, cfg, epoch, context)
         record = {"lr": lr, **_train_epoch(state, cfg, training, epoch, context, show)}
         record = {"epoch": record.pop("epoch"), **record}

@@ -256,6 +256,9 @@ class TrainConfig:
     # run control (release: ``train_models.py`` and ``configuration.py`` of the authors' repository)
     select_split: str = "validation"  # validation | test (selection on the test split: optimistic, a port's choice)
     validate_every: int = 1  # epochs between validations; 0 = none, the last epoch is kept as best.pt
+    # early stopping: training ends once this many validations in a row brought no new best (``epochs`` is then
+    # the most it trains); None = every epoch. The same rule for every method of a table.
+    patience: int | None = None
     num_threads: int | None = None  # torch CPU threads of the run; None = torch's default (all cores)
     frozen_cnn_bn: str = "batch_stats"  # stage 1 frozen CNN batch norm: batch_stats (release) | eval
     stage2_restart: bool = True  # stage 2 restarts Adam and the EMA (shadows, step count) as the release does
@@ -447,9 +450,20 @@ def _check_config(cfg: TrainConfig) -> None:
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"setting {name}={getattr(cfg, name)!r} must be one of {allowed}")
-    for name, least in (("validate_every", 0), ("num_threads", 1), ("num_workers", 0), ("max_steps_per_epoch", 1)):
+    for name, least in (
+        ("validate_every", 0),
+        ("num_threads", 1),
+        ("num_workers", 0),
+        ("max_steps_per_epoch", 1),
+        ("patience", 1),
+    ):
         if getattr(cfg, name) is not None and getattr(cfg, name) < least:
             raise ValueError(f"setting {name}={getattr(cfg, name)} must be at least {least}")
+    if cfg.patience is not None and cfg.validate_every == 0:
+        raise ValueError(
+            f"setting patience={cfg.patience} stops on validation, but validate_every=0 validates nothing: "
+            "set validate_every >= 1 or patience=None"
+        )
 
 
 def as_config(settings: TrainConfig | dict) -> TrainConfig:

@@ -406,3 +406,72 @@ def test_run_folder_has_tensorboard_scalars(smoke_run):
     losses = [event.value for event in events.Scalars("train/loss")]
     assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3]
     assert losses == pytest.approx([record["loss"] for record in smoke_run.history])
+
+
+# ---------------------------------------------------------------------------------------------
+# Early stopping (``patience``)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_validations_since_best_counts_validated_epochs_after_the_best():
+    history = [
+        {"epoch": 1, "val_rsum": 1.0},
+        {"epoch": 2, "val_rsum": 3.0},
+        {"epoch": 3},
+        {"epoch": 4, "val_rsum": 2.0},
+    ]
+    assert training.loop.validations_since_best(history, best_epoch=2, metric="rsum") == 1  # epoch 3 not validated
+    assert training.loop.validations_since_best(history, best_epoch=4, metric="rsum") == 0
+    assert training.loop.validations_since_best(history, best_epoch=1, metric="rsum") == 2
+
+
+def _scripted_validation(monkeypatch, scores):
+    """Validation scores in the order given (the real evaluation still runs and fills the record)."""
+    real = training.loop._evaluate_epoch
+    calls = iter(scores)
+
+    def scripted(state, cfg, training_data, epoch, device, record):
+        real(state, cfg, training_data, epoch, device, record)
+        score = next(calls)
+        record[f"val_{cfg.select_metric}"] = score
+        return score
+
+    monkeypatch.setattr(training.loop, "_evaluate_epoch", scripted)
+
+
+def test_patience_stops_after_that_many_validations_without_a_new_best(isolated_dirs, tmp_path, monkeypatch):
+    # best at epoch 2; epoch 3 ties it (not a new best, as best.pt keeps it), epoch 4 is lower: stop after 4 of 8
+    _scripted_validation(monkeypatch, [10.0, 20.0, 20.0, 15.0, 99.0, 99.0, 99.0, 99.0])
+    result = training.fit(dict(FAST, epochs=8, patience=2, output_dir=str(tmp_path)))
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
+    assert (result.best_epoch, result.epochs_trained, result.stopped_early) == (2, 4, True)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert (saved["epochs_trained"], saved["stopped_early"], saved["best_epoch"]) == (4, True, 2)
+    assert _weights(tmp_path / "checkpoints" / "best.pt")["epoch"] == 2  # the test scores the best epoch
+    assert _weights(tmp_path / "checkpoints" / "last.pt")["epoch"] == 4
+
+
+def test_a_run_that_keeps_improving_trains_every_epoch(isolated_dirs, tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, [1.0, 2.0, 3.0])
+    result = training.fit(dict(FAST, epochs=3, patience=1, output_dir=str(tmp_path)))
+    assert (result.epochs_trained, result.stopped_early, result.best_epoch) == (3, False, 3)
+
+
+def test_a_stopped_run_resumed_with_more_epochs_stays_stopped(isolated_dirs, tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, [5.0, 4.0, 99.0, 99.0])
+    first = training.fit(dict(FAST, epochs=4, patience=1, output_dir=str(tmp_path)))
+    assert (first.epochs_trained, first.stopped_early) == (2, True)
+    resumed = training.fit(dict(FAST, epochs=6, patience=1, output_dir=str(tmp_path), resume=True))
+    assert ([r["epoch"] for r in resumed.history], resumed.stopped_early) == ([1, 2], True)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(patience=0), "patience=0 must be at least 1"),
+        (dict(patience=2, validate_every=0), "validate_every=0 validates nothing"),
+    ],
+)
+def test_patience_settings_are_checked(settings, message):
+    with pytest.raises(ValueError, match=message):
+        training.make_config("smoke", "cuhk_pedes", **settings)
