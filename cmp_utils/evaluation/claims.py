@@ -230,3 +230,17 @@ def claims_frame(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     ]
     extra = [c for c in frame.columns if c not in CLAIM_COLUMNS + FAMILY_COLUMNS]
     return frame[CLAIM_COLUMNS + FAMILY_COLUMNS + extra]
+
+
+#: The verdict of a claim about a method whose runs had not converged (:mod:`cmp_utils.experiments.convergence`).
+NOT_CONVERGED = "not converged"
+
+
+def mark_not_converged(frame: pd.DataFrame, unconverged: set[str]) -> pd.DataFrame:
+    """``frame`` (from :func:`claims_frame`) with ``verdict`` = :data:`NOT_CONVERGED` in every claim whose
+    ``better`` or ``worse`` method is in ``unconverged``: a difference between models still learning may
+    measure how fast they learn, not how well. The statistics stay for reading."""
+    frame = frame.copy()
+    involved = frame["better"].isin(unconverged) | frame["worse"].isin(unconverged)
+    frame.loc[involved, "verdict"] = NOT_CONVERGED
+    return frame

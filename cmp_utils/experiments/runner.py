@@ -320,7 +320,8 @@ def run_method(
 ) -> dict[str, Any]:
     """Train ``method`` on ``dataset`` (or reuse the memoised run) and score the test split.
 
-    Returns ``{"key", "run_dir", "settings", "rows", "best_epoch", "seconds", "samples_per_second"}``
+    Returns ``{"key", "run_dir", "settings", "rows", "best_epoch", "epochs_trained", "stopped_early", "seconds",
+    "samples_per_second"}``
     where ``rows`` are the protocol's rows (see :func:`protocol_metrics`). ``overrides`` are
     training settings (e.g. ``{"batch_size": 64}``) on top of the profile's.
     """
@@ -350,6 +351,8 @@ def run_method(
         "settings": settings,
         "rows": rows,
         "best_epoch": result.best_epoch,
+        "epochs_trained": result.epochs_trained,
+        "stopped_early": result.stopped_early,
         "seconds": result.seconds,
         "samples_per_second": result.samples_per_second,
     }
