@@ -41,7 +41,11 @@ exact score comparisons, no approximation), either by direct comparison (few pos
 query) or by sorting each block once and a binary search per positive (many positives; on the
 CPU NumPy's vectorised sort and ``searchsorted``, elsewhere torch's). The positives' own
 scores above each positive are counted the same way, from each row's sorted positives, so the
-cost is linear in the positives per query (up to a log), not quadratic.
+cost is linear in the positives per query (up to a log), not quadratic. When one block holds
+the whole gallery (the usual case), the positives' scores are read with one masked selection,
+and the positives scoring at least each positive are read off that row's sorted positives (from
+the start of its run of equal scores: no search); on the CPU these steps run in NumPy, the rows'
+sorts, searches and comparisons split between torch's threads (same integers either way).
 Negatives are counted as (items scoring at least $s_j$) minus (positives scoring at least
 $s_j$), both read from the same block, so no masked copy of a block is made.
 Peak memory is about ``10 * chunk_size * gallery_chunk_size`` bytes (the score block, a
@@ -220,6 +224,151 @@ def positives_at_least(
     return torch.minimum(width - below, in_block[:, None])
 
 
+def _replayed(first, rest: Iterator) -> Iterator:
+    """``first``, then the items of ``rest``: an iterator whose first item was already read."""
+    yield first
+    yield from rest
+
+
+def _positives_at_least_sorted(ascending: torch.Tensor) -> torch.Tensor:
+    """For rows sorted ascending ``(c, P)``, how many entries of the row are >= each entry. ``(c, P)`` int64.
+
+    The entries from the start of an entry's run of equal values to the end of the row:
+    ``P - run_start``, with ``run_start`` the running maximum of the indices where a new value
+    begins (``0.0`` and ``-0.0`` are one run, as they compare equal). O(c P): no search.
+    """
+    width = ascending.shape[1]
+    index = torch.arange(width, device=ascending.device).expand_as(ascending)  # (c, P)
+    begins = torch.ones_like(ascending, dtype=torch.bool)  # (c, P): a run of equal values begins here
+    begins[:, 1:] = ascending[:, 1:] != ascending[:, :-1]
+    run_start = torch.where(begins, index, torch.zeros_like(index)).cummax(dim=1).values  # (c, P)
+    return width - run_start
+
+
+def _rows_below(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """For each row, how many ``scores`` (c, G) are < each of its ascending ``thresholds`` (c, P). ``(c, P)`` int64.
+
+    Up to ``_COMPARE_MAX_POSITIVES`` thresholds by one comparison pass each; more by sorting each
+    row once (NumPy's vectorised sort, as :func:`_sorted_rows`) and placing its thresholds with
+    ``numpy.searchsorted``. The rows are split between ``torch.get_num_threads()`` threads (NumPy
+    releases the GIL in these loops), so this part uses the cores the matrix product uses.
+    Exact integers whatever the split: every row is counted on its own.
+    """
+    below = np.empty(thresholds.shape, dtype=np.int64)
+    compare = thresholds.shape[1] <= _COMPARE_MAX_POSITIVES
+
+    def count(start: int, end: int) -> None:
+        if compare:
+            for k in range(thresholds.shape[1]):
+                below[start:end, k] = np.count_nonzero(scores[start:end] < thresholds[start:end, k : k + 1], axis=1)
+            return
+        sorted_scores = np.sort(scores[start:end], axis=1)  # (end - start, G)
+        for row in range(start, end):
+            below[row] = np.searchsorted(sorted_scores[row - start], thresholds[row], side="left")
+
+    # At least 32 rows a thread: starting a thread costs more than counting fewer.
+    n_threads = max(1, min(torch.get_num_threads(), scores.shape[0] // 32))
+    if n_threads == 1:
+        count(0, scores.shape[0])
+        return below
+    from concurrent.futures import ThreadPoolExecutor
+
+    bounds = np.linspace(0, scores.shape[0], n_threads + 1).astype(int)
+    with ThreadPoolExecutor(n_threads) as pool:
+        for done in [pool.submit(count, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
+            done.result()
+    return below
+
+
+def _one_block_positive_ranks_numpy(scores: np.ndarray, labels: np.ndarray, gallery_labels: np.ndarray,
+                                    counts: np.ndarray) -> np.ndarray:
+    """:func:`_one_block_positive_ranks` on the CPU for float32 / float64, in NumPy.
+
+    The same counts from the same values (NumPy's sort is the one :func:`_sorted_rows` uses;
+    counts are exact integers), so the same ranks, padding included. NumPy runs the element-wise
+    steps on one thread: on a CPU shared with other work, torch's two-thread kernels on these
+    ``(c, P)`` arrays waited for each other far longer than they computed.
+
+    In ascending order of the positives, the k-th (0-based) of ``P_max`` is the ``j = P_max - k``-th
+    best, so ``r_j = j + (G - below_k) - (P_max - run_start_k) = G - below_k + run_start_k - k``:
+    ``below_k`` the items scoring less than it, ``run_start_k`` where its run of
+    equal positive scores begins (every positive from there on scores at least as high).
+    """
+    chunk, n_gallery = scores.shape
+    max_positives = int(counts.max())
+    is_positive = labels[:, None] == gallery_labels[None, :]  # (c, G)
+    values = scores[is_positive]  # (m,) row by row, each row's in gallery order
+    if not np.isfinite(values).all():
+        raise ValueError("similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix")
+    with np.errstate(over="ignore", invalid="ignore"):  # a NaN anywhere makes its row's sum NaN: then look closer
+        suspicious = bool(np.isnan(scores.sum(axis=1)).any())
+    if suspicious and np.isnan(scores).any():
+        raise ValueError("similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix")
+    padding = max_positives - counts  # (c,) -inf entries before each row's positives
+    if not padding.any():
+        positive_scores = values.reshape(chunk, max_positives)  # (c, P_max)
+    else:  # pad each row with -inf (sorted first)
+        row_start = np.cumsum(counts) - counts  # (c,)
+        rows = np.repeat(np.arange(chunk), counts)  # (m,)
+        positive_scores = np.full((chunk, max_positives), -np.inf, dtype=scores.dtype)
+        positive_scores[rows, np.arange(values.size) - row_start[rows]] = values
+    ascending = np.sort(positive_scores, axis=1)  # (c, P_max), the -inf padding first
+    below = _rows_below(scores, ascending)  # (c, P_max) items scoring less than each positive
+    index = np.arange(max_positives)  # (P_max,) = k
+    begins = np.ones((chunk, max_positives), dtype=bool)  # a run of equal positive scores begins here
+    np.not_equal(ascending[:, 1:], ascending[:, :-1], out=begins[:, 1:])  # 0.0 and -0.0: one run
+    ranks = np.where(begins, index, 0)  # (c, P_max)
+    np.maximum.accumulate(ranks, axis=1, out=ranks)  # run_start
+    ranks -= index
+    ranks -= below
+    ranks += n_gallery
+    if padding.any():  # a padding entry (-inf, run start 0) gets j + G - P_q, as in the two-pass form
+        np.add(ranks, padding[:, None], out=ranks, where=index[None, :] < padding[:, None])
+    return ranks[:, ::-1].copy(order="C")  # (c, P_max) best first = r_j (a copy: torch takes no negative strides)
+
+
+def _one_block_positive_ranks(scores: torch.Tensor, labels: torch.Tensor, gallery_labels: torch.Tensor,
+                              counts: torch.Tensor) -> torch.Tensor:
+    """:func:`_chunk_positive_ranks` when one block ``scores`` ``(c, G)`` holds the whole gallery.
+
+    The same integers as the two-pass form, with less work: the positives' scores are read with
+    one masked selection (row-major, the order ``nonzero`` gives), and the positives scoring at
+    least each positive are counted from the row's sorted positives themselves
+    (:func:`_positives_at_least_sorted`: the same values the block holds, so the same counts as
+    comparing against the block), instead of sorting and searching them again. Cost: the count
+    of items scoring >= each positive (:func:`count_at_least`) plus O(c P log P).
+    """
+    if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(_one_block_positive_ranks_numpy(
+            scores.detach().numpy(), labels.numpy(), gallery_labels.numpy(), counts.numpy()))
+    chunk, n_gallery = scores.shape
+    max_positives = int(counts.max())
+    device = scores.device
+    is_positive = labels[:, None] == gallery_labels[None, :]  # (c, G)
+    values = torch.masked_select(scores, is_positive)  # (m,) row by row, each row's in gallery order
+    if not torch.isfinite(values).all():
+        raise ValueError("similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix")
+    # A NaN anywhere makes its row's sum NaN (so does +inf with -inf: then look closer).
+    if torch.isnan(scores.sum(dim=1)).any() and torch.isnan(scores).any():
+        raise ValueError("similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix")
+    if bool((counts == max_positives).all()):
+        positive_scores = values.view(chunk, max_positives)  # (c, P_max), no padding
+    else:  # pad each row with -inf after its P_q positives
+        rows = torch.repeat_interleave(torch.arange(chunk, device=device), counts)  # (m,)
+        row_start = torch.cumsum(counts, dim=0) - counts  # (c,)
+        slot = torch.arange(values.numel(), device=device) - row_start[rows]  # (m,) position within its row
+        positive_scores = torch.full((chunk, max_positives), -math.inf, dtype=scores.dtype, device=device)
+        positive_scores[rows, slot] = values
+    ascending = _sorted_rows(positive_scores)  # (c, P_max), the -inf padding first
+    thresholds = ascending.flip(1)  # best first: column j < P_q holds the (j+1)-th best positive
+    at_least = count_at_least(scores, thresholds)  # (c, P_max) items scoring >= each, positives included
+    position = torch.arange(1, max_positives + 1, device=device)  # (P_max,) = j
+    valid = position[None, :] <= counts[:, None]  # (c, P_max)
+    # Padding (-inf) thresholds: every positive of the row counts, as in the two-pass form.
+    positives_above = torch.where(valid, _positives_at_least_sorted(ascending).flip(1), counts[:, None])
+    return position[None, :] + (at_least - positives_above)  # (c, P_max) = r_j
+
+
 def _chunk_positive_ranks(
     score_blocks: ScoreBlocks,
     query_start: int,
@@ -239,12 +388,17 @@ def _chunk_positive_ranks(
     max_positives = int(counts.max())
     device = labels.device
 
+    blocks = iter(score_blocks(query_start, query_end))
+    first_block = next(blocks)  # (gallery_start, gallery_end, scores)
+    if first_block[0] == 0 and first_block[1] == gallery_labels.shape[0]:  # the whole gallery in one block
+        return _one_block_positive_ranks(first_block[2], labels, gallery_labels, counts)
+
     # Pass 1: gather each query's positive scores into (c, P_max), memory O(#positive pairs).
     # When the gallery comes as one block, its scores are kept for pass 2 instead of recomputed.
     positive_scores = None
     filled = torch.zeros(chunk, dtype=torch.int64, device=device)  # (c,) positives seen so far
     n_blocks = 0
-    for gallery_start, gallery_end, scores in score_blocks(query_start, query_end):  # scores (c, B)
+    for gallery_start, gallery_end, scores in _replayed(first_block, blocks):  # scores (c, B)
         if positive_scores is None:
             positive_scores = torch.full((chunk, max_positives), -math.inf, dtype=scores.dtype, device=device)
         is_positive = labels[:, None] == gallery_labels[None, gallery_start:gallery_end]  # (c, B)
@@ -290,10 +444,17 @@ def _chunk_positive_ranks(
 
 def _summarise_ranks(ranks: torch.Tensor, n_positives: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-query first-hit rank, AP and INP from the positives' ranks ``(c, P_max)``."""
-    position = torch.arange(1, ranks.shape[1] + 1, device=ranks.device)  # (P_max,) = j
-    valid = position[None, :] <= n_positives[:, None]  # (c, P_max)
-    precision = position[None, :].to(torch.float64) / ranks.to(torch.float64)  # j / r_j
-    average_precision = (precision * valid).sum(dim=1) / n_positives.to(torch.float64)  # (c,)
+    if ranks.device.type == "cpu":  # the (c, P_max) element-wise steps in NumPy (one thread), the same values
+        position = np.arange(1, ranks.shape[1] + 1)  # (P_max,) = j
+        valid = position[None, :] <= n_positives.numpy()[:, None]  # (c, P_max)
+        precision = position[None, :].astype(np.float64) / ranks.numpy().astype(np.float64)  # j / r_j
+        precision *= valid  # = precision * valid, as below; the sum stays torch's (its order of addition)
+        average_precision = torch.from_numpy(precision).sum(dim=1) / n_positives.to(torch.float64)  # (c,)
+    else:
+        position = torch.arange(1, ranks.shape[1] + 1, device=ranks.device)  # (P_max,) = j
+        valid = position[None, :] <= n_positives[:, None]  # (c, P_max)
+        precision = position[None, :].to(torch.float64) / ranks.to(torch.float64)  # j / r_j
+        average_precision = (precision * valid).sum(dim=1) / n_positives.to(torch.float64)  # (c,)
     last_rank = ranks.gather(1, (n_positives - 1)[:, None]).squeeze(1)  # r_{P_q}
     inverse_negative_penalty = n_positives.to(torch.float64) / last_rank.to(torch.float64)  # (c,)
     return {"first": ranks[:, 0], "ap": average_precision, "inp": inverse_negative_penalty}

@@ -216,6 +216,112 @@ def test_float32_and_float64_agree():
 
 
 # ---------------------------------------------------------------------------------------
+# The positives' ranks against a loop transcription of their definition (many ties)
+# ---------------------------------------------------------------------------------------
+
+
+def definition_ranks(scores: torch.Tensor, query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> list[list[int]]:
+    """$r_j = j + |\\{\\text{negatives } g: s_g \\ge s_j\\}|$, $s_j$ the $j$-th best positive: loops over Python floats."""
+    ranks = []
+    for q in range(scores.shape[0]):
+        row = [float(value) for value in scores[q]]
+        is_positive = [int(label) == int(query_labels[q]) for label in gallery_labels]
+        positives = sorted((row[g] for g in range(len(row)) if is_positive[g]), reverse=True)
+        negatives = [row[g] for g in range(len(row)) if not is_positive[g]]
+        ranks.append([j + sum(negative >= positive for negative in negatives) for j, positive in enumerate(positives, 1)])
+    return ranks
+
+
+def tied_problem(seed: int, positives: int | str, dtype: torch.dtype, n_query: int = 11):
+    """Scores in quarters from -1 to 1 (exact in every float type, so almost every score is tied), -0.0
+    beside 0.0, +-inf on some negatives; classes of ``positives`` gallery items and one of 5 (so the
+    queries have different numbers of positives), or one class holding the whole gallery ("all")."""
+    generator = torch.Generator().manual_seed(seed)
+    if positives == "all":
+        gallery_labels = torch.zeros(50, dtype=torch.int64)
+        query_labels = torch.zeros(n_query, dtype=torch.int64)
+    else:
+        gallery_labels = torch.arange(4 * positives + 5) // positives  # classes 0..3 of `positives`, then 5 more
+        gallery_labels = gallery_labels.clamp(max=4)[torch.randperm(4 * positives + 5, generator=generator)]
+        query_labels = torch.randint(0, 5, (n_query,), generator=generator)
+    n_gallery = gallery_labels.numel()
+    scores = (torch.randint(-4, 5, (n_query, n_gallery), generator=generator) / 4).to(dtype)  # (Q, G)
+    scores[(scores == 0) & (torch.rand(n_query, n_gallery, generator=generator) < 0.5)] = -0.0
+    negative = query_labels[:, None] != gallery_labels[None, :]
+    infinite = negative & (torch.rand(n_query, n_gallery, generator=generator) < 0.05)
+    scores[infinite] = torch.where(torch.rand(n_query, n_gallery, generator=generator) < 0.5,
+                                   math.inf, -math.inf)[infinite].to(dtype)
+    return scores, query_labels, gallery_labels
+
+
+def in_blocks(scores: torch.Tensor, block: int):
+    """A ``score_blocks`` callable over a precomputed matrix, ``block`` gallery items at a time."""
+    def score_blocks(query_start: int, query_end: int):
+        for start in range(0, scores.shape[1], block):
+            yield start, min(start + block, scores.shape[1]), scores[query_start:query_end, start:start + block]
+    return score_blocks
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
+@pytest.mark.parametrize("positives", [1, 3, 100, "all"])
+@pytest.mark.parametrize("compare_max", [0, 1000], ids=["sort-path", "compare-path"])
+def test_positive_ranks_match_their_definition_with_many_ties(monkeypatch, compare_max, positives, dtype):
+    monkeypatch.setattr(metrics, "_COMPARE_MAX_POSITIVES", compare_max)
+    for seed in range(3):
+        scores, query_labels, gallery_labels = tied_problem(seed, positives, dtype)
+        n_query, n_gallery = scores.shape
+        counts = metrics.positive_counts(query_labels, gallery_labels)
+        expected = definition_ranks(scores, query_labels, gallery_labels)
+        one_block = metrics._chunk_positive_ranks(in_blocks(scores, n_gallery), 0, n_query, query_labels,
+                                                  gallery_labels, counts)  # the one-block path
+        several = metrics._chunk_positive_ranks(in_blocks(scores, 7), 0, n_query, query_labels, gallery_labels,
+                                                counts)  # the two-pass path, block by block
+        assert [one_block[q, : counts[q]].tolist() for q in range(n_query)] == expected
+        assert one_block.dtype == several.dtype == torch.int64
+        assert torch.equal(one_block, several)  # the padding too
+
+
+@pytest.mark.parametrize("positives", [1, 3, 100, "all"])
+def test_query_summaries_are_the_same_bits_in_one_block_and_in_several(positives):
+    scores, query_labels, gallery_labels = tied_problem(7, positives, torch.float32, n_query=300)
+    scores = scores.clamp(-1, 1)  # finite: the summaries below use every score
+    n_query, n_gallery = scores.shape
+    whole = metrics.query_ranks(in_blocks(scores, n_gallery), n_query, query_labels, gallery_labels, chunk_size=64)
+    blocked = metrics.query_ranks(in_blocks(scores, 13), n_query, query_labels, gallery_labels, chunk_size=64)
+    for key in ("first", "ap", "inp"):
+        assert torch.equal(whole[key], blocked[key]), key
+    # AP and INP as the torch formula of the summary gives them (that of a CUDA device), bit for bit.
+    counts = metrics.positive_counts(query_labels, gallery_labels)
+    ranks = metrics._chunk_positive_ranks(in_blocks(scores, n_gallery), 0, n_query, query_labels, gallery_labels, counts)
+    position = torch.arange(1, ranks.shape[1] + 1)
+    precision = position[None, :].to(torch.float64) / ranks.to(torch.float64)
+    ap = (precision * (position[None, :] <= counts[:, None])).sum(dim=1) / counts.to(torch.float64)
+    assert torch.equal(whole["ap"], ap)
+    expected = definition_ranks(scores, query_labels, gallery_labels)
+    assert whole["ap"].tolist() == pytest.approx([sum(j / r for j, r in enumerate(row, 1)) / len(row) for row in expected])
+    assert whole["inp"].tolist() == pytest.approx([len(row) / row[-1] for row in expected])
+
+
+def test_non_finite_positives_are_refused_and_infinite_negatives_ranked():
+    gallery_labels = torch.tensor([0, 1, 0, 1])
+    for block in (4, 2):
+        for bad in (math.nan, math.inf, -math.inf):
+            scores = torch.tensor([[0.5, 0.2, 0.1, 0.3]])
+            scores[0, 2] = bad  # a positive
+            with pytest.raises(ValueError, match="finite"):
+                metrics._chunk_positive_ranks(in_blocks(scores, block), 0, 1, torch.tensor([0]), gallery_labels,
+                                              torch.tensor([2]))
+        scores = torch.tensor([[0.5, math.nan, 0.1, 0.3]])  # a NaN negative
+        with pytest.raises(ValueError, match="finite"):
+            metrics._chunk_positive_ranks(in_blocks(scores, block), 0, 1, torch.tensor([0]), gallery_labels,
+                                          torch.tensor([2]))
+        scores = torch.tensor([[0.5, math.inf, 0.1, -math.inf]])  # infinite negatives: above and below
+        ranks = metrics._chunk_positive_ranks(in_blocks(scores, block), 0, 1, torch.tensor([0]), gallery_labels,
+                                              torch.tensor([2]))
+        assert ranks.tolist() == [[2, 3]]
+
+
+# ---------------------------------------------------------------------------------------
 # Cross-checks with torchmetrics
 # ---------------------------------------------------------------------------------------
 
