@@ -280,8 +280,9 @@ def _rows_below(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return below
 
 
-def _one_block_positive_ranks_numpy(scores: np.ndarray, labels: np.ndarray, gallery_labels: np.ndarray,
-                                    counts: np.ndarray) -> np.ndarray:
+def _one_block_positive_ranks_numpy(
+    scores: np.ndarray, labels: np.ndarray, gallery_labels: np.ndarray, counts: np.ndarray
+) -> np.ndarray:
     """:func:`_one_block_positive_ranks` on the CPU for float32 / float64, in NumPy.
 
     The same counts from the same values (NumPy's sort is the one :func:`_sorted_rows` uses;
@@ -299,11 +300,15 @@ def _one_block_positive_ranks_numpy(scores: np.ndarray, labels: np.ndarray, gall
     is_positive = labels[:, None] == gallery_labels[None, :]  # (c, G)
     values = scores[is_positive]  # (m,) row by row, each row's in gallery order
     if not np.isfinite(values).all():
-        raise ValueError("similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix")
+        raise ValueError(
+            "similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix"
+        )
     with np.errstate(over="ignore", invalid="ignore"):  # a NaN anywhere makes its row's sum NaN: then look closer
         suspicious = bool(np.isnan(scores.sum(axis=1)).any())
     if suspicious and np.isnan(scores).any():
-        raise ValueError("similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix")
+        raise ValueError(
+            "similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix"
+        )
     padding = max_positives - counts  # (c,) -inf entries before each row's positives
     if not padding.any():
         positive_scores = values.reshape(chunk, max_positives)  # (c, P_max)
@@ -327,9 +332,10 @@ def _one_block_positive_ranks_numpy(scores: np.ndarray, labels: np.ndarray, gall
     return ranks[:, ::-1].copy(order="C")  # (c, P_max) best first = r_j (a copy: torch takes no negative strides)
 
 
-def _one_block_positive_ranks(scores: torch.Tensor, labels: torch.Tensor, gallery_labels: torch.Tensor,
-                              counts: torch.Tensor) -> torch.Tensor:
-    """:func:`_chunk_positive_ranks` when one block ``scores`` ``(c, G)`` holds the whole gallery.
+def _one_block_positive_ranks(
+    scores: torch.Tensor, labels: torch.Tensor, gallery_labels: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor:
+    """:func:`chunk_positive_ranks` when one block ``scores`` ``(c, G)`` holds the whole gallery.
 
     The same integers as the two-pass form, with less work: the positives' scores are read with
     one masked selection (row-major, the order ``nonzero`` gives), and the positives scoring at
@@ -339,18 +345,25 @@ def _one_block_positive_ranks(scores: torch.Tensor, labels: torch.Tensor, galler
     of items scoring >= each positive (:func:`count_at_least`) plus O(c P log P).
     """
     if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64):
-        return torch.from_numpy(_one_block_positive_ranks_numpy(
-            scores.detach().numpy(), labels.numpy(), gallery_labels.numpy(), counts.numpy()))
+        return torch.from_numpy(
+            _one_block_positive_ranks_numpy(
+                scores.detach().numpy(), labels.numpy(), gallery_labels.numpy(), counts.numpy()
+            )
+        )
     chunk, n_gallery = scores.shape
     max_positives = int(counts.max())
     device = scores.device
     is_positive = labels[:, None] == gallery_labels[None, :]  # (c, G)
     values = torch.masked_select(scores, is_positive)  # (m,) row by row, each row's in gallery order
     if not torch.isfinite(values).all():
-        raise ValueError("similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix")
+        raise ValueError(
+            "similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix"
+        )
     # A NaN anywhere makes its row's sum NaN (so does +inf with -inf: then look closer).
     if torch.isnan(scores.sum(dim=1)).any() and torch.isnan(scores).any():
-        raise ValueError("similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix")
+        raise ValueError(
+            "similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix"
+        )
     if bool((counts == max_positives).all()):
         positive_scores = values.view(chunk, max_positives)  # (c, P_max), no padding
     else:  # pad each row with -inf after its P_q positives
@@ -369,7 +382,7 @@ def _one_block_positive_ranks(scores: torch.Tensor, labels: torch.Tensor, galler
     return position[None, :] + (at_least - positives_above)  # (c, P_max) = r_j
 
 
-def _chunk_positive_ranks(
+def chunk_positive_ranks(
     score_blocks: ScoreBlocks,
     query_start: int,
     query_end: int,
@@ -478,7 +491,7 @@ def query_ranks(
     parts: dict[str, list[torch.Tensor]] = {"first": [], "ap": [], "inp": []}
     for query_start in range(0, n_queries, chunk_size):
         query_end = min(query_start + chunk_size, n_queries)
-        ranks = _chunk_positive_ranks(score_blocks, query_start, query_end, query_labels, gallery_labels, n_positives)
+        ranks = chunk_positive_ranks(score_blocks, query_start, query_end, query_labels, gallery_labels, n_positives)
         for key, value in _summarise_ranks(ranks, n_positives[query_start:query_end]).items():
             parts[key].append(value)
     return {key: torch.cat(values) for key, values in parts.items()}
@@ -817,7 +830,7 @@ def zero_shot_class_metrics(
     def score_blocks(query_start: int, query_end: int):
         yield 0, n_images, class_to_image[query_start:query_end]  # (c, N)
 
-    ranks = _chunk_positive_ranks(score_blocks, 0, classes.numel(), classes, image_classes, n_positives)  # (C, P_max)
+    ranks = chunk_positive_ranks(score_blocks, 0, classes.numel(), classes, image_classes, n_positives)  # (C, P_max)
     position = torch.arange(1, ranks.shape[1] + 1, device=device)  # (P_max,)
     within = (position[None, :] <= n_positives[:, None]) & (ranks <= ap_at)  # (C, P_max)
     precision_at_k = within.sum(dim=1).to(torch.float64) / ap_at  # (C,)

@@ -228,7 +228,9 @@ def definition_ranks(scores: torch.Tensor, query_labels: torch.Tensor, gallery_l
         is_positive = [int(label) == int(query_labels[q]) for label in gallery_labels]
         positives = sorted((row[g] for g in range(len(row)) if is_positive[g]), reverse=True)
         negatives = [row[g] for g in range(len(row)) if not is_positive[g]]
-        ranks.append([j + sum(negative >= positive for negative in negatives) for j, positive in enumerate(positives, 1)])
+        ranks.append(
+            [j + sum(negative >= positive for negative in negatives) for j, positive in enumerate(positives, 1)]
+        )
     return ranks
 
 
@@ -249,16 +251,19 @@ def tied_problem(seed: int, positives: int | str, dtype: torch.dtype, n_query: i
     scores[(scores == 0) & (torch.rand(n_query, n_gallery, generator=generator) < 0.5)] = -0.0
     negative = query_labels[:, None] != gallery_labels[None, :]
     infinite = negative & (torch.rand(n_query, n_gallery, generator=generator) < 0.05)
-    scores[infinite] = torch.where(torch.rand(n_query, n_gallery, generator=generator) < 0.5,
-                                   math.inf, -math.inf)[infinite].to(dtype)
+    scores[infinite] = torch.where(torch.rand(n_query, n_gallery, generator=generator) < 0.5, math.inf, -math.inf)[
+        infinite
+    ].to(dtype)
     return scores, query_labels, gallery_labels
 
 
 def in_blocks(scores: torch.Tensor, block: int):
     """A ``score_blocks`` callable over a precomputed matrix, ``block`` gallery items at a time."""
+
     def score_blocks(query_start: int, query_end: int):
         for start in range(0, scores.shape[1], block):
-            yield start, min(start + block, scores.shape[1]), scores[query_start:query_end, start:start + block]
+            yield start, min(start + block, scores.shape[1]), scores[query_start:query_end, start : start + block]
+
     return score_blocks
 
 
@@ -272,10 +277,12 @@ def test_positive_ranks_match_their_definition_with_many_ties(monkeypatch, compa
         n_query, n_gallery = scores.shape
         counts = metrics.positive_counts(query_labels, gallery_labels)
         expected = definition_ranks(scores, query_labels, gallery_labels)
-        one_block = metrics._chunk_positive_ranks(in_blocks(scores, n_gallery), 0, n_query, query_labels,
-                                                  gallery_labels, counts)  # the one-block path
-        several = metrics._chunk_positive_ranks(in_blocks(scores, 7), 0, n_query, query_labels, gallery_labels,
-                                                counts)  # the two-pass path, block by block
+        one_block = metrics.chunk_positive_ranks(
+            in_blocks(scores, n_gallery), 0, n_query, query_labels, gallery_labels, counts
+        )  # the one-block path
+        several = metrics.chunk_positive_ranks(
+            in_blocks(scores, 7), 0, n_query, query_labels, gallery_labels, counts
+        )  # the two-pass path, block by block
         assert [one_block[q, : counts[q]].tolist() for q in range(n_query)] == expected
         assert one_block.dtype == several.dtype == torch.int64
         assert torch.equal(one_block, several)  # the padding too
@@ -292,13 +299,15 @@ def test_query_summaries_are_the_same_bits_in_one_block_and_in_several(positives
         assert torch.equal(whole[key], blocked[key]), key
     # AP and INP as the torch formula of the summary gives them (that of a CUDA device), bit for bit.
     counts = metrics.positive_counts(query_labels, gallery_labels)
-    ranks = metrics._chunk_positive_ranks(in_blocks(scores, n_gallery), 0, n_query, query_labels, gallery_labels, counts)
+    ranks = metrics.chunk_positive_ranks(in_blocks(scores, n_gallery), 0, n_query, query_labels, gallery_labels, counts)
     position = torch.arange(1, ranks.shape[1] + 1)
     precision = position[None, :].to(torch.float64) / ranks.to(torch.float64)
     ap = (precision * (position[None, :] <= counts[:, None])).sum(dim=1) / counts.to(torch.float64)
     assert torch.equal(whole["ap"], ap)
     expected = definition_ranks(scores, query_labels, gallery_labels)
-    assert whole["ap"].tolist() == pytest.approx([sum(j / r for j, r in enumerate(row, 1)) / len(row) for row in expected])
+    assert whole["ap"].tolist() == pytest.approx(
+        [sum(j / r for j, r in enumerate(row, 1)) / len(row) for row in expected]
+    )
     assert whole["inp"].tolist() == pytest.approx([len(row) / row[-1] for row in expected])
 
 
@@ -309,15 +318,18 @@ def test_non_finite_positives_are_refused_and_infinite_negatives_ranked():
             scores = torch.tensor([[0.5, 0.2, 0.1, 0.3]])
             scores[0, 2] = bad  # a positive
             with pytest.raises(ValueError, match="finite"):
-                metrics._chunk_positive_ranks(in_blocks(scores, block), 0, 1, torch.tensor([0]), gallery_labels,
-                                              torch.tensor([2]))
+                metrics.chunk_positive_ranks(
+                    in_blocks(scores, block), 0, 1, torch.tensor([0]), gallery_labels, torch.tensor([2])
+                )
         scores = torch.tensor([[0.5, math.nan, 0.1, 0.3]])  # a NaN negative
         with pytest.raises(ValueError, match="finite"):
-            metrics._chunk_positive_ranks(in_blocks(scores, block), 0, 1, torch.tensor([0]), gallery_labels,
-                                          torch.tensor([2]))
+            metrics.chunk_positive_ranks(
+                in_blocks(scores, block), 0, 1, torch.tensor([0]), gallery_labels, torch.tensor([2])
+            )
         scores = torch.tensor([[0.5, math.inf, 0.1, -math.inf]])  # infinite negatives: above and below
-        ranks = metrics._chunk_positive_ranks(in_blocks(scores, block), 0, 1, torch.tensor([0]), gallery_labels,
-                                              torch.tensor([2]))
+        ranks = metrics.chunk_positive_ranks(
+            in_blocks(scores, block), 0, 1, torch.tensor([0]), gallery_labels, torch.tensor([2])
+        )
         assert ranks.tolist() == [[2, 3]]
 
 
