@@ -241,58 +241,38 @@ def _positives_at_least_sorted(ascending: torch.Tensor) -> torch.Tensor:
     return width - run_start
 
 
-def _rows_below(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """For each row, how many ``scores`` (c, G) are < each of its ascending ``thresholds`` (c, P). ``(c, P)`` int64.
+def _in_row_ranges(n_rows: int, work: Callable[[int, int], None]) -> None:
+    """``work(start, end)`` over ``[0, n_rows)`` split into ranges, one a thread.
 
-    Up to ``_COMPARE_MAX_POSITIVES`` thresholds by one comparison pass each; more by sorting each
-    row once (NumPy's vectorised sort, as :func:`_sorted_rows`) and placing its thresholds with
-    ``numpy.searchsorted``. The rows are split between ``torch.get_num_threads()`` threads (NumPy
-    releases the GIL in these loops), so this part uses the cores the matrix product uses.
-    Exact integers whatever the split: every row is counted on its own.
+    ``torch.get_num_threads()`` threads (the cores the matrix product uses), at least 32 rows a
+    thread (starting a thread costs more than ranking fewer); NumPy releases the GIL in its
+    sorts, searches and element-wise loops. An exception in a range is raised here.
     """
-    below = np.empty(thresholds.shape, dtype=np.int64)
-    compare = thresholds.shape[1] <= _COMPARE_MAX_POSITIVES
-
-    def count(start: int, end: int) -> None:
-        if compare:
-            for k in range(thresholds.shape[1]):
-                below[start:end, k] = np.count_nonzero(scores[start:end] < thresholds[start:end, k : k + 1], axis=1)
-            return
-        sorted_scores = np.sort(scores[start:end], axis=1)  # (end - start, G)
-        for row in range(start, end):
-            below[row] = np.searchsorted(sorted_scores[row - start], thresholds[row], side="left")
-
-    # At least 32 rows a thread: starting a thread costs more than counting fewer.
-    n_threads = max(1, min(torch.get_num_threads(), scores.shape[0] // 32))
+    n_threads = max(1, min(torch.get_num_threads(), n_rows // 32))
     if n_threads == 1:
-        count(0, scores.shape[0])
-        return below
+        work(0, n_rows)
+        return
     from concurrent.futures import ThreadPoolExecutor
 
-    bounds = np.linspace(0, scores.shape[0], n_threads + 1).astype(int)
+    bounds = np.linspace(0, n_rows, n_threads + 1).astype(int)
     with ThreadPoolExecutor(n_threads) as pool:
-        for done in [pool.submit(count, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
+        for done in [pool.submit(work, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
             done.result()
-    return below
 
 
-def _one_block_positive_ranks_numpy(scores: np.ndarray, labels: np.ndarray, gallery_labels: np.ndarray,
-                                    counts: np.ndarray) -> np.ndarray:
-    """:func:`_one_block_positive_ranks` on the CPU for float32 / float64, in NumPy.
+def _ranks_of_rows(scores: np.ndarray, is_positive: np.ndarray, counts: np.ndarray, width: int) -> np.ndarray:
+    """The ranks ``(c, width)`` of rows ``scores`` ``(c, G)`` with positives ``is_positive`` ``(c, G)``,
+    ``counts`` of them (``width`` >= every count; the rest is padding): :func:`_one_block_positive_ranks`
+    in NumPy.
 
-    The same counts from the same values (NumPy's sort is the one :func:`_sorted_rows` uses;
-    counts are exact integers), so the same ranks, padding included. NumPy runs the element-wise
-    steps on one thread: on a CPU shared with other work, torch's two-thread kernels on these
-    ``(c, P)`` arrays waited for each other far longer than they computed.
-
-    In ascending order of the positives, the k-th (0-based) of ``P_max`` is the ``j = P_max - k``-th
-    best, so ``r_j = j + (G - below_k) - (P_max - run_start_k) = G - below_k + run_start_k - k``:
-    ``below_k`` the items scoring less than it, ``run_start_k`` where its run of
-    equal positive scores begins (every positive from there on scores at least as high).
+    In ascending order of a row's positives, the k-th (0-based) of ``width`` is the ``j = width - k``-th
+    best, so ``r_j = j + (G - below_k) - (width - run_start_k) = G - below_k + run_start_k - k``:
+    ``below_k`` the items scoring less than it (one comparison pass per positive up to
+    ``_COMPARE_MAX_POSITIVES``, else a sort of the row and ``numpy.searchsorted``), ``run_start_k``
+    where its run of equal positive scores begins (every positive from there on scores at least
+    as high). A padding entry (-inf, sorted first) gets ``j + G - P_q``, as in the two-pass form.
     """
     chunk, n_gallery = scores.shape
-    max_positives = int(counts.max())
-    is_positive = labels[:, None] == gallery_labels[None, :]  # (c, G)
     values = scores[is_positive]  # (m,) row by row, each row's in gallery order
     if not np.isfinite(values).all():
         raise ValueError("similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix")
@@ -300,27 +280,57 @@ def _one_block_positive_ranks_numpy(scores: np.ndarray, labels: np.ndarray, gall
         suspicious = bool(np.isnan(scores.sum(axis=1)).any())
     if suspicious and np.isnan(scores).any():
         raise ValueError("similarity scores must be finite (no NaN or inf); check the embeddings or the similarity matrix")
-    padding = max_positives - counts  # (c,) -inf entries before each row's positives
+    padding = width - counts  # (c,) -inf entries before each row's positives
     if not padding.any():
-        positive_scores = values.reshape(chunk, max_positives)  # (c, P_max)
-    else:  # pad each row with -inf (sorted first)
+        positive_scores = values.reshape(chunk, width)  # (c, width)
+    else:
         row_start = np.cumsum(counts) - counts  # (c,)
         rows = np.repeat(np.arange(chunk), counts)  # (m,)
-        positive_scores = np.full((chunk, max_positives), -np.inf, dtype=scores.dtype)
+        positive_scores = np.full((chunk, width), -np.inf, dtype=scores.dtype)
         positive_scores[rows, np.arange(values.size) - row_start[rows]] = values
-    ascending = np.sort(positive_scores, axis=1)  # (c, P_max), the -inf padding first
-    below = _rows_below(scores, ascending)  # (c, P_max) items scoring less than each positive
-    index = np.arange(max_positives)  # (P_max,) = k
-    begins = np.ones((chunk, max_positives), dtype=bool)  # a run of equal positive scores begins here
+    ascending = np.sort(positive_scores, axis=1)  # (c, width), the -inf padding first
+    ranks = np.empty((chunk, width), dtype=np.int64)  # below_k, then the ranks
+    if width <= _COMPARE_MAX_POSITIVES:
+        for k in range(width):
+            ranks[:, k] = np.count_nonzero(scores < ascending[:, k : k + 1], axis=1)
+    else:
+        sorted_scores = np.sort(scores, axis=1)  # (c, G)
+        for row in range(chunk):
+            ranks[row] = np.searchsorted(sorted_scores[row], ascending[row], side="left")
+        del sorted_scores
+    np.subtract(n_gallery, ranks, out=ranks)  # G - below_k
+    begins = np.ones((chunk, width), dtype=bool)  # a run of equal positive scores begins here
     np.not_equal(ascending[:, 1:], ascending[:, :-1], out=begins[:, 1:])  # 0.0 and -0.0: one run
-    ranks = np.where(begins, index, 0)  # (c, P_max)
-    np.maximum.accumulate(ranks, axis=1, out=ranks)  # run_start
-    ranks -= index
-    ranks -= below
-    ranks += n_gallery
-    if padding.any():  # a padding entry (-inf, run start 0) gets j + G - P_q, as in the two-pass form
-        np.add(ranks, padding[:, None], out=ranks, where=index[None, :] < padding[:, None])
-    return ranks[:, ::-1].copy(order="C")  # (c, P_max) best first = r_j (a copy: torch takes no negative strides)
+    if not begins.all():  # ties among the positives (or padding): + run_start_k - k, else 0
+        index = np.arange(width)  # (width,) = k
+        run_start = np.where(begins, index, 0)  # (c, width)
+        np.maximum.accumulate(run_start, axis=1, out=run_start)
+        run_start -= index
+        ranks += run_start
+    if padding.any():
+        np.add(ranks, padding[:, None], out=ranks, where=np.arange(width)[None, :] < padding[:, None])
+    return ranks[:, ::-1]  # best first
+
+
+def _one_block_positive_ranks_numpy(scores: np.ndarray, labels: np.ndarray, gallery_labels: np.ndarray,
+                                    counts: np.ndarray) -> np.ndarray:
+    """:func:`_one_block_positive_ranks` on the CPU for float32 / float64, in NumPy: ``(c, P_max)`` int64.
+
+    The same counts from the same values (NumPy's sort is the one :func:`_sorted_rows` uses;
+    counts are exact integers), so the same ranks, padding included. The rows are ranked in
+    ranges, one a thread (:func:`_in_row_ranges`; each row on its own, so the split changes no
+    integer). NumPy rather than torch: on a CPU shared with other work, torch's two-thread
+    kernels on these ``(c, P)`` arrays waited for each other far longer than they computed.
+    """
+    width = int(counts.max())
+    ranks = np.empty((scores.shape[0], width), dtype=np.int64)  # (c, P_max)
+
+    def rank_rows(start: int, end: int) -> None:
+        is_positive = labels[start:end, None] == gallery_labels[None, :]  # (end - start, G)
+        ranks[start:end] = _ranks_of_rows(scores[start:end], is_positive, counts[start:end], width)
+
+    _in_row_ranges(scores.shape[0], rank_rows)
+    return ranks
 
 
 def _one_block_positive_ranks(scores: torch.Tensor, labels: torch.Tensor, gallery_labels: torch.Tensor,
@@ -440,7 +450,9 @@ def _summarise_ranks(ranks: torch.Tensor, n_positives: torch.Tensor) -> dict[str
         position = np.arange(1, ranks.shape[1] + 1)  # (P_max,) = j
         valid = position[None, :] <= n_positives.numpy()[:, None]  # (c, P_max)
         precision = position[None, :].astype(np.float64) / ranks.numpy().astype(np.float64)  # j / r_j
-        precision *= valid  # = precision * valid, as below; the sum stays torch's (its order of addition)
+        if not valid.all():  # = precision * valid, as below (x 1.0 changes nothing)
+            precision *= valid
+        # the sum stays torch's (its order of addition), on a contiguous (c, P_max) array as below
         average_precision = torch.from_numpy(precision).sum(dim=1) / n_positives.to(torch.float64)  # (c,)
     else:
         position = torch.arange(1, ranks.shape[1] + 1, device=ranks.device)  # (P_max,) = j

@@ -295,6 +295,22 @@ def test_query_summaries_are_the_same_bits_in_one_block_and_in_several(positives
     assert whole["inp"].tolist() == pytest.approx([len(row) / row[-1] for row in expected])
 
 
+@pytest.mark.parametrize("positives", [3, 100], ids=["compare-path", "sort-path"])
+def test_ranks_are_the_same_on_one_thread_and_several(positives):
+    from cmp_utils import config
+
+    scores, query_labels, gallery_labels = tied_problem(11, positives, torch.float32, n_query=256)
+    counts = metrics.positive_counts(query_labels, gallery_labels)
+    ranks = []
+    for threads in (1, 4):  # the rows ranked in 1 range, then in 4 (one a thread)
+        with config.torch_threads(threads):
+            ranks.append(metrics._chunk_positive_ranks(in_blocks(scores, scores.shape[1]), 0, 256, query_labels,
+                                                       gallery_labels, counts))
+    assert torch.equal(ranks[0], ranks[1])
+    expected = definition_ranks(scores, query_labels, gallery_labels)
+    assert [ranks[1][q, : counts[q]].tolist() for q in range(256)] == expected
+
+
 def test_non_finite_positives_are_refused_and_infinite_negatives_ranked():
     gallery_labels = torch.tensor([0, 1, 0, 1])
     for block in (4, 2):
