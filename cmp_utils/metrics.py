@@ -260,6 +260,25 @@ def _in_row_ranges(n_rows: int, work: Callable[[int, int], None]) -> None:
             done.result()
 
 
+# Up to this many positives per query, :func:`_ranks_of_rows` counts the items below each positive
+# by one NumPy comparison pass per positive; above it, by sorting the row and searching. On the
+# CPU one pass cost about 1/9 (G = 5,000) to 1/12 (G = 25,000) of a row sort and search.
+_COMPARE_MAX_POSITIVES_NUMPY = 8
+
+
+def _count_less(scores: np.ndarray, threshold: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+    """For each row, how many ``scores`` (c, G) are < ``threshold`` (c, 1). ``(c,)`` int64.
+
+    The comparison goes into ``buffer`` (c, >= G) bool, zero beyond column G and a whole number
+    of 8-byte words a row; with NumPy >= 2 its rows are counted 8 bytes at a time
+    (``bitwise_count`` of each word: a byte holds 0 or 1), about 1.7x faster than ``count_nonzero``.
+    """
+    np.less(scores, threshold, out=buffer[:, : scores.shape[1]])
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(buffer.view(np.uint64)).sum(axis=1, dtype=np.int64)
+    return np.count_nonzero(buffer, axis=1)
+
+
 def _ranks_of_rows(scores: np.ndarray, is_positive: np.ndarray, counts: np.ndarray, width: int) -> np.ndarray:
     """The ranks ``(c, width)`` of rows ``scores`` ``(c, G)`` with positives ``is_positive`` ``(c, G)``,
     ``counts`` of them (``width`` >= every count; the rest is padding): :func:`_one_block_positive_ranks`
@@ -268,7 +287,7 @@ def _ranks_of_rows(scores: np.ndarray, is_positive: np.ndarray, counts: np.ndarr
     In ascending order of a row's positives, the k-th (0-based) of ``width`` is the ``j = width - k``-th
     best, so ``r_j = j + (G - below_k) - (width - run_start_k) = G - below_k + run_start_k - k``:
     ``below_k`` the items scoring less than it (one comparison pass per positive up to
-    ``_COMPARE_MAX_POSITIVES``, else a sort of the row and ``numpy.searchsorted``), ``run_start_k``
+    ``_COMPARE_MAX_POSITIVES_NUMPY``, else a sort of the row and ``numpy.searchsorted``), ``run_start_k``
     where its run of equal positive scores begins (every positive from there on scores at least
     as high). A padding entry (-inf, sorted first) gets ``j + G - P_q``, as in the two-pass form.
     """
@@ -290,9 +309,11 @@ def _ranks_of_rows(scores: np.ndarray, is_positive: np.ndarray, counts: np.ndarr
         positive_scores[rows, np.arange(values.size) - row_start[rows]] = values
     ascending = np.sort(positive_scores, axis=1)  # (c, width), the -inf padding first
     ranks = np.empty((chunk, width), dtype=np.int64)  # below_k, then the ranks
-    if width <= _COMPARE_MAX_POSITIVES:
+    if width <= _COMPARE_MAX_POSITIVES_NUMPY:
+        buffer = np.zeros((chunk, -(-n_gallery // 8) * 8), dtype=bool)  # (c, G rounded up to 8)
         for k in range(width):
-            ranks[:, k] = np.count_nonzero(scores < ascending[:, k : k + 1], axis=1)
+            ranks[:, k] = _count_less(scores, ascending[:, k : k + 1], buffer)
+        del buffer
     else:
         sorted_scores = np.sort(scores, axis=1)  # (c, G)
         for row in range(chunk):
