@@ -271,7 +271,8 @@ def in_blocks(scores: torch.Tensor, block: int):
 @pytest.mark.parametrize("positives", [1, 3, 100, "all"])
 @pytest.mark.parametrize("compare_max", [0, 1000], ids=["sort-path", "compare-path"])
 def test_positive_ranks_match_their_definition_with_many_ties(monkeypatch, compare_max, positives, dtype):
-    monkeypatch.setattr(metrics, "_COMPARE_MAX_POSITIVES", compare_max)
+    monkeypatch.setattr(metrics, "_COMPARE_MAX_POSITIVES", compare_max)  # torch's counting
+    monkeypatch.setattr(metrics, "_COMPARE_MAX_POSITIVES_NUMPY", compare_max)  # NumPy's (float32 / float64)
     for seed in range(3):
         scores, query_labels, gallery_labels = tied_problem(seed, positives, dtype)
         n_query, n_gallery = scores.shape
@@ -309,6 +310,37 @@ def test_query_summaries_are_the_same_bits_in_one_block_and_in_several(positives
         [sum(j / r for j, r in enumerate(row, 1)) / len(row) for row in expected]
     )
     assert whole["inp"].tolist() == pytest.approx([len(row) / row[-1] for row in expected])
+
+
+@pytest.mark.parametrize("positives", [3, 100], ids=["compare-path", "sort-path"])
+def test_ranks_are_the_same_on_one_thread_and_several(positives):  # 3 <= _COMPARE_MAX_POSITIVES_NUMPY < 100
+    from cmp_utils.core import config
+
+    scores, query_labels, gallery_labels = tied_problem(11, positives, torch.float32, n_query=256)
+    counts = metrics.positive_counts(query_labels, gallery_labels)
+    ranks = []
+    for threads in (1, 4):  # the rows ranked in 1 range, then in 4 (one a thread)
+        with config.torch_threads(threads):
+            ranks.append(
+                metrics.chunk_positive_ranks(
+                    in_blocks(scores, scores.shape[1]), 0, 256, query_labels, gallery_labels, counts
+                )
+            )
+    assert torch.equal(ranks[0], ranks[1])
+    expected = definition_ranks(scores, query_labels, gallery_labels)
+    assert [ranks[1][q, : counts[q]].tolist() for q in range(256)] == expected
+
+
+def test_comparison_counts_without_bitwise_count_are_the_same(monkeypatch):
+    # NumPy < 2 has no bitwise_count: the comparison path then counts with count_nonzero.
+    scores, query_labels, gallery_labels = tied_problem(12, 3, torch.float64, n_query=40)
+    counts = metrics.positive_counts(query_labels, gallery_labels)
+    whole = in_blocks(scores, scores.shape[1])
+    with_words = metrics.chunk_positive_ranks(whole, 0, 40, query_labels, gallery_labels, counts)
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    assert torch.equal(metrics.chunk_positive_ranks(whole, 0, 40, query_labels, gallery_labels, counts), with_words)
+    expected = definition_ranks(scores, query_labels, gallery_labels)
+    assert [with_words[q, : counts[q]].tolist() for q in range(40)] == expected
 
 
 def test_non_finite_positives_are_refused_and_infinite_negatives_ranked():
