@@ -299,3 +299,24 @@ def test_no_hand_typed_result_number_in_prose():
         "hand-typed result numbers (generate them from results/, delete them, or add a setting "
         f"to NOT_RESULTS with its reason): {typed}"
     )
+
+
+def test_no_synthetic_cell_carries_a_paper_value_or_a_difference_to_one():
+    """The committed synthetic results keep the paper's values apart: every smoke / quick summary.csv has no
+    ``difference`` column and names the paper's column as reported on real data; the README's and
+    results/README.md's synthetic tables put no "(paper X)" beside a number, and results/README.md's paper
+    comparison sits under its own real-data heading."""
+    import pandas as pd
+
+    summaries = [
+        path for profile in config.SYNTHETIC_PROFILES for path in ROOT.glob(f"results/*/{profile}/summary.csv")
+    ]
+    assert summaries, "no committed synthetic summary.csv to check"
+    for path in summaries:
+        columns = set(pd.read_csv(path, nrows=0).columns)
+        assert not columns & {"difference", "paper_value", "paper_support"}, f"{path} sets a paper value beside ours"
+    pattern = re.compile(r"\d\s*\(paper\b|\(paper\s+[-+]?\d")
+    for readme in (ROOT / "README.md", ROOT / "results" / "README.md"):
+        text = readme.read_text(encoding="utf-8")
+        synthetic = text.split("## Reproduction status (paper profile, real data)")[0]
+        assert not pattern.search(synthetic), f"{readme.name}: a synthetic number beside a paper value"

@@ -42,7 +42,9 @@ CONFIDENCE = 0.95
 #: The test named in every claim row.
 TEST_NAME = "paired t-test"
 NOT_TESTED = f"not tested (fewer than {MIN_SEEDS} seeds)"
-VERDICTS = ("held", "did not hold", "inconclusive", NOT_TESTED)
+#: The verdict of a claim about a method whose runs had not converged (:mod:`cmp_utils.experiments.convergence`).
+NOT_CONVERGED = "not converged"
+VERDICTS = ("held", "did not hold", "inconclusive", NOT_TESTED, NOT_CONVERGED)
 
 #: Columns of every claims.csv (a notebook may add more after these, e.g. ``sampler`` or ``table``).
 CLAIM_COLUMNS = [
@@ -232,15 +234,77 @@ def claims_frame(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return frame[CLAIM_COLUMNS + FAMILY_COLUMNS + extra]
 
 
-#: The verdict of a claim about a method whose runs had not converged (:mod:`cmp_utils.experiments.convergence`).
-NOT_CONVERGED = "not converged"
+def mark_not_converged(frame: pd.DataFrame, unconverged: Any) -> pd.DataFrame:
+    """``frame`` (from :func:`claims_frame`) with ``verdict`` = :data:`NOT_CONVERGED` in every claim that
+    involves a run group which had not converged: a difference between models still learning may
+    measure how fast they learn, not how well. The statistics stay for reading.
 
-
-def mark_not_converged(frame: pd.DataFrame, unconverged: set[str]) -> pd.DataFrame:
-    """``frame`` (from :func:`claims_frame`) with ``verdict`` = :data:`NOT_CONVERGED` in every claim whose
-    ``better`` or ``worse`` method is in ``unconverged``: a difference between models still learning may
-    measure how fast they learn, not how well. The statistics stay for reading."""
+    ``unconverged``: method names (a claim whose ``better`` or ``worse`` is one of them is marked), or a
+    convergence table (:func:`cmp_utils.experiments.convergence.check_convergence`: ``method``, a boolean
+    ``converged`` and the columns that tell its run groups apart, e.g. ``sampler`` or ``dataset``): a claim
+    is marked when a not-converged row names its ``better``, ``worse`` or ``method`` and agrees with the
+    claim on every such column the claim also has, or names there one of the claim's two sides (a claim
+    without the column, e.g. one across batch sizes, is marked by any of its methods' rows; "CMPM: global
+    > local:4" by CMPM's global and local:4 rows)."""
     frame = frame.copy()
-    involved = frame["better"].isin(unconverged) | frame["worse"].isin(unconverged)
-    frame.loc[involved, "verdict"] = NOT_CONVERGED
+    if isinstance(unconverged, pd.DataFrame):
+        rows = unconverged[~unconverged["converged"].astype(bool)]
+        context = [c for c in rows.columns if c in frame.columns and c not in _CONVERGENCE_OWN_COLUMNS]
+        involved = pd.Series(False, index=frame.index)
+        for _, row in rows.iterrows():
+            match = frame["better"].eq(row["method"]) | frame["worse"].eq(row["method"])
+            if "method" in frame.columns:  # a claim between two settings of one method (e.g. global > local:4)
+                match |= frame["method"].eq(row["method"])
+            for column in context:
+                value = str(row[column])
+                match &= (
+                    frame[column].isna()
+                    | frame[column].astype(str).eq(value)
+                    | frame["better"].eq(value)
+                    | frame["worse"].eq(value)
+                )
+            involved |= match
+    else:
+        names = set(unconverged)
+        involved = frame["better"].isin(names) | frame["worse"].isin(names)
+    frame.loc[involved & frame["verdict"].ne(NOT_TESTED), "verdict"] = NOT_CONVERGED  # too few seeds stays so
     return frame
+
+
+#: Columns of a convergence table (:mod:`cmp_utils.experiments.convergence`), one row per method; a
+#: notebook's table puts the columns that tell its run groups apart (``sampler``, ``dataset``, ...) and
+#: ``checked_on`` (the metric) before the rest.
+CONVERGENCE_COLUMNS = [
+    "method",
+    "seeds",
+    "epochs_trained",
+    "best_epoch",
+    "stopped_early",
+    "reference_seed",
+    "reference_epochs",
+    "run_value",
+    "reference_value",
+    "gap",
+    "converged",
+]
+_CONVERGENCE_OWN_COLUMNS = set(CONVERGENCE_COLUMNS) | {"checked_on"}
+
+
+def unconverged_groups(table: pd.DataFrame) -> list[str]:
+    """``"method (column=value, ...)"`` for each run group of a convergence table that did not converge on
+    some metric, in table order."""
+    context = [c for c in table.columns if c not in _CONVERGENCE_OWN_COLUMNS]
+    names = []
+    for _, row in table[~table["converged"].astype(bool)].iterrows():
+        extra = ", ".join(f"{c}={row[c]}" for c in context if c != "method")
+        name = f"{row['method']} ({extra})" if extra else str(row["method"])
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def converged_count(table: pd.DataFrame) -> tuple[int, int]:
+    """``(converged, all)`` run groups of a convergence table (a group converged when it did on every metric)."""
+    context = ["method"] + [c for c in table.columns if c not in _CONVERGENCE_OWN_COLUMNS]
+    groups = table.groupby(context, sort=False, dropna=False)["converged"].all()
+    return int(groups.sum()), len(groups)

@@ -35,6 +35,14 @@ from .grid_runs import (
     distinct_inputs,
     grid_frame,
 )
+from .convergence import (
+    REFERENCE_FACTOR,
+    TOLERANCE,
+    check_convergence,
+    convergence_markdown,
+    convergence_table,
+    unconverged_groups,
+)
 from .notebook import (
     EXPERIMENT_NOTEBOOKS,
     comparable_backbones,
@@ -91,4 +99,10 @@ __all__ = [
     "notebook_setup",
     "settings_preview",
     "table_claims",
+    "REFERENCE_FACTOR",
+    "TOLERANCE",
+    "check_convergence",
+    "convergence_markdown",
+    "convergence_table",
+    "unconverged_groups",
 ]

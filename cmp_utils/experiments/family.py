@@ -237,6 +237,8 @@ def family_claims(
 ) -> list[dict[str, Any]]:
     """The claims rule for "``better`` > ``worse``" on global-scope rows; pairs whose methods did
     not run are left out. Each row also names its ``dataset`` and ``loss_scope``."""
+    if frame.empty:
+        return []
     chosen = frame[frame[SCOPE_COLUMN] == "global"] if SCOPE_COLUMN in frame else frame
     present = set(chosen["method"])
     rows = []

@@ -16,7 +16,7 @@ the release's setting*, so positive means the deviation helps. The verdict is th
 Holm-adjusted over the audit's claims (``held``: raises; ``did not hold``: lowers;
 ``inconclusive``), and the ``effect`` column says it in words: ``helps``, ``costs``, ``no measurable
 effect``, or ``not tested`` (fewer than 5 seeds). These effects are measured in the quick regime
-(synthetic data, frozen features, a few epochs); a deviation whose effect depends on the length of
+(synthetic data, frozen features, each run trained until its validation R@1 levels off); a deviation whose effect depends on the length of
 training (a moving-average decay, BN statistics) is flagged ``schedule_artefact`` and says so.
 
 A deviation whose settings the baseline already has (e.g. through the notebook's ``overrides``)
@@ -57,6 +57,7 @@ EFFECT_WORDS = {
     "did not hold": "costs",
     "inconclusive": "no measurable effect",
     claims.NOT_TESTED: "not tested (fewer than 5 seeds)",
+    claims.NOT_CONVERGED: "not converged",
 }
 PORT_A = "port A (a public PyTorch port, read and run)"
 PYTORCH_DEFAULTS = "PyTorch ports keeping the library default"
@@ -370,8 +371,9 @@ def _per_caption_results(profile, seeds, device, data_dir, base_overrides, name)
 
 
 #: Deviations whose quick-regime effect comes from the short schedule, not from what a port would
-#: cost at the paper's length: TF's BN statistics (decay 0.9997) and weight average barely move in a
-#: few hundred steps, so the release's settings look worse here than they would over 50 epochs.
+#: cost at the paper's length: TF's BN statistics (decay 0.9997) and weight average move little in the
+#: steps a quick run takes before its validation levels off, so the release's settings look worse here
+#: than they would over 50 epochs.
 SCHEDULE_ARTEFACTS = frozenset({"bn_pytorch", "no_ema"})
 
 
@@ -382,11 +384,15 @@ def effect_of(verdict: str) -> str:
     return EFFECT_WORDS[verdict]
 
 
-def audit_claims(results: pd.DataFrame, plan: pd.DataFrame | None = None) -> pd.DataFrame:
+def audit_claims(
+    results: pd.DataFrame, plan: pd.DataFrame | None = None, convergence: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """One claim per measured deviation and metric: deviation − baseline, paired over seeds.
 
     Columns :data:`cmp_utils.evaluation.claims.CLAIM_COLUMNS`, then ``deviation``, ``label``,
-    ``implementations``, ``overrides``, ``effect`` and ``note``.
+    ``implementations``, ``overrides``, ``effect`` and ``note``. With ``convergence`` (a
+    :func:`cmp_utils.experiments.convergence.check_convergence` table by ``deviation``), a deviation whose
+    runs, or the baseline's, did not converge gets the verdict and effect ``not converged``.
     """
     notes = {} if plan is None else dict(zip(plan["deviation"], plan["note"]))
     measured_settings = {} if plan is None else dict(zip(plan["deviation"], plan["overrides"]))
@@ -423,6 +429,10 @@ def audit_claims(results: pd.DataFrame, plan: pd.DataFrame | None = None) -> pd.
                 }
             )
     frame = claims.claims_frame(rows)  # Holm-adjusted over the audit's claims
+    if convergence is not None and not frame.empty:
+        unconverged = set(convergence.loc[~convergence["converged"].astype(bool), "deviation"])
+        marked = frame["deviation"].isin(unconverged) | (BASELINE in unconverged)
+        frame.loc[marked, "verdict"] = claims.NOT_CONVERGED
     frame["effect"] = [effect_of(verdict) for verdict in frame["verdict"]]
     return frame
 
@@ -533,23 +543,32 @@ def _zoom(audit: pd.DataFrame) -> tuple[float, float]:
 
 
 def save_audit(
-    out_dir: str | Path, results: pd.DataFrame, audit: pd.DataFrame, params: dict[str, Any], figure=None
+    out_dir: str | Path,
+    results: pd.DataFrame,
+    audit: pd.DataFrame,
+    params: dict[str, Any],
+    figure=None,
+    convergence: pd.DataFrame | None = None,
 ) -> list[Path]:
-    """``metrics.csv`` (tidy, with ``deviation``), ``claims.csv``, ``params.yaml`` and the figure
-    ``fidelity_audit.png/.svg`` in ``out_dir``, atomically. Returns the paths written."""
+    """``metrics.csv`` (tidy, with ``deviation``), ``claims.csv``, ``params.yaml``, ``convergence.csv`` (when
+    given) and the figure ``fidelity_audit.png/.svg`` as the new content of ``out_dir``, as one set
+    (:func:`cmp_utils.core.atomic.replace_folder`). Returns the paths written."""
     from ..reporting import plots
 
     out_dir = Path(out_dir)
     ordered = [c for c in runner.RESULT_COLUMNS if c in results.columns]
     results = results[["deviation"] + ordered + [c for c in results.columns if c not in ordered + ["deviation"]]]
-    written = [
-        atomic.write_csv(out_dir / "metrics.csv", results),
-        atomic.write_csv(out_dir / "claims.csv", audit),
-        atomic.write_yaml(out_dir / "params.yaml", params),
-    ]
-    if figure is not None:
-        written.extend(plots.save_figure(figure, out_dir / EXPERIMENT))
-    return written
+    with atomic.replace_folder(out_dir) as staging:
+        written = [
+            atomic.write_csv(staging / "metrics.csv", results),
+            atomic.write_csv(staging / "claims.csv", audit),
+            atomic.write_yaml(staging / "params.yaml", params),
+        ]
+        if convergence is not None:
+            written.append(atomic.write_csv(staging / "convergence.csv", convergence))
+        if figure is not None:
+            written.extend(plots.save_figure(figure, staging / EXPERIMENT))
+    return [out_dir / path.relative_to(staging) for path in written]
 
 
 def _format_effect(row: pd.Series) -> str:
@@ -569,8 +588,8 @@ def render_audit_section(audit: pd.DataFrame | None, profile: str = "quick") -> 
         )
     seeds = sorted(set(int(n) for n in audit["n_seeds"]))
     lines = [
-        f"Measured in the quick regime (synthetic CUHK-PEDES-like data, {profile} profile, frozen features, a "
-        f"few epochs), not what a deviation costs at the paper's scale: each deviation alone against the "
+        f"Measured in the quick regime (synthetic CUHK-PEDES-like data, {profile} profile, frozen features, each "
+        f"run trained until its validation R@1 levels off), not what a deviation costs at the paper's scale: each deviation alone against the "
         f"faithful CMPM+CMPC baseline, paired over {' or '.join(map(str, seeds))} seed(s). Effect = the run "
         "with the deviation − the run with the release's setting, in percentage points, mean [95% CI] "
         "(positive: the deviation helps); verdict Holm-adjusted over the audit's claims. Generated from "

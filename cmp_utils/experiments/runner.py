@@ -471,10 +471,15 @@ def save_experiment(
     params: dict[str, Any],
     figures: dict[str, Any] | None = None,
     claims: Sequence[dict[str, Any]] = (),
+    convergence: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write ``metrics.csv`` (tidy), ``summary.csv``, ``claims.csv`` (the notebook's claims as one
     Holm-adjusted family, :func:`cmp_utils.evaluation.claims.claims_frame`), ``params.yaml`` and each figure
     as PNG and SVG as the new content of ``out_dir``, all together. Returns the paths written.
+
+    ``convergence`` (:func:`cmp_utils.experiments.convergence.check_convergence`) is written as
+    ``convergence.csv``, and every claim about a run group it found not converged gets the verdict
+    ``not converged`` (:func:`cmp_utils.evaluation.claims.mark_not_converged`).
 
     The set is written into a temporary sibling folder and swapped in by renames
     (:func:`cmp_utils.core.atomic.replace_folder`): ``out_dir`` holds either the old set or the new
@@ -493,7 +498,12 @@ def save_experiment(
             summary = reporting.synthetic_summary(summary)  # no difference to, nor beside, a paper value
         written.append(atomic.write_csv(staging / "summary.csv", summary))
         if claims:
-            written.append(atomic.write_csv(staging / "claims.csv", claims_module.claims_frame(claims)))
+            claim_table = claims_module.claims_frame(claims)
+            if convergence is not None:
+                claim_table = claims_module.mark_not_converged(claim_table, convergence)
+            written.append(atomic.write_csv(staging / "claims.csv", claim_table))
+        if convergence is not None:
+            written.append(atomic.write_csv(staging / "convergence.csv", convergence))
         written.append(atomic.write_yaml(staging / "params.yaml", params))
         for name, figure in (figures or {}).items():
             written.extend(plots.save_figure(figure, staging / name))

@@ -54,18 +54,23 @@ def about_profiles(profile: str) -> str:
         [
             "**How the profiles run this.** `smoke` only checks that every cell runs (tiny data, one seed). "
             f"`quick` trains on the embedded *synthetic* data, with the image branch on frozen, cached ImageNet "
-            f"{quick['backbone']} features and a small text branch (lr {_setting(quick['lr'])}, {quick['epochs']} epochs, "
+            f"{quick['backbone']} features and a small text branch (lr {_setting(quick['lr'])}, until validation has not "
+            f"improved for {quick['patience']} epochs in a row, at most {quick['epochs']} epochs, "
             f"batch {quick['batch_size']}, EMA decay {_setting(quick['ema_decay'])}, {quick['sampler']} sampler, "
-            f"{quick['embedding_dim']}-d joint space), so that every method and seed trains in about a minute on a CPU. "
+            f"{quick['embedding_dim']}-d joint space), so that every method and seed trains on one CPU core in about "
+            "a minute. Each notebook checks that every method had converged: one seed trained again for 3x as many "
+            "epochs, without early stopping, must gain at most 1 point (`cmp_utils.experiments.convergence`). "
             f"`paper` uses the real data and the released recipe (CUHK-PEDES: {paper_settings['backbone']}, lr "
             f"{_setting(paper_settings['lr'])}, {paper_settings['epochs']} epochs, batch {paper_settings['batch_size']}, "
             f"EMA {_setting(paper_settings['ema_decay'])}); it has not been run in this repository. Runs are memoised "
             "(keyed by their settings and the library's source), so notebooks that share a run train it once.",
             "",
-            "**How claims are decided.** Each claim of the paper compares two methods on paired seeds "
-            "(`cmp_utils.evaluation.claims.paired_claim`): **held** when the 95% confidence interval of the mean difference "
-            f"lies above zero, **did not hold** when it lies below, **inconclusive** otherwise; fewer than "
-            f"{claims.MIN_SEEDS} seeds are reported as not tested. Synthetic numbers are not comparable in level with the paper's: only the "
+            "**How claims are decided.** Each claim compares two methods on paired seeds "
+            "(`cmp_utils.evaluation.claims.paired_claim`: the 95% confidence interval of the mean difference and a "
+            "paired t-test), and a notebook's claims are tested together: **held** when the Holm-adjusted p-value "
+            "is below 0.05 and the difference is positive, **did not hold** when it is below 0.05 and negative, "
+            f"**inconclusive** otherwise; fewer than {claims.MIN_SEEDS} seeds are reported as not tested, and a claim "
+            "about a method that had not converged as **not converged**. Synthetic numbers are not comparable in level with the paper's: only the "
             f"comparison between losses carries over. This run: profile `{profile}`"
             + (" (synthetic data)." if profile in config.SYNTHETIC_PROFILES else "."),
         ]
@@ -74,10 +79,13 @@ def about_profiles(profile: str) -> str:
 
 #: What a reader should not conclude from an experiment, whatever its numbers (no numbers here).
 CAVEATS: dict[str, tuple[str, ...]] = {
-    "training": ("One run of one seed: its curve shows that training converges, not how losses compare.",),
+    "training": (
+        "One run of one seed: its curve shows where validation R@1 levels off and early stopping ends the run, "
+        "not how losses compare.",
+    ),
     "cuhk_pedes": (
         "The level of R@1 says nothing about the paper's: the data are synthetic, the image branch is "
-        "frozen and the schedule is a few epochs.",
+        "frozen and the network is small.",
     ),
     "flickr30k": (
         "The synthetic scenes have a few hundred test images, so one query more or less moves R@1 by a visible step.",
@@ -91,8 +99,8 @@ CAVEATS: dict[str, tuple[str, ...]] = {
         "per synthetic class its ceiling is far below 100 (see the figure).",
     ),
     "batch_size": (
-        "Only the batch size varies: every batch size sees the same data for the same epochs, so "
-        "small batches take more steps. The comparison is of each loss's sensitivity (its drop relative "
+        "Only the batch size varies: every batch size trains under the same early-stopping rule on the same "
+        "data, so small batches take more steps per epoch. The comparison is of each loss's sensitivity (its drop relative "
         "to its own best batch size), not of levels.",
     ),
     "ablation": (
@@ -102,7 +110,7 @@ CAVEATS: dict[str, tuple[str, ...]] = {
     ),
     "cmpm_family": (
         "The later losses were published with CLIP backbones and long schedules; here every loss shares "
-        "one small network and a few epochs, which favours losses that converge fast. Each fixed "
+        "one small network, each trained until its validation score levels off. Each fixed "
         "temperature was chosen on one seed's validation split from a short grid; a finer grid could move "
         "the ranking of close losses. A local scope changes only where the loss sees the batch: real GPUs "
         "without a gather would also keep batch-norm statistics per GPU.",

@@ -160,10 +160,14 @@ def render_scorecard(results_dir: Path, profile: str, notebooks_dir: Path) -> st
         "corrected for the number of claims a notebook tests together (Holm-Bonferroni, family size in the last "
         "column): **held** when the adjusted p-value is below 0.05 and the difference positive, **did not hold** "
         'when below 0.05 and negative, else **inconclusive**; "alone" gives the reading of the claim\'s own '
-        "interval where it differs._"
+        "interval where it differs. A claim about a method whose runs had not converged (its notebook's "
+        "`convergence.csv`: one seed trained again for 3x the epochs gained more than 1 point) is **not converged**, "
+        "whatever its statistics._"
     )
     parts = [
         "### The paper's claims",
+        "",
+        render_convergence(results_dir, profile, notebooks_dir),
         "",
         rule + " _The paper column holds the paper's values for that exact comparison and backbone, as "
         "reported on the real data; they are not comparable in level with the synthetic differences._",
@@ -186,6 +190,28 @@ def render_scorecard(results_dir: Path, profile: str, notebooks_dir: Path) -> st
         parts.append(markdown_table(["check (experiment)", ours_header, "verdict", "seeds", "family"], ours_rows))
     parts += ["", *summarised] if summarised else []
     return "\n".join(parts)
+
+
+def render_convergence(results_dir: Path, profile: str, notebooks_dir: Path) -> str:
+    """One line per experiment from its ``convergence.csv``: how many run groups converged, and which did not."""
+    from ..evaluation import claims as claims_module
+
+    lines = []
+    for path in experiment_files(results_dir, profile, "convergence.csv", notebooks_dir):
+        table = pd.read_csv(path)
+        converged, groups = claims_module.converged_count(table)
+        missing = claims_module.unconverged_groups(table)
+        lines.append(
+            f"- {path.parent.parent.name}: {converged} of {groups} run groups converged"
+            + (f"; not converged: {'; '.join(missing)}" if missing else "")
+            + f" ([convergence.csv](results/{path.parent.parent.name}/{profile}/convergence.csv))"
+        )
+    if not lines:
+        return f"_No `results/*/{profile}/convergence.csv` yet: no convergence check has run._"
+    return (
+        "**Convergence** (epochs trained, best epoch and the gap to a 3x longer reference, per run group):\n"
+        + "\n".join(lines)
+    )
 
 
 #: Experiments whose rows vary a setting the paper's confirmed numbers do not (the CUHK-PEDES

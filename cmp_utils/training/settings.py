@@ -67,6 +67,11 @@ _FAST_COMMON = dict(
     adam_epsilon="pytorch",
 )
 
+#: The quick profile's early stopping: validations in a row without a new best that end a run, and the most
+#: epochs a run trains (each notebook's convergence.csv says how many its runs trained).
+QUICK_PATIENCE = 3
+QUICK_MAX_EPOCHS = 30
+
 #: Settings per profile and dataset, as plain data. ``paper`` = the released scripts' settings
 #: (CUB / Flowers: no script was released; the Flickr30K recipe is assumed and marked so).
 PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
@@ -138,13 +143,16 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
     # person datasets: the 64 x 32 renders upsampled to 128 x 64 and cut after MobileNetV2's 11th stage (a
-    # 64-channel 8 x 4 map at stride 16, kept whole as an 8 x 4 grid, 2048-d), 4 epochs: higher recall than the
-    # last stage for less CPU (calibration in the module docstring)
+    # 64-channel 8 x 4 map at stride 16, kept whole as an 8 x 4 grid, 2048-d): higher recall than the last
+    # stage for less CPU (calibration in the module docstring). Every run trains until its validation score
+    # has plateaued: it stops after QUICK_PATIENCE validations without a new best, at most QUICK_MAX_EPOCHS
+    # epochs (the notebooks check each method against a run 3x as long: cmp_utils.experiments.convergence).
     "quick": {
         name: dict(
             _FAST_COMMON,
             batch_size=64,
-            epochs=4 if name in config.PERSON_DATASETS else 3,
+            epochs=QUICK_MAX_EPOCHS,
+            patience=QUICK_PATIENCE,
             frozen_epochs=0,
             image_size=(128, 64) if name in config.PERSON_DATASETS else None,
             lr=3e-3,

@@ -348,8 +348,12 @@ def test_what_we_found_is_generated_from_the_csvs(tmp_path):
 def test_about_profiles_reads_the_settings():
     text = reporting.about_profiles("quick")
     quick = training.PROFILE_SETTINGS["quick"]["cuhk_pedes"]
-    assert f"lr {quick['lr']:g}, {quick['epochs']} epochs, batch {quick['batch_size']}" in text
-    assert "paired seeds" in text and "95% confidence interval" in text
+    assert (
+        f"lr {quick['lr']:g}, until validation has not improved for {quick['patience']} epochs in a row, at most "
+        f"{quick['epochs']} epochs, batch {quick['batch_size']}" in text
+    )
+    assert "paired seeds" in text and "95% confidence interval" in text and "Holm-adjusted" in text
+    assert "**not converged**" in text and "3x as many epochs" in text
     with pytest.raises(ValueError):
         reporting.about_profiles("fast")
 

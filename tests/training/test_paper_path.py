@@ -188,6 +188,13 @@ def test_notebook_paper_profile_through_papermill(mini):
     metrics = pd.read_csv(folder / "results" / "cuhk_pedes" / "paper" / "metrics.csv")
     assert set(metrics["method"]) == {"CMPM+CMPC"} and set(metrics["backbone"]) == {"mobilenet_v1_tf"}
     assert metrics["value"].between(0, 100).all() and "R@1" in set(metrics["metric"])
-    [run_dir] = (folder / "cache" / "experiment_runs").iterdir()
+    runs = {
+        yaml.safe_load((path / "params.yaml").read_text())["epochs"]: path
+        for path in (folder / "cache" / "experiment_runs").iterdir()
+    }
+    assert sorted(runs) == [1, 3]  # the run, and its convergence reference (3x its epochs)
+    run_dir = runs[1]
     _check_run_folder(run_dir)
+    convergence = pd.read_csv(folder / "results" / "cuhk_pedes" / "paper" / "convergence.csv")
+    assert convergence[["method", "reference_epochs"]].values.tolist() == [["CMPM+CMPC", 3]]
     assert (run_dir / "protocol.json").is_file()
