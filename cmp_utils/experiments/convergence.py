@@ -141,8 +141,9 @@ def run_record(run_key: str) -> dict[str, Any]:
 
 def reference_job(record: dict[str, Any], method: str, device: str = "auto", factor: int = REFERENCE_FACTOR) -> tuple:
     """The :func:`~cmp_utils.experiments.runner.run_method` job of the reference of the run ``record``
-    (of ``method``): the same settings and seed, ``factor`` times its epochs, no early stopping. Trained
-    from scratch, its first epochs are the run's own (same seed, same data order)."""
+    (of ``method``): the same settings and seed, ``factor`` times its epochs, no early stopping. Its
+    first epochs are the run's own (same seed, same data order), so it continues the run's folder
+    (``continue_from``, an exact resume) instead of training them again."""
     settings = record["settings"]
     overrides = {key: value for key, value in settings.items() if key not in _JOB_SETTINGS}
     overrides.update(epochs=reference_epochs(int(record["epochs_trained"]), factor), patience=None)
@@ -154,6 +155,8 @@ def reference_job(record: dict[str, Any], method: str, device: str = "auto", fac
         device,
         settings["data_dir"],
         overrides,
+        False,  # refresh
+        record["run_dir"],  # continue_from
     )
 
 
@@ -189,7 +192,7 @@ def check_convergence(
     record, so the rows may hold other statistics, as notebook 11's do); ``by``: the columns that tell its run
     groups apart (``method``, plus e.g. ``sampler``, ``dataset`` or ``batch_size``); ``metrics``: what the
     claims read, each ``{"direction", "metric"}`` and optionally ``"table"``. For each group, its first
-    seed is trained again for ``factor`` times its epochs without early stopping (one pool of workers for
+    seed is trained on to ``factor`` times its epochs without early stopping (one pool of workers for
     all); a row per group and metric then says whether the reference gained more than ``tolerance``
     (:func:`convergence_table`). Columns: ``by``, ``checked_on``, then :data:`CONVERGENCE_COLUMNS` less
     ``method`` (unless ``by`` has it). An empty ``results`` gives an empty table."""

@@ -225,7 +225,7 @@ def distinct_inputs(jobs: Sequence[tuple]) -> list[Any]:
     chosen: dict[str, Any] = {}
     fingerprints: dict[str, str] = {}  # input_fingerprint reads only input fields: once per input key
     for job in jobs:
-        cfg = _job_config(*job)
+        cfg = _job_config(*job[:7])  # a job may add run_method's refresh and continue_from
         key = training.input_key(cfg)
         if key in chosen:
             continue

@@ -317,8 +317,14 @@ def run_method(
     data_dir: str | None = None,
     overrides: dict[str, Any] | None = None,
     refresh: bool = False,
+    continue_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on ``dataset`` (or reuse the memoised run) and score the test split.
+
+    ``continue_from``: a finished run folder whose settings differ from this run's only in what a resume
+    may change (``epochs``, ``patience``, ...): its epochs are copied, not trained again, and training
+    resumes from its last checkpoint. Resuming is exact (``tests/training/test_train.py``), so the
+    result is the one a run from scratch would give, under the same memo key.
 
     Returns ``{"key", "run_dir", "settings", "rows", "best_epoch", "epochs_trained", "stopped_early", "seconds",
     "samples_per_second"}``
@@ -339,6 +345,11 @@ def run_method(
         atomic.remove_run_folder(run_dir)  # refused while another process trains into it
     cfg.output_dir = str(run_dir)
     cfg.resume = False
+    if continue_from is not None:
+        import shutil
+
+        shutil.copytree(continue_from, run_dir, ignore=shutil.ignore_patterns("protocol.json", "results.json"))
+        cfg.resume = True
     result = training.fit(cfg)
     with config.torch_threads(cfg.num_threads):  # scored with the run's thread count wherever it runs
         rows = protocol_metrics(

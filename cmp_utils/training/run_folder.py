@@ -65,6 +65,7 @@ RUN_FILES = ("params.yaml", "log.jsonl", "results.json", "checkpoints")
 RESUMABLE_CHANGES = (
     "resume",
     "epochs",
+    "patience",  # e.g. a run early stopping ended, trained on without it (a convergence reference)
     "output_dir",
     "data_dir",
     "cache_dir",

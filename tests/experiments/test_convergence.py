@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -156,6 +157,13 @@ def test_check_convergence_trains_each_groups_reference_for_three_times_its_epoc
     reference = convergence.reference_job(record, "ranking", "auto")
     assert reference[6]["epochs"] == 3 * record["epochs_trained"] and reference[6]["patience"] is None
     assert reference[6]["max_steps_per_epoch"] == 2  # every other setting of the run carries over
+    assert reference[8] == record["run_dir"]  # it continues the run (an exact resume) instead of redoing its epochs
+    from cmp_utils.experiments import grid_runs
+
+    reference_record = grid_runs.train_jobs([reference], progress=False, workers=1)[0]
+    run_log = (Path(record["run_dir"]) / "log.jsonl").read_text().splitlines()
+    reference_log = (Path(reference_record["run_dir"]) / "log.jsonl").read_text().splitlines()
+    assert len(reference_log) == 3 * len(run_log) and reference_log[: len(run_log)] == run_log
 
     from cmp_utils.core import config
 
