@@ -483,6 +483,7 @@ def save_experiment(
     figures: dict[str, Any] | None = None,
     claims: Sequence[dict[str, Any]] = (),
     convergence: pd.DataFrame | None = None,
+    tables: dict[str, pd.DataFrame] | None = None,
 ) -> list[Path]:
     """Write ``metrics.csv`` (tidy), ``summary.csv``, ``claims.csv`` (the notebook's claims as one
     Holm-adjusted family, :func:`cmp_utils.evaluation.claims.claims_frame`), ``params.yaml`` and each figure
@@ -490,7 +491,8 @@ def save_experiment(
 
     ``convergence`` (:func:`cmp_utils.experiments.convergence.check_convergence`) is written as
     ``convergence.csv``, and every claim about a run group it found not converged gets the verdict
-    ``not converged`` (:func:`cmp_utils.evaluation.claims.mark_not_converged`).
+    ``not converged`` (:func:`cmp_utils.evaluation.claims.mark_not_converged`). ``tables`` are written as
+    ``<name>.csv`` in the same set.
 
     The set is written into a temporary sibling folder and swapped in by renames
     (:func:`cmp_utils.core.atomic.replace_folder`): ``out_dir`` holds either the old set or the new
@@ -515,6 +517,8 @@ def save_experiment(
             written.append(atomic.write_csv(staging / "claims.csv", claim_table))
         if convergence is not None:
             written.append(atomic.write_csv(staging / "convergence.csv", convergence))
+        for name, table in (tables or {}).items():  # the notebook's other tables, e.g. {"sweep": ...}
+            written.append(atomic.write_csv(staging / f"{name}.csv", table, index=False))
         written.append(atomic.write_yaml(staging / "params.yaml", params))
         for name, figure in (figures or {}).items():
             written.extend(plots.save_figure(figure, staging / name))

@@ -119,3 +119,31 @@ def test_findings_and_budget_are_generated_from_the_results_folder(tmp_path):
     assert "Runs behind these results: 11, 109 s" in budget  # 10 table runs + the sweep's run
     assert "cuhk_pedes at `local:4`: 5 runs, 50 s" in budget and "12 s" in budget
     assert json.dumps(family.budget_markdown(tmp_path / "none")) == json.dumps("No results yet: run the cells above.")
+
+
+def test_ritc_start_sentence_reads_its_table_and_says_what_the_smoothing_does():
+    from cmp_utils.experiments import family
+
+    def curve(epsilon, values, best, test):
+        return [
+            {
+                "epsilon": epsilon,
+                "epoch": epoch,
+                "validation_t2i_R@1": value,
+                "epochs_trained": len(values),
+                "best_epoch": best,
+                "test_t2i_R@1": test,
+            }
+            for epoch, value in enumerate(values, start=1)
+        ]
+
+    slow_then_fast = pd.DataFrame(
+        curve(0.01, [1.4, 8.5, 23.7, 40.0], 4, 59.3) + curve(1e-8, [25.6, 40.1, 48.0], 3, 55.9)
+    )
+    text = family.ritc_start_markdown(slow_then_fast)
+    assert "epsilon 0.01: 1.4, 8.5, 23.7 after epochs 1-3" in text and "epsilon 1e-08: 25.6, 40.1, 48.0" in text
+    assert "test R@1 59.30 at its best epoch 4 of 4" in text
+    assert "without the smoothing it starts faster" in text
+    no_effect = slow_then_fast.assign(epsilon=slow_then_fast["epsilon"].map({0.01: 1e-8, 1e-8: 0.01}))
+    assert "does not explain" in family.ritc_start_markdown(no_effect)
+    assert family.ritc_start_markdown(None) == "" and family.ritc_start_markdown(slow_then_fast.iloc[:0]) == ""
