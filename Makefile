@@ -8,6 +8,9 @@ STAMP := $(VENV)/.cmp-installed
 KERNEL := cmp-repro
 PROFILE ?= quick
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+# Our own checks (cmp_utils.core.config.CHECK_NOTEBOOKS): `make reproduce-checks`; `make reproduce` runs the rest.
+CHECK_NOTEBOOKS := notebooks/13_fidelity_audit.ipynb notebooks/14_cmpm_family.ipynb
+PAPER_NOTEBOOKS := $(filter-out $(CHECK_NOTEBOOKS),$(NOTEBOOKS))
 
 # Extra arguments of `make lab`, e.g. LAB_ARGS="--no-browser --port 8899 --IdentityProvider.token=secret"
 LAB_ARGS ?=
@@ -18,10 +21,11 @@ LAB_TERMINALS ?= no
 LAB_TERMINALS_OPTION := $(if $(filter yes,$(LAB_TERMINALS)),,--ServerApp.terminals_enabled=False)
 ALLOW_ROOT_NOTE := make lab: running as root, so JupyterLab gets --allow-root: its kernels (and terminals, if enabled) run as root for whoever holds the token; run make lab as an ordinary user to avoid it
 
-.PHONY: lock setup reproduce paper-headline test bench gpu-check lab clean-notebooks results-readme help git-filter conda-setup
+.PHONY: lock setup reproduce reproduce-checks paper-headline test bench gpu-check lab clean-notebooks results-readme help git-filter conda-setup
 
 help:
-	@echo "make reproduce   run every notebook (profile=$(PROFILE)) with papermill into results/"
+	@echo "make reproduce   run the notebooks of the paper's tables (profile=$(PROFILE)) with papermill into results/"
+	@echo "make reproduce-checks   run our checks (notebooks 13, 14: fidelity audit, CMPM family) into results/"
 	@echo "make test        run the test suite"
 	@echo "make bench       run the benchmarks, write results/bench/*.csv"
 	@echo "make gpu-check   on a CUDA machine: benchmarks, a paper-profile epoch, fp32 vs bf16 -> results/gpu/"
@@ -89,7 +93,12 @@ WEIGHTS ?=
 NOTEBOOK_PARAMETERS := $(if $(DATA_DIR),-p "data_dir=$(DATA_DIR)") $(if $(WEIGHTS),-p "weights_path=$(WEIGHTS)")
 
 reproduce: $(STAMP)
-	$(PY) -m cmp_utils.tools.run_notebooks --profile $(PROFILE) --kernel $(KERNEL) $(NOTEBOOK_PARAMETERS) $(NOTEBOOKS)
+	$(PY) -m cmp_utils.tools.run_notebooks --profile $(PROFILE) --kernel $(KERNEL) $(NOTEBOOK_PARAMETERS) $(PAPER_NOTEBOOKS)
+	$(PY) -m cmp_utils.reporting --readme README.md
+
+# Our checks (the fidelity audit, the CMPM family): their runs reuse make reproduce's where they share them.
+reproduce-checks: $(STAMP)
+	$(PY) -m cmp_utils.tools.run_notebooks --profile $(PROFILE) --kernel $(KERNEL) $(NOTEBOOK_PARAMETERS) $(CHECK_NOTEBOOKS)
 	$(PY) -m cmp_utils.reporting --readme README.md
 
 # The headline rows alone (CUHK-PEDES CMPM and CMPM+CMPC, one seed) -> results/headline/<profile>/metrics.csv.

@@ -320,3 +320,14 @@ def test_no_synthetic_cell_carries_a_paper_value_or_a_difference_to_one():
         text = readme.read_text(encoding="utf-8")
         synthetic = text.split("## Reproduction status (paper profile, real data)")[0]
         assert not pattern.search(synthetic), f"{readme.name}: a synthetic number beside a paper value"
+
+
+def test_make_reproduce_runs_the_papers_notebooks_and_reproduce_checks_ours():
+    """The Makefile's CHECK_NOTEBOOKS are cmp_utils.core.config.CHECK_NOTEBOOKS (which the README's timings
+    total apart), and every one of them exists."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    listed = re.search(r"^CHECK_NOTEBOOKS := (.+)$", makefile, re.M).group(1).split()
+    assert [Path(path).stem for path in listed] == list(config.CHECK_NOTEBOOKS)
+    assert all((ROOT / path).is_file() for path in listed)
+    assert "$(PAPER_NOTEBOOKS)" in makefile.split("\nreproduce:")[1].split("\n\n")[0]
+    assert "$(CHECK_NOTEBOOKS)" in makefile.split("\nreproduce-checks:")[1].split("\n\n")[0]

@@ -28,6 +28,9 @@ DATASETS = ("cuhk_pedes", "flickr30k", "mscoco", "cub", "flowers", "icfg_pedes",
 PAPER_DATASETS = DATASETS[:5]
 # Text-based person search: identity labels, text-to-image protocol, the CUHK-PEDES recipe.
 PERSON_DATASETS = ("cuhk_pedes", "icfg_pedes", "rstpreid")
+#: Notebooks of our own checks (the fidelity audit, the CMPM family): ``make reproduce-checks`` runs them;
+#: ``make reproduce`` runs every other notebook (the paper's tables), which keeps it within its time.
+CHECK_NOTEBOOKS = ("13_fidelity_audit", "14_cmpm_family")
 
 
 def project_root() -> Path:

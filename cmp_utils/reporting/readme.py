@@ -193,24 +193,20 @@ def render_scorecard(results_dir: Path, profile: str, notebooks_dir: Path) -> st
 
 
 def render_convergence(results_dir: Path, profile: str, notebooks_dir: Path) -> str:
-    """One line per experiment from its ``convergence.csv``: how many run groups converged, and which did not."""
+    """One line from every ``convergence.csv``: how many run groups converged, and which did not (by experiment)."""
     from ..evaluation import claims as claims_module
 
-    lines = []
+    converged = groups = 0
+    missing = []
     for path in experiment_files(results_dir, profile, "convergence.csv", notebooks_dir):
         table = pd.read_csv(path)
-        converged, groups = claims_module.converged_count(table)
-        missing = claims_module.unconverged_groups(table)
-        lines.append(
-            f"- {path.parent.parent.name}: {converged} of {groups} run groups converged"
-            + (f"; not converged: {'; '.join(missing)}" if missing else "")
-            + f" ([convergence.csv](results/{path.parent.parent.name}/{profile}/convergence.csv))"
-        )
-    if not lines:
+        done, count = claims_module.converged_count(table)
+        converged, groups = converged + done, groups + count
+        missing += [f"{name} in {path.parent.parent.name}" for name in claims_module.unconverged_groups(table)]
+    if not groups:
         return f"_No `results/*/{profile}/convergence.csv` yet: no convergence check has run._"
-    return (
-        "**Convergence** (epochs trained, best epoch and the gap to a 3x longer reference, per run group):\n"
-        + "\n".join(lines)
+    return f"**Convergence:** {converged} of {groups} run groups converged (each experiment's `convergence.csv`)" + (
+        f"; not converged: {'; '.join(missing)}." if missing else "."
     )
 
 
@@ -581,8 +577,12 @@ def render_timings(results_dir: Path, profile: str, notebooks_dir: Path, link_ro
             starts = pd.to_datetime(latest["started_at"], utc=True)
             ends = starts + pd.to_timedelta(latest["seconds"], unit="s")
             span = f", from {starts.min().isoformat(timespec='seconds')} to {ends.max().isoformat(timespec='seconds')}"
-        total = latest["seconds"].sum() / 60
-        where = f"\n\nTotal: {total:.0f} min" + (f" on {', '.join(machines)}" if machines else "") + span + "."
+        checks = latest.index.isin(config.CHECK_NOTEBOOKS)
+        paper_total, checks_total = latest["seconds"][~checks].sum() / 60, latest["seconds"][checks].sum() / 60
+        where = (
+            f"\n\nTotal: `make reproduce` {paper_total:.0f} min, `make reproduce-checks` ({', '.join(config.CHECK_NOTEBOOKS)}) "
+            f"{checks_total:.0f} min" + (f", on {', '.join(machines)}" if machines else "") + span + "."
+        )
     return (
         markdown_table(["notebook (executed copy)", "what it does", f"minutes ({profile}, `timings.csv`)"], rows)
         + where

@@ -256,7 +256,14 @@ def test_timings_absent_then_present(project):
                 profile="quick",
                 machine="2-core CPU",
                 started_at="2026-01-01T00:00:00Z",
-            )
+            ),
+            dict(
+                notebook="14_cmpm_family.ipynb",
+                seconds=300.0,
+                profile="quick",
+                machine="2-core CPU",
+                started_at="2026-01-01T00:02:00Z",
+            ),
         ]
     ).to_csv(executed / "timings.csv", index=False)
     reporting.update_readme(readme, results)
@@ -265,7 +272,10 @@ def test_timings_absent_then_present(project):
         "| [05_cuhk_pedes](results/executed/quick/05_cuhk_pedes.ipynb) | Purpose of 05_cuhk_pedes. | 1.5 |" in timings
     )
     assert "| 09_batch_size | Purpose of 09_batch_size. | no timing recorded yet |" in timings
-    assert "Total: 2 min on 2-core CPU" in timings
+    assert (
+        "Total: `make reproduce` 2 min, `make reproduce-checks` (13_fidelity_audit, 14_cmpm_family) 5 min, on 2-core CPU"
+        in timings
+    )
 
 
 def test_performance_summary_and_bench_readme(project):
@@ -816,3 +826,23 @@ def test_replace_between_markers_keeps_the_markers_and_refuses_ambiguity():
     for broken in ("no markers", f"{markers[1]}\n{markers[0]}", text + markers[0]):
         with pytest.raises(ValueError, match="demo:start"):
             reporting.replace_between_markers(broken, markers, "new", "doc.md")
+
+
+def test_convergence_line_counts_run_groups_and_names_the_unconverged(tmp_path):
+    from cmp_utils.core import config
+    from cmp_utils.reporting import readme
+
+    notebooks = config.project_root() / "notebooks"
+    assert "No `results/*/quick/convergence.csv` yet" in readme.render_convergence(tmp_path, "quick", notebooks)
+    for experiment, rows in {
+        "cuhk_pedes": [("CMPM", "identity", "t2i R@1", True), ("ranking", "identity", "t2i R@1", False)],
+        "flickr30k": [("CMPM", "identity", "i2t R@1", True), ("CMPM", "identity", "t2i R@1", False)],
+    }.items():
+        folder = tmp_path / experiment / "quick"
+        folder.mkdir(parents=True)
+        pd.DataFrame(rows, columns=["method", "sampler", "checked_on", "converged"]).to_csv(
+            folder / "convergence.csv", index=False
+        )
+    line = readme.render_convergence(tmp_path, "quick", notebooks)
+    assert line.startswith("**Convergence:** 1 of 3 run groups converged")  # a group converges on every metric
+    assert "ranking (sampler=identity) in cuhk_pedes; CMPM (sampler=identity) in flickr30k." in line
