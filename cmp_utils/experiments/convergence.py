@@ -260,8 +260,8 @@ def convergence_markdown(table: pd.DataFrame) -> str:
     for column in ("run_value", "reference_value", "gap"):
         shown[column] = shown[column].map(lambda value: "" if pd.isna(value) else f"{value:.2f}")
     shown["converged"] = shown["converged"].map({True: "yes", False: "**no**"})
-    header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
-    body = "".join("| " + " | ".join(str(value) for value in row) + " |\n" for row in shown.itertuples(index=False))
+    from ..reporting import markdown_table
+
     missing = unconverged_groups(table)
     verdict = (
         f"Not converged (the reference gained more than {TOLERANCE:g} point, or has no run): "
@@ -271,4 +271,4 @@ def convergence_markdown(table: pd.DataFrame) -> str:
         else f"Every method converged: its reference, trained {REFERENCE_FACTOR}x as many epochs, gained at most "
         f"{TOLERANCE:g} point."
     )
-    return header + body + "\n" + verdict
+    return markdown_table(list(shown.columns), shown.itertuples(index=False)) + "\n\n" + verdict

@@ -101,6 +101,7 @@ def ritc_start(
             columns=["epsilon", "epoch", "validation_t2i_R@1", "epochs_trained", "best_epoch", "test_t2i_R@1"]
         )
     from ..losses import registry
+    from .convergence import run_record
 
     probe = runner.run_method(
         "cuhk_pedes",
@@ -119,7 +120,7 @@ def ritc_start(
         (registry.DEFAULT_OPTIONS["ritc_epsilon"], default_key, test),
         (epsilon, probe["key"], probe_test),
     ):
-        record = json.loads((config.cache_dir() / "experiment_runs" / str(key) / "protocol.json").read_text())
+        record = run_record(key)
         for epoch, score in enumerate(validation_curve(key), start=1):
             rows.append(
                 {
